@@ -1,0 +1,33 @@
+# Everything runs in a local virtualenv that these targets create themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,tools]'
+	touch $(STAMP)
+
+## the main job: a real crash-injected stress workload on an embedded LevelDB, then the replay check
+run: $(STAMP)
+	rm -rf run-db
+	$(BIN)/taskengine stress run-db --duration 60 --crash-every 4
+	$(BIN)/taskengine replay run-db
+
+## the test suite (what .ci/run calls)
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check actors storage tools tests
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/taskengine bench
+
+clean:
+	rm -rf $(VENV) run-db .pytest_cache *.egg-info

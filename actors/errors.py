@@ -1,0 +1,136 @@
+"""The engine's exceptions: one hierarchy under ``EngineError``.
+
+Storage errors are re-raised as the subclasses here that also derive from the
+storage class, so ``except actors.errors.StorageLocked`` and
+``except storage.StorageLocked`` both work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import storage.errors as _st
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises."""
+
+
+class TaskNotFound(EngineError):
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id!r} not found")
+
+
+class TaskAlreadyExists(EngineError):
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id!r} already exists")
+
+
+class TaskNotRunnable(EngineError):
+    """The task has been given ``max_executions`` indexes (it is COMPLETED)."""
+
+
+class ExecutionNotFound(EngineError):
+    def __init__(self, task_id: str, execution_id: str) -> None:
+        self.task_id = task_id
+        self.execution_id = execution_id
+        super().__init__(f"execution {execution_id!r} of task {task_id!r} not found")
+
+
+class UnknownJob(EngineError):
+    def __init__(self, job: str) -> None:
+        self.job = job
+        super().__init__(f"no job named {job!r} is registered; register it with Engine.register_job")
+
+
+class InvalidArgument(EngineError, ValueError):
+    pass
+
+
+class ExecutionTimeout(EngineError, TimeoutError):
+    """A blocking trigger or a wait ran out of time; the execution goes on."""
+
+    def __init__(self, execution_id: str, index: int | None, timeout: float | None) -> None:
+        self.execution_id = execution_id
+        self.index = index
+        super().__init__(
+            f"execution {execution_id} (index {index}) did not finish within {timeout} s; it goes on running"
+        )
+
+
+class EngineClosed(EngineError):
+    def __init__(self, detail: str = "the engine is closed") -> None:
+        super().__init__(detail)
+
+
+class StorageError(EngineError, _st.StorageError):
+    pass
+
+
+class StorageLocked(StorageError, _st.StorageLocked):
+    pass
+
+
+class CorruptRecord(StorageError, _st.CorruptRecord):
+    pass
+
+
+class UnknownSchema(StorageError, _st.UnknownSchema):
+    pass
+
+
+class NotADatabase(StorageError, _st.NotADatabase):
+    pass
+
+
+_TRANSLATION: list[tuple[type[_st.StorageError], type[StorageError]]] = [
+    (_st.StorageLocked, StorageLocked),
+    (_st.CorruptRecord, CorruptRecord),
+    (_st.UnknownSchema, UnknownSchema),
+    (_st.NotADatabase, NotADatabase),
+    (_st.StorageError, StorageError),
+]
+
+
+def translate(exc: _st.StorageError) -> StorageError:
+    """The engine-side twin of a storage error, keeping its message and attributes."""
+    if isinstance(exc, StorageError):
+        return exc
+    for src, dst in _TRANSLATION:
+        if isinstance(exc, src):
+            new = dst.__new__(dst)
+            new.__dict__.update(exc.__dict__)
+            new.args = exc.args
+            return new
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def storage_errors() -> Iterator[None]:
+    try:
+        yield
+    except _st.StorageError as e:
+        if isinstance(e, StorageError):
+            raise
+        raise translate(e) from None
+
+
+__all__ = [
+    "CorruptRecord",
+    "EngineClosed",
+    "EngineError",
+    "ExecutionNotFound",
+    "ExecutionTimeout",
+    "InvalidArgument",
+    "NotADatabase",
+    "StorageError",
+    "StorageLocked",
+    "TaskAlreadyExists",
+    "TaskNotFound",
+    "TaskNotRunnable",
+    "UnknownJob",
+    "UnknownSchema",
+]

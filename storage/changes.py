@@ -1,0 +1,46 @@
+"""Each state change of a task or execution as the operations of one atomic write.
+
+This is the only place that decides which keys a change touches, so the engine and
+the replay checks agree on what a consistent database looks like.
+"""
+
+from __future__ import annotations
+
+from . import codec, keys
+from .records import Execution, Task
+from .writer import DeletePrefix, Op
+
+
+def create_task(task: Task) -> list[Op]:
+    return [(keys.task_key(task.id), codec.encode_task(task)), (keys.counter_key(task.id), codec.encode_int(0))]
+
+
+def assign(execution: Execution) -> list[Op]:
+    """Hand out ``execution.index``: the counter moves past it in the same batch that stores
+    the record, so an index is never issued without its record (invariant 2)."""
+    assert execution.index is not None
+    tid, index = execution.task_id, execution.index
+    ops: list[Op] = [
+        (keys.counter_key(tid), codec.encode_int(index + 1)),
+        (keys.execution_key(tid, index), codec.encode_execution(execution)),
+        (keys.exec_id_key(tid, execution.id), codec.encode_int(index)),
+    ]
+    if not execution.status.is_finished:
+        ops.append((keys.live_key(tid, index), execution.id.encode()))
+    if execution.idempotency_key is not None:
+        ops.append((keys.idempotency_key(tid, execution.idempotency_key), execution.id.encode()))
+    return ops
+
+
+def update(execution: Execution) -> list[Op]:
+    """Started, finished or cancelled: rewrite the record; a finished one leaves the live set."""
+    assert execution.index is not None
+    ops: list[Op] = [(keys.execution_key(execution.task_id, execution.index), codec.encode_execution(execution))]
+    if execution.status.is_finished:
+        ops.append((keys.live_key(execution.task_id, execution.index), None))
+    return ops
+
+
+def delete_task(task_id: str) -> list[Op]:
+    """Everything of the task: record, counter, executions, ids, idempotency keys, live entries."""
+    return [DeletePrefix(keys.task_prefix(task_id)), DeletePrefix(keys.live_prefix(task_id))]

@@ -1,0 +1,113 @@
+"""Encoding of stored values (see FORMAT.md).
+
+An execution record starts with a one-byte status and the execution id before its
+JSON body, so replay can check status and identity without decoding JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import keys
+from .errors import CorruptRecord
+from .records import Execution, ExecutionStatus, Task
+
+_dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def to_json(value: Any) -> str:
+    """Serialise user data; raises TypeError/ValueError for what JSON cannot hold."""
+    return _dumps(value)
+
+
+def encode_task(task: Task) -> bytes:
+    return to_json(
+        {
+            "id": task.id,
+            "job": task.job,
+            "config": task.config,
+            "max_executions": task.max_executions,
+            "created_at": task.created_at,
+            "incarnation": task.incarnation,
+        }
+    ).encode()
+
+
+def decode_task(key: bytes, value: bytes, execution_count: int = 0) -> Task:
+    try:
+        d = json.loads(value)
+        return Task(
+            id=d["id"],
+            job=d["job"],
+            config=d["config"],
+            max_executions=d["max_executions"],
+            created_at=d["created_at"],
+            incarnation=d["incarnation"],
+            execution_count=execution_count,
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptRecord(key, f"task record does not decode ({e})") from None
+
+
+def encode_int(n: int) -> bytes:
+    return str(n).encode()
+
+
+def decode_int(key: bytes, value: bytes) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise CorruptRecord(key, f"expected a decimal integer, found {value[:40]!r}") from None
+    if n < 0:
+        raise CorruptRecord(key, f"negative integer {n}")
+    return n
+
+
+def encode_execution(ex: Execution) -> bytes:
+    body = to_json(
+        {
+            "blocking": ex.blocking,
+            "data": ex.data,
+            "result": ex.result,
+            "error": ex.error,
+            "created_at": ex.created_at,
+            "started_at": ex.started_at,
+            "finished_at": ex.finished_at,
+            "idempotency_key": ex.idempotency_key,
+        }
+    )
+    return ex.status.code + ex.id.encode() + keys.SEP + body.encode()
+
+
+def peek_execution(key: bytes, value: bytes) -> tuple[ExecutionStatus, str]:
+    """Status and id of a record without decoding its JSON body."""
+    sep = value.find(keys.SEP, 1)
+    try:
+        if sep < 2:
+            raise ValueError("no id separator")
+        return ExecutionStatus.from_code(value[0]), value[1:sep].decode()
+    except (KeyError, ValueError, IndexError) as e:
+        raise CorruptRecord(key, f"execution record header does not decode ({e})") from None
+
+
+def decode_execution(key: bytes, value: bytes, task_id: str, index: int) -> Execution:
+    status, exec_id = peek_execution(key, value)
+    try:
+        d = json.loads(value[value.index(keys.SEP, 1) + 1 :])
+        return Execution(
+            id=exec_id,
+            task_id=task_id,
+            index=index,
+            status=status,
+            blocking=d["blocking"],
+            data=d["data"],
+            result=d["result"],
+            error=d["error"],
+            created_at=d["created_at"],
+            started_at=d["started_at"],
+            finished_at=d["finished_at"],
+            idempotency_key=d["idempotency_key"],
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptRecord(key, f"execution record body does not decode ({e})") from None

@@ -1,0 +1,207 @@
+"""Opening a taskengine LevelDB and reading it.
+
+Readers here are all a replay or inspect tool needs; writes go through
+``storage.writer`` so every change is one atomic batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import plyvel
+
+from . import codec, keys
+from .errors import CorruptRecord, NotADatabase, StorageError, StorageLocked, UnknownSchema
+from .records import Execution, Task
+
+log = logging.getLogger(__name__)
+
+
+def _open_leveldb(path: str, create: bool) -> Any:
+    if create:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotADatabase(f"{path!r} is a file, not a database directory")
+        if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, "CURRENT")):
+            raise NotADatabase(f"{path!r} is a non-empty directory that is not a LevelDB database")
+    elif not os.path.isdir(path):
+        raise NotADatabase(f"no database at {path!r}")
+    try:
+        return plyvel.DB(path, create_if_missing=create)
+    except plyvel.IOError as e:
+        msg = str(e)
+        if "lock" in msg.lower():
+            raise StorageLocked(path) from None
+        raise StorageError(f"cannot open {path!r}: {msg}") from None
+    except plyvel.CorruptionError as e:
+        raise NotADatabase(f"{path!r} is a corrupt LevelDB database: {e}") from None
+    except plyvel.Error as e:
+        raise NotADatabase(f"{path!r} is not a LevelDB database: {e}") from None
+
+
+class Database:
+    """One open database. Reads are safe from any thread (LevelDB allows it)."""
+
+    def __init__(self, raw: Any, path: str) -> None:
+        self.raw = raw
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str, *, create: bool = False) -> Database:
+        """Open a taskengine database; ``create`` makes a new one (the engine's mode).
+
+        Tools open with ``create=False`` so a typo never leaves an empty database behind.
+        """
+        raw = _open_leveldb(path, create)
+        try:
+            cls._check_schema(raw, path, create)
+        except BaseException:
+            raw.close()
+            raise
+        return cls(raw, path)
+
+    @staticmethod
+    def _check_schema(raw: Any, path: str, create: bool) -> None:
+        stored = raw.get(keys.SCHEMA_KEY)
+        if stored is None:
+            with raw.iterator(include_value=False) as it:
+                empty = next(it, None) is None
+            if not empty:
+                raise NotADatabase(f"{path!r} is a LevelDB database, but not one of taskengine (no schema key)")
+            if not create:
+                raise NotADatabase(f"{path!r} is an empty LevelDB database, not one of taskengine")
+            raw.put(keys.SCHEMA_KEY, codec.encode_int(keys.SCHEMA_VERSION), sync=True)
+            log.info("created taskengine database at %s (schema %d)", path, keys.SCHEMA_VERSION)
+            return
+        try:
+            version = codec.decode_int(keys.SCHEMA_KEY, stored)
+        except CorruptRecord:
+            raise UnknownSchema(f"{path!r} has an unreadable schema version {stored[:20]!r}") from None
+        if version != keys.SCHEMA_VERSION:
+            raise UnknownSchema(
+                f"{path!r} has schema version {version}; this taskengine knows version {keys.SCHEMA_VERSION} only"
+            )
+
+    def close(self) -> None:
+        if not self.raw.closed:
+            self.raw.close()
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def read_counter(self, task_id: str, snapshot: Any = None) -> int:
+        src = snapshot or self.raw
+        key = keys.counter_key(task_id)
+        value = src.get(key)
+        return 0 if value is None else codec.decode_int(key, value)
+
+    def last_index(self, task_id: str, snapshot: Any = None) -> int | None:
+        """Highest stored execution index of a task: one seek, never a scan."""
+        src = snapshot or self.raw
+        with src.iterator(prefix=keys.execution_prefix(task_id), reverse=True, include_value=False) as it:
+            key = next(it, None)
+        return None if key is None else keys.decode_index(key[-8:])
+
+    def get_task(self, task_id: str, snapshot: Any = None) -> Task | None:
+        """The stored task with its stored counter (not reconciled; see ``actors``)."""
+        src = snapshot or self.raw
+        key = keys.task_key(task_id)
+        value = src.get(key)
+        if value is None:
+            return None
+        return codec.decode_task(key, value, self.read_counter(task_id, src))
+
+    def iter_task_ids(self) -> Iterator[str]:
+        """Every task id that has any key, in key order; seeks past each task's executions."""
+        with self.raw.iterator(include_value=False) as it:
+            it.seek(keys.TASK_TAG)
+            for key in it:
+                if not key.startswith(keys.TASK_TAG):
+                    return
+                parsed = keys.parse_task_key(key)
+                if parsed is None:
+                    raise CorruptRecord(key, "malformed task key")
+                yield parsed.task_id
+                it.seek(keys.prefix_end(keys.task_prefix(parsed.task_id)))
+
+    # -- executions ----------------------------------------------------------------------
+
+    def find_index(self, task_id: str, execution_id: str) -> int | None:
+        key = keys.exec_id_key(task_id, execution_id)
+        value = self.raw.get(key)
+        return None if value is None else codec.decode_int(key, value)
+
+    def get_execution_at(self, task_id: str, index: int) -> Execution | None:
+        key = keys.execution_key(task_id, index)
+        value = self.raw.get(key)
+        return None if value is None else codec.decode_execution(key, value, task_id, index)
+
+    def get_execution(self, task_id: str, execution_id: str) -> Execution | None:
+        with self.raw.snapshot() as snap:
+            key = keys.exec_id_key(task_id, execution_id)
+            raw_index = snap.get(key)
+            if raw_index is None:
+                return None
+            index = codec.decode_int(key, raw_index)
+            rkey = keys.execution_key(task_id, index)
+            value = snap.get(rkey)
+            if value is None:
+                raise CorruptRecord(key, f"execution {execution_id} points at index {index}, which has no record")
+            return codec.decode_execution(rkey, value, task_id, index)
+
+    def find_idempotent(self, task_id: str, key: str) -> str | None:
+        value = self.raw.get(keys.idempotency_key(task_id, key))
+        return None if value is None else value.decode()
+
+    def iter_executions(
+        self, task_id: str, *, after: int | None = None, limit: int | None = None, newest_first: bool = False
+    ) -> Iterator[Execution]:
+        """A task's executions in index order; ``after`` is exclusive in the scan direction."""
+        prefix = keys.execution_prefix(task_id)
+        if newest_first:
+            start, stop = prefix, (keys.execution_key(task_id, after) if after is not None else None)
+        else:
+            start, stop = (keys.execution_key(task_id, after + 1) if after is not None else prefix), None
+        it = self.raw.iterator(start=start, stop=stop or keys.prefix_end(prefix), reverse=newest_first)
+        with it:
+            for n, (key, value) in enumerate(it):
+                if limit is not None and n >= limit:
+                    return
+                yield codec.decode_execution(key, value, task_id, keys.decode_index(key[-8:]))
+
+    def iter_live(self) -> Iterator[tuple[str, int, str]]:
+        """(task id, index, execution id) of every execution that holds an index and has not
+        finished: what recovery needs, without reading finished history."""
+        with self.raw.iterator(prefix=keys.live_prefix()) as it:
+            for key, value in it:
+                parsed = keys.parse_live_key(key)
+                if parsed is None:
+                    raise CorruptRecord(key, "malformed live key")
+                yield parsed[0], parsed[1], value.decode()
+
+    # -- copies --------------------------------------------------------------------------
+
+    def backup(self, dest: str, batch_size: int = 10_000) -> int:
+        """Copy a consistent snapshot into a new database at ``dest``; returns keys copied."""
+        if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+            raise NotADatabase(f"backup destination {dest!r} exists and is not empty")
+        try:
+            out = plyvel.DB(dest, create_if_missing=True, error_if_exists=True)
+        except plyvel.Error as e:
+            raise StorageError(f"cannot create backup at {dest!r}: {e}") from None
+        copied = 0
+        try:
+            with self.raw.snapshot() as snap, snap.iterator() as it:
+                batch = out.write_batch()
+                for key, value in it:
+                    batch.put(key, value)
+                    copied += 1
+                    if copied % batch_size == 0:
+                        batch.write()
+                        batch = out.write_batch()
+                batch.write()
+            out.put(keys.SCHEMA_KEY, codec.encode_int(keys.SCHEMA_VERSION), sync=True)
+        finally:
+            out.close()
+        return copied

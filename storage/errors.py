@@ -1,0 +1,40 @@
+"""Errors raised by the storage layer.
+
+They know nothing of actors; the engine re-raises them as the matching
+``actors.errors`` classes so an embedding program catches one hierarchy.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of every error the storage layer raises."""
+
+
+class StorageLocked(StorageError):
+    """The database directory is held by another process or another engine."""
+
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path = path
+        msg = (
+            f"database {path!r} is locked by another process or engine in this process"
+            f"{': ' + detail if detail else ''}; close that engine (or stop that process) first,"
+            " or use a copy made with 'taskengine backup'"
+        )
+        super().__init__(msg)
+
+
+class CorruptRecord(StorageError):
+    """A stored value that cannot be decoded; names the key so it can be found."""
+
+    def __init__(self, key: bytes, detail: str) -> None:
+        self.key = key
+        super().__init__(f"corrupt record at key {key!r}: {detail}")
+
+
+class UnknownSchema(StorageError):
+    """The database was written with a schema version this code does not know."""
+
+
+class NotADatabase(StorageError):
+    """The path is missing, is not a LevelDB, or is a LevelDB of another program."""

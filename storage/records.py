@@ -1,0 +1,95 @@
+"""The records the engine stores: tasks and executions.
+
+They live in ``storage`` (not ``actors``) so replay tools can read and check a
+database without importing the actor layer. ``actors`` re-exports them.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+
+
+class ExecutionStatus(str, enum.Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in _FINISHED
+
+    @property
+    def code(self) -> bytes:
+        """One byte stored at the head of an execution record (see FORMAT.md)."""
+        return _CODES[self]
+
+    @classmethod
+    def from_code(cls, code: int) -> ExecutionStatus:
+        return _FROM_CODE[code]
+
+
+_FINISHED = frozenset({ExecutionStatus.SUCCESS, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+_CODES = {s: s.value[0].encode() for s in ExecutionStatus}
+_FROM_CODE = {c[0]: s for s, c in _CODES.items()}
+
+
+class TaskStatus(str, enum.Enum):
+    ACTIVE = "ACTIVE"
+    #: the task has handed out ``max_executions`` indexes; it takes no more triggers
+    COMPLETED = "COMPLETED"
+
+
+@attrs.frozen
+class Execution:
+    """One run of a task. ``index`` is ``None`` only for a blocking execution still queued:
+    blocking executions get their index when an executor starts them."""
+
+    id: str
+    task_id: str
+    index: int | None
+    status: ExecutionStatus
+    blocking: bool
+    data: Any = None
+    result: Any = None
+    error: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    idempotency_key: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = attrs.asdict(self, recurse=False)
+        d["status"] = self.status.value
+        return d
+
+
+@attrs.frozen
+class Task:
+    """A task as the engine reports it. ``execution_count`` is the counter: the number of
+    indexes handed out so far, which is also the index the next execution gets."""
+
+    id: str
+    job: str
+    config: Any = None
+    max_executions: int | None = None
+    created_at: float = 0.0
+    #: changes each time a task with this id is created, so work queued for a deleted
+    #: task can never be mistaken for work of a later task with the same id
+    incarnation: str = ""
+    execution_count: int = 0
+
+    @property
+    def status(self) -> TaskStatus:
+        if self.max_executions is not None and self.execution_count >= self.max_executions:
+            return TaskStatus.COMPLETED
+        return TaskStatus.ACTIVE
+
+    def to_json(self) -> dict[str, Any]:
+        d = attrs.asdict(self, recurse=False)
+        d["status"] = self.status.value
+        return d
