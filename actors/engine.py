@@ -1,0 +1,428 @@
+"""The engine: the façade an embedding program calls.
+
+It owns the one LevelDB handle, the group-commit writer and this engine's actors
+(counter actors, the pending store, the executor pool), starts them at ``open``,
+recovers unfinished work, and stops exactly these actors at ``close``: two engines
+in one process never touch each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pykka
+import ulid
+
+from storage import Database, Execution, ExecutionStatus, GroupCommitWriter, Task
+
+from . import messages as m
+from . import validate
+from .board import CompletionBoard
+from .counter import CounterActor
+from .errors import (
+    EngineClosed,
+    ExecutionNotFound,
+    ExecutionTimeout,
+    InvalidArgument,
+    TaskNotFound,
+    UnknownJob,
+    storage_errors,
+)
+from .jobs import Job, JobRegistry
+from .peers import Peers
+from .pending import PendingStore
+from .pool import ExecutorPool
+
+log = logging.getLogger(__name__)
+
+MAX_LIST_LIMIT = 10_000
+
+
+class Engine:
+    """Use :meth:`open`. Every method is thread-safe and may be called from pykka actors."""
+
+    def __init__(self, db: Database, writer: GroupCommitWriter, jobs: JobRegistry, peers: Peers) -> None:
+        self._db = db
+        self._writer = writer
+        self._jobs = jobs
+        self._peers = peers
+        self._board = CompletionBoard()
+        self._gate = threading.Lock()  # orders every send before close's stop
+        self._closed = False
+        self.path = db.path
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        jobs: Mapping[str, Job] | None = None,
+        *,
+        workers: int = 4,
+        sync: bool = True,
+        counter_actors: int = 8,
+        job_timeout: float | None = None,
+        commit_window: float = 0.0,
+        max_cached_tasks: int = 100_000,
+    ) -> Engine:
+        """Open (or create) the database at ``path`` and start the engine.
+
+        ``sync=False`` acknowledges an index once LevelDB has applied its write but before the
+        write reaches the disk: a crash of the machine (not of the process) can then lose
+        acknowledged indexes. ``commit_window`` waits that long before each group write to
+        gather more changes; it adds latency and never weakens durability.
+        """
+        if not isinstance(path, str) or not path:
+            raise InvalidArgument("path must be a non-empty string")
+        validate.positive_int(workers, "workers", allow_none=False)
+        validate.positive_int(counter_actors, "counter_actors", allow_none=False)
+        validate.positive_int(max_cached_tasks, "max_cached_tasks", allow_none=False)
+        if job_timeout is not None and validate.timeout(job_timeout) == 0:
+            raise InvalidArgument("job_timeout must be > 0")
+        if validate.timeout(commit_window) is None:
+            raise InvalidArgument("commit_window must be a number of seconds >= 0")
+        registry = JobRegistry()
+        for name, fn in (jobs or {}).items():
+            registry.add(name, fn)
+        with storage_errors():
+            db = Database.open(path, create=True)
+        writer = GroupCommitWriter(db.raw, sync=sync, window=commit_window)
+        peers = Peers()
+        engine = cls(db, writer, registry, peers)
+        try:
+            peers.pending = PendingStore.start()
+            per_actor = max(1, max_cached_tasks // counter_actors)
+            peers.counters = [
+                CounterActor.start(db, writer, engine._board, peers, registry, per_actor)
+                for _ in range(counter_actors)
+            ]
+            peers.pool = ExecutorPool.start(workers, registry, peers, engine._board, job_timeout)
+            engine._recover()
+        except BaseException:
+            engine._shutdown(timeout=0)
+            raise
+        log.info("engine open at %s (%d workers, %d counter actors, sync=%s)", path, workers, counter_actors, sync)
+        return engine
+
+    def _recover(self) -> None:
+        """DESIGN §3.6: queue every acknowledged PENDING execution again and finish every
+        RUNNING one as FAILED (its process died). Reads only the live set, never history."""
+        tasks: dict[str, Task | None] = {}
+        replies: list[m.Reply] = []
+        queued = interrupted = 0
+        with storage_errors():
+            for task_id, index, execution_id in self._db.iter_live():
+                if task_id not in tasks:
+                    tasks[task_id] = self._db.get_task(task_id)
+                task = tasks[task_id]
+                record = self._db.get_execution_at(task_id, index)
+                if task is None or record is None or record.id != execution_id:
+                    log.error("live entry %r/%d (%s) has no matching record; left for replay to report",
+                              task_id, index, execution_id)
+                    continue
+                if record.status is ExecutionStatus.RUNNING:
+                    reply: m.Reply = pykka.ThreadingFuture()
+                    self._peers.counter_for(task_id).tell(m.Interrupted(record, reply))
+                    replies.append(reply)
+                    interrupted += 1
+                elif record.status is ExecutionStatus.PENDING:
+                    assert self._peers.pending is not None and self._peers.pool is not None
+                    self._peers.pending.tell(m.AddPending(task_id, record.id, index))
+                    self._peers.pool.tell(m.Submit(m.WorkItem(record, task.job, task.incarnation)))
+                    queued += 1
+        for reply in replies:
+            reply.get()
+        if queued or interrupted:
+            log.info("recovered %d pending executions; %d interrupted ones finished as FAILED", queued, interrupted)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop: wait for running jobs (up to ``timeout``), leave queued non-blocking executions
+        PENDING on disk for the next open, stop this engine's actors, close the database last.
+        Idempotent."""
+        with self._gate:
+            if self._closed:
+                return
+            self._closed = True
+        self._shutdown(validate.timeout(timeout))
+
+    def _shutdown(self, timeout: float | None) -> None:
+        self._closed = True
+        peers = self._peers
+        if peers.pool is not None:
+            drained: m.Reply = pykka.ThreadingFuture()
+            if peers.tell_quietly(peers.pool, m.Drain(drained)):
+                try:
+                    drained.get(timeout=timeout)
+                except pykka.Timeout:
+                    log.warning("close: jobs still running after %s s are left; they will be "
+                                "finished as interrupted at the next open", timeout)
+        for ref in peers.counters:  # each handles what is already in its inbox first
+            _stop(ref)
+        self._writer.close()
+        _stop(peers.pool)
+        _stop(peers.pending)
+        self._board.close(EngineClosed())
+        self._db.close()
+        log.info("engine at %s closed", self.path)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _send(self, task_id: str, make: Callable[[m.Reply], Any]) -> m.Reply:
+        reply: m.Reply = pykka.ThreadingFuture()
+        with self._gate:
+            if self._closed:
+                raise EngineClosed()
+            self._peers.counter_for(task_id).tell(make(reply))
+        return reply
+
+    def _ask(self, task_id: str, make: Callable[[m.Reply], Any]) -> Any:
+        return self._send(task_id, make).get()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosed()
+
+    # -- jobs and tasks --------------------------------------------------------------------
+
+    def register_job(self, name: str, fn: Job) -> None:
+        """Add a job; executions waiting for it (recovered at open) start running."""
+        self._check_open()
+        self._jobs.add(name, fn)
+        self._peers.tell_quietly(self._peers.pool, m.JobRegistered(name))
+
+    def create_task(
+        self,
+        task_id: str | None = None,
+        *,
+        job: str,
+        config: Any = None,
+        max_executions: int | None = None,
+    ) -> Task:
+        task_id = str(ulid.ULID()) if task_id is None else validate.task_id(task_id)
+        if not isinstance(job, str) or not job:
+            raise InvalidArgument("job must be a non-empty string")
+        validate.json_value(config, "config")
+        validate.positive_int(max_executions, "max_executions")
+        if job not in self._jobs:
+            raise UnknownJob(job)
+        task = Task(
+            id=task_id,
+            job=job,
+            config=config,
+            max_executions=max_executions,
+            created_at=time.time(),
+            incarnation=str(ulid.ULID()),
+        )
+        result: Task = self._ask(task_id, lambda r: m.CreateTask(task, r))
+        return result
+
+    def get_task(self, task_id: str) -> Task:
+        validate.task_id(task_id)
+        task: Task = self._ask(task_id, lambda r: m.GetTask(task_id, r))
+        return task
+
+    def next_index(self, task_id: str) -> int:
+        """The index the next execution of the task will get; assigns nothing."""
+        return self.get_task(task_id).execution_count
+
+    def delete_task(self, task_id: str) -> None:
+        """Cancel the task's unfinished executions and remove all its keys in one atomic write."""
+        validate.task_id(task_id)
+        self._ask(task_id, lambda r: m.DeleteTask(task_id, r))
+
+    # -- triggers --------------------------------------------------------------------------
+
+    def _new_execution(self, task_id: str, data: Any, blocking: bool, key: str | None) -> Execution:
+        validate.task_id(task_id)
+        validate.json_value(data, "data")
+        if not isinstance(blocking, bool):
+            raise InvalidArgument("blocking must be True or False")
+        return Execution(
+            id=str(ulid.ULID()),
+            task_id=task_id,
+            index=None,
+            status=ExecutionStatus.PENDING,
+            blocking=blocking,
+            data=data,
+            created_at=time.time(),
+            idempotency_key=validate.text(key, "idempotency_key"),
+        )
+
+    def trigger_future(
+        self, task_id: str, data: Any = None, *, blocking: bool = False, idempotency_key: str | None = None
+    ) -> pykka.Future[Execution]:
+        """Like :meth:`trigger`, for callers that are actors: a non-blocking future resolves when the
+        index is durable, a blocking one when the execution has finished."""
+        ex = self._new_execution(task_id, data, blocking, idempotency_key)
+        if not blocking:
+            return self._send(task_id, lambda r: m.Trigger(ex, r))
+        # watch before sending: a failure at start (TaskNotRunnable) must not slip past us
+        watcher = self._board.watch(ex.id)
+        try:
+            reply = self._send(task_id, lambda r: m.Trigger(ex, r))
+        except BaseException:
+            self._board.unwatch(ex.id, watcher)
+            raise
+        out: pykka.ThreadingFuture[Execution] = pykka.ThreadingFuture()
+        out.set_get_hook(lambda timeout: self._await_blocking(task_id, ex.id, reply, watcher, timeout))
+        return out
+
+    def _await_blocking(
+        self, task_id: str, execution_id: str, reply: m.Reply, watcher: pykka.Future[Execution],
+        timeout: float | None,
+    ) -> Execution:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            ex: Execution = reply.get(timeout=timeout)
+            if ex.id != execution_id:  # an idempotent repeat: follow the first execution
+                self._board.unwatch(execution_id, watcher)
+                return ex if ex.status.is_finished else self.wait(task_id, ex.id, _remaining(deadline))
+            return ex if ex.status.is_finished else watcher.get(timeout=_remaining(deadline))
+        except pykka.Timeout:
+            raise ExecutionTimeout(execution_id, self._index_of(task_id, execution_id), timeout) from None
+
+    def trigger(
+        self,
+        task_id: str,
+        data: Any = None,
+        *,
+        blocking: bool = False,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Execution:
+        """Run the task's job once. Non-blocking: returns the PENDING execution as soon as its index
+        is durable. Blocking: returns the finished execution; ``timeout`` raises ExecutionTimeout
+        and the execution goes on. A repeat with the same ``idempotency_key`` returns the first
+        execution (finished, if this call is blocking)."""
+        timeout = validate.timeout(timeout)
+        fut = self.trigger_future(task_id, data, blocking=blocking, idempotency_key=idempotency_key)
+        return fut.get(timeout=timeout if blocking else None)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get_execution(self, task_id: str, execution_id: str) -> Execution:
+        """The execution as it stands. Never assigns anything (the original's defect 1)."""
+        validate.task_id(task_id)
+        validate.execution_id(execution_id)
+        self._check_open()
+        with storage_errors():
+            ex = self._db.get_execution(task_id, execution_id)
+            if ex is not None:
+                return ex
+            known = self._ask(task_id, lambda r: m.Lookup(task_id, execution_id, r))
+            if known is None:
+                raise TaskNotFound(task_id)
+            queued, seq = known
+            if queued is not None:
+                return queued  # type: ignore[no-any-return]
+            self._writer.wait_durable(seq)  # its start may be on its way to disk
+            ex = self._db.get_execution(task_id, execution_id)
+        if ex is None:
+            raise ExecutionNotFound(task_id, execution_id)
+        return ex
+
+    def _index_of(self, task_id: str, execution_id: str) -> int | None:
+        try:
+            return self.get_execution(task_id, execution_id).index
+        except Exception:  # the answer to a timeout must not fail for a lookup's sake
+            return None
+
+    def wait(self, task_id: str, execution_id: str, timeout: float | None = None) -> Execution:
+        """Block until the execution has finished; ExecutionTimeout after ``timeout`` seconds."""
+        timeout = validate.timeout(timeout)
+        watcher = self._board.watch(execution_id)
+        try:
+            ex = self.get_execution(task_id, execution_id)
+            if ex.status.is_finished:
+                return ex
+            return watcher.get(timeout=timeout)
+        except pykka.Timeout:
+            raise ExecutionTimeout(execution_id, self._index_of(task_id, execution_id), timeout) from None
+        finally:
+            self._board.unwatch(execution_id, watcher)
+
+    def list_executions(
+        self, task_id: str, after: int | None = None, limit: int = 50, newest_first: bool = False
+    ) -> list[Execution]:
+        """Executions ordered by index (newest first if asked); ``after`` is the last index seen."""
+        validate.task_id(task_id)
+        validate.positive_int(limit, "limit", allow_none=False)
+        if limit > MAX_LIST_LIMIT:
+            raise InvalidArgument(f"limit must be <= {MAX_LIST_LIMIT}")
+        validate.positive_int(after, "after", minimum=0)
+        self._check_open()
+        with storage_errors():
+            if self._db.get_task(task_id) is None:
+                raise TaskNotFound(task_id)
+            return list(self._db.iter_executions(task_id, after=after, limit=limit, newest_first=newest_first))
+
+    def cancel(self, task_id: str, execution_id: str) -> Execution:
+        """Cancel an execution that has not started: it keeps its index and record, as CANCELLED.
+        A running or finished execution is returned unchanged (a job cannot be interrupted)."""
+        validate.task_id(task_id)
+        validate.execution_id(execution_id)
+        result: Execution = self._ask(task_id, lambda r: m.Cancel(task_id, execution_id, r))
+        return result
+
+    # -- operations ------------------------------------------------------------------------
+
+    def backup(self, dest_path: str) -> int:
+        """Copy a consistent snapshot of the database (taken while running) to a new directory."""
+        if not isinstance(dest_path, str) or not dest_path:
+            raise InvalidArgument("dest_path must be a non-empty string")
+        self._check_open()
+        with storage_errors():
+            return self._db.backup(dest_path)
+
+    def stats(self) -> dict[str, Any]:
+        self._check_open()
+        peers = self._peers
+        assert peers.pool is not None and peers.pending is not None
+        pool = peers.pool.ask(m.PoolStats())
+        counters = [self._ask_stats(ref) for ref in peers.counters]
+        out: dict[str, Any] = {
+            "counter_actors": len(peers.counters),
+            "executors": pool["executors"],
+            "live_actors": len(peers.counters) + 2 + pool["executors"] + pool["abandoned_executors"],
+            "queued": pool["queued"],
+            "running": pool["running"],
+            "waiting_for_job": pool["waiting_for_job"],
+            "replaced_executors": pool["replaced_executors"],
+            "pending": peers.pending.ask(m.PendingCount()),
+            "writes": self._writer.writes,
+            "submissions": self._writer.submissions,
+            "waiters": len(self._board),
+        }
+        for key in ("cached_tasks", "triggered", "finished", "queued_blocking"):
+            out[key] = sum(c[key] for c in counters)
+        return out
+
+    def _ask_stats(self, ref: pykka.ActorRef[Any]) -> dict[str, int]:
+        reply: m.Reply = pykka.ThreadingFuture()
+        ref.tell(m.CounterStats(reply))
+        result: dict[str, int] = reply.get()
+        return result
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _stop(ref: pykka.ActorRef[Any] | None) -> None:
+    if ref is None:
+        return
+    try:
+        ref.stop(block=True)
+    except pykka.ActorDeadError:
+        pass

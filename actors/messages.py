@@ -1,0 +1,203 @@
+"""Messages between the engine's actors.
+
+Requests that are answered later (after a durable write) carry their own ``reply``
+future: pykka answers an ``ask`` when the handler returns, which is too early for
+an index that is not yet on disk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import pykka
+
+from storage import Execution, Task
+
+Reply = pykka.ThreadingFuture[Any]
+
+
+def answer(reply: Reply | None, value: Any) -> None:
+    if reply is not None:
+        reply.set(value)
+
+
+def fail(reply: Reply | None, error: BaseException) -> None:
+    if reply is not None:
+        reply.set_exception((type(error), error, error.__traceback__))
+
+
+@attrs.frozen
+class WorkItem:
+    """An execution for the pool to run. Non-blocking ones carry their PENDING record (with
+    its index); blocking ones have no index yet. ``incarnation`` ties it to one life of the task."""
+
+    execution: Execution
+    job: str
+    incarnation: str
+
+
+# -- counter actor ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class CreateTask:
+    task: Task
+    reply: Reply
+
+
+@attrs.frozen
+class Trigger:
+    execution: Execution  # PENDING, index None; the counter actor gives it one if non-blocking
+    reply: Reply
+
+
+@attrs.frozen
+class Start:
+    item: WorkItem
+    token: int
+    reply: Reply  # -> (running Execution, Task) or None when the execution must not run
+
+
+@attrs.frozen
+class Finish:
+    execution: Execution
+    incarnation: str
+    token: int
+    reply: Reply | None = None
+
+
+@attrs.frozen
+class Abandon:
+    """The executor running ``item`` died: fail it if it started, else hand it back."""
+
+    item: WorkItem
+    token: int
+    reason: str
+
+
+@attrs.frozen
+class Cancel:
+    task_id: str
+    execution_id: str
+    reply: Reply
+
+
+@attrs.frozen
+class DeleteTask:
+    task_id: str
+    reply: Reply
+
+
+@attrs.frozen
+class GetTask:
+    task_id: str
+    reply: Reply
+
+
+@attrs.frozen
+class Lookup:
+    """What the counter actor knows of an execution that is not on disk: a queued blocking one,
+    or the sequence number of the task's last write to wait for before reading again."""
+
+    task_id: str
+    execution_id: str
+    reply: Reply
+
+
+@attrs.frozen
+class Interrupted:
+    """Recovery: an execution found RUNNING at open; the process that ran it died."""
+
+    execution: Execution
+    reply: Reply
+
+
+@attrs.frozen
+class CounterStats:
+    reply: Reply
+
+
+# -- pending store ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class AddPending:
+    task_id: str
+    execution_id: str
+    index: int
+
+
+@attrs.frozen
+class Claim:
+    task_id: str
+    execution_id: str
+
+
+@attrs.frozen
+class Unclaim:
+    task_id: str
+    execution_id: str
+
+
+@attrs.frozen
+class RemovePending:
+    task_id: str
+    execution_id: str
+
+
+@attrs.frozen
+class DropTask:
+    task_id: str
+
+
+@attrs.frozen
+class PendingCount:
+    pass
+
+
+# -- executor pool ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Submit:
+    item: WorkItem
+
+
+@attrs.frozen
+class Run:
+    item: WorkItem
+    token: int
+
+
+@attrs.frozen
+class Done:
+    executor_urn: str
+    token: int
+
+
+@attrs.frozen
+class Expired:
+    executor_urn: str
+    token: int
+
+
+@attrs.frozen
+class ExecutorStopped:
+    executor_urn: str
+    reason: str
+
+
+@attrs.frozen
+class JobRegistered:
+    name: str
+
+
+@attrs.frozen
+class Drain:
+    reply: Reply
+
+
+@attrs.frozen
+class PoolStats:
+    pass

@@ -1,0 +1,61 @@
+"""Argument checks made before anything is sent to an actor: a rejected call changes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storage import codec
+
+from .errors import InvalidArgument
+
+MAX_TASK_ID = 256
+
+
+def task_id(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"task id must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidArgument("task id must not be empty")
+    if len(value) > MAX_TASK_ID:
+        raise InvalidArgument(f"task id is {len(value)} characters long; the limit is {MAX_TASK_ID}")
+    if not value.isprintable():
+        raise InvalidArgument(f"task id {value!r} contains a character that is not printable")
+    return value
+
+
+def json_value(value: Any, what: str) -> Any:
+    try:
+        codec.to_json(value)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"{what} is not JSON-serializable: {e}") from None
+    return value
+
+
+def text(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{what} must be a non-empty string")
+    return value
+
+
+def positive_int(value: Any, what: str, *, allow_none: bool = True, minimum: int = 1) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidArgument(f"{what} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+def timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise InvalidArgument(f"timeout must be a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+def execution_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"execution id must be a non-empty string, not {value!r}")
+    return value
