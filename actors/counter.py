@@ -14,7 +14,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pykka
@@ -194,10 +194,16 @@ class CounterActor(pykka.ThreadingActor):
         """A writer callback: on success run ``then`` and answer its value, else fail the reply."""
 
         def done(err: BaseException | None) -> None:
-            if err is not None:
-                m.fail(reply, translate(err) if isinstance(err, _StorageError) else err)
-            else:
-                m.answer(reply, then())
+            if err is None:
+                try:
+                    value = then()
+                except Exception as e:  # never leave the caller waiting
+                    log.exception("after-write step failed")
+                    err = e
+                else:
+                    m.answer(reply, value)
+                    return
+            m.fail(reply, translate(err) if isinstance(err, _StorageError) else err)
 
         return done
 
@@ -370,7 +376,7 @@ class CounterActor(pykka.ThreadingActor):
     def _delete(self, msg: m.DeleteTask) -> None:
         st = self._require(msg.task_id)
         assert self._peers.pending is not None
-        dropped = self._peers.pending.ask(m.DropTask(msg.task_id))
+        dropped = cast(list[tuple[str, int]], self._peers.pending.ask(m.DropTask(msg.task_id)))
         cancelled = [_finished(q, ExecutionStatus.CANCELLED, error=TASK_DELETED) for q in st.queued.values()]
         cancelled += [_finished(r, ExecutionStatus.CANCELLED, error=TASK_DELETED) for _, r in st.running.values()]
         for execution_id, _ in dropped:

@@ -12,11 +12,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import pykka
 import ulid
 
+from storage import CorruptRecord as StorageCorrupt
 from storage import Database, Execution, ExecutionStatus, GroupCommitWriter, Task
 
 from . import messages as m
@@ -117,10 +118,14 @@ class Engine:
         queued = interrupted = 0
         with storage_errors():
             for task_id, index, execution_id in self._db.iter_live():
-                if task_id not in tasks:
-                    tasks[task_id] = self._db.get_task(task_id)
-                task = tasks[task_id]
-                record = self._db.get_execution_at(task_id, index)
+                try:
+                    if task_id not in tasks:
+                        tasks[task_id] = self._db.get_task(task_id)
+                    task = tasks[task_id]
+                    record = self._db.get_execution_at(task_id, index)
+                except StorageCorrupt as e:  # one bad record must not keep a node from starting
+                    log.error("recovery skips %r/%d: %s", task_id, index, e)
+                    continue
                 if task is None or record is None or record.id != execution_id:
                     log.error("live entry %r/%d (%s) has no matching record; left for replay to report",
                               task_id, index, execution_id)
@@ -279,7 +284,7 @@ class Engine:
         return out
 
     def _await_blocking(
-        self, task_id: str, execution_id: str, reply: m.Reply, watcher: pykka.Future[Execution],
+        self, task_id: str, execution_id: str, reply: m.Reply, watcher: pykka.ThreadingFuture[Execution],
         timeout: float | None,
     ) -> Execution:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -290,7 +295,11 @@ class Engine:
                 return ex if ex.status.is_finished else self.wait(task_id, ex.id, _remaining(deadline))
             return ex if ex.status.is_finished else watcher.get(timeout=_remaining(deadline))
         except pykka.Timeout:
+            # the watcher stays: a later get() of the same future waits on it again
             raise ExecutionTimeout(execution_id, self._index_of(task_id, execution_id), timeout) from None
+        except BaseException:
+            self._board.unwatch(execution_id, watcher)
+            raise
 
     def trigger(
         self,
@@ -346,7 +355,8 @@ class Engine:
             ex = self.get_execution(task_id, execution_id)
             if ex.status.is_finished:
                 return ex
-            return watcher.get(timeout=timeout)
+            finished: Execution = watcher.get(timeout=timeout)
+            return finished
         except pykka.Timeout:
             raise ExecutionTimeout(execution_id, self._index_of(task_id, execution_id), timeout) from None
         finally:
@@ -389,7 +399,7 @@ class Engine:
         self._check_open()
         peers = self._peers
         assert peers.pool is not None and peers.pending is not None
-        pool = peers.pool.ask(m.PoolStats())
+        pool = cast(dict[str, int], peers.pool.ask(m.PoolStats()))
         counters = [self._ask_stats(ref) for ref in peers.counters]
         out: dict[str, Any] = {
             "counter_actors": len(peers.counters),

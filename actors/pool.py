@@ -122,9 +122,11 @@ class ExecutorPool(pykka.ThreadingActor):
         deadline = None
         if self._deadlines is not None and self._job_timeout is not None:
             pool, urn = self.actor_ref, ref.actor_urn
-            deadline = self._deadlines.schedule(
-                self._job_timeout, lambda: self._peers.tell_quietly(pool, m.Expired(urn, token))
-            )
+
+            def expire() -> None:
+                self._peers.tell_quietly(pool, m.Expired(urn, token))
+
+            deadline = self._deadlines.schedule(self._job_timeout, expire)
         self._busy[ref.actor_urn] = _Busy(ref, item, token, deadline)
         ref.tell(m.Run(item, token))
 
@@ -211,10 +213,10 @@ class Executor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, m.Run):
             return super().on_receive(message)
-        try:
-            self._run(message.item, message.token)
-        finally:
-            self._peers.tell_quietly(self._pool, m.Done(self.actor_urn, message.token))
+        # an exception here is a bug of ours, not the job's: the actor dies, and the pool
+        # (told by on_failure) fails the execution and replaces this executor
+        self._run(message.item, message.token)
+        self._peers.tell_quietly(self._pool, m.Done(self.actor_urn, message.token))
         return None
 
     def on_stop(self) -> None:

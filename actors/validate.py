@@ -39,11 +39,14 @@ def text(value: Any, what: str) -> str | None:
     return value
 
 
+MAX_INT = 2**63 - 1  # indexes are stored as 8-byte keys
+
+
 def positive_int(value: Any, what: str, *, allow_none: bool = True, minimum: int = 1) -> int | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidArgument(f"{what} must be an integer >= {minimum}, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:
+        raise InvalidArgument(f"{what} must be an integer from {minimum} to {MAX_INT}, not {value!r}")
     return value
 
 

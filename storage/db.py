@@ -26,6 +26,10 @@ def _open_leveldb(path: str, create: bool) -> Any:
             raise NotADatabase(f"{path!r} is a file, not a database directory")
         if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, "CURRENT")):
             raise NotADatabase(f"{path!r} is a non-empty directory that is not a LevelDB database")
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create {path!r}: {e}") from None
     elif not os.path.isdir(path):
         raise NotADatabase(f"no database at {path!r}")
     try:

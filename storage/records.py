@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 
-class ExecutionStatus(str, enum.Enum):
+class ExecutionStatus(enum.StrEnum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCESS = "SUCCESS"
@@ -38,7 +38,7 @@ _CODES = {s: s.value[0].encode() for s in ExecutionStatus}
 _FROM_CODE = {c[0]: s for s, c in _CODES.items()}
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     ACTIVE = "ACTIVE"
     #: the task has handed out ``max_executions`` indexes; it takes no more triggers
     COMPLETED = "COMPLETED"

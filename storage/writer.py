@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 from . import keys
 from .errors import StorageError
@@ -39,7 +39,7 @@ class DeletePrefix:
         self.prefix = prefix
 
 
-Op = Union[Put, Delete, DeletePrefix]
+Op = Put | Delete | DeletePrefix
 Done = Callable[[BaseException | None], None]
 
 
