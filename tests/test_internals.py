@@ -1,0 +1,170 @@
+"""White-box tests of what the public API cannot reach: duplicate delivery of one execution,
+an executor that dies, the group-commit writer, and the counter repair at load."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import actors.pool
+from actors import Engine, ExecutionStatus, JobContext
+from actors import messages as m
+from storage import Database, Execution, GroupCommitWriter, Task, changes, keys
+from storage import codec as storage_codec
+
+
+class Jobs:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, ctx: JobContext) -> Any:
+        self.calls.append(ctx.index)
+        if ctx.data == "hold":
+            self.started.set()
+            self.release.wait(30)
+        return ctx.index
+
+
+@pytest.fixture
+def jobs() -> Iterator[Jobs]:
+    j = Jobs()
+    yield j
+    j.release.set()
+
+
+@pytest.fixture
+def engine(tmp_path: Path, jobs: Jobs) -> Iterator[Engine]:
+    e = Engine.open(str(tmp_path / "db"), jobs={"job": jobs}, workers=2)
+    yield e
+    jobs.release.set()
+    e.close()
+
+
+def test_a_pending_execution_delivered_twice_runs_once(engine: Engine, jobs: Jobs) -> None:
+    """The original's defect 3: two notifications of one pending execution ran it twice, the
+    second under a new index. Here the pending store's claim succeeds once."""
+    engine.create_task("t", job="job")
+    ex = engine.trigger("t", "x")
+    task = engine.get_task("t")
+    pool = engine._peers.pool
+    assert pool is not None
+    for _ in range(5):
+        pool.tell(m.Submit(m.WorkItem(ex, task.job, task.incarnation)))
+    # blocking triggers queue behind the duplicates on the pool's FIFO queue
+    engine.trigger("t", "y", blocking=True, timeout=10)
+    engine.trigger("t", "z", blocking=True, timeout=10)
+    assert engine.wait("t", ex.id, timeout=10).index == ex.index == 0
+    assert jobs.calls.count(0) == 1
+    assert sorted(jobs.calls) == [0, 1, 2]
+    assert engine.next_index("t") == 3
+
+
+def test_a_dead_executor_is_replaced_and_its_running_execution_failed(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = actors.pool.run_job
+
+    def broken(fn: Any, ctx: JobContext) -> Any:
+        if ctx.data == "die":
+            raise RuntimeError("executor bug")  # outside the job: kills the executor actor
+        return real(fn, ctx)
+
+    monkeypatch.setattr(actors.pool, "run_job", broken)
+    engine.create_task("t", job="job")
+    ex = engine.trigger("t", "die")
+    done = engine.wait("t", ex.id, timeout=10)
+    assert done.status is ExecutionStatus.FAILED
+    assert done.index == 0
+    assert "executor" in (done.error or "") and "died" in (done.error or "")
+    # the pool carries on at full size
+    results = [engine.trigger("t", i, blocking=True, timeout=10) for i in range(4)]
+    assert [r.index for r in results] == [1, 2, 3, 4]
+    stats = engine.stats()
+    assert stats["replaced_executors"] == 1
+    assert stats["executors"] == 2
+
+
+def test_job_timeout_frees_the_slot(tmp_path: Path, jobs: Jobs) -> None:
+    with Engine.open(str(tmp_path / "db"), jobs={"job": jobs}, workers=1, job_timeout=0.3) as e:
+        e.create_task("t", job="job")
+        hung = e.trigger("t", "hold")
+        after = e.trigger("t", "next", blocking=True, timeout=20)
+        assert after.status is ExecutionStatus.SUCCESS and after.index == 1
+        failed = e.wait("t", hung.id, timeout=5)
+        assert failed.status is ExecutionStatus.FAILED and "timeout" in (failed.error or "").lower()
+        jobs.release.set()
+        # the hung job's late result is refused: the record stays FAILED
+        e.trigger("t", "x", blocking=True, timeout=10)
+        assert e.get_execution("t", hung.id).status is ExecutionStatus.FAILED
+
+
+def test_writer_groups_concurrent_submissions_and_keeps_their_order(tmp_path: Path) -> None:
+    db = Database.open(str(tmp_path / "db"), create=True)
+    writer = GroupCommitWriter(db.raw, sync=True)
+    order: list[int] = []
+    lock = threading.Lock()
+    start = threading.Barrier(16)
+
+    def submit(n: int) -> None:
+        start.wait()
+        for i in range(50):
+            done = threading.Event()
+
+            def record(err: BaseException | None, i: int = i) -> None:
+                assert err is None
+                with lock:
+                    order.append(n * 1000 + i)
+                done.set()
+
+            writer.submit([(b"k%d-%d" % (n, i), b"v")], record)
+            done.wait(10)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    writer.close()
+    assert len(order) == 800
+    # per submitter, callbacks come in submission order
+    for n in range(16):
+        mine = [x for x in order if x // 1000 == n]
+        assert mine == sorted(mine)
+    assert writer.writes < writer.submissions  # some writes carried several submissions
+    db.close()
+
+
+def test_a_counter_behind_its_records_is_repaired_and_never_reissues(tmp_path: Path, jobs: Jobs) -> None:
+    """The original's defect 11: history back-filled without seeding the counter restarted old
+    tasks at 0. A counter behind its records must never re-issue an index."""
+    path = str(tmp_path / "db")
+    db = Database.open(path, create=True)
+    writer = GroupCommitWriter(db.raw, sync=False)
+    writer.submit(changes.create_task(Task(id="old", job="job", incarnation="i1")))
+    for i in range(3):
+        writer.submit(changes.assign(Execution(id=f"E{i}", task_id="old", index=i,
+                                               status=ExecutionStatus.SUCCESS, blocking=True)))
+    writer.submit([(keys.counter_key("old"), storage_codec.encode_int(1))])  # the counter fell behind
+    writer.close()
+    db.close()
+    with Engine.open(path, jobs={"job": jobs}) as e:
+        assert e.next_index("old") == 3
+        assert e.trigger("old", blocking=True, timeout=10).index == 3
+    db = Database.open(path)
+    assert db.read_counter("old") == 4
+    db.close()
+
+
+def test_task_keys_of_prefix_sharing_ids_do_not_overlap() -> None:
+    ids = ["a", "a:", "a:b", "a/b", "a\\", "ab", "é", "a b"]
+    for x in ids:
+        for y in ids:
+            if x != y:
+                assert not keys.task_prefix(y).startswith(keys.task_prefix(x))
+                assert not keys.live_prefix(y).startswith(keys.live_prefix(x))
