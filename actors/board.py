@@ -1,7 +1,7 @@
 """Where callers wait for executions to finish.
 
-Not an actor: waiting must not occupy an actor thread, and publishing happens on
-the writer thread right after the finishing write is durable. A waiter registers
+Not an actor: waiting must not occupy an actor thread, and a counter actor publishes
+right after the finishing write is durable. A waiter registers
 *before* it reads the execution's state, so a finish can never slip between the
 read and the wait.
 """

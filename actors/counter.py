@@ -2,16 +2,17 @@
 
 Every change to a task goes through the counter actor the task is hashed to, so
 index assignment, starts, finishes, cancels and deletion of one task are
-serialised without locks. An index is taken from the in-memory counter and the
-change is handed to the group-commit writer; the caller hears of it only when the
-write is durable. Because the writer keeps submission order, index ``i+1`` can be
-handed out before ``i`` is on disk without ever being durable without it.
+serialised without locks. Group commit happens here: pykka hands an actor one
+message at a time, so a counter actor takes every message already waiting in its
+inbox, handles them all, writes all their changes in one synced LevelDB write, and
+only then answers. An index is never acknowledged before the write that holds it.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import queue
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -19,8 +20,9 @@ from typing import Any, cast
 import attrs
 import pykka
 
-from storage import Database, Execution, ExecutionStatus, GroupCommitWriter, Task, changes, keys
+from storage import Committer, Database, Execution, ExecutionStatus, Task, changes, keys
 from storage import codec as storage_codec
+from storage.batch import Op
 from storage.errors import StorageError as _StorageError
 
 from . import messages as m
@@ -43,20 +45,32 @@ log = logging.getLogger(__name__)
 TASK_DELETED = "cancelled: the task was deleted"
 INTERRUPTED = "interrupted: the engine stopped while this execution was running"
 QUEUED = -1  # idempotency entry of a blocking execution that has no record yet
+MAX_BATCH = 1024  # changes per write
 
 
 @attrs.define
 class TaskState:
     task: Task
     counter: int
-    last_seq: int = 0  # writer sequence of this task's latest change
-    deleted: bool = False  # a tombstone kept until the deletion is durable
+    deleted: bool = False  # a tombstone, so the id reads as absent until the entry is dropped
     running: dict[str, tuple[int, Execution]] = attrs.Factory(dict)  # id -> (token, RUNNING record)
     queued: dict[str, Execution] = attrs.Factory(dict)  # blocking executions not started yet
-    idem: dict[str, tuple[str, int]] = attrs.Factory(dict)  # key -> (execution id, writer seq or QUEUED)
+    idem: dict[str, tuple[str, int]] = attrs.Factory(dict)  # key -> (execution id, batch number or QUEUED)
 
     def exhausted(self) -> bool:
         return self.task.max_executions is not None and self.counter >= self.task.max_executions
+
+
+class _Batch:
+    """What one turn of the actor will write, and what it does once the write is durable."""
+
+    __slots__ = ("changes", "after", "pending", "submits")
+
+    def __init__(self) -> None:
+        self.changes: list[list[Op]] = []
+        self.after: list[tuple[m.Reply | None, Callable[[], Any]]] = []
+        self.pending: list[tuple[str, str, int]] = []
+        self.submits: list[m.WorkItem] = []
 
 
 class CounterActor(pykka.ThreadingActor):
@@ -65,22 +79,25 @@ class CounterActor(pykka.ThreadingActor):
     def __init__(
         self,
         db: Database,
-        writer: GroupCommitWriter,
+        committer: Committer,
         board: CompletionBoard,
         peers: Peers,
         jobs: JobRegistry,
         max_cached: int,
     ) -> None:
         super().__init__()
-        self._jobs = jobs
-        self.triggered = 0
-        self.finished = 0
         self._db = db
-        self._writer = writer
+        self._committer = committer
         self._board = board
         self._peers = peers
+        self._jobs = jobs
         self._max_cached = max_cached
         self._cache: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
+        self._batch = _Batch()
+        self._batch_no = 0
+        self._failed: BaseException | None = None
+        self.triggered = 0
+        self.finished = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             m.Trigger: self._trigger,
             m.Start: self._start,
@@ -95,19 +112,88 @@ class CounterActor(pykka.ThreadingActor):
             m.CounterStats: self._stats,
         }
 
+    # -- the turn: take what waits, write once, answer ------------------------------------
+
     def on_receive(self, message: Any) -> Any:
-        handler = self._handlers.get(type(message))
-        if handler is None:
+        if type(message) not in self._handlers:
             return super().on_receive(message)
+        self._batch_no += 1
+        self._batch = batch = _Batch()
+        self._handle(message)
+        inbox = cast("queue.Queue[Any]", self.actor_inbox)
+        leftover = None
+        while len(batch.changes) < MAX_BATCH:
+            try:
+                envelope = inbox.get_nowait()
+            except queue.Empty:
+                break
+            if envelope.reply_to is None and type(envelope.message) in self._handlers:
+                self._handle(envelope.message)
+            else:  # a stop or an ask: handled after this write, as pykka would
+                leftover = envelope
+                break
+        self._commit(batch)
+        self._evict()
+        if leftover is not None:
+            self._handle_envelope(leftover)
+        return None
+
+    def _handle_envelope(self, envelope: Any) -> None:
         try:
-            handler(message)
-        except Exception as e:  # answered to the caller; the actor carries on
+            response = self._handle_receive(envelope.message)
+        except Exception:
+            if envelope.reply_to is None:
+                raise
+            envelope.reply_to.set_exception()
+        else:
+            if envelope.reply_to is not None:
+                envelope.reply_to.set(response)
+
+    def _handle(self, message: Any) -> None:
+        reply = getattr(message, "reply", None)
+        if self._failed is not None:
+            m.fail(reply, self._failed)
+            return
+        try:
+            self._handlers[type(message)](message)
+        except Exception as e:  # a rejection is answered at once: it changed nothing
             if isinstance(e, _StorageError):
                 e = translate(e)
             elif not isinstance(e, EngineError):
                 log.exception("counter actor failed on %r", message)
-            m.fail(getattr(message, "reply", None), e)
-        return None
+            m.fail(reply, e)
+
+    def _commit(self, batch: _Batch) -> None:
+        if batch.changes:
+            try:
+                self._committer.write(batch.changes)
+            except _StorageError as e:
+                # the in-memory counters are now ahead of the disk: write nothing more, ever
+                self._failed = translate(e)
+                for reply, _ in batch.after:
+                    m.fail(reply, self._failed)
+                return
+        peers = self._peers
+        if batch.pending:  # before any answer, so a cancel can always claim what it was told of
+            peers.tell_quietly(peers.pending, m.AddPending(batch.pending))
+        if batch.submits:
+            peers.tell_quietly(peers.pool, m.Submit(batch.submits))
+        for reply, then in batch.after:
+            try:
+                value = then()
+            except Exception as e:
+                if not isinstance(e, EngineError | _StorageError):
+                    log.exception("counter actor failed after a write")
+                m.fail(reply, translate(e) if isinstance(e, _StorageError) else e)
+            else:
+                m.answer(reply, value)
+
+    def _write(self, ops: list[Op], reply: m.Reply | None = None, then: Callable[[], Any] = lambda: None) -> None:
+        self._batch.changes.append(ops)
+        self._later(reply, then)
+
+    def _later(self, reply: m.Reply | None, then: Callable[[], Any]) -> None:
+        self._batch.after.append((reply, then))
 
     def on_stop(self) -> None:
         # messages that raced with close: answer them rather than leave callers hanging
@@ -134,11 +220,8 @@ class CounterActor(pykka.ThreadingActor):
                 task_id, st.counter, last, last + 1,
             )
             st.counter = last + 1
-            st.last_seq = self._writer.submit(
-                [(keys.counter_key(task_id), storage_codec.encode_int(st.counter))]
-            )
+            self._write([(keys.counter_key(task_id), storage_codec.encode_int(st.counter))])
         self._cache[task_id] = st
-        self._evict()
         return st
 
     def _require(self, task_id: str) -> TaskState:
@@ -148,64 +231,29 @@ class CounterActor(pykka.ThreadingActor):
         return st
 
     def _evict(self) -> None:
-        """Forget idle tasks beyond the cache size; only tasks whose writes are all durable
-        and that have nothing queued or running, so a reload from disk is exact."""
+        """Between turns everything is on disk, so an idle task can be forgotten and reloaded."""
         excess = len(self._cache) - self._max_cached
         if excess <= 0:
             return
-        durable = self._writer.durable_seq
         for task_id in list(self._cache)[: excess + 64]:
             st = self._cache[task_id]
-            if not st.running and not st.queued and st.last_seq <= durable:
+            if not st.running and not st.queued:
                 del self._cache[task_id]
                 excess -= 1
                 if excess == 0:
                     return
 
-    def _submit(self, st: TaskState, ops: list[Any], done: Callable[[BaseException | None], None]) -> int:
-        st.last_seq = self._writer.submit(ops, done)
-        return st.last_seq
+    def _read_current(self, task_id: str, execution_id: str) -> Callable[[], Execution]:
+        """An execution as it stands after this turn's write."""
+        db = self._db
 
-    def _reply_current(self, st: TaskState, execution_id: str, reply: m.Reply) -> None:
-        """Answer with an execution as it stands once every earlier write of the task is durable."""
-        queued = st.queued.get(execution_id)
-        if queued is not None:
-            m.answer(reply, queued)
-            return
-        db, task_id = self._db, st.task.id
-
-        def done(err: BaseException | None) -> None:
-            if err is not None:
-                m.fail(reply, translate(err) if isinstance(err, _StorageError) else err)
-                return
-            try:
-                ex = db.get_execution(task_id, execution_id)
-            except _StorageError as e:
-                m.fail(reply, translate(e))
-                return
+        def read() -> Execution:
+            ex = db.get_execution(task_id, execution_id)
             if ex is None:
-                m.fail(reply, ExecutionNotFound(task_id, execution_id))
-            else:
-                m.answer(reply, ex)
+                raise ExecutionNotFound(task_id, execution_id)
+            return ex
 
-        self._writer.submit([], done)
-
-    def _durably(self, reply: m.Reply | None, then: Callable[[], Any]) -> Callable[[BaseException | None], None]:
-        """A writer callback: on success run ``then`` and answer its value, else fail the reply."""
-
-        def done(err: BaseException | None) -> None:
-            if err is None:
-                try:
-                    value = then()
-                except Exception as e:  # never leave the caller waiting
-                    log.exception("after-write step failed")
-                    err = e
-                else:
-                    m.answer(reply, value)
-                    return
-            m.fail(reply, translate(err) if isinstance(err, _StorageError) else err)
-
-        return done
+        return read
 
     # -- handlers --------------------------------------------------------------------------
 
@@ -213,95 +261,101 @@ class CounterActor(pykka.ThreadingActor):
         task = msg.task
         if self._state(task.id) is not None:
             raise TaskAlreadyExists(task.id)
-        st = TaskState(task=task, counter=0)
-        self._cache[task.id] = st
+        self._cache[task.id] = TaskState(task=task, counter=0)
         self._cache.move_to_end(task.id)
-        self._submit(st, changes.create_task(task), self._durably(msg.reply, lambda: task))
+        self._write(changes.create_task(task), msg.reply, lambda: task)
 
     def _trigger(self, msg: m.Trigger) -> None:
-        ex = msg.execution
-        st = self._require(ex.task_id)
-        key = ex.idempotency_key
+        st = self._require(msg.task_id)
+        key = msg.idempotency_key
         if key is not None:
             existing = self._idempotent(st, key)
             if existing is not None:
-                self._reply_current(st, existing, msg.reply)
+                queued = st.queued.get(existing)
+                self._later(msg.reply, (lambda: queued) if queued else self._read_current(msg.task_id, existing))
                 return
         if st.exhausted():
             raise TaskNotRunnable(
-                f"task {ex.task_id!r} is COMPLETED: it has had its {st.task.max_executions} executions"
+                f"task {msg.task_id!r} is COMPLETED: it has had its {st.task.max_executions} executions"
             )
         if st.task.job not in self._jobs:
             raise UnknownJob(st.task.job)
         self.triggered += 1
-        if ex.blocking:
+        index = None if msg.blocking else st.counter
+        ex = Execution(
+            id=msg.execution_id,
+            task_id=msg.task_id,
+            index=index,
+            status=ExecutionStatus.PENDING,
+            blocking=msg.blocking,
+            data=msg.data,
+            created_at=msg.created_at,
+            idempotency_key=key,
+        )
+        if index is None:
             st.queued[ex.id] = ex
             if key is not None:
                 st.idem[key] = (ex.id, QUEUED)
-            self._peers.tell_quietly(self._peers.pool, m.Submit(m.WorkItem(ex, st.task.job, st.task.incarnation)))
-            m.answer(msg.reply, ex)
+            self._batch.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
+            self._later(msg.reply, lambda: ex)
             return
-        ex = attrs.evolve(ex, index=st.counter)
         st.counter += 1
-        item = m.WorkItem(ex, st.task.job, st.task.incarnation)
-        peers = self._peers
-
-        def enqueue() -> Execution:
-            # the pending store knows the index before the caller does, so a cancel can claim it
-            peers.tell_quietly(peers.pending, m.AddPending(ex.task_id, ex.id, ex.index or 0))
-            peers.tell_quietly(peers.pool, m.Submit(item))
-            return ex
-
-        seq = self._submit(st, changes.assign(ex), self._durably(msg.reply, enqueue))
+        self._batch.pending.append((ex.task_id, ex.id, index))
+        self._batch.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
+        self._write(changes.assign(ex), msg.reply, lambda: ex)
         if key is not None:
-            st.idem[key] = (ex.id, seq)
+            st.idem[key] = (ex.id, self._batch_no)
 
     def _idempotent(self, st: TaskState, key: str) -> str | None:
         hit = st.idem.get(key)
         if hit is not None:
             return hit[0]
-        if len(st.idem) > 256:  # keep only what is not yet on disk
-            durable = self._writer.durable_seq
-            st.idem = {k: v for k, v in st.idem.items() if v[1] == QUEUED or v[1] > durable}
+        if len(st.idem) > 256:  # keep what is queued or in this turn; the rest is on disk
+            st.idem = {k: v for k, v in st.idem.items() if v[1] == QUEUED or v[1] == self._batch_no}
         return self._db.find_idempotent(st.task.id, key)
 
     def _start(self, msg: m.Start) -> None:
         item, ex = msg.item, msg.item.execution
         st = self._state(ex.task_id)
         if st is None or st.task.incarnation != item.incarnation:
-            self._board.publish(_finished(ex, ExecutionStatus.CANCELLED, error=TASK_DELETED))
-            m.answer(msg.reply, None)
+            cancelled = _finished(ex, ExecutionStatus.CANCELLED, error=TASK_DELETED)
+
+            def refuse() -> None:
+                self._board.publish(cancelled)  # None tells the executor not to run it
+
+            self._later(msg.reply, refuse)
             return
         if ex.blocking:
             queued = st.queued.pop(ex.id, None)
             if queued is None:  # cancelled while queued
-                m.answer(msg.reply, None)
+                self._later(msg.reply, lambda: None)
                 return
             if st.exhausted():
                 self._forget_key(st, queued)
-                self._board.fail(
-                    ex.id,
-                    TaskNotRunnable(
-                        f"task {ex.task_id!r} became COMPLETED ({st.task.max_executions} executions) "
-                        f"before execution {ex.id} started"
-                    ),
+                error = TaskNotRunnable(
+                    f"task {ex.task_id!r} became COMPLETED ({st.task.max_executions} executions) "
+                    f"before execution {ex.id} started"
                 )
-                m.answer(msg.reply, None)
+
+                def refuse_exhausted() -> None:
+                    self._board.fail(ex.id, error)
+
+                self._later(msg.reply, refuse_exhausted)
                 return
             running = attrs.evolve(queued, index=st.counter, status=ExecutionStatus.RUNNING, started_at=time.time())
             st.counter += 1
             ops = changes.assign(running)
+            if ex.idempotency_key is not None:
+                st.idem[ex.idempotency_key] = (ex.id, self._batch_no)
         else:
             if ex.id in st.running:
-                m.answer(msg.reply, None)
+                self._later(msg.reply, lambda: None)
                 return
             running = attrs.evolve(ex, status=ExecutionStatus.RUNNING, started_at=time.time())
             ops = changes.update(running)
         st.running[ex.id] = (msg.token, running)
         task = st.task
-        seq = self._submit(st, ops, self._durably(msg.reply, lambda: (running, task)))
-        if ex.blocking and ex.idempotency_key is not None:
-            st.idem[ex.idempotency_key] = (ex.id, seq)
+        self._write(ops, msg.reply, lambda: (running, task))
 
     def _forget_key(self, st: TaskState, ex: Execution) -> None:
         if ex.idempotency_key is not None and st.idem.get(ex.idempotency_key, ("",))[0] == ex.id:
@@ -310,12 +364,10 @@ class CounterActor(pykka.ThreadingActor):
     def _finish(self, msg: m.Finish) -> None:
         ex = msg.execution
         st = self._state(ex.task_id)
-        if st is None or st.task.incarnation != msg.incarnation:
-            m.answer(msg.reply, None)  # deleted: a late completion never brings the task back
-            return
-        held = st.running.get(ex.id)
-        if held is None or held[0] != msg.token:
-            m.answer(msg.reply, None)  # finished already (e.g. by the job timeout)
+        held = None if st is None or st.task.incarnation != msg.incarnation else st.running.get(ex.id)
+        if st is None or held is None or held[0] != msg.token:
+            # deleted (a late completion never brings the task back), or finished already (job timeout)
+            self._later(msg.reply, lambda: None)
             return
         self._complete(st, ex, msg.reply)
 
@@ -324,13 +376,11 @@ class CounterActor(pykka.ThreadingActor):
         self.finished += 1
         if not ex.blocking:
             self._peers.tell_quietly(self._peers.pending, m.RemovePending(ex.task_id, ex.id))
-        board = self._board
+        self._write(changes.update(ex), reply, lambda: self._published(ex))
 
-        def published() -> Execution:
-            board.publish(ex)
-            return ex
-
-        self._submit(st, changes.update(ex), self._durably(reply, published))
+    def _published(self, ex: Execution) -> Execution:
+        self._board.publish(ex)
+        return ex
 
     def _abandon(self, msg: m.Abandon) -> None:
         item, ex = msg.item, msg.item.execution
@@ -344,7 +394,7 @@ class CounterActor(pykka.ThreadingActor):
             # never started: hand it back to the pool
             if not ex.blocking:
                 self._peers.tell_quietly(self._peers.pending, m.Unclaim(ex.task_id, ex.id))
-            self._peers.tell_quietly(self._peers.pool, m.Submit(item))
+            self._batch.submits.append(item)
 
     def _cancel(self, msg: m.Cancel) -> None:
         st = self._require(msg.task_id)
@@ -352,26 +402,19 @@ class CounterActor(pykka.ThreadingActor):
         if queued is not None:
             self._forget_key(st, queued)
             cancelled = _finished(queued, ExecutionStatus.CANCELLED, error="cancelled by Engine.cancel")
-            self._board.publish(cancelled)
-            m.answer(msg.reply, cancelled)
+            self._later(msg.reply, lambda: self._published(cancelled))
             return
         assert self._peers.pending is not None
-        index = self._peers.pending.ask(m.Claim(msg.task_id, msg.execution_id))
-        if index is None:  # running, finished, or unknown: answer with what it is
-            self._reply_current(st, msg.execution_id, msg.reply)
+        if self._peers.pending.ask(m.Claim(msg.task_id, msg.execution_id)) is None:
+            # running, finished, or unknown: answer with what it is
+            self._later(msg.reply, self._read_current(msg.task_id, msg.execution_id))
             return
-        record = self._db.get_execution(msg.task_id, msg.execution_id)
+        record = self._db.get_execution(msg.task_id, msg.execution_id)  # PENDING, on disk
         if record is None:
             raise ExecutionNotFound(msg.task_id, msg.execution_id)
         cancelled = _finished(record, ExecutionStatus.CANCELLED, error="cancelled by Engine.cancel")
         self._peers.tell_quietly(self._peers.pending, m.RemovePending(msg.task_id, msg.execution_id))
-        board = self._board
-
-        def published() -> Execution:
-            board.publish(cancelled)
-            return cancelled
-
-        self._submit(st, changes.update(cancelled), self._durably(msg.reply, published))
+        self._write(changes.update(cancelled), msg.reply, lambda: self._published(cancelled))
 
     def _delete(self, msg: m.DeleteTask) -> None:
         st = self._require(msg.task_id)
@@ -388,43 +431,38 @@ class CounterActor(pykka.ThreadingActor):
         st.queued.clear()
         st.running.clear()
         st.idem.clear()
-        board = self._board
 
         def published() -> None:
             for ex in cancelled:
-                board.publish(ex)
+                self._board.publish(ex)
 
-        self._submit(st, changes.delete_task(msg.task_id), self._durably(msg.reply, published))
+        self._write(changes.delete_task(msg.task_id), msg.reply, published)
         log.info("task %r deleted (%d unfinished executions cancelled)", msg.task_id, len(cancelled))
 
     def _get_task(self, msg: m.GetTask) -> None:
         st = self._require(msg.task_id)
-        m.answer(msg.reply, attrs.evolve(st.task, execution_count=st.counter))
+        task = attrs.evolve(st.task, execution_count=st.counter)
+        self._later(msg.reply, lambda: task)
 
     def _lookup(self, msg: m.Lookup) -> None:
         st = self._state(msg.task_id)
-        if st is None:
-            m.answer(msg.reply, None)
-        else:
-            m.answer(msg.reply, (st.queued.get(msg.execution_id), st.last_seq))
+        found = None if st is None else (st.queued.get(msg.execution_id),)
+        self._later(msg.reply, lambda: found)
 
     def _interrupted(self, msg: m.Interrupted) -> None:
-        ex = msg.execution
-        st = self._require(ex.task_id)
-        failed = _finished(ex, ExecutionStatus.FAILED, error=INTERRUPTED)
-        self._submit(st, changes.update(failed), self._durably(msg.reply, lambda: failed))
+        self._require(msg.execution.task_id)  # loads the task, reconciling its counter first
+        failed = _finished(msg.execution, ExecutionStatus.FAILED, error=INTERRUPTED)
+        self._write(changes.update(failed), msg.reply, lambda: failed)
 
     def _stats(self, msg: m.CounterStats) -> None:
-        m.answer(
-            msg.reply,
-            {
-                "cached_tasks": len(self._cache),
-                "running": sum(len(st.running) for st in self._cache.values()),
-                "queued_blocking": sum(len(st.queued) for st in self._cache.values()),
-                "triggered": self.triggered,
-                "finished": self.finished,
-            },
-        )
+        figures = {
+            "cached_tasks": len(self._cache),
+            "running": sum(len(st.running) for st in self._cache.values()),
+            "queued_blocking": sum(len(st.queued) for st in self._cache.values()),
+            "triggered": self.triggered,
+            "finished": self.finished,
+        }
+        self._later(msg.reply, lambda: figures)
 
 
 def _finished(ex: Execution, status: ExecutionStatus, *, error: str | None = None, result: Any = None) -> Execution:

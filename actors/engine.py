@@ -1,6 +1,6 @@
 """The engine: the façade an embedding program calls.
 
-It owns the one LevelDB handle, the group-commit writer and this engine's actors
+It owns the one LevelDB handle and this engine's actors
 (counter actors, the pending store, the executor pool), starts them at ``open``,
 recovers unfinished work, and stops exactly these actors at ``close``: two engines
 in one process never touch each other.
@@ -15,10 +15,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import pykka
-import ulid
 
+from storage import Committer, Database, Execution, ExecutionStatus, Task
 from storage import CorruptRecord as StorageCorrupt
-from storage import Database, Execution, ExecutionStatus, GroupCommitWriter, Task
 
 from . import messages as m
 from . import validate
@@ -33,6 +32,7 @@ from .errors import (
     UnknownJob,
     storage_errors,
 )
+from .ids import new_id
 from .jobs import Job, JobRegistry
 from .peers import Peers
 from .pending import PendingStore
@@ -46,9 +46,9 @@ MAX_LIST_LIMIT = 10_000
 class Engine:
     """Use :meth:`open`. Every method is thread-safe and may be called from pykka actors."""
 
-    def __init__(self, db: Database, writer: GroupCommitWriter, jobs: JobRegistry, peers: Peers) -> None:
+    def __init__(self, db: Database, committer: Committer, jobs: JobRegistry, peers: Peers) -> None:
         self._db = db
-        self._writer = writer
+        self._committer = committer
         self._jobs = jobs
         self._peers = peers
         self._board = CompletionBoard()
@@ -68,15 +68,14 @@ class Engine:
         sync: bool = True,
         counter_actors: int = 8,
         job_timeout: float | None = None,
-        commit_window: float = 0.0,
         max_cached_tasks: int = 100_000,
     ) -> Engine:
         """Open (or create) the database at ``path`` and start the engine.
 
         ``sync=False`` acknowledges an index once LevelDB has applied its write but before the
         write reaches the disk: a crash of the machine (not of the process) can then lose
-        acknowledged indexes. ``commit_window`` waits that long before each group write to
-        gather more changes; it adds latency and never weakens durability.
+        acknowledged indexes. ``counter_actors`` bounds the threads that serve tasks, whatever
+        their number; ``max_cached_tasks`` bounds the task states they keep in memory.
         """
         if not isinstance(path, str) or not path:
             raise InvalidArgument("path must be a non-empty string")
@@ -85,21 +84,19 @@ class Engine:
         validate.positive_int(max_cached_tasks, "max_cached_tasks", allow_none=False)
         if job_timeout is not None and validate.timeout(job_timeout) == 0:
             raise InvalidArgument("job_timeout must be > 0")
-        if validate.timeout(commit_window) is None:
-            raise InvalidArgument("commit_window must be a number of seconds >= 0")
         registry = JobRegistry()
         for name, fn in (jobs or {}).items():
             registry.add(name, fn)
         with storage_errors():
             db = Database.open(path, create=True)
-        writer = GroupCommitWriter(db.raw, sync=sync, window=commit_window)
+        committer = Committer(db.raw, sync=sync)
         peers = Peers()
-        engine = cls(db, writer, registry, peers)
+        engine = cls(db, committer, registry, peers)
         try:
             peers.pending = PendingStore.start()
             per_actor = max(1, max_cached_tasks // counter_actors)
             peers.counters = [
-                CounterActor.start(db, writer, engine._board, peers, registry, per_actor)
+                CounterActor.start(db, committer, engine._board, peers, registry, per_actor)
                 for _ in range(counter_actors)
             ]
             peers.pool = ExecutorPool.start(workers, registry, peers, engine._board, job_timeout)
@@ -115,7 +112,8 @@ class Engine:
         RUNNING one as FAILED (its process died). Reads only the live set, never history."""
         tasks: dict[str, Task | None] = {}
         replies: list[m.Reply] = []
-        queued = interrupted = 0
+        pending: list[tuple[str, str, int]] = []
+        items: list[m.WorkItem] = []
         with storage_errors():
             for task_id, index, execution_id in self._db.iter_live():
                 try:
@@ -134,16 +132,17 @@ class Engine:
                     reply: m.Reply = pykka.ThreadingFuture()
                     self._peers.counter_for(task_id).tell(m.Interrupted(record, reply))
                     replies.append(reply)
-                    interrupted += 1
                 elif record.status is ExecutionStatus.PENDING:
-                    assert self._peers.pending is not None and self._peers.pool is not None
-                    self._peers.pending.tell(m.AddPending(task_id, record.id, index))
-                    self._peers.pool.tell(m.Submit(m.WorkItem(record, task.job, task.incarnation)))
-                    queued += 1
+                    pending.append((task_id, record.id, index))
+                    items.append(m.WorkItem(record, task.job, task.incarnation))
+        assert self._peers.pending is not None and self._peers.pool is not None
+        self._peers.pending.tell(m.AddPending(pending))  # before the pool can claim them
+        self._peers.pool.tell(m.Submit(items))
         for reply in replies:
             reply.get()
-        if queued or interrupted:
-            log.info("recovered %d pending executions; %d interrupted ones finished as FAILED", queued, interrupted)
+        if items or replies:
+            log.info("recovered %d pending executions; %d interrupted ones finished as FAILED",
+                     len(items), len(replies))
 
     def close(self, timeout: float | None = None) -> None:
         """Stop: wait for running jobs (up to ``timeout``), leave queued non-blocking executions
@@ -168,7 +167,6 @@ class Engine:
                                 "finished as interrupted at the next open", timeout)
         for ref in peers.counters:  # each handles what is already in its inbox first
             _stop(ref)
-        self._writer.close()
         _stop(peers.pool)
         _stop(peers.pending)
         self._board.close(EngineClosed())
@@ -185,11 +183,14 @@ class Engine:
 
     def _send(self, task_id: str, make: Callable[[m.Reply], Any]) -> m.Reply:
         reply: m.Reply = pykka.ThreadingFuture()
+        self._tell(task_id, make(reply))
+        return reply
+
+    def _tell(self, task_id: str, message: Any) -> None:
         with self._gate:
             if self._closed:
                 raise EngineClosed()
-            self._peers.counter_for(task_id).tell(make(reply))
-        return reply
+            self._peers.counter_for(task_id).tell(message)
 
     def _ask(self, task_id: str, make: Callable[[m.Reply], Any]) -> Any:
         return self._send(task_id, make).get()
@@ -214,7 +215,7 @@ class Engine:
         config: Any = None,
         max_executions: int | None = None,
     ) -> Task:
-        task_id = str(ulid.ULID()) if task_id is None else validate.task_id(task_id)
+        task_id = new_id() if task_id is None else validate.task_id(task_id)
         if not isinstance(job, str) or not job:
             raise InvalidArgument("job must be a non-empty string")
         validate.json_value(config, "config")
@@ -227,7 +228,7 @@ class Engine:
             config=config,
             max_executions=max_executions,
             created_at=time.time(),
-            incarnation=str(ulid.ULID()),
+            incarnation=new_id(),
         )
         result: Task = self._ask(task_id, lambda r: m.CreateTask(task, r))
         return result
@@ -248,39 +249,38 @@ class Engine:
 
     # -- triggers --------------------------------------------------------------------------
 
-    def _new_execution(self, task_id: str, data: Any, blocking: bool, key: str | None) -> Execution:
+    def _trigger_message(
+        self, task_id: str, data: Any, blocking: bool, key: str | None
+    ) -> Callable[[m.Reply], m.Trigger]:
         validate.task_id(task_id)
         validate.json_value(data, "data")
+        validate.text(key, "idempotency_key")
         if not isinstance(blocking, bool):
             raise InvalidArgument("blocking must be True or False")
-        return Execution(
-            id=str(ulid.ULID()),
-            task_id=task_id,
-            index=None,
-            status=ExecutionStatus.PENDING,
-            blocking=blocking,
-            data=data,
-            created_at=time.time(),
-            idempotency_key=validate.text(key, "idempotency_key"),
-        )
+        execution_id, created_at = new_id(), time.time()
+        return lambda reply: m.Trigger(execution_id, task_id, data, blocking, created_at, key, reply)
 
     def trigger_future(
         self, task_id: str, data: Any = None, *, blocking: bool = False, idempotency_key: str | None = None
     ) -> pykka.Future[Execution]:
         """Like :meth:`trigger`, for callers that are actors: a non-blocking future resolves when the
         index is durable, a blocking one when the execution has finished."""
-        ex = self._new_execution(task_id, data, blocking, idempotency_key)
+        trigger = self._trigger_message(task_id, data, blocking, idempotency_key)
         if not blocking:
-            return self._send(task_id, lambda r: m.Trigger(ex, r))
+            return self._send(task_id, trigger)
+        reply: m.Reply = pykka.ThreadingFuture()
+        message = trigger(reply)
         # watch before sending: a failure at start (TaskNotRunnable) must not slip past us
-        watcher = self._board.watch(ex.id)
+        watcher = self._board.watch(message.execution_id)
         try:
-            reply = self._send(task_id, lambda r: m.Trigger(ex, r))
+            self._tell(task_id, message)
         except BaseException:
-            self._board.unwatch(ex.id, watcher)
+            self._board.unwatch(message.execution_id, watcher)
             raise
         out: pykka.ThreadingFuture[Execution] = pykka.ThreadingFuture()
-        out.set_get_hook(lambda timeout: self._await_blocking(task_id, ex.id, reply, watcher, timeout))
+        out.set_get_hook(
+            lambda timeout: self._await_blocking(task_id, message.execution_id, reply, watcher, timeout)
+        )
         return out
 
     def _await_blocking(
@@ -329,13 +329,13 @@ class Engine:
             ex = self._db.get_execution(task_id, execution_id)
             if ex is not None:
                 return ex
+            # not on disk: a queued blocking execution, or one whose first write was in the
+            # counter actor's turn; the answer comes after that turn's write
             known = self._ask(task_id, lambda r: m.Lookup(task_id, execution_id, r))
             if known is None:
                 raise TaskNotFound(task_id)
-            queued, seq = known
-            if queued is not None:
-                return queued  # type: ignore[no-any-return]
-            self._writer.wait_durable(seq)  # its start may be on its way to disk
+            if known[0] is not None:
+                return known[0]  # type: ignore[no-any-return]
             ex = self._db.get_execution(task_id, execution_id)
         if ex is None:
             raise ExecutionNotFound(task_id, execution_id)
@@ -410,8 +410,8 @@ class Engine:
             "waiting_for_job": pool["waiting_for_job"],
             "replaced_executors": pool["replaced_executors"],
             "pending": peers.pending.ask(m.PendingCount()),
-            "writes": self._writer.writes,
-            "submissions": self._writer.submissions,
+            "writes": self._committer.writes,
+            "changes_written": self._committer.changes,
             "waiters": len(self._board),
         }
         for key in ("cached_tasks", "triggered", "finished", "queued_blocking"):

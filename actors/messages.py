@@ -1,8 +1,8 @@
 """Messages between the engine's actors.
 
-Requests that are answered later (after a durable write) carry their own ``reply``
-future: pykka answers an ``ask`` when the handler returns, which is too early for
-an index that is not yet on disk.
+Requests to a counter actor carry their own ``reply`` future: pykka answers an
+``ask`` when the handler returns, which is too early for an index whose write the
+actor makes later in the same turn.
 """
 
 from __future__ import annotations
@@ -48,7 +48,14 @@ class CreateTask:
 
 @attrs.frozen
 class Trigger:
-    execution: Execution  # PENDING, index None; the counter actor gives it one if non-blocking
+    """The counter actor builds the execution: with its index if non-blocking, without if blocking."""
+
+    execution_id: str
+    task_id: str
+    data: Any
+    blocking: bool
+    created_at: float
+    idempotency_key: str | None
     reply: Reply
 
 
@@ -123,9 +130,7 @@ class CounterStats:
 
 @attrs.frozen
 class AddPending:
-    task_id: str
-    execution_id: str
-    index: int
+    entries: list[tuple[str, str, int]]  # (task id, execution id, index), on disk already
 
 
 @attrs.frozen
@@ -161,7 +166,7 @@ class PendingCount:
 
 @attrs.frozen
 class Submit:
-    item: WorkItem
+    items: list[WorkItem]
 
 
 @attrs.frozen

@@ -28,8 +28,9 @@ class PendingStore(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, m.AddPending):
-            self._entries[(message.task_id, message.execution_id)] = [message.index, False]
-            self._by_task.setdefault(message.task_id, set()).add(message.execution_id)
+            for task_id, execution_id, index in message.entries:
+                self._entries[(task_id, execution_id)] = [index, False]
+                self._by_task.setdefault(task_id, set()).add(execution_id)
         elif isinstance(message, m.Claim):
             entry = self._entries.get((message.task_id, message.execution_id))
             if entry is None or entry[1]:

@@ -70,7 +70,8 @@ class ExecutorPool(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, m.Submit):
-            self._submit(message.item)
+            for item in message.items:
+                self._submit(item)
         elif isinstance(message, m.Done):
             self._done(message)
         elif isinstance(message, m.Expired):

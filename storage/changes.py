@@ -7,8 +7,8 @@ the replay checks agree on what a consistent database looks like.
 from __future__ import annotations
 
 from . import codec, keys
+from .batch import DeletePrefix, Op
 from .records import Execution, Task
-from .writer import DeletePrefix, Op
 
 
 def create_task(task: Task) -> list[Op]:
@@ -19,16 +19,17 @@ def assign(execution: Execution) -> list[Op]:
     """Hand out ``execution.index``: the counter moves past it in the same batch that stores
     the record, so an index is never issued without its record (invariant 2)."""
     assert execution.index is not None
-    tid, index = execution.task_id, execution.index
+    tid, index, eid = execution.task_id, execution.index, execution.id.encode()
+    prefix = keys.task_prefix(tid)  # the hot path: build it once
     ops: list[Op] = [
-        (keys.counter_key(tid), codec.encode_int(index + 1)),
-        (keys.execution_key(tid, index), codec.encode_execution(execution)),
-        (keys.exec_id_key(tid, execution.id), codec.encode_int(index)),
+        (prefix + keys.COUNTER, codec.encode_int(index + 1)),
+        (prefix + keys.EXECUTION + keys.encode_index(index), codec.encode_execution(execution)),
+        (prefix + keys.EXEC_ID + eid, codec.encode_int(index)),
     ]
     if not execution.status.is_finished:
-        ops.append((keys.live_key(tid, index), execution.id.encode()))
+        ops.append((keys.live_key(tid, index), eid))
     if execution.idempotency_key is not None:
-        ops.append((keys.idempotency_key(tid, execution.idempotency_key), execution.id.encode()))
+        ops.append((prefix + keys.IDEMPOTENCY + execution.idempotency_key.encode(), eid))
     return ops
 
 

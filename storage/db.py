@@ -1,7 +1,7 @@
 """Opening a taskengine LevelDB and reading it.
 
 Readers here are all a replay or inspect tool needs; writes go through
-``storage.writer`` so every change is one atomic batch.
+``storage.batch`` so every change is one atomic batch.
 """
 
 from __future__ import annotations
