@@ -24,8 +24,8 @@ Delete = tuple[bytes, None]  # (key, None)
 
 
 class DeletePrefix:
-    """Delete every key under ``prefix`` as it stands when the write is applied, including keys
-    put by earlier changes of the same write."""
+    """Delete every key under ``prefix``: those on disk and those put by earlier changes of the
+    same write. The whole write stays one atomic LevelDB batch."""
 
     __slots__ = ("prefix",)
 
@@ -54,20 +54,20 @@ class Committer:
         """Apply ``changes`` (each atomic, all in order) durably if ``sync``; raises WriteFailed."""
         try:
             batch = self._db.write_batch(sync=self.sync)
+            put: set[bytes] | None = None  # keys this write puts, tracked only if it deletes a prefix
+            if any(isinstance(op, DeletePrefix) for ops in changes for op in ops):
+                put = set()
             for ops in changes:
                 for op in ops:
                     if isinstance(op, DeletePrefix):
-                        batch.write()  # the scan must see what this write already holds
-                        batch = self._db.write_batch(sync=self.sync)
-                        with self._db.iterator(
-                            start=op.prefix, stop=keys.prefix_end(op.prefix), include_value=False
-                        ) as it:
-                            for key in it:
-                                batch.delete(key)
+                        assert put is not None
+                        self._delete_prefix(batch, op.prefix, put)
                     elif op[1] is None:
                         batch.delete(op[0])
                     else:
                         batch.put(op[0], op[1])
+                        if put is not None:
+                            put.add(op[0])
             batch.write()
         except Exception as e:  # plyvel raises its own IOError / RuntimeError (closed)
             log.critical("database write failed: %s", e)
@@ -75,3 +75,12 @@ class Committer:
         with self._lock:
             self.writes += 1
             self.changes += len(changes)
+
+    def _delete_prefix(self, batch: Any, prefix: bytes, put: set[bytes]) -> None:
+        """Deletes in the same batch: on disk under ``prefix``, and what this batch put there."""
+        with self._db.iterator(start=prefix, stop=keys.prefix_end(prefix), include_value=False) as it:
+            for key in it:
+                batch.delete(key)
+        for key in [k for k in put if k.startswith(prefix)]:
+            batch.delete(key)
+            put.discard(key)

@@ -55,16 +55,15 @@ def encode_int(n: int) -> bytes:
 
 
 def decode_int(key: bytes, value: bytes) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise CorruptRecord(key, f"expected a decimal integer, found {value[:40]!r}") from None
-    if n < 0:
-        raise CorruptRecord(key, f"negative integer {n}")
-    return n
+    if not (value.isdigit() and len(value) <= 19):  # ASCII digits only: no sign, space or "_"
+        raise CorruptRecord(key, f"expected a decimal integer, found {value[:40]!r}")
+    return int(value)
 
 
 def encode_execution(ex: Execution) -> bytes:
+    """The id must be a ULID (ID_LEN characters): the header has a fixed layout."""
+    if len(ex.id) != ID_LEN:
+        raise ValueError(f"execution id {ex.id!r} is not a {ID_LEN}-character ULID")
     body = to_json(
         {
             "blocking": ex.blocking,
@@ -80,13 +79,19 @@ def encode_execution(ex: Execution) -> bytes:
     return ex.status.code + ex.id.encode() + keys.SEP + body.encode()
 
 
+#: the header of an execution record: status byte, id, then ``keys.SEP`` at ``ID_END``
+STATUS_AT = 0
+ID_START = 1
+ID_LEN = 26
+ID_END = ID_START + ID_LEN
+
+
 def peek_execution(key: bytes, value: bytes) -> tuple[ExecutionStatus, str]:
     """Status and id of a record without decoding its JSON body."""
-    sep = value.find(keys.SEP, 1)
     try:
-        if sep < 2:
-            raise ValueError("no id separator")
-        return ExecutionStatus.from_code(value[0]), value[1:sep].decode()
+        if len(value) <= ID_END or value[ID_END] != keys.SEP[0]:
+            raise ValueError(f"no id separator at byte {ID_END}")
+        return ExecutionStatus.from_code(value[STATUS_AT]), value[ID_START:ID_END].decode()
     except (KeyError, ValueError, IndexError) as e:
         raise CorruptRecord(key, f"execution record header does not decode ({e})") from None
 
@@ -94,7 +99,7 @@ def peek_execution(key: bytes, value: bytes) -> tuple[ExecutionStatus, str]:
 def decode_execution(key: bytes, value: bytes, task_id: str, index: int) -> Execution:
     status, exec_id = peek_execution(key, value)
     try:
-        d = json.loads(value[value.index(keys.SEP, 1) + 1 :])
+        d = json.loads(value[ID_END + 1 :])
         return Execution(
             id=exec_id,
             task_id=task_id,

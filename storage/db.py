@@ -6,6 +6,7 @@ Readers here are all a replay or inspect tool needs; writes go through
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -20,6 +21,12 @@ from .records import Execution, Task
 log = logging.getLogger(__name__)
 
 
+def plyvel_message(e: BaseException) -> str:
+    """plyvel puts LevelDB's status in the message as bytes; make it text."""
+    arg = e.args[0] if e.args else e
+    return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+
+
 def _open_leveldb(path: str, create: bool) -> Any:
     if create:
         if os.path.exists(path) and not os.path.isdir(path):
@@ -30,19 +37,32 @@ def _open_leveldb(path: str, create: bool) -> Any:
             os.makedirs(path, exist_ok=True)
         except OSError as e:
             raise StorageError(f"cannot create {path!r}: {e}") from None
+    elif os.path.exists(path) and not os.path.isdir(path):
+        raise NotADatabase(f"{path!r} is a file, not a database directory")
     elif not os.path.isdir(path):
         raise NotADatabase(f"no database at {path!r}")
     try:
         return plyvel.DB(path, create_if_missing=create)
     except plyvel.IOError as e:
-        msg = str(e)
+        msg = plyvel_message(e)
         if "lock" in msg.lower():
             raise StorageLocked(path) from None
         raise StorageError(f"cannot open {path!r}: {msg}") from None
     except plyvel.CorruptionError as e:
-        raise NotADatabase(f"{path!r} is a corrupt LevelDB database: {e}") from None
+        raise NotADatabase(f"{path!r} is a corrupt LevelDB database: {plyvel_message(e)}") from None
     except plyvel.Error as e:
-        raise NotADatabase(f"{path!r} is not a LevelDB database: {e}") from None
+        raise NotADatabase(f"{path!r} is not a LevelDB database: {plyvel_message(e)}") from None
+
+
+@contextlib.contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """LevelDB read errors (a damaged table file, a closed handle) as StorageError."""
+    try:
+        yield
+    except plyvel.Error as e:
+        raise StorageError(f"cannot read {what}: {plyvel_message(e)}") from None
+    except RuntimeError as e:  # plyvel: "Database is closed"
+        raise StorageError(f"cannot read {what}: {e}") from None
 
 
 class Database:
@@ -118,7 +138,7 @@ class Database:
 
     def iter_task_ids(self) -> Iterator[str]:
         """Every task id that has any key, in key order; seeks past each task's executions."""
-        with self.raw.iterator(include_value=False) as it:
+        with _reading("task ids"), self.raw.iterator(include_value=False) as it:
             it.seek(keys.TASK_TAG)
             for key in it:
                 if not key.startswith(keys.TASK_TAG):
@@ -167,8 +187,9 @@ class Database:
             start, stop = prefix, (keys.execution_key(task_id, after) if after is not None else None)
         else:
             start, stop = (keys.execution_key(task_id, after + 1) if after is not None else prefix), None
-        it = self.raw.iterator(start=start, stop=stop or keys.prefix_end(prefix), reverse=newest_first)
-        with it:
+        with _reading(f"executions of {task_id!r}"), self.raw.iterator(
+            start=start, stop=stop or keys.prefix_end(prefix), reverse=newest_first
+        ) as it:
             for n, (key, value) in enumerate(it):
                 if limit is not None and n >= limit:
                     return
@@ -177,7 +198,7 @@ class Database:
     def iter_live(self) -> Iterator[tuple[str, int, str]]:
         """(task id, index, execution id) of every execution that holds an index and has not
         finished: what recovery needs, without reading finished history."""
-        with self.raw.iterator(prefix=keys.live_prefix()) as it:
+        with _reading("live executions"), self.raw.iterator(prefix=keys.live_prefix()) as it:
             for key, value in it:
                 parsed = keys.parse_live_key(key)
                 if parsed is None:
@@ -189,16 +210,18 @@ class Database:
     def backup(self, dest: str, batch_size: int = 10_000) -> int:
         """Copy a consistent snapshot into a new database at ``dest``; returns keys copied."""
         if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
-            raise NotADatabase(f"backup destination {dest!r} exists and is not empty")
+            raise StorageError(f"backup destination {dest!r} exists and is not empty")
         try:
             out = plyvel.DB(dest, create_if_missing=True, error_if_exists=True)
         except plyvel.Error as e:
-            raise StorageError(f"cannot create backup at {dest!r}: {e}") from None
+            raise StorageError(f"cannot create backup at {dest!r}: {plyvel_message(e)}") from None
         copied = 0
         try:
-            with self.raw.snapshot() as snap, snap.iterator() as it:
+            with _reading("the database to back up"), self.raw.snapshot() as snap, snap.iterator() as it:
                 batch = out.write_batch()
                 for key, value in it:
+                    if key == keys.SCHEMA_KEY:
+                        continue  # written last: an interrupted copy is not a taskengine database
                     batch.put(key, value)
                     copied += 1
                     if copied % batch_size == 0:
@@ -206,6 +229,7 @@ class Database:
                         batch = out.write_batch()
                 batch.write()
             out.put(keys.SCHEMA_KEY, codec.encode_int(keys.SCHEMA_VERSION), sync=True)
+            copied += 1
         finally:
             out.close()
         return copied

@@ -19,7 +19,7 @@ class StorageLocked(StorageError):
         msg = (
             f"database {path!r} is locked by another process or engine in this process"
             f"{': ' + detail if detail else ''}; close that engine (or stop that process) first,"
-            " or use a copy made with 'taskengine backup'"
+            " or have it copy the database with Engine.backup(dest) and use the copy"
         )
         super().__init__(msg)
 

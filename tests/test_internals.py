@@ -13,6 +13,7 @@ import pytest
 import actors.pool
 from actors import Engine, ExecutionStatus, JobContext
 from actors import messages as m
+from actors.ids import new_id
 from storage import Committer, Database, Execution, Task, changes, keys
 from storage import codec as storage_codec
 
@@ -130,7 +131,7 @@ def test_delete_prefix_sees_earlier_changes_of_the_same_write(tmp_path: Path) ->
     db = Database.open(str(tmp_path / "db"), create=True)
     task = Task(id="a", job="job", incarnation="i1")
     other = Task(id="a:b", job="job", incarnation="i2")
-    ex = Execution(id="E0", task_id="a", index=0, status=ExecutionStatus.PENDING, blocking=False)
+    ex = Execution(id=new_id(), task_id="a", index=0, status=ExecutionStatus.PENDING, blocking=False)
     Committer(db.raw, sync=True).write(
         [changes.create_task(task), changes.create_task(other), changes.assign(ex), changes.delete_task("a")]
     )
@@ -147,7 +148,7 @@ def test_a_counter_behind_its_records_is_repaired_and_never_reissues(tmp_path: P
     db = Database.open(path, create=True)
     ops = [changes.create_task(Task(id="old", job="job", incarnation="i1"))]
     ops += [
-        changes.assign(Execution(id=f"E{i}", task_id="old", index=i, status=ExecutionStatus.SUCCESS, blocking=True))
+        changes.assign(Execution(id=new_id(), task_id="old", index=i, status=ExecutionStatus.SUCCESS, blocking=True))
         for i in range(3)
     ]
     ops.append([(keys.counter_key("old"), storage_codec.encode_int(1))])  # the counter fell behind
@@ -174,8 +175,6 @@ def test_ids_are_ulids() -> None:
     import time
 
     import ulid
-
-    from actors.ids import new_id
 
     ids = {new_id() for _ in range(10_000)}
     assert len(ids) == 10_000

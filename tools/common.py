@@ -1,0 +1,100 @@
+"""What every command-line tool shares: opening a database, one-line failures, tables, times.
+
+A user's mistake or a damaged database must end a tool with one line on stderr, never a
+traceback, so every tool opens its database through :func:`open_database` and reports
+failures by raising :class:`ToolError`; ``tools.cli`` turns it into
+``taskengine <command>: error: <message>`` and the exit status. Tools only read through
+``storage``; they never import ``actors``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from storage import Database, StorageError, StorageLocked
+
+#: everything fine (replay: no violation)
+EXIT_OK = 0
+#: the tool ran but found a problem: a violation, a corrupt record, a task or execution not found
+EXIT_FAILED = 1
+#: the tool could not start: a usage mistake or a database it cannot open
+EXIT_USAGE = 2
+
+
+class ToolError(Exception):
+    """A failure to report as one line (no traceback) with ``exit_code``.
+
+    Plugins (``tools.stress``, ``tools.bench``) may raise it too.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+def locked_message(path: str) -> str:
+    """Why a locked database cannot be read, and what to do instead.
+
+    LevelDB lets one process hold a database; a running engine holds it for its lifetime.
+    """
+    return (
+        f"database {path!r} is locked: an engine (or another program) has it open; stop it first, "
+        "or take a copy with Engine.backup(dest) from the process that holds it and use the copy"
+    )
+
+
+@contextmanager
+def open_database(path: str) -> Iterator[Database]:
+    """Open an existing taskengine database for reading, or raise :class:`ToolError` (exit 2).
+
+    Never creates anything, so a mistyped path does not leave an empty database behind.
+    """
+    if not os.path.exists(path):
+        raise ToolError(f"no database at {path!r}: the path does not exist", EXIT_USAGE)
+    if not os.path.isdir(path):
+        raise ToolError(f"{path!r} is a file, not a database directory", EXIT_USAGE)
+    if not os.path.exists(os.path.join(path, "CURRENT")):  # what LevelDB opens first
+        raise ToolError(f"{path!r} is not a database: the directory holds no LevelDB (no CURRENT file)", EXIT_USAGE)
+    try:
+        db = Database.open(path, create=False)
+    except StorageLocked:
+        raise ToolError(locked_message(path), EXIT_USAGE) from None
+    except StorageError as e:  # NotADatabase, UnknownSchema, an unreadable directory
+        raise ToolError(str(e), EXIT_USAGE) from None
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def format_time(t: float | None) -> str:
+    """A stored Unix time as UTC ISO 8601 to the millisecond; ``-`` for none."""
+    if t is None:
+        return "-"
+    try:
+        return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except (OverflowError, OSError, ValueError, TypeError):
+        return repr(t)
+
+
+def one_line(text: str, width: int | None = None) -> str:
+    """Text made safe for one table cell: no line breaks, optionally shortened."""
+    flat = " ".join(text.split())
+    if width is not None and len(flat) > width:
+        return flat[: max(width - 3, 0)] + "..."
+    return flat
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[bool]) -> list[str]:
+    """Align columns; ``right[i]`` right-aligns column ``i`` (numbers)."""
+    cells = [list(header)] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for r in cells:
+        parts = [c.rjust(w) if ra else c.ljust(w) for c, w, ra in zip(r, widths, right, strict=True)]
+        lines.append("  ".join(parts).rstrip())
+    return lines

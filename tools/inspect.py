@@ -1,0 +1,149 @@
+"""``taskengine inspect``: look inside a database without an engine.
+
+Three views, all read-only (nothing is assigned or changed, as for the engine's reads):
+
+* ``inspect DB``: every task with its job, counter (the next index), status, and how many
+  of its executions are PENDING / RUNNING (from the live keys, the engine's own list of
+  unfinished work);
+* ``inspect DB --task T``: that task's executions in index order (``--newest-first``
+  reverses, ``--limit`` bounds the list);
+* ``inspect DB --task T --execution ID`` (or ``--index N``): one execution's full record
+  as JSON.
+
+It shows what is stored; judging it is ``taskengine replay``'s job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+from storage import Database, Execution, ExecutionStatus, Task, codec, keys
+
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, format_table, format_time, one_line, open_database
+
+SUMMARY = "List a database's tasks, a task's executions, or one execution"
+DESCRIPTION = (
+    "Show what a database holds: its tasks (job, next index, status, pending and running "
+    "executions); with --task, that task's executions in index order; with --execution ID or "
+    "--index N, one execution's full record as JSON. Reads only."
+)
+
+#: executions listed when --limit is not given
+DEFAULT_LIMIT = 50
+#: characters of an error message shown in a listing (the full text is in --execution)
+ERROR_WIDTH = 60
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("db", metavar="DB", help="database directory (of a stopped engine, or a backup)")
+    parser.add_argument("--task", metavar="T", help="list this task's executions")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--execution", metavar="ID", help="with --task: print this execution's full record")
+    which.add_argument("--index", metavar="N", type=int, help="with --task: print the execution at index N")
+    parser.add_argument(
+        "--limit",
+        metavar="N",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help=f"with --task: list at most N executions (default {DEFAULT_LIMIT}; 0 lists all)",
+    )
+    parser.add_argument("--newest-first", action="store_true", help="with --task: highest index first")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.task is None and (args.execution is not None or args.index is not None):
+        raise ToolError("--execution and --index need --task", EXIT_USAGE)
+    if args.limit < 0:
+        raise ToolError(f"--limit must be 0 (all) or more, not {args.limit}", EXIT_USAGE)
+    if args.index is not None and args.index < 0:
+        raise ToolError(f"--index must be 0 or more, not {args.index}", EXIT_USAGE)
+    with open_database(args.db) as db:
+        if args.task is None:
+            lines = task_lines(db)
+        elif args.execution is not None or args.index is not None:
+            lines = [json.dumps(find_execution(db, args).to_json(), indent=2, ensure_ascii=False)]
+        else:
+            lines = execution_lines(db, args.task, args.limit or None, args.newest_first)
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def live_counts(db: Database) -> dict[str, Counter[ExecutionStatus]]:
+    """PENDING / RUNNING executions per task, from the live keys and their records' status bytes."""
+    counts: dict[str, Counter[ExecutionStatus]] = {}
+    with db.raw.snapshot() as snap:
+        for task_id, index, _execution_id in db.iter_live():
+            key = keys.execution_key(task_id, index)
+            value = snap.get(key)
+            if value is None:
+                continue  # a live key without a record: replay reports it
+            status = codec.peek_execution(key, value)[0]
+            counts.setdefault(task_id, Counter())[status] += 1
+    return counts
+
+
+def task_lines(db: Database) -> list[str]:
+    live = live_counts(db)
+    rows: list[tuple[object, ...]] = []
+    for task_id in db.iter_task_ids():
+        task = db.get_task(task_id)
+        counts = live.get(task_id, Counter())
+        pending, running = counts[ExecutionStatus.PENDING], counts[ExecutionStatus.RUNNING]
+        if task is None:  # keys left without a task record: not a task, but worth seeing
+            rows.append((task_id, "-", db.read_counter(task_id), "-", "NO TASK RECORD", pending, running))
+            continue
+        limit = "-" if task.max_executions is None else task.max_executions
+        rows.append((task_id, task.job, task.execution_count, limit, task.status.value, pending, running))
+    header = ("TASK", "JOB", "NEXT INDEX", "MAX", "STATUS", "PENDING", "RUNNING")
+    lines = format_table(header, rows, (False, False, True, True, False, True, True)) if rows else []
+    lines.append(f"{len(rows)} task(s) in {db.path}")
+    return lines
+
+
+def _task(db: Database, task_id: str) -> Task:
+    task = db.get_task(task_id)
+    if task is None:
+        raise ToolError(f"no task {task_id!r} in {db.path!r}", EXIT_FAILED)
+    return task
+
+
+def execution_lines(db: Database, task_id: str, limit: int | None, newest_first: bool) -> list[str]:
+    task = _task(db, task_id)
+    limit_text = "none" if task.max_executions is None else str(task.max_executions)
+    lines = [
+        f"task {task.id!r}: job {task.job!r}, {task.status.value}, next index {task.execution_count}, "
+        f"max_executions {limit_text}, created {format_time(task.created_at)}"
+    ]
+    executions = list(db.iter_executions(task_id, limit=limit, newest_first=newest_first))
+    rows = [_execution_row(ex) for ex in executions]
+    if rows:
+        header = ("INDEX", "ID", "STATUS", "CREATED", "FINISHED", "ERROR")
+        lines += format_table(header, rows, (True, False, False, False, False, False))
+    shown = len(rows)
+    if limit is not None and shown == limit and shown < task.execution_count:
+        lines.append(f"{shown} of {task.execution_count} execution(s) shown; --limit 0 shows all")
+    else:
+        lines.append(f"{shown} execution(s)")
+    return lines
+
+
+def _execution_row(ex: Execution) -> tuple[object, ...]:
+    error = "" if ex.error is None else one_line(ex.error, ERROR_WIDTH)
+    return (ex.index, ex.id, ex.status.value, format_time(ex.created_at), format_time(ex.finished_at), error)
+
+
+def find_execution(db: Database, args: argparse.Namespace) -> Execution:
+    _task(db, args.task)
+    if args.execution is not None:
+        found = db.get_execution(args.task, args.execution)
+        what = f"execution {args.execution!r}"
+    else:
+        found = db.get_execution_at(args.task, args.index)
+        what = f"execution at index {args.index}"
+    if found is None:
+        raise ToolError(f"no {what} in task {args.task!r}", EXIT_FAILED)
+    return found
