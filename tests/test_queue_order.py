@@ -1,0 +1,52 @@
+"""The original's defect 9: its queue ordered job ids as strings ("10" before "9") and ran one
+worker. Here queued executions run in the order their indexes were given, numerically, both
+while running and when recovered at open."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from actors import Engine, JobContext
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.order: list[int] = []
+        self.hold = threading.Event()
+
+    def __call__(self, ctx: JobContext) -> Any:
+        if ctx.data == "hold":
+            self.hold.wait(30)
+        self.order.append(ctx.index)
+        return None
+
+
+def test_queued_executions_run_in_index_order(tmp_path: Path) -> None:
+    rec = Recorder()
+    with Engine.open(str(tmp_path / "db"), jobs={"job": rec}, workers=1) as e:
+        e.create_task("t", job="job")
+        first = e.trigger("t", "hold")
+        queued = [e.trigger("t", i) for i in range(12)]
+        rec.hold.set()
+        for ex in [first, *queued]:
+            e.wait("t", ex.id, timeout=10)
+    assert rec.order == list(range(13))
+
+
+def test_recovered_executions_run_in_index_order(tmp_path: Path) -> None:
+    path = str(tmp_path / "db")
+    blocker = Recorder()
+    e = Engine.open(path, jobs={"job": blocker}, workers=1)
+    e.create_task("t", job="job")
+    held = e.trigger("t", "hold")
+    ids = [e.trigger("t", i).id for i in range(12)]
+    e.close(timeout=0.2)  # the held job is left running; the 12 queued stay PENDING on disk
+    blocker.hold.set()
+    rec = Recorder()
+    with Engine.open(path, jobs={"job": rec}, workers=1) as e:
+        for eid in ids:
+            e.wait("t", eid, timeout=10)
+        assert e.get_execution("t", held.id).status.value == "FAILED"  # interrupted
+    assert rec.order == list(range(1, 13))
