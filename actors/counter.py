@@ -244,12 +244,14 @@ class CounterActor(pykka.ThreadingActor):
                     return
 
     def _read_current(self, task_id: str, execution_id: str) -> Callable[[], Execution]:
-        """An execution as it stands after this turn's write."""
-        db = self._db
+        """An execution as it stands after this turn's write (a deletion later in the same turn
+        makes it TaskNotFound, as if the read had come after the deletion)."""
 
         def read() -> Execution:
-            ex = db.get_execution(task_id, execution_id)
+            ex = self._db.get_execution(task_id, execution_id)
             if ex is None:
+                if self._state(task_id) is None:
+                    raise TaskNotFound(task_id)
                 raise ExecutionNotFound(task_id, execution_id)
             return ex
 

@@ -1,0 +1,346 @@
+"""``taskengine stress`` (tools/stress.py and its helpers): clean runs in process and with
+crash injection, the JSON report, one-line usage errors, and checks that the tool really
+catches a misbehaving engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from tools import stress
+from tools.stress_check import Ledger, final_check
+from tools.stress_driver import StressConfig, execute
+from tools.stress_report import Latency, StressReport, percentile
+from tools.stress_workload import JOB_NAME, JOBS, Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="taskengine stress")
+    stress.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def run_stress(*argv: str) -> int:
+    return stress.run(parse(*argv))
+
+
+def one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# -- whole runs ------------------------------------------------------------------------------
+
+
+def test_in_process_run_is_clean_and_writes_json(tmp_path: Path, capsys: Any) -> None:
+    db, out = str(tmp_path / "db"), tmp_path / "report.json"
+    code = run_stress(db, "--clients", "8", "--tasks", "4", "--count", "400", "--seed", "1",
+                      "--no-progress", "--json", str(out))
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert "OK: no violations" in captured.out
+    assert "acked" not in captured.err  # --no-progress
+    report = json.loads(out.read_text())
+    assert report["ok"] is True and report["violations"] == []
+    assert report["mode"] == "in-process" and report["crashes"] == 0
+    assert report["acknowledged"] >= 400
+    assert report["acknowledged_nonblocking"] > 0 and report["acknowledged_blocking"] > 0
+    assert report["rate"] > 0
+    for kind in ("ack_latency", "blocking_latency"):
+        lat = report[kind]
+        assert lat["count"] > 0
+        assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert report["idempotent_retries"] > 0
+    final = report["final"]
+    assert final["checked"] == report["acknowledged"]
+    assert final["success"] > 0 and final["failed"] > 0  # the workload has failing jobs
+    assert report["replay"]["ok"] is True and report["replay"]["violations"] == 0
+    assert report["replay"]["pending"] == 0 and report["replay"]["running"] == 0
+
+
+def test_in_process_run_with_frequent_deletions(tmp_path: Path) -> None:
+    cfg = StressConfig(
+        db=str(tmp_path / "db"), clients=8, tasks=4, count=600, duration=None, seed=7,
+        settings=Settings(delete_probability=0.08),
+    )
+    report = execute(cfg)
+    assert report.violations == []
+    assert report.deletions >= 1
+    assert report.final.deleted > 0  # executions removed with their task were allowed to go
+    assert report.replay["ok"]
+
+
+def test_crash_injected_run_survives_kills(tmp_path: Path, capsys: Any) -> None:
+    db, out = str(tmp_path / "db"), tmp_path / "crash.json"
+    code = run_stress(db, "--clients", "16", "--tasks", "8", "--duration", "8", "--crash-every", "1.2",
+                      "--seed", "3", "--no-progress", "--json", str(out))
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    report = json.loads(out.read_text())
+    assert report["mode"] == "crash"
+    assert report["crashes"] >= 2, report
+    assert report["violations"] == []
+    assert report["acknowledged"] > 0
+    assert report["final"]["checked"] == report["acknowledged"]
+    assert report["replay"]["ok"] is True
+    assert "crashes survived" in captured.out
+
+
+def test_crash_injected_run_until_a_count(tmp_path: Path) -> None:
+    cfg = StressConfig(db=str(tmp_path / "db"), clients=8, tasks=4, count=500, duration=None, crash_every=0.5,
+                       seed=11)
+    report = execute(cfg)
+    assert report.violations == []
+    assert report.acknowledged >= 500
+    assert report.final.checked == report.acknowledged
+    assert report.replay["ok"]
+
+
+def test_cli_subprocess_run(tmp_path: Path) -> None:
+    db = str(tmp_path / "db")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "stress", db, "--clients", "4", "--tasks", "2", "--count", "150",
+         "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=100,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OK: no violations" in proc.stdout
+    assert "executions acknowledged" in proc.stdout
+    replay = subprocess.run([sys.executable, "-m", "tools.cli", "replay", db], cwd=REPO, capture_output=True,
+                            text=True, timeout=100)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+
+
+def test_cli_subprocess_bad_argument_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "stress", str(tmp_path / "db"), "--clients", "many"],
+        cwd=REPO, capture_output=True, text=True, timeout=100,
+    )
+    assert proc.returncode == 2
+    line = one_error_line(proc.stderr)
+    assert "--clients" in line
+    assert not (tmp_path / "db").exists()  # nothing created for a rejected command
+
+
+def test_progress_line_is_shown_unless_disabled(tmp_path: Path, capsys: Any) -> None:
+    code = run_stress(str(tmp_path / "db"), "--clients", "2", "--tasks", "2", "--count", "50", "--seed", "2")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "acked" in captured.err and "crashes" in captured.err
+
+
+# -- usage errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--clients", "0"], "--clients"),
+        (["--clients", "abc"], "--clients"),
+        (["--tasks", "-3"], "--tasks"),
+        (["--workers", "1.5"], "--workers"),
+        (["--count", "0"], "--count"),
+        (["--count", "10", "--duration", "5"], "not both"),
+        (["--duration", "nan"], "--duration"),
+        (["--duration", "-1"], "--duration"),
+        (["--crash-every", "0.01"], "--crash-every"),
+        (["--crash-every", "soon"], "--crash-every"),
+        (["--seed", "x"], "--seed"),
+        (["--json", "/nonexistent-dir-for-stress/r.json"], "does not exist"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: Any, extra: list[str], needle: str) -> None:
+    db = tmp_path / "db"
+    code = run_stress(str(db), "--no-progress", *extra)
+    assert code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("taskengine stress: error:")
+    assert needle in line
+    assert not db.exists()
+
+
+def test_db_path_that_is_a_file(tmp_path: Path, capsys: Any) -> None:
+    path = tmp_path / "file"
+    path.write_text("not a database")
+    assert run_stress(str(path), "--count", "10", "--no-progress") == 2
+    assert "is a file" in one_error_line(capsys.readouterr().err)
+
+
+def test_db_locked_by_a_running_engine(tmp_path: Path, capsys: Any) -> None:
+    from actors import Engine
+
+    db = str(tmp_path / "db")
+    holder = Engine.open(db, jobs=JOBS)
+    try:
+        for mode in ([], ["--crash-every", "1"]):
+            code = run_stress(db, "--count", "10", "--no-progress", *mode)
+            assert code == 2
+            assert "locked" in one_error_line(capsys.readouterr().err)
+    finally:
+        holder.close()
+
+
+def test_task_id_taken_by_another_job(tmp_path: Path, capsys: Any) -> None:
+    from actors import Engine
+
+    db = str(tmp_path / "db")
+    with Engine.open(db, jobs={"other": lambda ctx: None}) as engine:
+        engine.create_task("stress-000", job="other")
+    assert run_stress(db, "--count", "10", "--no-progress") == 2
+    assert "stress-000" in one_error_line(capsys.readouterr().err)
+
+
+# -- the tool catches a misbehaving engine ----------------------------------------------------
+
+
+def test_a_changing_index_is_reported(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+    """An engine whose wait() reports another index than the trigger did (the original
+    engine's second bug) must make the run fail with one line per violation."""
+    from actors import Engine
+
+    real_wait = Engine.wait
+
+    def lying_wait(self: Engine, task_id: str, execution_id: str, timeout: float | None = None) -> Any:
+        ex = real_wait(self, task_id, execution_id, timeout)
+        return attrs.evolve(ex, index=ex.index + 1) if ex.index is not None else ex
+
+    monkeypatch.setattr(Engine, "wait", lying_wait)
+    code = run_stress(str(tmp_path / "db"), "--clients", "4", "--tasks", "2", "--count", "200", "--seed", "4",
+                      "--no-progress")
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "FAILED" in captured.out
+    violations = [ln for ln in captured.err.splitlines() if ln.startswith("violation: ")]
+    assert violations
+    assert any("finished with index" in v for v in violations)
+
+
+def test_an_engine_error_log_is_reported(tmp_path: Path, monkeypatch: Any) -> None:
+    """The engine logs ERROR only for inconsistencies; a run that sees one fails."""
+    import logging
+
+    from tools import stress_workload
+
+    logged: list[int] = []
+
+    def job(ctx: Any) -> Any:
+        if not logged:
+            logged.append(1)
+            logging.getLogger("actors.engine").error("live entry has no matching record (simulated)")
+        return stress_workload.stress_job(ctx)
+
+    monkeypatch.setitem(stress_workload.JOBS, JOB_NAME, job)
+    report = execute(StressConfig(db=str(tmp_path / "db"), clients=2, tasks=2, count=40, duration=None, seed=1))
+    assert any("the engine logged an error" in v and "simulated" in v for v in report.violations), report.violations
+
+
+def test_replay_after_a_crash_reports_damage(tmp_path: Path) -> None:
+    """What a kill leaves behind is checked before the restart: a live key of a task that does
+    not exist (a deletion cut in half) is a violation."""
+    import plyvel
+
+    from actors import Engine
+    from storage import keys
+    from tools.stress_driver import _Supervisor
+
+    db = str(tmp_path / "db")
+    Engine.open(db, jobs=JOBS).close()
+    raw = plyvel.DB(db)
+    raw.put(keys.live_key("gone", 0), b"01ARZ3NDEKTSV4RRFFQ69G5FAV", sync=True)
+    raw.close()
+    ledger = Ledger([])
+    supervisor = _Supervisor(StressConfig(db=db, crash_every=1.0), ledger, None, 0.5)
+    supervisor.crashes = 1
+    supervisor._replay_after_crash()
+    assert supervisor.crash_replays == 1
+    assert any(v.startswith("after crash 1: replay:") and "gone" in v for v in ledger.violations), ledger.violations
+
+
+def test_final_check_flags_lost_and_moved_executions(tmp_path: Path) -> None:
+    from actors import Engine
+
+    db = str(tmp_path / "db")
+    ledger = Ledger(["t1", "t2"])
+    with Engine.open(db, jobs=JOBS) as engine:
+        engine.create_task("t1", job=JOB_NAME)
+        engine.create_task("t2", job=JOB_NAME)
+        real = engine.trigger("t1", {"c": 0}, blocking=True)
+        gone = engine.trigger("t2", {"c": 0}, blocking=True)
+        engine.delete_task("t2")
+        engine.create_task("t2", job=JOB_NAME)
+        events = [
+            # acknowledged with index 0 and stored with index 0: fine
+            {"ev": "ack", "t": "t1", "g": 0, "id": real.id, "i": 0, "b": True, "lat": 0.001, "k": None,
+             "st": "SUCCESS", "f": False},
+            # an id the engine never gave out: lost
+            {"ev": "ack", "t": "t1", "g": 0, "id": "01ARZ3NDEKTSV4RRFFQ69G5FAV", "i": 1, "b": False, "lat": 0.001,
+             "k": None, "st": None, "f": False},
+            # acknowledged before a deletion of its task began: allowed to be gone
+            {"ev": "ack", "t": "t2", "g": 0, "id": gone.id, "i": 0, "b": True, "lat": 0.001, "k": None,
+             "st": "SUCCESS", "f": False},
+            {"ev": "deleting", "t": "t2", "n": 1},
+            # the same execution acknowledged again with another index
+            {"ev": "ack", "t": "t1", "g": 0, "id": real.id, "i": 5, "b": True, "lat": 0.001, "k": None,
+             "st": "SUCCESS", "f": False},
+        ]
+        for ev in events:
+            ledger.ingest(ev)
+        result = final_check(engine, ledger, ["t1", "t2"], timeout=10)
+    violations = ledger.violations
+    assert result.checked == 3 and result.success == 1 and result.deleted == 1
+    assert any("later as index 5" in v for v in violations), violations
+    assert any("01ARZ3NDEKTSV4RRFFQ69G5FAV" in v and "lost" in v for v in violations), violations
+    assert len(violations) == 2, violations
+
+
+# -- report pieces ----------------------------------------------------------------------------
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 95) == 95.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0], 50) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile(values, 0)
+
+
+def test_latency_summary_in_milliseconds() -> None:
+    lat = Latency.of([0.001, 0.002, 0.003, 0.004, 0.1])
+    assert lat.count == 5
+    assert lat.p50 == 3.0 and lat.max == 100.0 and lat.p99 == 100.0
+    assert Latency.of([]).count == 0 and Latency.of([]).p50 is None
+    assert "no samples" in Latency.of([]).render()
+
+
+def test_report_json_round_trip() -> None:
+    report = StressReport(db="x", mode="crash", clients=1, tasks=1, workers=1, seed=0, elapsed=2.0,
+                          acknowledged=10, ack_latency=Latency.of([0.01]), violations=["boom"])
+    data = json.loads(json.dumps(report.to_json()))
+    assert data["ok"] is False and data["rate"] == 5.0 and data["ack_latency"]["p50"] == 10.0
+    assert data["violations"] == ["boom"]
+    assert any("FAILED" in line for line in report.render())
+
+
+def test_stress_modules_do_not_print() -> None:
+    """Only the front-end (tools/stress.py) and the child's main write to the terminal."""
+    for name in ("stress_workload", "stress_check", "stress_driver", "stress_report"):
+        source = (REPO / "tools" / f"{name}.py").read_text()
+        assert "print(" not in source, name
+    assert os.path.exists(REPO / "tools" / "stress_child.py")

@@ -1,0 +1,202 @@
+"""``taskengine stress``: many concurrent client actors against one engine, optionally with the
+engine's process SIGKILLed and restarted, then every acknowledgement checked and the replay run.
+
+The command is a front-end: the workload is ``tools.stress_workload``, the child process
+``tools.stress_child``, the orchestration ``tools.stress_driver``, the final check
+``tools.stress_check`` and the report ``tools.stress_report``. Only this module prints.
+
+Exit status: 0 when no violation was found, 1 when any was (each printed on one line on
+stderr), 2 for a usage mistake or a database that cannot be used (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError
+
+DEFAULT_CLIENTS = 48
+DEFAULT_TASKS = 16
+DEFAULT_WORKERS = 4
+#: seconds, when neither --count nor --duration is given
+DEFAULT_DURATION = 10.0
+MIN_CRASH_EVERY = 0.2
+
+DESCRIPTION = (
+    "Drive an engine on DB with many concurrent client actors (pykka) over many tasks: blocking and "
+    "non-blocking triggers, idempotent retries, task deletions and re-creations, failing and slow jobs. "
+    "With --crash-every the engine and its clients run in a child process that is killed with SIGKILL "
+    "at random moments and restarted on the same database. At the end every execution acknowledged to a "
+    "client is checked on a reopened engine (same index, finished), the replay check is run, and a report "
+    "with throughput and latency percentiles is printed. Exits 1 if any violation was found."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # numbers are parsed in run(), so a bad one is one line on stderr with exit status 2
+    parser.add_argument("db", metavar="DB", help="database directory (created if missing)")
+    parser.add_argument("--clients", metavar="N", default=str(DEFAULT_CLIENTS),
+                        help=f"concurrent client actors (default {DEFAULT_CLIENTS})")
+    parser.add_argument("--tasks", metavar="M", default=str(DEFAULT_TASKS),
+                        help=f"tasks the clients share (default {DEFAULT_TASKS})")
+    parser.add_argument("--count", metavar="K", default=None,
+                        help="stop after K acknowledged executions")
+    parser.add_argument("--duration", metavar="SECONDS", default=None,
+                        help=f"stop after SECONDS of workload (default {DEFAULT_DURATION:g} if --count is not given)")
+    parser.add_argument("--crash-every", metavar="SECONDS", default=None,
+                        help="run the engine in a child process and SIGKILL it about every SECONDS "
+                        "(uniformly 0.5..1.5 x SECONDS after it is ready; some kills hit its start-up)")
+    parser.add_argument("--workers", metavar="W", default=str(DEFAULT_WORKERS),
+                        help=f"executor actors of the engine (default {DEFAULT_WORKERS})")
+    parser.add_argument("--seed", metavar="S", default=None,
+                        help="seed of the workload's choices (default: a random one, shown in the report)")
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON to PATH")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+
+def _int(value: Any, flag: str, lo: int, hi: int) -> int:
+    try:
+        n = int(str(value).strip(), 10)
+    except ValueError:
+        raise ToolError(f"{flag} must be a whole number, not {value!r}", EXIT_USAGE) from None
+    if not lo <= n <= hi:
+        raise ToolError(f"{flag} must be between {lo} and {hi}, not {n}", EXIT_USAGE)
+    return n
+
+
+def _seconds(value: Any, flag: str, lo: float, hi: float) -> float:
+    try:
+        x = float(str(value).strip())
+    except ValueError:
+        raise ToolError(f"{flag} must be a number of seconds, not {value!r}", EXIT_USAGE) from None
+    if not math.isfinite(x) or not lo <= x <= hi:
+        raise ToolError(f"{flag} must be a number of seconds between {lo:g} and {hi:g}, not {value}", EXIT_USAGE)
+    return x
+
+
+def _check_json_path(path: str) -> str:
+    if not path:
+        raise ToolError("--json needs a file path", EXIT_USAGE)
+    if os.path.isdir(path):
+        raise ToolError(f"--json {path!r} is a directory, not a file path", EXIT_USAGE)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ToolError(f"--json {path!r}: the directory {parent!r} does not exist", EXIT_USAGE)
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ToolError(f"--json {path!r} is not writable", EXIT_USAGE)
+    return path
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The run's :class:`tools.stress_driver.StressConfig`, or ToolError (exit 2) naming the mistake."""
+    from .stress_driver import StressConfig
+
+    db = args.db
+    if not isinstance(db, str) or not db.strip():
+        raise ToolError("DB must be a directory path", EXIT_USAGE)
+    if os.path.exists(db) and not os.path.isdir(db):
+        raise ToolError(f"{db!r} is a file, not a database directory", EXIT_USAGE)
+    clients = _int(args.clients, "--clients", 1, 1024)
+    tasks = _int(args.tasks, "--tasks", 1, 100_000)
+    workers = _int(args.workers, "--workers", 1, 256)
+    if args.count is not None and args.duration is not None:
+        raise ToolError("give either --count or --duration, not both", EXIT_USAGE)
+    count = None if args.count is None else _int(args.count, "--count", 1, 10**9)
+    duration = None
+    if count is None:
+        duration = DEFAULT_DURATION if args.duration is None else _seconds(args.duration, "--duration", 0.1, 86400)
+    crash_every = None
+    if args.crash_every is not None:
+        crash_every = _seconds(args.crash_every, "--crash-every", MIN_CRASH_EVERY, 86400)
+    if args.seed is None:
+        seed = int.from_bytes(os.urandom(4), "big") % 1_000_000
+    else:
+        seed = _int(args.seed, "--seed", 0, 2**31 - 1)
+    if args.json is not None:
+        _check_json_path(args.json)
+    return StressConfig(
+        db=db, clients=clients, tasks=tasks, count=count, duration=duration, crash_every=crash_every,
+        workers=workers, seed=seed,
+    )
+
+
+class ProgressLine:
+    """One updating line on a terminal (``\\r``); on a pipe or file, a line every 5 s instead."""
+
+    def __init__(self, out: TextIO, enabled: bool) -> None:
+        self.out = out
+        self.enabled = enabled
+        self.tty = enabled and out.isatty()
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, p: Any) -> None:
+        if not self.enabled:
+            return
+        text = (
+            f"stress {p.elapsed:6.1f} s  acked {p.acknowledged:>8}  {p.rate:7.1f}/s  "
+            f"crashes {p.crashes:>3}  violations {p.violations}"
+        )
+        if self.tty:
+            self.out.write("\r" + text + "\x1b[K")
+            self.out.flush()
+            self._shown = True
+        elif time.monotonic() - self._last >= 5.0:
+            self._last = time.monotonic()
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def clear(self) -> None:
+        if self._shown:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+            self._shown = False
+
+
+def run(args: argparse.Namespace) -> int:
+    progress = ProgressLine(sys.stderr, not getattr(args, "no_progress", False))
+    try:
+        cfg = config_from_args(args)
+        from .stress_driver import execute
+
+        report = execute(cfg, progress)
+    except ToolError as e:
+        progress.clear()
+        print(f"taskengine stress: error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        progress.clear()
+        print("taskengine stress: interrupted", file=sys.stderr)
+        return 130
+    progress.clear()
+    for line in report.render():
+        print(line)
+    sys.stdout.flush()
+    for v in report.violations:
+        print(f"violation: {v}", file=sys.stderr)
+    if args.json is not None:
+        try:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(report.to_json(), f, indent=2)
+                f.write("\n")
+        except OSError as e:
+            print(f"taskengine stress: error: cannot write --json {args.json!r}: {e.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tools.stress`` (the same as ``taskengine stress``)."""
+    parser = argparse.ArgumentParser(prog="taskengine stress", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

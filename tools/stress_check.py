@@ -1,0 +1,259 @@
+"""What a stress run remembers, and the final check against a reopened engine.
+
+:class:`Ledger` takes the workload's events (``tools.stress_workload``) — straight from the
+clients in process, or parsed from the child's JSON lines in crash mode — and keeps every
+execution acknowledged to a client with its index, the deletions seen, the latencies and
+the violations. :func:`final_check` then holds a reopened engine to every acknowledgement.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from actors import Engine, ExecutionStatus
+from actors.errors import EngineError, ExecutionNotFound, ExecutionTimeout, TaskNotFound
+
+from .stress_report import FinalCheck
+from .stress_workload import INTERRUPTED_PREFIX, PLANNED_FAILURE, Event, check_outcome
+
+#: violations kept; beyond this they are only counted
+MAX_VIOLATIONS = 1000
+
+
+@attrs.define
+class Ack:
+    """An execution acknowledged to a client."""
+
+    task: str
+    #: the task's generation when it was triggered (see tools.stress_workload)
+    gen: int
+    id: str
+    index: int
+    blocking: bool
+    key: str | None
+    #: whether the trigger asked the job to fail (None: unknown)
+    fail: bool | None
+
+
+class Ledger:
+    """Thread-safe record of a run's events."""
+
+    def __init__(self, tasks: Iterable[str]) -> None:
+        self._lock = threading.Lock()
+        self.acks: dict[str, Ack] = {}
+        #: per task: deletions begun (``deleting`` events), over the whole run
+        self.deletions_started: dict[str, int] = dict.fromkeys(tasks, 0)
+        self.deletions = 0
+        self.ack_latency: list[float] = []
+        self.blocking_latency: list[float] = []
+        self.acknowledged_nonblocking = 0
+        self.acknowledged_blocking = 0
+        self.retries = 0
+        self.rejected = 0
+        self.blocking_timeouts = 0
+        self._violations: list[str] = []
+        self.violations_omitted = 0
+
+    # -- events --------------------------------------------------------------------------
+
+    def ingest(self, ev: Event) -> None:
+        kind = ev.get("ev")
+        with self._lock:
+            if kind == "ack":
+                self._ack(ev)
+            elif kind == "deleting":
+                task = ev["t"]
+                n = int(ev["n"])
+                if n > self.deletions_started.get(task, 0):
+                    self.deletions += n - self.deletions_started.get(task, 0)
+                    self.deletions_started[task] = n
+            elif kind == "retry":
+                self.retries += 1
+            elif kind == "rejected":
+                self.rejected += 1
+            elif kind == "blocking_timeout":
+                self.blocking_timeouts += 1
+            elif kind == "violation":
+                self._add(str(ev.get("msg")))
+
+    def _ack(self, ev: Event) -> None:
+        eid, index, task = ev["id"], ev["i"], ev["t"]
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            self._add(f"execution {eid} of {task!r} acknowledged with a bad index {index!r}")
+            return
+        seen = self.acks.get(eid)
+        if seen is not None:
+            if seen.task != task or seen.index != index:
+                self._add(
+                    f"execution {eid} acknowledged as index {seen.index} of {seen.task!r} and later "
+                    f"as index {index} of {task!r}"
+                )
+            return
+        self.acks[eid] = Ack(task, int(ev["g"]), eid, index, bool(ev["b"]), ev.get("k"), ev.get("f"))
+        if ev.get("retry") or ev.get("timeout"):
+            return
+        if ev["b"]:
+            self.acknowledged_blocking += 1
+            self.blocking_latency.append(float(ev["lat"]))
+        else:
+            self.acknowledged_nonblocking += 1
+            self.ack_latency.append(float(ev["lat"]))
+
+    def add_violation(self, msg: str) -> None:
+        with self._lock:
+            self._add(msg)
+
+    def _add(self, msg: str) -> None:
+        if len(self._violations) < MAX_VIOLATIONS:
+            self._violations.append(msg)
+        else:
+            self.violations_omitted += 1
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def acknowledged(self) -> int:
+        with self._lock:
+            return len(self.acks)
+
+    @property
+    def violations(self) -> list[str]:
+        with self._lock:
+            out = list(self._violations)
+            if self.violations_omitted:
+                out.append(f"... and {self.violations_omitted} more violations not kept")
+            return out
+
+    @property
+    def violation_count(self) -> int:
+        with self._lock:
+            return len(self._violations) + self.violations_omitted
+
+    def base_generations(self) -> dict[str, int]:
+        """Deletions begun per task: where a restarted child's counts continue from (a deletion
+        cut short by a crash counts as done: the next process sees its outcome, whichever)."""
+        with self._lock:
+            return dict(self.deletions_started)
+
+    def exempt(self, ack: Ack) -> bool:
+        """May the acknowledged execution be gone? Only if its task's deletion began after it
+        was triggered."""
+        return self.deletions_started.get(ack.task, 0) > ack.gen
+
+
+def final_check(
+    engine: Engine, ledger: Ledger, tasks: list[str], timeout: float, *, crashes: bool = True
+) -> FinalCheck:
+    """Hold the engine to every acknowledged execution: it exists with the same index and
+    finishes (SUCCESS, planned FAILED, or FAILED as interrupted), unless its task was deleted
+    after it was acknowledged (then it may be gone, and if present keeps its index). Repeats
+    every acknowledged idempotency key (same execution expected). Then waits for every other
+    unfinished execution of the tasks, so nothing is left live. Violations go to the ledger.
+
+    Without ``crashes`` (an in-process run, closed with ``engine.close()``, which waits for
+    running jobs) an execution finished as interrupted is a violation too."""
+    started = time.monotonic()
+    deadline = started + timeout
+    counts: dict[str, int] = dict.fromkeys(
+        ("checked", "success", "failed", "interrupted", "deleted", "waited", "idempotent_rechecked"), 0
+    )
+    violation = ledger.add_violation
+    acks = sorted(ledger.acks.values(), key=lambda a: (a.task, a.index))
+    by_index: dict[tuple[str, int], str] = {}
+    for ack in acks:
+        counts["checked"] += 1
+        exempt = ledger.exempt(ack)
+        where = f"execution {ack.id} of {ack.task!r} (acknowledged index {ack.index})"
+        if not exempt:
+            other = by_index.setdefault((ack.task, ack.index), ack.id)
+            if other != ack.id:
+                violation(f"{where}: index {ack.index} was also acknowledged to execution {other}")
+        try:
+            ex = engine.get_execution(ack.task, ack.id)
+            if ex.index != ack.index:
+                violation(f"{where}: stored with index {ex.index}")
+            if not ex.status.is_finished:
+                counts["waited"] += 1
+                ex = engine.wait(ack.task, ack.id, timeout=max(0.0, deadline - time.monotonic()))
+                if ex.index != ack.index:
+                    violation(f"{where}: finished with index {ex.index}")
+        except (TaskNotFound, ExecutionNotFound) as e:
+            if exempt:
+                counts["deleted"] += 1
+            else:
+                violation(f"{where}: lost after the run ({e})")
+            continue
+        except ExecutionTimeout:
+            violation(f"{where}: still unfinished {timeout:.0f} s after the engine was reopened")
+            continue
+        if ex.status is ExecutionStatus.CANCELLED:
+            if exempt:
+                counts["deleted"] += 1
+            else:
+                violation(f"{where}: CANCELLED although its task was not deleted ({ex.error})")
+            continue
+        problem = check_outcome(ex, ack.fail)
+        if problem:
+            violation(f"{where}: {problem}")
+        elif ex.status is ExecutionStatus.SUCCESS:
+            counts["success"] += 1
+        elif (ex.error or "").startswith(INTERRUPTED_PREFIX):
+            counts["interrupted"] += 1
+            if not crashes:
+                violation(f"{where}: interrupted although the engine was never killed ({ex.error})")
+        elif (ex.error or "").startswith(PLANNED_FAILURE):
+            counts["failed"] += 1
+    # idempotency keys survive restarts: a repeat answers the first execution, never a new one
+    for ack in acks:
+        if ack.key is None or ledger.exempt(ack):
+            continue
+        try:
+            again = engine.trigger(ack.task, {"recheck": True}, idempotency_key=ack.key)
+        except EngineError as e:
+            violation(f"repeating idempotency key {ack.key!r} of {ack.task!r} failed: {type(e).__name__}: {e}")
+            continue
+        counts["idempotent_rechecked"] += 1
+        if again.id != ack.id or again.index != ack.index:
+            violation(
+                f"idempotency key {ack.key!r} of {ack.task!r}: acknowledged execution {ack.id} (index "
+                f"{ack.index}), a repeat after the run answered {again.id} (index {again.index})"
+            )
+    unacked = _finish_live(engine, tasks, deadline, timeout, violation)
+    return FinalCheck(
+        **counts, unacknowledged_waited=unacked, seconds=time.monotonic() - started
+    )
+
+
+def _finish_live(engine: Engine, tasks: list[str], deadline: float, timeout: float, violation: Any) -> int:
+    """Wait for every unfinished execution of the workload's tasks (crashes cut triggers whose
+    executions nobody was told about; they must finish too). Returns how many were waited for."""
+    waited = 0
+    for task in tasks:
+        after: int | None = None
+        while True:
+            try:
+                page = engine.list_executions(task, after=after, limit=5000)
+            except TaskNotFound:
+                break  # a crash between a deletion and its re-creation
+            for ex in page:
+                if ex.status.is_finished:
+                    continue
+                waited += 1
+                try:
+                    engine.wait(task, ex.id, timeout=max(0.0, deadline - time.monotonic()))
+                except ExecutionTimeout:
+                    violation(
+                        f"execution {ex.id} of {task!r} (index {ex.index}) still {ex.status} "
+                        f"{timeout:.0f} s after the engine was reopened"
+                    )
+                except (TaskNotFound, ExecutionNotFound) as e:
+                    violation(f"execution {ex.id} of {task!r} (index {ex.index}) vanished while waited for: {e}")
+            if len(page) < 5000:
+                break
+            after = page[-1].index
+    return waited
