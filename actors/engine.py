@@ -9,11 +9,13 @@ in one process never touch each other.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+import attrs
 import pykka
 
 from storage import Committer, Database, Execution, ExecutionStatus, Task
@@ -22,7 +24,7 @@ from storage import CorruptRecord as StorageCorrupt
 from . import messages as m
 from . import validate
 from .board import CompletionBoard
-from .counter import CounterActor
+from .counter import TASK_DELETED, CounterActor
 from .errors import (
     EngineClosed,
     ExecutionNotFound,
@@ -61,7 +63,7 @@ class Engine:
     @classmethod
     def open(
         cls,
-        path: str,
+        path: str | os.PathLike[str],
         jobs: Mapping[str, Job] | None = None,
         *,
         workers: int = 4,
@@ -77,8 +79,9 @@ class Engine:
         acknowledged indexes. ``counter_actors`` bounds the threads that serve tasks, whatever
         their number; ``max_cached_tasks`` bounds the task states they keep in memory.
         """
-        if not isinstance(path, str) or not path:
-            raise InvalidArgument("path must be a non-empty string")
+        if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+            raise InvalidArgument("path must be a non-empty string or path")
+        path = str(os.fspath(path))
         validate.positive_int(workers, "workers", allow_none=False)
         validate.positive_int(counter_actors, "counter_actors", allow_none=False)
         validate.positive_int(max_cached_tasks, "max_cached_tasks", allow_none=False)
@@ -165,9 +168,23 @@ class Engine:
                 except pykka.Timeout:
                     log.warning("close: jobs still running after %s s are left; they will be "
                                 "finished as interrupted at the next open", timeout)
+        executors: tuple[list[pykka.ActorRef[Any]], list[pykka.ActorRef[Any]]] = ([], [])
+        if peers.pool is not None:
+            try:
+                executors = cast(Any, peers.pool.ask(m.Executors()))
+            except pykka.ActorDeadError:
+                pass
         for ref in peers.counters:  # each handles what is already in its inbox first
             _stop(ref)
         _stop(peers.pool)
+        idle, still_running = executors
+        for ref in idle:
+            _stop(ref)
+        for ref in still_running:  # a job that outlived close(timeout): its thread ends when the job does
+            try:
+                ref.stop(block=False)
+            except pykka.ActorDeadError:
+                pass
         _stop(peers.pending)
         self._board.close(EngineClosed())
         self._db.close()
@@ -292,7 +309,7 @@ class Engine:
             ex: Execution = reply.get(timeout=timeout)
             if ex.id != execution_id:  # an idempotent repeat: follow the first execution
                 self._board.unwatch(execution_id, watcher)
-                return ex if ex.status.is_finished else self.wait(task_id, ex.id, _remaining(deadline))
+                return ex if ex.status.is_finished else self._follow(ex, _remaining(deadline))
             return ex if ex.status.is_finished else watcher.get(timeout=_remaining(deadline))
         except pykka.Timeout:
             # the watcher stays: a later get() of the same future waits on it again
@@ -300,6 +317,16 @@ class Engine:
         except BaseException:
             self._board.unwatch(execution_id, watcher)
             raise
+
+    def _follow(self, ex: Execution, timeout: float | None) -> Execution:
+        """Wait for an execution we were told exists. Records only disappear with their task, so
+        if it is gone its task was deleted: answer as the deletion answers its waiters."""
+        try:
+            return self.wait(ex.task_id, ex.id, timeout)
+        except (ExecutionNotFound, TaskNotFound):
+            return attrs.evolve(
+                ex, status=ExecutionStatus.CANCELLED, error=TASK_DELETED, finished_at=time.time()
+            )
 
     def trigger(
         self,
@@ -387,13 +414,14 @@ class Engine:
 
     # -- operations ------------------------------------------------------------------------
 
-    def backup(self, dest_path: str) -> int:
-        """Copy a consistent snapshot of the database (taken while running) to a new directory."""
-        if not isinstance(dest_path, str) or not dest_path:
-            raise InvalidArgument("dest_path must be a non-empty string")
+    def backup(self, dest_path: str | os.PathLike[str]) -> int:
+        """Copy a consistent snapshot of the database (taken while running) to a new directory;
+        returns the number of keys copied."""
+        if not isinstance(dest_path, str | os.PathLike) or not os.fspath(dest_path):
+            raise InvalidArgument("dest_path must be a non-empty string or path")
         self._check_open()
         with storage_errors():
-            return self._db.backup(dest_path)
+            return self._db.backup(str(os.fspath(dest_path)))
 
     def stats(self) -> dict[str, Any]:
         self._check_open()

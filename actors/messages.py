@@ -206,3 +206,8 @@ class Drain:
 @attrs.frozen
 class PoolStats:
     pass
+
+
+@attrs.frozen
+class Executors:
+    """-> (idle executors, executors still running a job or abandoned)."""

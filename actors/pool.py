@@ -83,6 +83,8 @@ class ExecutorPool(pykka.ThreadingActor):
                 self._submit(item)
         elif isinstance(message, m.Drain):
             self._drain(message.reply)
+        elif isinstance(message, m.Executors):
+            return list(self._idle), [b.ref for b in self._busy.values()] + list(self._abandoned.values())
         elif isinstance(message, m.PoolStats):
             return {
                 "queued": len(self._queue),
@@ -97,6 +99,7 @@ class ExecutorPool(pykka.ThreadingActor):
         return None
 
     def on_stop(self) -> None:
+        """The engine stops the executors (it waits for the idle ones); stop any left over."""
         if self._deadlines is not None:
             self._deadlines.stop()
         for ref in [*self._idle, *(b.ref for b in self._busy.values()), *self._abandoned.values()]:

@@ -1,0 +1,466 @@
+"""Helpers of the engine contract tests (DESIGN §3-§5).
+
+The disk checker reads the LevelDB directly (raw keys, decoded with ``storage.codec``) and
+checks every invariant FORMAT.md says a reader can check. It is deliberately independent of
+the engine: it never imports ``actors``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+import storage
+from storage import codec, keys
+from storage.records import ExecutionStatus
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+#: every wait in the tests is bounded by this (seconds) so a hang fails instead of blocking
+WAIT = 30.0
+
+#: a gate blocks at most this long even if a test forgets to release it
+GATE_LIMIT = 90.0
+
+_ALL_GATES: list[Gate] = []
+_GATES_LOCK = threading.Lock()
+
+LIVE_STATUSES = (ExecutionStatus.PENDING, ExecutionStatus.RUNNING)
+
+
+def _status_name(status: Any) -> str:
+    return getattr(status, "value", status)
+
+
+# ----------------------------------------------------------------------------------------------
+# jobs
+# ----------------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A job that returns at once and records each call (execution id, index, data)."""
+
+    def __init__(self, result: Callable[[Any], Any] | None = None) -> None:
+        self.calls: list[tuple[str, int, Any]] = []
+        self._cond = threading.Condition()
+        self._result = result
+
+    def __call__(self, ctx: Any) -> Any:
+        with self._cond:
+            self.calls.append((ctx.execution_id, ctx.index, ctx.data))
+            self._cond.notify_all()
+        if self._result is not None:
+            return self._result(ctx)
+        return {"index": ctx.index}
+
+    def count(self) -> int:
+        with self._cond:
+            return len(self.calls)
+
+    def wait_calls(self, n: int, timeout: float = WAIT) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.calls) >= n, timeout)
+
+    def ids(self) -> list[str]:
+        with self._cond:
+            return [c[0] for c in self.calls]
+
+
+class Gate:
+    """A job that blocks until ``release()``: records each call and its ``ctx.index``.
+
+    Every gate is released by the engine fixture's finalizer before engines are closed.
+    """
+
+    def __init__(self, result: Any = None) -> None:
+        self._release = threading.Event()
+        self._cond = threading.Condition()
+        self.calls: list[tuple[str, int]] = []
+        self.returned: list[str] = []
+        self.result = result
+        with _GATES_LOCK:
+            _ALL_GATES.append(self)
+
+    def __call__(self, ctx: Any) -> Any:
+        with self._cond:
+            self.calls.append((ctx.execution_id, ctx.index))
+            self._cond.notify_all()
+        try:
+            if not self._release.wait(GATE_LIMIT):
+                raise RuntimeError("test gate was never released")
+            return self.result if self.result is not None else {"index": ctx.index}
+        finally:
+            with self._cond:
+                self.returned.append(ctx.execution_id)
+                self._cond.notify_all()
+
+    def release(self) -> None:
+        self._release.set()
+
+    def count(self) -> int:
+        with self._cond:
+            return len(self.calls)
+
+    def wait_calls(self, n: int, timeout: float = WAIT) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.calls) >= n, timeout)
+
+    def wait_returned(self, n: int, timeout: float = WAIT) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.returned) >= n, timeout)
+
+    def index_of(self, execution_id: str) -> int | None:
+        with self._cond:
+            for eid, idx in self.calls:
+                if eid == execution_id:
+                    return idx
+        return None
+
+
+def close_bounded(engine: Any, timeout: float = WAIT) -> None:
+    """engine.close() that fails the test instead of hanging it."""
+    box: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            engine.close()
+        except BaseException as e:  # noqa: BLE001
+            box.append(e)
+
+    t = threading.Thread(target=run, name="close-engine", daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"engine.close() did not return within {timeout} s"
+    if box:
+        raise box[0]
+
+
+def release_all_gates() -> None:
+    with _GATES_LOCK:
+        gates = list(_ALL_GATES)
+        _ALL_GATES.clear()
+    for g in gates:
+        g.release()
+
+
+# ----------------------------------------------------------------------------------------------
+# threads
+# ----------------------------------------------------------------------------------------------
+
+
+@attrs.define
+class ThreadResults:
+    results: list[Any]
+    errors: list[BaseException | None]
+
+    def raise_unexpected(self, allowed: tuple[type[BaseException], ...] = ()) -> None:
+        for e in self.errors:
+            if e is not None and not isinstance(e, allowed):
+                raise AssertionError(f"a client thread raised {type(e).__name__}: {e}") from e
+
+
+def run_threads(n: int, fn: Callable[[int], Any], timeout: float = 60.0) -> ThreadResults:
+    """Run ``fn(i)`` in ``n`` threads released together by a Barrier; collect results/errors."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException | None] = [None] * n
+
+    def body(i: int) -> None:
+        try:
+            barrier.wait(timeout=WAIT)
+            results[i] = fn(i)
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            errors[i] = e
+
+    threads = [threading.Thread(target=body, args=(i,), name=f"client-{i}", daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    alive = [t.name for t in threads if t.is_alive()]
+    assert not alive, f"client threads did not finish within {timeout} s: {alive[:5]}"
+    return ThreadResults(results, errors)
+
+
+# ----------------------------------------------------------------------------------------------
+# disk invariants (DESIGN §3, FORMAT.md "Invariants a reader can check")
+# ----------------------------------------------------------------------------------------------
+
+
+@attrs.define
+class TaskOnDisk:
+    task_id: str
+    task: Any = None
+    counter: int | None = None
+    records: dict[int, Any] = attrs.field(factory=dict)
+    ids: dict[str, int] = attrs.field(factory=dict)
+    idempotency: dict[str, str] = attrs.field(factory=dict)
+
+    def by_id(self) -> dict[str, Any]:
+        return {r.id: r for r in self.records.values()}
+
+    def indexes(self) -> list[int]:
+        return sorted(self.records)
+
+
+def read_disk(raw: Any) -> tuple[dict[str, TaskOnDisk], dict[tuple[str, int], str], list[str]]:
+    """Every task's keys and the live set, straight from a plyvel DB; plus format problems."""
+    tasks: dict[str, TaskOnDisk] = {}
+    live: dict[tuple[str, int], str] = {}
+    problems: list[str] = []
+    for key, value in raw.iterator():
+        tag = key[:1]
+        if key == keys.SCHEMA_KEY:
+            continue
+        if tag == keys.TASK_TAG:
+            parsed = keys.parse_task_key(key)
+            if parsed is None:
+                problems.append(f"malformed task key {key!r}")
+                continue
+            tid = parsed.task_id
+            t = tasks.setdefault(tid, TaskOnDisk(tid))
+            try:
+                if parsed.kind == keys.COUNTER and not parsed.rest:
+                    t.counter = codec.decode_int(key, value)
+                elif parsed.kind == keys.TASK and not parsed.rest:
+                    t.task = codec.decode_task(key, value)
+                elif parsed.kind == keys.EXECUTION:
+                    if len(parsed.rest) != 8:
+                        problems.append(f"execution key with a bad index {key!r}")
+                        continue
+                    idx = keys.decode_index(parsed.rest)
+                    t.records[idx] = codec.decode_execution(key, value, tid, idx)
+                elif parsed.kind == keys.EXEC_ID:
+                    t.ids[parsed.rest.decode()] = codec.decode_int(key, value)
+                elif parsed.kind == keys.IDEMPOTENCY:
+                    t.idempotency[parsed.rest.decode()] = value.decode()
+                else:
+                    problems.append(f"unknown task key kind {key!r}")
+            except storage.CorruptRecord as e:
+                problems.append(f"corrupt record: {e}")
+        elif tag == keys.LIVE_TAG:
+            parsed_live = keys.parse_live_key(key)
+            if parsed_live is None:
+                problems.append(f"malformed live key {key!r}")
+                continue
+            live[parsed_live] = value.decode()
+        else:
+            problems.append(f"key with an unknown tag {key!r}")
+    return tasks, live, problems
+
+
+def check_raw(raw: Any, *, allow_live: bool = True) -> dict[str, TaskOnDisk]:
+    """Check DESIGN §3.1/§3.2 and the FORMAT.md cross-key invariants; return the tasks."""
+    tasks, live, problems = read_disk(raw)
+    for tid, t in tasks.items():
+        if t.task is None:
+            problems.append(f"{tid!r}: keys without a task record (orphans): counter={t.counter}, "
+                            f"{len(t.records)} records, {len(t.ids)} id keys")
+            continue
+        if t.task.id != tid:
+            problems.append(f"{tid!r}: task record names id {t.task.id!r}")
+        if t.counter is None:
+            problems.append(f"{tid!r}: no counter")
+            continue
+        idx = t.indexes()
+        if idx != list(range(t.counter)):
+            missing = sorted(set(range(t.counter)) - set(idx))[:10]
+            extra = [i for i in idx if i >= t.counter][:10]
+            problems.append(f"{tid!r}: counter {t.counter} but records at {len(idx)} indexes "
+                            f"(missing {missing}, beyond counter {extra})")
+        ids = [r.id for r in t.records.values()]
+        if len(set(ids)) != len(ids):
+            problems.append(f"{tid!r}: an execution id appears at two indexes")
+        if t.ids != {r.id: i for i, r in t.records.items()}:
+            bad = {k: v for k, v in t.ids.items() if t.records.get(v) is None or t.records[v].id != k}
+            problems.append(f"{tid!r}: id keys do not match records ({len(t.ids)} id keys, "
+                            f"{len(t.records)} records; wrong: {list(bad.items())[:5]})")
+        for k, eid in t.idempotency.items():
+            if eid not in t.ids:
+                problems.append(f"{tid!r}: idempotency key {k!r} points at unknown execution {eid}")
+        for i, r in t.records.items():
+            if r.task_id != tid or r.index != i:
+                problems.append(f"{tid!r}: record at {i} decodes as {r.task_id!r}/{r.index}")
+            if len(r.id) != 26:
+                problems.append(f"{tid!r}: record at {i} has a non-ULID id {r.id!r}")
+            if r.status in LIVE_STATUSES:
+                if not allow_live:
+                    problems.append(f"{tid!r}: execution {i} ({r.id}) is still {_status_name(r.status)}")
+                if live.get((tid, i)) != r.id:
+                    problems.append(f"{tid!r}: {_status_name(r.status)} execution {i} has no live key")
+    for (tid, i), eid in live.items():
+        t = tasks.get(tid)
+        if t is None or t.task is None:
+            problems.append(f"live key of a task that does not exist: {tid!r} index {i}")
+            continue
+        r = t.records.get(i)
+        if r is None or r.id != eid:
+            problems.append(f"{tid!r}: live key {i} -> {eid} does not match the record")
+        elif r.status not in LIVE_STATUSES:
+            problems.append(f"{tid!r}: live key {i} for a finished ({_status_name(r.status)}) record")
+    assert not problems, "disk invariants violated:\n  " + "\n  ".join(problems[:40])
+    return tasks
+
+
+def check_db(path: str | os.PathLike[str], *, allow_live: bool = True) -> dict[str, TaskOnDisk]:
+    """Open a CLOSED database with ``storage.Database`` and check it."""
+    db = storage.Database.open(str(path))
+    try:
+        return check_raw(db.raw, allow_live=allow_live)
+    finally:
+        db.close()
+
+
+def keys_with_prefix(path: str | os.PathLike[str], prefix: bytes) -> list[bytes]:
+    db = storage.Database.open(str(path))
+    try:
+        with db.raw.iterator(prefix=prefix, include_value=False) as it:
+            return list(it)
+    finally:
+        db.close()
+
+
+def task_keys_on_disk(path: str | os.PathLike[str], task_id: str) -> list[bytes]:
+    return keys_with_prefix(path, keys.task_prefix(task_id)) + keys_with_prefix(path, keys.live_prefix(task_id))
+
+
+# ----------------------------------------------------------------------------------------------
+# API-level checks
+# ----------------------------------------------------------------------------------------------
+
+
+def all_executions(engine: Any, task_id: str, page: int = 50) -> list[Any]:
+    """Every execution of a task through list_executions, paging with ``after``."""
+    out: list[Any] = []
+    after = None
+    while True:
+        batch = engine.list_executions(task_id, after=after, limit=page)
+        out.extend(batch)
+        if len(batch) < page:
+            return out
+        after = batch[-1].index
+
+
+def assert_gap_free_api(engine: Any, task_id: str, expected: Iterable[Any] | None = None) -> list[Any]:
+    """Indexes 0..n-1 == counter from the API; each expected execution at its own index."""
+    listed = all_executions(engine, task_id)
+    n = engine.next_index(task_id)
+    assert [e.index for e in listed] == list(range(n)), (
+        f"list_executions indexes are not 0..{n - 1}: {[e.index for e in listed][:50]}")
+    assert len({e.id for e in listed}) == n
+    assert engine.get_task(task_id).execution_count == n
+    if expected is not None:
+        by_id = {e.id: e for e in listed}
+        for ex in expected:
+            assert ex.id in by_id, f"execution {ex.id} (index {ex.index}) missing from list_executions"
+            assert by_id[ex.id].index == ex.index, (
+                f"execution {ex.id}: index {ex.index} at trigger, {by_id[ex.id].index} in list")
+    return listed
+
+
+def assert_indexes_exact(indexes: Iterable[int | None], n: int) -> None:
+    idx = list(indexes)
+    assert None not in idx, "an execution was answered without an index"
+    dupes = sorted({i for i in idx if idx.count(i) > 1})
+    assert not dupes, f"duplicate indexes handed out: {dupes[:20]}"
+    assert sorted(idx) == list(range(n)), f"indexes are not exactly 0..{n - 1}: {sorted(idx)[:60]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# subprocesses
+# ----------------------------------------------------------------------------------------------
+
+
+class Child:
+    """A python subprocess running a script in tests/; lines of its stdout through a queue."""
+
+    def __init__(self, script: str, *args: str) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / script), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=str(REPO),
+            env=env,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._stderr: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def _pump_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+
+    def stderr(self) -> str:
+        return "".join(self._stderr[-60:])
+
+    def readline(self, timeout: float = WAIT) -> str:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"child printed nothing for {timeout} s; stderr:\n{self.stderr()}") from None
+        if line is None:
+            self.proc.wait(timeout=WAIT)
+            raise AssertionError(f"child exited ({self.proc.returncode}) early; stderr:\n{self.stderr()}")
+        return line
+
+    def expect(self, prefix: str, timeout: float = WAIT) -> str:
+        while True:
+            line = self.readline(timeout)
+            if line.startswith(prefix):
+                return line
+
+    def kill9(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=WAIT)
+
+    def finish(self) -> int:
+        """Close its stdin (the child's signal to exit) and wait for it."""
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        return self.proc.returncode
+
+
+def apply_ops(raw: Any, ops: Iterable[Any]) -> None:
+    """Apply one ``storage.changes`` op list (puts and deletes) as one LevelDB write batch;
+    used to craft on-disk states a crashed engine could leave."""
+    with raw.write_batch(sync=True) as batch:
+        for op in ops:
+            if not isinstance(op, tuple):
+                raise TypeError(f"crafting supports puts and deletes only, not {op!r}")
+            key, value = op
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
