@@ -64,13 +64,14 @@ class TaskState:
 class _Batch:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
-    __slots__ = ("changes", "after", "pending", "submits")
+    __slots__ = ("changes", "after", "pending", "submits", "deleted")
 
     def __init__(self) -> None:
         self.changes: list[list[Op]] = []
         self.after: list[tuple[m.Reply | None, Callable[[], Any]]] = []
         self.pending: list[tuple[str, str, int]] = []
         self.submits: list[m.WorkItem] = []
+        self.deleted: list[str] = []  # tombstones to drop once their deletion is written
 
 
 class CounterActor(pykka.ThreadingActor):
@@ -133,6 +134,10 @@ class CounterActor(pykka.ThreadingActor):
                 leftover = envelope
                 break
         self._commit(batch)
+        for task_id in batch.deleted:
+            st = self._cache.get(task_id)
+            if st is not None and st.deleted and self._failed is None:
+                del self._cache[task_id]  # on disk it is gone now; not if re-created in the same turn
         self._evict()
         if leftover is not None:
             self._handle_envelope(leftover)
@@ -196,10 +201,18 @@ class CounterActor(pykka.ThreadingActor):
         self._batch.after.append((reply, then))
 
     def on_stop(self) -> None:
-        # messages that raced with close: answer them rather than leave callers hanging
-        while not self.actor_inbox.empty():
-            envelope = self.actor_inbox.get()
-            m.fail(getattr(envelope.message, "reply", None), EngineClosed())
+        # our messages that raced with close: answer them rather than leave callers hanging;
+        # anything else goes back for pykka's own teardown to answer
+        inbox = cast("queue.Queue[Any]", self.actor_inbox)
+        others = []
+        while not inbox.empty():
+            envelope = inbox.get_nowait()
+            if envelope.reply_to is None and type(envelope.message) in self._handlers:
+                m.fail(getattr(envelope.message, "reply", None), EngineClosed())
+            else:
+                others.append(envelope)
+        for envelope in others:
+            inbox.put(envelope)
 
     # -- task state ----------------------------------------------------------------------
 
@@ -430,6 +443,7 @@ class CounterActor(pykka.ThreadingActor):
                 if record is not None:
                     cancelled.append(_finished(record, ExecutionStatus.CANCELLED, error=TASK_DELETED))
         st.deleted = True
+        self._batch.deleted.append(msg.task_id)
         st.queued.clear()
         st.running.clear()
         st.idem.clear()

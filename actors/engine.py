@@ -8,11 +8,12 @@ in one process never touch each other.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
 import attrs
@@ -54,7 +55,10 @@ class Engine:
         self._jobs = jobs
         self._peers = peers
         self._board = CompletionBoard()
-        self._gate = threading.Lock()  # orders every send before close's stop
+        # orders every send and read before close: close stops the actors after the sends it let
+        # through, and closes the database after the reads it let through
+        self._gate = threading.Condition()
+        self._readers = 0
         self._closed = False
         self.path = db.path
 
@@ -187,6 +191,9 @@ class Engine:
                 pass
         _stop(peers.pending)
         self._board.close(EngineClosed())
+        with self._gate:
+            while self._readers:
+                self._gate.wait()
         self._db.close()
         log.info("engine at %s closed", self.path)
 
@@ -211,6 +218,22 @@ class Engine:
 
     def _ask(self, task_id: str, make: Callable[[m.Reply], Any]) -> Any:
         return self._send(task_id, make).get()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Direct reads of the database; close waits for them before it closes the handle."""
+        with self._gate:
+            if self._closed:
+                raise EngineClosed()
+            self._readers += 1
+        try:
+            with storage_errors():
+                yield
+        finally:
+            with self._gate:
+                self._readers -= 1
+                if not self._readers:
+                    self._gate.notify_all()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -351,8 +374,7 @@ class Engine:
         """The execution as it stands. Never assigns anything (the original's defect 1)."""
         validate.task_id(task_id)
         validate.execution_id(execution_id)
-        self._check_open()
-        with storage_errors():
+        with self._reading():
             ex = self._db.get_execution(task_id, execution_id)
             if ex is not None:
                 return ex
@@ -398,8 +420,7 @@ class Engine:
         if limit > MAX_LIST_LIMIT:
             raise InvalidArgument(f"limit must be <= {MAX_LIST_LIMIT}")
         validate.positive_int(after, "after", minimum=0)
-        self._check_open()
-        with storage_errors():
+        with self._reading():
             if self._db.get_task(task_id) is None:
                 raise TaskNotFound(task_id)
             return list(self._db.iter_executions(task_id, after=after, limit=limit, newest_first=newest_first))
@@ -419,8 +440,7 @@ class Engine:
         returns the number of keys copied."""
         if not isinstance(dest_path, str | os.PathLike) or not os.fspath(dest_path):
             raise InvalidArgument("dest_path must be a non-empty string or path")
-        self._check_open()
-        with storage_errors():
+        with self._reading():
             return self._db.backup(str(os.fspath(dest_path)))
 
     def stats(self) -> dict[str, Any]:
