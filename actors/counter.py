@@ -64,7 +64,7 @@ class TaskState:
 class _Batch:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
-    __slots__ = ("changes", "after", "pending", "submits", "deleted")
+    __slots__ = ("changes", "after", "pending", "submits", "deleted", "keys")
 
     def __init__(self) -> None:
         self.changes: list[list[Op]] = []
@@ -72,6 +72,7 @@ class _Batch:
         self.pending: list[tuple[str, str, int]] = []
         self.submits: list[m.WorkItem] = []
         self.deleted: list[str] = []  # tombstones to drop once their deletion is written
+        self.keys: list[tuple[TaskState, str]] = []  # idempotency keys to forget once written
 
 
 class CounterActor(pykka.ThreadingActor):
@@ -97,6 +98,7 @@ class CounterActor(pykka.ThreadingActor):
         self._batch = _Batch()
         self._batch_no = 0
         self._failed: BaseException | None = None
+        self._abandoned: set[int] = set()  # tokens whose executor was given up on before it started
         self.triggered = 0
         self.finished = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -134,10 +136,8 @@ class CounterActor(pykka.ThreadingActor):
                 leftover = envelope
                 break
         self._commit(batch)
-        for task_id in batch.deleted:
-            st = self._cache.get(task_id)
-            if st is not None and st.deleted and self._failed is None:
-                del self._cache[task_id]  # on disk it is gone now; not if re-created in the same turn
+        if self._failed is None:
+            self._forget_written(batch)
         self._evict()
         if leftover is not None:
             self._handle_envelope(leftover)
@@ -161,12 +161,15 @@ class CounterActor(pykka.ThreadingActor):
             return
         try:
             self._handlers[type(message)](message)
-        except Exception as e:  # a rejection is answered at once: it changed nothing
+        except Exception as e:
+            # a rejection changed nothing, but it was judged on this turn's state: answer it
+            # after the turn's write, like everything else (a failed write fails it instead)
             if isinstance(e, _StorageError):
                 e = translate(e)
             elif not isinstance(e, EngineError):
                 log.exception("counter actor failed on %r", message)
-            m.fail(reply, e)
+            blocking_id = message.execution_id if isinstance(message, m.Trigger) and message.blocking else None
+            self._later(reply, _raiser(e, self._board, blocking_id))
 
     def _commit(self, batch: _Batch) -> None:
         if batch.changes:
@@ -192,6 +195,17 @@ class CounterActor(pykka.ThreadingActor):
                 m.fail(reply, translate(e) if isinstance(e, _StorageError) else e)
             else:
                 m.answer(reply, value)
+
+    def _forget_written(self, batch: _Batch) -> None:
+        """What memory held only until this turn's write: its idempotency keys, its tombstones."""
+        for st, key in batch.keys:
+            hit = st.idem.get(key)
+            if hit is not None and hit[1] == self._batch_no:
+                del st.idem[key]
+        for task_id in batch.deleted:
+            held = self._cache.get(task_id)
+            if held is not None and held.deleted:  # not if re-created in the same turn
+                del self._cache[task_id]
 
     def _write(self, ops: list[Op], reply: m.Reply | None = None, then: Callable[[], Any] = lambda: None) -> None:
         self._batch.changes.append(ops)
@@ -276,9 +290,10 @@ class CounterActor(pykka.ThreadingActor):
         task = msg.task
         if self._state(task.id) is not None:
             raise TaskAlreadyExists(task.id)
+        ops = changes.create_task(task)  # first: an encoding error must leave nothing behind
         self._cache[task.id] = TaskState(task=task, counter=0)
         self._cache.move_to_end(task.id)
-        self._write(changes.create_task(task), msg.reply, lambda: task)
+        self._write(ops, msg.reply, lambda: task)
 
     def _trigger(self, msg: m.Trigger) -> None:
         st = self._require(msg.task_id)
@@ -314,23 +329,30 @@ class CounterActor(pykka.ThreadingActor):
             self._batch.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
             self._later(msg.reply, lambda: ex)
             return
+        ops = changes.assign(ex)  # before any state changes
         st.counter += 1
         self._batch.pending.append((ex.task_id, ex.id, index))
         self._batch.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
-        self._write(changes.assign(ex), msg.reply, lambda: ex)
+        self._write(ops, msg.reply, lambda: ex)
         if key is not None:
-            st.idem[key] = (ex.id, self._batch_no)
+            self._remember_key(st, key, ex.id)
 
     def _idempotent(self, st: TaskState, key: str) -> str | None:
+        """Keys of queued blocking executions and of this turn are in memory; the rest on disk."""
         hit = st.idem.get(key)
-        if hit is not None:
-            return hit[0]
-        if len(st.idem) > 256:  # keep what is queued or in this turn; the rest is on disk
-            st.idem = {k: v for k, v in st.idem.items() if v[1] == QUEUED or v[1] == self._batch_no}
-        return self._db.find_idempotent(st.task.id, key)
+        return hit[0] if hit is not None else self._db.find_idempotent(st.task.id, key)
+
+    def _remember_key(self, st: TaskState, key: str, execution_id: str) -> None:
+        """Until this turn's write puts the key on disk; then it is forgotten."""
+        st.idem[key] = (execution_id, self._batch_no)
+        self._batch.keys.append((st, key))
 
     def _start(self, msg: m.Start) -> None:
         item, ex = msg.item, msg.item.execution
+        if msg.token in self._abandoned:  # its executor timed out or died before this arrived
+            self._abandoned.discard(msg.token)
+            self._later(msg.reply, lambda: None)
+            return
         st = self._state(ex.task_id)
         if st is None or st.task.incarnation != item.incarnation:
             cancelled = _finished(ex, ExecutionStatus.CANCELLED, error=TASK_DELETED)
@@ -341,40 +363,55 @@ class CounterActor(pykka.ThreadingActor):
             self._later(msg.reply, refuse)
             return
         if ex.blocking:
-            queued = st.queued.pop(ex.id, None)
-            if queued is None:  # cancelled while queued
+            # a blocking item is a ticket: it starts the task's oldest queued blocking execution,
+            # so blocking triggers get indexes in the order they were made (DESIGN §3.4)
+            if not st.queued:  # cancelled while queued
                 self._later(msg.reply, lambda: None)
                 return
+            queued = st.queued[next(iter(st.queued))]
             if st.exhausted():
+                del st.queued[queued.id]
                 self._forget_key(st, queued)
                 error = TaskNotRunnable(
                     f"task {ex.task_id!r} became COMPLETED ({st.task.max_executions} executions) "
-                    f"before execution {ex.id} started"
+                    f"before execution {queued.id} started"
                 )
 
                 def refuse_exhausted() -> None:
-                    self._board.fail(ex.id, error)
+                    self._board.fail(queued.id, error)
 
                 self._later(msg.reply, refuse_exhausted)
                 return
             running = attrs.evolve(queued, index=st.counter, status=ExecutionStatus.RUNNING, started_at=time.time())
-            st.counter += 1
             ops = changes.assign(running)
-            if ex.idempotency_key is not None:
-                st.idem[ex.idempotency_key] = (ex.id, self._batch_no)
+            del st.queued[queued.id]
+            st.counter += 1
+            if queued.idempotency_key is not None:
+                self._remember_key(st, queued.idempotency_key, queued.id)
         else:
             if ex.id in st.running:
                 self._later(msg.reply, lambda: None)
                 return
             running = attrs.evolve(ex, status=ExecutionStatus.RUNNING, started_at=time.time())
             ops = changes.update(running)
-        st.running[ex.id] = (msg.token, running)
+        st.running[running.id] = (msg.token, running)
         task = st.task
-        self._write(ops, msg.reply, lambda: (running, task))
+
+        def started() -> tuple[Execution, Task] | None:
+            # deleted later in this same turn: the job must not run
+            return None if st.deleted else (running, task)
+
+        self._write(ops, msg.reply, started)
 
     def _forget_key(self, st: TaskState, ex: Execution) -> None:
         if ex.idempotency_key is not None and st.idem.get(ex.idempotency_key, ("",))[0] == ex.id:
             del st.idem[ex.idempotency_key]
+
+    def _running_with(self, st: TaskState, token: int) -> Execution | None:
+        for held_token, running in st.running.values():
+            if held_token == token:
+                return running
+        return None
 
     def _finish(self, msg: m.Finish) -> None:
         ex = msg.execution
@@ -387,29 +424,40 @@ class CounterActor(pykka.ThreadingActor):
         self._complete(st, ex, msg.reply)
 
     def _complete(self, st: TaskState, ex: Execution, reply: m.Reply | None) -> None:
+        ops = changes.update(ex)
         del st.running[ex.id]
         self.finished += 1
         if not ex.blocking:
             self._peers.tell_quietly(self._peers.pending, m.RemovePending(ex.task_id, ex.id))
-        self._write(changes.update(ex), reply, lambda: self._published(ex))
+        self._write(ops, reply, lambda: self._published(ex))
 
     def _published(self, ex: Execution) -> Execution:
         self._board.publish(ex)
         return ex
 
     def _abandon(self, msg: m.Abandon) -> None:
+        """The executor holding ``msg.token`` timed out or died. What it started is finished as
+        FAILED; a late Start carrying the token is refused. A blocking ticket that started
+        nothing goes back to the pool; a claimed non-blocking execution is failed, not run again,
+        so an executor that dies on it cannot die on it forever."""
         item, ex = msg.item, msg.item.execution
         st = self._state(ex.task_id)
         if st is None or st.task.incarnation != item.incarnation:
             return
-        held = st.running.get(ex.id)
-        if held is not None and held[0] == msg.token:
-            self._complete(st, _finished(held[1], ExecutionStatus.FAILED, error=msg.reason), None)
-        elif held is None and (not ex.blocking or ex.id in st.queued):
-            # never started: hand it back to the pool
-            if not ex.blocking:
-                self._peers.tell_quietly(self._peers.pending, m.Unclaim(ex.task_id, ex.id))
+        running = self._running_with(st, msg.token)
+        if running is not None:
+            self._complete(st, _finished(running, ExecutionStatus.FAILED, error=msg.reason), None)
+            return
+        self._abandoned.add(msg.token)
+        if len(self._abandoned) > 10_000:  # tokens of executors that died and never sent Start
+            self._abandoned.discard(min(self._abandoned))
+        if ex.blocking:
             self._batch.submits.append(item)
+        elif ex.id not in st.running:
+            failed = _finished(ex, ExecutionStatus.FAILED, error=msg.reason)
+            self._peers.tell_quietly(self._peers.pending, m.RemovePending(ex.task_id, ex.id))
+            self.finished += 1
+            self._write(changes.update(failed), None, lambda: self._published(failed))
 
     def _cancel(self, msg: m.Cancel) -> None:
         st = self._require(msg.task_id)
@@ -479,6 +527,15 @@ class CounterActor(pykka.ThreadingActor):
             "finished": self.finished,
         }
         self._later(msg.reply, lambda: figures)
+
+
+def _raiser(error: Exception, board: CompletionBoard, watched: str | None) -> Callable[[], Any]:
+    def reject() -> Any:
+        if watched is not None:  # the blocking caller's watcher is registered before it sends
+            board.fail(watched, error)
+        raise error
+
+    return reject
 
 
 def _finished(ex: Execution, status: ExecutionStatus, *, error: str | None = None, result: Any = None) -> Execution:

@@ -1,4 +1,8 @@
-"""One watchdog thread that calls back at deadlines (the executor pool's job timeouts)."""
+"""One watchdog thread that calls back at deadlines (the executor pool's job timeouts).
+
+A cancelled deadline is forgotten at once, and the heap is rebuilt when cancelled entries
+make up most of it, so memory follows the deadlines pending, not the executions finished.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,8 @@ log = logging.getLogger(__name__)
 
 class Deadlines:
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._cancelled: set[int] = set()
+        self._heap: list[tuple[float, int]] = []
+        self._callbacks: dict[int, Callable[[], None]] = {}  # handle -> callback, while pending
         self._ids = itertools.count()
         self._cond = threading.Condition()
         self._stopped = False
@@ -25,13 +29,19 @@ class Deadlines:
     def schedule(self, delay: float, callback: Callable[[], None]) -> int:
         handle = next(self._ids)
         with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + delay, handle, callback))
+            self._callbacks[handle] = callback
+            heapq.heappush(self._heap, (time.monotonic() + delay, handle))
             self._cond.notify()
         return handle
 
     def cancel(self, handle: int) -> None:
         with self._cond:
-            self._cancelled.add(handle)
+            if self._callbacks.pop(handle, None) is not None and len(self._heap) > 2 * len(self._callbacks) + 64:
+                self._heap = [entry for entry in self._heap if entry[1] in self._callbacks]
+                heapq.heapify(self._heap)
+
+    def __len__(self) -> int:
+        return len(self._callbacks)
 
     def stop(self) -> None:
         with self._cond:
@@ -42,15 +52,16 @@ class Deadlines:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stopped:
+                callback = None
+                while not self._stopped and callback is None:
+                    while self._heap and self._heap[0][1] not in self._callbacks:
+                        heapq.heappop(self._heap)  # cancelled
                     now = time.monotonic()
-                    while self._heap and self._heap[0][1] in self._cancelled:
-                        self._cancelled.discard(heapq.heappop(self._heap)[1])
                     if self._heap and self._heap[0][0] <= now:
-                        _, _, callback = heapq.heappop(self._heap)
-                        break
-                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
-                else:
+                        callback = self._callbacks.pop(heapq.heappop(self._heap)[1])
+                    else:
+                        self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                if callback is None:
                     return
             try:
                 callback()

@@ -37,7 +37,7 @@ from .errors import (
 )
 from .ids import new_id
 from .jobs import Job, JobRegistry
-from .peers import Peers
+from .peers import Peers, ask, current_job
 from .pending import PendingStore
 from .pool import ExecutorPool
 
@@ -60,6 +60,7 @@ class Engine:
         self._gate = threading.Condition()
         self._readers = 0
         self._closed = False
+        self._shut = threading.Event()
         self.path = db.path
 
     # -- life cycle ------------------------------------------------------------------------
@@ -155,11 +156,21 @@ class Engine:
         """Stop: wait for running jobs (up to ``timeout``), leave queued non-blocking executions
         PENDING on disk for the next open, stop this engine's actors, close the database last.
         Idempotent."""
+        timeout = validate.timeout(timeout)
+        if getattr(current_job, "peers", None) is self._peers:
+            raise InvalidArgument("close() called from one of this engine's jobs would wait for that job forever")
         with self._gate:
             if self._closed:
-                return
-            self._closed = True
-        self._shutdown(validate.timeout(timeout))
+                closing = True
+            else:
+                closing, self._closed = False, True
+        if closing:  # another thread is closing it: return when that close has finished
+            self._shut.wait()
+            return
+        try:
+            self._shutdown(timeout)
+        finally:
+            self._shut.set()
 
     def _shutdown(self, timeout: float | None) -> None:
         self._closed = True
@@ -211,10 +222,13 @@ class Engine:
         return reply
 
     def _tell(self, task_id: str, message: Any) -> None:
+        self._tell_ref(self._peers.counter_for(task_id), message)
+
+    def _tell_ref(self, ref: pykka.ActorRef[Any], message: Any) -> None:
         with self._gate:
             if self._closed:
                 raise EngineClosed()
-            self._peers.counter_for(task_id).tell(message)
+            ref.tell(message)
 
     def _ask(self, task_id: str, make: Callable[[m.Reply], Any]) -> Any:
         return self._send(task_id, make).get()
@@ -258,7 +272,7 @@ class Engine:
         task_id = new_id() if task_id is None else validate.task_id(task_id)
         if not isinstance(job, str) or not job:
             raise InvalidArgument("job must be a non-empty string")
-        validate.json_value(config, "config")
+        config = validate.json_value(config, "config")
         validate.positive_int(max_executions, "max_executions")
         if job not in self._jobs:
             raise UnknownJob(job)
@@ -293,7 +307,7 @@ class Engine:
         self, task_id: str, data: Any, blocking: bool, key: str | None
     ) -> Callable[[m.Reply], m.Trigger]:
         validate.task_id(task_id)
-        validate.json_value(data, "data")
+        data = validate.json_value(data, "data")
         validate.text(key, "idempotency_key")
         if not isinstance(blocking, bool):
             raise InvalidArgument("blocking must be True or False")
@@ -444,11 +458,11 @@ class Engine:
             return self._db.backup(str(os.fspath(dest_path)))
 
     def stats(self) -> dict[str, Any]:
+        """Live figures; EngineClosed once closed (also when close() wins a race with it)."""
         self._check_open()
         peers = self._peers
-        assert peers.pool is not None and peers.pending is not None
-        pool = cast(dict[str, int], peers.pool.ask(m.PoolStats()))
-        counters = [self._ask_stats(ref) for ref in peers.counters]
+        pool = cast(dict[str, int], ask(peers.pool, m.PoolStats()))
+        counters = [cast(dict[str, int], self._ask_any(ref, m.CounterStats)) for ref in peers.counters]
         out: dict[str, Any] = {
             "counter_actors": len(peers.counters),
             "executors": pool["executors"],
@@ -457,7 +471,7 @@ class Engine:
             "running": pool["running"],
             "waiting_for_job": pool["waiting_for_job"],
             "replaced_executors": pool["replaced_executors"],
-            "pending": peers.pending.ask(m.PendingCount()),
+            "pending": ask(peers.pending, m.PendingCount()),
             "writes": self._committer.writes,
             "changes_written": self._committer.changes,
             "waiters": len(self._board),
@@ -466,11 +480,10 @@ class Engine:
             out[key] = sum(c[key] for c in counters)
         return out
 
-    def _ask_stats(self, ref: pykka.ActorRef[Any]) -> dict[str, int]:
+    def _ask_any(self, ref: pykka.ActorRef[Any], make: Callable[[m.Reply], Any]) -> Any:
         reply: m.Reply = pykka.ThreadingFuture()
-        ref.tell(m.CounterStats(reply))
-        result: dict[str, int] = reply.get()
-        return result
+        self._tell_ref(ref, make(reply))
+        return reply.get()
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -32,8 +32,8 @@ class JobRegistry:
         self._lock = threading.Lock()
 
     def add(self, name: str, fn: Job) -> None:
-        if not isinstance(name, str) or not name:
-            raise InvalidArgument("job name must be a non-empty string")
+        if not isinstance(name, str) or not name or not name.isprintable():
+            raise InvalidArgument("job name must be a non-empty printable string")
         if not callable(fn):
             raise InvalidArgument(f"job {name!r} must be callable")
         with self._lock:

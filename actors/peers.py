@@ -7,11 +7,17 @@ number of threads does not grow with the number of tasks.
 
 from __future__ import annotations
 
+import threading
 import zlib
 from typing import Any
 
 import attrs
 import pykka
+
+from .errors import EngineClosed
+
+#: set on an executor's thread while it runs a job: which engine's executor this thread is
+current_job = threading.local()
 
 
 @attrs.define
@@ -32,3 +38,26 @@ class Peers:
         except pykka.ActorDeadError:
             return False
         return True
+
+
+def await_reply(reply: pykka.Future[Any], ref: pykka.ActorRef[Any]) -> Any:
+    """Wait for ``ref``'s answer; EngineClosed if the actor stopped without taking the message
+    (a message can land in an inbox just after the actor's last look at it)."""
+    while True:
+        try:
+            return reply.get(timeout=1.0)
+        except pykka.ActorDeadError:
+            raise EngineClosed() from None
+        except pykka.Timeout:
+            if not ref.is_alive():
+                raise EngineClosed() from None
+
+
+def ask(ref: pykka.ActorRef[Any] | None, message: Any) -> Any:
+    """An ask that cannot hang on an actor stopped by close()."""
+    if ref is None:
+        raise EngineClosed()
+    try:
+        return await_reply(ref.ask(message, block=False), ref)
+    except pykka.ActorDeadError:
+        raise EngineClosed() from None

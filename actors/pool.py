@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import logging
 import time
 from typing import Any
@@ -25,7 +26,7 @@ from .board import CompletionBoard
 from .deadlines import Deadlines
 from .errors import EngineClosed
 from .jobs import JobContext, JobRegistry
-from .peers import Peers
+from .peers import Peers, await_reply, current_job
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,9 @@ class ExecutorPool(pykka.ThreadingActor):
             return
         reason = f"TimeoutError: the job ran longer than the job timeout of {self._job_timeout} s"
         log.warning("execution %s: %s; its executor is replaced", busy.item.execution.id, reason)
-        self._peers.counter_for(busy.item.execution.task_id).tell(m.Abandon(busy.item, busy.token, reason))
+        self._peers.tell_quietly(
+            self._peers.counter_for(busy.item.execution.task_id), m.Abandon(busy.item, busy.token, reason)
+        )
         self._abandoned[busy.ref.actor_urn] = busy.ref
         busy.ref.stop(block=False)  # after its hung job returns, if ever
         self._replace()
@@ -173,7 +176,9 @@ class ExecutorPool(pykka.ThreadingActor):
         busy = self._take(msg.executor_urn)
         if busy is not None:
             reason = f"the executor running it died ({msg.reason})"
-            self._peers.counter_for(busy.item.execution.task_id).tell(m.Abandon(busy.item, busy.token, reason))
+            self._peers.tell_quietly(
+                self._peers.counter_for(busy.item.execution.task_id), m.Abandon(busy.item, busy.token, reason)
+            )
         if not self._draining:
             log.warning("executor %s stopped (%s); replacing it", msg.executor_urn, msg.reason)
             self._replace()
@@ -243,34 +248,53 @@ class Executor(pykka.ThreadingActor):
         if not self._peers.tell_quietly(counter, m.Start(item, token, reply)):
             return  # the engine is closing; the execution stays PENDING on disk
         try:
-            started = reply.get()
+            started = await_reply(reply, counter)
         except EngineClosed:
             return
         if started is None:
             if not ex.blocking:
-                pending.tell(m.RemovePending(ex.task_id, ex.id))
+                self._peers.tell_quietly(pending, m.RemovePending(ex.task_id, ex.id))
             return
         running, task = started
         fn = self._jobs.get(item.job)
         assert fn is not None  # the pool only dispatches registered jobs, and jobs are never removed
+        # a blocking item is a ticket for the task's oldest queued blocking execution: run what started
         ctx = JobContext(
-            task_id=ex.task_id, execution_id=ex.id, index=running.index, config=task.config, data=running.data
+            task_id=running.task_id, execution_id=running.id, index=running.index, config=task.config,
+            data=running.data,
         )
-        status, result, error = run_job(fn, ctx)
+        current_job.peers = self._peers
+        try:
+            status, result, error = run_job(fn, ctx)
+        finally:
+            current_job.peers = None
         finished = attrs.evolve(running, status=status, result=result, error=error, finished_at=time.time())
         # a closed engine drops it: the record stays RUNNING and the next open finishes it as interrupted
         self._peers.tell_quietly(counter, m.Finish(finished, item.incarnation, token))
 
 
+INVALID_RESULT = "InvalidResult: the job's result is not JSON-serializable: "
+
+
 def run_job(fn: Any, ctx: JobContext) -> tuple[ExecutionStatus, Any, str | None]:
-    """Run a job and turn any outcome into a status; nothing a job does escapes."""
+    """Run a job and turn any outcome into a status; nothing a job does escapes. The result is
+    stored as JSON, so the caller gets the JSON-normalised copy the record holds."""
     try:
         result = fn(ctx)
     except BaseException as e:  # noqa: BLE001 - SystemExit from a job must not stop the actors
-        return ExecutionStatus.FAILED, None, f"{type(e).__name__}: {e}"
+        return ExecutionStatus.FAILED, None, _error_text(e)
     try:
-        codec.to_json(result)
-    except (TypeError, ValueError) as e:
-        return ExecutionStatus.FAILED, None, f"InvalidResult: the job's result is not JSON-serializable: {e}"
-    return ExecutionStatus.SUCCESS, result, None
+        return ExecutionStatus.SUCCESS, json.loads(codec.to_json(result).encode()), None
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
+        return ExecutionStatus.FAILED, None, _error_text(e, INVALID_RESULT)
+
+
+def _error_text(e: BaseException, prefix: str | None = None) -> str:
+    """'TypeName: message', storable as UTF-8 whatever the exception holds."""
+    try:
+        message = str(e)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the failure
+        message = repr(e)
+    text = (prefix or f"{type(e).__name__}: ") + message
+    return text.encode("utf-8", "backslashreplace").decode()
 

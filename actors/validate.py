@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from storage import codec
@@ -24,11 +25,20 @@ def task_id(value: Any) -> str:
 
 
 def json_value(value: Any, what: str) -> Any:
+    """A detached, JSON-normalised copy of ``value``: what the record will hold, so a caller that
+    changes its object afterwards cannot change an acknowledged execution, and a live run sees
+    the same data as a recovered one (tuples become lists, keys strings)."""
+    if value is None:
+        return None
     try:
-        codec.to_json(value)
-    except (TypeError, ValueError) as e:
+        return json.loads(_utf8(codec.to_json(value)))
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
         raise InvalidArgument(f"{what} is not JSON-serializable: {e}") from None
-    return value
+
+
+def _utf8(text: str) -> bytes:
+    """Lone surrogates (e.g. from os.fsdecode) make a str that UTF-8 cannot store."""
+    return text.encode()
 
 
 def text(value: Any, what: str) -> str | None:
@@ -36,6 +46,10 @@ def text(value: Any, what: str) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise InvalidArgument(f"{what} must be a non-empty string")
+    try:
+        _utf8(value)
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} {value!r} cannot be stored as UTF-8") from None
     return value
 
 
@@ -59,6 +73,6 @@ def timeout(value: Any) -> float | None:
 
 
 def execution_id(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidArgument(f"execution id must be a non-empty string, not {value!r}")
+    if not isinstance(value, str) or not value or not value.isprintable():
+        raise InvalidArgument(f"execution id must be a non-empty printable string, not {value!r}")
     return value

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pykka
 import pytest
 
 import actors.pool
@@ -182,3 +183,45 @@ def test_ids_are_ulids() -> None:
         parsed = ulid.ULID.from_str(x)
         assert str(parsed) == x
         assert abs(parsed.timestamp - time.time()) < 60
+
+
+def test_a_start_that_arrives_after_its_executor_was_abandoned_is_refused(engine: Engine, jobs: Jobs) -> None:
+    """A job timeout (or executor death) can be handled before the executor's Start arrives:
+    the execution is failed then, and the late Start must not run it (a review finding)."""
+    engine.create_task("t", job="job")
+    engine.trigger("t", "hold")
+    engine.trigger("t", "hold")  # both workers busy: the next execution waits in the pool queue
+    jobs.started.wait(10)
+    ex = engine.trigger("t", "late")
+    task = engine.get_task("t")
+    item = m.WorkItem(ex, task.job, task.incarnation)
+    pending, counter = engine._peers.pending, engine._peers.counter_for("t")
+    assert pending is not None
+    assert pending.ask(m.Claim("t", ex.id)) == ex.index  # as its executor would, before Start
+    counter.tell(m.Abandon(item, 10**9, "TimeoutError: the job ran longer than the job timeout"))
+    reply: m.Reply = pykka.ThreadingFuture()
+    counter.tell(m.Start(item, 10**9, reply))
+    assert reply.get(timeout=10) is None
+    failed = engine.wait("t", ex.id, timeout=10)
+    assert failed.status is ExecutionStatus.FAILED and "timeout" in (failed.error or "")
+    jobs.release.set()
+    engine.trigger("t", "after", blocking=True, timeout=10)
+    assert ex.index not in jobs.calls  # the pool's own delivery found nothing to claim
+    assert engine.get_execution("t", ex.id).status is ExecutionStatus.FAILED
+
+
+def test_deadlines_forget_what_is_cancelled() -> None:
+    from actors.deadlines import Deadlines
+
+    fired = threading.Event()
+    d = Deadlines()
+    try:
+        d.schedule(3600, lambda: None)  # one long deadline pins the top of the heap
+        for _ in range(10_000):
+            d.cancel(d.schedule(3600, lambda: None))
+        assert len(d) == 1
+        assert len(d._heap) < 200  # noqa: SLF001
+        d.schedule(0, fired.set)
+        assert fired.wait(5)
+    finally:
+        d.stop()
