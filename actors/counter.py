@@ -64,12 +64,13 @@ class TaskState:
 class _Batch:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
-    __slots__ = ("changes", "after", "pending", "submits", "deleted", "keys")
+    __slots__ = ("changes", "after", "pending", "removed", "submits", "deleted", "keys")
 
     def __init__(self) -> None:
         self.changes: list[list[Op]] = []
         self.after: list[tuple[m.Reply | None, Callable[[], Any]]] = []
         self.pending: list[tuple[str, str, int]] = []
+        self.removed: list[tuple[str, str]] = []  # pending entries whose execution finished
         self.submits: list[m.WorkItem] = []
         self.deleted: list[str] = []  # tombstones to drop once their deletion is written
         self.keys: list[tuple[TaskState, str]] = []  # idempotency keys to forget once written
@@ -184,6 +185,8 @@ class CounterActor(pykka.ThreadingActor):
         peers = self._peers
         if batch.pending:  # before any answer, so a cancel can always claim what it was told of
             peers.tell_quietly(peers.pending, m.AddPending(batch.pending))
+        if batch.removed:
+            peers.tell_quietly(peers.pending, m.RemovePending(batch.removed))
         if batch.submits:
             peers.tell_quietly(peers.pool, m.Submit(batch.submits))
         for reply, then in batch.after:
@@ -428,7 +431,7 @@ class CounterActor(pykka.ThreadingActor):
         del st.running[ex.id]
         self.finished += 1
         if not ex.blocking:
-            self._peers.tell_quietly(self._peers.pending, m.RemovePending(ex.task_id, ex.id))
+            self._batch.removed.append((ex.task_id, ex.id))
         self._write(ops, reply, lambda: self._published(ex))
 
     def _published(self, ex: Execution) -> Execution:
@@ -455,7 +458,7 @@ class CounterActor(pykka.ThreadingActor):
             self._batch.submits.append(item)
         elif ex.id not in st.running:
             failed = _finished(ex, ExecutionStatus.FAILED, error=msg.reason)
-            self._peers.tell_quietly(self._peers.pending, m.RemovePending(ex.task_id, ex.id))
+            self._batch.removed.append((ex.task_id, ex.id))
             self.finished += 1
             self._write(changes.update(failed), None, lambda: self._published(failed))
 
@@ -476,7 +479,7 @@ class CounterActor(pykka.ThreadingActor):
         if record is None:
             raise ExecutionNotFound(msg.task_id, msg.execution_id)
         cancelled = _finished(record, ExecutionStatus.CANCELLED, error="cancelled by Engine.cancel")
-        self._peers.tell_quietly(self._peers.pending, m.RemovePending(msg.task_id, msg.execution_id))
+        self._batch.removed.append((msg.task_id, msg.execution_id))
         self._write(changes.update(cancelled), msg.reply, lambda: self._published(cancelled))
 
     def _delete(self, msg: m.DeleteTask) -> None:

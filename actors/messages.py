@@ -140,15 +140,8 @@ class Claim:
 
 
 @attrs.frozen
-class Unclaim:
-    task_id: str
-    execution_id: str
-
-
-@attrs.frozen
 class RemovePending:
-    task_id: str
-    execution_id: str
+    entries: list[tuple[str, str]]  # (task id, execution id): finished, failed or cancelled
 
 
 @attrs.frozen

@@ -37,12 +37,9 @@ class PendingStore(pykka.ThreadingActor):
                 return None
             entry[1] = True
             return entry[0]
-        elif isinstance(message, m.Unclaim):
-            entry = self._entries.get((message.task_id, message.execution_id))
-            if entry is not None:
-                entry[1] = False
         elif isinstance(message, m.RemovePending):
-            self._remove(message.task_id, message.execution_id)
+            for task_id, execution_id in message.entries:
+                self._remove(task_id, execution_id)
         elif isinstance(message, m.DropTask):
             ids = self._by_task.pop(message.task_id, set())
             return [(eid, self._entries.pop((message.task_id, eid))[0]) for eid in ids]

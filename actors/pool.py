@@ -253,7 +253,7 @@ class Executor(pykka.ThreadingActor):
             return
         if started is None:
             if not ex.blocking:
-                self._peers.tell_quietly(pending, m.RemovePending(ex.task_id, ex.id))
+                self._peers.tell_quietly(pending, m.RemovePending([(ex.task_id, ex.id)]))
             return
         running, task = started
         fn = self._jobs.get(item.job)
