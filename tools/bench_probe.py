@@ -1,0 +1,323 @@
+"""Profiles behind BENCHMARKS.md: where the engine's time goes on the paths the targets measure.
+
+Not part of ``taskengine bench`` (its figures stay free of instrumentation). Run as::
+
+    python -m tools.bench_probe acks --tasks 1 --callers 64   # durable acks
+    python -m tools.bench_probe e2e --executions 20000         # end-to-end no-op executions
+    python -m tools.bench_probe gil                            # plyvel puts with and without GIL contention
+
+It instruments the engine from outside, by wrapping (never editing) a few of its methods:
+``storage.batch.Committer.write`` (time per LevelDB write, split into building the batch and
+``batch.write``), ``actors.counter.CounterActor.on_receive`` (a counter actor's turn), and
+``pykka.ActorRef.tell``/``ask`` (messages per operation). CPU time per thread comes from
+``/proc/self/task/<tid>/stat``. A wrapper whose target no longer exists is skipped with a note,
+so the probe keeps working (with less detail) as the engine changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .bench_common import run_callers
+
+_lock = threading.Lock()
+_stats: collections.Counter[str] = collections.Counter()
+_times: collections.defaultdict[str, float] = collections.defaultdict(float)
+
+
+def _instrument_writes() -> str | None:
+    try:
+        from storage import batch as sb
+    except ImportError as e:
+        return f"no storage.batch ({e}): LevelDB write timing skipped"
+    committer = getattr(sb, "Committer", None)
+    if committer is None or not hasattr(committer, "write"):
+        return "no storage.batch.Committer.write: LevelDB write timing skipped"
+    original = committer.write
+    delete_prefix = getattr(sb, "DeletePrefix", ())
+
+    def write(self: Any, changes: Any) -> Any:
+        ops = sum(len(c) for c in changes)
+        plain = hasattr(self, "_db") and not any(isinstance(op, delete_prefix) for c in changes for op in c)
+        t0 = time.perf_counter()
+        if plain:  # the same work as Committer.write, timed in two parts
+            b = self._db.write_batch(sync=getattr(self, "sync", True))
+            for c in changes:
+                for op in c:
+                    if op[1] is None:
+                        b.delete(op[0])
+                    else:
+                        b.put(op[0], op[1])
+            t1 = time.perf_counter()
+            b.write()
+            result = None
+        else:
+            result = original(self, changes)
+            t1 = t0
+        t2 = time.perf_counter()
+        with _lock:
+            _stats["writes"] += 1
+            _stats["changes"] += len(changes)
+            _stats["ops"] += ops
+            _times["write"] += t2 - t0
+            if plain:
+                _stats["timed_writes"] += 1
+                _stats["timed_ops"] += ops
+                _times["build"] += t1 - t0
+                _times["batch_write"] += t2 - t1
+        return result
+
+    committer.write = write
+    return None
+
+
+def _instrument_turns() -> str | None:
+    try:
+        from actors import counter as ac
+    except ImportError as e:
+        return f"no actors.counter ({e}): counter-actor turn timing skipped"
+    original = ac.CounterActor.on_receive
+
+    def on_receive(self: Any, message: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original(self, message)
+        finally:
+            dt = time.perf_counter() - t0
+            with _lock:
+                _stats["turns"] += 1
+                _times["turn"] += dt
+
+    ac.CounterActor.on_receive = on_receive  # type: ignore[method-assign]
+    return None
+
+
+def _instrument_messages() -> None:
+    from pykka import _ref
+
+    tell, ask = _ref.ActorRef.tell, _ref.ActorRef.ask
+
+    def counted_tell(self: Any, message: Any) -> None:
+        with _lock:
+            _stats[f"msg tell {type(message).__name__} -> {self.actor_class.__name__}"] += 1
+        tell(self, message)
+
+    def counted_ask(self: Any, message: Any, **kw: Any) -> Any:
+        with _lock:
+            _stats[f"msg ask  {type(message).__name__} -> {self.actor_class.__name__}"] += 1
+        return ask(self, message, **kw)
+
+    _ref.ActorRef.tell = counted_tell  # type: ignore[method-assign]
+    _ref.ActorRef.ask = counted_ask  # type: ignore[method-assign]
+
+
+def _thread_cpu() -> dict[int, tuple[str, float]]:
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for t in threading.enumerate():
+        if t.native_id is None:
+            continue
+        try:
+            with open(f"/proc/self/task/{t.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[t.native_id] = (t.name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def _group(name: str) -> str:
+    name = re.sub(r"-\d+$", "", name)
+    return "caller threads" if name.startswith(("bench-caller", "soak-caller")) else name
+
+
+def _cpu_table(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], ops: float,
+               wall: float, exclude: tuple[str, ...] = ()) -> list[str]:
+    """CPU per operation by kind of thread; a thread started after ``before`` counts from 0."""
+    per: dict[str, float] = collections.defaultdict(float)
+    for tid, (name, cpu) in after.items():
+        if _group(name) not in exclude:
+            per[_group(name)] += cpu - before.get(tid, (name, 0.0))[1]
+    lines = [f"  CPU per operation by thread (from /proc; {ops:.0f} operations in {wall:.1f} s):"]
+    for g, c in sorted(per.items(), key=lambda kv: -kv[1]):
+        if c > 0:
+            lines.append(f"    {g:24s} {1e6 * c / ops:7.1f} us   ({100 * c / wall:4.0f}% of a core)")
+    lines.append(f"    {'all threads':24s} {1e6 * sum(per.values()) / ops:7.1f} us")
+    return lines
+
+
+def _write_lines(n_ops: float, label: str) -> list[str]:
+    s, t = _stats, _times
+    lines = []
+    if s["turns"]:
+        lines.append(f"  counter-actor turns: {s['turns']}, mean {1e6 * t['turn'] / s['turns']:.0f} us")
+    if s["writes"]:
+        lines.append(
+            f"  LevelDB writes: {s['writes'] / n_ops:.2f} per {label}, {s['changes'] / s['writes']:.1f} changes and "
+            f"{s['ops'] / s['writes']:.1f} ops per write; Committer.write {1e6 * t['write'] / s['writes']:.0f} us "
+            f"per write ({1e6 * t['write'] / max(1, s['ops']):.1f} us per op)"
+        )
+        if s["turns"]:
+            lines.append(f"  Committer.write is {100 * t['write'] / t['turn']:.0f}% of counter-actor turn time")
+        if s["timed_writes"]:
+            lines.append(
+                f"    building the batch (one plyvel put/delete per op): {1e6 * t['build'] / s['timed_ops']:.1f} us "
+                f"per op; batch.write (LevelDB queue + fsync): {1e6 * t['batch_write'] / s['timed_writes']:.0f} us "
+                "per write"
+            )
+    msgs = sorted(((k[4:], v) for k, v in s.items() if k.startswith("msg ")), key=lambda kv: -kv[1])
+    if msgs:
+        total = sum(v for _, v in msgs)
+        lines.append(f"  actor messages: {total / n_ops:.2f} per {label}")
+        for k, v in msgs:
+            if v / n_ops >= 0.01:
+                lines.append(f"    {v / n_ops:5.2f}  {k}")
+    return lines
+
+
+def probe_acks(args: argparse.Namespace) -> list[str]:
+    notes = [n for n in (_instrument_writes(), _instrument_turns()) if n]
+    _instrument_messages()
+    from actors import Engine
+
+    path = os.path.join(args.workdir, "acks")
+    gate = threading.Event()
+
+    def held(ctx: Any) -> None:
+        gate.wait()
+
+    engine = Engine.open(path, jobs={"held": held}, counter_actors=args.counter_actors)
+    ids = [f"t{i}" for i in range(args.tasks)]
+    for tid in ids:
+        engine.create_task(tid, job="held")
+    box: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: box.setdefault("run", run_callers(
+        args.callers, lambda k, i: engine.trigger(ids[(k * 31 + i) % args.tasks]),
+        duration=args.duration + 1.5, warmup=0.3)))
+    runner.start()
+    time.sleep(0.4)
+    with _lock:
+        _stats.clear()
+        _times.clear()
+    before, t0 = _thread_cpu(), time.perf_counter()
+    time.sleep(args.duration)
+    after, wall = _thread_cpu(), time.perf_counter() - t0
+    runner.join()
+    gate.set()
+    engine.close()
+    run = box["run"]
+    ops = run.rate * wall
+    lines = [f"durable acks, {args.callers} callers over {args.tasks} task(s), {args.counter_actors} counter actors: "
+             f"{run.rate:.0f} acks/s, process CPU {run.cpu_percent:.0f}%"]
+    lines += _cpu_table(before, after, ops, wall)
+    lines += _write_lines(ops, "ack")
+    return notes + lines
+
+
+def probe_e2e(args: argparse.Namespace) -> list[str]:
+    notes = [n for n in (_instrument_writes(), _instrument_turns()) if n]
+    _instrument_messages()
+    from .bench_engine import child_soak
+
+    before, t0 = _thread_cpu(), time.perf_counter()
+    holder: dict[str, Any] = {}
+
+    seen: dict[int, tuple[str, float]] = {}
+
+    def sampler() -> None:  # threads end before child_soak returns: keep each one's last figure
+        while "done" not in holder:
+            seen.update(_thread_cpu())
+            time.sleep(0.2)
+
+    s = threading.Thread(target=sampler, name="probe-sampler", daemon=True)
+    s.start()
+    result = child_soak({
+        "path": os.path.join(args.workdir, "e2e"), "executions": args.executions, "warm": 0,
+        "workers": args.workers, "counter_actors": args.counter_actors, "callers": 8, "window": 1000,
+        "interval": 0.5,
+    })
+    holder["done"] = True
+    s.join()
+    wall = time.perf_counter() - t0
+    n = result["executions"]
+    lines = [f"end-to-end no-op executions (the soak driver), {n} executions, {args.workers} workers, "
+             f"{args.counter_actors} counter actors: {result['rate']:.0f}/s, process CPU {result['cpu_percent']}%"]
+    # the main thread also opens the engine and runs the replay check: left out
+    lines += _cpu_table(before, seen, n, wall, exclude=("MainThread", "probe-sampler"))
+    lines += _write_lines(n, "execution")
+    return notes + lines
+
+
+def probe_gil(args: argparse.Namespace) -> list[str]:
+    """A plyvel WriteBatch.put releases and retakes the GIL; with other Python threads runnable,
+    retaking it costs a thread switch."""
+    import plyvel
+
+    db = plyvel.DB(os.path.join(args.workdir, "gil"), create_if_missing=True)
+    key, value = b"T\x00task\x00x" + bytes(8), b"S" + b"0" * 26 + b"\x00" + b"{}" * 60
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    def measure(label: str, n: int = 20_000) -> str:
+        batch = db.write_batch()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            batch.put(key, value)
+        dt = time.perf_counter() - t0
+        return f"  {label:36s} WriteBatch.put {1e6 * dt / n:7.2f} us per put"
+
+    lines = ["plyvel WriteBatch.put (drops the GIL for each put):", measure("no other Python thread")]
+    for busy in (1, 4, 16):
+        stop.clear()
+        threads = [threading.Thread(target=spin, daemon=True) for _ in range(busy)]
+        for t in threads:
+            t.start()
+        time.sleep(0.05)
+        lines.append(measure(f"{busy} CPU-busy Python thread(s)", 2_000))
+        stop.set()
+        for t in threads:
+            t.join()
+    db.close()
+    return lines
+
+
+PROBES: dict[str, Callable[[argparse.Namespace], list[str]]] = {"acks": probe_acks, "e2e": probe_e2e, "gil": probe_gil}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench_probe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("probe", choices=sorted(PROBES))
+    parser.add_argument("--tasks", type=int, default=1)
+    parser.add_argument("--callers", type=int, default=64)
+    parser.add_argument("--counter-actors", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--executions", type=int, default=20_000)
+    args = parser.parse_args(argv)
+    args.workdir = tempfile.mkdtemp(prefix="taskengine-probe-")
+    try:
+        for line in PROBES[args.probe](args):
+            print(line)
+    finally:
+        shutil.rmtree(args.workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)
+    sys.exit(main())
