@@ -64,7 +64,7 @@ class TaskState:
 class _Batch:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
-    __slots__ = ("changes", "after", "pending", "removed", "submits", "deleted", "keys")
+    __slots__ = ("changes", "after", "pending", "removed", "submits", "deleted", "keys", "counted")
 
     def __init__(self) -> None:
         self.changes: list[list[Op]] = []
@@ -74,6 +74,7 @@ class _Batch:
         self.submits: list[m.WorkItem] = []
         self.deleted: list[str] = []  # tombstones to drop once their deletion is written
         self.keys: list[tuple[TaskState, str]] = []  # idempotency keys to forget once written
+        self.counted: dict[int, TaskState] = {}  # tasks that handed out indexes: one counter put each
 
 
 class CounterActor(pykka.ThreadingActor):
@@ -173,6 +174,8 @@ class CounterActor(pykka.ThreadingActor):
             self._later(reply, _raiser(e, self._board, blocking_id))
 
     def _commit(self, batch: _Batch) -> None:
+        # each task's counter once, after its records (and after a deletion of the task this turn)
+        batch.changes += [[changes.counter(st.task.id, st.counter)] for st in batch.counted.values() if not st.deleted]
         if batch.changes:
             try:
                 self._committer.write(batch.changes)
@@ -332,13 +335,18 @@ class CounterActor(pykka.ThreadingActor):
             self._batch.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
             self._later(msg.reply, lambda: ex)
             return
-        ops = changes.assign(ex)  # before any state changes
-        st.counter += 1
+        ops = changes.assign(ex, with_counter=False)  # before any state changes
+        self._advance(st)
         self._batch.pending.append((ex.task_id, ex.id, index))
         self._batch.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
         self._write(ops, msg.reply, lambda: ex)
         if key is not None:
             self._remember_key(st, key, ex.id)
+
+    def _advance(self, st: TaskState) -> None:
+        """One more index handed out; the counter is written once for the turn (see _commit)."""
+        st.counter += 1
+        self._batch.counted[id(st)] = st
 
     def _idempotent(self, st: TaskState, key: str) -> str | None:
         """Keys of queued blocking executions and of this turn are in memory; the rest on disk."""
@@ -386,9 +394,9 @@ class CounterActor(pykka.ThreadingActor):
                 self._later(msg.reply, refuse_exhausted)
                 return
             running = attrs.evolve(queued, index=st.counter, status=ExecutionStatus.RUNNING, started_at=time.time())
-            ops = changes.assign(running)
+            ops = changes.assign(running, with_counter=False)
             del st.queued[queued.id]
-            st.counter += 1
+            self._advance(st)
             if queued.idempotency_key is not None:
                 self._remember_key(st, queued.idempotency_key, queued.id)
         else:

@@ -12,25 +12,33 @@ from .records import Execution, Task
 
 
 def create_task(task: Task) -> list[Op]:
-    return [(keys.task_key(task.id), codec.encode_task(task)), (keys.counter_key(task.id), codec.encode_int(0))]
+    return [(keys.task_key(task.id), codec.encode_task(task)), counter(task.id, 0)]
 
 
-def assign(execution: Execution) -> list[Op]:
+def assign(execution: Execution, *, with_counter: bool = True) -> list[Op]:
     """Hand out ``execution.index``: the counter moves past it in the same batch that stores
-    the record, so an index is never issued without its record (invariant 2)."""
+    the record, so an index is never issued without its record (invariant 2).
+
+    ``with_counter=False`` leaves the counter to the caller, which must put ``counter(...)``
+    in the same write: a counter actor writes it once per task per turn, not once per index."""
     assert execution.index is not None
     tid, index, eid = execution.task_id, execution.index, execution.id.encode()
     prefix = keys.task_prefix(tid)  # the hot path: build it once
     ops: list[Op] = [
-        (prefix + keys.COUNTER, codec.encode_int(index + 1)),
         (prefix + keys.EXECUTION + keys.encode_index(index), codec.encode_execution(execution)),
         (prefix + keys.EXEC_ID + eid, codec.encode_int(index)),
     ]
+    if with_counter:
+        ops.append(counter(tid, index + 1))
     if not execution.status.is_finished:
         ops.append((keys.live_key(tid, index), eid))
     if execution.idempotency_key is not None:
         ops.append((prefix + keys.IDEMPOTENCY + execution.idempotency_key.encode(), eid))
     return ops
+
+
+def counter(task_id: str, value: int) -> Op:
+    return (keys.counter_key(task_id), codec.encode_int(value))
 
 
 def update(execution: Execution) -> list[Op]:
