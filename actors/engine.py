@@ -73,7 +73,7 @@ class Engine:
         *,
         workers: int = 4,
         sync: bool = True,
-        counter_actors: int = 8,
+        counter_actors: int = 2,
         job_timeout: float | None = None,
         max_cached_tasks: int = 100_000,
     ) -> Engine:
