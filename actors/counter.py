@@ -11,6 +11,7 @@ only then answers. An index is never acknowledged before the write that holds it
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import queue
 import time
@@ -20,8 +21,7 @@ from typing import Any, cast
 import attrs
 import pykka
 
-from storage import Committer, Database, Execution, ExecutionStatus, Task, changes, keys
-from storage import codec as storage_codec
+from storage import Committer, Database, Execution, ExecutionStatus, Task, changes
 from storage.batch import Op
 from storage.errors import StorageError as _StorageError
 
@@ -253,7 +253,7 @@ class CounterActor(pykka.ThreadingActor):
                 task_id, st.counter, last, last + 1,
             )
             st.counter = last + 1
-            self._write([(keys.counter_key(task_id), storage_codec.encode_int(st.counter))])
+            self._batch.counted[id(st)] = st  # written with this turn (or with the task's next index)
         self._cache[task_id] = st
         return st
 
@@ -268,7 +268,7 @@ class CounterActor(pykka.ThreadingActor):
         excess = len(self._cache) - self._max_cached
         if excess <= 0:
             return
-        for task_id in list(self._cache)[: excess + 64]:
+        for task_id in list(itertools.islice(self._cache, excess + 64)):  # the least recently used
             st = self._cache[task_id]
             if not st.running and not st.queued:
                 del self._cache[task_id]
@@ -463,8 +463,12 @@ class CounterActor(pykka.ThreadingActor):
         if len(self._abandoned) > 10_000:  # tokens of executors that died and never sent Start
             self._abandoned.discard(min(self._abandoned))
         if ex.blocking:
-            self._batch.submits.append(item)
-        elif ex.id not in st.running:
+            self._batch.submits.append(item)  # at worst one ticket too many: it finds nothing queued
+            return
+        # only if it never started: a job timeout can fire while the job's Finish is on its way,
+        # and a finished execution must stay as it finished (it was RUNNING on disk before that)
+        on_disk = self._db.get_execution_at(ex.task_id, ex.index or 0)
+        if on_disk is not None and on_disk.id == ex.id and on_disk.status is ExecutionStatus.PENDING:
             failed = _finished(ex, ExecutionStatus.FAILED, error=msg.reason)
             self._batch.removed.append((ex.task_id, ex.id))
             self.finished += 1

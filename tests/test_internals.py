@@ -225,3 +225,18 @@ def test_deadlines_forget_what_is_cancelled() -> None:
         assert fired.wait(5)
     finally:
         d.stop()
+
+
+def test_a_timeout_that_loses_the_race_with_the_finish_changes_nothing(engine: Engine) -> None:
+    """The watchdog can fire while a job's Finish is on its way: the Abandon then arrives after
+    the execution finished, and must not turn its SUCCESS into FAILED (the record is final)."""
+    engine.create_task("t", job="job")
+    ex = engine.trigger("t", "quick")
+    done = engine.wait("t", ex.id, timeout=10)
+    assert done.status is ExecutionStatus.SUCCESS
+    task = engine.get_task("t")
+    engine._peers.counter_for("t").tell(
+        m.Abandon(m.WorkItem(ex, task.job, task.incarnation), 10**9 + 1, "TimeoutError: late")
+    )
+    engine.get_task("t")  # answered by the same counter actor after the Abandon
+    assert engine.get_execution("t", ex.id) == done
