@@ -92,6 +92,8 @@ class Engine:
         validate.positive_int(max_cached_tasks, "max_cached_tasks", allow_none=False)
         if job_timeout is not None and validate.timeout(job_timeout) == 0:
             raise InvalidArgument("job_timeout must be > 0")
+        if jobs is not None and not isinstance(jobs, Mapping):
+            raise InvalidArgument("jobs must be a mapping of job names to functions")
         registry = JobRegistry()
         for name, fn in (jobs or {}).items():
             registry.add(name, fn)
