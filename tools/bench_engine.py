@@ -55,13 +55,9 @@ def _task_ids(prefix: str, n: int) -> list[str]:
 
 
 def _changes_per_write(before: dict[str, Any], after: dict[str, Any]) -> float | None:
-    """How many changes shared one LevelDB write (the group commit), from the figures
-    engine.stats() reports ("writes" and "changes_written"; older engines: "submissions")."""
-    key = next((k for k in ("changes_written", "submissions", "changes") if k in after), None)
-    if key is None or "writes" not in after:
-        return None
+    """How many changes shared one LevelDB write (the group commit), from engine.stats()."""
     writes = after["writes"] - before.get("writes", 0)
-    changes = after[key] - before.get(key, 0)
+    changes = after["changes_written"] - before.get("changes_written", 0)
     return round(changes / writes, 2) if writes > 0 and changes > 0 else None
 
 
