@@ -47,21 +47,17 @@ def _status_name(status: Any) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-class Recorder:
-    """A job that returns at once and records each call (execution id, index, data)."""
+class _CallLog:
+    """The calls a test job received, and a way to wait for them without sleeping."""
 
-    def __init__(self, result: Callable[[Any], Any] | None = None) -> None:
-        self.calls: list[tuple[str, int, Any]] = []
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
         self._cond = threading.Condition()
-        self._result = result
 
-    def __call__(self, ctx: Any) -> Any:
+    def _record(self, *call: Any) -> None:
         with self._cond:
-            self.calls.append((ctx.execution_id, ctx.index, ctx.data))
+            self.calls.append(call)
             self._cond.notify_all()
-        if self._result is not None:
-            return self._result(ctx)
-        return {"index": ctx.index}
 
     def count(self) -> int:
         with self._cond:
@@ -71,30 +67,41 @@ class Recorder:
         with self._cond:
             return self._cond.wait_for(lambda: len(self.calls) >= n, timeout)
 
+
+class Recorder(_CallLog):
+    """A job that returns at once and records each call (execution id, index, data)."""
+
+    def __init__(self, result: Callable[[Any], Any] | None = None) -> None:
+        super().__init__()
+        self._result = result
+
+    def __call__(self, ctx: Any) -> Any:
+        self._record(ctx.execution_id, ctx.index, ctx.data)
+        if self._result is not None:
+            return self._result(ctx)
+        return {"index": ctx.index}
+
     def ids(self) -> list[str]:
         with self._cond:
             return [c[0] for c in self.calls]
 
 
-class Gate:
+class Gate(_CallLog):
     """A job that blocks until ``release()``: records each call and its ``ctx.index``.
 
     Every gate is released by the engine fixture's finalizer before engines are closed.
     """
 
     def __init__(self, result: Any = None) -> None:
+        super().__init__()
         self._release = threading.Event()
-        self._cond = threading.Condition()
-        self.calls: list[tuple[str, int]] = []
         self.returned: list[str] = []
         self.result = result
         with _GATES_LOCK:
             _ALL_GATES.append(self)
 
     def __call__(self, ctx: Any) -> Any:
-        with self._cond:
-            self.calls.append((ctx.execution_id, ctx.index))
-            self._cond.notify_all()
+        self._record(ctx.execution_id, ctx.index)
         try:
             if not self._release.wait(GATE_LIMIT):
                 raise RuntimeError("test gate was never released")
@@ -106,14 +113,6 @@ class Gate:
 
     def release(self) -> None:
         self._release.set()
-
-    def count(self) -> int:
-        with self._cond:
-            return len(self.calls)
-
-    def wait_calls(self, n: int, timeout: float = WAIT) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: len(self.calls) >= n, timeout)
 
     def wait_returned(self, n: int, timeout: float = WAIT) -> bool:
         with self._cond:
