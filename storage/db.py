@@ -7,10 +7,11 @@ Readers here are all a replay or inspect tool needs; writes go through
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import plyvel
 
@@ -65,6 +66,20 @@ def _reading(what: str) -> Iterator[None]:
         raise StorageError(f"cannot read {what}: {e}") from None
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _reads(fn: _F) -> _F:
+    """A point read whose LevelDB errors become StorageError (iterators use ``_reading``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _reading(fn.__name__.replace("_", " ")):
+            return fn(*args, **kwargs)
+
+    return cast(_F, wrapper)
+
+
 class Database:
     """One open database. Reads are safe from any thread (LevelDB allows it)."""
 
@@ -114,12 +129,14 @@ class Database:
 
     # -- tasks ---------------------------------------------------------------------------
 
+    @_reads
     def read_counter(self, task_id: str, snapshot: Any = None) -> int:
         src = snapshot or self.raw
         key = keys.counter_key(task_id)
         value = src.get(key)
         return 0 if value is None else codec.decode_int(key, value)
 
+    @_reads
     def last_index(self, task_id: str, snapshot: Any = None) -> int | None:
         """Highest stored execution index of a task: one seek, never a scan."""
         src = snapshot or self.raw
@@ -127,6 +144,7 @@ class Database:
             key = next(it, None)
         return None if key is None else keys.decode_index(key[-8:])
 
+    @_reads
     def get_task(self, task_id: str, snapshot: Any = None) -> Task | None:
         """The stored task with its stored counter (not reconciled; see ``actors``)."""
         src = snapshot or self.raw
@@ -151,16 +169,19 @@ class Database:
 
     # -- executions ----------------------------------------------------------------------
 
+    @_reads
     def find_index(self, task_id: str, execution_id: str) -> int | None:
         key = keys.exec_id_key(task_id, execution_id)
         value = self.raw.get(key)
         return None if value is None else codec.decode_int(key, value)
 
+    @_reads
     def get_execution_at(self, task_id: str, index: int) -> Execution | None:
         key = keys.execution_key(task_id, index)
         value = self.raw.get(key)
         return None if value is None else codec.decode_execution(key, value, task_id, index)
 
+    @_reads
     def get_execution(self, task_id: str, execution_id: str) -> Execution | None:
         with self.raw.snapshot() as snap:
             key = keys.exec_id_key(task_id, execution_id)
@@ -174,6 +195,7 @@ class Database:
                 raise CorruptRecord(key, f"execution {execution_id} points at index {index}, which has no record")
             return codec.decode_execution(rkey, value, task_id, index)
 
+    @_reads
     def find_idempotent(self, task_id: str, key: str) -> str | None:
         value = self.raw.get(keys.idempotency_key(task_id, key))
         return None if value is None else value.decode()

@@ -240,3 +240,14 @@ def test_a_timeout_that_loses_the_race_with_the_finish_changes_nothing(engine: E
     )
     engine.get_task("t")  # answered by the same counter actor after the Abandon
     assert engine.get_execution("t", ex.id) == done
+
+
+def test_reads_of_a_closed_database_raise_storage_error(tmp_path: Path) -> None:
+    from storage import StorageError
+
+    db = Database.open(str(tmp_path / "db"), create=True)
+    db.close()
+    with pytest.raises(StorageError):
+        db.get_task("t")
+    with pytest.raises(StorageError):
+        list(db.iter_live())
