@@ -253,8 +253,10 @@ def test_execution_timeout_carries_id_and_index_and_execution_goes_on(make_engin
     engine = make_engine(db_path, jobs={"gate": gate}, workers=1)
     engine.create_task("t", job="gate")
     # started by the executor before the timeout: the exception carries its index
+    running = engine.trigger_future("t", blocking=True)
+    assert gate.wait_calls(1)  # the job has started: wait for that, not for a guessed time
     with pytest.raises(errors.ExecutionTimeout) as running_exc:
-        engine.trigger("t", blocking=True, timeout=1.0)
+        running.get(timeout=0.2)
     assert gate.count() == 1
     running_id, running_index = running_exc.value.execution_id, running_exc.value.index
     assert running_index == 0 and gate.index_of(running_id) == 0
