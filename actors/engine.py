@@ -188,8 +188,8 @@ class Engine:
         executors: tuple[list[pykka.ActorRef[Any]], list[pykka.ActorRef[Any]]] = ([], [])
         if peers.pool is not None:
             try:
-                executors = cast(Any, peers.pool.ask(m.Executors()))
-            except pykka.ActorDeadError:
+                executors = cast(Any, ask(peers.pool, m.Executors()))
+            except EngineClosed:  # the pool is already gone (a failed open)
                 pass
         for ref in peers.counters:  # each handles what is already in its inbox first
             _stop(ref)
@@ -219,8 +219,12 @@ class Engine:
     # -- plumbing --------------------------------------------------------------------------
 
     def _send(self, task_id: str, make: Callable[[m.Reply], Any]) -> m.Reply:
+        """Send to the task's counter actor a message that carries its own reply future."""
+        return self._send_to(self._peers.counter_for(task_id), make)
+
+    def _send_to(self, ref: pykka.ActorRef[Any], make: Callable[[m.Reply], Any]) -> m.Reply:
         reply: m.Reply = pykka.ThreadingFuture()
-        self._tell(task_id, make(reply))
+        self._tell_ref(ref, make(reply))
         return reply
 
     def _tell(self, task_id: str, message: Any) -> None:
@@ -464,7 +468,7 @@ class Engine:
         self._check_open()
         peers = self._peers
         pool = cast(dict[str, int], ask(peers.pool, m.PoolStats()))
-        counters = [cast(dict[str, int], self._ask_any(ref, m.CounterStats)) for ref in peers.counters]
+        counters = [cast(dict[str, int], self._send_to(ref, m.CounterStats).get()) for ref in peers.counters]
         out: dict[str, Any] = {
             "counter_actors": len(peers.counters),
             "executors": pool["executors"],
@@ -481,11 +485,6 @@ class Engine:
         for key in ("cached_tasks", "triggered", "finished", "queued_blocking"):
             out[key] = sum(c[key] for c in counters)
         return out
-
-    def _ask_any(self, ref: pykka.ActorRef[Any], make: Callable[[m.Reply], Any]) -> Any:
-        reply: m.Reply = pykka.ThreadingFuture()
-        self._tell_ref(ref, make(reply))
-        return reply.get()
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -170,12 +170,6 @@ class Database:
     # -- executions ----------------------------------------------------------------------
 
     @_reads
-    def find_index(self, task_id: str, execution_id: str) -> int | None:
-        key = keys.exec_id_key(task_id, execution_id)
-        value = self.raw.get(key)
-        return None if value is None else codec.decode_int(key, value)
-
-    @_reads
     def get_execution_at(self, task_id: str, index: int) -> Execution | None:
         key = keys.execution_key(task_id, index)
         value = self.raw.get(key)
