@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import threading
 
-import pykka
-
 from storage import Execution
+
+from .mailbox import Reply
 
 
 class CompletionBoard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._watchers: dict[str, list[pykka.ThreadingFuture[Execution]]] = {}
+        self._watchers: dict[str, list[Reply[Execution]]] = {}
         self._closed: BaseException | None = None
 
-    def watch(self, execution_id: str) -> pykka.ThreadingFuture[Execution]:
-        fut: pykka.ThreadingFuture[Execution] = pykka.ThreadingFuture()
+    def watch(self, execution_id: str) -> Reply[Execution]:
+        fut: Reply[Execution] = Reply()
         with self._lock:
             if self._closed is not None:
                 fut.set_exception((type(self._closed), self._closed, None))
@@ -30,7 +30,7 @@ class CompletionBoard:
             self._watchers.setdefault(execution_id, []).append(fut)
         return fut
 
-    def unwatch(self, execution_id: str, fut: pykka.ThreadingFuture[Execution]) -> None:
+    def unwatch(self, execution_id: str, fut: Reply[Execution]) -> None:
         with self._lock:
             futs = self._watchers.get(execution_id)
             if futs and fut in futs:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import attrs
-import pykka
 
 from storage import Committer, Database, Execution, ExecutionStatus, Task, changes
 from storage.batch import Op
@@ -38,6 +37,7 @@ from .errors import (
     translate,
 )
 from .jobs import JobRegistry
+from .mailbox import EngineActor
 from .peers import Peers
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,7 @@ class _Batch:
         self.counted: dict[int, TaskState] = {}  # tasks that handed out indexes: one counter put each
 
 
-class CounterActor(pykka.ThreadingActor):
-    use_daemon_thread = True
+class CounterActor(EngineActor):
 
     def __init__(
         self,
@@ -125,7 +124,7 @@ class CounterActor(pykka.ThreadingActor):
         self._batch_no += 1
         self._batch = batch = _Batch()
         self._handle(message)
-        inbox = cast("queue.Queue[Any]", self.actor_inbox)
+        inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
         leftover = None
         while len(batch.changes) < MAX_BATCH:
             try:
@@ -223,7 +222,7 @@ class CounterActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         # our messages that raced with close: answer them rather than leave callers hanging;
         # anything else goes back for pykka's own teardown to answer
-        inbox = cast("queue.Queue[Any]", self.actor_inbox)
+        inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
         others = []
         while not inbox.empty():
             envelope = inbox.get_nowait()

@@ -37,6 +37,7 @@ from .errors import (
 )
 from .ids import new_id
 from .jobs import Job, JobRegistry
+from .mailbox import Reply
 from .peers import Peers, ask, current_job
 from .pending import PendingStore
 from .pool import ExecutorPool
@@ -139,7 +140,7 @@ class Engine:
                               task_id, index, execution_id)
                     continue
                 if record.status is ExecutionStatus.RUNNING:
-                    reply: m.Reply = pykka.ThreadingFuture()
+                    reply: m.Reply = Reply()
                     self._peers.counter_for(task_id).tell(m.Interrupted(record, reply))
                     replies.append(reply)
                 elif record.status is ExecutionStatus.PENDING:
@@ -178,7 +179,7 @@ class Engine:
         self._closed = True
         peers = self._peers
         if peers.pool is not None:
-            drained: m.Reply = pykka.ThreadingFuture()
+            drained: m.Reply = Reply()
             if peers.tell_quietly(peers.pool, m.Drain(drained)):
                 try:
                     drained.get(timeout=timeout)
@@ -223,7 +224,7 @@ class Engine:
         return self._send_to(self._peers.counter_for(task_id), make)
 
     def _send_to(self, ref: pykka.ActorRef[Any], make: Callable[[m.Reply], Any]) -> m.Reply:
-        reply: m.Reply = pykka.ThreadingFuture()
+        reply: m.Reply = Reply()
         self._tell_ref(ref, make(reply))
         return reply
 
@@ -328,7 +329,7 @@ class Engine:
         trigger = self._trigger_message(task_id, data, blocking, idempotency_key)
         if not blocking:
             return self._send(task_id, trigger)
-        reply: m.Reply = pykka.ThreadingFuture()
+        reply: m.Reply = Reply()
         message = trigger(reply)
         # watch before sending: a failure at start (TaskNotRunnable) must not slip past us
         watcher = self._board.watch(message.execution_id)
@@ -337,14 +338,14 @@ class Engine:
         except BaseException:
             self._board.unwatch(message.execution_id, watcher)
             raise
-        out: pykka.ThreadingFuture[Execution] = pykka.ThreadingFuture()
+        out: Reply[Execution] = Reply()
         out.set_get_hook(
             lambda timeout: self._await_blocking(task_id, message.execution_id, reply, watcher, timeout)
         )
         return out
 
     def _await_blocking(
-        self, task_id: str, execution_id: str, reply: m.Reply, watcher: pykka.ThreadingFuture[Execution],
+        self, task_id: str, execution_id: str, reply: m.Reply, watcher: Reply[Execution],
         timeout: float | None,
     ) -> Execution:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import pykka
 
 from storage import Execution, Task
 
-Reply = pykka.ThreadingFuture[Any]
+from . import mailbox
+
+Reply = mailbox.Reply[Any]
 
 
 def answer(reply: Reply | None, value: Any) -> None:

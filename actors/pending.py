@@ -10,15 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import pykka
-
 from . import messages as m
+from .mailbox import EngineActor
 
 log = logging.getLogger(__name__)
 
 
-class PendingStore(pykka.ThreadingActor):
-    use_daemon_thread = True
+class PendingStore(EngineActor):
 
     def __init__(self) -> None:
         super().__init__()

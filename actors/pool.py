@@ -26,6 +26,7 @@ from .board import CompletionBoard
 from .deadlines import Deadlines
 from .errors import EngineClosed
 from .jobs import JobContext, JobRegistry
+from .mailbox import EngineActor, Reply
 from .peers import Peers, await_reply, current_job
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,7 @@ class _Busy:
     deadline: int | None
 
 
-class ExecutorPool(pykka.ThreadingActor):
-    use_daemon_thread = True
+class ExecutorPool(EngineActor):
 
     def __init__(
         self, size: int, jobs: JobRegistry, peers: Peers, board: CompletionBoard, job_timeout: float | None
@@ -205,10 +205,8 @@ class ExecutorPool(pykka.ThreadingActor):
             m.answer(reply, None)
 
 
-class Executor(pykka.ThreadingActor):
+class Executor(EngineActor):
     """Runs one execution at a time: claim its index, record it RUNNING, run the job, finish it."""
-
-    use_daemon_thread = True
 
     def __init__(
         self, pool: pykka.ActorRef[Any], peers: Peers, jobs: JobRegistry, board: CompletionBoard
@@ -244,7 +242,7 @@ class Executor(pykka.ThreadingActor):
         except pykka.ActorDeadError:
             return  # the engine is closing
         counter = self._peers.counter_for(ex.task_id)
-        reply: m.Reply = pykka.ThreadingFuture()
+        reply: m.Reply = Reply()
         if not self._peers.tell_quietly(counter, m.Start(item, token, reply)):
             return  # the engine is closing; the execution stays PENDING on disk
         try:

@@ -1,0 +1,96 @@
+"""The engine's actors' inboxes and reply futures: pykka's, made cheaper.
+
+pykka's ``ThreadingActor`` uses a ``queue.Queue`` inbox and ``ThreadingFuture``
+replies. Both are built on ``threading.Condition``, which is written in Python: a
+message or a reply costs several Python-level lock dances, and under contention
+every one of them is a GIL hand-off. An index acknowledgement crosses both
+twice. pykka lets an actor type choose its inbox and future
+(``_create_actor_inbox`` / ``_create_future``, the hooks its own actor types
+use), so the engine's actors take:
+
+- ``queue.SimpleQueue`` (C) as inbox: pykka only ever calls ``put``, ``get`` and
+  ``empty`` on it, and the counter actor's ``get_nowait`` is there too;
+- :class:`Reply`, a ``ThreadingFuture`` whose waiting is one C-level lock.
+
+Measured with 64 threads asking one echo actor: 28k asks/s with pykka's
+defaults, 46-49k/s with both (``python -m tools.bench_probe`` has the engine
+figures).
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from typing import Any, TypeVar
+
+import pykka
+from pykka._threading import ThreadingFutureResult
+
+T = TypeVar("T")
+
+
+class Reply(pykka.ThreadingFuture[T]):
+    """A one-shot future: a lock held from birth, released once by the one setter.
+
+    Same contract as ``ThreadingFuture`` (a second set raises ``queue.Full``, ``get`` may be
+    called many times and from many threads, get hooks and ``map``/``join`` work), without
+    its ``Condition``."""
+
+    def __init__(self) -> None:
+        pykka.Future.__init__(self)  # not ThreadingFuture's: no Condition
+        self._result: ThreadingFutureResult | None = None
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        if self._result is None and self._get_hook is None:
+            if not self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+                raise pykka.Timeout(f"{timeout} seconds")
+            self._done.release()  # stays open for every later get
+        if self._get_hook is not None:
+            return pykka.Future.get(self, timeout=timeout)
+        result = self._result
+        assert result is not None
+        if result.exc_info is None:
+            return result.value
+        exc_type, exc_value, exc_traceback = result.exc_info
+        assert exc_type is not None
+        if exc_value is None:
+            exc_value = exc_type()
+        if exc_value.__traceback__ is not exc_traceback:
+            raise exc_value.with_traceback(exc_traceback)
+        raise exc_value
+
+    def set(self, value: Any | None = None) -> None:
+        self._publish(ThreadingFutureResult(value=value))
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        assert exc_info is None or len(exc_info) == 3
+        self._publish(ThreadingFutureResult(exc_info=exc_info or sys.exc_info()))
+
+    def set_get_hook(self, func: Any) -> None:
+        if self._result is not None or self._get_hook is not None:
+            raise queue.Full
+        self._get_hook = func
+        self._done.release()
+
+    def _publish(self, result: ThreadingFutureResult) -> None:
+        if self._result is not None or self._get_hook is not None:
+            raise queue.Full
+        self._result = result
+        self._done.release()
+
+
+class EngineActor(pykka.ThreadingActor):
+    """Base of the engine's actors: daemon threads, C inboxes, :class:`Reply` futures."""
+
+    use_daemon_thread = True
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return queue.SimpleQueue()
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        return Reply()
