@@ -53,21 +53,9 @@ class Committer:
     def write(self, changes: Sequence[Sequence[Op]]) -> None:
         """Apply ``changes`` (each atomic, all in order) durably if ``sync``; raises WriteFailed."""
         try:
-            batch = self._db.write_batch(sync=self.sync)
-            put: set[bytes] | None = None  # keys this write puts, tracked only if it deletes a prefix
-            if any(isinstance(op, DeletePrefix) for ops in changes for op in ops):
-                put = set()
-            for ops in changes:
-                for op in ops:
-                    if isinstance(op, DeletePrefix):
-                        assert put is not None
-                        self._delete_prefix(batch, op.prefix, put)
-                    elif op[1] is None:
-                        batch.delete(op[0])
-                    else:
-                        batch.put(op[0], op[1])
-                        if put is not None:
-                            put.add(op[0])
+            batch = self._plain_batch(changes)
+            if batch is None:  # a prefix deletion: it must also see the keys put before it
+                batch = self._tracked_batch(changes)
             batch.write()
         except Exception as e:  # plyvel raises its own IOError / RuntimeError (closed)
             log.critical("database write failed: %s", e)
@@ -75,6 +63,35 @@ class Committer:
         with self._lock:
             self.writes += 1
             self.changes += len(changes)
+
+    def _plain_batch(self, changes: Sequence[Sequence[Op]]) -> Any:
+        """The batch of puts and deletes (the hot path), or None at the first DeletePrefix."""
+        batch = self._db.write_batch(sync=self.sync)
+        put, delete = batch.put, batch.delete
+        for ops in changes:
+            for op in ops:
+                if type(op) is not tuple:
+                    batch.clear()
+                    return None
+                if op[1] is None:
+                    delete(op[0])
+                else:
+                    put(op[0], op[1])
+        return batch
+
+    def _tracked_batch(self, changes: Sequence[Sequence[Op]]) -> Any:
+        batch = self._db.write_batch(sync=self.sync)
+        put: set[bytes] = set()  # keys this write has put so far
+        for ops in changes:
+            for op in ops:
+                if isinstance(op, DeletePrefix):
+                    self._delete_prefix(batch, op.prefix, put)
+                elif op[1] is None:
+                    batch.delete(op[0])
+                else:
+                    batch.put(op[0], op[1])
+                    put.add(op[0])
+        return batch
 
     def _delete_prefix(self, batch: Any, prefix: bytes, put: set[bytes]) -> None:
         """Deletes in the same batch: on disk under ``prefix``, and what this batch put there."""

@@ -61,22 +61,43 @@ def decode_int(key: bytes, value: bytes) -> int:
 
 
 def encode_execution(ex: Execution) -> bytes:
-    """The id must be a ULID (ID_LEN characters): the header has a fixed layout."""
+    """The id must be a ULID (ID_LEN characters): the header has a fixed layout.
+
+    The body is the JSON object ``{"blocking", "data", "result", "error", "created_at",
+    "started_at", "finished_at", "idempotency_key"}`` in that order, written field by field:
+    this runs once per state change on a counter actor, and a dict through ``json`` costs
+    three times as much as the values alone."""
     if len(ex.id) != ID_LEN:
         raise ValueError(f"execution id {ex.id!r} is not a {ID_LEN}-character ULID")
-    body = to_json(
-        {
-            "blocking": ex.blocking,
-            "data": ex.data,
-            "result": ex.result,
-            "error": ex.error,
-            "created_at": ex.created_at,
-            "started_at": ex.started_at,
-            "finished_at": ex.finished_at,
-            "idempotency_key": ex.idempotency_key,
-        }
+    body = "".join(
+        [
+            '{"blocking":true,"data":' if ex.blocking else '{"blocking":false,"data":',
+            _json(ex.data),
+            ',"result":',
+            _json(ex.result),
+            ',"error":',
+            _json(ex.error),
+            ',"created_at":',
+            _json(ex.created_at),
+            ',"started_at":',
+            _json(ex.started_at),
+            ',"finished_at":',
+            _json(ex.finished_at),
+            ',"idempotency_key":',
+            _json(ex.idempotency_key),
+            "}",
+        ]
     )
     return ex.status.code + ex.id.encode() + keys.SEP + body.encode()
+
+
+def _json(value: Any) -> str:
+    """``to_json`` with the common cases short-cut (what ``json`` would write for them)."""
+    if value is None:
+        return "null"
+    if type(value) is float and value - value == 0.0:  # finite: NaN and infinities go to json
+        return float.__repr__(value)
+    return _dumps(value)
 
 
 #: the header of an execution record: status byte, id, then ``keys.SEP`` at ``ID_END``

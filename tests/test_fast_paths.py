@@ -1,0 +1,136 @@
+"""The hand-written fast paths must behave exactly like the library code they replace:
+the record encoder like ``json`` on a dict, the write path like one plain write batch,
+and the engine's Reply future like pykka's ThreadingFuture."""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+from pathlib import Path
+
+import pykka
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors.mailbox import EngineActor, Reply
+from storage import Committer, Database, Execution, ExecutionStatus, changes, codec, keys
+
+_reference = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _reference_record(ex: Execution) -> bytes:
+    body = _reference(
+        {
+            "blocking": ex.blocking,
+            "data": ex.data,
+            "result": ex.result,
+            "error": ex.error,
+            "created_at": ex.created_at,
+            "started_at": ex.started_at,
+            "finished_at": ex.finished_at,
+            "idempotency_key": ex.idempotency_key,
+        }
+    )
+    return ex.status.code + ex.id.encode() + keys.SEP + body.encode()
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
+_time = st.none() | st.floats(allow_nan=False, allow_infinity=False) | st.integers()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=_json, result=_json, error=st.none() | st.text(), created=_time, started=_time, finished=_time,
+    key=st.none() | st.text(), blocking=st.booleans(), status=st.sampled_from(list(ExecutionStatus)),
+)
+def test_record_encoding_is_byte_for_byte_what_json_writes(
+    data: object, result: object, error: str | None, created: float | None, started: float | None,
+    finished: float | None, key: str | None, blocking: bool, status: ExecutionStatus,
+) -> None:
+    ex = Execution(
+        id="0" * 26, task_id="t", index=1, status=status, blocking=blocking, data=data, result=result,
+        error=error, created_at=created, started_at=started, finished_at=finished, idempotency_key=key,
+    )
+    assert codec.encode_execution(ex) == _reference_record(ex)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_record_encoding_refuses_what_json_refuses(bad: float) -> None:
+    ex = Execution(id="0" * 26, task_id="t", index=0, status=ExecutionStatus.PENDING, blocking=False,
+                   created_at=bad)
+    with pytest.raises(ValueError):
+        codec.encode_execution(ex)
+
+
+def test_a_prefix_deletion_after_puts_in_the_same_write_deletes_them_too(tmp_path: Path) -> None:
+    """The write path falls back to tracking put keys only when a change deletes a prefix."""
+    db = Database.open(str(tmp_path / "db"), create=True)
+    try:
+        committer = Committer(db.raw, sync=False)
+        committer.write([[(b"Ta\x00x1", b"on disk")], [(b"Tb\x00x1", b"other task")]])
+        committer.write([
+            [(b"Ta\x00x2", b"put earlier in this write")],
+            [(b"Tb\x00x2", b"other task, this write")],
+            changes.delete_task("a"),
+            [(b"Ta\x00t", b"put after the deletion")],
+        ])
+        assert dict(db.raw.iterator(prefix=b"T")) == {
+            b"Tb\x00x1": b"other task", b"Tb\x00x2": b"other task, this write", b"Ta\x00t": b"put after the deletion",
+        }
+    finally:
+        db.close()
+
+
+def test_reply_behaves_like_a_threading_future() -> None:
+    reply: Reply[int] = Reply()
+    with pytest.raises(pykka.Timeout):
+        reply.get(timeout=0)
+    got: list[int] = []
+    waiters = [threading.Thread(target=lambda: got.append(reply.get(timeout=10))) for _ in range(4)]
+    for t in waiters:
+        t.start()
+    reply.set(7)
+    for t in waiters:
+        t.join(10)
+    assert got == [7, 7, 7, 7] and reply.get() == 7
+    with pytest.raises(queue.Full):
+        reply.set(8)
+    assert reply.map(lambda v: v + 1).get(timeout=1) == 8
+
+    failed: Reply[int] = Reply()
+    error = KeyError("k")
+    failed.set_exception((KeyError, error, None))
+    for _ in range(2):
+        with pytest.raises(KeyError):
+            failed.get()
+
+    hooked: Reply[str] = Reply()
+    waiter = threading.Thread(target=lambda: got.append(len(hooked.get(timeout=10))))
+    waiter.start()
+    hooked.set_get_hook(lambda timeout: "hook")
+    waiter.join(10)
+    assert got[-1] == 4 and hooked.get() == "hook"
+
+
+def test_engine_actors_answer_asks_with_replies() -> None:
+    class Echo(EngineActor):
+        def on_receive(self, message: object) -> object:
+            if message == "boom":
+                raise ValueError("boom")
+            return message
+
+    ref = Echo.start()
+    try:
+        future = ref.ask("hi", block=False)
+        assert isinstance(future, Reply) and future.get(timeout=5) == "hi"
+        with pytest.raises(ValueError):
+            ref.ask("boom", timeout=5)
+    finally:
+        ref.stop()
