@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import pykka
 
 from storage import Execution, Task
 
@@ -138,6 +139,21 @@ class AddPending:
 class Claim:
     task_id: str
     execution_id: str
+
+
+#: the pending store's answer to a ClaimThenStart whose claim failed
+NOT_CLAIMED = False
+
+
+@attrs.frozen
+class ClaimThenStart:
+    """An executor's claim: if it succeeds the store passes ``start`` on to ``counter``, else it
+    answers ``start.reply`` with NOT_CLAIMED. The executor waits once, not for two round trips."""
+
+    task_id: str
+    execution_id: str
+    counter: pykka.ActorRef[Any]
+    start: Start
 
 
 @attrs.frozen

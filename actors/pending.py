@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pykka
+
 from . import messages as m
+from .errors import EngineClosed
 from .mailbox import EngineActor
 
 log = logging.getLogger(__name__)
@@ -29,12 +32,16 @@ class PendingStore(EngineActor):
             for task_id, execution_id, index in message.entries:
                 self._entries[(task_id, execution_id)] = [index, False]
                 self._by_task.setdefault(task_id, set()).add(execution_id)
+        elif isinstance(message, m.ClaimThenStart):
+            if self._claim(message.task_id, message.execution_id) is None:
+                m.answer(message.start.reply, m.NOT_CLAIMED)
+            else:
+                try:
+                    message.counter.tell(message.start)
+                except pykka.ActorDeadError:
+                    m.fail(message.start.reply, EngineClosed())
         elif isinstance(message, m.Claim):
-            entry = self._entries.get((message.task_id, message.execution_id))
-            if entry is None or entry[1]:
-                return None
-            entry[1] = True
-            return entry[0]
+            return self._claim(message.task_id, message.execution_id)
         elif isinstance(message, m.RemovePending):
             for task_id, execution_id in message.entries:
                 self._remove(task_id, execution_id)
@@ -46,6 +53,14 @@ class PendingStore(EngineActor):
         else:
             return super().on_receive(message)
         return None
+
+    def _claim(self, task_id: str, execution_id: str) -> int | None:
+        """The index, the first time; None if unknown (cancelled, deleted) or claimed already."""
+        entry = self._entries.get((task_id, execution_id))
+        if entry is None or entry[1]:
+            return None
+        entry[1] = True
+        return int(entry[0])
 
     def _remove(self, task_id: str, execution_id: str) -> None:
         if self._entries.pop((task_id, execution_id), None) is not None:

@@ -235,19 +235,22 @@ class Executor(EngineActor):
     def _run(self, item: m.WorkItem, token: int) -> None:
         ex = item.execution
         pending = self._peers.pending
-        assert pending is not None
-        try:
-            if not ex.blocking and pending.ask(m.Claim(ex.task_id, ex.id)) is None:
-                return  # cancelled, deleted, or already taken by another delivery
-        except pykka.ActorDeadError:
-            return  # the engine is closing
         counter = self._peers.counter_for(ex.task_id)
         reply: m.Reply = Reply()
-        if not self._peers.tell_quietly(counter, m.Start(item, token, reply)):
+        start = m.Start(item, token, reply)
+        # a non-blocking execution is claimed first (the pending store passes the Start on):
+        # a cancelled, deleted or already claimed one is answered NOT_CLAIMED and never runs
+        if ex.blocking:
+            sent = self._peers.tell_quietly(counter, start)
+        else:
+            sent = self._peers.tell_quietly(pending, m.ClaimThenStart(ex.task_id, ex.id, counter, start))
+        if not sent:
             return  # the engine is closing; the execution stays PENDING on disk
         try:
             started = await_reply(reply, counter)
         except EngineClosed:
+            return
+        if started is m.NOT_CLAIMED:
             return
         if started is None:
             if not ex.blocking:
