@@ -187,8 +187,9 @@ class Run:
 
 @attrs.frozen
 class Done:
+    """The executor found no more work in the queue."""
+
     executor_urn: str
-    token: int
 
 
 @attrs.frozen

@@ -1,16 +1,15 @@
-"""The executor pool: a fixed number of executor actors fed from one queue.
+"""The executor pool: a fixed number of executor actors fed from one work queue.
 
-pykka has no pool, so this actor is one: it hands work to idle executors, parks
-work whose job is not registered yet, replaces an executor that dies, and, with a
-job timeout, finishes a hung job as FAILED and gives its slot to a new executor
-(a Python thread cannot be killed; the hung one is left to finish on its own and
-its late result is refused by the counter actor).
+pykka has no pool, so this actor is one: it wakes idle executors when work comes
+(busy ones take the next item from the shared queue themselves, see
+workqueue.py), parks work whose job is not registered yet, replaces an executor
+that dies, and, with a job timeout, finishes a hung job as FAILED and gives its
+slot to a new executor (a Python thread cannot be killed; the hung one is left
+to finish on its own and its late result is refused by the counter actor).
 """
 
 from __future__ import annotations
 
-import collections
-import itertools
 import json
 import logging
 import time
@@ -23,25 +22,16 @@ from storage import ExecutionStatus, codec
 
 from . import messages as m
 from .board import CompletionBoard
-from .deadlines import Deadlines
 from .errors import EngineClosed
 from .jobs import JobContext, JobRegistry
 from .mailbox import EngineActor, Reply
 from .peers import Peers, await_reply, current_job
+from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
 
-@attrs.define
-class _Busy:
-    ref: pykka.ActorRef[Any]
-    item: m.WorkItem
-    token: int
-    deadline: int | None
-
-
 class ExecutorPool(EngineActor):
-
     def __init__(
         self, size: int, jobs: JobRegistry, peers: Peers, board: CompletionBoard, job_timeout: float | None
     ) -> None:
@@ -51,12 +41,10 @@ class ExecutorPool(EngineActor):
         self._peers = peers
         self._board = board
         self._job_timeout = job_timeout
-        self._deadlines = Deadlines() if job_timeout is not None else None
-        self._tokens = itertools.count(1)
-        self._queue: collections.deque[m.WorkItem] = collections.deque()
+        self._work = WorkQueue(job_timeout, self._expire)
         self._parked: dict[str, list[m.WorkItem]] = {}
+        self._executors: dict[str, pykka.ActorRef[Any]] = {}  # urn -> executor, not given up on
         self._idle: list[pykka.ActorRef[Any]] = []
-        self._busy: dict[str, _Busy] = {}
         self._abandoned: dict[str, pykka.ActorRef[Any]] = {}
         self._draining = False
         self._drained: m.Reply | None = None
@@ -67,14 +55,18 @@ class ExecutorPool(EngineActor):
             self._idle.append(self._new_executor())
 
     def _new_executor(self) -> pykka.ActorRef[Any]:
-        return Executor.start(self.actor_ref, self._peers, self._jobs, self._board)
+        ref = Executor.start(self.actor_ref, self._peers, self._jobs, self._board, self._work)
+        self._work.add_slot(ref.actor_urn)
+        self._executors[ref.actor_urn] = ref
+        return ref
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, m.Submit):
             for item in message.items:
                 self._submit(item)
+            self._dispatch()
         elif isinstance(message, m.Done):
-            self._done(message)
+            self._done(message.executor_urn)
         elif isinstance(message, m.Expired):
             self._expired(message)
         elif isinstance(message, m.ExecutorStopped):
@@ -82,16 +74,19 @@ class ExecutorPool(EngineActor):
         elif isinstance(message, m.JobRegistered):
             for item in self._parked.pop(message.name, []):
                 self._submit(item)
+            self._dispatch()
         elif isinstance(message, m.Drain):
             self._drain(message.reply)
         elif isinstance(message, m.Executors):
-            return list(self._idle), [b.ref for b in self._busy.values()] + list(self._abandoned.values())
+            idle = list(self._idle)
+            others = [r for r in self._executors.values() if r not in idle]
+            return idle, others + list(self._abandoned.values())
         elif isinstance(message, m.PoolStats):
             return {
-                "queued": len(self._queue),
-                "running": len(self._busy),
+                "queued": len(self._work),
+                "running": self._work.busy(),
                 "waiting_for_job": sum(len(v) for v in self._parked.values()),
-                "executors": len(self._idle) + len(self._busy),
+                "executors": len(self._executors),
                 "abandoned_executors": len(self._abandoned),
                 "replaced_executors": self.replaced,
             }
@@ -101,9 +96,8 @@ class ExecutorPool(EngineActor):
 
     def on_stop(self) -> None:
         """The engine stops the executors (it waits for the idle ones); stop any left over."""
-        if self._deadlines is not None:
-            self._deadlines.stop()
-        for ref in [*self._idle, *(b.ref for b in self._busy.values()), *self._abandoned.values()]:
+        self._work.stop()
+        for ref in [*self._executors.values(), *self._abandoned.values()]:
             try:
                 ref.stop(block=False)
             except pykka.ActorDeadError:
@@ -117,67 +111,55 @@ class ExecutorPool(EngineActor):
         if item.job not in self._jobs:
             log.info("execution %s waits for job %r to be registered", item.execution.id, item.job)
             self._parked.setdefault(item.job, []).append(item)
-        elif self._idle:
-            self._dispatch(self._idle.pop(), item)
         else:
-            self._queue.append(item)
+            self._work.push(item)
 
-    def _dispatch(self, ref: pykka.ActorRef[Any], item: m.WorkItem) -> None:
-        token = next(self._tokens)
-        deadline = None
-        if self._deadlines is not None and self._job_timeout is not None:
-            pool, urn = self.actor_ref, ref.actor_urn
+    def _dispatch(self) -> None:
+        """Wake idle executors while there is work; busy ones take the next item themselves."""
+        while self._idle and len(self._work):
+            ref = self._idle.pop()
+            run = self._work.next_for(ref.actor_urn)
+            if run is None:
+                self._idle.append(ref)
+                return
+            ref.tell(m.Run(*run))
 
-            def expire() -> None:
-                self._peers.tell_quietly(pool, m.Expired(urn, token))
-
-            deadline = self._deadlines.schedule(self._job_timeout, expire)
-        self._busy[ref.actor_urn] = _Busy(ref, item, token, deadline)
-        ref.tell(m.Run(item, token))
-
-    def _free(self, ref: pykka.ActorRef[Any]) -> None:
-        if not self._draining and self._queue:
-            self._dispatch(ref, self._queue.popleft())
-        else:
+    def _done(self, urn: str) -> None:
+        """An executor found nothing more to take."""
+        ref = self._executors.get(urn)
+        if ref is not None and ref not in self._idle:
             self._idle.append(ref)
+            self._dispatch()
         self._check_drained()
 
-    def _take(self, urn: str, token: int | None = None) -> _Busy | None:
-        busy = self._busy.get(urn)
-        if busy is None or (token is not None and busy.token != token):
-            return None
-        del self._busy[urn]
-        if busy.deadline is not None and self._deadlines is not None:
-            self._deadlines.cancel(busy.deadline)
-        return busy
-
-    def _done(self, msg: m.Done) -> None:
-        busy = self._take(msg.executor_urn, msg.token)
-        if busy is not None:
-            self._free(busy.ref)
+    def _expire(self, urn: str, token: int) -> None:
+        """Called on the deadlines thread: the pool handles it in its turn."""
+        self._peers.tell_quietly(self.actor_ref, m.Expired(urn, token))
 
     def _expired(self, msg: m.Expired) -> None:
-        busy = self._take(msg.executor_urn, msg.token)
-        if busy is None:
-            return
+        running = self._work.give_up(msg.executor_urn, msg.token)
+        if running is None:
+            return  # the run finished first
+        item, token = running
+        ref = self._executors.pop(msg.executor_urn)
         reason = f"TimeoutError: the job ran longer than the job timeout of {self._job_timeout} s"
-        log.warning("execution %s: %s; its executor is replaced", busy.item.execution.id, reason)
-        self._peers.tell_quietly(
-            self._peers.counter_for(busy.item.execution.task_id), m.Abandon(busy.item, busy.token, reason)
-        )
-        self._abandoned[busy.ref.actor_urn] = busy.ref
-        busy.ref.stop(block=False)  # after its hung job returns, if ever
+        log.warning("execution %s: %s; its executor is replaced", item.execution.id, reason)
+        self._peers.tell_quietly(self._peers.counter_for(item.execution.task_id), m.Abandon(item, token, reason))
+        self._abandoned[msg.executor_urn] = ref
+        ref.stop(block=False)  # after its hung job returns, if ever
         self._replace()
 
     def _stopped(self, msg: m.ExecutorStopped) -> None:
         if self._abandoned.pop(msg.executor_urn, None) is not None or self.actor_stopped.is_set():
             return
+        self._executors.pop(msg.executor_urn, None)
         self._idle = [r for r in self._idle if r.actor_urn != msg.executor_urn]
-        busy = self._take(msg.executor_urn)
-        if busy is not None:
+        running = self._work.give_up(msg.executor_urn)
+        if running is not None:
+            item, token = running
             reason = f"the executor running it died ({msg.reason})"
             self._peers.tell_quietly(
-                self._peers.counter_for(busy.item.execution.task_id), m.Abandon(busy.item, busy.token, reason)
+                self._peers.counter_for(item.execution.task_id), m.Abandon(item, token, reason)
             )
         if not self._draining:
             log.warning("executor %s stopped (%s); replacing it", msg.executor_urn, msg.reason)
@@ -187,43 +169,49 @@ class ExecutorPool(EngineActor):
 
     def _replace(self) -> None:
         self.replaced += 1
-        self._free(self._new_executor())
+        self._idle.append(self._new_executor())
+        self._dispatch()
+        self._check_drained()
 
     def _drain(self, reply: m.Reply) -> None:
         """Closing: run nothing more and answer once the running jobs are done."""
         self._draining, self._drained = True, reply
-        for item in self._queue:
+        for item in self._work.close():
             if item.execution.blocking:
                 self._board.fail(item.execution.id, EngineClosed("the engine closed before the execution started"))
-        self._queue.clear()
         self._parked.clear()
         self._check_drained()
 
     def _check_drained(self) -> None:
-        if self._drained is not None and not self._busy:
+        if self._drained is not None and not self._work.busy():
             reply, self._drained = self._drained, None
             m.answer(reply, None)
 
 
 class Executor(EngineActor):
-    """Runs one execution at a time: claim its index, record it RUNNING, run the job, finish it."""
+    """Runs executions one at a time: claim its index, record it RUNNING, run the job, finish
+    it; then takes the next one from the work queue itself, and tells the pool when there is none."""
 
     def __init__(
-        self, pool: pykka.ActorRef[Any], peers: Peers, jobs: JobRegistry, board: CompletionBoard
+        self, pool: pykka.ActorRef[Any], peers: Peers, jobs: JobRegistry, board: CompletionBoard, work: WorkQueue
     ) -> None:
         super().__init__()
         self._pool = pool
         self._peers = peers
         self._jobs = jobs
         self._board = board
+        self._work = work
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, m.Run):
             return super().on_receive(message)
         # an exception here is a bug of ours, not the job's: the actor dies, and the pool
         # (told by on_failure) fails the execution and replaces this executor
-        self._run(message.item, message.token)
-        self._peers.tell_quietly(self._pool, m.Done(self.actor_urn, message.token))
+        run: tuple[m.WorkItem, int] | None = (message.item, message.token)
+        while run is not None:
+            self._run(*run)
+            run = self._work.next_for(self.actor_urn, run[1])
+        self._peers.tell_quietly(self._pool, m.Done(self.actor_urn))
         return None
 
     def on_stop(self) -> None:
