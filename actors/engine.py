@@ -74,7 +74,7 @@ class Engine:
         *,
         workers: int = 4,
         sync: bool = True,
-        counter_actors: int = 2,
+        counter_actors: int = 1,
         job_timeout: float | None = None,
         max_cached_tasks: int = 100_000,
     ) -> Engine:

@@ -84,12 +84,13 @@ def test_in_process_run_with_frequent_deletions(tmp_path: Path) -> None:
 
 def test_crash_injected_run_survives_kills(tmp_path: Path, capsys: Any) -> None:
     db, out = str(tmp_path / "db"), tmp_path / "crash.json"
+    # three counter actors: tasks of one actor keep running while another is mid-turn at the kill
     code = run_stress(db, "--clients", "16", "--tasks", "8", "--duration", "8", "--crash-every", "1.2",
-                      "--seed", "3", "--no-progress", "--json", str(out))
+                      "--counter-actors", "3", "--seed", "3", "--no-progress", "--json", str(out))
     captured = capsys.readouterr()
     assert code == 0, captured.out + captured.err
     report = json.loads(out.read_text())
-    assert report["mode"] == "crash"
+    assert report["mode"] == "crash" and report["counter_actors"] == 3
     assert report["crashes"] >= 2, report
     assert report["violations"] == []
     assert report["acknowledged"] > 0
@@ -157,6 +158,7 @@ def test_progress_line_is_shown_unless_disabled(tmp_path: Path, capsys: Any) -> 
         (["--duration", "-1"], "--duration"),
         (["--crash-every", "0.01"], "--crash-every"),
         (["--crash-every", "soon"], "--crash-every"),
+        (["--counter-actors", "0"], "--counter-actors"),
         (["--seed", "x"], "--seed"),
         (["--json", "/nonexistent-dir-for-stress/r.json"], "does not exist"),
     ],

@@ -90,10 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size("soak_executions", int, "executions of the soak")
     size("soak_warm", int, "executions after which soak RSS growth is measured")
     e = parser.add_argument_group("engine settings")
-    e.add_argument("--workers", type=int, default=4, metavar="N", help="executors (default 4)")
-    e.add_argument("--counter-actors", type=int, default=2, metavar="N", help="counter actors (default 2)")
+    e.add_argument("--workers", type=int, default=8, metavar="N", help="executors (default 8)")
+    e.add_argument("--counter-actors", type=int, default=1, metavar="N", help="counter actors (default 1)")
     e.add_argument("--soak-workers", type=int, default=4, metavar="N", help="executors of the soak (default 4)")
-    e.add_argument("--soak-counter-actors", type=int, default=2, metavar="N", help="counter actors of the soak (2)")
+    e.add_argument("--soak-counter-actors", type=int, default=1, metavar="N", help="counter actors of the soak (1)")
     e.add_argument("--soak-callers", type=int, default=8, metavar="N", help="callers of the soak (default 8)")
     e.add_argument("--soak-window", type=int, default=1000, metavar="N",
                    help="executions in flight at most during the soak (default 1000)")

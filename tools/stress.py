@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(uniformly 0.5..1.5 x SECONDS after it is ready; some kills hit its start-up)")
     parser.add_argument("--workers", metavar="W", default=str(DEFAULT_WORKERS),
                         help=f"executor actors of the engine (default {DEFAULT_WORKERS})")
+    parser.add_argument("--counter-actors", metavar="C", default="1",
+                        help="counter actors of the engine (default 1, the engine's default)")
     parser.add_argument("--seed", metavar="S", default=None,
                         help="seed of the workload's choices (default: a random one, shown in the report)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON to PATH")
@@ -105,6 +107,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     clients = _int(args.clients, "--clients", 1, 1024)
     tasks = _int(args.tasks, "--tasks", 1, 100_000)
     workers = _int(args.workers, "--workers", 1, 256)
+    counter_actors = _int(args.counter_actors, "--counter-actors", 1, 64)
     if args.count is not None and args.duration is not None:
         raise ToolError("give either --count or --duration, not both", EXIT_USAGE)
     count = None if args.count is None else _int(args.count, "--count", 1, 10**9)
@@ -122,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         _check_json_path(args.json)
     return StressConfig(
         db=db, clients=clients, tasks=tasks, count=count, duration=duration, crash_every=crash_every,
-        workers=workers, seed=seed,
+        workers=workers, counter_actors=counter_actors, seed=seed,
     )
 
 

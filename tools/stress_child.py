@@ -1,6 +1,6 @@
 """The process ``taskengine stress --crash-every`` kills: an engine and its client actors.
 
-``python -m tools.stress_child --db PATH --clients N --tasks M --workers W --seed S
+``python -m tools.stress_child --db PATH --clients N --tasks M --workers W --counter-actors C --seed S
 [--generations JSON]`` opens the engine (which recovers queued work), makes sure the
 workload's tasks exist, prints ``{"ev": "ready", ...}`` and starts the clients. Every event
 of the workload (``tools.stress_workload``) is printed to stdout as one JSON line, flushed,
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--tasks", type=int, required=True)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--counter-actors", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--generations", default="{}", help="JSON {task: deletions begun so far}")
     args = parser.parse_args(argv)
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = task_ids(args.tasks)
     t0 = time.perf_counter()
     try:
-        engine = Engine.open(args.db, jobs=JOBS, workers=args.workers)
+        engine = Engine.open(args.db, jobs=JOBS, workers=args.workers, counter_actors=args.counter_actors)
     except EngineError as e:
         sink({"ev": "error", "msg": f"{type(e).__name__}: {e}"})
         return 2

@@ -51,6 +51,7 @@ class StressConfig:
     #: mean seconds between SIGKILLs of the engine's process; None runs in process
     crash_every: float | None = None
     workers: int = 4
+    counter_actors: int = 1
     seed: int = 0
     settings: Settings = attrs.Factory(Settings)
     #: the final check gives up waiting for executions after this many seconds
@@ -78,7 +79,7 @@ ProgressCallback = Callable[[Progress], None]
 
 def _open_engine(cfg: StressConfig) -> Engine:
     try:
-        return Engine.open(cfg.db, jobs=JOBS, workers=cfg.workers)
+        return Engine.open(cfg.db, jobs=JOBS, workers=cfg.workers, counter_actors=cfg.counter_actors)
     except StorageLocked:
         raise ToolError(locked_message(cfg.db), EXIT_USAGE) from None
     except EngineError as e:  # NotADatabase, UnknownSchema, an unreadable directory
@@ -102,6 +103,7 @@ def execute(cfg: StressConfig, on_progress: ProgressCallback | None = None, tick
         clients=cfg.clients,
         tasks=cfg.tasks,
         workers=cfg.workers,
+        counter_actors=cfg.counter_actors,
         seed=cfg.seed,
     )
     if cfg.crash_every:
@@ -222,6 +224,7 @@ class _Child:
             "--clients", str(cfg.clients),
             "--tasks", str(cfg.tasks),
             "--workers", str(cfg.workers),
+            "--counter-actors", str(cfg.counter_actors),
             "--seed", str(seed),
             "--generations", json.dumps(ledger.base_generations(), separators=(",", ":")),
         ]

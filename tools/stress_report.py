@@ -98,6 +98,7 @@ class StressReport:
     tasks: int
     workers: int
     seed: int
+    counter_actors: int = 1
     #: seconds the workload ran (restarts included), not counting the final check
     elapsed: float = 0.0
     #: distinct executions whose trigger was answered to a client
@@ -162,7 +163,8 @@ class StressReport:
             rep = "not run"
         lines = [
             f"stress report for {self.db} ({self.mode}: {self.clients} clients, {self.tasks} tasks, "
-            f"{self.workers} workers, seed {self.seed})",
+            f"{self.workers} workers, {self.counter_actors} counter actor{'s' if self.counter_actors != 1 else ''}, "
+            f"seed {self.seed})",
             f"  workload time          {self.elapsed:.1f} s",
             f"  executions acknowledged {self.acknowledged} ({self.acknowledged_nonblocking} non-blocking, "
             f"{self.acknowledged_blocking} blocking)",
