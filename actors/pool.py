@@ -272,6 +272,8 @@ def run_job(fn: Any, ctx: JobContext) -> tuple[ExecutionStatus, Any, str | None]
         result = fn(ctx)
     except BaseException as e:  # noqa: BLE001 - SystemExit from a job must not stop the actors
         return ExecutionStatus.FAILED, None, _error_text(e)
+    if result is None:
+        return ExecutionStatus.SUCCESS, None, None
     try:
         return ExecutionStatus.SUCCESS, json.loads(codec.to_json(result).encode()), None
     except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
