@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import keys
+from . import capi, keys
 from .errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class Committer:
     def __init__(self, raw_db: Any, *, sync: bool = True) -> None:
         self._db = raw_db
         self.sync = sync
+        self._capi = capi.open_writer(raw_db, sync=sync)  # None: plyvel's batches for everything
         self._lock = threading.Lock()  # guards the figures only; LevelDB serialises writes itself
         self.writes = 0
         self.changes = 0
@@ -65,19 +66,25 @@ class Committer:
             self.changes += len(changes)
 
     def _plain_batch(self, changes: Sequence[Sequence[Op]]) -> Any:
-        """The batch of puts and deletes (the hot path), or None at the first DeletePrefix."""
-        batch = self._db.write_batch(sync=self.sync)
+        """The batch of puts and deletes (the hot path, through the C API where it can be), or
+        None at the first DeletePrefix."""
+        batch = self._capi.batch() if self._capi is not None else self._db.write_batch(sync=self.sync)
         put, delete = batch.put, batch.delete
-        for ops in changes:
-            for op in ops:
-                if type(op) is not tuple:
-                    batch.clear()
-                    return None
-                if op[1] is None:
-                    delete(op[0])
-                else:
-                    put(op[0], op[1])
-        return batch
+        built = False
+        try:
+            for ops in changes:
+                for op in ops:
+                    if type(op) is not tuple:
+                        return None
+                    if op[1] is None:
+                        delete(op[0])
+                    else:
+                        put(op[0], op[1])
+            built = True
+            return batch
+        finally:
+            if not built and self._capi is not None:
+                batch.close()  # C memory; plyvel's batch is simply dropped
 
     def _tracked_batch(self, changes: Sequence[Sequence[Op]]) -> Any:
         batch = self._db.write_batch(sync=self.sync)

@@ -7,16 +7,18 @@ from __future__ import annotations
 import json
 import math
 import queue
+import random
 import threading
 from pathlib import Path
 
+import plyvel
 import pykka
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.mailbox import EngineActor, Reply
-from storage import Committer, Database, Execution, ExecutionStatus, changes, codec, keys
+from storage import Committer, Database, Execution, ExecutionStatus, WriteFailed, capi, changes, codec, keys
 
 _reference = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
 
@@ -134,3 +136,56 @@ def test_engine_actors_answer_asks_with_replies() -> None:
             ref.ask("boom", timeout=5)
     finally:
         ref.stop()
+
+
+def _random_changes(rng: random.Random, n: int) -> list[list[tuple[bytes, bytes | None]]]:
+    keys_ = [b"T%d\x00x%d" % (rng.randrange(5), rng.randrange(50)) for _ in range(n)]
+    return [[(k, None if rng.random() < 0.2 else rng.randbytes(rng.randrange(0, 300)))] for k in keys_]
+
+
+@pytest.mark.skipif(not plyvel.__version__.startswith(capi.KNOWN_PLYVEL), reason="plyvel layout not known")
+def test_c_api_batches_write_what_plyvel_batches_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TASKENGINE_PLAIN_BATCH", raising=False)
+    rng = random.Random(7)
+    rounds = [_random_changes(rng, rng.randrange(1, 40)) for _ in range(60)]
+    contents = []
+    for plain in (False, True):
+        if plain:
+            monkeypatch.setenv("TASKENGINE_PLAIN_BATCH", "1")
+        db = Database.open(str(tmp_path / f"db-{plain}"), create=True)
+        try:
+            committer = Committer(db.raw, sync=False)
+            assert (committer._capi is None) is plain
+            for changes_ in rounds:
+                committer.write(changes_)
+            contents.append(dict(db.raw.iterator()))
+        finally:
+            db.close()
+    assert contents[0] == contents[1] and len(contents[0]) > 10
+
+
+@pytest.mark.skipif(not plyvel.__version__.startswith(capi.KNOWN_PLYVEL), reason="plyvel layout not known")
+def test_c_api_write_to_a_closed_database_fails_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TASKENGINE_PLAIN_BATCH", raising=False)
+    db = Database.open(str(tmp_path / "db"), create=True)
+    committer = Committer(db.raw, sync=True)
+    assert committer._capi is not None
+    committer.write([[(b"Tk\x00x", b"v")]])
+    db.close()
+    with pytest.raises(WriteFailed, match="closed"):
+        committer.write([[(b"Tk\x00y", b"v")]])
+
+
+def test_the_c_api_is_only_used_on_a_plyvel_db_it_knows(tmp_path: Path) -> None:
+    class NotPlyvel:
+        closed = False
+        name = "x"
+
+    assert capi.db_pointer(NotPlyvel()) is None
+    raw = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
+    try:
+        known = plyvel.__version__.startswith(capi.KNOWN_PLYVEL)
+        assert (capi.db_pointer(raw) is not None) is known
+    finally:
+        raw.close()
+    assert capi.db_pointer(raw) is None  # closed

@@ -48,7 +48,8 @@ def _instrument_writes() -> str | None:
 
     def write(self: Any, changes: Any) -> Any:
         ops = sum(len(c) for c in changes)
-        plain = hasattr(self, "_db") and not any(isinstance(op, delete_prefix) for c in changes for op in c)
+        plain = getattr(self, "_capi", None) is None and hasattr(self, "_db")
+        plain = plain and not any(isinstance(op, delete_prefix) for c in changes for op in c)
         t0 = time.perf_counter()
         if plain:  # the same work as Committer.write, timed in two parts
             b = self._db.write_batch(sync=getattr(self, "sync", True))
@@ -136,6 +137,22 @@ def _thread_cpu() -> dict[int, tuple[str, float]]:
     return out
 
 
+def _switches() -> tuple[int, int]:
+    """Voluntary and involuntary context switches of every live thread of the process."""
+    totals = [0, 0]
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        totals[0] += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches"):
+                        totals[1] += int(line.split()[1])
+        except OSError:
+            continue
+    return totals[0], totals[1]
+
+
 def _group(name: str) -> str:
     name = re.sub(r"-\d+$", "", name)
     return "caller threads" if name.startswith(("bench-caller", "soak-caller")) else name
@@ -156,8 +173,9 @@ def _cpu_table(before: dict[int, tuple[str, float]], after: dict[int, tuple[str,
     return lines
 
 
-def _write_lines(n_ops: float, label: str) -> list[str]:
-    s, t = _stats, _times
+def _write_lines(n_ops: float, label: str, frozen: tuple[Any, Any] | None = None) -> list[str]:
+    """``frozen``: the figures as they stood at the end of the measured window."""
+    s, t = frozen if frozen is not None else (_stats, _times)
     lines = []
     if s["turns"]:
         lines.append(f"  counter-actor turns: {s['turns']}, mean {1e6 * t['turn'] / s['turns']:.0f} us")
@@ -209,9 +227,12 @@ def probe_acks(args: argparse.Namespace) -> list[str]:
     with _lock:
         _stats.clear()
         _times.clear()
-    before, t0 = _thread_cpu(), time.perf_counter()
+    before, switched, t0 = _thread_cpu(), _switches(), time.perf_counter()
     time.sleep(args.duration)
     after, wall = _thread_cpu(), time.perf_counter() - t0
+    switches = [b - a for a, b in zip(switched, _switches(), strict=True)]
+    with _lock:  # the callers run on after the window: count what happened inside it
+        frozen = (collections.Counter(_stats), collections.Counter(_times))
     runner.join()
     gate.set()
     engine.close()
@@ -220,7 +241,8 @@ def probe_acks(args: argparse.Namespace) -> list[str]:
     lines = [f"durable acks, {args.callers} callers over {args.tasks} task(s), {args.counter_actors} counter actors: "
              f"{run.rate:.0f} acks/s, process CPU {run.cpu_percent:.0f}%"]
     lines += _cpu_table(before, after, ops, wall)
-    lines += _write_lines(ops, "ack")
+    lines.append(f"  thread switches per ack: {switches[0] / ops:.2f} voluntary, {switches[1] / ops:.2f} involuntary")
+    lines += _write_lines(ops, "ack", frozen)
     return notes + lines
 
 

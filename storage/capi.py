@@ -1,0 +1,156 @@
+"""Write batches through LevelDB's C API, built without giving up the GIL for every key.
+
+plyvel's ``WriteBatch.put`` releases the GIL around what is only a copy into the
+batch's buffer. A counter actor builds its turn's batch while dozens of caller
+threads want the GIL, so every put becomes two thread switches (measured: 4.6
+voluntary context switches per acknowledged index with plyvel's batches, 2.5
+with these, and ~10% more acks per second in 10 of 10 paired runs; see
+BENCHMARKS.md). This module builds the batch with the C API that the libleveldb
+shipped with plyvel exports (``leveldb/c.h``), through ctypes: the ``PyDLL``
+functions keep the GIL for the copies, and the one ``CDLL`` call that writes, and
+waits for the disk, releases it, as plyvel's own write does.
+
+The C API needs the ``leveldb::DB*`` that plyvel's ``DB`` object holds and does
+not expose. It is read at the place plyvel 1.5 declares it, and only after the
+object is seen to have exactly that layout. Anything else (another plyvel
+release, a libleveldb without the C API, another interpreter) makes
+:func:`open_writer` return None and the caller keeps plyvel's batches, which
+give the same bytes on disk. ``TASKENGINE_PLAIN_BATCH=1`` forces that path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: plyvel releases whose ``DB`` layout this module knows (checked again at run time)
+KNOWN_PLYVEL = ("1.5.",)
+
+
+class _DBHandle(ctypes.Structure):
+    """``struct leveldb_t { leveldb::DB* rep; }`` of LevelDB's c.cc."""
+
+    _fields_ = [("rep", ctypes.c_void_p)]
+
+
+class CBatch:
+    """A ``leveldb_writebatch_t``: ``put`` and ``delete`` like plyvel's, then ``write`` once.
+    ``close`` frees it (``write`` does too); both are idempotent."""
+
+    __slots__ = ("_api", "_ref")
+
+    def __init__(self, api: CWriter) -> None:
+        self._api = api
+        self._ref: int | None = api.create()
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._api.put(self._ref, key, len(key), value, len(value))
+
+    def delete(self, key: bytes) -> None:
+        self._api.delete(self._ref, key, len(key))
+
+    def write(self) -> None:
+        try:
+            self._api.write(self._ref)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._ref is not None:
+            ref, self._ref = self._ref, None
+            self._api.destroy(ref)
+
+
+class CWriter:
+    """The C functions, bound once, for one open database."""
+
+    def __init__(self, raw_db: Any, pointer: int, library: str, *, sync: bool) -> None:
+        keep_gil, drop_gil = ctypes.PyDLL(library), ctypes.CDLL(library)
+        vp, size = ctypes.c_void_p, ctypes.c_size_t
+        self._raw_db = raw_db  # the pointer lives as long as this object is open
+        self._handle = _DBHandle(pointer)
+        self.create = _bind(keep_gil.leveldb_writebatch_create, [], vp)
+        self.destroy = _bind(keep_gil.leveldb_writebatch_destroy, [vp], None)
+        self.put = _bind(keep_gil.leveldb_writebatch_put, [vp, ctypes.c_char_p, size, ctypes.c_char_p, size], None)
+        self.delete = _bind(keep_gil.leveldb_writebatch_delete, [vp, ctypes.c_char_p, size], None)
+        self._write = _bind(drop_gil.leveldb_write, [ctypes.POINTER(_DBHandle), vp, vp, ctypes.POINTER(vp)], None)
+        self._free = _bind(keep_gil.leveldb_free, [vp], None)
+        self._options = _bind(keep_gil.leveldb_writeoptions_create, [], vp)()
+        _bind(keep_gil.leveldb_writeoptions_set_sync, [vp, ctypes.c_ubyte], None)(self._options, int(sync))
+
+    def batch(self) -> CBatch:
+        return CBatch(self)
+
+    def write(self, ref: int | None) -> None:
+        """One LevelDB write of the batch; OSError with LevelDB's message if it failed."""
+        if ref is None:
+            raise OSError("the write batch was already written or closed")
+        if self._raw_db.closed:  # the pointer is freed with the database
+            raise OSError("the database is closed")
+        error = ctypes.c_void_p()
+        self._write(ctypes.byref(self._handle), self._options, ref, ctypes.byref(error))
+        if error.value:
+            message = ctypes.string_at(error.value).decode("utf-8", "replace")
+            self._free(error.value)
+            raise OSError(message)
+
+
+def _bind(fn: Any, argtypes: list[Any], restype: Any) -> Any:
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
+def _library() -> str | None:
+    """The libleveldb plyvel is linked with: the copy its wheel ships, else the system's."""
+    import plyvel
+
+    libs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(plyvel.__file__))), "plyvel.libs")
+    try:
+        names = sorted(n for n in os.listdir(libs) if n.startswith("libleveldb"))
+    except OSError:
+        names = []
+    return os.path.join(libs, names[0]) if names else ctypes.util.find_library("leveldb")
+
+
+def db_pointer(raw_db: Any) -> int | None:
+    """The ``leveldb::DB*`` inside an open plyvel ``DB``; None unless its layout is plyvel 1.5's.
+
+    plyvel 1.5 declares ``cdef class DB: leveldb.DB* _db; Options options; readonly name; lock;
+    iterators`` and has a ``cpdef`` method, so the object is: header (2 words), vtable, ``_db``, the
+    Options struct, then three object pointers. ``name`` is readable, which pins the layout down."""
+    import plyvel
+
+    if sys.implementation.name != "cpython" or not plyvel.__version__.startswith(KNOWN_PLYVEL):
+        return None
+    if type(raw_db) is not plyvel.DB or raw_db.closed:
+        return None
+    word = ctypes.sizeof(ctypes.c_void_p)
+    size = type(raw_db).__basicsize__
+    if size % word or size < 8 * word:
+        return None
+    words = (ctypes.c_void_p * (size // word)).from_address(id(raw_db))
+    if words[size // word - 3] != id(raw_db.name) or not words[3]:
+        return None
+    return int(words[3])
+
+
+def open_writer(raw_db: Any, *, sync: bool) -> CWriter | None:
+    """A C-API writer for ``raw_db``, or None where plyvel's own batches must be used."""
+    if os.environ.get("TASKENGINE_PLAIN_BATCH"):
+        return None
+    try:
+        pointer = db_pointer(raw_db)
+        library = _library() if pointer is not None else None
+        if pointer is None or library is None:
+            log.info("LevelDB writes use plyvel's write batches")
+            return None
+        return CWriter(raw_db, pointer, library, sync=sync)
+    except (OSError, AttributeError, ValueError, TypeError) as e:  # no such library or symbol
+        log.info("LevelDB writes use plyvel's write batches (%s)", e)
+        return None
