@@ -185,7 +185,9 @@ def run(args: argparse.Namespace) -> int:
 def _step_pykka(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
     from . import bench_baselines
 
-    bench_baselines.pykka_asks(opts, out)
+    if "acks" in opts.selected:
+        _say("pykka: 64 callers to one actor is measured with acks, interleaved with the engine's rounds")
+    bench_baselines.pykka_asks(opts, out, with_64_callers="acks" not in opts.selected)
 
 
 def _step_naive(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
@@ -206,7 +208,7 @@ def _step_plyvel(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[
 def _step_acks(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
     from . import bench_engine
 
-    bench_engine.acks(opts, out, inv, with_naive="naive" in opts.selected)
+    bench_engine.acks(opts, out, inv, with_naive="naive" in opts.selected, with_pykka="pykka" in opts.selected)
 
 
 def _step_e2e(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:

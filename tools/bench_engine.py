@@ -68,16 +68,20 @@ def _us(seconds: float | None) -> float | None:
 # -- durable trigger acknowledgements ----------------------------------------------------------
 
 
-def acks(opts: Any, out: dict[str, Any], invariants: dict[str, Any], with_naive: bool) -> None:
+def acks(
+    opts: Any, out: dict[str, Any], invariants: dict[str, Any], with_naive: bool, with_pykka: bool = False
+) -> None:
     """Non-blocking triggers acknowledged (index durable) per second. Jobs are held at a gate
     while the callers run, so the figure is the acknowledgement path alone, as it is for the
     naive baseline; the executions are left PENDING on disk at close (checked by replay).
 
     With ``with_naive`` the naive design is measured interleaved with the engine, round by
-    round and config by config, so a change in the machine's background load hits both."""
+    round and config by config, so a change in the machine's background load hits both; with
+    ``with_pykka`` so is the bare pykka baseline (64 callers asking one actor), next to the
+    engine's 64 callers over 100 tasks."""
     from actors import Engine
 
-    from .bench_baselines import NaiveDesign, naive_entry, rate_entry
+    from .bench_baselines import EchoActor, NaiveDesign, naive_entry, rate_entry
 
     for tasks in TASK_COUNTS:
         design = NaiveDesign(os.path.join(opts.workdir, f"naive-{tasks}"), tasks) if with_naive else None
@@ -91,7 +95,8 @@ def acks(opts: Any, out: dict[str, Any], invariants: dict[str, Any], with_naive:
                     gate.wait()
 
                 engine = Engine.open(path, jobs={"held": held}, **_engine_kwargs(opts))
-                runs, naive_runs = [], []
+                echo = EchoActor() if with_pykka and callers == 64 and tasks == max(TASK_COUNTS) else None
+                runs, naive_runs, echo_runs = [], [], []
                 try:
                     ids = _task_ids("t", tasks)
                     for tid in ids:
@@ -106,14 +111,22 @@ def acks(opts: Any, out: dict[str, Any], invariants: dict[str, Any], with_naive:
                             naive_runs.append(run_callers(callers, design.op, duration=opts.duration,
                                                           warmup=opts.warmup))
                         runs.append(run_callers(callers, op, duration=opts.duration, warmup=opts.warmup))
+                        if echo is not None:
+                            echo_runs.append(run_callers(callers, echo.op, duration=opts.duration,
+                                                         warmup=opts.warmup))
                     after = engine.stats()
                 finally:
+                    if echo is not None:
+                        echo.close()
                     gate.set()
                     engine.close()  # queued executions stay PENDING on disk; the replay check accepts that
                 out[name] = rate_entry(runs, "acks/s", callers=callers, tasks=tasks,
                                        changes_per_write=_changes_per_write(before, after))
                 if naive_runs:
                     out[f"naive_acks_{callers}c_{tasks}t"] = naive_entry(naive_runs, callers, tasks)
+                if echo_runs:
+                    out["pykka_ask_64_callers"] = rate_entry(echo_runs, "asks/s", callers=64,
+                                                             interleaved_with=name)
                 invariants[name] = _replay_ok(path)
         finally:
             if design is not None:
