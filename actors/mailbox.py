@@ -29,6 +29,10 @@ from pykka._threading import ThreadingFutureResult
 
 T = TypeVar("T")
 
+#: makes "check unset, then set" one step for every Reply (held for a few bytecodes, never while
+#: waiting), so two racing setters behave as with ThreadingFuture: one wins, the other gets Full
+_setting = threading.Lock()
+
 
 class Reply(pykka.ThreadingFuture[T]):
     """A one-shot future: a lock held from birth, released once by the one setter.
@@ -42,14 +46,16 @@ class Reply(pykka.ThreadingFuture[T]):
         self._result: ThreadingFutureResult | None = None
         self._done = threading.Lock()
         self._done.acquire()
+        self._hook_lock: threading.Lock | None = None
 
     def get(self, *, timeout: float | None = None) -> Any:
         if self._result is None and self._get_hook is None:
             if not self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
                 raise pykka.Timeout(f"{timeout} seconds")
             self._done.release()  # stays open for every later get
-        if self._get_hook is not None:
-            return pykka.Future.get(self, timeout=timeout)
+        if self._hook_lock is not None:
+            with self._hook_lock:  # the hook runs once; later gets have its cached result
+                return pykka.Future.get(self, timeout=timeout)
         result = self._result
         assert result is not None
         if result.exc_info is None:
@@ -70,16 +76,22 @@ class Reply(pykka.ThreadingFuture[T]):
         self._publish(ThreadingFutureResult(exc_info=exc_info or sys.exc_info()))
 
     def set_get_hook(self, func: Any) -> None:
-        if self._result is not None or self._get_hook is not None:
-            raise queue.Full
-        self._get_hook = func
-        self._done.release()
+        with _setting:
+            if self._result is not None:
+                raise queue.Full
+            first = self._hook_lock is None
+            if first:
+                self._hook_lock = threading.Lock()
+            self._get_hook = func  # a later hook replaces it, as with ThreadingFuture
+            if first:
+                self._done.release()
 
     def _publish(self, result: ThreadingFutureResult) -> None:
-        if self._result is not None or self._get_hook is not None:
-            raise queue.Full
-        self._result = result
-        self._done.release()
+        with _setting:
+            if self._result is not None or self._hook_lock is not None:
+                raise queue.Full
+            self._result = result
+            self._done.release()
 
 
 class EngineActor(pykka.ThreadingActor):

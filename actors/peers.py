@@ -40,16 +40,17 @@ class Peers:
         return True
 
 
-def await_reply(reply: pykka.Future[Any], ref: pykka.ActorRef[Any]) -> Any:
-    """Wait for ``ref``'s answer; EngineClosed if the actor stopped without taking the message
-    (a message can land in an inbox just after the actor's last look at it)."""
+def await_reply(reply: pykka.Future[Any], *refs: pykka.ActorRef[Any]) -> Any:
+    """Wait for an answer that ``refs`` (every actor the message passes through) owe; EngineClosed
+    if one of them stopped without passing it on (a message can land in an inbox just after the
+    actor's last look at it)."""
     while True:
         try:
             return reply.get(timeout=1.0)
         except pykka.ActorDeadError:
             raise EngineClosed() from None
         except pykka.Timeout:
-            if not ref.is_alive():
+            if not all(ref.is_alive() for ref in refs):
                 raise EngineClosed() from None
 
 

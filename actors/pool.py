@@ -223,6 +223,7 @@ class Executor(EngineActor):
     def _run(self, item: m.WorkItem, token: int) -> None:
         ex = item.execution
         pending = self._peers.pending
+        assert pending is not None  # set before any executor starts
         counter = self._peers.counter_for(ex.task_id)
         reply: m.Reply = Reply()
         start = m.Start(item, token, reply)
@@ -235,7 +236,7 @@ class Executor(EngineActor):
         if not sent:
             return  # the engine is closing; the execution stays PENDING on disk
         try:
-            started = await_reply(reply, counter)
+            started = await_reply(reply, counter) if ex.blocking else await_reply(reply, pending, counter)
         except EngineClosed:
             return
         if started is m.NOT_CLAIMED:

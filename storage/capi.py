@@ -68,7 +68,7 @@ class CBatch:
 
 
 class CWriter:
-    """The C functions, bound once, for one open database."""
+    """The C functions, bound once, for one open database. ``sync`` is fixed here, at open."""
 
     def __init__(self, raw_db: Any, pointer: int, library: str, *, sync: bool) -> None:
         keep_gil, drop_gil = ctypes.PyDLL(library), ctypes.CDLL(library)
@@ -82,7 +82,13 @@ class CWriter:
         self._write = _bind(drop_gil.leveldb_write, [ctypes.POINTER(_DBHandle), vp, vp, ctypes.POINTER(vp)], None)
         self._free = _bind(keep_gil.leveldb_free, [vp], None)
         self._options = _bind(keep_gil.leveldb_writeoptions_create, [], vp)()
+        self._destroy_options = _bind(keep_gil.leveldb_writeoptions_destroy, [vp], None)
         _bind(keep_gil.leveldb_writeoptions_set_sync, [vp, ctypes.c_ubyte], None)(self._options, int(sync))
+
+    def __del__(self) -> None:
+        options, self._options = getattr(self, "_options", None), None
+        if options:
+            self._destroy_options(options)
 
     def batch(self) -> CBatch:
         return CBatch(self)
@@ -107,9 +113,17 @@ def _bind(fn: Any, argtypes: list[Any], restype: Any) -> Any:
 
 
 def _library() -> str | None:
-    """The libleveldb plyvel is linked with: the copy its wheel ships, else the system's."""
+    """The libleveldb this process has loaded for plyvel (the very copy whose DB the pointer is
+    into); without ``/proc``, the copy plyvel's wheel ships, else the system's."""
     import plyvel
 
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = {line.split(None, 5)[5].strip() for line in maps if "libleveldb" in line}
+    except (OSError, IndexError):
+        loaded = set()
+    if len(loaded) == 1:
+        return loaded.pop()
     libs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(plyvel.__file__))), "plyvel.libs")
     try:
         names = sorted(n for n in os.listdir(libs) if n.startswith("libleveldb"))
@@ -135,8 +149,8 @@ def db_pointer(raw_db: Any) -> int | None:
     if size % word or size < 8 * word:
         return None
     words = (ctypes.c_void_p * (size // word)).from_address(id(raw_db))
-    if words[size // word - 3] != id(raw_db.name) or not words[3]:
-        return None
+    if words[1] != id(type(raw_db)) or words[size // word - 3] != id(raw_db.name) or not words[3]:
+        return None  # the header is not (refcount, type), or name is not where plyvel 1.5 has it
     return int(words[3])
 
 

@@ -189,3 +189,67 @@ def test_the_c_api_is_only_used_on_a_plyvel_db_it_knows(tmp_path: Path) -> None:
     finally:
         raw.close()
     assert capi.db_pointer(raw) is None  # closed
+
+
+def test_racing_setters_one_wins_the_other_gets_full() -> None:
+    for _ in range(200):
+        reply: Reply[int] = Reply()
+        start = threading.Barrier(2)
+        outcomes: list[object] = []
+
+        def setter(
+            value: int, reply: Reply[int] = reply, start: threading.Barrier = start, outcomes: list[object] = outcomes
+        ) -> None:
+            start.wait()
+            try:
+                reply.set(value)
+                outcomes.append(value)
+            except queue.Full:
+                outcomes.append("full")
+
+        threads = [threading.Thread(target=setter, args=(v,)) for v in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(outcomes, key=str) == sorted([reply.get(timeout=1), "full"], key=str)
+
+
+def test_a_get_hook_runs_once_for_concurrent_getters() -> None:
+    reply: Reply[int] = Reply()
+    calls: list[float | None] = []
+    gate = threading.Event()
+
+    def hook(timeout: float | None) -> int:
+        calls.append(timeout)
+        gate.wait(10)
+        return 5
+
+    reply.set_get_hook(hook)
+    got: list[int] = []
+    getters = [threading.Thread(target=lambda: got.append(reply.get(timeout=10))) for _ in range(4)]
+    for t in getters:
+        t.start()
+    gate.set()
+    for t in getters:
+        t.join(10)
+    assert got == [5, 5, 5, 5] and len(calls) == 1
+    with pytest.raises(queue.Full):
+        reply.set(1)
+
+
+def test_await_reply_gives_up_when_an_actor_on_the_way_is_gone() -> None:
+    """An executor's Start passes through the pending store: if that stopped, EngineClosed."""
+    from actors.errors import EngineClosed
+    from actors.peers import await_reply
+
+    class Idle(EngineActor):
+        pass
+
+    alive, gone = Idle.start(), Idle.start()
+    gone.stop()
+    try:
+        with pytest.raises(EngineClosed):
+            await_reply(Reply(), gone, alive)
+    finally:
+        alive.stop()
