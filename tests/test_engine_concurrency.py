@@ -59,7 +59,13 @@ def assert_each_ran_once(rec: Recorder, executions: list[Any]) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_mixed_triggers_from_32_threads_are_unique_and_gap_free(make_engine, db_path):
+@pytest.mark.parametrize("write_path", ["c-api", "plyvel"])
+def test_mixed_triggers_from_32_threads_are_unique_and_gap_free(make_engine, db_path, monkeypatch, write_path):
+    # both ways of building write batches (storage/capi.py, or plyvel's where capi cannot be used)
+    if write_path == "plyvel":
+        monkeypatch.setenv("TASKENGINE_PLAIN_BATCH", "1")
+    else:
+        monkeypatch.delenv("TASKENGINE_PLAIN_BATCH", raising=False)
     rec = Recorder()
     engine = make_engine(db_path, jobs={"rec": rec}, workers=4)
     engine.create_task("t", job="rec")
