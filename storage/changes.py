@@ -23,15 +23,15 @@ def assign(execution: Execution, *, with_counter: bool = True) -> list[Op]:
     in the same write: a counter actor writes it once per task per turn, not once per index."""
     assert execution.index is not None
     tid, index, eid = execution.task_id, execution.index, execution.id.encode()
-    prefix = keys.task_prefix(tid)  # the hot path: build it once
+    prefix, record_key, live_key = keys.execution_keys(tid, index)
     ops: list[Op] = [
-        (prefix + keys.EXECUTION + keys.encode_index(index), codec.encode_execution(execution)),
+        (record_key, codec.encode_execution(execution)),
         (prefix + keys.EXEC_ID + eid, codec.encode_int(index)),
     ]
     if with_counter:
         ops.append(counter(tid, index + 1))
     if not execution.status.is_finished:
-        ops.append((keys.live_key(tid, index), eid))
+        ops.append((live_key, eid))
     if execution.idempotency_key is not None:
         ops.append((prefix + keys.IDEMPOTENCY + execution.idempotency_key.encode(), eid))
     return ops
@@ -44,9 +44,10 @@ def counter(task_id: str, value: int) -> Op:
 def update(execution: Execution) -> list[Op]:
     """Started, finished or cancelled: rewrite the record; a finished one leaves the live set."""
     assert execution.index is not None
-    ops: list[Op] = [(keys.execution_key(execution.task_id, execution.index), codec.encode_execution(execution))]
+    _, record_key, live_key = keys.execution_keys(execution.task_id, execution.index)
+    ops: list[Op] = [(record_key, codec.encode_execution(execution))]
     if execution.status.is_finished:
-        ops.append((keys.live_key(execution.task_id, execution.index), None))
+        ops.append((live_key, None))
     return ops
 
 

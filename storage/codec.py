@@ -69,14 +69,15 @@ def encode_execution(ex: Execution) -> bytes:
     three times as much as the values alone."""
     if len(ex.id) != ID_LEN:
         raise ValueError(f"execution id {ex.id!r} is not a {ID_LEN}-character ULID")
+    data, result, error, key = ex.data, ex.result, ex.error, ex.idempotency_key
     body = "".join(
         [
             '{"blocking":true,"data":' if ex.blocking else '{"blocking":false,"data":',
-            _json(ex.data),
+            "null" if data is None else _json(data),
             ',"result":',
-            _json(ex.result),
+            "null" if result is None else _json(result),
             ',"error":',
-            _json(ex.error),
+            "null" if error is None else _json(error),
             ',"created_at":',
             _json(ex.created_at),
             ',"started_at":',
@@ -84,7 +85,7 @@ def encode_execution(ex: Execution) -> bytes:
             ',"finished_at":',
             _json(ex.finished_at),
             ',"idempotency_key":',
-            _json(ex.idempotency_key),
+            "null" if key is None else _json(key),
             "}",
         ]
     )

@@ -50,6 +50,14 @@ def execution_prefix(task_id: str) -> bytes:
     return task_prefix(task_id) + EXECUTION
 
 
+def execution_keys(task_id: str, index: int) -> tuple[bytes, bytes, bytes]:
+    """(task prefix, record key, live key) of one execution, built together: every state change
+    of an execution writes two of them."""
+    tid, at = task_id.encode(), encode_index(index)
+    prefix = TASK_TAG + tid + SEP
+    return prefix, prefix + EXECUTION + at, LIVE_TAG + tid + SEP + at
+
+
 def execution_key(task_id: str, index: int) -> bytes:
     return execution_prefix(task_id) + encode_index(index)
 
