@@ -311,26 +311,25 @@ class Engine:
     # -- triggers --------------------------------------------------------------------------
 
     def _trigger_message(
-        self, task_id: str, data: Any, blocking: bool, key: str | None
-    ) -> Callable[[m.Reply], m.Trigger]:
+        self, task_id: str, data: Any, blocking: bool, key: str | None, reply: m.Reply
+    ) -> m.Trigger:
         validate.task_id(task_id)
         data = validate.json_value(data, "data")
         validate.text(key, "idempotency_key")
         if not isinstance(blocking, bool):
             raise InvalidArgument("blocking must be True or False")
-        execution_id, created_at = new_id(), time.time()
-        return lambda reply: m.Trigger(execution_id, task_id, data, blocking, created_at, key, reply)
+        return m.Trigger(new_id(), task_id, data, blocking, time.time(), key, reply)
 
     def trigger_future(
         self, task_id: str, data: Any = None, *, blocking: bool = False, idempotency_key: str | None = None
     ) -> pykka.Future[Execution]:
         """Like :meth:`trigger`, for callers that are actors: a non-blocking future resolves when the
         index is durable, a blocking one when the execution has finished."""
-        trigger = self._trigger_message(task_id, data, blocking, idempotency_key)
-        if not blocking:
-            return self._send(task_id, trigger)
         reply: m.Reply = Reply()
-        message = trigger(reply)
+        message = self._trigger_message(task_id, data, blocking, idempotency_key, reply)
+        if not blocking:
+            self._tell(task_id, message)
+            return reply
         # watch before sending: a failure at start (TaskNotRunnable) must not slip past us
         watcher = self._board.watch(message.execution_id)
         try:

@@ -69,7 +69,7 @@ class Reply(pykka.ThreadingFuture[T]):
         raise exc_value
 
     def set(self, value: Any | None = None) -> None:
-        self._publish(ThreadingFutureResult(value=value))
+        self._publish(ThreadingFutureResult(value, None))
 
     def set_exception(self, exc_info: Any = None) -> None:
         assert exc_info is None or len(exc_info) == 3

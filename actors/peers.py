@@ -27,7 +27,10 @@ class Peers:
     pool: pykka.ActorRef[Any] | None = None
 
     def counter_for(self, task_id: str) -> pykka.ActorRef[Any]:
-        return self.counters[zlib.crc32(task_id.encode()) % len(self.counters)]
+        counters = self.counters
+        if len(counters) == 1:  # the default: no hash on every message
+            return counters[0]
+        return counters[zlib.crc32(task_id.encode()) % len(counters)]
 
     def tell_quietly(self, ref: pykka.ActorRef[Any] | None, message: Any) -> bool:
         """Tell an actor that may already be stopped (the engine is closing); False if it was."""
