@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import attrs
 
-from storage import Committer, Database, Execution, ExecutionStatus, Task, changes
+from storage import Committer, Database, Execution, ExecutionStatus, Task, changes, records
 from storage.batch import Op
 from storage.errors import StorageError as _StorageError
 
@@ -392,7 +392,7 @@ class CounterActor(EngineActor):
 
                 self._later(msg.reply, refuse_exhausted)
                 return
-            running = attrs.evolve(queued, index=st.counter, status=ExecutionStatus.RUNNING, started_at=time.time())
+            running = records.started(queued, time.time(), st.counter)
             ops = changes.assign(running, with_counter=False)
             del st.queued[queued.id]
             self._advance(st)
@@ -402,7 +402,7 @@ class CounterActor(EngineActor):
             if ex.id in st.running:
                 self._later(msg.reply, lambda: None)
                 return
-            running = attrs.evolve(ex, status=ExecutionStatus.RUNNING, started_at=time.time())
+            running = records.started(ex, time.time())
             ops = changes.update(running)
         st.running[running.id] = (msg.token, running)
         task = st.task
@@ -553,4 +553,4 @@ def _raiser(error: Exception, board: CompletionBoard, watched: str | None) -> Ca
 
 
 def _finished(ex: Execution, status: ExecutionStatus, *, error: str | None = None, result: Any = None) -> Execution:
-    return attrs.evolve(ex, status=status, error=error, result=result, finished_at=time.time())
+    return records.finished(ex, status, time.time(), result=result, error=error)

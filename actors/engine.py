@@ -58,7 +58,8 @@ class Engine:
         self._board = CompletionBoard()
         # orders every send and read before close: close stops the actors after the sends it let
         # through, and closes the database after the reads it let through
-        self._gate = threading.Condition()
+        self._gate_lock = threading.Lock()  # taken directly on the trigger path: a Condition's
+        self._gate = threading.Condition(self._gate_lock)  # `with` is a Python-level call
         self._readers = 0
         self._closed = False
         self._shut = threading.Event()
@@ -232,7 +233,7 @@ class Engine:
         self._tell_ref(self._peers.counter_for(task_id), message)
 
     def _tell_ref(self, ref: pykka.ActorRef[Any], message: Any) -> None:
-        with self._gate:
+        with self._gate_lock:
             if self._closed:
                 raise EngineClosed()
             ref.tell(message)

@@ -15,7 +15,19 @@ _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # every 10-bit value as 
 _random = random.Random()  # ids need uniqueness, not secrecy; CPython reseeds it in a forked child
 
 
+_prefix = (-1, "")  # (millisecond, its 10 characters): replaced whole, so threads see a matching pair
+
+
 def new_id() -> str:
-    """48 bits of milliseconds and 80 random bits: 130 bits with the top two zero, 13 pairs."""
-    n = (time.time_ns() // 1_000_000) << 80 | _random.getrandbits(80)
-    return "".join([_PAIRS[(n >> shift) & 1023] for shift in range(120, -1, -10)])
+    """48 bits of milliseconds and 80 random bits: 130 bits with the top two zero, 13 pairs. The
+    first five pairs are the millisecond's, kept from the last id made in it."""
+    global _prefix
+    ms = time.time_ns() // 1_000_000
+    held = _prefix
+    if held[0] != ms:
+        held = _prefix = (ms, "".join([_PAIRS[(ms >> shift) & 1023] for shift in (40, 30, 20, 10, 0)]))
+    r, p = _random.getrandbits(80), _PAIRS
+    return (
+        held[1] + p[r >> 70] + p[(r >> 60) & 1023] + p[(r >> 50) & 1023] + p[(r >> 40) & 1023]
+        + p[(r >> 30) & 1023] + p[(r >> 20) & 1023] + p[(r >> 10) & 1023] + p[r & 1023]
+    )

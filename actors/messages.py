@@ -3,6 +3,10 @@
 Requests to a counter actor carry their own ``reply`` future: pykka answers an
 ``ask`` when the handler returns, which is too early for an index whose write the
 actor makes later in the same turn.
+
+Messages are slotted attrs classes but not frozen: a frozen attrs ``__init__`` costs three
+times as much (~1.4 against ~0.45 us for a Trigger), and an execution crosses five of them.
+No one changes a message once it is sent.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def fail(reply: Reply | None, error: BaseException) -> None:
         reply.set_exception((type(error), error, error.__traceback__))
 
 
-@attrs.frozen
+@attrs.define
 class WorkItem:
     """An execution for the pool to run. Non-blocking ones carry their PENDING record (with
     its index); blocking ones have no index yet. ``incarnation`` ties it to one life of the task."""
@@ -42,13 +46,13 @@ class WorkItem:
 # -- counter actor ----------------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.define
 class CreateTask:
     task: Task
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class Trigger:
     """The counter actor builds the execution: with its index if non-blocking, without if blocking."""
 
@@ -61,14 +65,14 @@ class Trigger:
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class Start:
     item: WorkItem
     token: int
     reply: Reply  # -> (running Execution, Task) or None when the execution must not run
 
 
-@attrs.frozen
+@attrs.define
 class Finish:
     execution: Execution
     incarnation: str
@@ -76,7 +80,7 @@ class Finish:
     reply: Reply | None = None
 
 
-@attrs.frozen
+@attrs.define
 class Abandon:
     """The executor running ``item`` died: fail it if it started, else hand it back."""
 
@@ -85,26 +89,26 @@ class Abandon:
     reason: str
 
 
-@attrs.frozen
+@attrs.define
 class Cancel:
     task_id: str
     execution_id: str
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class DeleteTask:
     task_id: str
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class GetTask:
     task_id: str
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class Lookup:
     """What the counter actor knows of an execution that is not on disk: a queued blocking one,
     or the sequence number of the task's last write to wait for before reading again."""
@@ -114,7 +118,7 @@ class Lookup:
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class Interrupted:
     """Recovery: an execution found RUNNING at open; the process that ran it died."""
 
@@ -122,7 +126,7 @@ class Interrupted:
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class CounterStats:
     reply: Reply
 
@@ -130,12 +134,12 @@ class CounterStats:
 # -- pending store ----------------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.define
 class AddPending:
     entries: list[tuple[str, str, int]]  # (task id, execution id, index), on disk already
 
 
-@attrs.frozen
+@attrs.define
 class Claim:
     task_id: str
     execution_id: str
@@ -145,7 +149,7 @@ class Claim:
 NOT_CLAIMED = False
 
 
-@attrs.frozen
+@attrs.define
 class ClaimThenStart:
     """An executor's claim: if it succeeds the store passes ``start`` on to ``counter``, else it
     answers ``start.reply`` with NOT_CLAIMED. The executor waits once, not for two round trips."""
@@ -156,17 +160,17 @@ class ClaimThenStart:
     start: Start
 
 
-@attrs.frozen
+@attrs.define
 class RemovePending:
     entries: list[tuple[str, str]]  # (task id, execution id): finished, failed or cancelled
 
 
-@attrs.frozen
+@attrs.define
 class DropTask:
     task_id: str
 
 
-@attrs.frozen
+@attrs.define
 class PendingCount:
     pass
 
@@ -174,51 +178,51 @@ class PendingCount:
 # -- executor pool ----------------------------------------------------------------------
 
 
-@attrs.frozen
+@attrs.define
 class Submit:
     items: list[WorkItem]
 
 
-@attrs.frozen
+@attrs.define
 class Run:
     item: WorkItem
     token: int
 
 
-@attrs.frozen
+@attrs.define
 class Done:
     """The executor found no more work in the queue."""
 
     executor_urn: str
 
 
-@attrs.frozen
+@attrs.define
 class Expired:
     executor_urn: str
     token: int
 
 
-@attrs.frozen
+@attrs.define
 class ExecutorStopped:
     executor_urn: str
     reason: str
 
 
-@attrs.frozen
+@attrs.define
 class JobRegistered:
     name: str
 
 
-@attrs.frozen
+@attrs.define
 class Drain:
     reply: Reply
 
 
-@attrs.frozen
+@attrs.define
 class PoolStats:
     pass
 
 
-@attrs.frozen
+@attrs.define
 class Executors:
     """-> (idle executors, executors still running a job or abandoned)."""

@@ -15,10 +15,9 @@ import logging
 import time
 from typing import Any
 
-import attrs
 import pykka
 
-from storage import ExecutionStatus, codec
+from storage import ExecutionStatus, codec, records
 
 from . import messages as m
 from .board import CompletionBoard
@@ -258,7 +257,7 @@ class Executor(EngineActor):
             status, result, error = run_job(fn, ctx)
         finally:
             current_job.peers = None
-        finished = attrs.evolve(running, status=status, result=result, error=error, finished_at=time.time())
+        finished = records.finished(running, status, time.time(), result=result, error=error)
         # a closed engine drops it: the record stays RUNNING and the next open finishes it as interrupted
         self._peers.tell_quietly(counter, m.Finish(finished, item.incarnation, token))
 
