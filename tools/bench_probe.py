@@ -122,7 +122,8 @@ def _instrument_messages() -> None:
     _ref.ActorRef.ask = counted_ask  # type: ignore[method-assign]
 
 
-def _thread_cpu() -> dict[int, tuple[str, float]]:
+def _thread_cpu() -> dict[int, tuple[str, float, float]]:
+    """Each live thread's name, CPU time and the kernel's part of it (system calls, page faults)."""
     tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for t in threading.enumerate():
@@ -133,7 +134,7 @@ def _thread_cpu() -> dict[int, tuple[str, float]]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        out[t.native_id] = (t.name, (int(fields[11]) + int(fields[12])) / tick)
+        out[t.native_id] = (t.name, (int(fields[11]) + int(fields[12])) / tick, int(fields[12]) / tick)
     return out
 
 
@@ -158,18 +159,25 @@ def _group(name: str) -> str:
     return "caller threads" if name.startswith(("bench-caller", "soak-caller")) else name
 
 
-def _cpu_table(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], ops: float,
-               wall: float, exclude: tuple[str, ...] = ()) -> list[str]:
-    """CPU per operation by kind of thread; a thread started after ``before`` counts from 0."""
-    per: dict[str, float] = collections.defaultdict(float)
-    for tid, (name, cpu) in after.items():
+def _cpu_table(before: dict[int, tuple[str, float, float]], after: dict[int, tuple[str, float, float]],
+               ops: float, wall: float, exclude: tuple[str, ...] = ()) -> list[str]:
+    """CPU per operation by kind of thread; a thread started after ``before`` counts from 0.
+    The kernel's part runs without the GIL; the rest is mostly Python holding it."""
+    per: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    for tid, (name, cpu, sys_cpu) in after.items():
         if _group(name) not in exclude:
-            per[_group(name)] += cpu - before.get(tid, (name, 0.0))[1]
+            _, cpu0, sys0 = before.get(tid, (name, 0.0, 0.0))
+            per[_group(name)][0] += cpu - cpu0
+            per[_group(name)][1] += sys_cpu - sys0
     lines = [f"  CPU per operation by thread (from /proc; {ops:.0f} operations in {wall:.1f} s):"]
-    for g, c in sorted(per.items(), key=lambda kv: -kv[1]):
+    for g, (c, k) in sorted(per.items(), key=lambda kv: -kv[1][0]):
         if c > 0:
-            lines.append(f"    {g:24s} {1e6 * c / ops:7.1f} us   ({100 * c / wall:4.0f}% of a core)")
-    lines.append(f"    {'all threads':24s} {1e6 * sum(per.values()) / ops:7.1f} us")
+            lines.append(
+                f"    {g:24s} {1e6 * c / ops:7.1f} us, {1e6 * k / ops:6.1f} of it in the kernel"
+                f"   ({100 * c / wall:4.0f}% of a core)"
+            )
+    total, kernel = (sum(v[i] for v in per.values()) for i in (0, 1))
+    lines.append(f"    {'all threads':24s} {1e6 * total / ops:7.1f} us, {1e6 * kernel / ops:6.1f} of it in the kernel")
     return lines
 
 
@@ -255,7 +263,7 @@ def probe_e2e(args: argparse.Namespace) -> list[str]:
     before, t0 = _thread_cpu(), time.perf_counter()
     holder: dict[str, Any] = {}
 
-    seen: dict[int, tuple[str, float]] = {}
+    seen: dict[int, tuple[str, float, float]] = {}
 
     def sampler() -> None:  # threads end before child_soak returns: keep each one's last figure
         while "done" not in holder:
