@@ -4,6 +4,7 @@ Not part of ``taskengine bench`` (its figures stay free of instrumentation). Run
 
     python -m tools.bench_probe acks --tasks 1 --callers 64   # durable acks
     python -m tools.bench_probe e2e --executions 20000         # end-to-end no-op executions
+    python -m tools.bench_probe floor                          # an ack's round trip and fsync, no engine
     python -m tools.bench_probe gil                            # plyvel puts with and without GIL contention
 
 It instruments the engine from outside, by wrapping (never editing) a few of its methods:
@@ -12,6 +13,8 @@ It instruments the engine from outside, by wrapping (never editing) a few of its
 ``pykka.ActorRef.tell``/``ask`` (messages per operation). CPU time per thread comes from
 ``/proc/self/task/<tid>/stat``. A wrapper whose target no longer exists is skipped with a note,
 so the probe keeps working (with less detail) as the engine changes.
+
+Run it under ``taskset -c 0`` to see what the GIL's hand-offs between CPUs cost (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -211,6 +214,32 @@ def _write_lines(n_ops: float, label: str, frozen: tuple[Any, Any] | None = None
     return lines
 
 
+def _window(args: argparse.Namespace, op: Callable[[int, int], Any]) -> tuple[Any, ...]:
+    """Run ``op`` on ``args.callers`` threads and measure a window of ``args.duration`` seconds
+    inside the run: the run, thread CPU before and after, wall time, thread switches, and the
+    instrumented counts as they stood at the end of the window."""
+    box: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: box.setdefault("run", run_callers(
+        args.callers, op, duration=args.duration + 1.5, warmup=0.3)))
+    runner.start()
+    time.sleep(0.4)
+    with _lock:
+        _stats.clear()
+        _times.clear()
+    before, switched, t0 = _thread_cpu(), _switches(), time.perf_counter()
+    time.sleep(args.duration)
+    after, wall = _thread_cpu(), time.perf_counter() - t0
+    switches = [b - a for a, b in zip(switched, _switches(), strict=True)]
+    with _lock:  # the callers run on after the window: count what happened inside it
+        frozen = (collections.Counter(_stats), collections.Counter(_times))
+    runner.join()
+    return box["run"], before, after, wall, switches, frozen
+
+
+def _switch_line(switches: list[int], ops: float, label: str) -> str:
+    return f"  thread switches per {label}: {switches[0] / ops:.2f} voluntary, {switches[1] / ops:.2f} involuntary"
+
+
 def probe_acks(args: argparse.Namespace) -> list[str]:
     notes = [n for n in (_instrument_writes(), _instrument_turns()) if n]
     _instrument_messages()
@@ -226,33 +255,61 @@ def probe_acks(args: argparse.Namespace) -> list[str]:
     ids = [f"t{i}" for i in range(args.tasks)]
     for tid in ids:
         engine.create_task(tid, job="held")
-    box: dict[str, Any] = {}
-    runner = threading.Thread(target=lambda: box.setdefault("run", run_callers(
-        args.callers, lambda k, i: engine.trigger(ids[(k * 31 + i) % args.tasks]),
-        duration=args.duration + 1.5, warmup=0.3)))
-    runner.start()
-    time.sleep(0.4)
-    with _lock:
-        _stats.clear()
-        _times.clear()
-    before, switched, t0 = _thread_cpu(), _switches(), time.perf_counter()
-    time.sleep(args.duration)
-    after, wall = _thread_cpu(), time.perf_counter() - t0
-    switches = [b - a for a, b in zip(switched, _switches(), strict=True)]
-    with _lock:  # the callers run on after the window: count what happened inside it
-        frozen = (collections.Counter(_stats), collections.Counter(_times))
-    runner.join()
+    run, before, after, wall, switches, frozen = _window(
+        args, lambda k, i: engine.trigger(ids[(k * 31 + i) % args.tasks])
+    )
     gate.set()
     engine.close()
-    run = box["run"]
     # the triggers sent inside the window (each is one ack); the callers' own rate is over a longer run
     ops = frozen[0]["msg tell Trigger -> CounterActor"] or run.rate * wall
     lines = [f"durable acks, {args.callers} callers over {args.tasks} task(s), {args.counter_actors} counter actors: "
              f"{run.rate:.0f} acks/s, process CPU {run.cpu_percent:.0f}%"]
     lines += _cpu_table(before, after, ops, wall)
-    lines.append(f"  thread switches per ack: {switches[0] / ops:.2f} voluntary, {switches[1] / ops:.2f} involuntary")
+    lines.append(_switch_line(switches, ops, "ack"))
     lines += _write_lines(ops, "ack", frozen)
     return notes + lines
+
+
+def probe_floor(args: argparse.Namespace) -> list[str]:
+    """What an ack costs with none of the engine's work: callers ask an actor on the engine's own
+    mailbox that, like a counter actor, takes every message waiting, makes one synced write and
+    answers them all."""
+    import plyvel
+
+    from actors.mailbox import EngineActor, Reply
+
+    db = plyvel.DB(os.path.join(args.workdir, "floor"), create_if_missing=True)
+
+    class GroupCommitEcho(EngineActor):
+        def on_receive(self, message: Any) -> None:
+            replies = [message]
+            inbox = self.actor_inbox
+            while not inbox.empty():
+                envelope = inbox.get()
+                if envelope.reply_to is not None:  # pykka's stop: after this turn
+                    inbox.put(envelope)
+                    break
+                replies.append(envelope.message)
+            db.put(b"k", b"v" * 64, sync=True)
+            for reply in replies:
+                reply.set(None)
+
+    ref = GroupCommitEcho.start()
+
+    def ask(k: int, i: int) -> None:
+        reply: Reply[None] = Reply()
+        ref.tell(reply)
+        reply.get()
+
+    run, before, after, wall, switches, _ = _window(args, ask)
+    ref.stop()
+    db.close()
+    ops = run.rate * wall
+    lines = [f"group-commit echo actor (engine mailbox, one fsync per turn), {args.callers} callers: "
+             f"{run.rate:.0f} asks/s, process CPU {run.cpu_percent:.0f}%"]
+    lines += _cpu_table(before, after, ops, wall)
+    lines.append(_switch_line(switches, ops, "ask"))
+    return lines
 
 
 def probe_e2e(args: argparse.Namespace) -> list[str]:
@@ -325,7 +382,9 @@ def probe_gil(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-PROBES: dict[str, Callable[[argparse.Namespace], list[str]]] = {"acks": probe_acks, "e2e": probe_e2e, "gil": probe_gil}
+PROBES: dict[str, Callable[[argparse.Namespace], list[str]]] = {
+    "acks": probe_acks, "e2e": probe_e2e, "floor": probe_floor, "gil": probe_gil,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
