@@ -7,12 +7,16 @@ path: python-ulid's monotonic generator takes a lock and costs ~3x more (measure
 
 from __future__ import annotations
 
+import os
 import random
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # every 10-bit value as two characters
-_random = random.Random()  # ids need uniqueness, not secrecy; CPython reseeds it in a forked child
+_random = random.Random()  # ids need uniqueness, not secrecy
+# CPython reseeds only the random module's own generator in a forked child, not this one: without
+# this a child and its parent would draw the same bits, and ids made in the same millisecond collide
+os.register_at_fork(after_in_child=_random.seed)
 
 
 _prefix = (-1, "")  # (millisecond, its 10 characters): replaced whole, so threads see a matching pair

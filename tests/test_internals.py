@@ -185,6 +185,30 @@ def test_ids_are_ulids() -> None:
         assert abs(parsed.timestamp - time.time()) < 60
 
 
+def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
+    """The id generator is a private random.Random, which CPython does not reseed at fork (a
+    review finding): the child's ids must not be the parent's next ones."""
+    import os
+
+    from actors import ids
+
+    read, write = os.pipe()
+    state = ids._random.getstate()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next random bits, then leave without cleanup
+        try:
+            os.write(write, ids._random.getrandbits(80).to_bytes(10, "big"))
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        child_bits = f.read()
+    os.waitpid(pid, 0)
+    assert ids._random.getstate() == state  # the parent's stream was not touched
+    assert len(child_bits) == 10
+    assert child_bits != ids._random.getrandbits(80).to_bytes(10, "big")
+
+
 def test_a_start_that_arrives_after_its_executor_was_abandoned_is_refused(engine: Engine, jobs: Jobs) -> None:
     """A job timeout (or executor death) can be handled before the executor's Start arrives:
     the execution is failed then, and the late Start must not run it (a review finding)."""
