@@ -58,8 +58,10 @@ class Engine:
         self._board = CompletionBoard()
         # orders every send and read before close: close stops the actors after the sends it let
         # through, and closes the database after the reads it let through
-        self._gate_lock = threading.Lock()  # taken directly on the trigger path: a Condition's
-        self._gate = threading.Condition(self._gate_lock)  # `with` is a Python-level call
+        # a plain Lock, taken directly on the trigger path (a Condition's `with` is a Python-level
+        # call); not re-entrant, so nothing that holds the gate may send or read through it
+        self._gate_lock = threading.Lock()
+        self._gate = threading.Condition(self._gate_lock)
         self._readers = 0
         self._closed = False
         self._shut = threading.Event()

@@ -261,7 +261,7 @@ def probe_acks(args: argparse.Namespace) -> list[str]:
     gate.set()
     engine.close()
     # the triggers sent inside the window (each is one ack); the callers' own rate is over a longer run
-    ops = frozen[0]["msg tell Trigger -> CounterActor"] or run.rate * wall
+    ops = frozen[0]["msg tell Trigger -> CounterActor"] or max(run.rate * wall, 1.0)
     lines = [f"durable acks, {args.callers} callers over {args.tasks} task(s), {args.counter_actors} counter actors: "
              f"{run.rate:.0f} acks/s, process CPU {run.cpu_percent:.0f}%"]
     lines += _cpu_table(before, after, ops, wall)
@@ -304,7 +304,7 @@ def probe_floor(args: argparse.Namespace) -> list[str]:
     run, before, after, wall, switches, _ = _window(args, ask)
     ref.stop()
     db.close()
-    ops = run.rate * wall
+    ops = max(run.rate * wall, 1.0)
     lines = [f"group-commit echo actor (engine mailbox, one fsync per turn), {args.callers} callers: "
              f"{run.rate:.0f} asks/s, process CPU {run.cpu_percent:.0f}%"]
     lines += _cpu_table(before, after, ops, wall)
