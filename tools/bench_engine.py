@@ -50,6 +50,15 @@ def _replay_ok(path: str) -> dict[str, Any]:
     return out
 
 
+def _replay_all_succeeded(path: str, expected: int) -> dict[str, Any]:
+    """The replay check of a run whose ``expected`` no-op executions must all have succeeded."""
+    rep = _replay_ok(path)
+    if rep.get("success") != expected:
+        rep["ok"] = False
+        rep["note"] = f"{rep.get('success')} of {expected} executions finished SUCCESS"
+    return rep
+
+
 def _task_ids(prefix: str, n: int) -> list[str]:
     return [f"{prefix}-{t}" for t in range(n)]
 
@@ -260,11 +269,7 @@ def child_tasks(p: dict[str, Any]) -> dict[str, Any]:
         "seconds": round(elapsed, 2),
         "cpu_percent": round(100 * cpu / elapsed),
     }
-    rep = _replay_ok(p["path"])
-    if rep.get("success") != n:
-        rep["ok"] = False
-        rep["note"] = f"{rep.get('success')} of {n} executions finished SUCCESS"
-    result["invariants"] = rep
+    result["invariants"] = _replay_all_succeeded(p["path"], n)
     return result
 
 
@@ -370,11 +375,7 @@ def child_soak(p: dict[str, Any]) -> dict[str, Any]:
         "first_error": errors[0] if errors else None,
         "series": _downsample(series, 60),
     }
-    rep = _replay_ok(p["path"])
-    if rep.get("success") != total:
-        rep["ok"] = False
-        rep["note"] = f"{rep.get('success')} of {total} executions finished SUCCESS"
-    result["invariants"] = rep
+    result["invariants"] = _replay_all_succeeded(p["path"], total)
     return result
 
 
