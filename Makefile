@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check actors storage tools tests
+	$(BIN)/ruff check src actors storage tools tests
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -1,44 +1,13 @@
-"""taskengine: an actor-model engine that runs executions of tasks and gives each a
-sequential index that is unique, gap-free, stable and durable (see README.md)."""
+"""The actor layer of taskengine: counter actors, the pending store, the executor pool and
+the :class:`Engine` façade that owns them. Builds on ``taskengine.storage``.
 
-from storage import Execution, ExecutionStatus, Task, TaskStatus
+Users import the API from ``taskengine``; these names stay here for code inside the package.
+"""
+
+from taskengine.storage import Execution, ExecutionStatus, Task, TaskStatus
 
 from . import errors
 from .engine import Engine
-from .errors import (
-    CorruptRecord,
-    EngineClosed,
-    EngineError,
-    ExecutionNotFound,
-    ExecutionTimeout,
-    InvalidArgument,
-    StorageError,
-    StorageLocked,
-    TaskAlreadyExists,
-    TaskNotFound,
-    TaskNotRunnable,
-    UnknownJob,
-)
 from .jobs import JobContext
 
-__all__ = [
-    "CorruptRecord",
-    "Engine",
-    "EngineClosed",
-    "EngineError",
-    "Execution",
-    "ExecutionNotFound",
-    "ExecutionStatus",
-    "ExecutionTimeout",
-    "InvalidArgument",
-    "JobContext",
-    "StorageError",
-    "StorageLocked",
-    "Task",
-    "TaskAlreadyExists",
-    "TaskNotFound",
-    "TaskNotRunnable",
-    "TaskStatus",
-    "UnknownJob",
-    "errors",
-]
+__all__ = ["Engine", "Execution", "ExecutionStatus", "JobContext", "Task", "TaskStatus", "errors"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from storage import Execution
+from taskengine.storage import Execution
 
 from .mailbox import Reply
 

@@ -20,9 +20,9 @@ from typing import Any, cast
 
 import attrs
 
-from storage import Committer, Database, Execution, ExecutionStatus, Task, changes, records
-from storage.batch import Op
-from storage.errors import StorageError as _StorageError
+from taskengine.storage import Committer, Database, Execution, ExecutionStatus, Task, changes, records
+from taskengine.storage.batch import Op
+from taskengine.storage.errors import StorageError as _StorageError
 
 from . import messages as m
 from .board import CompletionBoard

@@ -19,8 +19,8 @@ from typing import Any, cast
 import attrs
 import pykka
 
-from storage import Committer, Database, Execution, ExecutionStatus, Task
-from storage import CorruptRecord as StorageCorrupt
+from taskengine.storage import Committer, Database, Execution, ExecutionStatus, Task
+from taskengine.storage import CorruptRecord as StorageCorrupt
 
 from . import messages as m
 from . import validate

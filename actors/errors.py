@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import storage.errors as _st
+import taskengine.storage.errors as _st
 
 
 class EngineError(Exception):

@@ -13,7 +13,7 @@ use), so the engine's actors take:
 - :class:`Reply`, a ``ThreadingFuture`` whose waiting is one C-level lock.
 
 Measured with 64 threads asking one echo actor: 28k asks/s with pykka's
-defaults, 46-49k/s with both (``python -m tools.bench_probe`` has the engine
+defaults, 46-49k/s with both (``python -m taskengine.tools.bench.probe`` has the engine
 figures).
 """
 

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import pykka
 
-from storage import Execution, Task
+from taskengine.storage import Execution, Task
 
 from . import mailbox
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pykka
 
-from storage import ExecutionStatus, codec, records
+from taskengine.storage import ExecutionStatus, codec, records
 
 from . import messages as m
 from .board import CompletionBoard

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from storage import codec
+from taskengine.storage import codec
 
 from .errors import InvalidArgument
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pykka
 import pytest
+
 from engine_helpers import WAIT, close_bounded, release_all_gates
 
 
@@ -19,7 +20,7 @@ class EngineFactory:
         self.actor_refs: list[pykka.ActorRef[Any]] = []
 
     def __call__(self, path: Any, **kwargs: Any) -> Any:
-        from actors import Engine
+        from taskengine import Engine
 
         kwargs.setdefault("jobs", {})
         engine = Engine.open(str(path), **kwargs)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from actors import Engine, errors
+from taskengine import Engine, errors
 
 FOREVER = threading.Event()
 PRINT = threading.Lock()

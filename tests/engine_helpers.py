@@ -19,9 +19,9 @@ from typing import Any
 
 import attrs
 
-import storage
-from storage import codec, keys
-from storage.records import ExecutionStatus
+from taskengine import storage
+from taskengine.storage import codec, keys
+from taskengine.storage.records import ExecutionStatus
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -385,7 +385,6 @@ class Child:
 
     def __init__(self, script: str, *args: str) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / script), *args],

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from actors import Engine, EngineClosed
-from storage import Database
+from taskengine import Engine, EngineClosed
+from taskengine.storage import Database
 
 
 @pytest.mark.timeout(120)

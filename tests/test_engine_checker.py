@@ -8,10 +8,10 @@ import time
 import plyvel
 import pytest
 import ulid
-from engine_helpers import apply_ops, check_db
 
-import storage
-from storage import changes, codec, keys
+from engine_helpers import apply_ops, check_db
+from taskengine import storage
+from taskengine.storage import changes, codec, keys
 
 S = storage.ExecutionStatus
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pykka
 import pytest
+
 from engine_helpers import (
     WAIT,
     Gate,
@@ -18,8 +19,7 @@ from engine_helpers import (
     check_db,
     run_threads,
 )
-
-from actors import ExecutionStatus, TaskStatus, errors
+from taskengine import ExecutionStatus, TaskStatus, errors
 
 S = ExecutionStatus
 

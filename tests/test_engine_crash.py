@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from engine_helpers import WAIT, Child, Recorder, assert_gap_free_api, check_db
 
-from actors import ExecutionStatus, errors
+from engine_helpers import WAIT, Child, Recorder, assert_gap_free_api, check_db
+from taskengine import ExecutionStatus, errors
 
 S = ExecutionStatus
 

@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+
 from engine_helpers import (
     WAIT,
     Gate,
@@ -17,8 +18,7 @@ from engine_helpers import (
     run_threads,
     task_keys_on_disk,
 )
-
-from actors import ExecutionStatus, errors
+from taskengine import ExecutionStatus, errors
 
 S = ExecutionStatus
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import ulid
+
 from engine_helpers import (
     WAIT,
     Gate,
@@ -19,10 +20,8 @@ from engine_helpers import (
     check_db,
     check_raw,
 )
-
-import storage
-from actors import ExecutionStatus, errors
-from storage import changes
+from taskengine import ExecutionStatus, errors, storage
+from taskengine.storage import changes
 
 S = ExecutionStatus
 
@@ -47,7 +46,7 @@ def craft(path: str, task_id: str, job: str, statuses: list[S], counter: int | N
             )
             apply_ops(db.raw, changes.assign(ex))
         if counter is not None:
-            from storage import codec, keys
+            from taskengine.storage import codec, keys
 
             db.raw.put(keys.counter_key(task_id), codec.encode_int(counter), sync=True)
     finally:

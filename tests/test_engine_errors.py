@@ -10,11 +10,10 @@ from typing import Any
 import plyvel
 import pykka
 import pytest
-from engine_helpers import WAIT, Child, Gate, Recorder, check_db, close_bounded
 
-import storage
-from actors import Engine, ExecutionStatus, errors
-from storage import keys
+from engine_helpers import WAIT, Child, Gate, Recorder, check_db, close_bounded
+from taskengine import Engine, ExecutionStatus, errors, storage
+from taskengine.storage import keys
 
 S = ExecutionStatus
 MISSING_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
@@ -54,9 +53,9 @@ def test_errors_hierarchy():
                  "InvalidArgument", "ExecutionTimeout", "EngineClosed", "StorageLocked", "CorruptRecord"):
         cls = getattr(errors, name)
         assert issubclass(cls, errors.EngineError), name
-        import actors
+        import taskengine
 
-        assert getattr(actors, name) is cls
+        assert getattr(taskengine, name) is cls
     assert issubclass(errors.StorageLocked, storage.StorageLocked)
     assert issubclass(errors.CorruptRecord, storage.CorruptRecord)
 

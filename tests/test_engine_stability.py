@@ -9,9 +9,9 @@ from typing import Any
 
 import pykka
 import pytest
-from engine_helpers import WAIT, Gate, Recorder, assert_gap_free_api, check_db
 
-from actors import ExecutionStatus, errors
+from engine_helpers import WAIT, Gate, Recorder, assert_gap_free_api, check_db
+from taskengine import ExecutionStatus, errors
 
 S = ExecutionStatus
 

@@ -9,12 +9,12 @@ import shutil
 import tempfile
 
 import pytest
-from engine_helpers import WAIT, Recorder, check_db, close_bounded
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from actors import Engine, ExecutionStatus, errors
+from engine_helpers import WAIT, Recorder, check_db, close_bounded
+from taskengine import Engine, ExecutionStatus, errors
 
 S = ExecutionStatus
 TASK_IDS = st.sampled_from(["a", "a:", "a:b", "b"])

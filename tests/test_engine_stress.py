@@ -10,9 +10,9 @@ import threading
 from typing import Any
 
 import pytest
-from engine_helpers import WAIT, Recorder, assert_gap_free_api, check_db, run_threads
 
-from actors import ExecutionStatus, errors
+from engine_helpers import WAIT, Recorder, assert_gap_free_api, check_db, run_threads
+from taskengine import ExecutionStatus, errors
 
 S = ExecutionStatus
 TASKS = [f"task-{i}" for i in range(8)] + ["a", "a:", "a:b", "a/b"]

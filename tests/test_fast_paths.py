@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.mailbox import EngineActor, Reply
-from storage import Committer, Database, Execution, ExecutionStatus, WriteFailed, capi, changes, codec, keys
+from taskengine.actors.mailbox import EngineActor, Reply
+from taskengine.storage import Committer, Database, Execution, ExecutionStatus, WriteFailed, capi, changes, codec, keys
 
 _reference = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
 
@@ -240,8 +240,8 @@ def test_a_get_hook_runs_once_for_concurrent_getters() -> None:
 
 def test_await_reply_gives_up_when_an_actor_on_the_way_is_gone() -> None:
     """An executor's Start passes through the pending store: if that stopped, EngineClosed."""
-    from actors.errors import EngineClosed
-    from actors.peers import await_reply
+    from taskengine.actors.errors import EngineClosed
+    from taskengine.actors.peers import await_reply
 
     class Idle(EngineActor):
         pass

@@ -11,12 +11,12 @@ from typing import Any
 import pykka
 import pytest
 
-import actors.pool
-from actors import Engine, ExecutionStatus, JobContext
-from actors import messages as m
-from actors.ids import new_id
-from storage import Committer, Database, Execution, Task, changes, keys
-from storage import codec as storage_codec
+from taskengine import Engine, ExecutionStatus, JobContext
+from taskengine.actors import messages as m
+from taskengine.actors import pool as actors_pool
+from taskengine.actors.ids import new_id
+from taskengine.storage import Committer, Database, Execution, Task, changes, keys
+from taskengine.storage import codec as storage_codec
 
 
 class Jobs:
@@ -70,14 +70,14 @@ def test_a_pending_execution_delivered_twice_runs_once(engine: Engine, jobs: Job
 def test_a_dead_executor_is_replaced_and_its_running_execution_failed(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = actors.pool.run_job
+    real = actors_pool.run_job
 
     def broken(fn: Any, ctx: JobContext) -> Any:
         if ctx.data == "die":
             raise RuntimeError("executor bug")  # outside the job: kills the executor actor
         return real(fn, ctx)
 
-    monkeypatch.setattr(actors.pool, "run_job", broken)
+    monkeypatch.setattr(actors_pool, "run_job", broken)
     engine.create_task("t", job="job")
     ex = engine.trigger("t", "die")
     done = engine.wait("t", ex.id, timeout=10)
@@ -190,7 +190,7 @@ def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
     review finding): the child's ids must not be the parent's next ones."""
     import os
 
-    from actors import ids
+    from taskengine.actors import ids
 
     read, write = os.pipe()
     state = ids._random.getstate()
@@ -235,7 +235,7 @@ def test_a_start_that_arrives_after_its_executor_was_abandoned_is_refused(engine
 
 
 def test_deadlines_forget_what_is_cancelled() -> None:
-    from actors.deadlines import Deadlines
+    from taskengine.actors.deadlines import Deadlines
 
     fired = threading.Event()
     d = Deadlines()
@@ -267,7 +267,7 @@ def test_a_timeout_that_loses_the_race_with_the_finish_changes_nothing(engine: E
 
 
 def test_reads_of_a_closed_database_raise_storage_error(tmp_path: Path) -> None:
-    from storage import StorageError
+    from taskengine.storage import StorageError
 
     db = Database.open(str(tmp_path / "db"), create=True)
     db.close()

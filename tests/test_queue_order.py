@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from actors import Engine, JobContext
+from taskengine import Engine, JobContext
 
 
 class Recorder:

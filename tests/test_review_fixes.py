@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from actors import Engine, ExecutionStatus, InvalidArgument, JobContext, TaskNotFound
-from storage import Database
+from taskengine import Engine, ExecutionStatus, InvalidArgument, JobContext, TaskNotFound
+from taskengine.storage import Database
 
 SURROGATE = "name-\udcff"  # what os.fsdecode gives for a file name that is not UTF-8
 
@@ -34,7 +34,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 def _replay_clean(path: str) -> None:
-    from tools.replay import check
+    from taskengine.tools.replay import check
 
     db = Database.open(path)
     try:
@@ -162,7 +162,7 @@ def test_idempotency_keys_are_not_kept_in_memory_once_written(engine: Engine) ->
 
 
 def test_stats_after_close_raises_engine_closed(tmp_path: Path) -> None:
-    from actors import EngineClosed
+    from taskengine import EngineClosed
 
     e = Engine.open(str(tmp_path / "db"), jobs={"job": lambda ctx: None})
     e.close()

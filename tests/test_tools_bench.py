@@ -7,7 +7,6 @@ report and at the replay check the harness runs on the databases it produced.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_bench_quick_subset_writes_expected_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [
-            sys.executable, "-m", "tools.bench", "--quick", "--only", "pykka,acks,open",
+            sys.executable, "-m", "taskengine.tools.bench.command", "--quick", "--only", "pykka,acks,open",
             "--duration", "0.2", "--warmup", "0.05", "--history", "2000", "--history-small", "200",
             "--open-repeats", "2", "--workdir", str(tmp_path / "work"), "--json", str(out),
         ],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=110,
+        cwd=tmp_path, capture_output=True, text=True, timeout=110,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(out.read_text())

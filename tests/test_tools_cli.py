@@ -1,6 +1,6 @@
 """The ``taskengine`` front end: every user mistake or database problem is one stderr line
 ``taskengine <command>: error: ...`` with a non-zero status and never a traceback; plugins
-(stress, bench) are loaded only when chosen, so the read-only tools never import actors."""
+(stress, bench) are loaded only when chosen, so the read-only tools never import taskengine.actors."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import plyvel
 import pytest
-from tools_dbs import DbBuilder, run_cli, standard_db
 
-from storage import keys
-from tools import cli
-from tools.cli import main
+from taskengine.storage import keys
+from taskengine.tools import cli
+from taskengine.tools.cli import main
+from tools_dbs import DbBuilder, run_cli, standard_db
 
 Setup = Callable[[Path], str]
 
@@ -196,10 +196,10 @@ def test_read_only_tools_never_import_actors(tmp_path: Path) -> None:
     standard_db(tmp_path / "db")
     code = (
         "import sys\n"
-        "from tools.cli import main\n"
+        "from taskengine.tools.cli import main\n"
         f"codes = [main(['replay', {str(tmp_path / 'db')!r}]), main(['inspect', {str(tmp_path / 'db')!r}])]\n"
-        "loaded = sorted(m for m in sys.modules if m == 'actors' or m.startswith(('actors.', 'pykka', 'tools.stress',"
-        " 'tools.bench')))\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('taskengine.actors', 'pykka',"
+        " 'taskengine.tools.stress.', 'taskengine.tools.bench.')))\n"
         "print(codes, loaded, file=sys.stderr)\n"
         "sys.exit(0 if codes == [0, 0] and not loaded else 1)\n"
     )
@@ -213,19 +213,19 @@ def test_read_only_tools_never_import_actors(tmp_path: Path) -> None:
 
 
 class FakePlugin:
-    """A module that looks like tools.stress: registered by name, imported only when chosen."""
+    """A module that looks like taskengine.tools.stress.command: registered by name, imported only when chosen."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str = "fakeplug") -> None:
         self.name = name
         self.added = 0
         self.ran: list[object] = []
-        module = types.ModuleType(f"tools.{name}")
-        module.__spec__ = importlib.machinery.ModuleSpec(f"tools.{name}", None)
+        module = types.ModuleType(f"taskengine.tools.{name}")
+        module.__spec__ = importlib.machinery.ModuleSpec(f"taskengine.tools.{name}", None)
         module.DESCRIPTION = "Pretend to drive an engine. Used by the tests of the front end."  # type: ignore[attr-defined]
         module.add_arguments = self.add_arguments  # type: ignore[attr-defined]
         module.run = self.run  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, f"tools.{name}", module)
-        monkeypatch.setattr(cli, "PLUGINS", (*cli.PLUGINS, name))
+        monkeypatch.setitem(sys.modules, f"taskengine.tools.{name}", module)
+        monkeypatch.setattr(cli, "PLUGINS", {**cli.PLUGINS, name: f".{name}"})
 
     def add_arguments(self, parser: object) -> None:
         self.added += 1
@@ -234,7 +234,7 @@ class FakePlugin:
     def run(self, args: object) -> int:
         self.ran.append(args)
         if args.rounds < 0:  # type: ignore[attr-defined]
-            from tools.common import ToolError
+            from taskengine.tools.common import ToolError
 
             raise ToolError("rounds must not be negative")
         return 0
@@ -264,16 +264,16 @@ def test_plugin_is_not_loaded_for_other_commands(
 
 
 def test_missing_plugin_is_simply_absent(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(cli, "PLUGINS", ("no_such_tool_here",))
+    monkeypatch.setattr(cli, "PLUGINS", {"no_such_tool_here": ".no_such_tool_here"})
     assert main(["no_such_tool_here"]) == 2
     assert "invalid choice: 'no_such_tool_here'" in _one_error_line(capsys.readouterr().err, None)
 
 
 def test_broken_plugin_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    module = types.ModuleType("tools.brokenplug")
-    module.__spec__ = importlib.machinery.ModuleSpec("tools.brokenplug", None)
-    monkeypatch.setitem(sys.modules, "tools.brokenplug", module)  # found, but has no add_arguments
-    monkeypatch.setattr(cli, "PLUGINS", ("brokenplug",))
+    module = types.ModuleType("taskengine.tools.brokenplug")
+    module.__spec__ = importlib.machinery.ModuleSpec("taskengine.tools.brokenplug", None)
+    monkeypatch.setitem(sys.modules, "taskengine.tools.brokenplug", module)  # found, but has no add_arguments
+    monkeypatch.setattr(cli, "PLUGINS", {"brokenplug": ".brokenplug"})
     assert main(["brokenplug"]) == 2
     assert "cannot load the brokenplug command" in _one_error_line(capsys.readouterr().err, "brokenplug")
     assert main(["--help"]) == 0  # the other commands still work

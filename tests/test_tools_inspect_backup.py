@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from tools_dbs import DbBuilder, F, P, S, run_cli, standard_db
 
-from storage import Database, keys
-from tools.cli import main
+from taskengine.storage import Database, keys
+from taskengine.tools.cli import main
+from tools_dbs import DbBuilder, F, P, S, run_cli, standard_db
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, list[str]]:

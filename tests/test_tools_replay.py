@@ -1,4 +1,4 @@
-"""``taskengine replay`` and ``tools.replay.check``: a sound database passes; each way of
+"""``taskengine replay`` and ``taskengine.tools.replay.check``: a sound database passes; each way of
 breaking an invariant of DESIGN.md §3 is named, one line per violation, exit status 1."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tools_dbs import C, DbBuilder, F, P, R, S, new_id, standard_db, table
 
-from storage import Database, codec, keys
-from tools import replay
-from tools.cli import main
+from taskengine.storage import Database, codec, keys
+from taskengine.tools import replay
+from taskengine.tools.cli import main
+from tools_dbs import C, DbBuilder, F, P, R, S, new_id, standard_db, table
 
 
 def check(path: Path, task: str | None = None) -> replay.Report:
@@ -93,7 +93,7 @@ def test_a_deleted_and_recreated_task_is_clean_and_starts_at_0(tmp_path: Path) -
 def test_ids_that_are_not_ulids_are_refused_and_reported(tmp_path: Path) -> None:
     """Record headers have a fixed layout (a 26-character ULID): a shorter id cannot be
     written through the codec, and one put on disk by hand is a violation, not a crash."""
-    from storage import Execution
+    from taskengine.storage import Execution
 
     with pytest.raises(ValueError):
         codec.encode_execution(Execution(id="short", task_id="t", index=0, status=S, blocking=False))

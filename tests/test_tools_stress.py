@@ -1,4 +1,4 @@
-"""``taskengine stress`` (tools/stress.py and its helpers): clean runs in process and with
+"""``taskengine stress`` (taskengine.tools.stress): clean runs in process and with
 crash injection, the JSON report, one-line usage errors, and checks that the tool really
 catches a misbehaving engine."""
 
@@ -15,11 +15,11 @@ from typing import Any
 import attrs
 import pytest
 
-from tools import stress
-from tools.stress_check import Ledger, final_check
-from tools.stress_driver import StressConfig, execute
-from tools.stress_report import Latency, StressReport, percentile
-from tools.stress_workload import JOB_NAME, JOBS, Settings
+from taskengine.tools.stress import command as stress
+from taskengine.tools.stress.check import Ledger, final_check
+from taskengine.tools.stress.driver import StressConfig, execute
+from taskengine.tools.stress.report import Latency, StressReport, percentile
+from taskengine.tools.stress.workload import JOB_NAME, JOBS, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -112,21 +112,21 @@ def test_crash_injected_run_until_a_count(tmp_path: Path) -> None:
 def test_cli_subprocess_run(tmp_path: Path) -> None:
     db = str(tmp_path / "db")
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.cli", "stress", db, "--clients", "4", "--tasks", "2", "--count", "150",
+        [sys.executable, "-m", "taskengine.tools.cli", "stress", db, "--clients", "4", "--tasks", "2", "--count", "150",
          "--no-progress"],
         cwd=REPO, capture_output=True, text=True, timeout=100,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "OK: no violations" in proc.stdout
     assert "executions acknowledged" in proc.stdout
-    replay = subprocess.run([sys.executable, "-m", "tools.cli", "replay", db], cwd=REPO, capture_output=True,
+    replay = subprocess.run([sys.executable, "-m", "taskengine.tools.cli", "replay", db], cwd=REPO, capture_output=True,
                             text=True, timeout=100)
     assert replay.returncode == 0, replay.stdout + replay.stderr
 
 
 def test_cli_subprocess_bad_argument_is_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.cli", "stress", str(tmp_path / "db"), "--clients", "many"],
+        [sys.executable, "-m", "taskengine.tools.cli", "stress", str(tmp_path / "db"), "--clients", "many"],
         cwd=REPO, capture_output=True, text=True, timeout=100,
     )
     assert proc.returncode == 2
@@ -181,7 +181,7 @@ def test_db_path_that_is_a_file(tmp_path: Path, capsys: Any) -> None:
 
 
 def test_db_locked_by_a_running_engine(tmp_path: Path, capsys: Any) -> None:
-    from actors import Engine
+    from taskengine import Engine
 
     db = str(tmp_path / "db")
     holder = Engine.open(db, jobs=JOBS)
@@ -195,7 +195,7 @@ def test_db_locked_by_a_running_engine(tmp_path: Path, capsys: Any) -> None:
 
 
 def test_task_id_taken_by_another_job(tmp_path: Path, capsys: Any) -> None:
-    from actors import Engine
+    from taskengine import Engine
 
     db = str(tmp_path / "db")
     with Engine.open(db, jobs={"other": lambda ctx: None}) as engine:
@@ -210,7 +210,7 @@ def test_task_id_taken_by_another_job(tmp_path: Path, capsys: Any) -> None:
 def test_a_changing_index_is_reported(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
     """An engine whose wait() reports another index than the trigger did (the original
     engine's second bug) must make the run fail with one line per violation."""
-    from actors import Engine
+    from taskengine import Engine
 
     real_wait = Engine.wait
 
@@ -233,14 +233,14 @@ def test_an_engine_error_log_is_reported(tmp_path: Path, monkeypatch: Any) -> No
     """The engine logs ERROR only for inconsistencies; a run that sees one fails."""
     import logging
 
-    from tools import stress_workload
+    from taskengine.tools.stress import workload as stress_workload
 
     logged: list[int] = []
 
     def job(ctx: Any) -> Any:
         if not logged:
             logged.append(1)
-            logging.getLogger("actors.engine").error("live entry has no matching record (simulated)")
+            logging.getLogger("taskengine.actors.engine").error("live entry has no matching record (simulated)")
         return stress_workload.stress_job(ctx)
 
     monkeypatch.setitem(stress_workload.JOBS, JOB_NAME, job)
@@ -253,9 +253,9 @@ def test_replay_after_a_crash_reports_damage(tmp_path: Path) -> None:
     not exist (a deletion cut in half) is a violation."""
     import plyvel
 
-    from actors import Engine
-    from storage import keys
-    from tools.stress_driver import _Supervisor
+    from taskengine import Engine
+    from taskengine.storage import keys
+    from taskengine.tools.stress.driver import _Supervisor
 
     db = str(tmp_path / "db")
     Engine.open(db, jobs=JOBS).close()
@@ -271,7 +271,7 @@ def test_replay_after_a_crash_reports_damage(tmp_path: Path) -> None:
 
 
 def test_final_check_flags_lost_and_moved_executions(tmp_path: Path) -> None:
-    from actors import Engine
+    from taskengine import Engine
 
     db = str(tmp_path / "db")
     ledger = Ledger(["t1", "t2"])
@@ -341,8 +341,8 @@ def test_report_json_round_trip() -> None:
 
 
 def test_stress_modules_do_not_print() -> None:
-    """Only the front-end (tools/stress.py) and the child's main write to the terminal."""
-    for name in ("stress_workload", "stress_check", "stress_driver", "stress_report"):
-        source = (REPO / "tools" / f"{name}.py").read_text()
+    """Only the front-end (tools/stress/command.py) and the child's main write to the terminal."""
+    for name in ("workload", "check", "driver", "report"):
+        source = (REPO / "tools" / "stress" / f"{name}.py").read_text()
         assert "print(" not in source, name
-    assert os.path.exists(REPO / "tools" / "stress_child.py")
+    assert os.path.exists(REPO / "tools" / "stress" / "child.py")

@@ -15,7 +15,7 @@ from typing import Any
 
 from ulid import ULID
 
-from storage import Committer, Database, Execution, ExecutionStatus, Task, changes, keys
+from taskengine.storage import Committer, Database, Execution, ExecutionStatus, Task, changes, keys
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -112,14 +112,13 @@ def standard_db(path: str | os.PathLike[str]) -> dict[str, list[Execution]]:
 
 
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """``python -m tools.cli ARGS`` in a child process."""
+    """``python -m taskengine.tools.cli ARGS`` in a child process."""
     return subprocess.run(
-        [sys.executable, "-m", "tools.cli", *args],
+        [sys.executable, "-m", "taskengine.tools.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from storage import NotADatabase
+from taskengine.storage import NotADatabase
 
 from . import replay
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, open_database

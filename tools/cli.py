@@ -27,7 +27,8 @@ from typing import NoReturn
 
 import plyvel
 
-from storage import CorruptRecord, StorageError
+from taskengine import __version__
+from taskengine.storage import CorruptRecord, StorageError
 
 from . import backup, replay
 from . import inspect as inspect_tool
@@ -39,8 +40,9 @@ PROG = "taskengine"
 
 #: subcommands that read a database through ``storage`` only, always present
 BUILTIN: dict[str, ModuleType] = {"replay": replay, "inspect": inspect_tool, "backup": backup}
-#: subcommands that drive an engine; registered when their module exists
-PLUGINS = ("stress", "bench")
+#: subcommands that drive an engine: name -> the command module (relative to this package),
+#: registered when that module exists
+PLUGINS = {"stress": ".stress.command", "bench": ".bench.command"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,9 +68,13 @@ def _summary(module: ModuleType) -> str:
     return text.rstrip(".")
 
 
+def _plugin_module(name: str) -> str:
+    return importlib.util.resolve_name(PLUGINS[name], __package__ or "taskengine.tools")
+
+
 def _plugin_exists(name: str) -> bool:
     try:
-        return importlib.util.find_spec(f"{__package__ or 'tools'}.{name}") is not None
+        return importlib.util.find_spec(_plugin_module(name)) is not None
     except (ImportError, ValueError):
         return False
 
@@ -102,6 +108,7 @@ def build_parser(argv: Sequence[str] = ()) -> _Parser:
         epilog="Exit status: 0 fine, 1 a problem found (e.g. a replay violation), 2 a usage or open error.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (twice for debug)")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, module in BUILTIN.items():
         _add_command(sub, name, module)
@@ -111,7 +118,7 @@ def build_parser(argv: Sequence[str] = ()) -> _Parser:
             continue
         if chosen is None or chosen == name:
             try:
-                module = importlib.import_module(f"{__package__ or 'tools'}.{name}")
+                module = importlib.import_module(_plugin_module(name))
                 _add_command(sub, name, module)
             except Exception as e:  # a broken plugin must not take the other commands down
                 log.debug("cannot load the %s command", name, exc_info=True)

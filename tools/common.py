@@ -2,7 +2,7 @@
 
 A user's mistake or a damaged database must end a tool with one line on stderr, never a
 traceback, so every tool opens its database through :func:`open_database` and reports
-failures by raising :class:`ToolError`; ``tools.cli`` turns it into
+failures by raising :class:`ToolError`; ``taskengine.tools.cli`` turns it into
 ``taskengine <command>: error: <message>`` and the exit status. Tools only read through
 ``storage``; they never import ``actors``.
 """
@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from storage import Database, StorageError, StorageLocked
+from taskengine.storage import Database, StorageError, StorageLocked
 
 #: everything fine (replay: no violation)
 EXIT_OK = 0
@@ -27,7 +27,7 @@ EXIT_USAGE = 2
 class ToolError(Exception):
     """A failure to report as one line (no traceback) with ``exit_code``.
 
-    Plugins (``tools.stress``, ``tools.bench``) may raise it too.
+    Plugins (``taskengine.tools.stress.command``, ``taskengine.tools.bench.command``) may raise it too.
     """
 
     def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:

@@ -20,7 +20,7 @@ import json
 import sys
 from collections import Counter
 
-from storage import Database, Execution, ExecutionStatus, Task, codec, keys
+from taskengine.storage import Database, Execution, ExecutionStatus, Task, codec, keys
 
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, format_table, format_time, one_line, open_database
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import attrs
 
-from storage import CorruptRecord, Database, Execution, ExecutionStatus, codec, keys
+from taskengine.storage import CorruptRecord, Database, Execution, ExecutionStatus, codec, keys
 
 from .common import EXIT_FAILED, EXIT_OK, ToolError, format_table, open_database
 

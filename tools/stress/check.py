@@ -1,6 +1,6 @@
 """What a stress run remembers, and the final check against a reopened engine.
 
-:class:`Ledger` takes the workload's events (``tools.stress_workload``) — straight from the
+:class:`Ledger` takes the workload's events (``taskengine.tools.stress.workload``) — straight from the
 clients in process, or parsed from the child's JSON lines in crash mode — and keeps every
 execution acknowledged to a client with its index, the deletions seen, the latencies and
 the violations. :func:`final_check` then holds a reopened engine to every acknowledgement.
@@ -15,11 +15,11 @@ from typing import Any
 
 import attrs
 
-from actors import Engine, ExecutionStatus
-from actors.errors import EngineError, ExecutionNotFound, ExecutionTimeout, TaskNotFound
+from taskengine import Engine, ExecutionStatus
+from taskengine.actors.errors import EngineError, ExecutionNotFound, ExecutionTimeout, TaskNotFound
 
-from .stress_report import FinalCheck
-from .stress_workload import INTERRUPTED_PREFIX, PLANNED_FAILURE, Event, check_outcome
+from .report import FinalCheck
+from .workload import INTERRUPTED_PREFIX, PLANNED_FAILURE, Event, check_outcome
 
 #: violations kept; beyond this they are only counted
 MAX_VIOLATIONS = 1000
@@ -30,7 +30,7 @@ class Ack:
     """An execution acknowledged to a client."""
 
     task: str
-    #: the task's generation when it was triggered (see tools.stress_workload)
+    #: the task's generation when it was triggered (see taskengine.tools.stress.workload)
     gen: int
     id: str
     index: int

@@ -23,9 +23,9 @@ import plyvel
 import pykka
 import ulid
 
-from storage import Execution, ExecutionStatus, changes
+from taskengine.storage import Execution, ExecutionStatus, changes
 
-from .bench_common import CallerRun, percentile, put_ops, run_callers
+from .measure import CallerRun, percentile, put_ops, run_callers
 
 CALLER_COUNTS = (1, 8, 64)
 TASK_COUNTS = (1, 100)

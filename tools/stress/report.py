@@ -1,7 +1,7 @@
 """The report of a ``taskengine stress`` run: an attrs record, latency percentiles, rendering.
 
 Nothing here prints: :meth:`StressReport.render` returns the lines and the front-end
-(``tools.stress.run``) writes them.
+(``taskengine.tools.stress.command.run``) writes them.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class Latency:
 
 @attrs.frozen
 class FinalCheck:
-    """What the final check found for the acknowledged executions (see ``tools.stress_check``)."""
+    """What the final check found for the acknowledged executions (see ``taskengine.tools.stress.check``)."""
 
     #: acknowledged executions looked up in the reopened engine
     checked: int = 0
@@ -123,7 +123,7 @@ class StressReport:
     #: the final check decides whether the execution finished)
     blocking_timeouts: int = 0
     final: FinalCheck = attrs.Factory(FinalCheck)
-    #: the totals of ``tools.replay.check`` on the database after the run, and its verdict
+    #: the totals of ``taskengine.tools.replay.check`` on the database after the run, and its verdict
     replay: dict[str, Any] = attrs.Factory(dict)
     violations: list[str] = attrs.Factory(list)
     #: crash mode: lines the engine's process wrote on stderr (its warnings), and the first few

@@ -2,10 +2,10 @@
 executions, latency, 100,000 tasks (threads and memory) and the long soak.
 
 The parts that report a process's peak memory (``tasks``, ``soak``) run in a child
-process of their own (``python -m tools.bench_engine child NAME PARAMS``) so their peak is
+process of their own (``python -m taskengine.tools.bench.engine_figures child NAME PARAMS``) so their peak is
 theirs alone; the child prints its result as one JSON line on stdout.
 
-Every part ends by running the replay check (``tools.replay.check``) on the database it
+Every part ends by running the replay check (``taskengine.tools.replay.check``) on the database it
 produced: a benchmark that broke an invariant says so next to its figure.
 """
 
@@ -20,10 +20,10 @@ import threading
 import time
 from typing import Any
 
-from storage import Database
+from taskengine.storage import Database
 
-from . import replay  # imported with the engine, so a run checks with the code it ran
-from .bench_common import Sampler, proc_status, rss_mb, run_callers, run_fixed
+from .. import replay  # imported with the engine, so a run checks with the code it ran
+from .measure import Sampler, proc_status, rss_mb, run_callers, run_fixed
 
 CALLER_COUNTS = (1, 8, 64)
 TASK_COUNTS = (1, 100)
@@ -88,9 +88,9 @@ def acks(
     round and config by config, so a change in the machine's background load hits both; with
     ``with_pykka`` so is the bare pykka baseline (64 callers asking one actor), next to the
     engine's 64 callers over 100 tasks."""
-    from actors import Engine
+    from taskengine import Engine
 
-    from .bench_baselines import EchoActor, NaiveDesign, naive_entry, rate_entry
+    from .baselines import EchoActor, NaiveDesign, naive_entry, rate_entry
 
     for tasks in TASK_COUNTS:
         design = NaiveDesign(os.path.join(opts.workdir, f"naive-{tasks}"), tasks) if with_naive else None
@@ -148,9 +148,9 @@ def acks(
 def e2e(opts: Any, out: dict[str, Any], invariants: dict[str, Any]) -> None:
     """No-op executions per second from the first trigger to the last SUCCESS durable on disk
     (64 callers, non-blocking triggers over 100 tasks); then blocking-trigger latency."""
-    from actors import Engine
+    from taskengine import Engine
 
-    from .bench_baselines import rate_entry
+    from .baselines import rate_entry
 
     total = opts.e2e_executions
     path = os.path.join(opts.workdir, "e2e")
@@ -206,12 +206,9 @@ def e2e(opts: Any, out: dict[str, Any], invariants: dict[str, Any]) -> None:
 
 def run_child(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run ``name`` in a fresh Python process; its stdout's last line is the JSON result."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.bench_engine", "child", name, json.dumps(params)],
-        cwd=root, env=env, stdout=subprocess.PIPE, text=True, check=False,
+        [sys.executable, "-m", "taskengine.tools.bench.engine_figures", "child", name, json.dumps(params)],
+        stdout=subprocess.PIPE, text=True, check=False,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     if proc.returncode != 0 or not lines:
@@ -227,7 +224,7 @@ def _progress(msg: str) -> None:
 def child_tasks(p: dict[str, Any]) -> dict[str, Any]:
     """Create ``tasks`` tasks and trigger each once (64 callers), then wait until every
     execution has finished; report the process's peak live threads and peak RSS."""
-    from actors import Engine
+    from taskengine import Engine
 
     n = p["tasks"]
     base = proc_status()
@@ -278,7 +275,7 @@ def child_soak(p: dict[str, Any]) -> dict[str, Any]:
     ``window`` executions are in flight (a job's run frees its slot), so the backlog is bounded
     and any growth is the engine's own; every 64th trigger is blocking (it waits), so the
     blocking path and its waiters are soaked too."""
-    from actors import Engine
+    from taskengine import Engine
 
     total, window, callers, warm = p["executions"], p["window"], p["callers"], p["warm"]
     ran = [0]
@@ -394,7 +391,7 @@ CHILDREN = {"tasks": child_tasks, "soak": child_soak}
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[0] != "child" or argv[1] not in CHILDREN:
-        print("usage: python -m tools.bench_engine child {tasks|soak} PARAMS_JSON", file=sys.stderr)
+        print("usage: python -m taskengine.tools.bench.engine_figures child {tasks|soak} PARAMS_JSON", file=sys.stderr)
         return 2
     import logging
 

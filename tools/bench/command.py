@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from .bench_common import machine
+from .measure import machine
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     only = BENCHMARKS if not args.only else tuple(x.strip() for x in args.only.split(",") if x.strip())
     unknown = [x for x in only if x not in BENCHMARKS]
     if unknown:
-        from .common import EXIT_USAGE, ToolError
+        from ..common import EXIT_USAGE, ToolError
 
         raise ToolError(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", EXIT_USAGE)
     args.selected = [b for b in BENCHMARKS if b in only]
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     own_workdir = opts.workdir is None
     opts.workdir = tempfile.mkdtemp(prefix="taskengine-bench-") if own_workdir else os.path.abspath(opts.workdir)
     os.makedirs(opts.workdir, exist_ok=True)
-    logging.getLogger("actors").setLevel(logging.ERROR)  # close(timeout) warnings are expected here
+    logging.getLogger("taskengine").setLevel(logging.ERROR)  # close(timeout) warnings are expected here
     results: dict[str, Any] = {}
     invariants: dict[str, Any] = {}
     failures: dict[str, str] = {}
@@ -183,68 +183,68 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _step_pykka(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
-    from . import bench_baselines
+    from . import baselines
 
     if "acks" in opts.selected:
         _say("pykka: 64 callers to one actor is measured with acks, interleaved with the engine's rounds")
-    bench_baselines.pykka_asks(opts, out, with_64_callers="acks" not in opts.selected)
+    baselines.pykka_asks(opts, out, with_64_callers="acks" not in opts.selected)
 
 
 def _step_naive(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
     if "acks" in opts.selected:
         _say("naive: measured with acks, interleaved config by config")
         return
-    from . import bench_baselines
+    from . import baselines
 
-    bench_baselines.naive(opts, out)
+    baselines.naive(opts, out)
 
 
 def _step_plyvel(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
-    from . import bench_baselines
+    from . import baselines
 
-    bench_baselines.plyvel_loop(opts, out)
+    baselines.plyvel_loop(opts, out)
 
 
 def _step_acks(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
-    from . import bench_engine
+    from . import engine_figures
 
-    bench_engine.acks(opts, out, inv, with_naive="naive" in opts.selected, with_pykka="pykka" in opts.selected)
+    engine_figures.acks(opts, out, inv, with_naive="naive" in opts.selected, with_pykka="pykka" in opts.selected)
 
 
 def _step_e2e(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
-    from . import bench_engine
+    from . import engine_figures
 
-    bench_engine.e2e(opts, out, inv)
+    engine_figures.e2e(opts, out, inv)
 
 
 def _step_tasks(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
-    from . import bench_engine
+    from . import engine_figures
 
     params = {"path": os.path.join(opts.workdir, "tasks"), "tasks": opts.tasks, "workers": opts.workers,
               "counter_actors": opts.counter_actors}
     shutil.rmtree(params["path"], ignore_errors=True)
-    res = bench_engine.run_child("tasks", params)
+    res = engine_figures.run_child("tasks", params)
     inv["tasks"] = res.pop("invariants")
     out["tasks"] = res
 
 
 def _step_open(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
-    from . import bench_history
+    from . import history
 
-    dbs.update(bench_history.prepare(opts, out, need_small=True))
-    bench_history.open_time(opts, out, dbs)
+    dbs.update(history.prepare(opts, out, need_small=True))
+    history.open_time(opts, out, dbs)
 
 
 def _step_replay(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
-    from . import bench_history
+    from . import history
 
     if "large" not in dbs:
-        dbs.update(bench_history.prepare(opts, out, need_small=False))
-    bench_history.replay(opts, out, dbs, inv)
+        dbs.update(history.prepare(opts, out, need_small=False))
+    history.replay(opts, out, dbs, inv)
 
 
 def _step_soak(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
-    from . import bench_engine
+    from . import engine_figures
 
     params = {
         "path": os.path.join(opts.workdir, "soak"), "executions": opts.soak_executions, "warm": opts.soak_warm,
@@ -252,7 +252,7 @@ def _step_soak(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[st
         "window": opts.soak_window, "interval": 0.5,
     }
     shutil.rmtree(params["path"], ignore_errors=True)
-    res = bench_engine.run_child("soak", params)
+    res = engine_figures.run_child("soak", params)
     inv["soak"] = res.pop("invariants")
     out["soak"] = res
 
@@ -410,7 +410,7 @@ def _fmt_measured(value: Any) -> str:
 
 
 def render(doc: dict[str, Any]) -> list[str]:
-    from .common import format_table
+    from ..common import format_table
 
     m = doc["meta"]
     mach = m["machine"]
@@ -450,8 +450,8 @@ def render(doc: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Until ``tools.cli`` registers the subcommand: ``python -m tools.bench ...``."""
-    from .common import ToolError
+    """Until ``taskengine.tools.cli`` registers the subcommand: ``python -m taskengine.tools.bench.command ...``."""
+    from ..common import ToolError
 
     parser = argparse.ArgumentParser(prog="taskengine bench")
     add_arguments(parser)

@@ -1,9 +1,9 @@
 """Running a stress workload, in process or in a child process that is SIGKILLed and restarted.
 
 :func:`execute` is the library entry point (no printing: progress goes to a callback, the
-result is a :class:`tools.stress_report.StressReport`). A user's mistake (a locked database,
+result is a :class:`taskengine.tools.stress.report.StressReport`). A user's mistake (a locked database,
 a path that is a file, a database of another program) raises
-:class:`tools.common.ToolError` with ``EXIT_USAGE`` before any workload runs.
+:class:`taskengine.tools.common.ToolError` with ``EXIT_USAGE`` before any workload runs.
 """
 
 from __future__ import annotations
@@ -23,20 +23,16 @@ from typing import IO
 
 import attrs
 
-from actors import Engine
-from actors.errors import EngineError, StorageLocked
+from taskengine import Engine
+from taskengine.actors.errors import EngineError, StorageLocked
 
-from . import replay
-from .common import EXIT_USAGE, ToolError, locked_message, open_database
-from .stress_check import Ledger, final_check
-from .stress_report import Latency, StressReport
-from .stress_workload import JOBS, Control, Settings, TaskBook, Workload, WorkloadError, ensure_tasks, task_ids
+from .. import replay
+from ..common import EXIT_USAGE, ToolError, locked_message, open_database
+from .check import Ledger, final_check
+from .report import Latency, StressReport
+from .workload import JOBS, Control, Settings, TaskBook, Workload, WorkloadError, ensure_tasks, task_ids
 
 log = logging.getLogger(__name__)
-
-#: the directory holding the ``tools`` package: the child runs there so ``-m tools.stress_child``
-#: finds this project's package whatever the caller's working directory holds
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @attrs.frozen
@@ -191,7 +187,7 @@ class _ErrorLog(logging.Handler):
     """In process: every ERROR or CRITICAL record of the engine's loggers is a violation (the
     engine logs those only for inconsistencies and failures it cannot answer to a caller)."""
 
-    LOGGERS = ("actors", "storage")
+    LOGGERS = ("taskengine.actors", "taskengine.storage")
 
     def __init__(self, ledger: Ledger) -> None:
         super().__init__(logging.ERROR)
@@ -208,7 +204,7 @@ class _ErrorLog(logging.Handler):
 
 
 class _Child:
-    """One run of ``tools.stress_child``; a thread feeds its lines to the ledger."""
+    """One run of ``taskengine.tools.stress.child``; a thread feeds its lines to the ledger."""
 
     def __init__(self, cfg: StressConfig, ledger: Ledger, seed: int, stderr: IO[bytes], wake: threading.Event) -> None:
         self.ledger = ledger
@@ -219,7 +215,7 @@ class _Child:
         self.error: str | None = None
         self.cut_lines = 0
         cmd = [
-            sys.executable, "-m", "tools.stress_child",
+            sys.executable, "-m", "taskengine.tools.stress.child",
             "--db", os.path.abspath(cfg.db),
             "--clients", str(cfg.clients),
             "--tasks", str(cfg.tasks),
@@ -229,9 +225,7 @@ class _Child:
             "--generations", json.dumps(ledger.base_generations(), separators=(",", ":")),
         ]
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=_PROJECT_ROOT
-        )
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
         self.reader = threading.Thread(target=self._read, name="stress-child-reader", daemon=True)
         self.reader.start()
 

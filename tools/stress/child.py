@@ -1,9 +1,9 @@
 """The process ``taskengine stress --crash-every`` kills: an engine and its client actors.
 
-``python -m tools.stress_child --db PATH --clients N --tasks M --workers W --counter-actors C --seed S
+``python -m taskengine.tools.stress.child --db PATH --clients N --tasks M --workers W --counter-actors C --seed S
 [--generations JSON]`` opens the engine (which recovers queued work), makes sure the
 workload's tasks exist, prints ``{"ev": "ready", ...}`` and starts the clients. Every event
-of the workload (``tools.stress_workload``) is printed to stdout as one JSON line, flushed,
+of the workload (``taskengine.tools.stress.workload``) is printed to stdout as one JSON line, flushed,
 after the engine has answered it, so a line the parent reads is an acknowledgement the
 engine gave. It runs until stdin reaches end of file (or a ``stop`` line, or SIGTERM), then
 stops the clients, closes the engine, prints ``{"ev": "closed"}`` and exits 0.
@@ -23,10 +23,10 @@ import threading
 import time
 from typing import Any
 
-from actors import Engine
-from actors.errors import EngineError
+from taskengine import Engine
+from taskengine.actors.errors import EngineError
 
-from .stress_workload import JOBS, Control, TaskBook, Workload, WorkloadError, ensure_tasks, task_ids
+from .workload import JOBS, Control, TaskBook, Workload, WorkloadError, ensure_tasks, task_ids
 
 
 class _Stop(Exception):
@@ -50,7 +50,7 @@ class LineSink:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.stress_child")
+    parser = argparse.ArgumentParser(prog="python -m taskengine.tools.stress.child")
     parser.add_argument("--db", required=True)
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--tasks", type=int, required=True)

@@ -2,10 +2,10 @@
 
 Not part of ``taskengine bench`` (its figures stay free of instrumentation). Run as::
 
-    python -m tools.bench_probe acks --tasks 1 --callers 64   # durable acks
-    python -m tools.bench_probe e2e --executions 20000         # end-to-end no-op executions
-    python -m tools.bench_probe floor                          # an ack's round trip and fsync, no engine
-    python -m tools.bench_probe gil                            # plyvel puts with and without GIL contention
+    python -m taskengine.tools.bench.probe acks --tasks 1 --callers 64   # durable acks
+    python -m taskengine.tools.bench.probe e2e --executions 20000         # end-to-end no-op executions
+    python -m taskengine.tools.bench.probe floor                          # an ack's round trip and fsync, no engine
+    python -m taskengine.tools.bench.probe gil                            # plyvel puts with and without GIL contention
 
 It instruments the engine from outside, by wrapping (never editing) a few of its methods:
 ``storage.batch.Committer.write`` (time per LevelDB write, split into building the batch and
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .bench_common import run_callers
+from .measure import run_callers
 
 _lock = threading.Lock()
 _stats: collections.Counter[str] = collections.Counter()
@@ -40,7 +40,7 @@ _times: collections.defaultdict[str, float] = collections.defaultdict(float)
 
 def _instrument_writes() -> str | None:
     try:
-        from storage import batch as sb
+        from taskengine.storage import batch as sb
     except ImportError as e:
         return f"no storage.batch ({e}): LevelDB write timing skipped"
     committer = getattr(sb, "Committer", None)
@@ -87,7 +87,7 @@ def _instrument_writes() -> str | None:
 
 def _instrument_turns() -> str | None:
     try:
-        from actors import counter as ac
+        from taskengine.actors import counter as ac
     except ImportError as e:
         return f"no actors.counter ({e}): counter-actor turn timing skipped"
     original = ac.CounterActor.on_receive
@@ -243,7 +243,7 @@ def _switch_line(switches: list[int], ops: float, label: str) -> str:
 def probe_acks(args: argparse.Namespace) -> list[str]:
     notes = [n for n in (_instrument_writes(), _instrument_turns()) if n]
     _instrument_messages()
-    from actors import Engine
+    from taskengine import Engine
 
     path = os.path.join(args.workdir, "acks")
     gate = threading.Event()
@@ -276,7 +276,7 @@ def probe_floor(args: argparse.Namespace) -> list[str]:
     answers them all."""
     import plyvel
 
-    from actors.mailbox import EngineActor, Reply
+    from taskengine.actors.mailbox import EngineActor, Reply
 
     db = plyvel.DB(os.path.join(args.workdir, "floor"), create_if_missing=True)
 
@@ -315,7 +315,7 @@ def probe_floor(args: argparse.Namespace) -> list[str]:
 def probe_e2e(args: argparse.Namespace) -> list[str]:
     notes = [n for n in (_instrument_writes(), _instrument_turns()) if n]
     _instrument_messages()
-    from .bench_engine import child_soak
+    from .engine_figures import child_soak
 
     before, t0 = _thread_cpu(), time.perf_counter()
     holder: dict[str, Any] = {}
@@ -388,7 +388,9 @@ PROBES: dict[str, Callable[[argparse.Namespace], list[str]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_probe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m taskengine.tools.bench.probe", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("probe", choices=sorted(PROBES))
     parser.add_argument("--tasks", type=int, default=1)
     parser.add_argument("--callers", type=int, default=64)

@@ -19,9 +19,9 @@ from typing import Any
 
 import ulid
 
-from storage import Database, Execution, ExecutionStatus, Task, changes
+from taskengine.storage import Database, Execution, ExecutionStatus, Task, changes
 
-from .bench_common import put_ops
+from .measure import put_ops
 
 TASKS = 100
 BATCH = 20_000  # executions per unsynced write batch
@@ -77,7 +77,7 @@ def build(path: str, executions: int, tasks: int = TASKS) -> dict[str, Any]:
 
 
 def _open_once(path: str) -> float:
-    from actors import Engine
+    from taskengine import Engine
 
     t0 = time.perf_counter()
     engine = Engine.open(path, jobs={"noop": _noop})
@@ -105,10 +105,10 @@ def open_time(opts: Any, out: dict[str, Any], dbs: dict[str, str]) -> None:
 
 
 def replay(opts: Any, out: dict[str, Any], dbs: dict[str, str], invariants: dict[str, Any]) -> None:
-    """The replay check (``tools.replay.check``) on the large history database against a raw
+    """The replay check (``taskengine.tools.replay.check``) on the large history database against a raw
     plyvel iteration of every key and value of the same database; both as execution records per
     second (same records, so the ratio is the ratio of the times). Best of ``--replay-repeats``."""
-    from .replay import check
+    from ..replay import check
 
     path = dbs["large"]
     db = Database.open(path, create=False)

@@ -1,9 +1,9 @@
 """``taskengine stress``: many concurrent client actors against one engine, optionally with the
 engine's process SIGKILLed and restarted, then every acknowledgement checked and the replay run.
 
-The command is a front-end: the workload is ``tools.stress_workload``, the child process
-``tools.stress_child``, the orchestration ``tools.stress_driver``, the final check
-``tools.stress_check`` and the report ``tools.stress_report``. Only this module prints.
+The command is a front-end: the workload is ``taskengine.tools.stress.workload``, the child process
+``taskengine.tools.stress.child``, the orchestration ``taskengine.tools.stress.driver``, the final check
+``taskengine.tools.stress.check`` and the report ``taskengine.tools.stress.report``. Only this module prints.
 
 Exit status: 0 when no violation was found, 1 when any was (each printed on one line on
 stderr), 2 for a usage mistake or a database that cannot be used (one line on stderr).
@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError
+from ..common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError
 
 DEFAULT_CLIENTS = 48
 DEFAULT_TASKS = 16
@@ -96,8 +96,8 @@ def _check_json_path(path: str) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The run's :class:`tools.stress_driver.StressConfig`, or ToolError (exit 2) naming the mistake."""
-    from .stress_driver import StressConfig
+    """The run's :class:`taskengine.tools.stress.driver.StressConfig`, or ToolError (exit 2) naming the mistake."""
+    from .driver import StressConfig
 
     db = args.db
     if not isinstance(db, str) or not db.strip():
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     progress = ProgressLine(sys.stderr, not getattr(args, "no_progress", False))
     try:
         cfg = config_from_args(args)
-        from .stress_driver import execute
+        from .driver import execute
 
         report = execute(cfg, progress)
     except ToolError as e:
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tools.stress`` (the same as ``taskengine stress``)."""
+    """``python -m taskengine.tools.stress.command`` (the same as ``taskengine stress``)."""
     parser = argparse.ArgumentParser(prog="taskengine stress", description=DESCRIPTION)
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -1,7 +1,7 @@
 """The stress workload: the job, the client actors that drive an engine, and their events.
 
-The same code runs in-process and inside the crash-injected child (``tools.stress_child``);
-only the *sink* the clients report to differs (a :class:`tools.stress_check.Ledger` in
+The same code runs in-process and inside the crash-injected child (``taskengine.tools.stress.child``);
+only the *sink* the clients report to differs (a :class:`taskengine.tools.stress.check.Ledger` in
 process, JSON lines on stdout in the child). Events are plain dicts:
 
 ``{"ev": "ack", "t": task, "g": gen, "id": execution id, "i": index, "b": blocking,
@@ -36,8 +36,8 @@ from typing import Any
 import attrs
 import pykka
 
-from actors import Engine, Execution, ExecutionStatus, JobContext
-from actors.errors import (
+from taskengine import Engine, Execution, ExecutionStatus, JobContext
+from taskengine.actors.errors import (
     EngineClosed,
     EngineError,
     ExecutionNotFound,
