@@ -37,15 +37,14 @@ from .errors import (
     translate,
 )
 from .jobs import JobRegistry
-from .mailbox import EngineActor
-from .peers import Peers
+from .mailbox import EngineActor, Reply
+from .refs import ActorRefs, tell_if_alive
 
 log = logging.getLogger(__name__)
 
 TASK_DELETED = "cancelled: the task was deleted"
 INTERRUPTED = "interrupted: the engine stopped while this execution was running"
-QUEUED = -1  # idempotency entry of a blocking execution that has no record yet
-MAX_BATCH = 1024  # changes per write
+MAX_CHANGES_PER_TURN = 1024  # one turn, one write: bounds its size and its wait
 
 
 @attrs.define
@@ -55,20 +54,26 @@ class TaskState:
     deleted: bool = False  # a tombstone, so the id reads as absent until the entry is dropped
     running: dict[str, tuple[int, Execution]] = attrs.Factory(dict)  # id -> (token, RUNNING record)
     queued: dict[str, Execution] = attrs.Factory(dict)  # blocking executions not started yet
-    idem: dict[str, tuple[str, int]] = attrs.Factory(dict)  # key -> (execution id, batch number or QUEUED)
+    # idempotency keys not (yet) on disk: key -> (execution id, the turn whose write stores the key,
+    # or None while its blocking execution is queued and has no record)
+    idem: dict[str, tuple[str, int | None]] = attrs.Factory(dict)
 
     def exhausted(self) -> bool:
         return self.task.max_executions is not None and self.counter >= self.task.max_executions
 
 
-class _Batch:
+#: run after the turn's write: its value answers the message (its exception fails it)
+Outcome = Callable[[], Any]
+
+
+class _Turn:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
-    __slots__ = ("changes", "after", "pending", "removed", "submits", "deleted", "keys", "counted")
+    __slots__ = ("changes", "answers", "pending", "removed", "submits", "deleted", "keys", "counted")
 
     def __init__(self) -> None:
         self.changes: list[list[Op]] = []
-        self.after: list[tuple[m.Reply | None, Callable[[], Any]]] = []
+        self.answers: list[tuple[Reply[Any] | None, Outcome]] = []  # in the order the messages came
         self.pending: list[tuple[str, str, int]] = []
         self.removed: list[tuple[str, str]] = []  # pending entries whose execution finished
         self.submits: list[m.WorkItem] = []
@@ -84,7 +89,7 @@ class CounterActor(EngineActor):
         db: Database,
         committer: Committer,
         board: CompletionBoard,
-        peers: Peers,
+        refs: ActorRefs,
         jobs: JobRegistry,
         max_cached: int,
     ) -> None:
@@ -92,12 +97,12 @@ class CounterActor(EngineActor):
         self._db = db
         self._committer = committer
         self._board = board
-        self._peers = peers
+        self._refs = refs
         self._jobs = jobs
         self._max_cached = max_cached
         self._cache: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
-        self._batch = _Batch()
-        self._batch_no = 0
+        self._turn = _Turn()
+        self._turn_no = 0
         self._failed: BaseException | None = None
         self._abandoned: set[int] = set()  # tokens whose executor was given up on before it started
         self.triggered = 0
@@ -121,12 +126,12 @@ class CounterActor(EngineActor):
     def on_receive(self, message: Any) -> Any:
         if type(message) not in self._handlers:
             return super().on_receive(message)
-        self._batch_no += 1
-        self._batch = batch = _Batch()
+        self._turn_no += 1
+        self._turn = turn = _Turn()
         self._handle(message)
         inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
         leftover = None
-        while len(batch.changes) < MAX_BATCH:
+        while len(turn.changes) < MAX_CHANGES_PER_TURN:
             try:
                 envelope = inbox.get_nowait()
             except queue.Empty:
@@ -136,9 +141,9 @@ class CounterActor(EngineActor):
             else:  # a stop or an ask: handled after this write, as pykka would
                 leftover = envelope
                 break
-        self._commit(batch)
+        self._commit(turn)
         if self._failed is None:
-            self._forget_written(batch)
+            self._forget_written(turn)
         self._evict()
         if leftover is not None:
             self._handle_envelope(leftover)
@@ -170,30 +175,30 @@ class CounterActor(EngineActor):
             elif not isinstance(e, EngineError):
                 log.exception("counter actor failed on %r", message)
             blocking_id = message.execution_id if isinstance(message, m.Trigger) and message.blocking else None
-            self._later(reply, _raiser(e, self._board, blocking_id))
+            self._after_write(reply, _rejection(e, self._board, blocking_id))
 
-    def _commit(self, batch: _Batch) -> None:
+    def _commit(self, turn: _Turn) -> None:
         # each task's counter once, after its records (and after a deletion of the task this turn)
-        batch.changes += [[changes.counter(st.task.id, st.counter)] for st in batch.counted.values() if not st.deleted]
-        if batch.changes:
+        turn.changes += [[changes.counter(st.task.id, st.counter)] for st in turn.counted.values() if not st.deleted]
+        if turn.changes:
             try:
-                self._committer.write(batch.changes)
+                self._committer.write(turn.changes)
             except _StorageError as e:
                 # the in-memory counters are now ahead of the disk: write nothing more, ever
                 self._failed = translate(e)
-                for reply, _ in batch.after:
+                for reply, _ in turn.answers:
                     m.fail(reply, self._failed)
                 return
-        peers = self._peers
-        if batch.pending:  # before any answer, so a cancel can always claim what it was told of
-            peers.tell_quietly(peers.pending, m.AddPending(batch.pending))
-        if batch.removed:
-            peers.tell_quietly(peers.pending, m.RemovePending(batch.removed))
-        if batch.submits:
-            peers.tell_quietly(peers.pool, m.Submit(batch.submits))
-        for reply, then in batch.after:
+        refs = self._refs
+        if turn.pending:  # before any answer, so a cancel can always claim what it was told of
+            tell_if_alive(refs.pending, m.AddPending(turn.pending))
+        if turn.removed:
+            tell_if_alive(refs.pending, m.RemovePending(turn.removed))
+        if turn.submits:
+            tell_if_alive(refs.pool, m.Submit(turn.submits))
+        for reply, outcome in turn.answers:
             try:
-                value = then()
+                value = outcome()
             except Exception as e:
                 if not isinstance(e, EngineError | _StorageError):
                     log.exception("counter actor failed after a write")
@@ -201,23 +206,25 @@ class CounterActor(EngineActor):
             else:
                 m.answer(reply, value)
 
-    def _forget_written(self, batch: _Batch) -> None:
+    def _forget_written(self, turn: _Turn) -> None:
         """What memory held only until this turn's write: its idempotency keys, its tombstones."""
-        for st, key in batch.keys:
+        for st, key in turn.keys:
             hit = st.idem.get(key)
-            if hit is not None and hit[1] == self._batch_no:
+            if hit is not None and hit[1] == self._turn_no:
                 del st.idem[key]
-        for task_id in batch.deleted:
+        for task_id in turn.deleted:
             held = self._cache.get(task_id)
             if held is not None and held.deleted:  # not if re-created in the same turn
                 del self._cache[task_id]
 
-    def _write(self, ops: list[Op], reply: m.Reply | None = None, then: Callable[[], Any] = lambda: None) -> None:
-        self._batch.changes.append(ops)
-        self._later(reply, then)
+    def _write(self, ops: list[Op], reply: Reply[Any] | None = None, outcome: Outcome = lambda: None) -> None:
+        self._turn.changes.append(ops)
+        self._after_write(reply, outcome)
 
-    def _later(self, reply: m.Reply | None, then: Callable[[], Any]) -> None:
-        self._batch.after.append((reply, then))
+    def _after_write(self, reply: Reply[Any] | None, outcome: Outcome) -> None:
+        """Answer ``reply`` with ``outcome()`` once this turn's write is durable (or fail it with
+        the write's error): no message is answered before the write that holds its change."""
+        self._turn.answers.append((reply, outcome))
 
     def on_stop(self) -> None:
         # our messages that raced with close: answer them rather than leave callers hanging;
@@ -246,13 +253,13 @@ class CounterActor(EngineActor):
         st = TaskState(task=task, counter=task.execution_count)
         last = self._db.last_index(task_id)
         if last is not None and last >= st.counter:
-            # the original's defect 11: a counter behind its records must never re-issue an index
+            # a counter behind its records (a damaged or hand-edited database) must never re-issue an index
             log.warning(
                 "task %r: stored counter %d is behind its highest record %d; repaired to %d",
                 task_id, st.counter, last, last + 1,
             )
             st.counter = last + 1
-            self._batch.counted[id(st)] = st  # written with this turn (or with the task's next index)
+            self._turn.counted[id(st)] = st  # written with this turn (or with the task's next index)
         self._cache[task_id] = st
         return st
 
@@ -275,9 +282,9 @@ class CounterActor(EngineActor):
                 if excess == 0:
                     return
 
-    def _read_current(self, task_id: str, execution_id: str) -> Callable[[], Execution]:
-        """An execution as it stands after this turn's write (a deletion later in the same turn
-        makes it TaskNotFound, as if the read had come after the deletion)."""
+    def _reread_outcome(self, task_id: str, execution_id: str) -> Outcome:
+        """An outcome that reads the execution as it stands after this turn's write (a deletion
+        later in the same turn makes it TaskNotFound, as if the read had come after the deletion)."""
 
         def read() -> Execution:
             ex = self._db.get_execution(task_id, execution_id)
@@ -304,10 +311,11 @@ class CounterActor(EngineActor):
         st = self._require(msg.task_id)
         key = msg.idempotency_key
         if key is not None:
-            existing = self._idempotent(st, key)
+            existing = self._execution_with_key(st, key)
             if existing is not None:
                 queued = st.queued.get(existing)
-                self._later(msg.reply, (lambda: queued) if queued else self._read_current(msg.task_id, existing))
+                outcome = (lambda: queued) if queued else self._reread_outcome(msg.task_id, existing)
+                self._after_write(msg.reply, outcome)
                 return
         if st.exhausted():
             raise TaskNotRunnable(
@@ -330,14 +338,14 @@ class CounterActor(EngineActor):
         if index is None:
             st.queued[ex.id] = ex
             if key is not None:
-                st.idem[key] = (ex.id, QUEUED)
-            self._batch.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
-            self._later(msg.reply, lambda: ex)
+                st.idem[key] = (ex.id, None)
+            self._turn.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
+            self._after_write(msg.reply, lambda: ex)
             return
         ops = changes.assign(ex, with_counter=False)  # before any state changes
         self._advance(st)
-        self._batch.pending.append((ex.task_id, ex.id, index))
-        self._batch.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
+        self._turn.pending.append((ex.task_id, ex.id, index))
+        self._turn.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
         self._write(ops, msg.reply, lambda: ex)
         if key is not None:
             self._remember_key(st, key, ex.id)
@@ -345,38 +353,39 @@ class CounterActor(EngineActor):
     def _advance(self, st: TaskState) -> None:
         """One more index handed out; the counter is written once for the turn (see _commit)."""
         st.counter += 1
-        self._batch.counted[id(st)] = st
+        self._turn.counted[id(st)] = st
 
-    def _idempotent(self, st: TaskState, key: str) -> str | None:
+    def _execution_with_key(self, st: TaskState, key: str) -> str | None:
         """Keys of queued blocking executions and of this turn are in memory; the rest on disk."""
         hit = st.idem.get(key)
         return hit[0] if hit is not None else self._db.find_idempotent(st.task.id, key)
 
     def _remember_key(self, st: TaskState, key: str, execution_id: str) -> None:
         """Until this turn's write puts the key on disk; then it is forgotten."""
-        st.idem[key] = (execution_id, self._batch_no)
-        self._batch.keys.append((st, key))
+        st.idem[key] = (execution_id, self._turn_no)
+        self._turn.keys.append((st, key))
 
     def _start(self, msg: m.Start) -> None:
         item, ex = msg.item, msg.item.execution
         if msg.token in self._abandoned:  # its executor timed out or died before this arrived
             self._abandoned.discard(msg.token)
-            self._later(msg.reply, lambda: None)
+            self._after_write(msg.reply, _refused)
             return
         st = self._state(ex.task_id)
         if st is None or st.task.incarnation != item.incarnation:
             cancelled = _finished(ex, ExecutionStatus.CANCELLED, error=TASK_DELETED)
 
-            def refuse() -> None:
-                self._board.publish(cancelled)  # None tells the executor not to run it
+            def refuse() -> m.NotStarted:
+                self._board.publish(cancelled)
+                return m.NotStarted.REFUSED
 
-            self._later(msg.reply, refuse)
+            self._after_write(msg.reply, refuse)
             return
         if ex.blocking:
             # a blocking item is a ticket: it starts the task's oldest queued blocking execution,
             # so blocking triggers get indexes in the order they were made (DESIGN §3.4)
             if not st.queued:  # cancelled while queued
-                self._later(msg.reply, lambda: None)
+                self._after_write(msg.reply, _refused)
                 return
             queued = st.queued[next(iter(st.queued))]
             if st.exhausted():
@@ -387,10 +396,11 @@ class CounterActor(EngineActor):
                     f"before execution {queued.id} started"
                 )
 
-                def refuse_exhausted() -> None:
+                def refuse_exhausted() -> m.NotStarted:
                     self._board.fail(queued.id, error)
+                    return m.NotStarted.REFUSED
 
-                self._later(msg.reply, refuse_exhausted)
+                self._after_write(msg.reply, refuse_exhausted)
                 return
             running = records.started(queued, time.time(), st.counter)
             ops = changes.assign(running, with_counter=False)
@@ -400,16 +410,16 @@ class CounterActor(EngineActor):
                 self._remember_key(st, queued.idempotency_key, queued.id)
         else:
             if ex.id in st.running:
-                self._later(msg.reply, lambda: None)
+                self._after_write(msg.reply, _refused)
                 return
             running = records.started(ex, time.time())
             ops = changes.update(running)
         st.running[running.id] = (msg.token, running)
         task = st.task
 
-        def started() -> tuple[Execution, Task] | None:
+        def started() -> tuple[Execution, Task] | m.NotStarted:
             # deleted later in this same turn: the job must not run
-            return None if st.deleted else (running, task)
+            return m.NotStarted.REFUSED if st.deleted else (running, task)
 
         self._write(ops, msg.reply, started)
 
@@ -429,19 +439,20 @@ class CounterActor(EngineActor):
         held = None if st is None or st.task.incarnation != msg.incarnation else st.running.get(ex.id)
         if st is None or held is None or held[0] != msg.token:
             # deleted (a late completion never brings the task back), or finished already (job timeout)
-            self._later(msg.reply, lambda: None)
+            self._after_write(msg.reply, lambda: None)
             return
         self._complete(st, ex, msg.reply)
 
-    def _complete(self, st: TaskState, ex: Execution, reply: m.Reply | None) -> None:
+    def _complete(self, st: TaskState, ex: Execution, reply: Reply[Any] | None) -> None:
         ops = changes.update(ex)
         del st.running[ex.id]
         self.finished += 1
         if not ex.blocking:
-            self._batch.removed.append((ex.task_id, ex.id))
-        self._write(ops, reply, lambda: self._published(ex))
+            self._turn.removed.append((ex.task_id, ex.id))
+        self._write(ops, reply, lambda: self._publish_and_answer(ex))
 
-    def _published(self, ex: Execution) -> Execution:
+    def _publish_and_answer(self, ex: Execution) -> Execution:
+        """An outcome: wake the execution's waiters, and answer with it."""
         self._board.publish(ex)
         return ex
 
@@ -462,16 +473,16 @@ class CounterActor(EngineActor):
         if len(self._abandoned) > 10_000:  # tokens of executors that died and never sent Start
             self._abandoned.discard(min(self._abandoned))
         if ex.blocking:
-            self._batch.submits.append(item)  # at worst one ticket too many: it finds nothing queued
+            self._turn.submits.append(item)  # at worst one ticket too many: it finds nothing queued
             return
         # only if it never started: a job timeout can fire while the job's Finish is on its way,
         # and a finished execution must stay as it finished (it was RUNNING on disk before that)
         on_disk = self._db.get_execution_at(ex.task_id, ex.index or 0)
         if on_disk is not None and on_disk.id == ex.id and on_disk.status is ExecutionStatus.PENDING:
             failed = _finished(ex, ExecutionStatus.FAILED, error=msg.reason)
-            self._batch.removed.append((ex.task_id, ex.id))
+            self._turn.removed.append((ex.task_id, ex.id))
             self.finished += 1
-            self._write(changes.update(failed), None, lambda: self._published(failed))
+            self._write(changes.update(failed), None, lambda: self._publish_and_answer(failed))
 
     def _cancel(self, msg: m.Cancel) -> None:
         st = self._require(msg.task_id)
@@ -479,33 +490,33 @@ class CounterActor(EngineActor):
         if queued is not None:
             self._forget_key(st, queued)
             cancelled = _finished(queued, ExecutionStatus.CANCELLED, error="cancelled by Engine.cancel")
-            self._later(msg.reply, lambda: self._published(cancelled))
+            self._after_write(msg.reply, lambda: self._publish_and_answer(cancelled))
             return
-        assert self._peers.pending is not None
-        if self._peers.pending.ask(m.Claim(msg.task_id, msg.execution_id)) is None:
+        assert self._refs.pending is not None
+        if not self._refs.pending.ask(m.Claim(msg.task_id, msg.execution_id)):
             # running, finished, or unknown: answer with what it is
-            self._later(msg.reply, self._read_current(msg.task_id, msg.execution_id))
+            self._after_write(msg.reply, self._reread_outcome(msg.task_id, msg.execution_id))
             return
         record = self._db.get_execution(msg.task_id, msg.execution_id)  # PENDING, on disk
         if record is None:
             raise ExecutionNotFound(msg.task_id, msg.execution_id)
         cancelled = _finished(record, ExecutionStatus.CANCELLED, error="cancelled by Engine.cancel")
-        self._batch.removed.append((msg.task_id, msg.execution_id))
-        self._write(changes.update(cancelled), msg.reply, lambda: self._published(cancelled))
+        self._turn.removed.append((msg.task_id, msg.execution_id))
+        self._write(changes.update(cancelled), msg.reply, lambda: self._publish_and_answer(cancelled))
 
     def _delete(self, msg: m.DeleteTask) -> None:
         st = self._require(msg.task_id)
-        assert self._peers.pending is not None
-        dropped = cast(list[tuple[str, int]], self._peers.pending.ask(m.DropTask(msg.task_id)))
+        assert self._refs.pending is not None
+        dropped = cast(list[str], self._refs.pending.ask(m.DropTask(msg.task_id)))
         cancelled = [_finished(q, ExecutionStatus.CANCELLED, error=TASK_DELETED) for q in st.queued.values()]
         cancelled += [_finished(r, ExecutionStatus.CANCELLED, error=TASK_DELETED) for _, r in st.running.values()]
-        for execution_id, _ in dropped:
+        for execution_id in dropped:
             if execution_id not in st.running:
                 record = self._db.get_execution(msg.task_id, execution_id)
                 if record is not None:
                     cancelled.append(_finished(record, ExecutionStatus.CANCELLED, error=TASK_DELETED))
         st.deleted = True
-        self._batch.deleted.append(msg.task_id)
+        self._turn.deleted.append(msg.task_id)
         st.queued.clear()
         st.running.clear()
         st.idem.clear()
@@ -520,12 +531,11 @@ class CounterActor(EngineActor):
     def _get_task(self, msg: m.GetTask) -> None:
         st = self._require(msg.task_id)
         task = attrs.evolve(st.task, execution_count=st.counter)
-        self._later(msg.reply, lambda: task)
+        self._after_write(msg.reply, lambda: task)
 
     def _lookup(self, msg: m.Lookup) -> None:
-        st = self._state(msg.task_id)
-        found = None if st is None else (st.queued.get(msg.execution_id),)
-        self._later(msg.reply, lambda: found)
+        queued = self._require(msg.task_id).queued.get(msg.execution_id)
+        self._after_write(msg.reply, lambda: queued)
 
     def _interrupted(self, msg: m.Interrupted) -> None:
         self._require(msg.execution.task_id)  # loads the task, reconciling its counter first
@@ -540,10 +550,14 @@ class CounterActor(EngineActor):
             "triggered": self.triggered,
             "finished": self.finished,
         }
-        self._later(msg.reply, lambda: figures)
+        self._after_write(msg.reply, lambda: figures)
 
 
-def _raiser(error: Exception, board: CompletionBoard, watched: str | None) -> Callable[[], Any]:
+def _refused() -> m.NotStarted:
+    return m.NotStarted.REFUSED
+
+
+def _rejection(error: Exception, board: CompletionBoard, watched: str | None) -> Callable[[], Any]:
     def reject() -> Any:
         if watched is not None:  # the blocking caller's watcher is registered before it sends
             board.fail(watched, error)

@@ -38,9 +38,9 @@ from .errors import (
 from .ids import new_id
 from .jobs import Job, JobRegistry
 from .mailbox import Reply
-from .peers import Peers, ask, current_job
 from .pending import PendingStore
 from .pool import ExecutorPool
+from .refs import ActorRefs, ask, in_job, tell_if_alive
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,11 @@ MAX_LIST_LIMIT = 10_000
 class Engine:
     """Use :meth:`open`. Every method is thread-safe and may be called from pykka actors."""
 
-    def __init__(self, db: Database, committer: Committer, jobs: JobRegistry, peers: Peers) -> None:
+    def __init__(self, db: Database, committer: Committer, jobs: JobRegistry, refs: ActorRefs) -> None:
         self._db = db
         self._committer = committer
         self._jobs = jobs
-        self._peers = peers
+        self._refs = refs
         self._board = CompletionBoard()
         # orders every send and read before close: close stops the actors after the sends it let
         # through, and closes the database after the reads it let through
@@ -64,7 +64,7 @@ class Engine:
         self._gate = threading.Condition(self._gate_lock)
         self._readers = 0
         self._closed = False
-        self._shut = threading.Event()
+        self._close_finished = threading.Event()
         self.path = db.path
 
     # -- life cycle ------------------------------------------------------------------------
@@ -104,16 +104,16 @@ class Engine:
         with storage_errors():
             db = Database.open(path, create=True)
         committer = Committer(db.raw, sync=sync)
-        peers = Peers()
-        engine = cls(db, committer, registry, peers)
+        refs = ActorRefs()
+        engine = cls(db, committer, registry, refs)
         try:
-            peers.pending = PendingStore.start()
+            refs.pending = PendingStore.start()
             per_actor = max(1, max_cached_tasks // counter_actors)
-            peers.counters = [
-                CounterActor.start(db, committer, engine._board, peers, registry, per_actor)
+            refs.counters = [
+                CounterActor.start(db, committer, engine._board, refs, registry, per_actor)
                 for _ in range(counter_actors)
             ]
-            peers.pool = ExecutorPool.start(workers, registry, peers, engine._board, job_timeout)
+            refs.pool = ExecutorPool.start(workers, registry, refs, engine._board, job_timeout)
             engine._recover()
         except BaseException:
             engine._shutdown(timeout=0)
@@ -125,7 +125,7 @@ class Engine:
         """DESIGN §3.6: queue every acknowledged PENDING execution again and finish every
         RUNNING one as FAILED (its process died). Reads only the live set, never history."""
         tasks: dict[str, Task | None] = {}
-        replies: list[m.Reply] = []
+        replies: list[Reply[Any]] = []
         pending: list[tuple[str, str, int]] = []
         items: list[m.WorkItem] = []
         with storage_errors():
@@ -143,15 +143,15 @@ class Engine:
                               task_id, index, execution_id)
                     continue
                 if record.status is ExecutionStatus.RUNNING:
-                    reply: m.Reply = Reply()
-                    self._peers.counter_for(task_id).tell(m.Interrupted(record, reply))
+                    reply: Reply[Any] = Reply()
+                    self._refs.counter_for(task_id).tell(m.Interrupted(record, reply))
                     replies.append(reply)
                 elif record.status is ExecutionStatus.PENDING:
                     pending.append((task_id, record.id, index))
                     items.append(m.WorkItem(record, task.job, task.incarnation))
-        assert self._peers.pending is not None and self._peers.pool is not None
-        self._peers.pending.tell(m.AddPending(pending))  # before the pool can claim them
-        self._peers.pool.tell(m.Submit(items))
+        assert self._refs.pending is not None and self._refs.pool is not None
+        self._refs.pending.tell(m.AddPending(pending))  # before the pool can claim them
+        self._refs.pool.tell(m.Submit(items))
         for reply in replies:
             reply.get()
         if items or replies:
@@ -163,7 +163,7 @@ class Engine:
         PENDING on disk for the next open, stop this engine's actors, close the database last.
         Idempotent."""
         timeout = validate.timeout(timeout)
-        if getattr(current_job, "peers", None) is self._peers:
+        if getattr(in_job, "refs", None) is self._refs:
             raise InvalidArgument("close() called from one of this engine's jobs would wait for that job forever")
         with self._gate:
             if self._closed:
@@ -171,33 +171,33 @@ class Engine:
             else:
                 closing, self._closed = False, True
         if closing:  # another thread is closing it: return when that close has finished
-            self._shut.wait()
+            self._close_finished.wait()
             return
         try:
             self._shutdown(timeout)
         finally:
-            self._shut.set()
+            self._close_finished.set()
 
     def _shutdown(self, timeout: float | None) -> None:
         self._closed = True
-        peers = self._peers
-        if peers.pool is not None:
-            drained: m.Reply = Reply()
-            if peers.tell_quietly(peers.pool, m.Drain(drained)):
+        refs = self._refs
+        if refs.pool is not None:
+            drained: Reply[Any] = Reply()
+            if tell_if_alive(refs.pool, m.Drain(drained)):
                 try:
                     drained.get(timeout=timeout)
                 except pykka.Timeout:
                     log.warning("close: jobs still running after %s s are left; they will be "
                                 "finished as interrupted at the next open", timeout)
         executors: tuple[list[pykka.ActorRef[Any]], list[pykka.ActorRef[Any]]] = ([], [])
-        if peers.pool is not None:
+        if refs.pool is not None:
             try:
-                executors = cast(Any, ask(peers.pool, m.Executors()))
+                executors = cast(Any, ask(refs.pool, m.ListExecutors()))
             except EngineClosed:  # the pool is already gone (a failed open)
                 pass
-        for ref in peers.counters:  # each handles what is already in its inbox first
+        for ref in refs.counters:  # each handles what is already in its inbox first
             _stop(ref)
-        _stop(peers.pool)
+        _stop(refs.pool)
         idle, still_running = executors
         for ref in idle:
             _stop(ref)
@@ -206,7 +206,7 @@ class Engine:
                 ref.stop(block=False)
             except pykka.ActorDeadError:
                 pass
-        _stop(peers.pending)
+        _stop(refs.pending)
         self._board.close(EngineClosed())
         with self._gate:
             while self._readers:
@@ -222,17 +222,17 @@ class Engine:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _send(self, task_id: str, make: Callable[[m.Reply], Any]) -> m.Reply:
+    def _send(self, task_id: str, make: Callable[[Reply[Any]], Any]) -> Reply[Any]:
         """Send to the task's counter actor a message that carries its own reply future."""
-        return self._send_to(self._peers.counter_for(task_id), make)
+        return self._send_to(self._refs.counter_for(task_id), make)
 
-    def _send_to(self, ref: pykka.ActorRef[Any], make: Callable[[m.Reply], Any]) -> m.Reply:
-        reply: m.Reply = Reply()
+    def _send_to(self, ref: pykka.ActorRef[Any], make: Callable[[Reply[Any]], Any]) -> Reply[Any]:
+        reply: Reply[Any] = Reply()
         self._tell_ref(ref, make(reply))
         return reply
 
     def _tell(self, task_id: str, message: Any) -> None:
-        self._tell_ref(self._peers.counter_for(task_id), message)
+        self._tell_ref(self._refs.counter_for(task_id), message)
 
     def _tell_ref(self, ref: pykka.ActorRef[Any], message: Any) -> None:
         with self._gate_lock:
@@ -240,7 +240,7 @@ class Engine:
                 raise EngineClosed()
             ref.tell(message)
 
-    def _ask(self, task_id: str, make: Callable[[m.Reply], Any]) -> Any:
+    def _ask(self, task_id: str, make: Callable[[Reply[Any]], Any]) -> Any:
         return self._send(task_id, make).get()
 
     @contextlib.contextmanager
@@ -269,7 +269,7 @@ class Engine:
         """Add a job; executions waiting for it (recovered at open) start running."""
         self._check_open()
         self._jobs.add(name, fn)
-        self._peers.tell_quietly(self._peers.pool, m.JobRegistered(name))
+        tell_if_alive(self._refs.pool, m.JobRegistered(name))
 
     def create_task(
         self,
@@ -314,7 +314,7 @@ class Engine:
     # -- triggers --------------------------------------------------------------------------
 
     def _trigger_message(
-        self, task_id: str, data: Any, blocking: bool, key: str | None, reply: m.Reply
+        self, task_id: str, data: Any, blocking: bool, key: str | None, reply: Reply[Any]
     ) -> m.Trigger:
         validate.task_id(task_id)
         data = validate.json_value(data, "data")
@@ -328,7 +328,7 @@ class Engine:
     ) -> pykka.Future[Execution]:
         """Like :meth:`trigger`, for callers that are actors: a non-blocking future resolves when the
         index is durable, a blocking one when the execution has finished."""
-        reply: m.Reply = Reply()
+        reply: Reply[Any] = Reply()
         message = self._trigger_message(task_id, data, blocking, idempotency_key, reply)
         if not blocking:
             self._tell(task_id, message)
@@ -347,7 +347,7 @@ class Engine:
         return out
 
     def _await_blocking(
-        self, task_id: str, execution_id: str, reply: m.Reply, watcher: Reply[Execution],
+        self, task_id: str, execution_id: str, reply: Reply[Any], watcher: Reply[Execution],
         timeout: float | None,
     ) -> Execution:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -394,7 +394,7 @@ class Engine:
     # -- reads -----------------------------------------------------------------------------
 
     def get_execution(self, task_id: str, execution_id: str) -> Execution:
-        """The execution as it stands. Never assigns anything (the original's defect 1)."""
+        """The execution as it stands. A read: it never assigns an index or changes anything."""
         validate.task_id(task_id)
         validate.execution_id(execution_id)
         with self._reading():
@@ -403,11 +403,9 @@ class Engine:
                 return ex
             # not on disk: a queued blocking execution, or one whose first write was in the
             # counter actor's turn; the answer comes after that turn's write
-            known = self._ask(task_id, lambda r: m.Lookup(task_id, execution_id, r))
-            if known is None:
-                raise TaskNotFound(task_id)
-            if known[0] is not None:
-                return known[0]  # type: ignore[no-any-return]
+            queued: Execution | None = self._ask(task_id, lambda r: m.Lookup(task_id, execution_id, r))
+            if queued is not None:
+                return queued
             ex = self._db.get_execution(task_id, execution_id)
         if ex is None:
             raise ExecutionNotFound(task_id, execution_id)
@@ -469,18 +467,18 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         """Live figures; EngineClosed once closed (also when close() wins a race with it)."""
         self._check_open()
-        peers = self._peers
-        pool = cast(dict[str, int], ask(peers.pool, m.PoolStats()))
-        counters = [cast(dict[str, int], self._send_to(ref, m.CounterStats).get()) for ref in peers.counters]
+        refs = self._refs
+        pool = cast(dict[str, int], ask(refs.pool, m.PoolStats()))
+        counters = [cast(dict[str, int], self._send_to(ref, m.CounterStats).get()) for ref in refs.counters]
         out: dict[str, Any] = {
-            "counter_actors": len(peers.counters),
+            "counter_actors": len(refs.counters),
             "executors": pool["executors"],
-            "live_actors": len(peers.counters) + 2 + pool["executors"] + pool["abandoned_executors"],
+            "live_actors": len(refs.counters) + 2 + pool["executors"] + pool["abandoned_executors"],
             "queued": pool["queued"],
             "running": pool["running"],
             "waiting_for_job": pool["waiting_for_job"],
             "replaced_executors": pool["replaced_executors"],
-            "pending": ask(peers.pending, m.PendingCount()),
+            "pending": ask(refs.pending, m.PendingCount()),
             "writes": self._committer.writes,
             "changes_written": self._committer.changes,
             "waiters": len(self._board),

@@ -1,8 +1,8 @@
 """Execution and task ids: ULIDs (time-ordered, 26 Crockford base-32 characters).
 
 Made here rather than with python-ulid because id generation sits on the trigger hot
-path: python-ulid's monotonic generator takes a lock and costs ~3x more (measured:
-~11 us against ~3 us an id). The tests check every id parses as a ULID with python-ulid.
+path and python-ulid's monotonic generator takes a lock and costs several times more
+(BENCHMARKS.md). The tests check every id parses as a ULID with python-ulid.
 """
 
 from __future__ import annotations

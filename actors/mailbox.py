@@ -12,9 +12,7 @@ use), so the engine's actors take:
   ``empty`` on it, and the counter actor's ``get_nowait`` is there too;
 - :class:`Reply`, a ``ThreadingFuture`` whose waiting is one C-level lock.
 
-Measured with 64 threads asking one echo actor: 28k asks/s with pykka's
-defaults, 46-49k/s with both (``python -m taskengine.tools.bench.probe`` has the engine
-figures).
+BENCHMARKS.md has what this buys.
 """
 
 from __future__ import annotations

@@ -4,13 +4,13 @@ Requests to a counter actor carry their own ``reply`` future: pykka answers an
 ``ask`` when the handler returns, which is too early for an index whose write the
 actor makes later in the same turn.
 
-Messages are slotted attrs classes but not frozen: a frozen attrs ``__init__`` costs three
-times as much (~1.4 against ~0.45 us for a Trigger), and an execution crosses five of them.
-No one changes a message once it is sent.
+Messages are slotted attrs classes but not frozen: a frozen attrs ``__init__`` costs several
+times as much, and an execution crosses five of them. No one changes a message once it is sent.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import attrs
@@ -18,17 +18,15 @@ import pykka
 
 from taskengine.storage import Execution, Task
 
-from . import mailbox
-
-Reply = mailbox.Reply[Any]
+from .mailbox import Reply
 
 
-def answer(reply: Reply | None, value: Any) -> None:
+def answer(reply: Reply[Any] | None, value: Any) -> None:
     if reply is not None:
         reply.set(value)
 
 
-def fail(reply: Reply | None, error: BaseException) -> None:
+def fail(reply: Reply[Any] | None, error: BaseException) -> None:
     if reply is not None:
         reply.set_exception((type(error), error, error.__traceback__))
 
@@ -49,7 +47,7 @@ class WorkItem:
 @attrs.define
 class CreateTask:
     task: Task
-    reply: Reply
+    reply: Reply[Any]
 
 
 @attrs.define
@@ -62,14 +60,26 @@ class Trigger:
     blocking: bool
     created_at: float
     idempotency_key: str | None
-    reply: Reply
+    reply: Reply[Any]
+
+
+class NotStarted(enum.Enum):
+    """The answer to a Start (or ClaimThenStart) whose execution must not run; else the answer is
+    ``(running Execution, Task)``."""
+
+    #: the pending store had nothing to claim: cancelled, deleted, or claimed by another delivery
+    UNCLAIMED = "unclaimed"
+    #: the counter actor refused it (its task was deleted; a queued blocking execution was cancelled
+    #: or its task completed; it runs already; its executor was given up on); a claimed non-blocking
+    #: entry is the executor's to remove
+    REFUSED = "refused"
 
 
 @attrs.define
 class Start:
     item: WorkItem
     token: int
-    reply: Reply  # -> (running Execution, Task) or None when the execution must not run
+    reply: Reply[Any]  # -> (running Execution, Task) or a NotStarted
 
 
 @attrs.define
@@ -77,12 +87,15 @@ class Finish:
     execution: Execution
     incarnation: str
     token: int
-    reply: Reply | None = None
+    reply: Reply[Any] | None = None
 
 
 @attrs.define
 class Abandon:
-    """The executor running ``item`` died: fail it if it started, else hand it back."""
+    """The executor holding ``token`` timed out or died. A started execution finishes as FAILED;
+    a claimed non-blocking one that never started is failed too, not run again; a blocking
+    ticket that started nothing goes back to the pool; a Start that comes later with ``token``
+    is refused."""
 
     item: WorkItem
     token: int
@@ -93,29 +106,30 @@ class Abandon:
 class Cancel:
     task_id: str
     execution_id: str
-    reply: Reply
+    reply: Reply[Any]
 
 
 @attrs.define
 class DeleteTask:
     task_id: str
-    reply: Reply
+    reply: Reply[Any]
 
 
 @attrs.define
 class GetTask:
     task_id: str
-    reply: Reply
+    reply: Reply[Any]
 
 
 @attrs.define
 class Lookup:
-    """What the counter actor knows of an execution that is not on disk: a queued blocking one,
-    or the sequence number of the task's last write to wait for before reading again."""
+    """An execution the caller did not find on disk. Answered after the actor's turn's write
+    with the queued blocking Execution (it has no record yet) or None (read the disk again:
+    its record, if any, is written now); TaskNotFound if the task does not exist."""
 
     task_id: str
     execution_id: str
-    reply: Reply
+    reply: Reply[Any]
 
 
 @attrs.define
@@ -123,12 +137,12 @@ class Interrupted:
     """Recovery: an execution found RUNNING at open; the process that ran it died."""
 
     execution: Execution
-    reply: Reply
+    reply: Reply[Any]
 
 
 @attrs.define
 class CounterStats:
-    reply: Reply
+    reply: Reply[Any]
 
 
 # -- pending store ----------------------------------------------------------------------
@@ -141,18 +155,17 @@ class AddPending:
 
 @attrs.define
 class Claim:
+    """-> True if this claim took the entry; False if there is none or it was claimed already."""
+
     task_id: str
     execution_id: str
-
-
-#: the pending store's answer to a ClaimThenStart whose claim failed
-NOT_CLAIMED = False
 
 
 @attrs.define
 class ClaimThenStart:
     """An executor's claim: if it succeeds the store passes ``start`` on to ``counter``, else it
-    answers ``start.reply`` with NOT_CLAIMED. The executor waits once, not for two round trips."""
+    answers ``start.reply`` with NotStarted.UNCLAIMED. The executor waits once, not for two
+    round trips."""
 
     task_id: str
     execution_id: str
@@ -167,6 +180,8 @@ class RemovePending:
 
 @attrs.define
 class DropTask:
+    """-> the ids of the task's entries, which are forgotten."""
+
     task_id: str
 
 
@@ -190,14 +205,16 @@ class Run:
 
 
 @attrs.define
-class Done:
+class ExecutorIdle:
     """The executor found no more work in the queue."""
 
     executor_urn: str
 
 
 @attrs.define
-class Expired:
+class JobTimedOut:
+    """The run ``token`` of the executor passed the job timeout (sent from the deadlines thread)."""
+
     executor_urn: str
     token: int
 
@@ -215,7 +232,7 @@ class JobRegistered:
 
 @attrs.define
 class Drain:
-    reply: Reply
+    reply: Reply[Any]
 
 
 @attrs.define
@@ -224,5 +241,5 @@ class PoolStats:
 
 
 @attrs.define
-class Executors:
+class ListExecutors:
     """-> (idle executors, executors still running a job or abandoned)."""

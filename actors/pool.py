@@ -24,7 +24,7 @@ from .board import CompletionBoard
 from .errors import EngineClosed
 from .jobs import JobContext, JobRegistry
 from .mailbox import EngineActor, Reply
-from .peers import Peers, await_reply, current_job
+from .refs import ActorRefs, await_reply, in_job, tell_if_alive
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -32,21 +32,21 @@ log = logging.getLogger(__name__)
 
 class ExecutorPool(EngineActor):
     def __init__(
-        self, size: int, jobs: JobRegistry, peers: Peers, board: CompletionBoard, job_timeout: float | None
+        self, size: int, jobs: JobRegistry, refs: ActorRefs, board: CompletionBoard, job_timeout: float | None
     ) -> None:
         super().__init__()
         self._size = size
         self._jobs = jobs
-        self._peers = peers
+        self._refs = refs
         self._board = board
         self._job_timeout = job_timeout
-        self._work = WorkQueue(job_timeout, self._expire)
+        self._work = WorkQueue(job_timeout, self._on_job_timeout)
         self._parked: dict[str, list[m.WorkItem]] = {}
         self._executors: dict[str, pykka.ActorRef[Any]] = {}  # urn -> executor, not given up on
         self._idle: list[pykka.ActorRef[Any]] = []
         self._abandoned: dict[str, pykka.ActorRef[Any]] = {}
         self._draining = False
-        self._drained: m.Reply | None = None
+        self._drain_reply: Reply[Any] | None = None
         self.replaced = 0
 
     def on_start(self) -> None:
@@ -54,7 +54,7 @@ class ExecutorPool(EngineActor):
             self._idle.append(self._new_executor())
 
     def _new_executor(self) -> pykka.ActorRef[Any]:
-        ref = Executor.start(self.actor_ref, self._peers, self._jobs, self._board, self._work)
+        ref = Executor.start(self.actor_ref, self._refs, self._jobs, self._board, self._work)
         self._work.add_slot(ref.actor_urn)
         self._executors[ref.actor_urn] = ref
         return ref
@@ -64,10 +64,10 @@ class ExecutorPool(EngineActor):
             for item in message.items:
                 self._submit(item)
             self._dispatch()
-        elif isinstance(message, m.Done):
-            self._done(message.executor_urn)
-        elif isinstance(message, m.Expired):
-            self._expired(message)
+        elif isinstance(message, m.ExecutorIdle):
+            self._executor_idle(message.executor_urn)
+        elif isinstance(message, m.JobTimedOut):
+            self._job_timed_out(message)
         elif isinstance(message, m.ExecutorStopped):
             self._stopped(message)
         elif isinstance(message, m.JobRegistered):
@@ -76,7 +76,7 @@ class ExecutorPool(EngineActor):
             self._dispatch()
         elif isinstance(message, m.Drain):
             self._drain(message.reply)
-        elif isinstance(message, m.Executors):
+        elif isinstance(message, m.ListExecutors):
             idle = list(self._idle)
             others = [r for r in self._executors.values() if r not in idle]
             return idle, others + list(self._abandoned.values())
@@ -123,7 +123,7 @@ class ExecutorPool(EngineActor):
                 return
             ref.tell(m.Run(*run))
 
-    def _done(self, urn: str) -> None:
+    def _executor_idle(self, urn: str) -> None:
         """An executor found nothing more to take."""
         ref = self._executors.get(urn)
         if ref is not None and ref not in self._idle:
@@ -131,11 +131,11 @@ class ExecutorPool(EngineActor):
             self._dispatch()
         self._check_drained()
 
-    def _expire(self, urn: str, token: int) -> None:
+    def _on_job_timeout(self, urn: str, token: int) -> None:
         """Called on the deadlines thread: the pool handles it in its turn."""
-        self._peers.tell_quietly(self.actor_ref, m.Expired(urn, token))
+        tell_if_alive(self.actor_ref, m.JobTimedOut(urn, token))
 
-    def _expired(self, msg: m.Expired) -> None:
+    def _job_timed_out(self, msg: m.JobTimedOut) -> None:
         running = self._work.give_up(msg.executor_urn, msg.token)
         if running is None:
             return  # the run finished first
@@ -143,7 +143,7 @@ class ExecutorPool(EngineActor):
         ref = self._executors.pop(msg.executor_urn)
         reason = f"TimeoutError: the job ran longer than the job timeout of {self._job_timeout} s"
         log.warning("execution %s: %s; its executor is replaced", item.execution.id, reason)
-        self._peers.tell_quietly(self._peers.counter_for(item.execution.task_id), m.Abandon(item, token, reason))
+        tell_if_alive(self._refs.counter_for(item.execution.task_id), m.Abandon(item, token, reason))
         self._abandoned[msg.executor_urn] = ref
         ref.stop(block=False)  # after its hung job returns, if ever
         self._replace()
@@ -157,8 +157,8 @@ class ExecutorPool(EngineActor):
         if running is not None:
             item, token = running
             reason = f"the executor running it died ({msg.reason})"
-            self._peers.tell_quietly(
-                self._peers.counter_for(item.execution.task_id), m.Abandon(item, token, reason)
+            tell_if_alive(
+                self._refs.counter_for(item.execution.task_id), m.Abandon(item, token, reason)
             )
         if not self._draining:
             log.warning("executor %s stopped (%s); replacing it", msg.executor_urn, msg.reason)
@@ -172,9 +172,9 @@ class ExecutorPool(EngineActor):
         self._dispatch()
         self._check_drained()
 
-    def _drain(self, reply: m.Reply) -> None:
+    def _drain(self, reply: Reply[Any]) -> None:
         """Closing: run nothing more and answer once the running jobs are done."""
-        self._draining, self._drained = True, reply
+        self._draining, self._drain_reply = True, reply
         for item in self._work.close():
             if item.execution.blocking:
                 self._board.fail(item.execution.id, EngineClosed("the engine closed before the execution started"))
@@ -182,8 +182,8 @@ class ExecutorPool(EngineActor):
         self._check_drained()
 
     def _check_drained(self) -> None:
-        if self._drained is not None and not self._work.busy():
-            reply, self._drained = self._drained, None
+        if self._drain_reply is not None and not self._work.busy():
+            reply, self._drain_reply = self._drain_reply, None
             m.answer(reply, None)
 
 
@@ -192,11 +192,11 @@ class Executor(EngineActor):
     it; then takes the next one from the work queue itself, and tells the pool when there is none."""
 
     def __init__(
-        self, pool: pykka.ActorRef[Any], peers: Peers, jobs: JobRegistry, board: CompletionBoard, work: WorkQueue
+        self, pool: pykka.ActorRef[Any], refs: ActorRefs, jobs: JobRegistry, board: CompletionBoard, work: WorkQueue
     ) -> None:
         super().__init__()
         self._pool = pool
-        self._peers = peers
+        self._refs = refs
         self._jobs = jobs
         self._board = board
         self._work = work
@@ -210,39 +210,39 @@ class Executor(EngineActor):
         while run is not None:
             self._run(*run)
             run = self._work.next_for(self.actor_urn, run[1])
-        self._peers.tell_quietly(self._pool, m.Done(self.actor_urn))
+        tell_if_alive(self._pool, m.ExecutorIdle(self.actor_urn))
         return None
 
     def on_stop(self) -> None:
-        self._peers.tell_quietly(self._pool, m.ExecutorStopped(self.actor_urn, "stopped"))
+        tell_if_alive(self._pool, m.ExecutorStopped(self.actor_urn, "stopped"))
 
     def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._peers.tell_quietly(self._pool, m.ExecutorStopped(self.actor_urn, f"{exc_type.__name__}: {exc}"))
+        tell_if_alive(self._pool, m.ExecutorStopped(self.actor_urn, f"{exc_type.__name__}: {exc}"))
 
     def _run(self, item: m.WorkItem, token: int) -> None:
         ex = item.execution
-        pending = self._peers.pending
+        pending = self._refs.pending
         assert pending is not None  # set before any executor starts
-        counter = self._peers.counter_for(ex.task_id)
-        reply: m.Reply = Reply()
+        counter = self._refs.counter_for(ex.task_id)
+        reply: Reply[Any] = Reply()
         start = m.Start(item, token, reply)
         # a non-blocking execution is claimed first (the pending store passes the Start on):
-        # a cancelled, deleted or already claimed one is answered NOT_CLAIMED and never runs
+        # a cancelled, deleted or already claimed one is answered UNCLAIMED and never runs
         if ex.blocking:
-            sent = self._peers.tell_quietly(counter, start)
+            sent = tell_if_alive(counter, start)
         else:
-            sent = self._peers.tell_quietly(pending, m.ClaimThenStart(ex.task_id, ex.id, counter, start))
+            sent = tell_if_alive(pending, m.ClaimThenStart(ex.task_id, ex.id, counter, start))
         if not sent:
             return  # the engine is closing; the execution stays PENDING on disk
         try:
             started = await_reply(reply, counter) if ex.blocking else await_reply(reply, pending, counter)
         except EngineClosed:
             return
-        if started is m.NOT_CLAIMED:
+        if started is m.NotStarted.UNCLAIMED:
             return
-        if started is None:
+        if started is m.NotStarted.REFUSED:
             if not ex.blocking:
-                self._peers.tell_quietly(pending, m.RemovePending([(ex.task_id, ex.id)]))
+                tell_if_alive(pending, m.RemovePending([(ex.task_id, ex.id)]))
             return
         running, task = started
         fn = self._jobs.get(item.job)
@@ -252,14 +252,14 @@ class Executor(EngineActor):
             task_id=running.task_id, execution_id=running.id, index=running.index, config=task.config,
             data=running.data,
         )
-        current_job.peers = self._peers
+        in_job.refs = self._refs
         try:
             status, result, error = run_job(fn, ctx)
         finally:
-            current_job.peers = None
+            in_job.refs = None
         finished = records.finished(running, status, time.time(), result=result, error=error)
         # a closed engine drops it: the record stays RUNNING and the next open finishes it as interrupted
-        self._peers.tell_quietly(counter, m.Finish(finished, item.incarnation, token))
+        tell_if_alive(counter, m.Finish(finished, item.incarnation, token))
 
 
 INVALID_RESULT = "InvalidResult: the job's result is not JSON-serializable: "

@@ -1,11 +1,10 @@
 """Work ready to run, shared by an executor pool and its executors.
 
-The pool used to hand every execution to an executor with a message and hear back
-with another: two actor hops (two thread wake-ups) per execution on top of the
-ones the work itself needs. Now an executor that finishes a job takes the next one
-here itself, under one lock, and only an executor that finds nothing tells the
-pool it is idle. The pool still decides everything that is not the happy path
-(parking, timeouts, dead executors, draining), reading the same slots.
+An executor that finishes a job takes the next one here itself, under one lock,
+and only an executor that finds nothing tells the pool it is idle: a message to
+the pool and one back for every execution would be two thread wake-ups on top of
+the ones the work itself needs. The pool decides everything that is not the
+happy path (parking, timeouts, dead executors, draining), reading the same slots.
 
 A *slot* is what one executor is running: the item, the token that identifies
 this run of it (Start, Finish and Abandon carry it), and its job-timeout
@@ -99,11 +98,6 @@ class WorkQueue:
     def busy(self) -> int:
         with self._lock:
             return sum(1 for slot in self._slots.values() if slot.item is not None)
-
-    def is_busy(self, urn: str) -> bool:
-        with self._lock:
-            slot = self._slots.get(urn)
-            return slot is not None and slot.item is not None
 
     def __len__(self) -> int:
         return len(self._items)

@@ -2,10 +2,8 @@
 
 plyvel's ``WriteBatch.put`` releases the GIL around what is only a copy into the
 batch's buffer. A counter actor builds its turn's batch while dozens of caller
-threads want the GIL, so every put becomes two thread switches (measured: 4.6
-voluntary context switches per acknowledged index with plyvel's batches, 2.5
-with these, and ~10% more acks per second in 10 of 10 paired runs; see
-BENCHMARKS.md). This module builds the batch with the C API that the libleveldb
+threads want the GIL, so every put becomes two thread switches (BENCHMARKS.md has
+what that costs). This module builds the batch with the C API that the libleveldb
 shipped with plyvel exports (``leveldb/c.h``), through ctypes: the ``PyDLL``
 functions keep the GIL for the copies, and the one ``CDLL`` call that writes, and
 waits for the disk, releases it, as plyvel's own write does.

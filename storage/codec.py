@@ -66,7 +66,7 @@ def encode_execution(ex: Execution) -> bytes:
     The body is the JSON object ``{"blocking", "data", "result", "error", "created_at",
     "started_at", "finished_at", "idempotency_key"}`` in that order, written field by field:
     this runs once per state change on a counter actor, and a dict through ``json`` costs
-    three times as much as the values alone."""
+    several times as much as the values alone."""
     if len(ex.id) != ID_LEN:
         raise ValueError(f"execution id {ex.id!r} is not a {ID_LEN}-character ULID")
     data, result, error, key = ex.data, ex.result, ex.error, ex.idempotency_key

@@ -371,3 +371,13 @@ def test_nonblocking_futures_fired_in_a_row_get_increasing_indexes(make_engine, 
     for idx in out.results:
         assert idx == sorted(idx) and len(set(idx)) == len(idx), f"one caller's futures resolved to {idx}"
     assert_indexes_exact([i for idx in out.results for i in idx], 240)
+
+
+def test_blocking_futures_fired_in_a_row_get_increasing_indexes(make_engine, db_path):
+    """§3.4 for blocking futures one caller fires without waiting in between."""
+    e = make_engine(db_path, jobs={"job": lambda ctx: ctx.index}, workers=4)
+    e.create_task("t", job="job")
+    for _ in range(5):
+        futures = [e.trigger_future("t", i, blocking=True) for i in range(16)]
+        indexes = [f.get(timeout=WAIT).index for f in futures]
+        assert indexes == sorted(indexes), indexes

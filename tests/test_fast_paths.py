@@ -11,6 +11,7 @@ import random
 import threading
 from pathlib import Path
 
+import attrs
 import plyvel
 import pykka
 import pytest
@@ -18,7 +19,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskengine.actors.mailbox import EngineActor, Reply
-from taskengine.storage import Committer, Database, Execution, ExecutionStatus, WriteFailed, capi, changes, codec, keys
+from taskengine.storage import (
+    Committer,
+    Database,
+    Execution,
+    ExecutionStatus,
+    WriteFailed,
+    capi,
+    changes,
+    codec,
+    keys,
+    records,
+)
 
 _reference = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
 
@@ -241,7 +253,7 @@ def test_a_get_hook_runs_once_for_concurrent_getters() -> None:
 def test_await_reply_gives_up_when_an_actor_on_the_way_is_gone() -> None:
     """An executor's Start passes through the pending store: if that stopped, EngineClosed."""
     from taskengine.actors.errors import EngineClosed
-    from taskengine.actors.peers import await_reply
+    from taskengine.actors.refs import await_reply
 
     class Idle(EngineActor):
         pass
@@ -253,3 +265,26 @@ def test_await_reply_gives_up_when_an_actor_on_the_way_is_gone() -> None:
             await_reply(Reply(), gone, alive)
     finally:
         alive.stop()
+
+
+def test_state_changes_carry_every_field_as_evolve_would() -> None:
+    """records.started / records.finished build an Execution positionally (for speed): each must
+    give what attrs.evolve gives, over every field, with a distinct value in each."""
+    examples: dict[str, object] = {
+        "id": "01J0000000000000000000000A", "task_id": "t", "index": 3, "status": ExecutionStatus.PENDING,
+        "blocking": True, "data": {"d": 1}, "result": [2], "error": "e", "created_at": 1.5,
+        "started_at": 2.5, "finished_at": 3.5, "idempotency_key": "k",
+    }
+    names = [field.name for field in attrs.fields(Execution)]
+    assert sorted(examples) == sorted(names), "give the new Execution field an example value here"
+    ex = Execution(**examples)  # type: ignore[arg-type]
+    assert records.started(ex, 9.0) == attrs.evolve(ex, status=ExecutionStatus.RUNNING, started_at=9.0)
+    assert records.started(ex, 9.0, 7) == attrs.evolve(
+        ex, status=ExecutionStatus.RUNNING, started_at=9.0, index=7
+    )
+    assert records.finished(ex, ExecutionStatus.FAILED, 9.0, result=None, error="boom") == attrs.evolve(
+        ex, status=ExecutionStatus.FAILED, finished_at=9.0, result=None, error="boom"
+    )
+    assert records.finished(ex, ExecutionStatus.SUCCESS, 9.0, result={"r": 1}) == attrs.evolve(
+        ex, status=ExecutionStatus.SUCCESS, finished_at=9.0, result={"r": 1}, error=None
+    )

@@ -1,5 +1,6 @@
 """White-box tests of what the public API cannot reach: duplicate delivery of one execution,
-an executor that dies, group commit, and the counter repair at load."""
+an executor that dies, group commit, the counter repair at load, and what the actors keep in
+memory (watchers of rejected triggers, idempotency keys once written)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pykka
 import pytest
 
-from taskengine import Engine, ExecutionStatus, JobContext
+from taskengine import Engine, ExecutionStatus, JobContext, TaskNotFound
 from taskengine.actors import messages as m
 from taskengine.actors import pool as actors_pool
 from taskengine.actors.ids import new_id
@@ -54,7 +55,7 @@ def test_a_pending_execution_delivered_twice_runs_once(engine: Engine, jobs: Job
     engine.create_task("t", job="job")
     ex = engine.trigger("t", "x")
     task = engine.get_task("t")
-    pool = engine._peers.pool
+    pool = engine._refs.pool
     assert pool is not None
     for _ in range(5):
         pool.tell(m.Submit([m.WorkItem(ex, task.job, task.incarnation)]))
@@ -211,7 +212,7 @@ def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
 
 def test_a_start_that_arrives_after_its_executor_was_abandoned_is_refused(engine: Engine, jobs: Jobs) -> None:
     """A job timeout (or executor death) can be handled before the executor's Start arrives:
-    the execution is failed then, and the late Start must not run it (a review finding)."""
+    the execution is failed then, and the late Start must not run it."""
     engine.create_task("t", job="job")
     engine.trigger("t", "hold")
     engine.trigger("t", "hold")  # both workers busy: the next execution waits in the pool queue
@@ -219,13 +220,13 @@ def test_a_start_that_arrives_after_its_executor_was_abandoned_is_refused(engine
     ex = engine.trigger("t", "late")
     task = engine.get_task("t")
     item = m.WorkItem(ex, task.job, task.incarnation)
-    pending, counter = engine._peers.pending, engine._peers.counter_for("t")
+    pending, counter = engine._refs.pending, engine._refs.counter_for("t")
     assert pending is not None
-    assert pending.ask(m.Claim("t", ex.id)) == ex.index  # as its executor would, before Start
+    assert pending.ask(m.Claim("t", ex.id)) is True  # as its executor would, before Start
     counter.tell(m.Abandon(item, 10**9, "TimeoutError: the job ran longer than the job timeout"))
-    reply: m.Reply = pykka.ThreadingFuture()
+    reply: pykka.Future[Any] = pykka.ThreadingFuture()
     counter.tell(m.Start(item, 10**9, reply))
-    assert reply.get(timeout=10) is None
+    assert reply.get(timeout=10) is m.NotStarted.REFUSED
     failed = engine.wait("t", ex.id, timeout=10)
     assert failed.status is ExecutionStatus.FAILED and "timeout" in (failed.error or "")
     jobs.release.set()
@@ -259,7 +260,7 @@ def test_a_timeout_that_loses_the_race_with_the_finish_changes_nothing(engine: E
     done = engine.wait("t", ex.id, timeout=10)
     assert done.status is ExecutionStatus.SUCCESS
     task = engine.get_task("t")
-    engine._peers.counter_for("t").tell(
+    engine._refs.counter_for("t").tell(
         m.Abandon(m.WorkItem(ex, task.job, task.incarnation), 10**9 + 1, "TimeoutError: late")
     )
     engine.get_task("t")  # answered by the same counter actor after the Abandon
@@ -275,3 +276,27 @@ def test_reads_of_a_closed_database_raise_storage_error(tmp_path: Path) -> None:
         db.get_task("t")
     with pytest.raises(StorageError):
         list(db.iter_live())
+
+
+def test_rejected_blocking_futures_leave_no_watcher(engine: Engine) -> None:
+    for _ in range(200):
+        engine.trigger_future("missing", blocking=True)  # rejected; the future is never read
+    # the rejection is answered after the counter actor's turn: a later call on the same
+    # actors has been handled after it
+    with pytest.raises(TaskNotFound):
+        engine.trigger("missing", blocking=True, timeout=5)
+    assert engine.stats()["waiters"] == 0
+
+
+def test_idempotency_keys_are_not_kept_in_memory_once_written(engine: Engine) -> None:
+    engine.create_task("t", job="job")
+    for i in range(300):
+        engine.trigger("t", i, idempotency_key=f"k{i}")
+    counters = engine._refs.counters
+    held = sum(
+        len(st.idem)
+        for ref in counters
+        for st in ref._actor_weakref()._cache.values()  # type: ignore[union-attr]  # noqa: SLF001
+    )
+    assert held == 0
+    assert engine.trigger("t", "again", idempotency_key="k7").index == 7

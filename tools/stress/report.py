@@ -12,9 +12,6 @@ from typing import Any
 
 import attrs
 
-#: the percentiles a latency summary reports
-PERCENTILES = (50.0, 95.0, 99.0)
-
 
 def percentile(sorted_values: Sequence[float], p: float) -> float:
     """The ``p``-th percentile (0 < p <= 100) of already sorted values, nearest-rank method:

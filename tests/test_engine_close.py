@@ -1,5 +1,7 @@
-"""close() while other threads read, trigger and wait: every call either works or raises
-EngineClosed, never another error, and no acknowledged execution is lost."""
+"""Engine.close(): while other threads read, trigger and wait, every call either works or raises
+EngineClosed, never another error, and no acknowledged execution is lost; a close from inside a
+job is refused; a second close returns only once the first has finished; afterwards every call
+raises EngineClosed and no actor is left alive."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from taskengine import Engine, EngineClosed
+from taskengine import Engine, EngineClosed, InvalidArgument, JobContext
 from taskengine.storage import Database
 
 
@@ -70,3 +72,55 @@ def test_calls_racing_close_work_or_raise_engine_closed(tmp_path: Path, round_: 
         db.close()
 
 
+def test_close_from_inside_a_job_is_refused(tmp_path: Path) -> None:
+    seen: list[BaseException] = []
+    holder: list[Engine] = []
+
+    def job(ctx: JobContext) -> None:
+        try:
+            holder[0].close()
+        except BaseException as e:  # noqa: BLE001
+            seen.append(e)
+
+    with Engine.open(str(tmp_path / "db"), jobs={"job": job}) as e:
+        holder.append(e)
+        e.create_task("t", job="job")
+        e.trigger("t", blocking=True, timeout=10)
+        assert len(seen) == 1 and isinstance(seen[0], InvalidArgument)
+
+
+def test_a_second_close_returns_only_when_the_engine_is_closed(tmp_path: Path) -> None:
+    release = threading.Event()
+    running = threading.Event()
+
+    def job(ctx: JobContext) -> None:
+        running.set()
+        release.wait(30)
+
+    e = Engine.open(str(tmp_path / "db"), jobs={"job": job})
+    e.create_task("t", job="job")
+    e.trigger("t")
+    running.wait(10)
+    first = threading.Thread(target=e.close)
+    first.start()
+    second_done = threading.Event()
+
+    def second() -> None:
+        e.close()
+        second_done.set()
+
+    threading.Thread(target=second).start()
+    assert not second_done.wait(0.3)  # the first close still waits for the running job
+    release.set()
+    assert second_done.wait(10)
+    first.join(10)
+    Database.open(str(tmp_path / "db")).close()  # the handle is free: close really finished
+
+
+def test_stats_after_close_raises_engine_closed(tmp_path: Path) -> None:
+    e = Engine.open(str(tmp_path / "db"), jobs={"job": lambda ctx: None})
+    e.close()
+    with pytest.raises(EngineClosed):
+        e.stats()
+    refs = e._refs
+    assert not any(ref.is_alive() for ref in [*refs.counters, refs.pool, refs.pending] if ref is not None)

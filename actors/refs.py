@@ -1,4 +1,4 @@
-"""How the engine's actors find each other.
+"""How the engine's actors reach each other, and asks and tells that survive close().
 
 Tasks are hashed onto a fixed, bounded set of counter actors: a task always maps to
 the same actor for the life of an engine, so that actor is its one writer, and the
@@ -16,12 +16,15 @@ import pykka
 
 from .errors import EngineClosed
 
-#: set on an executor's thread while it runs a job: which engine's executor this thread is
-current_job = threading.local()
+#: while an executor's thread runs a job, ``in_job.refs`` is its engine's ActorRefs (else unset or
+#: None): how close() recognises a call from one of its own jobs
+in_job = threading.local()
 
 
 @attrs.define
-class Peers:
+class ActorRefs:
+    """The refs of one engine's actors, shared by all of them; set once at open."""
+
     counters: list[pykka.ActorRef[Any]] = attrs.Factory(list)
     pending: pykka.ActorRef[Any] | None = None
     pool: pykka.ActorRef[Any] | None = None
@@ -32,15 +35,16 @@ class Peers:
             return counters[0]
         return counters[zlib.crc32(task_id.encode()) % len(counters)]
 
-    def tell_quietly(self, ref: pykka.ActorRef[Any] | None, message: Any) -> bool:
-        """Tell an actor that may already be stopped (the engine is closing); False if it was."""
-        if ref is None:
-            return False
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            return False
-        return True
+
+def tell_if_alive(ref: pykka.ActorRef[Any] | None, message: Any) -> bool:
+    """Tell an actor that may already be stopped (the engine is closing); False if it was."""
+    if ref is None:
+        return False
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        return False
+    return True
 
 
 def await_reply(reply: pykka.Future[Any], *refs: pykka.ActorRef[Any]) -> Any:
