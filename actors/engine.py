@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import pykka
@@ -42,6 +42,9 @@ from .pending import PendingStore
 from .pool import ExecutorPool
 from .refs import ActorRefs, ask, in_job, tell_if_alive
 
+if TYPE_CHECKING:
+    from taskengine.status import StatusServer
+
 log = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 10_000
@@ -65,6 +68,7 @@ class Engine:
         self._readers = 0
         self._closed = False
         self._close_finished = threading.Event()
+        self._status_servers: list[StatusServer] = []
         self.path = db.path
 
     # -- life cycle ------------------------------------------------------------------------
@@ -174,6 +178,8 @@ class Engine:
             self._close_finished.wait()
             return
         try:
+            for server in self._status_servers:  # its requests in flight are answered first
+                server.close()
             self._shutdown(timeout)
         finally:
             self._close_finished.set()
@@ -446,6 +452,17 @@ class Engine:
                 raise TaskNotFound(task_id)
             return list(self._db.iter_executions(task_id, after=after, limit=limit, newest_first=newest_first))
 
+    def list_tasks(self, after: str | None = None, limit: int = 50) -> list[Task]:
+        """Tasks ordered by id; ``after`` is the last id seen. Read from the database (each task
+        with its stored counter), so paging through many tasks loads none into the actors."""
+        if after is not None:
+            validate.task_id(after)
+        validate.positive_int(limit, "limit", allow_none=False)
+        if limit > MAX_LIST_LIMIT:
+            raise InvalidArgument(f"limit must be <= {MAX_LIST_LIMIT}")
+        with self._reading():
+            return self._db.list_tasks(after, limit)
+
     def cancel(self, task_id: str, execution_id: str) -> Execution:
         """Cancel an execution that has not started: it keeps its index and record, as CANCELLED.
         A running or finished execution is returned unchanged (a job cannot be interrupted)."""
@@ -463,6 +480,22 @@ class Engine:
             raise InvalidArgument("dest_path must be a non-empty string or path")
         with self._reading():
             return self._db.backup(str(os.fspath(dest_path)))
+
+    def serve_status(self, port: int = 0, *, host: str = "127.0.0.1", token: str | None = None) -> StatusServer:
+        """Start a read-only HTTP status server (JSON and a page for a person) for this engine;
+        it stops at :meth:`close`. ``port=0`` picks a free port (see ``.url``). Any host that is
+        not loopback needs a ``token``; with one, every request must carry it. See
+        :mod:`taskengine.status`."""
+        from taskengine.status import StatusServer
+
+        self._check_open()
+        server = StatusServer.start(self, host=host, port=port, token=token)
+        with self._gate:
+            if not self._closed:
+                self._status_servers.append(server)
+                return server
+        server.close()  # close() won the race
+        raise EngineClosed()
 
     def stats(self) -> dict[str, Any]:
         """Live figures; EngineClosed once closed (also when close() wins a race with it)."""

@@ -154,10 +154,12 @@ class Database:
             return None
         return codec.decode_task(key, value, self.read_counter(task_id, src))
 
-    def iter_task_ids(self) -> Iterator[str]:
-        """Every task id that has any key, in key order; seeks past each task's executions."""
-        with _reading("task ids"), self.raw.iterator(include_value=False) as it:
-            it.seek(keys.TASK_TAG)
+    def iter_task_ids(self, after: str | None = None, snapshot: Any = None) -> Iterator[str]:
+        """Every task id that has any key, in key order (``after``: the ids past that one);
+        seeks past each task's executions."""
+        src = snapshot or self.raw
+        with _reading("task ids"), src.iterator(include_value=False) as it:
+            it.seek(keys.TASK_TAG if after is None else keys.prefix_end(keys.task_prefix(after)))
             for key in it:
                 if not key.startswith(keys.TASK_TAG):
                     return
@@ -166,6 +168,18 @@ class Database:
                     raise CorruptRecord(key, "malformed task key")
                 yield parsed.task_id
                 it.seek(keys.prefix_end(keys.task_prefix(parsed.task_id)))
+
+    def list_tasks(self, after: str | None = None, limit: int = 50) -> list[Task]:
+        """A page of tasks in id order, read from one snapshot (each with its stored counter)."""
+        out: list[Task] = []
+        with _reading("tasks"), self.raw.snapshot() as snap:
+            for task_id in self.iter_task_ids(after, snap):
+                task = self.get_task(task_id, snap)
+                if task is not None:  # keys without a task record are replay's to report
+                    out.append(task)
+                    if len(out) >= limit:
+                        break
+        return out
 
     # -- executions ----------------------------------------------------------------------
 
