@@ -23,6 +23,7 @@ import attrs
 from taskengine.storage import Committer, Database, Execution, ExecutionStatus, Task, changes, records
 from taskengine.storage.batch import Op
 from taskengine.storage.errors import StorageError as _StorageError
+from taskengine.storage.errors import WriteFailed
 
 from . import messages as m
 from .board import CompletionBoard
@@ -103,7 +104,6 @@ class CounterActor(EngineActor):
         self._cache: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
         self._turn = _Turn()
         self._turn_no = 0
-        self._failed: BaseException | None = None
         self._abandoned: set[int] = set()  # tokens whose executor was given up on before it started
         self.triggered = 0
         self.finished = 0
@@ -141,8 +141,7 @@ class CounterActor(EngineActor):
             else:  # a stop or an ask: handled after this write, as pykka would
                 leftover = envelope
                 break
-        self._commit(turn)
-        if self._failed is None:
+        if self._commit(turn):
             self._forget_written(turn)
         self._evict()
         if leftover is not None:
@@ -162,8 +161,11 @@ class CounterActor(EngineActor):
 
     def _handle(self, message: Any) -> None:
         reply = getattr(message, "reply", None)
-        if self._failed is not None:
-            m.fail(reply, self._failed)
+        if self._committer.failure is not None and type(message) is not m.CounterStats:
+            # writes have stopped engine-wide (DESIGN §3.9): refuse, cheaply and quietly
+            refused = self._committer.refusal()
+            assert refused is not None
+            m.fail(reply, translate(refused))
             return
         try:
             self._handlers[type(message)](message)
@@ -177,18 +179,20 @@ class CounterActor(EngineActor):
             blocking_id = message.execution_id if isinstance(message, m.Trigger) and message.blocking else None
             self._after_write(reply, _rejection(e, self._board, blocking_id))
 
-    def _commit(self, turn: _Turn) -> None:
+    def _commit(self, turn: _Turn) -> bool:
+        """Write the turn and answer it; False if the write failed (every reply has the failure)."""
         # each task's counter once, after its records (and after a deletion of the task this turn)
         turn.changes += [[changes.counter(st.task.id, st.counter)] for st in turn.counted.values() if not st.deleted]
         if turn.changes:
             try:
                 self._committer.write(turn.changes)
             except _StorageError as e:
-                # the in-memory counters are now ahead of the disk: write nothing more, ever
-                self._failed = translate(e)
+                # the in-memory counters are now ahead of the disk; the committer writes nothing
+                # more, and every caller of this turn and every waiter is told so
                 for reply, _ in turn.answers:
-                    m.fail(reply, self._failed)
-                return
+                    m.fail(reply, _fresh(e))
+                self._stop_everything()
+                return False
         refs = self._refs
         if turn.pending:  # before any answer, so a cancel can always claim what it was told of
             tell_if_alive(refs.pending, m.AddPending(turn.pending))
@@ -205,6 +209,23 @@ class CounterActor(EngineActor):
                 m.fail(reply, translate(e) if isinstance(e, _StorageError) else e)
             else:
                 m.answer(reply, value)
+        return True
+
+    def _stop_everything(self) -> None:
+        """After a failed write: answer every waiter of the engine and stop the pool's queue."""
+        path = self._db.path
+        failure = self._committer.failure
+
+        def waiter_error() -> Exception:
+            return translate(WriteFailed(
+                f"the engine stopped writing after a failed write to the database at {path} ({failure}); "
+                "this execution's outcome is not known here: reopen the engine and read it (an "
+                "acknowledged execution that had not started runs after reopening)",
+                outcome_unknown=True,
+            ))
+
+        self._board.close(waiter_error)
+        tell_if_alive(self._refs.pool, m.StorageFailed())
 
     def _forget_written(self, turn: _Turn) -> None:
         """What memory held only until this turn's write: its idempotency keys, its tombstones."""
@@ -313,9 +334,7 @@ class CounterActor(EngineActor):
         if key is not None:
             existing = self._execution_with_key(st, key)
             if existing is not None:
-                queued = st.queued.get(existing)
-                outcome = (lambda: queued) if queued else self._reread_outcome(msg.task_id, existing)
-                self._after_write(msg.reply, outcome)
+                self._after_write(msg.reply, self._repeat(st, msg, existing))
                 return
         if st.exhausted():
             raise TaskNotRunnable(
@@ -349,6 +368,29 @@ class CounterActor(EngineActor):
         self._write(ops, msg.reply, lambda: ex)
         if key is not None:
             self._remember_key(st, key, ex.id)
+
+    def _repeat(self, st: TaskState, msg: m.Trigger, existing: str) -> Callable[[], Execution]:
+        """The answer to an idempotent repeat. A blocking repeat's caller waits on its own id;
+        the board passes it the first execution's outcome, whatever it is (finished, refused,
+        cancelled), so both callers get the same answer. It is registered after this turn's
+        write and before the read: an outcome published earlier in the turn is in the read."""
+        queued = st.queued.get(existing)
+        board, follower = self._board, msg.execution_id
+        read = self._reread_outcome(msg.task_id, existing)
+
+        def answer() -> Execution:
+            if msg.blocking:
+                board.follow(existing, follower)
+            try:
+                ex = queued if queued is not None else read()
+            except BaseException:
+                board.unfollow(existing, follower)
+                raise
+            if ex.status.is_finished:
+                board.unfollow(existing, follower)
+            return ex
+
+        return answer
 
     def _advance(self, st: TaskState) -> None:
         """One more index handed out; the counter is written once for the turn (see _commit)."""
@@ -555,6 +597,12 @@ class CounterActor(EngineActor):
 
 def _refused() -> m.NotStarted:
     return m.NotStarted.REFUSED
+
+
+def _fresh(error: _StorageError) -> Exception:
+    """One caller's own copy of a write's failure (a shared instance would carry every
+    caller's traceback)."""
+    return translate(WriteFailed(str(error), outcome_unknown=getattr(error, "outcome_unknown", True)))
 
 
 def _rejection(error: Exception, board: CompletionBoard, watched: str | None) -> Callable[[], Any]:

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-import attrs
 import pykka
 
 from taskengine.storage import Committer, Database, Execution, ExecutionStatus, Task
@@ -25,7 +24,7 @@ from taskengine.storage import CorruptRecord as StorageCorrupt
 from . import messages as m
 from . import validate
 from .board import CompletionBoard
-from .counter import TASK_DELETED, CounterActor
+from .counter import CounterActor
 from .errors import (
     EngineClosed,
     ExecutionNotFound,
@@ -98,7 +97,8 @@ class Engine:
         validate.positive_int(workers, "workers", allow_none=False)
         validate.positive_int(counter_actors, "counter_actors", allow_none=False)
         validate.positive_int(max_cached_tasks, "max_cached_tasks", allow_none=False)
-        if job_timeout is not None and validate.timeout(job_timeout) == 0:
+        job_timeout = validate.timeout(job_timeout, "job_timeout")
+        if job_timeout == 0:
             raise InvalidArgument("job_timeout must be > 0")
         if jobs is not None and not isinstance(jobs, Mapping):
             raise InvalidArgument("jobs must be a mapping of job names to functions")
@@ -107,7 +107,7 @@ class Engine:
             registry.add(name, fn)
         with storage_errors():
             db = Database.open(path, create=True)
-        committer = Committer(db.raw, sync=sync)
+        committer = Committer(db, sync=sync)
         refs = ActorRefs()
         engine = cls(db, committer, registry, refs)
         try:
@@ -120,7 +120,7 @@ class Engine:
             refs.pool = ExecutorPool.start(workers, registry, refs, engine._board, job_timeout)
             engine._recover()
         except BaseException:
-            engine._shutdown(timeout=0)
+            engine._shutdown(timeout=0, failed_open=True)
             raise
         log.info("engine open at %s (%d workers, %d counter actors, sync=%s)", path, workers, counter_actors, sync)
         return engine
@@ -184,7 +184,7 @@ class Engine:
         finally:
             self._close_finished.set()
 
-    def _shutdown(self, timeout: float | None) -> None:
+    def _shutdown(self, timeout: float | None, *, failed_open: bool = False) -> None:
         self._closed = True
         refs = self._refs
         if refs.pool is not None:
@@ -193,8 +193,9 @@ class Engine:
                 try:
                     drained.get(timeout=timeout)
                 except pykka.Timeout:
-                    log.warning("close: jobs still running after %s s are left; they will be "
-                                "finished as interrupted at the next open", timeout)
+                    if not failed_open:  # a failed open ran no job of its own
+                        log.warning("close: jobs still running after %s s are left; they will be "
+                                    "finished as interrupted at the next open", timeout)
         executors: tuple[list[pykka.ActorRef[Any]], list[pykka.ActorRef[Any]]] = ([], [])
         if refs.pool is not None:
             try:
@@ -213,7 +214,7 @@ class Engine:
             except pykka.ActorDeadError:
                 pass
         _stop(refs.pending)
-        self._board.close(EngineClosed())
+        self._board.close(EngineClosed)
         with self._gate:
             while self._readers:
                 self._gate.wait()
@@ -359,26 +360,18 @@ class Engine:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             ex: Execution = reply.get(timeout=timeout)
-            if ex.id != execution_id:  # an idempotent repeat: follow the first execution
+            if ex.status.is_finished:
                 self._board.unwatch(execution_id, watcher)
-                return ex if ex.status.is_finished else self._follow(ex, _remaining(deadline))
-            return ex if ex.status.is_finished else watcher.get(timeout=_remaining(deadline))
+                return ex
+            # an idempotent repeat's watcher is given the first execution's outcome (counter.py)
+            finished: Execution = watcher.get(timeout=_remaining(deadline))
+            return finished
         except pykka.Timeout:
             # the watcher stays: a later get() of the same future waits on it again
             raise ExecutionTimeout(execution_id, self._index_of(task_id, execution_id), timeout) from None
         except BaseException:
             self._board.unwatch(execution_id, watcher)
             raise
-
-    def _follow(self, ex: Execution, timeout: float | None) -> Execution:
-        """Wait for an execution we were told exists. Records only disappear with their task, so
-        if it is gone its task was deleted: answer as the deletion answers its waiters."""
-        try:
-            return self.wait(ex.task_id, ex.id, timeout)
-        except (ExecutionNotFound, TaskNotFound):
-            return attrs.evolve(
-                ex, status=ExecutionStatus.CANCELLED, error=TASK_DELETED, finished_at=time.time()
-            )
 
     def trigger(
         self,
@@ -478,6 +471,8 @@ class Engine:
         returns the number of keys copied."""
         if not isinstance(dest_path, str | os.PathLike) or not os.fspath(dest_path):
             raise InvalidArgument("dest_path must be a non-empty string or path")
+        if "\x00" in str(os.fspath(dest_path)):
+            raise InvalidArgument("dest_path must not contain a NUL character")
         with self._reading():
             return self._db.backup(str(os.fspath(dest_path)))
 
@@ -515,6 +510,8 @@ class Engine:
             "writes": self._committer.writes,
             "changes_written": self._committer.changes,
             "waiters": len(self._board),
+            # why writes stopped (a failed write; DESIGN §3.9), or None: then reopen the engine
+            "failed": self._committer.failure,
         }
         for key in ("cached_tasks", "triggered", "finished", "queued_blocking"):
             out[key] = sum(c[key] for c in counters)

@@ -86,11 +86,26 @@ class NotADatabase(StorageError, _st.NotADatabase):
     pass
 
 
+class DatabaseDamaged(NotADatabase, _st.DatabaseDamaged):
+    pass
+
+
+class ReadOnlyDatabase(StorageError, _st.ReadOnlyDatabase):
+    pass
+
+
+class WriteFailed(StorageError, _st.WriteFailed):
+    pass
+
+
 _TRANSLATION: list[tuple[type[_st.StorageError], type[StorageError]]] = [
     (_st.StorageLocked, StorageLocked),
     (_st.CorruptRecord, CorruptRecord),
     (_st.UnknownSchema, UnknownSchema),
+    (_st.DatabaseDamaged, DatabaseDamaged),
     (_st.NotADatabase, NotADatabase),
+    (_st.ReadOnlyDatabase, ReadOnlyDatabase),
+    (_st.WriteFailed, WriteFailed),
     (_st.StorageError, StorageError),
 ]
 
@@ -120,12 +135,14 @@ def storage_errors() -> Iterator[None]:
 
 __all__ = [
     "CorruptRecord",
+    "DatabaseDamaged",
     "EngineClosed",
     "EngineError",
     "ExecutionNotFound",
     "ExecutionTimeout",
     "InvalidArgument",
     "NotADatabase",
+    "ReadOnlyDatabase",
     "StorageError",
     "StorageLocked",
     "TaskAlreadyExists",
@@ -133,4 +150,5 @@ __all__ = [
     "TaskNotRunnable",
     "UnknownJob",
     "UnknownSchema",
+    "WriteFailed",
 ]

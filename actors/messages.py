@@ -241,5 +241,11 @@ class PoolStats:
 
 
 @attrs.define
+class StorageFailed:
+    """A write failed: the pool drops its queue and runs nothing more (waiters are answered by
+    the completion board; non-blocking executions stay PENDING on disk for the next open)."""
+
+
+@attrs.define
 class ListExecutors:
     """-> (idle executors, executors still running a job or abandoned)."""

@@ -21,7 +21,7 @@ from taskengine.storage import ExecutionStatus, codec, records
 
 from . import messages as m
 from .board import CompletionBoard
-from .errors import EngineClosed
+from .errors import EngineClosed, EngineError
 from .jobs import JobContext, JobRegistry
 from .mailbox import EngineActor, Reply
 from .refs import ActorRefs, await_reply, in_job, tell_if_alive
@@ -46,6 +46,7 @@ class ExecutorPool(EngineActor):
         self._idle: list[pykka.ActorRef[Any]] = []
         self._abandoned: dict[str, pykka.ActorRef[Any]] = {}
         self._draining = False
+        self._failed = False
         self._drain_reply: Reply[Any] | None = None
         self.replaced = 0
 
@@ -76,6 +77,9 @@ class ExecutorPool(EngineActor):
             self._dispatch()
         elif isinstance(message, m.Drain):
             self._drain(message.reply)
+        elif isinstance(message, m.StorageFailed):
+            self._failed = True
+            self._work.close()
         elif isinstance(message, m.ListExecutors):
             idle = list(self._idle)
             others = [r for r in self._executors.values() if r not in idle]
@@ -105,8 +109,8 @@ class ExecutorPool(EngineActor):
     # -- queue -------------------------------------------------------------------------------
 
     def _submit(self, item: m.WorkItem) -> None:
-        if self._draining:
-            return  # closing: a non-blocking execution stays PENDING on disk for the next open
+        if self._draining or self._failed:
+            return  # a non-blocking execution stays PENDING on disk for the next open
         if item.job not in self._jobs:
             log.info("execution %s waits for job %r to be registered", item.execution.id, item.job)
             self._parked.setdefault(item.job, []).append(item)
@@ -236,7 +240,7 @@ class Executor(EngineActor):
             return  # the engine is closing; the execution stays PENDING on disk
         try:
             started = await_reply(reply, counter) if ex.blocking else await_reply(reply, pending, counter)
-        except EngineClosed:
+        except EngineError:  # closed, or writes stopped after a failed one: it stays PENDING on disk
             return
         if started is m.NotStarted.UNCLAIMED:
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 from taskengine.storage import codec
@@ -64,11 +65,15 @@ def positive_int(value: Any, what: str, *, allow_none: bool = True, minimum: int
     return value
 
 
-def timeout(value: Any) -> float | None:
+def timeout(value: Any, what: str = "timeout") -> float | None:
+    """Seconds to wait, or None for no limit. ``inf``, and anything longer than the longest wait
+    threads can make (``threading.TIMEOUT_MAX``, about 292 years), also mean no limit."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise InvalidArgument(f"timeout must be a number of seconds >= 0, not {value!r}")
+        raise InvalidArgument(f"{what} must be a number of seconds >= 0 (or None, or inf), not {value!r}")
+    if value > threading.TIMEOUT_MAX:
+        return None
     return float(value)
 
 

@@ -3,19 +3,30 @@
 Knows nothing of actors, so replay and inspect tools can use it alone.
 """
 
-from .batch import Committer, DeletePrefix, WriteFailed
+from .batch import Committer, DeletePrefix
 from .db import Database
-from .errors import CorruptRecord, NotADatabase, StorageError, StorageLocked, UnknownSchema
+from .errors import (
+    CorruptRecord,
+    DatabaseDamaged,
+    NotADatabase,
+    ReadOnlyDatabase,
+    StorageError,
+    StorageLocked,
+    UnknownSchema,
+    WriteFailed,
+)
 from .records import Execution, ExecutionStatus, Task, TaskStatus
 
 __all__ = [
     "CorruptRecord",
     "Database",
+    "DatabaseDamaged",
     "Execution",
     "ExecutionStatus",
     "Committer",
     "DeletePrefix",
     "NotADatabase",
+    "ReadOnlyDatabase",
     "StorageError",
     "StorageLocked",
     "Task",

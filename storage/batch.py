@@ -4,18 +4,18 @@ A change is a list of operations that must be applied all-or-nothing (see
 ``changes.py``). ``Committer.write`` applies several changes in one write batch,
 so they share one fsync: that is the group commit. Each counter actor gathers the
 changes of every message waiting in its inbox and writes them with one call;
-LevelDB itself merges synced writes that different threads make at the same time.
+writes of different counter actors are made one at a time (see ``Committer``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 from . import capi, keys
-from .errors import StorageError
+from .db import Database, plyvel_message
+from .errors import WriteFailed
 
 log = logging.getLogger(__name__)
 
@@ -36,34 +36,65 @@ class DeletePrefix:
 Op = Put | Delete | DeletePrefix
 
 
-class WriteFailed(StorageError):
-    """LevelDB refused a write; the caller must not hand out anything the write held."""
-
-
 class Committer:
-    """Writes groups of changes to one database. Thread-safe: counter actors share one."""
+    """Writes groups of changes to one database. Thread-safe: counter actors share one.
 
-    def __init__(self, raw_db: Any, *, sync: bool = True) -> None:
-        self._db = raw_db
+    LevelDB 1.22 moves its log position even when a write to the log fails, so a later
+    write that succeeds lands misaligned, and recovery drops it. So after the first failed
+    write nothing more is written through this database by anyone: the committer is
+    *failed* and refuses every write until the database is reopened. Writes are made one at
+    a time under the database's write lock, so no write can slip in between a failure and
+    the refusal, and ``Database.close`` never frees the handle under a write.
+    """
+
+    def __init__(self, db: Database, *, sync: bool = True) -> None:
+        self._database = db
+        self._db = db.raw
         self.sync = sync
-        self._capi = capi.open_writer(raw_db, sync=sync)  # None: plyvel's batches for everything
-        self._lock = threading.Lock()  # guards the figures only; LevelDB serialises writes itself
+        self._capi = capi.open_writer(db.raw, sync=sync)  # None: plyvel's batches for everything
+        self._lock = db.write_lock
+        self.failure: str | None = None  # why the first failed write failed
         self.writes = 0
         self.changes = 0
 
     def write(self, changes: Sequence[Sequence[Op]]) -> None:
-        """Apply ``changes`` (each atomic, all in order) durably if ``sync``; raises WriteFailed."""
-        try:
-            batch = self._plain_batch(changes)
-            if batch is None:  # a prefix deletion: it must also see the keys put before it
-                batch = self._tracked_batch(changes)
-            batch.write()
-        except Exception as e:  # plyvel raises its own IOError / RuntimeError (closed)
-            log.critical("database write failed: %s", e)
-            raise WriteFailed(f"database write failed: {e}") from e
+        """Apply ``changes`` (each atomic, all in order) durably if ``sync``; raises WriteFailed:
+        with ``outcome_unknown`` if this write failed, without if it was refused unwritten."""
         with self._lock:
+            refused = self.refusal()
+            if refused is not None:
+                raise refused
+            if self._db.closed:
+                raise WriteFailed(f"the database at {self._database.path} is closed", outcome_unknown=False)
+            try:
+                batch = self._plain_batch(changes)
+                if batch is None:  # a prefix deletion: it must also see the keys put before it
+                    batch = self._tracked_batch(changes)
+                batch.write()
+            except Exception as e:  # plyvel raises its own IOError / RuntimeError
+                self.failure = plyvel_message(e)
+                log.critical("database write failed at %s: %s; no more writes until it is reopened",
+                             self._database.path, self.failure)
+                raise WriteFailed(
+                    f"database write failed ({self.failure}): the outcome is unknown, the change may be "
+                    "on disk and appear after a restart; nothing more is written until the engine is "
+                    "reopened, and a retry with the same idempotency key is then safe",
+                    outcome_unknown=True,
+                ) from None
             self.writes += 1
             self.changes += len(changes)
+
+    def refusal(self) -> WriteFailed | None:
+        """After a failed write, the error that refuses a call: a fresh one each time, so no
+        traceback is carried from one refused call to the next."""
+        if self.failure is None:
+            return None
+        return WriteFailed(
+            f"refused: an earlier write to the database at {self._database.path} failed "
+            f"({self.failure}); nothing is written until the engine is reopened, and this call "
+            "changed nothing",
+            outcome_unknown=False,
+        )
 
     def _plain_batch(self, changes: Sequence[Sequence[Op]]) -> Any:
         """The batch of puts and deletes (the hot path, through the C API where it can be), or

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -48,9 +51,13 @@ class CBatch:
         self._ref: int | None = api.create()
 
     def put(self, key: bytes, value: bytes) -> None:
+        if self._ref is None:  # C would be handed NULL
+            raise ValueError("the write batch was already written or closed")
         self._api.put(self._ref, key, len(key), value, len(value))
 
     def delete(self, key: bytes) -> None:
+        if self._ref is None:
+            raise ValueError("the write batch was already written or closed")
         self._api.delete(self._ref, key, len(key))
 
     def write(self) -> None:
@@ -66,7 +73,10 @@ class CBatch:
 
 
 class CWriter:
-    """The C functions, bound once, for one open database. ``sync`` is fixed here, at open."""
+    """The C functions, bound once, for one open database. ``sync`` is fixed here, at open.
+
+    Not thread-safe against the database being closed: its one user, ``Committer``, writes
+    and closes under the database's write lock."""
 
     def __init__(self, raw_db: Any, pointer: int, library: str, *, sync: bool) -> None:
         keep_gil, drop_gil = ctypes.PyDLL(library), ctypes.CDLL(library)
@@ -135,7 +145,11 @@ def db_pointer(raw_db: Any) -> int | None:
 
     plyvel 1.5 declares ``cdef class DB: leveldb.DB* _db; Options options; readonly name; lock;
     iterators`` and has a ``cpdef`` method, so the object is: header (2 words), vtable, ``_db``, the
-    Options struct, then three object pointers. ``name`` is readable, which pins the layout down."""
+    Options struct, then three object pointers. ``name`` is readable, which pins the layout down.
+    Word 3 is then taken only if it points at readable memory holding a C++ object whose vtable
+    is that of a ``DBImpl`` of the very libleveldb loaded here (read from a throwaway database
+    opened through the C API): any other pointer in that place, e.g. to the options'
+    comparator, is refused."""
     import plyvel
 
     if sys.implementation.name != "cpython" or not plyvel.__version__.startswith(KNOWN_PLYVEL):
@@ -149,7 +163,59 @@ def db_pointer(raw_db: Any) -> int | None:
     words = (ctypes.c_void_p * (size // word)).from_address(id(raw_db))
     if words[1] != id(type(raw_db)) or words[size // word - 3] != id(raw_db.name) or not words[3]:
         return None  # the header is not (refcount, type), or name is not where plyvel 1.5 has it
-    return int(words[3])
+    pointer = int(words[3])
+    return pointer if points_at_dbimpl(pointer) else None
+
+
+def points_at_dbimpl(pointer: int) -> bool:
+    """Whether ``pointer`` is the address of a ``DBImpl`` of the libleveldb loaded here."""
+    library = _library()
+    if library is None or not _readable(pointer, ctypes.sizeof(ctypes.c_void_p)):
+        return False
+    reference = _dbimpl_vtable(library)
+    return reference is not None and ctypes.c_void_p.from_address(pointer).value == reference
+
+
+def _readable(address: int, size: int) -> bool:
+    """Whether ``[address, address + size)`` lies in one readable mapping of this process."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                span, perms = line.split(None, 2)[:2]
+                start, end = (int(x, 16) for x in span.split("-"))
+                if start <= address and address + size <= end:
+                    return perms.startswith("r")
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+@functools.lru_cache(maxsize=4)
+def _dbimpl_vtable(library: str) -> int | None:
+    """The vtable address of ``leveldb::DBImpl`` in ``library``, from a database opened through
+    its own C API in a temporary directory (the symbol itself is not exported)."""
+    lib = ctypes.PyDLL(library)
+    vp = ctypes.c_void_p
+    options = _bind(lib.leveldb_options_create, [], vp)()
+    error = vp()
+    tmp = tempfile.mkdtemp(prefix="taskengine-capi-")
+    try:
+        _bind(lib.leveldb_options_set_create_if_missing, [vp, ctypes.c_ubyte], None)(options, 1)
+        handle = _bind(lib.leveldb_open, [vp, ctypes.c_char_p, ctypes.POINTER(vp)], vp)(
+            options, os.fsencode(tmp), ctypes.byref(error)
+        )
+        if error.value or not handle:
+            if error.value:
+                _bind(lib.leveldb_free, [vp], None)(error.value)
+            return None
+        try:
+            rep = _DBHandle.from_address(handle).rep
+            return ctypes.c_void_p.from_address(rep).value if rep else None
+        finally:
+            _bind(lib.leveldb_close, [vp], None)(handle)
+    finally:
+        _bind(lib.leveldb_options_destroy, [vp], None)(options)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def open_writer(raw_db: Any, *, sync: bool) -> CWriter | None:

@@ -7,16 +7,26 @@ Readers here are all a replay or inspect tool needs; writes go through
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import plyvel
 
 from . import codec, keys
-from .errors import CorruptRecord, NotADatabase, StorageError, StorageLocked, UnknownSchema
+from .errors import (
+    CorruptRecord,
+    DatabaseDamaged,
+    NotADatabase,
+    StorageError,
+    StorageLocked,
+    UnknownSchema,
+)
+from .lock import LOCK_FILE, DirectoryLock, read_only_error
 from .records import Execution, Task
 
 log = logging.getLogger(__name__)
@@ -28,31 +38,81 @@ def plyvel_message(e: BaseException) -> str:
     return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
 
 
-def _open_leveldb(path: str, create: bool) -> Any:
+RECOVER_HINT = (
+    "to open it anyway, accepting the loss of what LevelDB cannot read, run "
+    "`taskengine recover PATH --accept-loss` (then `taskengine replay PATH`), or restore a backup"
+)
+
+
+def _check_path(path: str, create: bool) -> None:
+    if "\x00" in path:
+        raise NotADatabase(f"{path!r} contains a NUL character")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADatabase(f"{path!r} is a file, not a database directory")
     if create:
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise NotADatabase(f"{path!r} is a file, not a database directory")
-        if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, "CURRENT")):
+        if os.path.isdir(path) and set(os.listdir(path)) - {LOCK_FILE} and not os.path.exists(
+            os.path.join(path, "CURRENT")
+        ):
             raise NotADatabase(f"{path!r} is a non-empty directory that is not a LevelDB database")
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as e:
-            raise StorageError(f"cannot create {path!r}: {e}") from None
-    elif os.path.exists(path) and not os.path.isdir(path):
-        raise NotADatabase(f"{path!r} is a file, not a database directory")
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise read_only_error(path, e) from None
+            raise StorageError(f"cannot create {path!r}: {e.strerror}") from None
     elif not os.path.isdir(path):
         raise NotADatabase(f"no database at {path!r}")
+
+
+def _open_leveldb(path: str, create: bool, paranoid: bool) -> Any:
+    """plyvel's DB, with LevelDB's paranoid checks unless the caller accepts a loss: recovery
+    that would drop log records then fails instead of carrying on without them."""
     try:
-        return plyvel.DB(path, create_if_missing=create)
+        return plyvel.DB(path, create_if_missing=create, paranoid_checks=paranoid)
     except plyvel.IOError as e:
         msg = plyvel_message(e)
-        if "lock" in msg.lower():
-            raise StorageLocked(path) from None
+        if "Permission denied" in msg or "Read-only file system" in msg:
+            raise read_only_error(path, OSError(errno.EACCES, msg)) from None
+        if "lock" in msg.lower():  # another program holds LevelDB's own lock
+            raise StorageLocked(path, msg) from None
         raise StorageError(f"cannot open {path!r}: {msg}") from None
     except plyvel.CorruptionError as e:
-        raise NotADatabase(f"{path!r} is a corrupt LevelDB database: {plyvel_message(e)}") from None
+        raise DatabaseDamaged(f"{path!r} is damaged: {plyvel_message(e)}; {RECOVER_HINT}") from None
     except plyvel.Error as e:
         raise NotADatabase(f"{path!r} is not a LevelDB database: {plyvel_message(e)}") from None
+
+
+def dropped_by_recovery(path: str) -> list[str]:
+    """Lines of LevelDB's info log (rewritten at every open) where recovery dropped data."""
+    try:
+        with open(os.path.join(path, "LOG"), encoding="utf-8", errors="replace") as f:
+            return [line.strip() for line in f if "dropping" in line or "ignoring error" in line]
+    except OSError:
+        return []
+
+
+def recover(path: str) -> list[str]:
+    """Make a damaged database open again, accepting the loss of what LevelDB cannot read: open it
+    without paranoid checks (recovery drops unreadable log records and rewrites the rest), or, if
+    that fails too, run LevelDB's repairer. Returns what was dropped, from LevelDB's info log."""
+    _check_path(path, create=False)
+    lock = DirectoryLock.acquire(path)
+    try:
+        try:
+            _open_leveldb(path, create=False, paranoid=False).close()
+            dropped = dropped_by_recovery(path)
+        except StorageError as e:
+            if isinstance(e, StorageLocked):
+                raise
+            log.error("%s: LevelDB cannot open it (%s); running its repairer", path, e)
+            try:
+                plyvel.repair_db(path)
+            except plyvel.Error as e2:
+                raise StorageError(f"cannot repair {path!r}: {plyvel_message(e2)}") from None
+            dropped = [f"repaired by LevelDB's repairer after: {e}"]
+    finally:
+        lock.release()
+    return dropped
 
 
 @contextlib.contextmanager
@@ -81,28 +141,57 @@ def _reads(fn: _F) -> _F:
 
 
 class Database:
-    """One open database. Reads are safe from any thread (LevelDB allows it)."""
+    """One open database. Reads are safe from any thread (LevelDB allows it); writes go through
+    a :class:`~taskengine.storage.batch.Committer`, which takes ``write_lock``, so ``close`` never
+    frees the handle under a write."""
 
-    def __init__(self, raw: Any, path: str) -> None:
+    def __init__(self, raw: Any, path: str, lock: DirectoryLock | None = None) -> None:
         self.raw = raw
         self.path = path
+        self._lock = lock
+        self.write_lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str, *, create: bool = False) -> Database:
+    def open(cls, path: str, *, create: bool = False, accept_loss: bool = False) -> Database:
         """Open a taskengine database; ``create`` makes a new one (the engine's mode).
 
         Tools open with ``create=False`` so a typo never leaves an empty database behind.
+        The database's own lock (see ``storage.lock``) is taken before LevelDB is touched.
+        Damage that LevelDB would skip (a log record that fails its checksum) raises
+        DatabaseDamaged, unless ``accept_loss``: then LevelDB drops what it cannot read and
+        the dropped parts are logged.
         """
-        raw = _open_leveldb(path, create)
+        _check_path(path, create)
+        lock = DirectoryLock.acquire(path)
         try:
-            cls._check_schema(raw, path, create)
+            raw = _open_leveldb(path, create, paranoid=not accept_loss)
+            try:
+                dropped = dropped_by_recovery(path)
+                if dropped and not accept_loss:
+                    raise DatabaseDamaged(f"{path!r}: LevelDB dropped data while opening it ({dropped[0]}); "
+                                          f"{RECOVER_HINT}")
+                for line in dropped:
+                    log.error("%s: recovery accepted a loss: %s", path, line)
+                cls._check_schema(raw, path, create)
+            except BaseException:
+                raw.close()
+                raise
         except BaseException:
-            raw.close()
+            lock.release()
             raise
-        return cls(raw, path)
+        return cls(raw, path, lock)
+
+    @classmethod
+    def _check_schema(cls, raw: Any, path: str, create: bool) -> None:
+        try:
+            cls._check_schema_version(raw, path, create)
+        except plyvel.CorruptionError as e:
+            raise DatabaseDamaged(f"{path!r} is damaged: {plyvel_message(e)}; {RECOVER_HINT}") from None
+        except plyvel.Error as e:  # an unreadable table file, or a full disk writing a new schema
+            raise StorageError(f"cannot open {path!r}: {plyvel_message(e)}") from None
 
     @staticmethod
-    def _check_schema(raw: Any, path: str, create: bool) -> None:
+    def _check_schema_version(raw: Any, path: str, create: bool) -> None:
         stored = raw.get(keys.SCHEMA_KEY)
         if stored is None:
             with raw.iterator(include_value=False) as it:
@@ -124,8 +213,12 @@ class Database:
             )
 
     def close(self) -> None:
-        if not self.raw.closed:
-            self.raw.close()
+        """Idempotent; waits for a write in progress, then releases the database's lock."""
+        with self.write_lock:
+            if not self.raw.closed:
+                self.raw.close()
+        if self._lock is not None:
+            self._lock.release()
 
     # -- tasks ---------------------------------------------------------------------------
 

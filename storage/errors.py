@@ -38,3 +38,22 @@ class UnknownSchema(StorageError):
 
 class NotADatabase(StorageError):
     """The path is missing, is not a LevelDB, or is a LevelDB of another program."""
+
+
+class DatabaseDamaged(NotADatabase):
+    """LevelDB found damage (a log record or table that fails its checksum) and would have to drop
+    data to open the database; the message says how to accept the loss explicitly."""
+
+
+class ReadOnlyDatabase(StorageError):
+    """The database directory cannot be written (permissions, a read-only file system)."""
+
+
+class WriteFailed(StorageError):
+    """A write failed or was refused. ``outcome_unknown`` is True for the write that failed
+    (its change may be on disk and appear after a restart) and False for a refusal made
+    before anything was written."""
+
+    def __init__(self, message: str, *, outcome_unknown: bool) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown

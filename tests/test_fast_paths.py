@@ -87,7 +87,7 @@ def test_a_prefix_deletion_after_puts_in_the_same_write_deletes_them_too(tmp_pat
     """The write path falls back to tracking put keys only when a change deletes a prefix."""
     db = Database.open(str(tmp_path / "db"), create=True)
     try:
-        committer = Committer(db.raw, sync=False)
+        committer = Committer(db, sync=False)
         committer.write([[(b"Ta\x00x1", b"on disk")], [(b"Tb\x00x1", b"other task")]])
         committer.write([
             [(b"Ta\x00x2", b"put earlier in this write")],
@@ -166,7 +166,7 @@ def test_c_api_batches_write_what_plyvel_batches_write(tmp_path: Path, monkeypat
             monkeypatch.setenv("TASKENGINE_PLAIN_BATCH", "1")
         db = Database.open(str(tmp_path / f"db-{plain}"), create=True)
         try:
-            committer = Committer(db.raw, sync=False)
+            committer = Committer(db, sync=False)
             assert (committer._capi is None) is plain
             for changes_ in rounds:
                 committer.write(changes_)
@@ -180,7 +180,7 @@ def test_c_api_batches_write_what_plyvel_batches_write(tmp_path: Path, monkeypat
 def test_c_api_write_to_a_closed_database_fails_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TASKENGINE_PLAIN_BATCH", raising=False)
     db = Database.open(str(tmp_path / "db"), create=True)
-    committer = Committer(db.raw, sync=True)
+    committer = Committer(db, sync=True)
     assert committer._capi is not None
     committer.write([[(b"Tk\x00x", b"v")]])
     db.close()

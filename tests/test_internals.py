@@ -134,7 +134,7 @@ def test_delete_prefix_sees_earlier_changes_of_the_same_write(tmp_path: Path) ->
     task = Task(id="a", job="job", incarnation="i1")
     other = Task(id="a:b", job="job", incarnation="i2")
     ex = Execution(id=new_id(), task_id="a", index=0, status=ExecutionStatus.PENDING, blocking=False)
-    Committer(db.raw, sync=True).write(
+    Committer(db, sync=True).write(
         [changes.create_task(task), changes.create_task(other), changes.assign(ex), changes.delete_task("a")]
     )
     assert db.get_task("a") is None
@@ -154,7 +154,7 @@ def test_a_counter_behind_its_records_is_repaired_and_never_reissues(tmp_path: P
         for i in range(3)
     ]
     ops.append([(keys.counter_key("old"), storage_codec.encode_int(1))])  # the counter fell behind
-    Committer(db.raw, sync=False).write(ops)
+    Committer(db, sync=False).write(ops)
     db.close()
     with Engine.open(path, jobs={"job": jobs}) as e:
         assert e.next_index("old") == 3

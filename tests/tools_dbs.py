@@ -36,7 +36,7 @@ class DbBuilder:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
         self.db = Database.open(self.path, create=True)
-        self.committer = Committer(self.db.raw, sync=False)
+        self.committer = Committer(self.db, sync=False)
         self.counters: dict[str, int] = {}
 
     def __enter__(self) -> DbBuilder:

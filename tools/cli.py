@@ -29,8 +29,9 @@ import plyvel
 
 from taskengine import __version__
 from taskengine.storage import CorruptRecord, StorageError
+from taskengine.storage.db import plyvel_message
 
-from . import backup, replay
+from . import backup, recover, replay
 from . import inspect as inspect_tool
 from .common import EXIT_FAILED, EXIT_USAGE, ToolError
 
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 PROG = "taskengine"
 
 #: subcommands that read a database through ``storage`` only, always present
-BUILTIN: dict[str, ModuleType] = {"replay": replay, "inspect": inspect_tool, "backup": backup}
+BUILTIN: dict[str, ModuleType] = {
+    "replay": replay, "inspect": inspect_tool, "backup": backup, "recover": recover,
+}
 #: subcommands that drive an engine: name -> the command module (relative to this package),
 #: registered when that module exists
 PLUGINS = {"stress": ".stress.command", "bench": ".bench.command"}
@@ -159,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as e:
         return _fail(args.command, str(e), EXIT_FAILED)
     except plyvel.Error as e:  # LevelDB found damage while reading (a checksum, a missing file)
-        return _fail(args.command, f"the database cannot be read: {e}", EXIT_FAILED)
+        return _fail(args.command, f"the database cannot be read: {plyvel_message(e)}", EXIT_FAILED)
     except KeyboardInterrupt:
         return _fail(args.command, "interrupted", 130)
     except BrokenPipeError:  # the reader went away (| head): stop quietly

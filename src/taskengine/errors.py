@@ -5,12 +5,14 @@ Defined in ``taskengine.actors.errors``; this module is where users import them 
 
 from .actors.errors import (
     CorruptRecord,
+    DatabaseDamaged,
     EngineClosed,
     EngineError,
     ExecutionNotFound,
     ExecutionTimeout,
     InvalidArgument,
     NotADatabase,
+    ReadOnlyDatabase,
     StorageError,
     StorageLocked,
     TaskAlreadyExists,
@@ -18,16 +20,19 @@ from .actors.errors import (
     TaskNotRunnable,
     UnknownJob,
     UnknownSchema,
+    WriteFailed,
 )
 
 __all__ = [
     "CorruptRecord",
+    "DatabaseDamaged",
     "EngineClosed",
     "EngineError",
     "ExecutionNotFound",
     "ExecutionTimeout",
     "InvalidArgument",
     "NotADatabase",
+    "ReadOnlyDatabase",
     "StorageError",
     "StorageLocked",
     "TaskAlreadyExists",
@@ -35,4 +40,5 @@ __all__ = [
     "TaskNotRunnable",
     "UnknownJob",
     "UnknownSchema",
+    "WriteFailed",
 ]
