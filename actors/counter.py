@@ -106,7 +106,9 @@ class CounterActor(EngineActor):
         self._turn_no = 0
         self._abandoned: set[int] = set()  # tokens whose executor was given up on before it started
         self.triggered = 0
-        self.finished = 0
+        self.ended: dict[ExecutionStatus, int] = dict.fromkeys(
+            (ExecutionStatus.SUCCESS, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED), 0
+        )
         self._handlers: dict[type, Callable[[Any], None]] = {
             m.Trigger: self._trigger,
             m.Start: self._start,
@@ -488,7 +490,7 @@ class CounterActor(EngineActor):
     def _complete(self, st: TaskState, ex: Execution, reply: Reply[Any] | None) -> None:
         ops = changes.update(ex)
         del st.running[ex.id]
-        self.finished += 1
+        self.ended[ex.status] += 1
         if not ex.blocking:
             self._turn.removed.append((ex.task_id, ex.id))
         self._write(ops, reply, lambda: self._publish_and_answer(ex))
@@ -523,7 +525,7 @@ class CounterActor(EngineActor):
         if on_disk is not None and on_disk.id == ex.id and on_disk.status is ExecutionStatus.PENDING:
             failed = _finished(ex, ExecutionStatus.FAILED, error=msg.reason)
             self._turn.removed.append((ex.task_id, ex.id))
-            self.finished += 1
+            self.ended[ExecutionStatus.FAILED] += 1
             self._write(changes.update(failed), None, lambda: self._publish_and_answer(failed))
 
     def _cancel(self, msg: m.Cancel) -> None:
@@ -532,6 +534,7 @@ class CounterActor(EngineActor):
         if queued is not None:
             self._forget_key(st, queued)
             cancelled = _finished(queued, ExecutionStatus.CANCELLED, error="cancelled by Engine.cancel")
+            self.ended[ExecutionStatus.CANCELLED] += 1
             self._after_write(msg.reply, lambda: self._publish_and_answer(cancelled))
             return
         assert self._refs.pending is not None
@@ -543,6 +546,7 @@ class CounterActor(EngineActor):
         if record is None:
             raise ExecutionNotFound(msg.task_id, msg.execution_id)
         cancelled = _finished(record, ExecutionStatus.CANCELLED, error="cancelled by Engine.cancel")
+        self.ended[ExecutionStatus.CANCELLED] += 1
         self._turn.removed.append((msg.task_id, msg.execution_id))
         self._write(changes.update(cancelled), msg.reply, lambda: self._publish_and_answer(cancelled))
 
@@ -558,6 +562,7 @@ class CounterActor(EngineActor):
                 if record is not None:
                     cancelled.append(_finished(record, ExecutionStatus.CANCELLED, error=TASK_DELETED))
         st.deleted = True
+        self.ended[ExecutionStatus.CANCELLED] += len(cancelled)
         self._turn.deleted.append(msg.task_id)
         st.queued.clear()
         st.running.clear()
@@ -582,15 +587,17 @@ class CounterActor(EngineActor):
     def _interrupted(self, msg: m.Interrupted) -> None:
         self._require(msg.execution.task_id)  # loads the task, reconciling its counter first
         failed = _finished(msg.execution, ExecutionStatus.FAILED, error=INTERRUPTED)
+        self.ended[ExecutionStatus.FAILED] += 1
         self._write(changes.update(failed), msg.reply, lambda: failed)
 
     def _stats(self, msg: m.CounterStats) -> None:
         figures = {
             "cached_tasks": len(self._cache),
-            "running": sum(len(st.running) for st in self._cache.values()),
             "queued_blocking": sum(len(st.queued) for st in self._cache.values()),
             "triggered": self.triggered,
-            "finished": self.finished,
+            "succeeded": self.ended[ExecutionStatus.SUCCESS],
+            "failed": self.ended[ExecutionStatus.FAILED],
+            "cancelled": self.ended[ExecutionStatus.CANCELLED],
         }
         self._after_write(msg.reply, lambda: figures)
 

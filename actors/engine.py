@@ -8,6 +8,7 @@ in one process never touch each other.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -35,11 +36,13 @@ from .errors import (
     storage_errors,
 )
 from .ids import new_id
+from .jobloop import JobLoop
 from .jobs import Job, JobRegistry
 from .mailbox import Reply
 from .pending import PendingStore
 from .pool import ExecutorPool
 from .refs import ActorRefs, ask, in_job, tell_if_alive
+from .stats import EngineStats
 
 if TYPE_CHECKING:
     from taskengine.status import StatusServer
@@ -83,6 +86,7 @@ class Engine:
         counter_actors: int = 1,
         job_timeout: float | None = None,
         max_cached_tasks: int = 100_000,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> Engine:
         """Open (or create) the database at ``path`` and start the engine.
 
@@ -90,6 +94,8 @@ class Engine:
         write reaches the disk: a crash of the machine (not of the process) can then lose
         acknowledged indexes. ``counter_actors`` bounds the threads that serve tasks, whatever
         their number; ``max_cached_tasks`` bounds the task states they keep in memory.
+        ``async def`` jobs run on ``loop`` if given (a running loop the caller keeps running), else on
+        a loop the engine starts on its own thread when the first async job runs.
         """
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
             raise InvalidArgument("path must be a non-empty string or path")
@@ -102,7 +108,9 @@ class Engine:
             raise InvalidArgument("job_timeout must be > 0")
         if jobs is not None and not isinstance(jobs, Mapping):
             raise InvalidArgument("jobs must be a mapping of job names to functions")
-        registry = JobRegistry()
+        if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
+            raise InvalidArgument("loop must be an asyncio event loop")
+        registry = JobRegistry(JobLoop(loop, job_timeout))
         for name, fn in (jobs or {}).items():
             registry.add(name, fn)
         with storage_errors():
@@ -214,6 +222,8 @@ class Engine:
             except pykka.ActorDeadError:
                 pass
         _stop(refs.pending)
+        if self._jobs.loop is not None:
+            self._jobs.loop.close()
         self._board.close(EngineClosed)
         with self._gate:
             while self._readers:
@@ -492,30 +502,35 @@ class Engine:
         server.close()  # close() won the race
         raise EngineClosed()
 
-    def stats(self) -> dict[str, Any]:
-        """Live figures; EngineClosed once closed (also when close() wins a race with it)."""
+    def stats(self) -> EngineStats:
+        """Live figures (see :class:`EngineStats`); EngineClosed once closed (also when close()
+        wins a race with it)."""
         self._check_open()
         refs = self._refs
         pool = cast(dict[str, int], ask(refs.pool, m.PoolStats()))
         counters = [cast(dict[str, int], self._send_to(ref, m.CounterStats).get()) for ref in refs.counters]
-        out: dict[str, Any] = {
-            "counter_actors": len(refs.counters),
-            "executors": pool["executors"],
-            "live_actors": len(refs.counters) + 2 + pool["executors"] + pool["abandoned_executors"],
-            "queued": pool["queued"],
-            "running": pool["running"],
-            "waiting_for_job": pool["waiting_for_job"],
-            "replaced_executors": pool["replaced_executors"],
-            "pending": ask(refs.pending, m.PendingCount()),
-            "writes": self._committer.writes,
-            "changes_written": self._committer.changes,
-            "waiters": len(self._board),
-            # why writes stopped (a failed write; DESIGN §3.9), or None: then reopen the engine
-            "failed": self._committer.failure,
-        }
-        for key in ("cached_tasks", "triggered", "finished", "queued_blocking"):
-            out[key] = sum(c[key] for c in counters)
-        return out
+        summed = {key: sum(c[key] for c in counters) for key in counters[0]}
+        return EngineStats(
+            counter_actors=len(refs.counters),
+            executors=pool["executors"],
+            live_actors=len(refs.counters) + 2 + pool["executors"] + pool["abandoned_executors"],
+            queued=pool["queued"],
+            running=pool["running"],
+            waiting_for_job=pool["waiting_for_job"],
+            queued_blocking=summed["queued_blocking"],
+            pending=ask(refs.pending, m.PendingCount()),
+            waiters=len(self._board),
+            cached_tasks=summed["cached_tasks"],
+            replaced_executors=pool["replaced_executors"],
+            triggered=summed["triggered"],
+            finished=summed["succeeded"] + summed["failed"] + summed["cancelled"],
+            succeeded=summed["succeeded"],
+            failed=summed["failed"],
+            cancelled=summed["cancelled"],
+            writes=self._committer.writes,
+            changes_written=self._committer.changes,
+            write_failure=self._committer.failure,
+        )
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from .errors import InvalidArgument
+from .jobloop import JobLoop
 
 
 @attrs.frozen
@@ -20,16 +21,18 @@ class JobContext:
     data: Any
 
 
+#: a job is a function of its context, or an ``async def`` one (it then runs on an event loop)
 Job = Callable[[JobContext], Any]
 
 
 class JobRegistry:
     """Name -> function, shared by the engine and the executors. Jobs are only ever added,
-    so a lookup that succeeded once stays valid."""
+    so a lookup that succeeded once stays valid. ``loop`` is where async jobs run."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: JobLoop | None = None) -> None:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self.loop = loop
 
     def add(self, name: str, fn: Job) -> None:
         if not isinstance(name, str) or not name or not name.isprintable():

@@ -10,18 +10,19 @@ to finish on its own and its late result is refused by the counter actor).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
 import pykka
 
-from taskengine.storage import ExecutionStatus, codec, records
+from taskengine.storage import ExecutionStatus, records
 
 from . import messages as m
 from .board import CompletionBoard
 from .errors import EngineClosed, EngineError
+from .jobloop import timeout_reason
+from .jobrun import run_job
 from .jobs import JobContext, JobRegistry
 from .mailbox import EngineActor, Reply
 from .refs import ActorRefs, await_reply, in_job, tell_if_alive
@@ -145,7 +146,7 @@ class ExecutorPool(EngineActor):
             return  # the run finished first
         item, token = running
         ref = self._executors.pop(msg.executor_urn)
-        reason = f"TimeoutError: the job ran longer than the job timeout of {self._job_timeout} s"
+        reason = f"TimeoutError: {timeout_reason(self._job_timeout)}"
         log.warning("execution %s: %s; its executor is replaced", item.execution.id, reason)
         tell_if_alive(self._refs.counter_for(item.execution.task_id), m.Abandon(item, token, reason))
         self._abandoned[msg.executor_urn] = ref
@@ -258,38 +259,12 @@ class Executor(EngineActor):
         )
         in_job.refs = self._refs
         try:
-            status, result, error = run_job(fn, ctx)
+            status, result, error, traceback = run_job(fn, ctx, self._jobs.loop)
         finally:
             in_job.refs = None
-        finished = records.finished(running, status, time.time(), result=result, error=error)
+        if status is ExecutionStatus.FAILED:
+            log.warning("execution %s of task %r (index %s) failed: %s%s", running.id, running.task_id,
+                        running.index, error, "" if traceback is None else "\n" + traceback.rstrip())
+        finished = records.finished(running, status, time.time(), result=result, error=error, traceback=traceback)
         # a closed engine drops it: the record stays RUNNING and the next open finishes it as interrupted
         tell_if_alive(counter, m.Finish(finished, item.incarnation, token))
-
-
-INVALID_RESULT = "InvalidResult: the job's result is not JSON-serializable: "
-
-
-def run_job(fn: Any, ctx: JobContext) -> tuple[ExecutionStatus, Any, str | None]:
-    """Run a job and turn any outcome into a status; nothing a job does escapes. The result is
-    stored as JSON, so the caller gets the JSON-normalised copy the record holds."""
-    try:
-        result = fn(ctx)
-    except BaseException as e:  # noqa: BLE001 - SystemExit from a job must not stop the actors
-        return ExecutionStatus.FAILED, None, _error_text(e)
-    if result is None:
-        return ExecutionStatus.SUCCESS, None, None
-    try:
-        return ExecutionStatus.SUCCESS, json.loads(codec.to_json(result).encode()), None
-    except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
-        return ExecutionStatus.FAILED, None, _error_text(e, INVALID_RESULT)
-
-
-def _error_text(e: BaseException, prefix: str | None = None) -> str:
-    """'TypeName: message', storable as UTF-8 whatever the exception holds."""
-    try:
-        message = str(e)
-    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the failure
-        message = repr(e)
-    text = (prefix or f"{type(e).__name__}: ") + message
-    return text.encode("utf-8", "backslashreplace").decode()
-

@@ -66,7 +66,8 @@ def encode_execution(ex: Execution) -> bytes:
     The body is the JSON object ``{"blocking", "data", "result", "error", "created_at",
     "started_at", "finished_at", "idempotency_key"}`` in that order, written field by field:
     this runs once per state change on a counter actor, and a dict through ``json`` costs
-    several times as much as the values alone."""
+    several times as much as the values alone. A ``"traceback"`` member follows only when the
+    execution has one, so every other record is written exactly as before it existed."""
     if len(ex.id) != ID_LEN:
         raise ValueError(f"execution id {ex.id!r} is not a {ID_LEN}-character ULID")
     data, result, error, key = ex.data, ex.result, ex.error, ex.idempotency_key
@@ -86,7 +87,7 @@ def encode_execution(ex: Execution) -> bytes:
             _json(ex.finished_at),
             ',"idempotency_key":',
             "null" if key is None else _json(key),
-            "}",
+            "}" if ex.traceback is None else ',"traceback":' + _dumps(ex.traceback) + "}",
         ]
     )
     return ex.status.code + ex.id.encode() + keys.SEP + body.encode()
@@ -106,6 +107,12 @@ STATUS_AT = 0
 ID_START = 1
 ID_LEN = 26
 ID_END = ID_START + ID_LEN
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"traceback is a {type(value).__name__}, not a string")
 
 
 def peek_execution(key: bytes, value: bytes) -> tuple[ExecutionStatus, str]:
@@ -135,6 +142,7 @@ def decode_execution(key: bytes, value: bytes, task_id: str, index: int) -> Exec
             started_at=d["started_at"],
             finished_at=d["finished_at"],
             idempotency_key=d["idempotency_key"],
+            traceback=_optional_text(d.get("traceback")),
         )
     except (ValueError, KeyError, TypeError) as e:
         raise CorruptRecord(key, f"execution record body does not decode ({e})") from None

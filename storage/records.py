@@ -55,7 +55,11 @@ class TaskStatus(enum.StrEnum):
 @attrs.frozen
 class Execution:
     """One run of a task. ``index`` is ``None`` only for a blocking execution still queued:
-    blocking executions get their index when an executor starts them."""
+    blocking executions get their index when an executor starts them.
+
+    ``error`` says what went wrong in one line (``"TypeName: message"``); ``traceback`` is the full
+    text of the exception a job raised (None for every other execution, including one that failed
+    for another reason: a timeout, an interruption, a result that is not JSON)."""
 
     id: str
     task_id: str
@@ -69,6 +73,7 @@ class Execution:
     started_at: float | None = None
     finished_at: float | None = None
     idempotency_key: str | None = None
+    traceback: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = attrs.asdict(self, recurse=False)
@@ -82,7 +87,7 @@ class Execution:
 # this list, and importing the module fails when Execution's fields no longer match it.
 _STATE_CHANGE_FIELDS = (
     "id", "task_id", "index", "status", "blocking", "data",
-    "result", "error", "created_at", "started_at", "finished_at", "idempotency_key",
+    "result", "error", "created_at", "started_at", "finished_at", "idempotency_key", "traceback",
 )
 if tuple(field.name for field in attrs.fields(Execution)) != _STATE_CHANGE_FIELDS:
     raise ImportError(
@@ -95,17 +100,23 @@ def started(ex: Execution, started_at: float, index: int | None = None) -> Execu
     """``ex`` RUNNING since ``started_at``; a blocking execution gets its ``index`` here."""
     return Execution(
         ex.id, ex.task_id, ex.index if index is None else index, ExecutionStatus.RUNNING, ex.blocking, ex.data,
-        ex.result, ex.error, ex.created_at, started_at, ex.finished_at, ex.idempotency_key,
+        ex.result, ex.error, ex.created_at, started_at, ex.finished_at, ex.idempotency_key, ex.traceback,
     )
 
 
 def finished(
-    ex: Execution, status: ExecutionStatus, finished_at: float, *, result: Any = None, error: str | None = None
+    ex: Execution,
+    status: ExecutionStatus,
+    finished_at: float,
+    *,
+    result: Any = None,
+    error: str | None = None,
+    traceback: str | None = None,
 ) -> Execution:
     """``ex`` finished as ``status`` (SUCCESS, FAILED or CANCELLED) with this result or error."""
     return Execution(
         ex.id, ex.task_id, ex.index, status, ex.blocking, ex.data,
-        result, error, ex.created_at, ex.started_at, finished_at, ex.idempotency_key,
+        result, error, ex.created_at, ex.started_at, finished_at, ex.idempotency_key, traceback,
     )
 
 

@@ -7,12 +7,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import plyvel
 import pykka
 import pytest
 
 from engine_helpers import WAIT, Child, Gate, Recorder, check_db, close_bounded
-from taskengine import Engine, ExecutionStatus, errors, storage
+from taskengine import Engine, EngineStats, ExecutionStatus, errors, storage
 from taskengine.storage import keys
 
 S = ExecutionStatus
@@ -294,7 +295,7 @@ def test_two_engines_in_one_process_are_independent(make_engine, fresh_path):
         e.create_task("t", job="rec")
         assert e.trigger("t", blocking=True, timeout=WAIT).index == 0
     close_bounded(e1)
-    live = e2.stats()["live_actors"]
+    live = e2.stats().live_actors
     assert live > 0 and len(pykka.ActorRegistry.get_all()) >= baseline + live
     assert e2.trigger("t", blocking=True, timeout=WAIT).index == 1
     nb = e2.trigger("t")
@@ -326,10 +327,10 @@ def test_stats_reports_the_documented_keys(make_engine, db_path):
     assert gate.wait_calls(1)
     engine.trigger("t")
     st = engine.stats()
-    for key in ("counter_actors", "executors", "live_actors", "queued", "running", "waiting_for_job",
-                "cached_tasks", "writes", "triggered", "finished"):
-        assert key in st, key
-    assert st["running"] == 1 and st["queued"] == 1
+    assert isinstance(st, EngineStats)
+    assert set(st.to_json()) == {f.name for f in attrs.fields(EngineStats)}
+    assert st.running == 1 and st.queued == 1
+    assert st.triggered == 2 and st.finished == 0 and st.counter_actors == 1 and st.executors == 1
 
 
 def test_open_refuses_what_is_not_a_taskengine_database(make_engine, tmp_path):
@@ -372,7 +373,7 @@ def test_failed_open_leaks_no_actors(make_engine, db_path):
     engine.create_task("t", job="rec")
     assert engine.trigger("t", blocking=True, timeout=WAIT).index == 0
     baseline = len(pykka.ActorRegistry.get_all())
-    assert baseline == engine.stats()["live_actors"]
+    assert baseline == engine.stats().live_actors
     for _ in range(3):
         with pytest.raises(errors.StorageLocked):
             Engine.open(db_path, jobs={"rec": rec})

@@ -73,10 +73,10 @@ def test_a_dead_executor_is_replaced_and_its_running_execution_failed(
 ) -> None:
     real = actors_pool.run_job
 
-    def broken(fn: Any, ctx: JobContext) -> Any:
+    def broken(fn: Any, ctx: JobContext, *rest: Any) -> Any:
         if ctx.data == "die":
             raise RuntimeError("executor bug")  # outside the job: kills the executor actor
-        return real(fn, ctx)
+        return real(fn, ctx, *rest)
 
     monkeypatch.setattr(actors_pool, "run_job", broken)
     engine.create_task("t", job="job")
@@ -89,8 +89,8 @@ def test_a_dead_executor_is_replaced_and_its_running_execution_failed(
     results = [engine.trigger("t", i, blocking=True, timeout=10) for i in range(4)]
     assert [r.index for r in results] == [1, 2, 3, 4]
     stats = engine.stats()
-    assert stats["replaced_executors"] == 1
-    assert stats["executors"] == 2
+    assert stats.replaced_executors == 1
+    assert stats.executors == 2
 
 
 def test_job_timeout_frees_the_slot(tmp_path: Path, jobs: Jobs) -> None:
@@ -126,7 +126,7 @@ def test_concurrent_triggers_share_writes(tmp_path: Path, jobs: Jobs) -> None:
             t.join()
         stats = e.stats()
         assert sorted(indexes) == list(range(640))
-        assert stats["writes"] < stats["changes_written"]
+        assert stats.writes < stats.changes_written
 
 
 def test_delete_prefix_sees_earlier_changes_of_the_same_write(tmp_path: Path) -> None:
@@ -285,7 +285,7 @@ def test_rejected_blocking_futures_leave_no_watcher(engine: Engine) -> None:
     # actors has been handled after it
     with pytest.raises(TaskNotFound):
         engine.trigger("missing", blocking=True, timeout=5)
-    assert engine.stats()["waiters"] == 0
+    assert engine.stats().waiters == 0
 
 
 def test_idempotency_keys_are_not_kept_in_memory_once_written(engine: Engine) -> None:

@@ -232,7 +232,7 @@ def test_idempotent_blocking_repeat_gets_the_same_true_answer(make_engine, db_pa
     a = threading.Thread(target=caller_a)
     a.start()
     engine.get_task("t")  # A's trigger is in (answered after it, by the same actor)
-    while engine.stats()["queued_blocking"] < 1:
+    while engine.stats().queued_blocking < 1:
         engine.get_task("t")
     b = engine.trigger_future("t", blocking=True, idempotency_key="k")
     engine.get_task("t")  # B's repeat has been answered: A is queued

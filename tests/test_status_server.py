@@ -152,13 +152,13 @@ def test_page_files_are_served_locally_with_a_strict_policy(node: Any) -> None:
 @pytest.mark.timeout(60)
 def test_every_method_but_get_is_refused_and_changes_nothing(node: Any) -> None:
     server = node.serve_status()
-    before = (node.next_index("alpha"), node.stats()["triggered"])
+    before = (node.next_index("alpha"), node.stats().triggered)
     for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "FROB"):
         for path in ("/api/tasks/alpha", "/api/tasks/alpha/executions", "/", "/metrics"):
             status, head, _ = request(server, method, path)
             assert status == 405, (method, path, status)
             assert head["allow"] == "GET"
-    assert (node.next_index("alpha"), node.stats()["triggered"]) == before
+    assert (node.next_index("alpha"), node.stats().triggered) == before
     assert [t.id for t in node.list_tasks()] == ["a/b c?ü", "alpha", "beta"]
 
 

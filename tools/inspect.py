@@ -8,7 +8,8 @@ Three views, all read-only (nothing is assigned or changed, as for the engine's 
 * ``inspect DB --task T``: that task's executions in index order (``--newest-first``
   reverses, ``--limit`` bounds the list);
 * ``inspect DB --task T --execution ID`` (or ``--index N``): one execution's full record
-  as JSON.
+  as JSON (a failed job's traceback is its ``traceback`` member); ``--traceback`` prints that
+  traceback as Python printed it, for a person to read.
 
 It shows what is stored; judging it is ``taskengine replay``'s job.
 """
@@ -28,7 +29,8 @@ SUMMARY = "List a database's tasks, a task's executions, or one execution"
 DESCRIPTION = (
     "Show what a database holds: its tasks (job, next index, status, pending and running "
     "executions); with --task, that task's executions in index order; with --execution ID or "
-    "--index N, one execution's full record as JSON. Reads only."
+    "--index N, one execution's full record as JSON (--traceback: the traceback of its failed "
+    "job, as text). Reads only."
 )
 
 #: executions listed when --limit is not given
@@ -51,11 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"with --task: list at most N executions (default {DEFAULT_LIMIT}; 0 lists all)",
     )
     parser.add_argument("--newest-first", action="store_true", help="with --task: highest index first")
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="with --execution or --index: print the traceback of the execution's failed job as text",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if args.task is None and (args.execution is not None or args.index is not None):
         raise ToolError("--execution and --index need --task", EXIT_USAGE)
+    if args.traceback and args.execution is None and args.index is None:
+        raise ToolError("--traceback needs --task and --execution or --index", EXIT_USAGE)
     if args.limit < 0:
         raise ToolError(f"--limit must be 0 (all) or more, not {args.limit}", EXIT_USAGE)
     if args.index is not None and args.index < 0:
@@ -63,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     with open_database(args.db) as db:
         if args.task is None:
             lines = task_lines(db)
+        elif args.traceback:
+            lines = [traceback_text(find_execution(db, args))]
         elif args.execution is not None or args.index is not None:
             lines = [json.dumps(find_execution(db, args).to_json(), indent=2, ensure_ascii=False)]
         else:
@@ -134,6 +145,14 @@ def execution_lines(db: Database, task_id: str, limit: int | None, newest_first:
 def _execution_row(ex: Execution) -> tuple[object, ...]:
     error = "" if ex.error is None else one_line(ex.error, ERROR_WIDTH)
     return (ex.index, ex.id, ex.status.value, format_time(ex.created_at), format_time(ex.finished_at), error)
+
+
+def traceback_text(ex: Execution) -> str:
+    if ex.traceback is not None:
+        return ex.traceback.rstrip("\n")
+    if ex.status is ExecutionStatus.FAILED:
+        raise ToolError(f"execution {ex.id} failed without a traceback: {ex.error}", EXIT_FAILED)
+    raise ToolError(f"execution {ex.id} is {ex.status.value}: it has no traceback", EXIT_FAILED)
 
 
 def find_execution(db: Database, args: argparse.Namespace) -> Execution:

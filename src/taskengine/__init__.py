@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from . import errors
     from .actors.engine import Engine
     from .actors.jobs import JobContext
+    from .actors.stats import EngineStats
     from .errors import (
         CorruptRecord,
         EngineClosed,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 _HOME = {
     "Engine": ".actors.engine",
     "JobContext": ".actors.jobs",
+    "EngineStats": ".actors.stats",
     "Execution": ".storage",
     "ExecutionStatus": ".storage",
     "Task": ".storage",
@@ -74,6 +76,7 @@ __all__ = [
     "Engine",
     "EngineClosed",
     "EngineError",
+    "EngineStats",
     "Execution",
     "ExecutionNotFound",
     "ExecutionStatus",

@@ -18,12 +18,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskengine.storage import Database
 
 from .. import replay  # imported with the engine, so a run checks with the code it ran
 from .measure import Sampler, proc_status, rss_mb, run_callers, run_fixed
+
+if TYPE_CHECKING:
+    from taskengine import EngineStats
 
 CALLER_COUNTS = (1, 8, 64)
 TASK_COUNTS = (1, 100)
@@ -63,10 +66,10 @@ def _task_ids(prefix: str, n: int) -> list[str]:
     return [f"{prefix}-{t}" for t in range(n)]
 
 
-def _changes_per_write(before: dict[str, Any], after: dict[str, Any]) -> float | None:
+def _changes_per_write(before: EngineStats | None, after: EngineStats) -> float | None:
     """How many changes shared one LevelDB write (the group commit), from engine.stats()."""
-    writes = after["writes"] - before.get("writes", 0)
-    changes = after["changes_written"] - before.get("changes_written", 0)
+    writes = after.writes - (before.writes if before is not None else 0)
+    changes = after.changes_written - (before.changes_written if before is not None else 0)
     return round(changes / writes, 2) if writes > 0 and changes > 0 else None
 
 
@@ -193,7 +196,7 @@ def e2e(opts: Any, out: dict[str, Any], invariants: dict[str, Any]) -> None:
         stats = engine.stats()
     finally:
         engine.close()
-    out["e2e_noop_64c_100t"]["changes_per_write"] = _changes_per_write({}, stats)
+    out["e2e_noop_64c_100t"]["changes_per_write"] = _changes_per_write(None, stats)
     rep = _replay_ok(path)
     if rep.get("pending") or rep.get("running"):
         rep["ok"] = False  # every execution was waited for: none may be left unfinished
@@ -258,8 +261,8 @@ def child_tasks(p: dict[str, Any]) -> dict[str, Any]:
         "base_rss_mb": rss_mb(base.get("VmRSS", 0)),
         "base_threads": base.get("Threads"),
         "caller_threads": 64,
-        "engine_actors": stats.get("live_actors"),
-        "cached_tasks": stats.get("cached_tasks"),
+        "engine_actors": stats.live_actors,
+        "cached_tasks": stats.cached_tasks,
         "ran": ran[0],
         "create_s": round(create_s, 2),
         "trigger_s": round(trigger_s, 2),
@@ -365,9 +368,9 @@ def child_soak(p: dict[str, Any]) -> dict[str, Any]:
         "python_blocks_at_warm": at_warm[4] if at_warm else None,
         "python_blocks_at_end": end[4] if end else None,
         "peak_threads": sampler.peak_threads,
-        "cached_tasks": stats.get("cached_tasks"),
-        "pending_left": stats.get("pending"),
-        "waiters_left": stats.get("waiters"),
+        "cached_tasks": stats.cached_tasks,
+        "pending_left": stats.pending,
+        "waiters_left": stats.waiters,
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
         "series": _downsample(series, 60),

@@ -12,8 +12,6 @@ import importlib.util
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 import taskengine
 from taskengine.errors import InvalidArgument
 
@@ -51,10 +49,7 @@ def _index(raw: str, what: str) -> int:
 
 
 def stats(engine: Engine) -> dict[str, Any]:
-    figures: Any = engine.stats()
-    if attrs.has(type(figures)):  # the typed record; a dict before it
-        figures = attrs.asdict(figures)
-    return {"path": engine.path, "version": taskengine.__version__, "stats": figures}
+    return {"path": engine.path, "version": taskengine.__version__, "stats": engine.stats().to_json()}
 
 
 def tasks(engine: Engine, query: Mapping[str, str]) -> dict[str, Any]:
