@@ -22,8 +22,8 @@ import pykka
 from taskengine.storage import Committer, Database, Execution, ExecutionStatus, Task
 from taskengine.storage import CorruptRecord as StorageCorrupt
 
+from . import aio, validate
 from . import messages as m
-from . import validate
 from .board import CompletionBoard
 from .counter import CounterActor
 from .errors import (
@@ -344,24 +344,31 @@ class Engine:
         self, task_id: str, data: Any = None, *, blocking: bool = False, idempotency_key: str | None = None
     ) -> pykka.Future[Execution]:
         """Like :meth:`trigger`, for callers that are actors: a non-blocking future resolves when the
-        index is durable, a blocking one when the execution has finished."""
+        index is durable, a blocking one when the execution has finished. Awaiting it in a coroutine
+        does not block the event loop."""
         reply: Reply[Any] = Reply()
         message = self._trigger_message(task_id, data, blocking, idempotency_key, reply)
         if not blocking:
             self._tell(task_id, message)
             return reply
+        watcher = self._send_blocking(message)
+        eid = message.execution_id
+        out: Reply[Execution] = Reply()
+        out.set_get_hook(lambda timeout: self._await_blocking(task_id, eid, reply, watcher, timeout))
+        # the watcher stays if the await is cancelled: awaiting the same future again waits on it
+        out.set_await_hook(lambda: self._await_blocking_async(task_id, eid, reply, watcher, None, keep=True))
+        return out
+
+    def _send_blocking(self, message: m.Trigger) -> Reply[Execution]:
+        """Send a blocking trigger; the watcher its finish will be published to."""
         # watch before sending: a failure at start (TaskNotRunnable) must not slip past us
         watcher = self._board.watch(message.execution_id)
         try:
-            self._tell(task_id, message)
+            self._tell(message.task_id, message)
         except BaseException:
             self._board.unwatch(message.execution_id, watcher)
             raise
-        out: Reply[Execution] = Reply()
-        out.set_get_hook(
-            lambda timeout: self._await_blocking(task_id, message.execution_id, reply, watcher, timeout)
-        )
-        return out
+        return watcher
 
     def _await_blocking(
         self, task_id: str, execution_id: str, reply: Reply[Any], watcher: Reply[Execution],
@@ -383,6 +390,34 @@ class Engine:
             self._board.unwatch(execution_id, watcher)
             raise
 
+    async def _await_blocking_async(
+        self, task_id: str, execution_id: str, reply: Reply[Any], watcher: Reply[Execution],
+        timeout: float | None, *, keep: bool,
+    ) -> Execution:
+        """:meth:`_await_blocking` for a coroutine: the same steps, awaited instead of waited for."""
+        limit = asyncio.timeout(timeout)
+        try:
+            async with limit:
+                ex: Execution = await aio.wrap(reply)
+                if ex.status.is_finished:
+                    self._board.unwatch(execution_id, watcher)
+                    return ex
+                finished: Execution = await aio.wrap(watcher)
+                return finished
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            if not keep:
+                self._board.unwatch(execution_id, watcher)
+            raise ExecutionTimeout(execution_id, self._stored_index(task_id, execution_id), timeout) from None
+        except asyncio.CancelledError:
+            if not keep:
+                self._board.unwatch(execution_id, watcher)
+            raise
+        except BaseException:
+            self._board.unwatch(execution_id, watcher)
+            raise
+
     def trigger(
         self,
         task_id: str,
@@ -400,25 +435,75 @@ class Engine:
         fut = self.trigger_future(task_id, data, blocking=blocking, idempotency_key=idempotency_key)
         return fut.get(timeout=timeout if blocking else None)
 
+    async def atrigger(
+        self,
+        task_id: str,
+        data: Any = None,
+        *,
+        blocking: bool = False,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Execution:
+        """:meth:`trigger` for asyncio: the same answers and errors, and the event loop runs on
+        while it waits (the engine's threads wake it when the answer is there; no thread waits
+        for the caller). Cancelling the awaiting coroutine stops the waiting, never the execution:
+        one already sent is acknowledged and runs as if the caller had gone away. To find it again
+        after a cancellation, trigger with an ``idempotency_key`` and repeat the call."""
+        timeout = validate.timeout(timeout)
+        reply: Reply[Any] = Reply()
+        message = self._trigger_message(task_id, data, blocking, idempotency_key, reply)
+        if not blocking:
+            self._tell(task_id, message)
+            ex: Execution = await aio.wrap(reply)
+            return ex
+        watcher = self._send_blocking(message)
+        return await self._await_blocking_async(task_id, message.execution_id, reply, watcher, timeout, keep=False)
+
     # -- reads -----------------------------------------------------------------------------
 
     def get_execution(self, task_id: str, execution_id: str) -> Execution:
         """The execution as it stands. A read: it never assigns an index or changes anything."""
+        ex = self._stored(task_id, execution_id)
+        if ex is not None:
+            return ex
+        # not on disk: a queued blocking execution, or one whose first write was in the
+        # counter actor's turn; the answer comes after that turn's write
+        return self._looked_up(task_id, execution_id, self._ask(task_id, self._lookup(task_id, execution_id)))
+
+    async def _aget_execution(self, task_id: str, execution_id: str) -> Execution:
+        ex = self._stored(task_id, execution_id)
+        if ex is not None:
+            return ex
+        queued = await aio.wrap(self._send(task_id, self._lookup(task_id, execution_id)))
+        return self._looked_up(task_id, execution_id, queued)
+
+    def _stored(self, task_id: str, execution_id: str) -> Execution | None:
         validate.task_id(task_id)
         validate.execution_id(execution_id)
         with self._reading():
-            ex = self._db.get_execution(task_id, execution_id)
-            if ex is not None:
-                return ex
-            # not on disk: a queued blocking execution, or one whose first write was in the
-            # counter actor's turn; the answer comes after that turn's write
-            queued: Execution | None = self._ask(task_id, lambda r: m.Lookup(task_id, execution_id, r))
-            if queued is not None:
-                return queued
-            ex = self._db.get_execution(task_id, execution_id)
+            return self._db.get_execution(task_id, execution_id)
+
+    @staticmethod
+    def _lookup(task_id: str, execution_id: str) -> Callable[[Reply[Any]], m.Lookup]:
+        return lambda r: m.Lookup(task_id, execution_id, r)
+
+    def _looked_up(self, task_id: str, execution_id: str, queued: Execution | None) -> Execution:
+        """The answer of a Lookup (a queued blocking execution), or what is on disk once the turn
+        it waited for is written."""
+        if queued is not None:
+            return queued
+        ex = self._stored(task_id, execution_id)
         if ex is None:
             raise ExecutionNotFound(task_id, execution_id)
         return ex
+
+    def _stored_index(self, task_id: str, execution_id: str) -> int | None:
+        """The index on disk, without asking an actor (for a timeout's answer in a coroutine)."""
+        try:
+            ex = self._stored(task_id, execution_id)
+        except Exception:  # the answer to a timeout must not fail for a lookup's sake
+            return None
+        return None if ex is None else ex.index
 
     def _index_of(self, task_id: str, execution_id: str) -> int | None:
         try:
@@ -438,6 +523,28 @@ class Engine:
             return finished
         except pykka.Timeout:
             raise ExecutionTimeout(execution_id, self._index_of(task_id, execution_id), timeout) from None
+        finally:
+            self._board.unwatch(execution_id, watcher)
+
+    async def await_execution(self, task_id: str, execution_id: str, timeout: float | None = None) -> Execution:
+        """:meth:`wait` for asyncio: the finished execution, without blocking the event loop;
+        ExecutionTimeout after ``timeout`` seconds. Cancelling it stops the waiting only."""
+        timeout = validate.timeout(timeout)
+        validate.task_id(task_id)
+        validate.execution_id(execution_id)
+        watcher = self._board.watch(execution_id)
+        limit = asyncio.timeout(timeout)
+        try:
+            async with limit:
+                ex = await self._aget_execution(task_id, execution_id)
+                if ex.status.is_finished:
+                    return ex
+                finished: Execution = await aio.wrap(watcher)
+                return finished
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            raise ExecutionTimeout(execution_id, self._stored_index(task_id, execution_id), timeout) from None
         finally:
             self._board.unwatch(execution_id, watcher)
 

@@ -17,15 +17,19 @@ BENCHMARKS.md has what this buys.
 
 from __future__ import annotations
 
+import logging
 import queue
 import sys
 import threading
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
 import pykka
 from pykka._threading import ThreadingFutureResult
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 #: makes "check unset, then set" one step for every Reply (held for a few bytecodes, never while
 #: waiting), so two racing setters behave as with ThreadingFuture: one wins, the other gets Full
@@ -37,7 +41,13 @@ class Reply(pykka.ThreadingFuture[T]):
 
     Same contract as ``ThreadingFuture`` (a second set raises ``queue.Full``, ``get`` may be
     called many times and from many threads, get hooks and ``map``/``join`` work), without
-    its ``Condition``."""
+    its ``Condition``. Awaiting it in a coroutine does not block the event loop: the setter
+    wakes the loop through ``call_soon_threadsafe`` (pykka's own ``__await__`` calls ``get``)."""
+
+    # class-level defaults: a reply that nobody awaits pays nothing for them
+    _callbacks: list[Callable[[Reply[Any]], None]] | None = None
+    #: for a reply resolved by a get hook (a blocking trigger's): how to await it without blocking
+    _await_hook: Callable[[], Awaitable[T]] | None = None
 
     def __init__(self) -> None:
         pykka.Future.__init__(self)  # not ThreadingFuture's: no Condition
@@ -90,6 +100,35 @@ class Reply(pykka.ThreadingFuture[T]):
                 raise queue.Full
             self._result = result
             self._done.release()
+            callbacks = self._callbacks
+        if callbacks is not None:
+            for fn in callbacks:
+                try:
+                    fn(self)
+                except Exception:  # the setter is an actor: a callback must not break it
+                    log.exception("a reply's done callback failed")
+
+    def add_done_callback(self, fn: Callable[[Reply[Any]], None]) -> bool:
+        """Call ``fn(self)`` once this reply is set, on the setting thread (now, if it is set).
+        False for a reply resolved by a get hook: it is never set, so ``fn`` would never run."""
+        with _setting:
+            if self._hook_lock is not None:
+                return False
+            if self._result is None:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return True
+        fn(self)
+        return True
+
+    def set_await_hook(self, hook: Callable[[], Awaitable[T]]) -> None:
+        self._await_hook = hook
+
+    def __await__(self) -> Generator[Any, None, T]:
+        from .aio import wrap  # asyncio only for the programs that await
+
+        return wrap(self).__await__()
 
 
 class EngineActor(pykka.ThreadingActor):
