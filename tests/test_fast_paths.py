@@ -273,7 +273,7 @@ def test_state_changes_carry_every_field_as_evolve_would() -> None:
     examples: dict[str, object] = {
         "id": "01J0000000000000000000000A", "task_id": "t", "index": 3, "status": ExecutionStatus.PENDING,
         "blocking": True, "data": {"d": 1}, "result": [2], "error": "e", "created_at": 1.5,
-        "started_at": 2.5, "finished_at": 3.5, "idempotency_key": "k",
+        "started_at": 2.5, "finished_at": 3.5, "idempotency_key": "k", "traceback": "tb",
     }
     names = [field.name for field in attrs.fields(Execution)]
     assert sorted(examples) == sorted(names), "give the new Execution field an example value here"
@@ -283,8 +283,11 @@ def test_state_changes_carry_every_field_as_evolve_would() -> None:
         ex, status=ExecutionStatus.RUNNING, started_at=9.0, index=7
     )
     assert records.finished(ex, ExecutionStatus.FAILED, 9.0, result=None, error="boom") == attrs.evolve(
-        ex, status=ExecutionStatus.FAILED, finished_at=9.0, result=None, error="boom"
+        ex, status=ExecutionStatus.FAILED, finished_at=9.0, result=None, error="boom", traceback=None
+    )
+    assert records.finished(ex, ExecutionStatus.FAILED, 9.0, error="boom", traceback="T") == attrs.evolve(
+        ex, status=ExecutionStatus.FAILED, finished_at=9.0, result=None, error="boom", traceback="T"
     )
     assert records.finished(ex, ExecutionStatus.SUCCESS, 9.0, result={"r": 1}) == attrs.evolve(
-        ex, status=ExecutionStatus.SUCCESS, finished_at=9.0, result={"r": 1}, error=None
+        ex, status=ExecutionStatus.SUCCESS, finished_at=9.0, result={"r": 1}, error=None, traceback=None
     )
