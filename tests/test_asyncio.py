@@ -46,15 +46,21 @@ def release_later(gate: Gate, seconds: float) -> threading.Timer:
     return timer
 
 
+def gated_engine(make_engine: Any, db_path: str, workers: int) -> tuple[Gate, Engine]:
+    """An engine whose task "t" runs a job that waits for ``gate.release()``."""
+    gate = Gate()
+    engine = make_engine(db_path, jobs={"gate": gate}, workers=workers)
+    engine.create_task("t", job="gate")
+    return gate, engine
+
+
 def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(asyncio.wait_for(coro_fn(), WAIT * 3))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("how", ["atrigger", "trigger_future", "await_execution"])
 def test_the_loop_keeps_ticking_while_thousands_of_awaits_are_outstanding(make_engine, db_path, how):
-    gate = Gate()
-    engine = make_engine(db_path, jobs={"gate": gate}, workers=2)
-    engine.create_task("t", job="gate")
+    gate, engine = gated_engine(make_engine, db_path, workers=2)
     n = 2000
 
     async def main() -> list[Any]:
@@ -81,9 +87,7 @@ def test_the_loop_keeps_ticking_while_thousands_of_awaits_are_outstanding(make_e
 
 
 def test_thread_count_stays_constant_with_10000_outstanding_awaits(make_engine, db_path):
-    gate = Gate()
-    engine = make_engine(db_path, jobs={"gate": gate}, workers=2)
-    engine.create_task("t", job="gate")
+    gate, engine = gated_engine(make_engine, db_path, workers=2)
     n = 10_000
 
     async def main() -> tuple[list[Any], int, int]:
@@ -166,9 +170,7 @@ def test_sync_and_async_callers_together_keep_every_invariant(make_engine, db_pa
 
 
 def test_cancelling_the_await_neither_cancels_nor_loses_the_execution(make_engine, db_path):
-    gate = Gate()
-    engine = make_engine(db_path, jobs={"gate": gate}, workers=1)
-    engine.create_task("t", job="gate")
+    gate, engine = gated_engine(make_engine, db_path, workers=1)
 
     async def main() -> tuple[Any, Any]:
         first = await engine.atrigger("t", "x")
@@ -193,9 +195,7 @@ def test_cancelling_the_await_neither_cancels_nor_loses_the_execution(make_engin
 
 
 def test_timeouts_and_errors_of_the_async_calls(make_engine, db_path):
-    gate = Gate()
-    engine = make_engine(db_path, jobs={"gate": gate}, workers=1)
-    engine.create_task("t", job="gate")
+    gate, engine = gated_engine(make_engine, db_path, workers=1)
 
     async def main() -> Any:
         held = await engine.atrigger("t")
@@ -222,9 +222,7 @@ def test_timeouts_and_errors_of_the_async_calls(make_engine, db_path):
 
 
 def test_awaiting_a_closed_engine_raises_engine_closed(make_engine, db_path):
-    gate = Gate()
-    engine = make_engine(db_path, jobs={"gate": gate}, workers=1)
-    engine.create_task("t", job="gate")
+    gate, engine = gated_engine(make_engine, db_path, workers=1)
 
     async def main() -> None:
         held = await engine.atrigger("t")
