@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from taskengine.storage import Database, codec, keys
-from taskengine.tools import replay
+from taskengine.tools import leveldb_scan, replay
 from taskengine.tools.cli import main
 from tools_dbs import C, DbBuilder, F, P, R, S, new_id, standard_db, table
 
@@ -111,9 +111,9 @@ def test_a_sound_database_needs_only_the_fast_pass(tmp_path: Path, monkeypatch: 
     standard_db(tmp_path / "db")
 
     def not_wanted(*args: object) -> None:
-        raise AssertionError("the exact pass ran on a sound database")
+        raise AssertionError("the records of a sound database were read twice")
 
-    monkeypatch.setattr(replay._TaskScan, "exact_pass", not_wanted)
+    monkeypatch.setattr(leveldb_scan._TaskScan, "hand_over", not_wanted)
     assert check(tmp_path / "db").ok
 
 
@@ -123,11 +123,11 @@ def test_the_exact_pass_agrees_with_the_fast_pass(tmp_path: Path, monkeypatch: p
     standard_db(tmp_path / "db")
     fast = check(tmp_path / "db")
 
-    def never_proven(self: replay._TaskScan, first: tuple[bytes, bytes], it: object) -> object:
+    def never_proven(self: leveldb_scan._TaskScan, first: tuple[bytes, bytes], it: object) -> object:
         it.seek(self.x_end)  # type: ignore[attr-defined]
         return next(it, None)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(replay._TaskScan, "fast_pass", never_proven)
+    monkeypatch.setattr(leveldb_scan._TaskScan, "prove", never_proven)
     exact = check(tmp_path / "db")
     assert exact.ok, messages(exact)
     assert [t.to_json() for t in exact.tasks] == [t.to_json() for t in fast.tasks]
@@ -590,11 +590,11 @@ def test_fast_and_exact_passes_agree(
     fast = check(path)
     with pytest.MonkeyPatch.context() as mp:
 
-        def never_proven(self: replay._TaskScan, first: tuple[bytes, bytes], it: object) -> object:
+        def never_proven(self: leveldb_scan._TaskScan, first: tuple[bytes, bytes], it: object) -> object:
             it.seek(self.x_end)  # type: ignore[attr-defined]
             return next(it, None)  # type: ignore[call-overload]
 
-        mp.setattr(replay._TaskScan, "fast_pass", never_proven)
+        mp.setattr(leveldb_scan._TaskScan, "prove", never_proven)
         exact = check(path)
     assert messages(fast) == messages(exact)
     assert [t.to_json() for t in fast.tasks] == [t.to_json() for t in exact.tasks]

@@ -13,6 +13,7 @@ import datetime
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Generic, TypeVar
 
 from taskengine.storage import Database, StorageError, StorageLocked
 
@@ -98,3 +99,28 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], right:
         parts = [c.rjust(w) if ra else c.ljust(w) for c, w, ra in zip(r, widths, right, strict=True)]
         lines.append("  ".join(parts).rstrip())
     return lines
+
+
+T = TypeVar("T")
+
+
+class Bounded(Generic[T]):
+    """The first ``limit`` items, and a count of the rest: what a tool keeps of what it finds,
+    so a badly damaged database cannot exhaust memory or the terminal."""
+
+    __slots__ = ("items", "limit", "omitted")
+
+    def __init__(self, limit: int) -> None:
+        self.items: list[T] = []
+        self.limit = limit
+        self.omitted = 0
+
+    def add(self, item: T) -> None:
+        if len(self.items) < self.limit:
+            self.items.append(item)
+        else:
+            self.omitted += 1
+
+    def __len__(self) -> int:
+        """Every item added, kept or not."""
+        return len(self.items) + self.omitted

@@ -18,6 +18,8 @@ import attrs
 from taskengine import Engine, ExecutionStatus
 from taskengine.actors.errors import EngineError, ExecutionNotFound, ExecutionTimeout, TaskNotFound
 
+from ..common import Bounded
+from ..invariants import Report
 from .report import FinalCheck
 from .workload import INTERRUPTED_PREFIX, PLANNED_FAILURE, Event, check_outcome
 
@@ -56,8 +58,7 @@ class Ledger:
         self.retries = 0
         self.rejected = 0
         self.blocking_timeouts = 0
-        self._violations: list[str] = []
-        self.violations_omitted = 0
+        self._violations: Bounded[str] = Bounded(MAX_VIOLATIONS)
 
     # -- events --------------------------------------------------------------------------
 
@@ -108,11 +109,15 @@ class Ledger:
         with self._lock:
             self._add(msg)
 
+    def add_replay(self, report: Report, prefix: str) -> None:
+        """The violations of a replay check, each after ``prefix``."""
+        for v in report.violations:
+            self.add_violation(f"{prefix}{v}")
+        if report.violations_omitted:
+            self.add_violation(f"{prefix}... and {report.violations_omitted} more")
+
     def _add(self, msg: str) -> None:
-        if len(self._violations) < MAX_VIOLATIONS:
-            self._violations.append(msg)
-        else:
-            self.violations_omitted += 1
+        self._violations.add(msg)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -124,15 +129,15 @@ class Ledger:
     @property
     def violations(self) -> list[str]:
         with self._lock:
-            out = list(self._violations)
-            if self.violations_omitted:
-                out.append(f"... and {self.violations_omitted} more violations not kept")
+            out = list(self._violations.items)
+            if self._violations.omitted:
+                out.append(f"... and {self._violations.omitted} more violations not kept")
             return out
 
     @property
     def violation_count(self) -> int:
         with self._lock:
-            return len(self._violations) + self.violations_omitted
+            return len(self._violations)
 
     def base_generations(self) -> dict[str, int]:
         """Deletions begun per task: where a restarted child's counts continue from (a deletion

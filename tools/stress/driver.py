@@ -139,10 +139,7 @@ def _replay(db_path: str, ids: list[str], report: StressReport, ledger: Ledger) 
         result = replay.check(db)
     totals = result.totals()
     report.replay = {"ok": result.ok, **totals, "elapsed": round(result.elapsed, 3)}
-    for v in result.violations:
-        ledger.add_violation(f"replay: {v}")
-    if result.violations_omitted:
-        ledger.add_violation(f"replay: ... and {result.violations_omitted} more")
+    ledger.add_replay(result, "replay: ")
     ours = set(ids)  # other tasks of the database may wait for jobs this run does not have
     live = [(t.task_id, t.pending, t.running) for t in result.tasks if t.task_id in ours and (t.pending or t.running)]
     for task_id, pending, running in live:
@@ -414,10 +411,7 @@ class _Supervisor:
             self.ledger.add_violation(f"after crash {self.crashes}: the database cannot be opened: {e.message}")
             return
         self.crash_replays += 1
-        for v in result.violations:
-            self.ledger.add_violation(f"after crash {self.crashes}: replay: {v}")
-        if result.violations_omitted:
-            self.ledger.add_violation(f"after crash {self.crashes}: replay: ... and {result.violations_omitted} more")
+        self.ledger.add_replay(result, f"after crash {self.crashes}: replay: ")
 
     def _stop(self, child: _Child) -> None:
         if not child.stop(self.cfg.stop_timeout):
