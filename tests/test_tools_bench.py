@@ -21,6 +21,7 @@ def test_bench_quick_subset_writes_expected_json(tmp_path: Path) -> None:
             sys.executable, "-m", "taskengine.tools.bench.command", "--quick", "--only", "pykka,acks,open",
             "--duration", "0.2", "--warmup", "0.05", "--history", "2000", "--history-small", "200",
             "--open-repeats", "2", "--workdir", str(tmp_path / "work"), "--json", str(out),
+            "--plot", str(tmp_path / "bench.png"),
         ],
         cwd=tmp_path, capture_output=True, text=True, timeout=110,
     )
@@ -38,6 +39,10 @@ def test_bench_quick_subset_writes_expected_json(tmp_path: Path) -> None:
             entry = results[f"engine_acks_{callers}c_{tasks}t"]
             assert entry["value"] > 0 and entry["errors"] == 0
             assert entry["p50_us"] is not None and entry["p99_us"] is not None
+            # bounded figures: a histogram of the latencies and a rate series per round, no samples
+            hist = entry["latency_histogram"]
+            assert hist["count"] > 0 and len(hist["buckets"]) < 1300 and "latencies" not in entry
+            assert len(entry["throughput"]) == 1 and sum(entry["throughput"][0]["counts"]) > 0
             assert doc["invariants"][f"engine_acks_{callers}c_{tasks}t"]["ok"] is True
     targets = {t["id"]: t for t in doc["targets"]}
     assert set(targets) == {
@@ -48,3 +53,15 @@ def test_bench_quick_subset_writes_expected_json(tmp_path: Path) -> None:
     assert targets["acks-1-task"]["met"] is None  # its baseline (naive) was not selected
     assert any(row["key"] == "open_large" and row["ratio"] is not None for row in doc["table"])
     assert "FIGURE" in proc.stdout and "TARGET" in proc.stdout
+    # a newcomer's quick run says what a target is, judges none at reduced size, and ends with a verdict
+    assert "Targets: each compares an engine figure with a baseline measured in this same run" in proc.stdout
+    assert "MISSED" not in proc.stdout
+    verdicts = {line.split()[0]: line for line in proc.stdout.splitlines() if line.split()[:1] and
+                line.split()[0] in targets}
+    assert verdicts["open"].endswith("not judged (reduced size)")
+    assert verdicts["acks-1-task"].endswith("not run (its benchmarks were not selected)")
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("Result: 3 of 3 benchmarks ran; every database passed the replay check; targets:")
+    assert last.endswith("(exit status 0).")
+    png = (tmp_path / "bench.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000

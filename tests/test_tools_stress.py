@@ -15,10 +15,11 @@ from typing import Any
 import attrs
 import pytest
 
+from taskengine.tools.histogram import Histogram
 from taskengine.tools.stress import command as stress
 from taskengine.tools.stress.check import Ledger, final_check
 from taskengine.tools.stress.driver import StressConfig, execute
-from taskengine.tools.stress.report import Latency, StressReport, percentile
+from taskengine.tools.stress.report import FinalCheck, Latency, StressReport
 from taskengine.tools.stress.workload import JOB_NAME, JOBS, Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +33,36 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def run_stress(*argv: str) -> int:
     return stress.run(parse(*argv))
+
+
+KINDS = ("acknowledged_nonblocking", "acknowledged_blocking", "acknowledged_blocking_timed_out",
+         "acknowledged_by_repeat")
+OUTCOMES = ("success", "failed", "interrupted", "deleted")
+
+
+def assert_report_adds_up(report: dict[str, Any], text: str) -> None:
+    """The kinds of acknowledged executions add up to their total, the final check's outcomes
+    to what it checked, and the printed lines say so in numbers a reader can add."""
+    assert sum(report[k] for k in KINDS) == report["acknowledged"], {k: report[k] for k in KINDS}
+    assert sum(report["final"][k] for k in OUTCOMES) == report["final"]["checked"] == report["acknowledged"]
+    assert sum(report["throughput"]["counts"]) == report["acknowledged"]
+    assert report["ack_latency"]["count"] == report["acknowledged_nonblocking"]
+    assert report["blocking_latency"]["count"] == report["acknowledged_blocking"]
+    lines = text.splitlines()
+    acked = next(i for i, ln in enumerate(lines) if ln.startswith("  executions acknowledged"))
+    total, _, first = lines[acked].split("executions acknowledged", 1)[1].partition("=")
+    more = []
+    for ln in lines[acked + 1:]:
+        if not ln.strip().startswith("+ "):
+            break
+        more.append(ln.strip().removeprefix("+ "))
+    parts = [first, *more]
+    assert sum(int(p.split()[0].replace(",", "")) for p in parts) == int(total.replace(",", ""))
+    final = next(i for i, ln in enumerate(lines) if ln.startswith("  final check"))
+    outcome_sum = sum(int(p.split()[0].replace(",", "")) for p in lines[final + 1].split(" + "))
+    assert outcome_sum == report["final"]["checked"]
+    # no line that needs the source to decode
+    assert "waited for 0 acknowledged" not in text and "unacknowledged ones" not in text
 
 
 def one_error_line(err: str) -> str:
@@ -68,6 +99,7 @@ def test_in_process_run_is_clean_and_writes_json(tmp_path: Path, capsys: Any) ->
     assert final["success"] > 0 and final["failed"] > 0  # the workload has failing jobs
     assert report["replay"]["ok"] is True and report["replay"]["violations"] == 0
     assert report["replay"]["pending"] == 0 and report["replay"]["running"] == 0
+    assert_report_adds_up(report, captured.out)
 
 
 def test_in_process_run_with_frequent_deletions(tmp_path: Path) -> None:
@@ -85,8 +117,10 @@ def test_in_process_run_with_frequent_deletions(tmp_path: Path) -> None:
 def test_crash_injected_run_survives_kills(tmp_path: Path, capsys: Any) -> None:
     db, out = str(tmp_path / "db"), tmp_path / "crash.json"
     # three counter actors: tasks of one actor keep running while another is mid-turn at the kill
+    plot = tmp_path / "stress.png"
     code = run_stress(db, "--clients", "16", "--tasks", "8", "--duration", "8", "--crash-every", "1.2",
-                      "--counter-actors", "3", "--seed", "3", "--no-progress", "--json", str(out))
+                      "--counter-actors", "3", "--seed", "3", "--no-progress", "--json", str(out),
+                      "--plot", str(plot))
     captured = capsys.readouterr()
     assert code == 0, captured.out + captured.err
     report = json.loads(out.read_text())
@@ -97,6 +131,14 @@ def test_crash_injected_run_survives_kills(tmp_path: Path, capsys: Any) -> None:
     assert report["final"]["checked"] == report["acknowledged"]
     assert report["replay"]["ok"] is True
     assert "crashes survived" in captured.out
+    assert_report_adds_up(report, captured.out)
+    # the picture's data: every kill and every start of an engine, in order, within the run
+    killed, ready = report["events"]["killed"], report["events"]["ready"]
+    assert len(killed) == report["crashes"] and len(ready) >= report["crashes"] - report["startup_crashes"] + 1
+    assert killed == sorted(killed) and 0 < killed[0] and killed[-1] <= report["elapsed"]
+    assert len(report["throughput"]["counts"]) * report["throughput"]["bin_seconds"] >= report["elapsed"] - 0.5
+    png = plot.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
 
 
 def test_crash_injected_run_until_a_count(tmp_path: Path) -> None:
@@ -161,6 +203,7 @@ def test_progress_line_is_shown_unless_disabled(tmp_path: Path, capsys: Any) -> 
         (["--counter-actors", "0"], "--counter-actors"),
         (["--seed", "x"], "--seed"),
         (["--json", "/nonexistent-dir-for-stress/r.json"], "does not exist"),
+        (["--plot", "/nonexistent-dir-for-stress/r.png"], "--plot"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, capsys: Any, extra: list[str], needle: str) -> None:
@@ -310,30 +353,51 @@ def test_final_check_flags_lost_and_moved_executions(tmp_path: Path) -> None:
 # -- report pieces ----------------------------------------------------------------------------
 
 
-def test_percentile_nearest_rank() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == 50.0
-    assert percentile(values, 95) == 95.0
-    assert percentile(values, 99) == 99.0
-    assert percentile(values, 100) == 100.0
-    assert percentile([7.0], 50) == 7.0
-    with pytest.raises(ValueError):
-        percentile([], 50)
-    with pytest.raises(ValueError):
-        percentile(values, 0)
+def test_every_acknowledged_execution_is_of_one_printed_kind() -> None:
+    """Repeats that made a new execution and blocking triggers that timed out after getting an
+    index are acknowledged too: the printed kinds add up to the total, each line in words."""
+    ledger = Ledger(["t"])
+    ledger.begin()
+
+    def ack(n: int, **kw: Any) -> dict[str, Any]:
+        ev = {"ev": "ack", "t": "t", "g": 0, "id": f"01ARZ3NDEKTSV4RRFFQ69G5F{n:02d}", "i": n, "b": False,
+              "lat": 0.002, "k": None, "st": None, "f": False, "retry": False, "timeout": False}
+        return {**ev, **kw}
+
+    for ev in (ack(0), ack(1), ack(2, b=True, st="SUCCESS", lat=0.05), ack(3, b=True, timeout=True),
+               ack(4, retry=True, k="key"), ack(4, retry=True, k="key"), ack(0)):
+        ledger.ingest(ev)
+    assert (ledger.acknowledged, ledger.acknowledged_nonblocking, ledger.acknowledged_blocking,
+            ledger.acknowledged_blocking_timed_out, ledger.acknowledged_by_repeat) == (5, 2, 1, 1, 1)
+    assert ledger.ack_latency.count == 2 and ledger.blocking_latency.count == 1
+    assert sum(ledger.throughput.counts) == 5
+    report = StressReport(
+        db="x", mode="in-process", clients=1, tasks=1, workers=1, seed=0, elapsed=1.0,
+        acknowledged=ledger.acknowledged, acknowledged_nonblocking=ledger.acknowledged_nonblocking,
+        acknowledged_blocking=ledger.acknowledged_blocking,
+        acknowledged_blocking_timed_out=ledger.acknowledged_blocking_timed_out,
+        acknowledged_by_repeat=ledger.acknowledged_by_repeat, throughput=ledger.throughput.to_json(),
+        final=FinalCheck(checked=5, success=3, failed=1, deleted=1),
+    )
+    text = "\n".join(report.render())
+    assert_report_adds_up({**report.to_json(), "ack_latency": {"count": 2}, "blocking_latency": {"count": 1}},
+                          text)
+    assert "+ 1 blocking whose caller timed out after the execution had got an index" in text
+    assert "+ 1 first made by a repeat with an idempotency key" in text
+    assert "3 SUCCESS + 1 FAILED as the workload planned + 1 gone or CANCELLED with their deleted task" in text
 
 
 def test_latency_summary_in_milliseconds() -> None:
-    lat = Latency.of([0.001, 0.002, 0.003, 0.004, 0.1])
-    assert lat.count == 5
-    assert lat.p50 == 3.0 and lat.max == 100.0 and lat.p99 == 100.0
-    assert Latency.of([]).count == 0 and Latency.of([]).p50 is None
-    assert "no samples" in Latency.of([]).render()
+    lat = Latency.of(Histogram([0.001, 0.002, 0.003, 0.004, 0.1]))
+    assert lat.count == 5 and lat.histogram is not None and lat.histogram["count"] == 5
+    assert lat.p50 == pytest.approx(3.0, rel=0.01) and lat.max == 100.0 and lat.p99 == 100.0
+    assert Latency.of(Histogram()).count == 0 and Latency.of(Histogram()).p50 is None
+    assert "no samples" in Latency.of(Histogram()).render()
 
 
 def test_report_json_round_trip() -> None:
     report = StressReport(db="x", mode="crash", clients=1, tasks=1, workers=1, seed=0, elapsed=2.0,
-                          acknowledged=10, ack_latency=Latency.of([0.01]), violations=["boom"])
+                          acknowledged=10, ack_latency=Latency.of(Histogram([0.01])), violations=["boom"])
     data = json.loads(json.dumps(report.to_json()))
     assert data["ok"] is False and data["rate"] == 5.0 and data["ack_latency"]["p50"] == 10.0
     assert data["violations"] == ["boom"]

@@ -25,7 +25,8 @@ import ulid
 
 from taskengine.storage import Execution, ExecutionStatus, changes
 
-from .measure import CallerRun, percentile, put_ops, run_callers
+from ..histogram import Histogram
+from .measure import CallerRun, put_ops, run_callers
 
 CALLER_COUNTS = (1, 8, 64)
 TASK_COUNTS = (1, 100)
@@ -139,12 +140,17 @@ def naive_entry(runs: list[CallerRun], callers: int, tasks: int) -> dict[str, An
 
 
 def rate_entry(runs: list[CallerRun], unit: str, **extra: Any) -> dict[str, Any]:
-    """A figure measured in one or more rounds: the median rate; latencies of all rounds."""
-    lat = [x for r in runs for x in r.latencies]
+    """A figure measured in one or more rounds: the median rate; latencies of all rounds (one
+    histogram); the throughput series of each round."""
+    lat = Histogram()
+    for r in runs:
+        lat.merge(r.latency)
     entry: dict[str, Any] = {
         "value": statistics.median(r.rate for r in runs), "unit": unit, **extra,
         "rounds": [round(r.rate, 1) for r in runs],
-        "p50_us": _us(percentile(lat, 0.5)), "p99_us": _us(percentile(lat, 0.99)),
+        "p50_us": _us(lat.quantile(0.5)), "p99_us": _us(lat.quantile(0.99)),
+        "latency_histogram": lat.to_json() if lat.count else None,
+        "throughput": [r.throughput.to_json() for r in runs],
         "errors": sum(r.errors for r in runs),
         "cpu_percent": round(statistics.median(r.cpu_percent for r in runs)),
     }

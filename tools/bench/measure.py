@@ -16,6 +16,8 @@ from typing import Any
 
 import attrs
 
+from ..histogram import Histogram, RateSeries
+
 
 @attrs.define
 class CallerRun:
@@ -24,7 +26,10 @@ class CallerRun:
     callers: int
     ops: int
     seconds: float
-    latencies: list[float]  # seconds, one per operation that started inside the window
+    #: per-call latency (seconds) of the operations that started inside the window
+    latency: Histogram = attrs.Factory(Histogram)
+    #: operations completed over the window, in 0.1 s bins
+    throughput: RateSeries = attrs.Factory(lambda: RateSeries(SERIES_BIN))
     errors: int = 0
     first_error: str | None = None
     cpu_seconds: float = 0.0  # CPU time of the whole process (every thread) in the window
@@ -39,17 +44,9 @@ class CallerRun:
     def rate(self) -> float:
         return self.ops / self.seconds if self.seconds > 0 else 0.0
 
-    def percentile(self, q: float) -> float | None:
-        return percentile(self.latencies, q)
 
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q`` quantile (0..1) by nearest rank; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))
-    return ordered[rank]
+#: seconds per bin of a window's throughput series
+SERIES_BIN = 0.1
 
 
 def run_callers(
@@ -62,7 +59,11 @@ def run_callers(
 ) -> CallerRun:
     """Run ``op(caller, i)`` in a loop on ``callers`` threads: ``warmup`` seconds unmeasured,
     then ``duration`` seconds measured. The rate counts operations completed inside the
-    measured window; latencies are kept for operations started inside it."""
+    measured window; latencies are kept for operations started inside it.
+
+    The timed loop only appends each latency to its thread's list (a window lasts seconds);
+    the lists are folded into a :class:`Histogram` once the window has closed. The
+    throughput series is read by this thread from the callers' counters, never by them."""
     counts = [0] * callers
     lat: list[list[float]] = [[] for _ in range(callers)]
     measuring = [False]
@@ -97,19 +98,29 @@ def run_callers(
     before = sum(counts)
     measuring[0] = True
     t0, c0 = time.perf_counter(), time.process_time()
-    time.sleep(duration)
+    series = RateSeries(SERIES_BIN)
+    seen, end, prev = before, t0 + duration, t0
+    while prev < end:
+        time.sleep(min(SERIES_BIN, end - prev))
+        total, now = sum(counts), time.perf_counter()
+        series.add_span(prev - t0, min(now, end) - t0, total - seen)
+        seen, prev = total, now
     after = sum(counts)
     t1, c1 = time.perf_counter(), time.process_time()
     measuring[0] = False
     stop.set()
     for t in threads:
         t.join()
-    flat = [x for xs in lat for x in xs]
+    latency = Histogram()
+    for xs in lat:
+        for x in xs:
+            latency.add(x)
     return CallerRun(
         callers=callers,
         ops=after - before,
         seconds=t1 - t0,
-        latencies=flat,
+        latency=latency,
+        throughput=series,
         errors=len(errors),
         first_error=errors[0] if errors else None,
         cpu_seconds=c1 - c0,

@@ -3,7 +3,8 @@
 :class:`Ledger` takes the workload's events (``taskengine.tools.stress.workload``) — straight from the
 clients in process, or parsed from the child's JSON lines in crash mode — and keeps every
 execution acknowledged to a client with its index, the deletions seen, the latencies and
-the violations. :func:`final_check` then holds a reopened engine to every acknowledgement.
+the violations, and keeps its figures in bounded memory (latency histograms, a rate series).
+:func:`final_check` then holds a reopened engine to every acknowledgement.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from taskengine import Engine, ExecutionStatus
 from taskengine.actors.errors import EngineError, ExecutionNotFound, ExecutionTimeout, TaskNotFound
 
 from ..common import Bounded
+from ..histogram import Histogram, RateSeries
 from ..invariants import Report
 from .report import FinalCheck
 from .workload import INTERRUPTED_PREFIX, PLANNED_FAILURE, Event, check_outcome
 
 #: violations kept; beyond this they are only counted
 MAX_VIOLATIONS = 1000
+#: crash and restart times kept for the report's picture; beyond this they are only counted
+MAX_EVENTS = 2000
 
 
 @attrs.define
@@ -51,16 +55,36 @@ class Ledger:
         #: per task: deletions begun (``deleting`` events), over the whole run
         self.deletions_started: dict[str, int] = dict.fromkeys(tasks, 0)
         self.deletions = 0
-        self.ack_latency: list[float] = []
-        self.blocking_latency: list[float] = []
+        self.ack_latency = Histogram()
+        self.blocking_latency = Histogram()
+        #: new executions acknowledged, by time since :meth:`begin`
+        self.throughput = RateSeries()
+        #: seconds since :meth:`begin` of each SIGKILL and of each time an engine was ready
+        self.events: dict[str, Bounded[float]] = {"killed": Bounded(MAX_EVENTS), "ready": Bounded(MAX_EVENTS)}
+        self._t0 = time.monotonic()
+        # every acknowledged execution is in exactly one of these four
         self.acknowledged_nonblocking = 0
         self.acknowledged_blocking = 0
+        #: blocking triggers that timed out on the client after their execution got an index
+        self.acknowledged_blocking_timed_out = 0
+        #: executions first made by an idempotent repeat (its first trigger got no answer)
+        self.acknowledged_by_repeat = 0
         self.retries = 0
         self.rejected = 0
         self.blocking_timeouts = 0
         self._violations: Bounded[str] = Bounded(MAX_VIOLATIONS)
 
     # -- events --------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """The workload starts now: times of the series and events count from here."""
+        with self._lock:
+            self._t0 = time.monotonic()
+
+    def mark(self, what: str) -> None:
+        """Record that the engine's process was ``killed`` or an engine is ``ready``, now."""
+        with self._lock:
+            self.events[what].add(round(time.monotonic() - self._t0, 3))
 
     def ingest(self, ev: Event) -> None:
         kind = ev.get("ev")
@@ -96,14 +120,17 @@ class Ledger:
                 )
             return
         self.acks[eid] = Ack(task, int(ev["g"]), eid, index, bool(ev["b"]), ev.get("k"), ev.get("f"))
-        if ev.get("retry") or ev.get("timeout"):
-            return
-        if ev["b"]:
+        self.throughput.add(time.monotonic() - self._t0)
+        if ev.get("retry"):
+            self.acknowledged_by_repeat += 1
+        elif ev.get("timeout"):
+            self.acknowledged_blocking_timed_out += 1
+        elif ev["b"]:
             self.acknowledged_blocking += 1
-            self.blocking_latency.append(float(ev["lat"]))
+            self.blocking_latency.add(float(ev["lat"]))
         else:
             self.acknowledged_nonblocking += 1
-            self.ack_latency.append(float(ev["lat"]))
+            self.ack_latency.add(float(ev["lat"]))
 
     def add_violation(self, msg: str) -> None:
         with self._lock:

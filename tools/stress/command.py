@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", metavar="S", default=None,
                         help="seed of the workload's choices (default: a random one, shown in the report)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON to PATH")
+    parser.add_argument("--plot", metavar="FILE.png", default=None,
+                        help="also draw acknowledged executions per second over the run, with each SIGKILL and "
+                        "restart marked, and the latency distributions, into FILE.png (needs matplotlib, in the "
+                        "tools extra)")
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
@@ -123,6 +127,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         seed = _int(args.seed, "--seed", 0, 2**31 - 1)
     if args.json is not None:
         _check_json_path(args.json)
+    if getattr(args, "plot", None) is not None:
+        from ..plots import require
+
+        require(args.plot)
     return StressConfig(
         db=db, clients=clients, tasks=tasks, count=count, duration=duration, crash_every=crash_every,
         workers=workers, counter_actors=counter_actors, seed=seed,
@@ -190,6 +198,14 @@ def run(args: argparse.Namespace) -> int:
                 f.write("\n")
         except OSError as e:
             print(f"taskengine stress: error: cannot write --json {args.json!r}: {e.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+    if getattr(args, "plot", None) is not None:
+        from ..plots import stress_figure
+
+        try:
+            stress_figure(report.to_json(), args.plot)
+        except ToolError as e:
+            print(f"taskengine stress: error: {e.message}", file=sys.stderr)
             return EXIT_USAGE
     return EXIT_OK if report.ok else EXIT_FAILED
 

@@ -101,6 +101,7 @@ def execute(cfg: StressConfig, on_progress: ProgressCallback | None = None, tick
         workers=cfg.workers,
         counter_actors=cfg.counter_actors,
         seed=cfg.seed,
+        crash_every=cfg.crash_every,
     )
     if cfg.crash_every:
         engine.close()
@@ -124,8 +125,13 @@ def execute(cfg: StressConfig, on_progress: ProgressCallback | None = None, tick
     report.acknowledged = ledger.acknowledged
     report.acknowledged_nonblocking = ledger.acknowledged_nonblocking
     report.acknowledged_blocking = ledger.acknowledged_blocking
+    report.acknowledged_blocking_timed_out = ledger.acknowledged_blocking_timed_out
+    report.acknowledged_by_repeat = ledger.acknowledged_by_repeat
     report.ack_latency = Latency.of(ledger.ack_latency)
     report.blocking_latency = Latency.of(ledger.blocking_latency)
+    ledger.throughput.extend_to(report.elapsed - 1e-9)
+    report.throughput = ledger.throughput.to_json()
+    report.events = {k: list(v.items) for k, v in ledger.events.items()}
     report.deletions = ledger.deletions
     report.idempotent_retries = ledger.retries
     report.rejected = ledger.rejected
@@ -160,6 +166,7 @@ def _run_in_process(
     control = Control(cfg.count)
     workload = Workload(engine, ids, cfg.clients, cfg.seed, ledger.ingest, control, TaskBook(ids), cfg.settings)
     started = time.monotonic()
+    ledger.begin()
     end = None if cfg.duration is None else started + cfg.duration
     errors = _ErrorLog(ledger)
     try:
@@ -241,6 +248,7 @@ class _Child:
                 kind = ev.get("ev")
                 if kind == "ready":
                     self.ready_at = time.monotonic()
+                    self.ledger.mark("ready")
                     self.wake.set()
                 elif kind == "closed":
                     self.closed = True
@@ -347,6 +355,7 @@ class _Supervisor:
 
     def run(self) -> tuple[float, int, int]:
         self.started = time.monotonic()
+        self.ledger.begin()
         with tempfile.TemporaryFile(prefix="taskengine-stress-child-") as stderr:
             runs = 0
             while not self.finished():
@@ -388,6 +397,7 @@ class _Supervisor:
                 if child.ready_at is None:
                     self.startup_crashes += 1
                 child.kill()
+                self.ledger.mark("killed")
                 self.crashes += 1
                 self._replay_after_crash()
                 return True

@@ -1,32 +1,26 @@
 """The report of a ``taskengine stress`` run: an attrs record, latency percentiles, rendering.
 
+Every line of the rendered report says what it counts without the source: the acknowledged
+executions are split into kinds that add up to their total, and the final check says what it
+looked up, what it found and what it waited for.
+
 Nothing here prints: :meth:`StressReport.render` returns the lines and the front-end
 (``taskengine.tools.stress.command.run``) writes them.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
 
-
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """The ``p``-th percentile (0 < p <= 100) of already sorted values, nearest-rank method:
-    the smallest value such that at least ``p`` percent of the values are <= it."""
-    if not sorted_values:
-        raise ValueError("percentile of no values")
-    if not 0.0 < p <= 100.0:
-        raise ValueError(f"percentile must be in (0, 100], not {p}")
-    rank = math.ceil(p / 100.0 * len(sorted_values))
-    return sorted_values[max(rank, 1) - 1]
+from ..histogram import Histogram
 
 
 @attrs.frozen
 class Latency:
-    """Latency percentiles in milliseconds of ``count`` samples (all None when there are none)."""
+    """Latency percentiles in milliseconds of ``count`` samples (all None when there are none),
+    and the histogram they come from (JSON, seconds), so a report's memory and size stay bounded."""
 
     count: int = 0
     p50: float | None = None
@@ -34,21 +28,25 @@ class Latency:
     p99: float | None = None
     max: float | None = None
     mean: float | None = None
+    histogram: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, seconds: Iterable[float]) -> Latency:
-        """Summarise samples given in seconds."""
-        values = sorted(seconds)
-        if not values:
+    def of(cls, samples: Histogram) -> Latency:
+        """Summarise a histogram of samples in seconds."""
+        if not samples.count:
             return cls()
-        ms = [v * 1000.0 for v in values]
+
+        def ms(v: float | None) -> float | None:
+            return None if v is None else round(v * 1000.0, 3)
+
         return cls(
-            count=len(ms),
-            p50=round(percentile(ms, 50.0), 3),
-            p95=round(percentile(ms, 95.0), 3),
-            p99=round(percentile(ms, 99.0), 3),
-            max=round(ms[-1], 3),
-            mean=round(sum(ms) / len(ms), 3),
+            count=samples.count,
+            p50=ms(samples.quantile(0.50)),
+            p95=ms(samples.quantile(0.95)),
+            p99=ms(samples.quantile(0.99)),
+            max=ms(samples.max),
+            mean=ms(samples.mean),
+            histogram=samples.to_json(),
         )
 
     def render(self) -> str:
@@ -56,7 +54,7 @@ class Latency:
             return "no samples"
         return (
             f"p50 {self.p50:.1f}  p95 {self.p95:.1f}  p99 {self.p99:.1f}  max {self.max:.1f} ms"
-            f"  (mean {self.mean:.1f} ms, {self.count} samples)"
+            f"  (mean {self.mean:.1f} ms, {self.count:,} triggers)"
         )
 
 
@@ -100,8 +98,19 @@ class StressReport:
     elapsed: float = 0.0
     #: distinct executions whose trigger was answered to a client
     acknowledged: int = 0
+    #: the kinds of acknowledged executions; they add up to ``acknowledged``
     acknowledged_nonblocking: int = 0
     acknowledged_blocking: int = 0
+    #: blocking triggers that timed out on the client after their execution got an index
+    acknowledged_blocking_timed_out: int = 0
+    #: executions first made by a repeat with an idempotency key (the first trigger got no answer)
+    acknowledged_by_repeat: int = 0
+    #: crash mode: mean seconds between SIGKILLs
+    crash_every: float | None = None
+    #: acknowledged executions over time: {"bin_seconds": width, "counts": [per bin]}
+    throughput: dict[str, Any] = attrs.Factory(dict)
+    #: seconds since the workload started of each SIGKILL ("killed") and engine ready ("ready")
+    events: dict[str, list[float]] = attrs.Factory(dict)
     #: trigger acknowledgement latency of non-blocking triggers (index durable)
     ack_latency: Latency = attrs.Factory(Latency)
     #: trigger-to-finished latency of blocking triggers
@@ -145,50 +154,101 @@ class StressReport:
         return out
 
     def render(self) -> list[str]:
-        """The human report, one string per line."""
-        f = self.final
-        replay = self.replay
-        if replay:
-            rep = (
-                f"{'OK' if replay.get('ok') else 'FAILED'}: {replay.get('tasks', 0)} task(s), "
-                f"{replay.get('executions', 0)} execution(s) ({replay.get('pending', 0)} pending, "
-                f"{replay.get('running', 0)} running, {replay.get('success', 0)} success, "
-                f"{replay.get('failed', 0)} failed, {replay.get('cancelled', 0)} cancelled), "
-                f"{replay.get('violations', 0)} violation(s)"
-            )
-        else:
-            rep = "not run"
+        """The human report, one string per line; each line says what it counts."""
+        mode = (
+            f"crash mode: the engine runs in a child process, SIGKILLed about every {self.crash_every:g} s "
+            "and restarted"
+            if self.mode == "crash" and self.crash_every
+            else "in process"
+        )
+        kinds = [
+            (self.acknowledged_nonblocking, "non-blocking (answered once the index was durable)"),
+            (self.acknowledged_blocking, "blocking (answered once the execution finished)"),
+            (self.acknowledged_blocking_timed_out,
+             "blocking whose caller timed out after the execution had got an index"),
+            (self.acknowledged_by_repeat,
+             "first made by a repeat with an idempotency key (the first trigger got no answer)"),
+        ]
+        shown = [k for k in kinds if k[0]] or kinds[:2]
+        pad = " " * 27
         lines = [
-            f"stress report for {self.db} ({self.mode}: {self.clients} clients, {self.tasks} tasks, "
+            f"stress report for {self.db} ({mode}; {self.clients} clients, {self.tasks} tasks, "
             f"{self.workers} workers, {self.counter_actors} counter actor{'s' if self.counter_actors != 1 else ''}, "
             f"seed {self.seed})",
-            f"  workload time          {self.elapsed:.1f} s",
-            f"  executions acknowledged {self.acknowledged} ({self.acknowledged_nonblocking} non-blocking, "
-            f"{self.acknowledged_blocking} blocking)",
-            f"  acknowledged triggers  {self.rate:.1f} /s",
-            f"  trigger ack latency    {self.ack_latency.render()}",
-            f"  blocking latency       {self.blocking_latency.render()}",
-            f"  crashes survived       {self.crashes}"
-            + (
-                f" ({self.startup_crashes} during start-up and recovery; replay run on the files after "
-                f"{self.crash_replays} of them)"
-                if self.mode == "crash"
-                else ""
-            ),
-            f"  task deletions         {self.deletions} (triggers refused meanwhile: {self.rejected})",
-            f"  idempotent retries     {self.idempotent_retries} (each must answer the first execution)",
-            f"  blocking timeouts      {self.blocking_timeouts}",
-            f"  final check            {f.checked} acknowledged executions checked in {f.seconds:.1f} s: "
-            f"{f.success} success, {f.failed} failed (planned), {f.interrupted} interrupted, "
-            f"{f.deleted} of deleted tasks (gone or cancelled)",
-            f"  after reopening        {f.live_at_reopen} unfinished executions recovered; waited for "
-            f"{f.waited} acknowledged and {f.unacknowledged_waited} unacknowledged ones; "
-            f"{f.idempotent_rechecked} idempotency keys repeated (same execution)",
-            f"  replay                 {rep}",
-            f"  violations             {len(self.violations)}",
+            f"  workload time            {self.elapsed:.1f} s (restarts included, the final check not)",
+            f"  executions acknowledged  {self.acknowledged:,} = {shown[0][0]:,} {shown[0][1]}",
+            *(f"{pad}+ {n:,} {what}" for n, what in shown[1:]),
+        ]
+        if sum(n for n, _ in kinds) != self.acknowledged:
+            lines.append(f"{pad}({self.acknowledged - sum(n for n, _ in kinds):,} not in any of these kinds: "
+                         "a bookkeeping error of the tool)")
+        lines += [
+            f"  acknowledged per second  {self.rate:,.1f} (executions acknowledged / workload time)",
+            f"  non-blocking latency     {self.ack_latency.render()}; trigger until the index was durable",
+            f"  blocking latency         {self.blocking_latency.render()}; trigger until the execution finished",
+        ]
+        if self.mode == "crash":
+            lines.append(
+                f"  crashes survived         {self.crashes} SIGKILLs of the engine's process ({self.startup_crashes} "
+                f"during its start-up and recovery); the replay check ran on the files after {self.crash_replays} "
+                "of them, before the restart"
+            )
+        lines += [
+            f"  task deletions           {self.deletions:,} (with {self.rejected:,} triggers refused with "
+            "TaskNotFound while their task was being deleted, as allowed)",
+            f"  idempotent repeats       {self.idempotent_retries:,} operations triggered twice with one "
+            "idempotency key; each repeat must answer the first execution",
+            f"  blocking timeouts        {self.blocking_timeouts:,} blocking triggers or waits gave up on the "
+            "client side (not a violation by itself: the final check decides)",
+        ]
+        lines += self._render_final(pad)
+        lines += [
+            f"  replay check             {self._render_replay()}",
+            f"  violations               {len(self.violations)}",
         ]
         if self.engine_log_lines:
             lines.append(f"  engine log (stderr of the engine's process): {self.engine_log_lines} line(s), first ones:")
             lines.extend(f"    {line}" for line in self.engine_log)
         lines.append("OK: no violations" if self.ok else f"FAILED: {len(self.violations)} violation(s)")
         return lines
+
+    def _render_final(self, pad: str) -> list[str]:
+        f = self.final
+        outcomes = [
+            (f.success, "SUCCESS"),
+            (f.failed, "FAILED as the workload planned"),
+            (f.interrupted, "FAILED as interrupted by a kill"),
+            (f.deleted, "gone or CANCELLED with their deleted task"),
+        ]
+        other = f.checked - sum(n for n, _ in outcomes)
+        if other:
+            outcomes.append((other, "with a violation (listed below)"))
+        shown = [o for o in outcomes if o[0]] or outcomes[:1]
+        lines = [
+            f"  final check              reopened the engine and looked up each of the {f.checked:,} acknowledged "
+            f"executions ({f.seconds:.1f} s):",
+            f"{pad}{' + '.join(f'{n:,} {what}' for n, what in shown)}",
+        ]
+        if f.waited:
+            lines.append(f"{pad}({f.waited:,} of them were still unfinished when looked up, and were waited for)")
+        lines += [
+            f"  left by the last stop    {f.live_at_reopen:,} executions were PENDING or RUNNING on disk; the "
+            "reopened engine recovered them",
+            f"  never acknowledged       {f.unacknowledged_waited:,} more unfinished executions, whose trigger's "
+            "answer a kill or the stop cut off, were waited for until finished",
+            f"  idempotency keys         {f.idempotent_rechecked:,} repeated after the run, each answering its "
+            "first execution",
+        ]
+        return lines
+
+    def _render_replay(self) -> str:
+        r = self.replay
+        if not r:
+            return "not run"
+        return (
+            f"{'OK' if r.get('ok') else 'FAILED'}: {r.get('tasks', 0)} task(s), "
+            f"{r.get('executions', 0):,} execution(s) ({r.get('pending', 0)} pending, "
+            f"{r.get('running', 0)} running, {r.get('success', 0):,} success, "
+            f"{r.get('failed', 0):,} failed, {r.get('cancelled', 0):,} cancelled), "
+            f"{r.get('violations', 0)} violation(s)"
+        )
