@@ -108,6 +108,8 @@ def test_json_endpoints_page_through_tasks_and_executions(node: Any) -> None:
     assert by_id == by_index
     status, failed = get(server, "/api/tasks/beta/executions/0")
     assert failed["status"] == "FAILED" and failed["error"] == "ValueError: bad input at index 0"
+    assert failed["traceback"].startswith("Traceback (most recent call last):")
+    assert 'raise ValueError(f"bad input at index {ctx.index}")' in failed["traceback"]
 
 
 @pytest.mark.timeout(60)
@@ -330,6 +332,9 @@ def test_page_in_a_headless_browser_shows_the_node(node: Any, tmp_path: Path) ->
     assert "Executions of beta" in text and "next index 1" in text
     assert "FAILED" in text and "ValueError: bad input at index 0" in text
     assert failed.id in text and '{"x":1}' in text
+    # the traceback the engine kept with the execution
+    assert re.search(r'<pre id="traceback">Traceback \(most recent call last\):.*in boom.*'
+                     r'ValueError: bad input at index 0', dom, re.S), dom[-3000:]
     assert 'id="problem" role="alert" hidden' in dom  # no error shown
 
     # a task's executions by index, newest first
