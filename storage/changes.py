@@ -6,6 +6,8 @@ the replay checks agree on what a consistent database looks like.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from . import codec, keys
 from .batch import DeletePrefix, Op
 from .records import Execution, Task
@@ -48,6 +50,23 @@ def update(execution: Execution) -> list[Op]:
     ops: list[Op] = [(record_key, codec.encode_execution(execution))]
     if execution.status.is_finished:
         ops.append((live_key, None))
+    return ops
+
+
+def prune(task_id: str, executions: Sequence[Execution], mark: int) -> list[Op]:
+    """Remove finished ``executions`` (the records from the task's prune mark up to ``mark``) and
+    move the mark to ``mark``, in one atomic write: the stored indexes stay exactly
+    ``mark .. counter-1``. Their id and idempotency keys go too: a pruned execution is not found,
+    and a trigger repeating its idempotency key makes a new execution."""
+    ops: list[Op] = []
+    for ex in executions:
+        assert ex.index is not None and ex.index < mark and ex.status.is_finished
+        prefix, record_key, _ = keys.execution_keys(task_id, ex.index)
+        ops.append((record_key, None))
+        ops.append((prefix + keys.EXEC_ID + ex.id.encode(), None))
+        if ex.idempotency_key is not None:
+            ops.append((prefix + keys.IDEMPOTENCY + ex.idempotency_key.encode(), None))
+    ops.append((keys.prune_mark_key(task_id), codec.encode_int(mark)))
     return ops
 
 

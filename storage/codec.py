@@ -34,7 +34,7 @@ def encode_task(task: Task) -> bytes:
     ).encode()
 
 
-def decode_task(key: bytes, value: bytes, execution_count: int = 0) -> Task:
+def decode_task(key: bytes, value: bytes, execution_count: int = 0, prune_mark: int = 0) -> Task:
     try:
         d = json.loads(value)
         return Task(
@@ -45,6 +45,7 @@ def decode_task(key: bytes, value: bytes, execution_count: int = 0) -> Task:
             created_at=d["created_at"],
             incarnation=d["incarnation"],
             execution_count=execution_count,
+            prune_mark=prune_mark,
         )
     except (ValueError, KeyError, TypeError) as e:
         raise CorruptRecord(key, f"task record does not decode ({e})") from None

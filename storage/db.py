@@ -145,17 +145,23 @@ class Database:
     a :class:`~taskengine.storage.batch.Committer`, which takes ``write_lock``, so ``close`` never
     frees the handle under a write."""
 
-    def __init__(self, raw: Any, path: str, lock: DirectoryLock | None = None) -> None:
+    def __init__(
+        self, raw: Any, path: str, lock: DirectoryLock | None = None, schema: int = keys.SCHEMA_VERSION
+    ) -> None:
         self.raw = raw
         self.path = path
         self._lock = lock
         self.write_lock = threading.Lock()
+        #: the schema version stored in the database (one of ``keys.KNOWN_SCHEMAS``)
+        self.schema = schema
 
     @classmethod
     def open(cls, path: str, *, create: bool = False, accept_loss: bool = False) -> Database:
         """Open a taskengine database; ``create`` makes a new one (the engine's mode).
 
-        Tools open with ``create=False`` so a typo never leaves an empty database behind.
+        Tools open with ``create=False`` so a typo never leaves an empty database behind, and
+        never write: a version-1 database stays version 1 for them. The engine's mode upgrades
+        it to the current version, which only adds what version 1 cannot hold (prune marks).
         The database's own lock (see ``storage.lock``) is taken before LevelDB is touched.
         Damage that LevelDB would skip (a log record that fails its checksum) raises
         DatabaseDamaged, unless ``accept_loss``: then LevelDB drops what it cannot read and
@@ -172,26 +178,26 @@ class Database:
                                           f"{RECOVER_HINT}")
                 for line in dropped:
                     log.error("%s: recovery accepted a loss: %s", path, line)
-                cls._check_schema(raw, path, create)
+                schema = cls._check_schema(raw, path, create)
             except BaseException:
                 raw.close()
                 raise
         except BaseException:
             lock.release()
             raise
-        return cls(raw, path, lock)
+        return cls(raw, path, lock, schema)
 
     @classmethod
-    def _check_schema(cls, raw: Any, path: str, create: bool) -> None:
+    def _check_schema(cls, raw: Any, path: str, create: bool) -> int:
         try:
-            cls._check_schema_version(raw, path, create)
+            return cls._check_schema_version(raw, path, create)
         except plyvel.CorruptionError as e:
             raise DatabaseDamaged(f"{path!r} is damaged: {plyvel_message(e)}; {RECOVER_HINT}") from None
         except plyvel.Error as e:  # an unreadable table file, or a full disk writing a new schema
             raise StorageError(f"cannot open {path!r}: {plyvel_message(e)}") from None
 
     @staticmethod
-    def _check_schema_version(raw: Any, path: str, create: bool) -> None:
+    def _check_schema_version(raw: Any, path: str, create: bool) -> int:
         stored = raw.get(keys.SCHEMA_KEY)
         if stored is None:
             with raw.iterator(include_value=False) as it:
@@ -202,15 +208,19 @@ class Database:
                 raise NotADatabase(f"{path!r} is an empty LevelDB database, not one of taskengine")
             raw.put(keys.SCHEMA_KEY, codec.encode_int(keys.SCHEMA_VERSION), sync=True)
             log.info("created taskengine database at %s (schema %d)", path, keys.SCHEMA_VERSION)
-            return
+            return keys.SCHEMA_VERSION
         try:
             version = codec.decode_int(keys.SCHEMA_KEY, stored)
         except CorruptRecord:
             raise UnknownSchema(f"{path!r} has an unreadable schema version {stored[:20]!r}") from None
-        if version != keys.SCHEMA_VERSION:
-            raise UnknownSchema(
-                f"{path!r} has schema version {version}; this taskengine knows version {keys.SCHEMA_VERSION} only"
-            )
+        if version not in keys.KNOWN_SCHEMAS:
+            known = " and ".join(str(v) for v in keys.KNOWN_SCHEMAS)
+            raise UnknownSchema(f"{path!r} has schema version {version}; this taskengine knows versions {known} only")
+        if create and version != keys.SCHEMA_VERSION:
+            raw.put(keys.SCHEMA_KEY, codec.encode_int(keys.SCHEMA_VERSION), sync=True)
+            log.info("upgraded taskengine database at %s from schema %d to %d", path, version, keys.SCHEMA_VERSION)
+            return keys.SCHEMA_VERSION
+        return version
 
     def close(self) -> None:
         """Idempotent; waits for a write in progress, then releases the database's lock."""
@@ -224,9 +234,11 @@ class Database:
 
     @_reads
     def read_counter(self, task_id: str, snapshot: Any = None) -> int:
-        src = snapshot or self.raw
-        key = keys.counter_key(task_id)
-        value = src.get(key)
+        return self._read_int(keys.counter_key(task_id), snapshot)
+
+    def _read_int(self, key: bytes, snapshot: Any) -> int:
+        """A stored decimal (a counter, a prune mark); 0 when the key is absent."""
+        value = (snapshot or self.raw).get(key)
         return 0 if value is None else codec.decode_int(key, value)
 
     @_reads
@@ -238,18 +250,23 @@ class Database:
         return None if key is None else keys.decode_index(key[-8:])
 
     @_reads
+    def read_prune_mark(self, task_id: str, snapshot: Any = None) -> int:
+        """The lowest stored index of the task (0 unless its history was pruned)."""
+        return self._read_int(keys.prune_mark_key(task_id), snapshot)
+
+    @_reads
     def get_task(self, task_id: str, snapshot: Any = None) -> Task | None:
-        """The stored task with its stored counter (not reconciled; see ``actors``)."""
+        """The stored task with its stored counter and prune mark (not reconciled; see ``actors``)."""
         src = snapshot or self.raw
         key = keys.task_key(task_id)
         value = src.get(key)
         if value is None:
             return None
-        return codec.decode_task(key, value, self.read_counter(task_id, src))
+        return codec.decode_task(key, value, self.read_counter(task_id, src), self.read_prune_mark(task_id, src))
 
     def iter_task_ids(self, after: str | None = None, snapshot: Any = None) -> Iterator[str]:
-        """Every task id that has any key, in key order (``after``: the ids past that one);
-        seeks past each task's executions."""
+        """Every task id that has any key, in key order (the order of the ids' UTF-8 bytes, which
+        is code point order; ``after``: the ids past that one); seeks past each task's executions."""
         src = snapshot or self.raw
         with _reading("task ids"), src.iterator(include_value=False) as it:
             it.seek(keys.TASK_TAG if after is None else keys.prefix_end(keys.task_prefix(after)))
@@ -263,7 +280,8 @@ class Database:
                 it.seek(keys.prefix_end(keys.task_prefix(parsed.task_id)))
 
     def list_tasks(self, after: str | None = None, limit: int = 50) -> list[Task]:
-        """A page of tasks in id order, read from one snapshot (each with its stored counter)."""
+        """A page of tasks in id order, read from one snapshot (each with its stored counter and
+        prune mark)."""
         out: list[Task] = []
         with _reading("tasks"), self.raw.snapshot() as snap:
             for task_id in self.iter_task_ids(after, snap):
@@ -328,6 +346,39 @@ class Database:
                     raise CorruptRecord(key, "malformed live key")
                 yield parsed[0], parsed[1], value.decode()
 
+    # -- retention -------------------------------------------------------------------------
+
+    @_reads
+    def first_live(self, task_id: str) -> int | None:
+        """The lowest index of the task that holds a live key (PENDING or RUNNING): one seek."""
+        with self.raw.iterator(prefix=keys.live_prefix(task_id), include_value=False) as it:
+            key = next(it, None)
+        return None if key is None else keys.decode_index(key[-8:])
+
+    def finished_run(self, task_id: str, start: int, stop: int) -> list[Execution]:
+        """The records at ``start, start+1, ...`` below ``stop`` while each is there and finished:
+        the executions a prune mark at ``start`` may move past, in order (it stops at the first
+        unfinished, missing or undecodable one, so the stored indexes stay contiguous)."""
+        out: list[Execution] = []
+        if stop <= start:
+            return out
+        with _reading(f"executions of {task_id!r}"), self.raw.iterator(
+            start=keys.execution_key(task_id, start), stop=keys.execution_key(task_id, stop)
+        ) as it:
+            for expect, (key, value) in enumerate(it, start):
+                index = keys.decode_index(key[-8:])
+                if index != expect:
+                    break
+                try:
+                    ex = codec.decode_execution(key, value, task_id, index)
+                except CorruptRecord as e:
+                    log.error("prune of %r stops at index %d: %s", task_id, index, e)
+                    break
+                if not ex.status.is_finished:
+                    break
+                out.append(ex)
+        return out
+
     # -- copies --------------------------------------------------------------------------
 
     def backup(self, dest: str, batch_size: int = 10_000) -> int:
@@ -351,7 +402,7 @@ class Database:
                         batch.write()
                         batch = out.write_batch()
                 batch.write()
-            out.put(keys.SCHEMA_KEY, codec.encode_int(keys.SCHEMA_VERSION), sync=True)
+            out.put(keys.SCHEMA_KEY, codec.encode_int(self.schema), sync=True)
             copied += 1
         finally:
             out.close()

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-SCHEMA_VERSION = 1
+#: the version this code writes; version 1 is version 2 without prune marks (every mark 0)
+SCHEMA_VERSION = 2
+#: versions this code reads
+KNOWN_SCHEMAS = (1, 2)
 
 SCHEMA_KEY = b"Mschema"
 
@@ -22,6 +25,7 @@ SEP = b"\x00"
 COUNTER = b"c"
 EXEC_ID = b"i"
 IDEMPOTENCY = b"k"
+PRUNE_MARK = b"p"
 TASK = b"t"
 EXECUTION = b"x"
 
@@ -44,6 +48,10 @@ def task_key(task_id: str) -> bytes:
 
 def counter_key(task_id: str) -> bytes:
     return task_prefix(task_id) + COUNTER
+
+
+def prune_mark_key(task_id: str) -> bytes:
+    return task_prefix(task_id) + PRUNE_MARK
 
 
 def execution_prefix(task_id: str) -> bytes:

@@ -123,7 +123,9 @@ def finished(
 @attrs.frozen
 class Task:
     """A task as the engine reports it. ``execution_count`` is the counter: the number of
-    indexes handed out so far, which is also the index the next execution gets."""
+    indexes handed out so far, which is also the index the next execution gets.
+    ``prune_mark`` is the lowest index still stored: the executions below it were pruned, so
+    the task's stored indexes are exactly ``prune_mark .. execution_count - 1``."""
 
     id: str
     job: str
@@ -134,6 +136,7 @@ class Task:
     #: task can never be mistaken for work of a later task with the same id
     incarnation: str = ""
     execution_count: int = 0
+    prune_mark: int = 0
 
     @property
     def status(self) -> TaskStatus:

@@ -55,7 +55,7 @@ OPEN_ERRORS: dict[str, tuple[Setup, str]] = {
     "file": (_file, "is a file, not a database directory"),
     "empty-dir": (_empty_dir, "the directory holds no LevelDB (no CURRENT file)"),
     "foreign": (_foreign, "not one of taskengine (no schema key)"),
-    "unknown-schema": (_unknown_schema, "has schema version 99; this taskengine knows version 1 only"),
+    "unknown-schema": (_unknown_schema, "has schema version 99; this taskengine knows versions 1 and 2 only"),
 }
 
 

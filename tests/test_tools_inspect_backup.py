@@ -38,13 +38,14 @@ def test_inspect_lists_tasks(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     before = _raw_items(tmp_path / "db")
     code, out, err = run(capsys, "inspect", str(tmp_path / "db"))
     assert code == 0 and err == []
-    assert out.splitlines()[0].split() == ["TASK", "JOB", "NEXT", "INDEX", "MAX", "STATUS", "PENDING", "RUNNING"]
+    header = ["TASK", "JOB", "NEXT", "INDEX", "PRUNE", "MARK", "MAX", "STATUS", "PENDING", "RUNNING"]
+    assert out.splitlines()[0].split() == header
     lines = {line.split()[0]: line.split() for line in out.splitlines()[1:-1]}
     assert list(lines) == ["alpha", "beta", "done", "empty"]
-    assert lines["alpha"] == ["alpha", "job", "5", "-", "ACTIVE", "0", "0"]
-    assert lines["beta"] == ["beta", "job", "3", "10", "ACTIVE", "1", "1"]
-    assert lines["done"] == ["done", "job", "2", "2", "COMPLETED", "1", "0"]
-    assert lines["empty"] == ["empty", "job", "0", "5", "ACTIVE", "0", "0"]
+    assert lines["alpha"] == ["alpha", "job", "5", "0", "-", "ACTIVE", "0", "0"]
+    assert lines["beta"] == ["beta", "job", "3", "0", "10", "ACTIVE", "1", "1"]
+    assert lines["done"] == ["done", "job", "2", "0", "2", "COMPLETED", "1", "0"]
+    assert lines["empty"] == ["empty", "job", "0", "0", "5", "ACTIVE", "0", "0"]
     assert out.splitlines()[-1] == f"4 task(s) in {tmp_path / 'db'}"
     assert _raw_items(tmp_path / "db") == before  # nothing written, nothing assigned
 
@@ -66,7 +67,9 @@ def test_inspect_lists_executions(tmp_path: Path, capsys: pytest.CaptureFixture[
     code, out, err = run(capsys, "inspect", str(tmp_path / "db"), "--task", "t")
     assert code == 0 and err == []
     lines = out.splitlines()
-    assert lines[0].startswith("task 't': job 'job', ACTIVE, next index 4, max_executions none, created 2001-09-09T")
+    assert lines[0].startswith(
+        "task 't': job 'job', ACTIVE, next index 4, prune mark 0, max_executions none, created 2001-09-09T"
+    )
     assert lines[1].split() == ["INDEX", "ID", "STATUS", "CREATED", "FINISHED", "ERROR"]
     body = [line.split(None, 5) for line in lines[2:-1]]
     assert [(int(r[0]), r[1], r[2]) for r in body] == [(ex.index, ex.id, ex.status.value) for ex in made]
@@ -85,9 +88,48 @@ def test_inspect_limit_and_newest_first(tmp_path: Path, capsys: pytest.CaptureFi
     assert code == 0
     lines = out.splitlines()
     assert [int(line.split()[0]) for line in lines[2:-1]] == [6, 5, 4]
-    assert lines[-1] == "3 of 7 execution(s) shown; --limit 0 shows all"
+    assert lines[-1] == "3 of 7 stored execution(s) shown; --after or --limit 0 shows more"
     code, out, _ = run(capsys, "inspect", str(tmp_path / "db"), "--task", "t", "--limit", "0")
     assert [int(line.split()[0]) for line in out.splitlines()[2:-1]] == list(range(7))
+
+
+def test_inspect_pages_tasks_by_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Engine.list_tasks's paging on the command line: --limit tasks after the id --after."""
+    ids = ["a", "a:", "a:b", "b", "ü"]  # a prefix of another id sorts first; code point order
+    with DbBuilder(tmp_path / "db") as b:
+        for tid in reversed(ids):
+            b.task(tid)
+    db = str(tmp_path / "db")
+    code, out, _ = run(capsys, "inspect", db, "--limit", "2")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()[1:-1]] == ["a", "a:"]
+    assert out.splitlines()[-1] == f"2 task(s) in {db} shown; --after 'a:' shows the next page"
+    code, out, _ = run(capsys, "inspect", db, "--limit", "2", "--after", "a:")
+    assert [line.split()[0] for line in out.splitlines()[1:-1]] == ["a:b", "b"]
+    code, out, _ = run(capsys, "inspect", db, "--limit", "2", "--after", "b")
+    assert [line.split()[0] for line in out.splitlines()[1:-1]] == ["ü"]
+    assert out.splitlines()[-1] == f"1 task(s) after 'b' in {db}"
+    code, out, _ = run(capsys, "inspect", db, "--after", "ü")
+    assert code == 0 and out.splitlines() == [f"0 task(s) after 'ü' in {db}"]
+
+
+def test_inspect_shows_the_prune_mark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with DbBuilder(tmp_path / "db") as b:
+        b.task("t")
+        made = b.executions("t", S, F, S, P, S)
+        assert [ex.index for ex in b.prune("t", 5)] == [0, 1, 2]  # stops at the PENDING one
+    db = str(tmp_path / "db")
+    code, out, _ = run(capsys, "inspect", db)
+    assert out.splitlines()[1].split() == ["t", "job", "5", "3", "-", "ACTIVE", "1", "0"]
+    code, out, _ = run(capsys, "inspect", db, "--task", "t")
+    assert "next index 5, prune mark 3," in out.splitlines()[0]
+    assert [int(line.split()[0]) for line in out.splitlines()[2:-1]] == [3, 4]
+    code, out, _ = run(capsys, "inspect", db, "--task", "t", "--after", "3")
+    assert [line.split()[1] for line in out.splitlines()[2:-1]] == [made[4].id]
+    code, out, err = run(capsys, "inspect", db, "--task", "t", "--index", "1")
+    assert code == 1 and "no execution at index 1" in err[0]
+    code, out, err = run(capsys, "inspect", db, "--task", "t", "--after", "x")
+    assert code == 2 and "--after must be an index" in err[0]
 
 
 def test_inspect_one_execution(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,7 +182,7 @@ def test_inspect_in_a_real_process(tmp_path: Path) -> None:
     standard_db(tmp_path / "db")
     proc = run_cli("inspect", str(tmp_path / "db"), "--task", "alpha", "--limit", "2")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == "2 of 5 execution(s) shown; --limit 0 shows all"
+    assert proc.stdout.splitlines()[-1] == "2 of 5 stored execution(s) shown; --after or --limit 0 shows more"
 
 
 # -- backup ---------------------------------------------------------------------------------

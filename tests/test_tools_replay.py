@@ -47,7 +47,7 @@ def test_clean_database_exits_0_with_a_right_table(tmp_path: Path, capsys: pytes
     rows = table(out)
     assert set(rows) == {"alpha", "beta", "empty"}
     assert rows["alpha"] == {
-        "TASK": "alpha", "COUNTER": "5", "EXECUTIONS": "5", "PENDING": "0", "RUNNING": "0",
+        "TASK": "alpha", "COUNTER": "5", "MARK": "0", "EXECUTIONS": "5", "PENDING": "0", "RUNNING": "0",
         "SUCCESS": "3", "FAILED": "1", "CANCELLED": "1", "VIOLATIONS": "0",
     }  # fmt: skip
     assert rows["beta"]["COUNTER"] == "3"
@@ -131,6 +131,93 @@ def test_the_exact_pass_agrees_with_the_fast_pass(tmp_path: Path, monkeypatch: p
     exact = check(tmp_path / "db")
     assert exact.ok, messages(exact)
     assert [t.to_json() for t in exact.tasks] == [t.to_json() for t in fast.tasks]
+
+
+def pruned_db(path: Path) -> dict[str, list[object]]:
+    """``standard_db`` with ``alpha`` pruned below index 3 and a task pruned of everything."""
+    made: dict[str, list[object]] = dict(standard_db(path))
+    with DbBuilder(path) as b:
+        b.execution("alpha", S, idempotency_key="gone")  # index 5
+        b.prune("alpha", 3)
+        b.task("all-gone")
+        b.executions("all-gone", S, C)
+        b.prune("all-gone", 2)
+    return made
+
+
+def test_a_pruned_database_is_sound(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Records at exactly mark..counter-1 pass (fast pass and exact pass alike); the table shows the mark."""
+    pruned_db(tmp_path / "db")
+    fast = check(tmp_path / "db")
+    assert fast.ok, messages(fast)
+    code, out, err = run_replay(capsys, str(tmp_path / "db"))
+    assert code == 0, err
+    rows = table(out)
+    assert (rows["alpha"]["COUNTER"], rows["alpha"]["MARK"], rows["alpha"]["EXECUTIONS"]) == ("6", "3", "3")
+    assert (rows["all-gone"]["COUNTER"], rows["all-gone"]["MARK"], rows["all-gone"]["EXECUTIONS"]) == ("2", "2", "0")
+    assert rows["beta"]["MARK"] == "0"
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("record-below", "record at index 1 is below the prune mark 3"),
+        ("mark-above", "prune mark 7 is above the counter 6"),
+        ("gap-above-mark", "gap at index 3"),
+        ("stale-id-key", "points at index 0, which has no record"),
+        ("stale-idempotency", "idempotency key 'gone' points at execution"),
+        ("bad-mark", "expected a decimal integer"),
+    ],
+)
+def test_a_broken_prune_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str, expected: str) -> None:
+    made = pruned_db(tmp_path / "db")
+    alpha = made["alpha"]
+    with DbBuilder(tmp_path / "db") as b:
+        if damage == "record-below":
+            b.put(keys.execution_key("alpha", 1), codec.encode_execution(alpha[1]))  # type: ignore[arg-type]
+        elif damage == "mark-above":
+            b.put(keys.prune_mark_key("alpha"), b"7")
+        elif damage == "gap-above-mark":
+            b.delete(keys.execution_key("alpha", 3))
+        elif damage == "stale-id-key":
+            b.put(keys.exec_id_key("alpha", alpha[0].id), b"0")  # type: ignore[attr-defined]
+        elif damage == "stale-idempotency":
+            b.put(keys.idempotency_key("alpha", "gone"), alpha[0].id.encode())  # type: ignore[attr-defined]
+        else:
+            b.put(keys.prune_mark_key("alpha"), b"x")
+    fast = check(tmp_path / "db")
+    found = messages(fast)
+    assert any(expected in m for m in found), found
+    assert all(m.startswith("task 'alpha'") for m in found), found
+
+    def never_proven(self: leveldb_scan._TaskScan, first: tuple[bytes, bytes], it: object) -> object:
+        it.seek(self.x_end)  # type: ignore[attr-defined]
+        return next(it, None)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(leveldb_scan._TaskScan, "prove", never_proven)
+    assert messages(check(tmp_path / "db")) == found
+
+
+def test_a_version_1_database_is_read_as_is(tmp_path: Path) -> None:
+    """Version 1 is version 2 without prune marks: tools read it (and write nothing); the engine's
+    mode upgrades it."""
+    standard_db(tmp_path / "db")
+    db = Database.open(str(tmp_path / "db"))
+    db.raw.put(keys.SCHEMA_KEY, b"1")
+    db.close()
+    db = Database.open(str(tmp_path / "db"))
+    try:
+        assert db.schema == 1 and replay.check(db).ok
+    finally:
+        db.close()
+    db = Database.open(str(tmp_path / "db"))
+    assert db.raw.get(keys.SCHEMA_KEY) == b"1"
+    db.close()
+    db = Database.open(str(tmp_path / "db"), create=True)
+    try:
+        assert db.schema == 2 and db.raw.get(keys.SCHEMA_KEY) == b"2"
+    finally:
+        db.close()
 
 
 # -- each invariant, broken ---------------------------------------------------------------
@@ -538,7 +625,7 @@ def test_replay_reads_each_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 # -- the two passes agree, whatever the damage ------------------------------------------------
 
 _MUTATION = st.tuples(
-    st.sampled_from(["delete", "garbage", "swap", "copy-status", "stray-live", "stray-id", "counter"]),
+    st.sampled_from(["delete", "garbage", "swap", "copy-status", "stray-live", "stray-id", "counter", "mark"]),
     st.integers(min_value=0, max_value=10_000),
     st.binary(max_size=30),
 )
@@ -550,19 +637,26 @@ _MUTATION = st.tuples(
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
-    shape=st.lists(st.lists(st.sampled_from([S, F, C, P, R]), max_size=6), min_size=1, max_size=3),
+    shape=st.lists(
+        st.tuples(st.lists(st.sampled_from([S, F, C, P, R]), max_size=6), st.integers(min_value=0, max_value=6)),
+        min_size=1,
+        max_size=3,
+    ),
     mutations=st.lists(_MUTATION, max_size=3),
 )
 def test_fast_and_exact_passes_agree(
-    tmp_path_factory: pytest.TempPathFactory, shape: list[list[object]], mutations: list[tuple[str, int, bytes]]
+    tmp_path_factory: pytest.TempPathFactory,
+    shape: list[tuple[list[object], int]],
+    mutations: list[tuple[str, int, bytes]],
 ) -> None:
     """Whatever is broken, the walk with the fast pass reports exactly what the exact pass
     alone reports: the fast pass only ever proves, it never hides anything."""
     path = tmp_path_factory.mktemp("prop") / "db"
     with DbBuilder(path) as b:
-        for t, statuses in enumerate(shape):
+        for t, (statuses, prune_to) in enumerate(shape):
             b.task(f"t{t}")
             b.executions(f"t{t}", *statuses)  # type: ignore[arg-type]
+            b.prune(f"t{t}", prune_to)
         all_keys = [k for k in b.db.raw.iterator(include_value=False) if k != keys.SCHEMA_KEY]
         for kind, n, blob in mutations:
             key = all_keys[n % len(all_keys)]
@@ -585,6 +679,8 @@ def test_fast_and_exact_passes_agree(
                 b.put(keys.live_key(task, n % 8), blob or b"x")
             elif kind == "stray-id":
                 b.put(keys.exec_id_key(task, blob.decode(errors="replace") or "e"), str(n % 8).encode())
+            elif kind == "mark":
+                b.put(keys.prune_mark_key(task), str(n % 9).encode())
             else:
                 b.put(keys.counter_key(task), str(n % 9).encode())
     fast = check(path)

@@ -66,6 +66,8 @@ class DbBuilder:
         error: str | None = None,
     ) -> Execution:
         """Assign the task's next index to a new execution with ``status``."""
+        if task_id not in self.counters:  # a task made by an earlier builder
+            self.counters[task_id] = self.db.read_counter(task_id)
         index = self.counters[task_id]
         finished = status.is_finished
         ex = Execution(
@@ -88,6 +90,13 @@ class DbBuilder:
 
     def executions(self, task_id: str, *statuses: ExecutionStatus) -> list[Execution]:
         return [self.execution(task_id, s) for s in statuses]
+
+    def prune(self, task_id: str, mark: int) -> list[Execution]:
+        """Prune the task's finished executions below ``mark`` (as far as they are finished)."""
+        start = self.db.read_prune_mark(task_id)
+        run = self.db.finished_run(task_id, start, mark)
+        self.committer.write([changes.prune(task_id, run, start + len(run))])
+        return run
 
     def delete_task(self, task_id: str) -> None:
         self.committer.write([changes.delete_task(task_id)])

@@ -2,11 +2,12 @@
 
 Three views, all read-only (nothing is assigned or changed, as for the engine's reads):
 
-* ``inspect DB``: every task with its job, counter (the next index), status, and how many
-  of its executions are PENDING / RUNNING (from the live keys, the engine's own list of
-  unfinished work);
+* ``inspect DB``: tasks in id order with their job, counter (the next index), prune mark (the
+  lowest stored index), status, and how many of their executions are PENDING / RUNNING (from
+  the live keys, the engine's own list of unfinished work); a page of ``--limit`` tasks after
+  the id ``--after``, as ``Engine.list_tasks`` pages;
 * ``inspect DB --task T``: that task's executions in index order (``--newest-first``
-  reverses, ``--limit`` bounds the list);
+  reverses, ``--limit`` bounds the list, ``--after N`` starts after index N);
 * ``inspect DB --task T --execution ID`` (or ``--index N``): one execution's full record
   as JSON (a failed job's traceback is its ``traceback`` member); ``--traceback`` prints that
   traceback as Python printed it, for a person to read.
@@ -27,13 +28,13 @@ from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, format_table, f
 
 SUMMARY = "List a database's tasks, a task's executions, or one execution"
 DESCRIPTION = (
-    "Show what a database holds: its tasks (job, next index, status, pending and running "
-    "executions); with --task, that task's executions in index order; with --execution ID or "
-    "--index N, one execution's full record as JSON (--traceback: the traceback of its failed "
-    "job, as text). Reads only."
+    "Show what a database holds: its tasks in id order (job, next index, prune mark, status, "
+    "pending and running executions), a page at a time; with --task, that task's executions in "
+    "index order; with --execution ID or --index N, one execution's full record as JSON "
+    "(--traceback: the traceback of its failed job, as text). Reads only."
 )
 
-#: executions listed when --limit is not given
+#: tasks or executions listed when --limit is not given
 DEFAULT_LIMIT = 50
 #: characters of an error message shown in a listing (the full text is in --execution)
 ERROR_WIDTH = 60
@@ -50,7 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         type=int,
         default=DEFAULT_LIMIT,
-        help=f"with --task: list at most N executions (default {DEFAULT_LIMIT}; 0 lists all)",
+        help=f"list at most N tasks, or with --task N executions (default {DEFAULT_LIMIT}; 0 lists all)",
+    )
+    parser.add_argument(
+        "--after",
+        metavar="X",
+        help="start after task id X (the last one of the previous page), or with --task after index X",
     )
     parser.add_argument("--newest-first", action="store_true", help="with --task: highest index first")
     parser.add_argument(
@@ -69,15 +75,25 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError(f"--limit must be 0 (all) or more, not {args.limit}", EXIT_USAGE)
     if args.index is not None and args.index < 0:
         raise ToolError(f"--index must be 0 or more, not {args.index}", EXIT_USAGE)
+    after_index = None
+    if args.task is not None and args.after is not None:
+        if args.execution is not None or args.index is not None:
+            raise ToolError("--after lists a page; it does not go with --execution or --index", EXIT_USAGE)
+        try:
+            after_index = int(args.after)
+        except ValueError:
+            after_index = -1
+        if after_index < 0:
+            raise ToolError(f"with --task, --after must be an index (0 or more), not {args.after!r}", EXIT_USAGE)
     with open_database(args.db) as db:
         if args.task is None:
-            lines = task_lines(db)
+            lines = task_lines(db, args.after, args.limit or None)
         elif args.traceback:
             lines = [traceback_text(find_execution(db, args))]
         elif args.execution is not None or args.index is not None:
             lines = [json.dumps(find_execution(db, args).to_json(), indent=2, ensure_ascii=False)]
         else:
-            lines = execution_lines(db, args.task, args.limit or None, args.newest_first)
+            lines = execution_lines(db, args.task, args.limit or None, args.newest_first, after_index)
     sys.stdout.write("".join(line + "\n" for line in lines))
     sys.stdout.flush()
     return EXIT_OK
@@ -97,21 +113,31 @@ def live_counts(db: Database) -> dict[str, Counter[ExecutionStatus]]:
     return counts
 
 
-def task_lines(db: Database) -> list[str]:
+def task_lines(db: Database, after: str | None = None, limit: int | None = None) -> list[str]:
     live = live_counts(db)
     rows: list[tuple[object, ...]] = []
-    for task_id in db.iter_task_ids():
+    more = False
+    for task_id in db.iter_task_ids(after):
+        if limit is not None and len(rows) == limit:
+            more = True
+            break
         task = db.get_task(task_id)
         counts = live.get(task_id, Counter())
         pending, running = counts[ExecutionStatus.PENDING], counts[ExecutionStatus.RUNNING]
         if task is None:  # keys left without a task record: not a task, but worth seeing
-            rows.append((task_id, "-", db.read_counter(task_id), "-", "NO TASK RECORD", pending, running))
+            row = (task_id, "-", db.read_counter(task_id), db.read_prune_mark(task_id), "-", "NO TASK RECORD")
+            rows.append((*row, pending, running))
             continue
-        limit = "-" if task.max_executions is None else task.max_executions
-        rows.append((task_id, task.job, task.execution_count, limit, task.status.value, pending, running))
-    header = ("TASK", "JOB", "NEXT INDEX", "MAX", "STATUS", "PENDING", "RUNNING")
-    lines = format_table(header, rows, (False, False, True, True, False, True, True)) if rows else []
-    lines.append(f"{len(rows)} task(s) in {db.path}")
+        max_text = "-" if task.max_executions is None else task.max_executions
+        row = (task_id, task.job, task.execution_count, task.prune_mark, max_text, task.status.value)
+        rows.append((*row, pending, running))
+    header = ("TASK", "JOB", "NEXT INDEX", "PRUNE MARK", "MAX", "STATUS", "PENDING", "RUNNING")
+    lines = format_table(header, rows, (False, False, True, True, True, False, True, True)) if rows else []
+    where = f"in {db.path}" if after is None else f"after {after!r} in {db.path}"
+    if more:
+        lines.append(f"{len(rows)} task(s) {where} shown; --after {rows[-1][0]!r} shows the next page")
+    else:
+        lines.append(f"{len(rows)} task(s) {where}")
     return lines
 
 
@@ -122,21 +148,24 @@ def _task(db: Database, task_id: str) -> Task:
     return task
 
 
-def execution_lines(db: Database, task_id: str, limit: int | None, newest_first: bool) -> list[str]:
+def execution_lines(
+    db: Database, task_id: str, limit: int | None, newest_first: bool, after: int | None = None
+) -> list[str]:
     task = _task(db, task_id)
     limit_text = "none" if task.max_executions is None else str(task.max_executions)
     lines = [
         f"task {task.id!r}: job {task.job!r}, {task.status.value}, next index {task.execution_count}, "
-        f"max_executions {limit_text}, created {format_time(task.created_at)}"
+        f"prune mark {task.prune_mark}, max_executions {limit_text}, created {format_time(task.created_at)}"
     ]
-    executions = list(db.iter_executions(task_id, limit=limit, newest_first=newest_first))
+    executions = list(db.iter_executions(task_id, after=after, limit=limit, newest_first=newest_first))
     rows = [_execution_row(ex) for ex in executions]
     if rows:
         header = ("INDEX", "ID", "STATUS", "CREATED", "FINISHED", "ERROR")
         lines += format_table(header, rows, (True, False, False, False, False, False))
     shown = len(rows)
-    if limit is not None and shown == limit and shown < task.execution_count:
-        lines.append(f"{shown} of {task.execution_count} execution(s) shown; --limit 0 shows all")
+    stored = task.execution_count - task.prune_mark
+    if limit is not None and shown == limit and (after is not None or shown < stored):
+        lines.append(f"{shown} of {stored} stored execution(s) shown; --after or --limit 0 shows more")
     else:
         lines.append(f"{shown} execution(s)")
     return lines

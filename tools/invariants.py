@@ -1,6 +1,7 @@
 """The invariants of DESIGN.md §3 as stored data must show them, whatever stores it.
 
-FORMAT.md describes a task's stored parts: the task record, its counter, an *id entry* per
+FORMAT.md describes a task's stored parts: the task record, its counter, its prune mark (the
+lowest stored index; 0 unless finished history was pruned), an *id entry* per
 execution (execution id -> the index it holds, as decimal text), *idempotency entries*
 (key -> execution id), *live entries* for unfinished executions (index -> execution id) and
 the execution records, each with its index, status and execution id. A reader walks one
@@ -9,7 +10,8 @@ backend's data (``leveldb_scan`` reads LevelDB) and hands each task's parts to a
 here, once, for every backend:
 
 * every task's parts have a task record (parts without one are left over from a deletion);
-* the counter decodes, and the records sit at exactly ``0 .. counter-1``;
+* the counter and the prune mark decode, and the records sit at exactly ``mark .. counter-1``
+  (the mark is never above the counter);
 * every execution id appears once, and its id entry points at its record's index; no id
   entry points at nothing; every idempotency entry points at an execution id of the task;
 * every live entry points at a PENDING or RUNNING record with the same id, every PENDING or
@@ -61,6 +63,8 @@ class TaskReport:
     exists: bool = False
     #: None when there is no readable counter
     counter: int | None = None
+    #: the lowest stored index (0 unless history was pruned)
+    prune_mark: int = 0
     executions: int = 0
     pending: int = 0
     running: int = 0
@@ -142,7 +146,8 @@ class TaskInvariants:
     database may hold a great many small ones), and answers the three questions at the end
     (:meth:`stored_index`, :meth:`record_holds`, :meth:`idempotency_entries`), which are only
     asked when something is wrong. While it reads the parts stored before the records it
-    fills ``id_values``, sets ``row.counter``/``counter_seen`` and reports each idempotency
+    fills ``id_values``, sets ``row.counter``/``counter_seen`` and ``row.prune_mark``/``mark_seen``
+    (both before the records), and reports each idempotency
     entry; then it either calls :meth:`proven` or hands the records over in index order
     (:meth:`begin_records`, then :meth:`record` or :meth:`unreadable` for each, then
     :meth:`end_records`); then :meth:`finish`. Execution ids stay bytes as stored (decoded
@@ -162,7 +167,8 @@ class TaskInvariants:
         #: record is checked, so what is left points at no record
         self.ids: dict[int, bytes] | None = None
         self.counter_seen = False
-        self.next_index = 0  # one past the highest record index seen
+        self.mark_seen = False
+        self.next_index = 0  # one past the highest record index seen (at least the mark, once records come)
         self.verified = False  # the reader proved the records sound
         self.corrupt_records = 0
         self.counts: dict[ExecutionStatus, int] = {}  # of the records handed over, by status
@@ -203,10 +209,10 @@ class TaskInvariants:
     # -- the records -----------------------------------------------------------------------
 
     def proven(self, records: int, pending: int, running: int, success: int, failed: int, cancelled: int) -> None:
-        """The reader proved the records sound: exactly ``0 .. records-1``, each matching its id
-        entry and live entry, every id entry and live entry matched."""
+        """The reader proved the records sound: exactly ``mark .. mark+records-1``, each matching
+        its id entry and live entry, every id entry and live entry matched."""
         self.verified = True
-        self.next_index = records
+        self.next_index = self.row.prune_mark + records
         row = self.row
         row.pending, row.running, row.success, row.failed, row.cancelled = (
             pending, running, success, failed, cancelled,
@@ -214,13 +220,21 @@ class TaskInvariants:
 
     def begin_records(self) -> None:
         self.counts = dict.fromkeys(ExecutionStatus, 0)
+        self.next_index = self.row.prune_mark
         self.index_ids()
+
+    def _at(self, index: int) -> None:
+        """The next record is at ``index``: is that where it must be?"""
+        mark = self.row.prune_mark
+        if index < mark:
+            self.add(f"record at index {index} is below the prune mark {mark} (pruned indexes must be gone)")
+        elif index != self.next_index:
+            self.add(f"gap at {_span(self.next_index, index - 1)}")
+        self.next_index = max(self.next_index, index + 1)
 
     def record(self, index: int, status: ExecutionStatus, execution_id: bytes) -> None:
         """The next record in index order, whose status and id could be read."""
-        if index != self.next_index:
-            self.add(f"gap at {_span(self.next_index, index - 1)}")
-        self.next_index = index + 1
+        self._at(index)
         self.counts[status] += 1
         named = self.ids.pop(index, None)  # type: ignore[union-attr]  # set by begin_records
         if named != execution_id:
@@ -236,9 +250,7 @@ class TaskInvariants:
 
     def unreadable(self, index: int, problem: str) -> None:
         """The next record in index order, whose status or id could not be read (``problem``)."""
-        if index != self.next_index:
-            self.add(f"gap at {_span(self.next_index, index - 1)}")
-        self.next_index = index + 1
+        self._at(index)
         self.add(problem)
         self.corrupt_records += 1
         self.live.pop(index, None)  # its live entry cannot be judged
@@ -307,6 +319,8 @@ class TaskInvariants:
                 parts.append(f"{self.live_entries} live key(s)")
             if self.counter_seen:
                 parts.append("a counter")
+            if self.mark_seen:
+                parts.append("a prune mark")
             row.violations = 1
             findings.add(
                 self.task_id,
@@ -334,12 +348,15 @@ class TaskInvariants:
             self.add(f"counter {counter} exceeds max_executions {task.max_executions}")
 
     def check_counter(self) -> None:
-        counter, end = self.row.counter, self.next_index
+        mark = self.row.prune_mark
+        counter, end = self.row.counter, max(self.next_index, mark)
         if counter is None:
             if not self.counter_seen:
                 self.add("the task has no counter")
             return
-        if end > counter:
+        if mark > counter:
+            self.add(f"prune mark {mark} is above the counter {counter}: indexes would be issued again")
+        elif end > counter:
             self.add(f"counter {counter} is behind its records: there are records up to index {end - 1}")
         elif end < counter:
             self.add(f"gap at {_span(end, counter - 1)}: missing below the counter {counter}")

@@ -106,8 +106,8 @@ class _TaskScan(TaskInvariants):
         """Walk the task's keys, ``first`` then the rest of ``it`` (the raw iterator of the
         walk); returns the first key after them.
 
-        A task's keys sort as counter, id keys, idempotency keys, task record, execution
-        records (FORMAT.md), so the walk has three stretches: everything below the first
+        A task's keys sort as counter, id keys, idempotency keys, prune mark, task record,
+        execution records (FORMAT.md), so the walk has three stretches: everything below the first
         execution key, the execution records, and anything after them (unknown kinds).
         Comparing a key with the end of its stretch is all it takes to know where it belongs.
         """
@@ -116,7 +116,7 @@ class _TaskScan(TaskInvariants):
         x_start, x_end = self.x_start, self.x_end
         following: tuple[bytes, bytes] | None = None
 
-        # 1. counter, id keys, idempotency keys, task record. Every key in [first, x_start)
+        # 1. counter, id keys, idempotency keys, prune mark, task record. Every key in [first, x_start)
         # starts with ``prefix``: ``first`` does, and they sort below ``prefix + "x"``.
         id_values = self.id_values
         id_kind = keys.EXEC_ID[0]
@@ -163,11 +163,12 @@ class _TaskScan(TaskInvariants):
         id_of = id_values.get
         live = self.live
         live_id = live.get
-        decimal = self.db_scan.decimals(len(id_values))  # the stored form of each index
+        mark = self.row.prune_mark  # read with the keys before the records
+        decimal = self.db_scan.decimals(mark + len(id_values))  # the stored form of each index
         x_end = self.x_end
         xl = len(self.x_start)
         key_len = xl + 8
-        n = 0
+        n = mark  # the index the next record must have
         last_key = b""
         pending = running = success = failed = cancelled = 0
         following: tuple[bytes, bytes] | None = None
@@ -217,20 +218,20 @@ class _TaskScan(TaskInvariants):
         if not sound:  # skip the rest of the records; they are read again, one by one
             it.seek(x_end)
             return next(it, None)
-        # n records with distinct indexes, the highest n-1: they sit at exactly 0..n-1, so
-        # each index checked above was the record's own. Each record matched the id key of
+        # n - mark records with distinct indexes from mark, the highest n-1: they sit at exactly
+        # mark..n-1, so each index checked above was the record's own. Each record matched the id key of
         # its index, and there are as many id keys: every id key is matched, every id once.
         # Likewise every live key belongs to a PENDING/RUNNING record. And every record's id
         # is a key of id_values: all ASCII means all decode, as the codec requires (checked
         # once for the task rather than once per record).
         if (
-            n != len(id_values)
+            n - mark != len(id_values)
             or pending + running != len(live)
-            or (n and int.from_bytes(last_key[xl:], "big") != n - 1)
+            or (n > mark and int.from_bytes(last_key[xl:], "big") != n - 1)
             or not b"".join(id_values).isascii()
         ):
             return following
-        self.proven(n, pending, running, success, failed, cancelled)
+        self.proven(n - mark, pending, running, success, failed, cancelled)
         return following
 
     def hand_over(self, records: Iterator[tuple[bytes, bytes]]) -> tuple[bytes, bytes] | None:
@@ -266,12 +267,18 @@ class _TaskScan(TaskInvariants):
         return following
 
     def other_key(self, key: bytes, value: bytes, plen: int) -> None:
-        """A key other than an execution record or id key: counter, idempotency key, task."""
+        """A key other than an execution record or id key: counter, idempotency key, prune mark, task."""
         kind, rest = key[plen : plen + 1], key[plen + 1 :]
         if kind == keys.COUNTER and not rest:
             self.counter_seen = True
             try:
                 self.row.counter = codec.decode_int(key, value)
+            except CorruptRecord as e:
+                self.add(str(e))
+        elif kind == keys.PRUNE_MARK and not rest:
+            self.mark_seen = True
+            try:
+                self.row.prune_mark = codec.decode_int(key, value)
             except CorruptRecord as e:
                 self.add(str(e))
         elif kind == keys.TASK and not rest:
@@ -286,7 +293,8 @@ class _TaskScan(TaskInvariants):
         task: Task | None = None
         if self.task_value is not None:
             try:
-                task = codec.decode_task(keys.task_key(self.task_id), self.task_value, self.row.counter or 0)
+                key = keys.task_key(self.task_id)
+                task = codec.decode_task(key, self.task_value, self.row.counter or 0, self.row.prune_mark)
             except CorruptRecord as e:
                 self.add(str(e))
         self.finish(self.task_value is not None, task)

@@ -56,9 +56,10 @@ def check(
 SUMMARY = "Check every invariant of a stopped database (exit 1 on a violation)"
 DESCRIPTION = (
     "Walk every task's executions in index order straight from the database files and check the "
-    "invariants of DESIGN.md section 3 (gap-free indexes, one record per index, id/idempotency/live "
-    "keys consistent, no keys of deleted tasks). Prints a summary per task, or JSON lines with --json; "
-    "exits 1 naming each violation on stderr, 0 if the database is clean."
+    "invariants of DESIGN.md section 3 (indexes exactly from the prune mark to the counter with no "
+    "gap, one record per index, id/idempotency/live keys consistent, no keys of deleted tasks). "
+    "Prints a summary per task (MARK is the prune mark), or JSON lines with --json; exits 1 naming "
+    "each violation on stderr, 0 if the database is clean."
 )
 
 
@@ -103,11 +104,15 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_lines(report: Report) -> list[str]:
     """The human summary: one row per task, then one line of totals."""
-    header = ("TASK", "COUNTER", "EXECUTIONS", "PENDING", "RUNNING", "SUCCESS", "FAILED", "CANCELLED", "VIOLATIONS")
+    header = (
+        "TASK", "COUNTER", "MARK", "EXECUTIONS", "PENDING", "RUNNING", "SUCCESS", "FAILED", "CANCELLED",
+        "VIOLATIONS",
+    )  # fmt: skip
     rows = [
         (
             t.task_id if t.exists else f"{t.task_id} (no task record)",
             "-" if t.counter is None else t.counter,
+            t.prune_mark,
             t.executions,
             t.pending,
             t.running,
@@ -118,7 +123,7 @@ def summary_lines(report: Report) -> list[str]:
         )
         for t in report.tasks
     ]
-    lines = format_table(header, rows, (False,) + (True,) * 8) if rows else []
+    lines = format_table(header, rows, (False,) + (True,) * 9) if rows else []
     tot = report.totals()
     verdict = "OK" if report.ok else "FAILED"
     lines.append(
