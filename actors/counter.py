@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import logging
 import queue
 import time
@@ -26,11 +27,14 @@ from taskengine.storage.errors import StorageError as _StorageError
 from taskengine.storage.errors import WriteFailed
 
 from . import messages as m
+from . import retention
+from .backlog import Backlog
 from .board import CompletionBoard
 from .errors import (
     EngineClosed,
     EngineError,
     ExecutionNotFound,
+    QueueFull,
     TaskAlreadyExists,
     TaskNotFound,
     TaskNotRunnable,
@@ -52,6 +56,10 @@ MAX_CHANGES_PER_TURN = 1024  # one turn, one write: bounds its size and its wait
 class TaskState:
     task: Task
     counter: int
+    mark: int = 0  # the prune mark: the lowest stored index
+    #: the retention policy's state: None idle, PRUNE_SCHEDULED while a Prune is on its way, or the
+    #: index of the unfinished execution the last prune stopped at (pruning waits for it to finish)
+    prune_wait: int | None = None
     deleted: bool = False  # a tombstone, so the id reads as absent until the entry is dropped
     running: dict[str, tuple[int, Execution]] = attrs.Factory(dict)  # id -> (token, RUNNING record)
     queued: dict[str, Execution] = attrs.Factory(dict)  # blocking executions not started yet
@@ -61,6 +69,13 @@ class TaskState:
 
     def exhausted(self) -> bool:
         return self.task.max_executions is not None and self.counter >= self.task.max_executions
+
+    def view(self) -> Task:
+        """The task as callers see it: with its counter and prune mark as they stand."""
+        return attrs.evolve(self.task, execution_count=self.counter, prune_mark=self.mark)
+
+
+PRUNE_SCHEDULED = -1
 
 
 #: run after the turn's write: its value answers the message (its exception fails it)
@@ -93,7 +108,10 @@ class CounterActor(EngineActor):
         refs: ActorRefs,
         jobs: JobRegistry,
         max_cached: int,
+        backlog: Backlog | None = None,
+        keep_last: int | None = None,
     ) -> None:
+        """``backlog``: the engine's max_queued bound, if any; ``keep_last``: its retention policy."""
         super().__init__()
         self._db = db
         self._committer = committer
@@ -101,6 +119,8 @@ class CounterActor(EngineActor):
         self._refs = refs
         self._jobs = jobs
         self._max_cached = max_cached
+        self._backlog = backlog
+        self._keep_last = keep_last
         self._cache: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
         self._turn = _Turn()
         self._turn_no = 0
@@ -109,6 +129,7 @@ class CounterActor(EngineActor):
         self.ended: dict[ExecutionStatus, int] = dict.fromkeys(
             (ExecutionStatus.SUCCESS, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED), 0
         )
+        self.pruned = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             m.Trigger: self._trigger,
             m.Start: self._start,
@@ -121,6 +142,7 @@ class CounterActor(EngineActor):
             m.Lookup: self._lookup,
             m.Interrupted: self._interrupted,
             m.CounterStats: self._stats,
+            m.Prune: self._prune,
         }
 
     # -- the turn: take what waits, write once, answer ------------------------------------
@@ -133,14 +155,16 @@ class CounterActor(EngineActor):
         self._handle(message)
         inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
         leftover = None
-        while len(turn.changes) < MAX_CHANGES_PER_TURN:
+        # a Prune has a turn of its own, so it reads a disk that holds all this actor has done
+        while len(turn.changes) < MAX_CHANGES_PER_TURN and type(message) is not m.Prune:
             try:
                 envelope = inbox.get_nowait()
             except queue.Empty:
                 break
-            if envelope.reply_to is None and type(envelope.message) in self._handlers:
+            kind = type(envelope.message)
+            if envelope.reply_to is None and kind in self._handlers and kind is not m.Prune:
                 self._handle(envelope.message)
-            else:  # a stop or an ask: handled after this write, as pykka would
+            else:  # a stop, an ask or a Prune: handled after this write (pykka's order)
                 leftover = envelope
                 break
         if self._commit(turn):
@@ -273,15 +297,17 @@ class CounterActor(EngineActor):
         task = self._db.get_task(task_id)
         if task is None:
             return None
-        st = TaskState(task=task, counter=task.execution_count)
+        st = TaskState(task=task, counter=task.execution_count, mark=task.prune_mark)
         last = self._db.last_index(task_id)
-        if last is not None and last >= st.counter:
-            # a counter behind its records (a damaged or hand-edited database) must never re-issue an index
+        floor = max(st.mark, -1 if last is None else last + 1)
+        if floor > st.counter:
+            # a counter behind its records or its prune mark (a damaged or hand-edited database)
+            # must never re-issue an index
             log.warning(
-                "task %r: stored counter %d is behind its highest record %d; repaired to %d",
-                task_id, st.counter, last, last + 1,
+                "task %r: stored counter %d is behind its highest record %s or its prune mark %d; repaired to %d",
+                task_id, st.counter, last, st.mark, floor,
             )
-            st.counter = last + 1
+            st.counter = floor
             self._turn.counted[id(st)] = st  # written with this turn (or with the task's next index)
         self._cache[task_id] = st
         return st
@@ -323,8 +349,14 @@ class CounterActor(EngineActor):
 
     def _create(self, msg: m.CreateTask) -> None:
         task = msg.task
-        if self._state(task.id) is not None:
-            raise TaskAlreadyExists(task.id)
+        st = self._state(task.id)
+        if st is not None:
+            difference = _difference(st.task, task)
+            if not msg.exist_ok or difference is not None:
+                raise TaskAlreadyExists(task.id, difference if msg.exist_ok else None)
+            existing = st.view()
+            self._after_write(msg.reply, lambda: existing)
+            return
         ops = changes.create_task(task)  # first: an encoding error must leave nothing behind
         self._cache[task.id] = TaskState(task=task, counter=0)
         self._cache.move_to_end(task.id)
@@ -344,7 +376,6 @@ class CounterActor(EngineActor):
             )
         if st.task.job not in self._jobs:
             raise UnknownJob(st.task.job)
-        self.triggered += 1
         index = None if msg.blocking else st.counter
         ex = Execution(
             id=msg.execution_id,
@@ -357,6 +388,8 @@ class CounterActor(EngineActor):
             idempotency_key=key,
         )
         if index is None:
+            self._reserve(ex.id)
+            self.triggered += 1
             st.queued[ex.id] = ex
             if key is not None:
                 st.idem[key] = (ex.id, None)
@@ -364,6 +397,8 @@ class CounterActor(EngineActor):
             self._after_write(msg.reply, lambda: ex)
             return
         ops = changes.assign(ex, with_counter=False)  # before any state changes
+        self._reserve(ex.id)
+        self.triggered += 1
         self._advance(st)
         self._turn.pending.append((ex.task_id, ex.id, index))
         self._turn.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
@@ -394,6 +429,17 @@ class CounterActor(EngineActor):
 
         return answer
 
+    def _reserve(self, execution_id: str) -> None:
+        """A place in the engine's backlog, or QueueFull: the last check before a trigger changes
+        anything, so a refused one uses no index."""
+        if self._backlog is not None and not self._backlog.reserve(execution_id):
+            raise QueueFull(self._backlog.limit)
+
+    def _release(self, execution_id: str) -> None:
+        """The execution started, or left the queue without starting."""
+        if self._backlog is not None:
+            self._backlog.release(execution_id)
+
     def _advance(self, st: TaskState) -> None:
         """One more index handed out; the counter is written once for the turn (see _commit)."""
         st.counter += 1
@@ -411,6 +457,8 @@ class CounterActor(EngineActor):
 
     def _start(self, msg: m.Start) -> None:
         item, ex = msg.item, msg.item.execution
+        if not ex.blocking:  # claimed: it runs now or never (a blocking item is a ticket, below)
+            self._release(ex.id)
         if msg.token in self._abandoned:  # its executor timed out or died before this arrived
             self._abandoned.discard(msg.token)
             self._after_write(msg.reply, _refused)
@@ -432,6 +480,7 @@ class CounterActor(EngineActor):
                 self._after_write(msg.reply, _refused)
                 return
             queued = st.queued[next(iter(st.queued))]
+            self._release(queued.id)
             if st.exhausted():
                 del st.queued[queued.id]
                 self._forget_key(st, queued)
@@ -494,6 +543,7 @@ class CounterActor(EngineActor):
         if not ex.blocking:
             self._turn.removed.append((ex.task_id, ex.id))
         self._write(ops, reply, lambda: self._publish_and_answer(ex))
+        self._retain(st, ex.index)
 
     def _publish_and_answer(self, ex: Execution) -> Execution:
         """An outcome: wake the execution's waiters, and answer with it."""
@@ -519,6 +569,7 @@ class CounterActor(EngineActor):
         if ex.blocking:
             self._turn.submits.append(item)  # at worst one ticket too many: it finds nothing queued
             return
+        self._release(ex.id)
         # only if it never started: a job timeout can fire while the job's Finish is on its way,
         # and a finished execution must stay as it finished (it was RUNNING on disk before that)
         on_disk = self._db.get_execution_at(ex.task_id, ex.index or 0)
@@ -527,11 +578,13 @@ class CounterActor(EngineActor):
             self._turn.removed.append((ex.task_id, ex.id))
             self.ended[ExecutionStatus.FAILED] += 1
             self._write(changes.update(failed), None, lambda: self._publish_and_answer(failed))
+            self._retain(st, ex.index)
 
     def _cancel(self, msg: m.Cancel) -> None:
         st = self._require(msg.task_id)
         queued = st.queued.pop(msg.execution_id, None)
         if queued is not None:
+            self._release(queued.id)
             self._forget_key(st, queued)
             cancelled = _finished(queued, ExecutionStatus.CANCELLED, error="cancelled by Engine.cancel")
             self.ended[ExecutionStatus.CANCELLED] += 1
@@ -542,6 +595,7 @@ class CounterActor(EngineActor):
             # running, finished, or unknown: answer with what it is
             self._after_write(msg.reply, self._reread_outcome(msg.task_id, msg.execution_id))
             return
+        self._release(msg.execution_id)
         record = self._db.get_execution(msg.task_id, msg.execution_id)  # PENDING, on disk
         if record is None:
             raise ExecutionNotFound(msg.task_id, msg.execution_id)
@@ -549,6 +603,7 @@ class CounterActor(EngineActor):
         self.ended[ExecutionStatus.CANCELLED] += 1
         self._turn.removed.append((msg.task_id, msg.execution_id))
         self._write(changes.update(cancelled), msg.reply, lambda: self._publish_and_answer(cancelled))
+        self._retain(st, cancelled.index)
 
     def _delete(self, msg: m.DeleteTask) -> None:
         st = self._require(msg.task_id)
@@ -561,6 +616,8 @@ class CounterActor(EngineActor):
                 record = self._db.get_execution(msg.task_id, execution_id)
                 if record is not None:
                     cancelled.append(_finished(record, ExecutionStatus.CANCELLED, error=TASK_DELETED))
+        for execution_id in [*st.queued, *dropped]:
+            self._release(execution_id)
         st.deleted = True
         self.ended[ExecutionStatus.CANCELLED] += len(cancelled)
         self._turn.deleted.append(msg.task_id)
@@ -576,8 +633,7 @@ class CounterActor(EngineActor):
         log.info("task %r deleted (%d unfinished executions cancelled)", msg.task_id, len(cancelled))
 
     def _get_task(self, msg: m.GetTask) -> None:
-        st = self._require(msg.task_id)
-        task = attrs.evolve(st.task, execution_count=st.counter)
+        task = self._require(msg.task_id).view()
         self._after_write(msg.reply, lambda: task)
 
     def _lookup(self, msg: m.Lookup) -> None:
@@ -585,10 +641,59 @@ class CounterActor(EngineActor):
         self._after_write(msg.reply, lambda: queued)
 
     def _interrupted(self, msg: m.Interrupted) -> None:
-        self._require(msg.execution.task_id)  # loads the task, reconciling its counter first
+        st = self._require(msg.execution.task_id)  # loads the task, reconciling its counter first
         failed = _finished(msg.execution, ExecutionStatus.FAILED, error=INTERRUPTED)
         self.ended[ExecutionStatus.FAILED] += 1
         self._write(changes.update(failed), msg.reply, lambda: failed)
+        self._retain(st, failed.index)
+
+    # -- retention -------------------------------------------------------------------------
+
+    def _prune(self, msg: m.Prune) -> None:
+        """Alone in its turn (see on_receive): the live keys on disk are exactly the task's
+        unfinished executions, and the records below the counter are all written."""
+        st = self._require(msg.task_id)
+        policy = msg.reply is None
+        if policy:
+            st.prune_wait = None
+        target = st.counter
+        if msg.keep_last is not None:
+            target = min(target, st.counter - msg.keep_last)
+        if msg.before_index is not None:
+            target = min(target, msg.before_index)
+        start = st.mark
+        stop = min(target, start + retention.PRUNE_CHUNK)
+        first_live = self._db.first_live(msg.task_id) if stop > start else None
+        if first_live is not None:
+            stop = min(stop, first_live)
+        run = self._db.finished_run(msg.task_id, start, stop)
+        mark = start + len(run)
+        # it stopped at an unfinished execution (or a record it could not read) below the target
+        blocked = mark < min(target, start + retention.PRUNE_CHUNK)
+        if run:
+            st.mark = mark
+            self.pruned += len(run)
+            self._write(changes.prune(msg.task_id, run, mark))
+        if policy:
+            if blocked:
+                st.prune_wait = mark  # tried again once that execution finishes
+            elif mark < target:
+                self._schedule_prune(st)
+        result = m.Pruned(len(run), mark, target, blocked)
+        self._after_write(msg.reply, lambda: result)
+
+    def _retain(self, st: TaskState, index: int | None) -> None:
+        """The retention policy, after an execution of ``st`` finished: once the task holds
+        enough more than ``keep_last`` executions, a Prune (for a later turn of its own)."""
+        if self._keep_last is None or (st.prune_wait is not None and st.prune_wait != index):
+            return  # no policy; or a Prune is on its way, or the last one waits for another execution
+        st.prune_wait = None
+        if st.counter - st.mark - self._keep_last >= retention.slack(self._keep_last):
+            self._schedule_prune(st)
+
+    def _schedule_prune(self, st: TaskState) -> None:
+        st.prune_wait = PRUNE_SCHEDULED
+        tell_if_alive(self.actor_ref, m.Prune(st.task.id, self._keep_last, None, None))
 
     def _stats(self, msg: m.CounterStats) -> None:
         figures = {
@@ -598,8 +703,26 @@ class CounterActor(EngineActor):
             "succeeded": self.ended[ExecutionStatus.SUCCESS],
             "failed": self.ended[ExecutionStatus.FAILED],
             "cancelled": self.ended[ExecutionStatus.CANCELLED],
+            "pruned": self.pruned,
         }
         self._after_write(msg.reply, lambda: figures)
+
+
+def _difference(existing: Task, wanted: Task) -> str | None:
+    """How ``wanted`` differs from the ``existing`` task of the same id, for get-or-create: job,
+    config (compared as canonical JSON: key order does not matter, ``1`` and ``1.0`` differ) or
+    max_executions; None if in nothing."""
+    found = []
+    for name in ("job", "config", "max_executions"):
+        have, want = getattr(existing, name), getattr(wanted, name)
+        if json.dumps(have, sort_keys=True) != json.dumps(want, sort_keys=True):
+            found.append(f"{name} ({_short(have)}, not {_short(want)})")
+    return "; ".join(found) if found else None
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _refused() -> m.NotStarted:

@@ -22,8 +22,9 @@ import pykka
 from taskengine.storage import Committer, Database, Execution, ExecutionStatus, Task
 from taskengine.storage import CorruptRecord as StorageCorrupt
 
-from . import aio, validate
+from . import aio, retention, validate
 from . import messages as m
+from .backlog import Backlog
 from .board import CompletionBoard
 from .counter import CounterActor
 from .errors import (
@@ -55,8 +56,12 @@ MAX_LIST_LIMIT = 10_000
 class Engine:
     """Use :meth:`open`. Every method is thread-safe and may be called from pykka actors."""
 
-    def __init__(self, db: Database, committer: Committer, jobs: JobRegistry, refs: ActorRefs) -> None:
+    def __init__(
+        self, db: Database, committer: Committer, jobs: JobRegistry, refs: ActorRefs, backlog: Backlog | None = None
+    ) -> None:
         self._db = db
+        self._backlog = backlog
+        self._sweep: retention.RetentionSweep | None = None
         self._committer = committer
         self._jobs = jobs
         self._refs = refs
@@ -87,6 +92,8 @@ class Engine:
         job_timeout: float | None = None,
         max_cached_tasks: int = 100_000,
         loop: asyncio.AbstractEventLoop | None = None,
+        max_queued: int | None = None,
+        keep_last: int | None = None,
     ) -> Engine:
         """Open (or create) the database at ``path`` and start the engine.
 
@@ -96,6 +103,10 @@ class Engine:
         their number; ``max_cached_tasks`` bounds the task states they keep in memory.
         ``async def`` jobs run on ``loop`` if given (a running loop the caller keeps running), else on
         a loop the engine starts on its own thread when the first async job runs.
+        ``max_queued`` bounds the executions triggered and not yet started (a trigger over it
+        raises QueueFull and uses no index). ``keep_last`` is a retention policy: the engine
+        prunes each task's finished history down to about its last ``keep_last`` executions, in
+        the background (see :meth:`prune`).
         """
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
             raise InvalidArgument("path must be a non-empty string or path")
@@ -103,6 +114,8 @@ class Engine:
         validate.positive_int(workers, "workers", allow_none=False)
         validate.positive_int(counter_actors, "counter_actors", allow_none=False)
         validate.positive_int(max_cached_tasks, "max_cached_tasks", allow_none=False)
+        validate.positive_int(max_queued, "max_queued")
+        validate.positive_int(keep_last, "keep_last", minimum=0)
         job_timeout = validate.timeout(job_timeout, "job_timeout")
         if job_timeout == 0:
             raise InvalidArgument("job_timeout must be > 0")
@@ -117,16 +130,19 @@ class Engine:
             db = Database.open(path, create=True)
         committer = Committer(db, sync=sync)
         refs = ActorRefs()
-        engine = cls(db, committer, registry, refs)
+        backlog = None if max_queued is None else Backlog(max_queued)
+        engine = cls(db, committer, registry, refs, backlog)
         try:
             refs.pending = PendingStore.start()
             per_actor = max(1, max_cached_tasks // counter_actors)
             refs.counters = [
-                CounterActor.start(db, committer, engine._board, refs, registry, per_actor)
+                CounterActor.start(db, committer, engine._board, refs, registry, per_actor, backlog, keep_last)
                 for _ in range(counter_actors)
             ]
             refs.pool = ExecutorPool.start(workers, registry, refs, engine._board, job_timeout)
             engine._recover()
+            if keep_last is not None:
+                engine._start_sweep(keep_last)
         except BaseException:
             engine._shutdown(timeout=0, failed_open=True)
             raise
@@ -162,6 +178,8 @@ class Engine:
                     pending.append((task_id, record.id, index))
                     items.append(m.WorkItem(record, task.job, task.incarnation))
         assert self._refs.pending is not None and self._refs.pool is not None
+        if self._backlog is not None:
+            self._backlog.add(execution_id for _, execution_id, _ in pending)
         self._refs.pending.tell(m.AddPending(pending))  # before the pool can claim them
         self._refs.pool.tell(m.Submit(items))
         for reply in replies:
@@ -192,8 +210,24 @@ class Engine:
         finally:
             self._close_finished.set()
 
+    def _start_sweep(self, keep_last: int) -> None:
+        def task_ids(after: str | None) -> list[str]:
+            with self._reading():
+                return [t.id for t in self._db.list_tasks(after, limit=1000)]
+
+        def prune(task_id: str) -> int:
+            try:
+                return self.prune(task_id, keep_last=keep_last)
+            except TaskNotFound:  # deleted since it was listed
+                return 0
+
+        self._sweep = retention.RetentionSweep(task_ids, prune)
+        self._sweep.start()
+
     def _shutdown(self, timeout: float | None, *, failed_open: bool = False) -> None:
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.stop()
         refs = self._refs
         if refs.pool is not None:
             drained: Reply[Any] = Reply()
@@ -222,6 +256,8 @@ class Engine:
             except pykka.ActorDeadError:
                 pass
         _stop(refs.pending)
+        if self._sweep is not None:  # its chunk in hand was answered EngineClosed by now
+            self._sweep.join()
         if self._jobs.loop is not None:
             self._jobs.loop.close()
         self._board.close(EngineClosed)
@@ -295,8 +331,15 @@ class Engine:
         job: str,
         config: Any = None,
         max_executions: int | None = None,
+        exist_ok: bool = False,
     ) -> Task:
+        """A new task (``task_id`` None: a new ULID). ``exist_ok=True`` makes it get-or-create, for
+        a node that creates its tasks at every start: an existing task with the same job, config
+        and max_executions is returned as it stands; one that differs raises TaskAlreadyExists,
+        which names the difference."""
         task_id = new_id() if task_id is None else validate.task_id(task_id)
+        if not isinstance(exist_ok, bool):
+            raise InvalidArgument("exist_ok must be True or False")
         if not isinstance(job, str) or not job:
             raise InvalidArgument("job must be a non-empty string")
         config = validate.json_value(config, "config")
@@ -311,8 +354,18 @@ class Engine:
             created_at=time.time(),
             incarnation=new_id(),
         )
-        result: Task = self._ask(task_id, lambda r: m.CreateTask(task, r))
+        result: Task = self._ask(task_id, lambda r: m.CreateTask(task, r, exist_ok))
         return result
+
+    def list_tasks(self, after: str | None = None, limit: int = 50) -> list[Task]:
+        """Tasks in id order (code point order), ``limit`` of them after the id ``after`` (the
+        last one of the previous page). Read from the database (each task with its stored counter
+        and prune mark), so paging through many tasks loads none into the actors."""
+        validate.list_limit(limit, MAX_LIST_LIMIT)
+        if after is not None:
+            validate.task_id(after)
+        with self._reading():
+            return self._db.list_tasks(after, limit)
 
     def get_task(self, task_id: str) -> Task:
         validate.task_id(task_id)
@@ -553,25 +606,12 @@ class Engine:
     ) -> list[Execution]:
         """Executions ordered by index (newest first if asked); ``after`` is the last index seen."""
         validate.task_id(task_id)
-        validate.positive_int(limit, "limit", allow_none=False)
-        if limit > MAX_LIST_LIMIT:
-            raise InvalidArgument(f"limit must be <= {MAX_LIST_LIMIT}")
+        validate.list_limit(limit, MAX_LIST_LIMIT)
         validate.positive_int(after, "after", minimum=0)
         with self._reading():
             if self._db.get_task(task_id) is None:
                 raise TaskNotFound(task_id)
             return list(self._db.iter_executions(task_id, after=after, limit=limit, newest_first=newest_first))
-
-    def list_tasks(self, after: str | None = None, limit: int = 50) -> list[Task]:
-        """Tasks ordered by id; ``after`` is the last id seen. Read from the database (each task
-        with its stored counter), so paging through many tasks loads none into the actors."""
-        if after is not None:
-            validate.task_id(after)
-        validate.positive_int(limit, "limit", allow_none=False)
-        if limit > MAX_LIST_LIMIT:
-            raise InvalidArgument(f"limit must be <= {MAX_LIST_LIMIT}")
-        with self._reading():
-            return self._db.list_tasks(after, limit)
 
     def cancel(self, task_id: str, execution_id: str) -> Execution:
         """Cancel an execution that has not started: it keeps its index and record, as CANCELLED.
@@ -580,6 +620,33 @@ class Engine:
         validate.execution_id(execution_id)
         result: Execution = self._ask(task_id, lambda r: m.Cancel(task_id, execution_id, r))
         return result
+
+    def prune(self, task_id: str, *, keep_last: int | None = None, before_index: int | None = None) -> int:
+        """Remove the task's oldest finished executions: those below ``before_index``, or all but
+        the last ``keep_last`` indexes (both: whichever removes fewer). Returns how many were
+        removed; ``get_task(...).prune_mark`` is the lowest index still stored.
+
+        The prune mark only moves past finished executions, from the oldest up: it stops at the
+        first PENDING or RUNNING one, whatever the asked-for bound. Pruned indexes are never
+        issued again; a pruned execution reads as ExecutionNotFound, and its idempotency key is
+        forgotten with it. Done in steps of at most a thousand executions, each one atomic write,
+        with the task's other messages served in between."""
+        validate.task_id(task_id)
+        validate.positive_int(keep_last, "keep_last", minimum=0)
+        validate.positive_int(before_index, "before_index", minimum=0)
+        if keep_last is None and before_index is None:
+            raise InvalidArgument("prune needs keep_last or before_index")
+        done = self._prune_step(task_id, keep_last, before_index)
+        removed = done.removed
+        while done.removed and not done.blocked and done.mark < done.target:
+            # the same target for every step, so triggers that come meanwhile do not prolong it
+            done = self._prune_step(task_id, None, done.target)
+            removed += done.removed
+        return removed
+
+    def _prune_step(self, task_id: str, keep_last: int | None, before_index: int | None) -> m.Pruned:
+        done: m.Pruned = self._ask(task_id, lambda r: m.Prune(task_id, keep_last, before_index, r))
+        return done
 
     # -- operations ------------------------------------------------------------------------
 
@@ -616,6 +683,7 @@ class Engine:
         refs = self._refs
         pool = cast(dict[str, int], ask(refs.pool, m.PoolStats()))
         counters = [cast(dict[str, int], self._send_to(ref, m.CounterStats).get()) for ref in refs.counters]
+        backlog = self._backlog
         summed = {key: sum(c[key] for c in counters) for key in counters[0]}
         return EngineStats(
             counter_actors=len(refs.counters),
@@ -634,9 +702,13 @@ class Engine:
             succeeded=summed["succeeded"],
             failed=summed["failed"],
             cancelled=summed["cancelled"],
+            pruned=summed["pruned"],
             writes=self._committer.writes,
             changes_written=self._committer.changes,
             write_failure=self._committer.failure,
+            max_queued=None if backlog is None else backlog.limit,
+            backlog=None if backlog is None else len(backlog),
+            backlog_peak=None if backlog is None else backlog.peak,
         )
 
 

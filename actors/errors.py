@@ -24,13 +24,29 @@ class TaskNotFound(EngineError):
 
 
 class TaskAlreadyExists(EngineError):
-    def __init__(self, task_id: str) -> None:
+    """``difference`` (with ``create_task(..., exist_ok=True)``) says how the existing task differs."""
+
+    def __init__(self, task_id: str, difference: str | None = None) -> None:
         self.task_id = task_id
-        super().__init__(f"task {task_id!r} already exists")
+        self.difference = difference
+        detail = f" with a different {difference}" if difference else ""
+        super().__init__(f"task {task_id!r} already exists{detail}")
 
 
 class TaskNotRunnable(EngineError):
     """The task has been given ``max_executions`` indexes (it is COMPLETED)."""
+
+
+class QueueFull(EngineError):
+    """A trigger over the engine's ``max_queued`` bound: it was refused, nothing was triggered and no
+    index was used. Retry once executions have started (backpressure)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"{limit} executions are queued and not started, the engine's max_queued; the trigger was "
+            "refused (no index used): retry later"
+        )
 
 
 class ExecutionNotFound(EngineError):
@@ -142,6 +158,7 @@ __all__ = [
     "ExecutionTimeout",
     "InvalidArgument",
     "NotADatabase",
+    "QueueFull",
     "ReadOnlyDatabase",
     "StorageError",
     "StorageLocked",

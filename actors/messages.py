@@ -46,8 +46,12 @@ class WorkItem:
 
 @attrs.define
 class CreateTask:
+    """-> the task. With ``exist_ok`` an existing task with the same job, config and max_executions
+    is the answer (TaskAlreadyExists naming the difference if they differ)."""
+
     task: Task
     reply: Reply[Any]
+    exist_ok: bool = False
 
 
 @attrs.define
@@ -130,6 +134,30 @@ class Lookup:
     task_id: str
     execution_id: str
     reply: Reply[Any]
+
+
+@attrs.define
+class Prune:
+    """Move the task's prune mark up towards ``before_index`` (and ``keep_last`` below the counter),
+    past at most ``PRUNE_CHUNK`` finished executions, deleting them. Handled in a turn of its own,
+    where memory and disk agree. -> Pruned. ``reply`` None: the actor's own retention policy."""
+
+    task_id: str
+    keep_last: int | None
+    before_index: int | None
+    reply: Reply[Any] | None
+
+
+@attrs.define(frozen=True)
+class Pruned:
+    #: executions removed by this message
+    removed: int
+    #: the task's prune mark after it
+    mark: int
+    #: where the mark was asked to go (the lower of ``before_index`` and counter - ``keep_last``)
+    target: int
+    #: True when the mark stopped at an unfinished execution below the target
+    blocked: bool
 
 
 @attrs.define

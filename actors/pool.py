@@ -63,9 +63,7 @@ class ExecutorPool(EngineActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, m.Submit):
-            for item in message.items:
-                self._submit(item)
-            self._dispatch()
+            self._submit_all(message.items)
         elif isinstance(message, m.ExecutorIdle):
             self._executor_idle(message.executor_urn)
         elif isinstance(message, m.JobTimedOut):
@@ -73,9 +71,10 @@ class ExecutorPool(EngineActor):
         elif isinstance(message, m.ExecutorStopped):
             self._stopped(message)
         elif isinstance(message, m.JobRegistered):
-            for item in self._parked.pop(message.name, []):
-                self._submit(item)
-            self._dispatch()
+            waiting = self._parked.pop(message.name, [])
+            if waiting:
+                log.info("job %r registered: %d executions that waited for it are queued", message.name, len(waiting))
+            self._submit_all(waiting)
         elif isinstance(message, m.Drain):
             self._drain(message.reply)
         elif isinstance(message, m.StorageFailed):
@@ -109,14 +108,21 @@ class ExecutorPool(EngineActor):
 
     # -- queue -------------------------------------------------------------------------------
 
-    def _submit(self, item: m.WorkItem) -> None:
-        if self._draining or self._failed:
-            return  # a non-blocking execution stays PENDING on disk for the next open
-        if item.job not in self._jobs:
-            log.info("execution %s waits for job %r to be registered", item.execution.id, item.job)
-            self._parked.setdefault(item.job, []).append(item)
-        else:
-            self._work.push(item)
+    def _submit_all(self, items: list[m.WorkItem]) -> None:
+        """Queue ``items``, parking those whose job is not registered: one log line per such job,
+        however many executions wait for it (recovery can submit thousands at once)."""
+        parked: dict[str, int] = {}
+        for item in items:
+            if self._draining or self._failed:
+                return  # a non-blocking execution stays PENDING on disk for the next open
+            if item.job in self._jobs:
+                self._work.push(item)
+            else:
+                self._parked.setdefault(item.job, []).append(item)
+                parked[item.job] = parked.get(item.job, 0) + 1
+        for job, n in parked.items():
+            log.info("%d executions wait for job %r to be registered (%d in all)", n, job, len(self._parked[job]))
+        self._dispatch()
 
     def _dispatch(self) -> None:
         """Wake idle executors while there is work; busy ones take the next item themselves."""

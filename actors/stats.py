@@ -42,6 +42,8 @@ class EngineStats:
     failed: int
     #: cancelled by ``cancel`` or by the deletion of their task
     cancelled: int
+    #: executions removed by ``prune`` and the ``keep_last`` policy
+    pruned: int
     #: LevelDB writes (each one fsync with ``sync=True``)
     writes: int
     #: atomic changes those writes carried: ``changes_written / writes`` is the group commit's size
@@ -49,6 +51,12 @@ class EngineStats:
     #: why writes stopped (a failed write: the engine refuses every write until it is reopened),
     #: or None while it writes
     write_failure: str | None = None
+    #: the ``max_queued`` bound, or None (no bound: the backlog is then not counted)
+    max_queued: int | None = None
+    #: executions triggered and not started, counted against ``max_queued``
+    backlog: int | None = None
+    #: the most the backlog has held at once
+    backlog_peak: int | None = None
 
     def to_json(self) -> dict[str, int | str | None]:
         return attrs.asdict(self)

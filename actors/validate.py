@@ -65,6 +65,14 @@ def positive_int(value: Any, what: str, *, allow_none: bool = True, minimum: int
     return value
 
 
+def list_limit(value: Any, maximum: int) -> int:
+    limit = positive_int(value, "limit", allow_none=False)
+    assert limit is not None
+    if limit > maximum:
+        raise InvalidArgument(f"limit must be <= {maximum}")
+    return limit
+
+
 def timeout(value: Any, what: str = "timeout") -> float | None:
     """Seconds to wait, or None for no limit. ``inf``, and anything longer than the longest wait
     threads can make (``threading.TIMEOUT_MAX``, about 292 years), also mean no limit."""

@@ -13,7 +13,10 @@ are finished, two are RUNNING and the rest are PENDING; kind ``slow`` takes 20 m
 MODE ``nonblocking``: one thread, non-blocking triggers only (every ack is a PENDING execution
 with its index). MODE ``mixed``: THREADS threads, blocking and non-blocking triggers (fast and
 slow jobs only, so blocking triggers can finish). MODE ``multi``: the same over four tasks
-whose ids share TASK as prefix, one thread deleting and re-creating them (``DEL <task>``). Exits when stdin is closed.
+whose ids share TASK as prefix, one thread deleting and re-creating them (``DEL <task>``). MODE ``prune``:
+THREADS threads trigger (mixed, fast jobs), the engine's retention policy keeps the last 5, and one
+more thread prunes in a loop in steps of 5 executions, printing ``PRUNED <removed> <mark>`` after each
+prune returns (the mark it read afterwards is durable). Exits when stdin is closed.
 """
 
 from __future__ import annotations
@@ -44,11 +47,13 @@ def say(line: str) -> None:
 def main() -> None:
     path, task_id, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     n_threads = int(sys.argv[4]) if len(sys.argv) > 4 else 4
-    engine = Engine.open(path, jobs={"crashjob": job}, workers=2, sync=True)
-    try:
-        engine.create_task(task_id, job="crashjob")
-    except errors.TaskAlreadyExists:
-        pass
+    if mode == "prune":
+        from taskengine.actors import retention
+
+        retention.PRUNE_CHUNK = 5  # many small prune writes: a kill lands in the middle of one
+    keep_last = 5 if mode == "prune" else None
+    engine = Engine.open(path, jobs={"crashjob": job}, workers=2, sync=True, keep_last=keep_last)
+    engine.create_task(task_id, job="crashjob", exist_ok=True)
     say("READY")
 
     if mode == "nonblocking":
@@ -93,6 +98,22 @@ def main() -> None:
 
         for c in range(n_threads):
             threading.Thread(target=multi, args=(c,), daemon=True).start()
+    elif mode == "prune":
+
+        def pruner() -> None:
+            while True:
+                removed = engine.prune(task_id, keep_last=3)
+                say(f"PRUNED {removed} {engine.get_task(task_id).prune_mark}")
+
+        def triggers(c: int) -> None:
+            for i in range(100_000):
+                blocking = (c + i) % 3 == 0
+                ex = engine.trigger(task_id, data={"kind": "fast", "c": c}, blocking=blocking, timeout=60)
+                say(f"ACK {ex.id} {ex.index} fast {int(blocking)}")
+
+        threading.Thread(target=pruner, daemon=True).start()
+        for c in range(n_threads):
+            threading.Thread(target=triggers, args=(c,), daemon=True).start()
     sys.stdin.read()  # the parent closes stdin (or kills us)
 
 

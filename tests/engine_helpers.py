@@ -201,6 +201,7 @@ class TaskOnDisk:
     task_id: str
     task: Any = None
     counter: int | None = None
+    prune_mark: int = 0
     records: dict[int, Any] = attrs.field(factory=dict)
     ids: dict[str, int] = attrs.field(factory=dict)
     idempotency: dict[str, str] = attrs.field(factory=dict)
@@ -231,6 +232,8 @@ def read_disk(raw: Any) -> tuple[dict[str, TaskOnDisk], dict[tuple[str, int], st
             try:
                 if parsed.kind == keys.COUNTER and not parsed.rest:
                     t.counter = codec.decode_int(key, value)
+                elif parsed.kind == keys.PRUNE_MARK and not parsed.rest:
+                    t.prune_mark = codec.decode_int(key, value)
                 elif parsed.kind == keys.TASK and not parsed.rest:
                     t.task = codec.decode_task(key, value)
                 elif parsed.kind == keys.EXECUTION:
@@ -259,7 +262,8 @@ def read_disk(raw: Any) -> tuple[dict[str, TaskOnDisk], dict[tuple[str, int], st
 
 
 def check_raw(raw: Any, *, allow_live: bool = True) -> dict[str, TaskOnDisk]:
-    """Check DESIGN §3.1/§3.2 and the FORMAT.md cross-key invariants; return the tasks."""
+    """Check DESIGN §3.1/§3.2 (records at exactly prune mark .. counter-1) and the FORMAT.md
+    cross-key invariants; return the tasks."""
     tasks, live, problems = read_disk(raw)
     for tid, t in tasks.items():
         if t.task is None:
@@ -272,11 +276,11 @@ def check_raw(raw: Any, *, allow_live: bool = True) -> dict[str, TaskOnDisk]:
             problems.append(f"{tid!r}: no counter")
             continue
         idx = t.indexes()
-        if idx != list(range(t.counter)):
-            missing = sorted(set(range(t.counter)) - set(idx))[:10]
-            extra = [i for i in idx if i >= t.counter][:10]
-            problems.append(f"{tid!r}: counter {t.counter} but records at {len(idx)} indexes "
-                            f"(missing {missing}, beyond counter {extra})")
+        if idx != list(range(t.prune_mark, t.counter)):
+            missing = sorted(set(range(t.prune_mark, t.counter)) - set(idx))[:10]
+            extra = [i for i in idx if not t.prune_mark <= i < t.counter][:10]
+            problems.append(f"{tid!r}: prune mark {t.prune_mark}, counter {t.counter} but records at {len(idx)} "
+                            f"indexes (missing {missing}, outside the mark and counter {extra})")
         ids = [r.id for r in t.records.values()]
         if len(set(ids)) != len(ids):
             problems.append(f"{tid!r}: an execution id appears at two indexes")
@@ -351,12 +355,14 @@ def all_executions(engine: Any, task_id: str, page: int = 50) -> list[Any]:
 
 
 def assert_gap_free_api(engine: Any, task_id: str, expected: Iterable[Any] | None = None) -> list[Any]:
-    """Indexes 0..n-1 == counter from the API; each expected execution at its own index."""
+    """Indexes p..n-1 from the API (p the prune mark, n the counter); each expected execution at
+    its own index."""
     listed = all_executions(engine, task_id)
     n = engine.next_index(task_id)
-    assert [e.index for e in listed] == list(range(n)), (
-        f"list_executions indexes are not 0..{n - 1}: {[e.index for e in listed][:50]}")
-    assert len({e.id for e in listed}) == n
+    p = engine.get_task(task_id).prune_mark
+    assert [e.index for e in listed] == list(range(p, n)), (
+        f"list_executions indexes are not {p}..{n - 1}: {[e.index for e in listed][:50]}")
+    assert len({e.id for e in listed}) == n - p
     assert engine.get_task(task_id).execution_count == n
     if expected is not None:
         by_id = {e.id: e for e in listed}

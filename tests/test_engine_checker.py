@@ -62,7 +62,7 @@ def test_counter_behind_records_is_reported(tmp_path):
     path = str(tmp_path / "db")
     build(path)
     mutate(path, puts={keys.counter_key("t"): codec.encode_int(2)})
-    with pytest.raises(AssertionError, match="beyond counter"):
+    with pytest.raises(AssertionError, match="outside the mark and counter \\[2\\]"):
         check_db(path)
 
 
@@ -108,3 +108,11 @@ def _all_keys(path: str) -> list[bytes]:
         return list(raw.iterator(include_value=False))
     finally:
         raw.close()
+
+
+def test_record_below_the_prune_mark_is_reported(tmp_path):
+    path = str(tmp_path / "db")
+    build(path)
+    mutate(path, puts={keys.prune_mark_key("t"): codec.encode_int(1)})
+    with pytest.raises(AssertionError, match="prune mark 1, counter 3 .* outside the mark and counter \\[0\\]"):
+        check_db(path)

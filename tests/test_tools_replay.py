@@ -26,6 +26,12 @@ def check(path: Path, task: str | None = None) -> replay.Report:
         db.close()
 
 
+def never_proven(self: leveldb_scan._TaskScan, first: tuple[bytes, bytes], it: object) -> object:
+    """In place of the fast pass: prove nothing, so the exact pass reads every task."""
+    it.seek(self.x_end)  # type: ignore[attr-defined]
+    return next(it, None)  # type: ignore[call-overload]
+
+
 def messages(report: replay.Report) -> list[str]:
     return [str(v) for v in report.violations]
 
@@ -123,10 +129,6 @@ def test_the_exact_pass_agrees_with_the_fast_pass(tmp_path: Path, monkeypatch: p
     standard_db(tmp_path / "db")
     fast = check(tmp_path / "db")
 
-    def never_proven(self: leveldb_scan._TaskScan, first: tuple[bytes, bytes], it: object) -> object:
-        it.seek(self.x_end)  # type: ignore[attr-defined]
-        return next(it, None)  # type: ignore[call-overload]
-
     monkeypatch.setattr(leveldb_scan._TaskScan, "prove", never_proven)
     exact = check(tmp_path / "db")
     assert exact.ok, messages(exact)
@@ -189,10 +191,6 @@ def test_a_broken_prune_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     found = messages(fast)
     assert any(expected in m for m in found), found
     assert all(m.startswith("task 'alpha'") for m in found), found
-
-    def never_proven(self: leveldb_scan._TaskScan, first: tuple[bytes, bytes], it: object) -> object:
-        it.seek(self.x_end)  # type: ignore[attr-defined]
-        return next(it, None)  # type: ignore[call-overload]
 
     monkeypatch.setattr(leveldb_scan._TaskScan, "prove", never_proven)
     assert messages(check(tmp_path / "db")) == found
@@ -685,10 +683,6 @@ def test_fast_and_exact_passes_agree(
                 b.put(keys.counter_key(task), str(n % 9).encode())
     fast = check(path)
     with pytest.MonkeyPatch.context() as mp:
-
-        def never_proven(self: leveldb_scan._TaskScan, first: tuple[bytes, bytes], it: object) -> object:
-            it.seek(self.x_end)  # type: ignore[attr-defined]
-            return next(it, None)  # type: ignore[call-overload]
 
         mp.setattr(leveldb_scan._TaskScan, "prove", never_proven)
         exact = check(path)

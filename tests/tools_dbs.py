@@ -64,8 +64,10 @@ class DbBuilder:
         idempotency_key: str | None = None,
         execution_id: str | None = None,
         error: str | None = None,
+        blocking: bool | None = None,
     ) -> Execution:
-        """Assign the task's next index to a new execution with ``status``."""
+        """Assign the task's next index to a new execution with ``status`` (blocking if the index is
+        even, unless told)."""
         if task_id not in self.counters:  # a task made by an earlier builder
             self.counters[task_id] = self.db.read_counter(task_id)
         index = self.counters[task_id]
@@ -75,7 +77,7 @@ class DbBuilder:
             task_id=task_id,
             index=index,
             status=status,
-            blocking=index % 2 == 0,
+            blocking=index % 2 == 0 if blocking is None else blocking,
             data={"n": index, "text": "ünïcode"},
             result={"ok": True} if status is S else None,
             error=error if error is not None else ("ValueError: boom" if status is F else None),
@@ -88,8 +90,8 @@ class DbBuilder:
         self.counters[task_id] = index + 1
         return ex
 
-    def executions(self, task_id: str, *statuses: ExecutionStatus) -> list[Execution]:
-        return [self.execution(task_id, s) for s in statuses]
+    def executions(self, task_id: str, *statuses: ExecutionStatus, blocking: bool | None = None) -> list[Execution]:
+        return [self.execution(task_id, s, blocking=blocking) for s in statuses]
 
     def prune(self, task_id: str, mark: int) -> list[Execution]:
         """Prune the task's finished executions below ``mark`` (as far as they are finished)."""

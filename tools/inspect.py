@@ -125,8 +125,8 @@ def task_lines(db: Database, after: str | None = None, limit: int | None = None)
         counts = live.get(task_id, Counter())
         pending, running = counts[ExecutionStatus.PENDING], counts[ExecutionStatus.RUNNING]
         if task is None:  # keys left without a task record: not a task, but worth seeing
-            row = (task_id, "-", db.read_counter(task_id), db.read_prune_mark(task_id), "-", "NO TASK RECORD")
-            rows.append((*row, pending, running))
+            counter, mark = db.read_counter(task_id), db.read_prune_mark(task_id)
+            rows.append((task_id, "-", counter, mark, "-", "NO TASK RECORD", pending, running))
             continue
         max_text = "-" if task.max_executions is None else task.max_executions
         row = (task_id, task.job, task.execution_count, task.prune_mark, max_text, task.status.value)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         ExecutionNotFound,
         ExecutionTimeout,
         InvalidArgument,
+        QueueFull,
         StorageError,
         StorageLocked,
         TaskAlreadyExists,
@@ -48,7 +49,7 @@ _HOME = {
     **dict.fromkeys(
         (
             "CorruptRecord", "EngineClosed", "EngineError", "ExecutionNotFound", "ExecutionTimeout",
-            "InvalidArgument", "StorageError", "StorageLocked", "TaskAlreadyExists", "TaskNotFound",
+            "InvalidArgument", "QueueFull", "StorageError", "StorageLocked", "TaskAlreadyExists", "TaskNotFound",
             "TaskNotRunnable", "UnknownJob",
         ),
         ".errors",
@@ -83,6 +84,7 @@ __all__ = [
     "ExecutionTimeout",
     "InvalidArgument",
     "JobContext",
+    "QueueFull",
     "StorageError",
     "StorageLocked",
     "Task",
