@@ -102,6 +102,25 @@ def test_in_process_run_is_clean_and_writes_json(tmp_path: Path, capsys: Any) ->
     assert_report_adds_up(report, captured.out)
 
 
+def test_planned_job_failures_are_not_logged_but_others_are(tmp_path: Path, caplog: Any) -> None:
+    """The engine logs every failed job with its traceback; a stress run's hundreds of planned
+    failures would bury the lines that matter, so the tool hides those (and only those)."""
+    with caplog.at_level("WARNING", logger="taskengine"):
+        report = execute(StressConfig(db=str(tmp_path / "db"), clients=4, tasks=2, count=300, duration=None,
+                                      seed=2))
+        assert report.final.failed > 0 and report.ok
+        assert not [r for r in caplog.records if "planned failure" in r.getMessage()]
+        from taskengine import Engine
+
+        def other(ctx: Any) -> None:
+            raise KeyError("not planned")
+
+        with Engine.open(str(tmp_path / "other"), jobs={"other": other}) as engine:
+            engine.create_task("t", job="other")
+            engine.trigger("t", blocking=True, timeout=30)
+    assert [r for r in caplog.records if "KeyError" in r.getMessage()]
+
+
 def test_in_process_run_with_frequent_deletions(tmp_path: Path) -> None:
     cfg = StressConfig(
         db=str(tmp_path / "db"), clients=8, tasks=4, count=600, duration=None, seed=7,

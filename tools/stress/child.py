@@ -26,7 +26,7 @@ from typing import Any
 from taskengine import Engine
 from taskengine.actors.errors import EngineError
 
-from .workload import JOBS, Control, TaskBook, Workload, WorkloadError, ensure_tasks, task_ids
+from .workload import JOBS, Control, HidePlannedFailures, TaskBook, Workload, WorkloadError, ensure_tasks, task_ids
 
 
 class _Stop(Exception):
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generations", default="{}", help="JSON {task: deletions begun so far}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="stress-child: %(levelname)s %(message)s")
+    HidePlannedFailures().__enter__()  # for the life of the process
     sink = LineSink(sys.stdout)
 
     def on_term(signum: int, frame: Any) -> None:

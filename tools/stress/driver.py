@@ -30,7 +30,17 @@ from .. import replay
 from ..common import EXIT_USAGE, ToolError, locked_message, open_database
 from .check import Ledger, final_check
 from .report import Latency, StressReport
-from .workload import JOBS, Control, Settings, TaskBook, Workload, WorkloadError, ensure_tasks, task_ids
+from .workload import (
+    JOBS,
+    Control,
+    HidePlannedFailures,
+    Settings,
+    TaskBook,
+    Workload,
+    WorkloadError,
+    ensure_tasks,
+    task_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +95,11 @@ def _open_engine(cfg: StressConfig) -> Engine:
 def execute(cfg: StressConfig, on_progress: ProgressCallback | None = None, tick: float = 0.5) -> StressReport:
     """Run the workload, check every acknowledgement on a reopened engine, run the replay
     check, and return the report."""
+    with HidePlannedFailures():
+        return _execute(cfg, on_progress, tick)
+
+
+def _execute(cfg: StressConfig, on_progress: ProgressCallback | None, tick: float) -> StressReport:
     ids = task_ids(cfg.tasks)
     engine = _open_engine(cfg)
     try:

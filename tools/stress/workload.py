@@ -27,6 +27,7 @@ disappear only if a deletion of its task started after that, i.e. if the number 
 from __future__ import annotations
 
 import collections
+import logging
 import random
 import threading
 import time
@@ -55,6 +56,25 @@ TASK_PREFIX = "stress-"
 PLANNED_FAILURE = "RuntimeError: stress: planned failure"
 #: the error the engine gives an execution that was running when its process died
 INTERRUPTED_PREFIX = "interrupted"
+
+
+class HidePlannedFailures(logging.Filter):
+    """The engine logs each failed job at WARNING with its traceback; the workload's planned
+    failures are not news (the report counts them), and thousands of tracebacks would bury
+    the lines that are. Any other failure still gets through."""
+
+    #: the logger of the engine's module that logs failed jobs
+    LOGGER = "taskengine.actors.pool"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return PLANNED_FAILURE not in record.getMessage()
+
+    def __enter__(self) -> HidePlannedFailures:
+        logging.getLogger(self.LOGGER).addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger(self.LOGGER).removeFilter(self)
 
 
 class WorkloadError(Exception):
@@ -731,6 +751,7 @@ class Workload:
 
 
 __all__ = [
+    "HidePlannedFailures",
     "JOBS",
     "JOB_NAME",
     "Control",
