@@ -341,3 +341,26 @@ def _write_until_closed(db: Database, committer: Committer) -> list[str]:
     for th in threads:
         th.join(WAIT)
     return outcomes
+
+
+@pytest.mark.timeout(60)
+def test_stress_refuses_an_unwritable_json_path_before_the_run(tmp_path, capsys):
+    from taskengine.tools import cli
+
+    db = str(tmp_path / "db")
+    assert cli.main(["stress", db, "--count", "1", "--json", "/proc/taskengine-report.json"]) == 2
+    assert "not writable" in capsys.readouterr().err
+    assert not os.path.exists(db)  # nothing ran
+
+
+def test_cli_shows_leveldb_messages_as_text(db_path, capsys):
+    from taskengine.tools import cli
+
+    _fill_and_compact(db_path)
+    table = _table_files(db_path)[-1]
+    with open(table, "r+b") as f:
+        f.truncate(os.path.getsize(table) // 2)
+    assert cli.main(["replay", db_path]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not re.search(r"(^|[\s:(])b'", err), err

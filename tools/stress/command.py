@@ -94,8 +94,14 @@ def _check_json_path(path: str) -> str:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise ToolError(f"--json {path!r}: the directory {parent!r} does not exist", EXIT_USAGE)
-    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise ToolError(f"--json {path!r} is not writable", EXIT_USAGE)
+    existed = os.path.exists(path)
+    try:  # really open it: permission bits say nothing to root, nor of a read-only file system
+        with open(path, "a", encoding="utf-8"):
+            pass
+        if not existed:
+            os.unlink(path)
+    except OSError as e:
+        raise ToolError(f"--json {path!r} is not writable: {e.strerror}", EXIT_USAGE) from None
     return path
 
 
