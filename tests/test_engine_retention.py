@@ -311,25 +311,36 @@ def _kill_while_pruning(path: str, acks_wanted: int) -> tuple[list[tuple[str, in
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("acks_wanted", [40, 150])
-def test_sigkill_mid_prune_keeps_the_mark_and_the_indexes(make_engine, db_path, acks_wanted):
-    acks, last_mark = _kill_while_pruning(db_path, acks_wanted)
-    at_kill = check_db(db_path)["t"]  # records exactly mark..counter-1, every key consistent
-    replay_ok(db_path)
-    assert at_kill.prune_mark >= last_mark, "an acknowledged prune was lost"
-    for eid, idx, blocking in acks:
-        if idx >= at_kill.prune_mark:
-            assert at_kill.records[idx].id == eid, f"acknowledged execution at {idx} lost"
+def test_sigkill_mid_prune_keeps_the_mark_and_the_indexes(make_engine, db_path):
+    """Five lives of a child that triggers and prunes (in steps of 5, and by its keep_last policy)
+    on one database, each ended by SIGKILL: after each, the files hold exactly mark..counter-1,
+    every acknowledged prune and every acknowledged execution at or above the mark."""
+    acked: dict[str, int] = {}
+    blocking_ids: set[str] = set()
+    last_mark = 0
+    for acks_wanted in (37, 150, 23, 80, 120):
+        acks, mark = _kill_while_pruning(db_path, acks_wanted)
+        last_mark = max(last_mark, mark)
+        for eid, idx, blocking in acks:
+            assert acked.setdefault(eid, idx) == idx
             if blocking:
-                assert at_kill.records[idx].status in FINISHED
-        else:
-            assert eid not in at_kill.ids  # pruned: gone with its id key
-    n = at_kill.counter
-    assert n >= max(idx for _, idx, _ in acks) + 1
+                blocking_ids.add(eid)
+        at_kill = check_db(db_path)["t"]  # records exactly mark..counter-1, every key consistent
+        replay_ok(db_path)
+        assert at_kill.prune_mark >= last_mark, "an acknowledged prune was lost"
+        for eid, idx in acked.items():
+            if idx >= at_kill.prune_mark:
+                assert at_kill.records[idx].id == eid, f"acknowledged execution at {idx} lost"
+                if eid in blocking_ids:
+                    assert at_kill.records[idx].status in FINISHED
+            else:
+                assert eid not in at_kill.ids  # pruned: gone with its id key
+        assert len(set(acked.values())) == len(acked), "an index was issued twice across the lives"
+        assert at_kill.counter >= max(acked.values()) + 1
 
+    n = check_db(db_path)["t"].counter
     rec = Recorder()
     engine = make_engine(db_path, jobs={"crashjob": rec}, workers=2)
-    assert engine.get_task("t").prune_mark == at_kill.prune_mark
     assert engine.trigger("t", data={"kind": "fast"}, blocking=True, timeout=WAIT).index == n
     engine.prune("t", keep_last=0)
     assert_gap_free_api(engine, "t")
