@@ -274,6 +274,7 @@ class CounterActor(EngineActor):
         self._turn.answers.append((reply, outcome))
 
     def on_stop(self) -> None:
+        self._refs.on_stop()
         # our messages that raced with close: answer them rather than leave callers hanging;
         # anything else goes back for pykka's own teardown to answer
         inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import pykka
@@ -22,7 +23,7 @@ import pykka
 from taskengine.storage import Committer, Database, Execution, ExecutionStatus, Task
 from taskengine.storage import CorruptRecord as StorageCorrupt
 
-from . import aio, retention, validate
+from . import aio, lifecycle, retention, validate
 from . import messages as m
 from .backlog import Backlog
 from .board import CompletionBoard
@@ -42,7 +43,7 @@ from .jobs import Job, JobRegistry
 from .mailbox import Reply
 from .pending import PendingStore
 from .pool import ExecutorPool
-from .refs import ActorRefs, ask, in_job, tell_if_alive
+from .refs import ActorRefs, ask, await_reply, in_job, tell_if_alive
 from .stats import EngineStats
 
 if TYPE_CHECKING:
@@ -74,9 +75,14 @@ class Engine:
         self._gate = threading.Condition(self._gate_lock)
         self._readers = 0
         self._closed = False
+        self._closed_why = "the engine is closed"
         self._close_finished = threading.Event()
         self._status_servers: list[StatusServer] = []
+        #: set by a signal handler (lifecycle.py): any close() from then on waits no longer
+        self._stop_deadline: float | None = None
         self.path = db.path
+        # an actor stopped by anyone but close() (pykka.ActorRegistry.stop_all()) closes the engine
+        refs.on_stop = self._actors_stopped
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -133,7 +139,7 @@ class Engine:
         backlog = None if max_queued is None else Backlog(max_queued)
         engine = cls(db, committer, registry, refs, backlog)
         try:
-            refs.pending = PendingStore.start()
+            refs.pending = PendingStore.start(refs)
             per_actor = max(1, max_cached_tasks // counter_actors)
             refs.counters = [
                 CounterActor.start(db, committer, engine._board, refs, registry, per_actor, backlog, keep_last)
@@ -146,6 +152,7 @@ class Engine:
         except BaseException:
             engine._shutdown(timeout=0, failed_open=True)
             raise
+        lifecycle.opened(engine)
         log.info("engine open at %s (%d workers, %d counter actors, sync=%s)", path, workers, counter_actors, sync)
         return engine
 
@@ -192,7 +199,7 @@ class Engine:
         """Stop: wait for running jobs (up to ``timeout``), leave queued non-blocking executions
         PENDING on disk for the next open, stop this engine's actors, close the database last.
         Idempotent."""
-        timeout = validate.timeout(timeout)
+        timeout = lifecycle.bounded(validate.timeout(timeout), self._stop_deadline)
         if getattr(in_job, "refs", None) is self._refs:
             raise InvalidArgument("close() called from one of this engine's jobs would wait for that job forever")
         with self._gate:
@@ -203,12 +210,45 @@ class Engine:
         if closing:  # another thread is closing it: return when that close has finished
             self._close_finished.wait()
             return
+        self._close_now(timeout)
+
+    def _close_now(self, timeout: float | None) -> None:
         try:
             for server in self._status_servers:  # its requests in flight are answered first
                 server.close()
             self._shutdown(timeout)
         finally:
+            lifecycle.closed(self)
             self._close_finished.set()
+
+    def _actors_stopped(self) -> None:
+        """One of our actors stopped and we did not stop it (``pykka.ActorRegistry.stop_all()``):
+        the engine cannot serve any call any more, so it is closed, and the rest of the close
+        (waking waiters, stopping what is left, closing the database) runs on its own thread,
+        since this runs on the stopping actor's."""
+        with self._gate:
+            if self._closed:
+                return
+            self._closed = True
+            self._closed_why = ("the engine is closed: its actors were stopped from outside "
+                                "(pykka.ActorRegistry.stop_all()?)")
+        log.warning("engine at %s: its actors were stopped by something else than close(); closing it", self.path)
+        threading.Thread(target=self._close_now, args=(None,), name="taskengine-close", daemon=True).start()
+
+    def close_on_signals(
+        self, timeout: float = 5.0, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)
+    ) -> None:
+        """Opt in to a graceful stop: on any of ``signals`` the engine closes, waiting up to
+        ``timeout`` seconds for running jobs, and the process exits with status 128 + the
+        signal's number (143 for SIGTERM, 130 for SIGINT). ``SystemExit`` is raised in the main
+        thread, so ``with`` blocks and ``finally`` clauses run, while a thread of ours closes the
+        engine. Works when the process is PID 1 of a container, where an unhandled SIGTERM is
+        ignored. Call it from the main thread; every engine that called it is closed on the signal."""
+        seconds = validate.timeout(timeout)
+        if seconds is None:
+            raise InvalidArgument("timeout must be a number of seconds: a stop must end")
+        self._check_open()
+        lifecycle.close_on_signals(self, seconds, signals)
 
     def _start_sweep(self, keep_last: int) -> None:
         def task_ids(after: str | None) -> list[str]:
@@ -233,7 +273,9 @@ class Engine:
             drained: Reply[Any] = Reply()
             if tell_if_alive(refs.pool, m.Drain(drained)):
                 try:
-                    drained.get(timeout=timeout)
+                    await_reply(drained, refs.pool, timeout=timeout)
+                except EngineClosed:
+                    pass  # the pool was stopped from outside: nothing left to wait for
                 except pykka.Timeout:
                     if not failed_open:  # a failed open ran no job of its own
                         log.warning("close: jobs still running after %s s are left; they will be "
@@ -290,8 +332,11 @@ class Engine:
     def _tell_ref(self, ref: pykka.ActorRef[Any], message: Any) -> None:
         with self._gate_lock:
             if self._closed:
-                raise EngineClosed()
-            ref.tell(message)
+                raise EngineClosed(self._closed_why)
+            try:
+                ref.tell(message)
+            except pykka.ActorDeadError:  # stopped from outside, just before it told us
+                raise EngineClosed(self._closed_why) from None
 
     def _ask(self, task_id: str, make: Callable[[Reply[Any]], Any]) -> Any:
         return self._send(task_id, make).get()
@@ -301,7 +346,7 @@ class Engine:
         """Direct reads of the database; close waits for them before it closes the handle."""
         with self._gate:
             if self._closed:
-                raise EngineClosed()
+                raise EngineClosed(self._closed_why)
             self._readers += 1
         try:
             with storage_errors():
@@ -314,7 +359,7 @@ class Engine:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise EngineClosed()
+            raise EngineClosed(self._closed_why)
 
     # -- jobs and tasks --------------------------------------------------------------------
 
@@ -717,9 +762,11 @@ def _remaining(deadline: float | None) -> float | None:
 
 
 def _stop(ref: pykka.ActorRef[Any] | None) -> None:
+    """Stop an actor and wait for it; also when something else stops it at the same time (its
+    stop message can then land after its last look at its inbox, and nobody would answer it)."""
     if ref is None:
         return
     try:
-        ref.stop(block=True)
-    except pykka.ActorDeadError:
+        await_reply(ref.stop(block=False), ref)
+    except (pykka.ActorDeadError, EngineClosed):
         pass

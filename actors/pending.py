@@ -15,14 +15,16 @@ import pykka
 from . import messages as m
 from .errors import EngineClosed
 from .mailbox import EngineActor
+from .refs import ActorRefs
 
 log = logging.getLogger(__name__)
 
 
 class PendingStore(EngineActor):
 
-    def __init__(self) -> None:
+    def __init__(self, refs: ActorRefs) -> None:
         super().__init__()
+        self._refs = refs
         self._claimed: dict[tuple[str, str], bool] = {}  # (task id, execution id) -> claimed yet
 
         self._by_task: dict[str, set[str]] = {}
@@ -55,6 +57,9 @@ class PendingStore(EngineActor):
         else:
             return super().on_receive(message)
         return None
+
+    def on_stop(self) -> None:
+        self._refs.on_stop()
 
     def _claim(self, task_id: str, execution_id: str) -> bool:
         """True the first time; False if unknown (cancelled, deleted) or claimed already."""

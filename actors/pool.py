@@ -30,6 +30,9 @@ from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
+#: the reason an executor gives when it was stopped (not failed)
+STOPPED = "stopped"
+
 
 class ExecutorPool(EngineActor):
     def __init__(
@@ -99,6 +102,7 @@ class ExecutorPool(EngineActor):
 
     def on_stop(self) -> None:
         """The engine stops the executors (it waits for the idle ones); stop any left over."""
+        self._refs.on_stop()
         self._work.stop()
         for ref in [*self._executors.values(), *self._abandoned.values()]:
             try:
@@ -171,11 +175,15 @@ class ExecutorPool(EngineActor):
             tell_if_alive(
                 self._refs.counter_for(item.execution.task_id), m.Abandon(item, token, reason)
             )
-        if not self._draining:
+        if self._draining:
+            self._check_drained()
+        elif msg.reason == STOPPED:
+            # only close() (draining) and a job timeout (abandoned) stop executors: this stop came
+            # from outside the engine (pykka.ActorRegistry.stop_all()), which closes the engine
+            self._refs.on_stop()
+        else:
             log.warning("executor %s stopped (%s); replacing it", msg.executor_urn, msg.reason)
             self._replace()
-        else:
-            self._check_drained()
 
     def _replace(self) -> None:
         self.replaced += 1
@@ -186,10 +194,16 @@ class ExecutorPool(EngineActor):
     def _drain(self, reply: Reply[Any]) -> None:
         """Closing: run nothing more and answer once the running jobs are done."""
         self._draining, self._drain_reply = True, reply
+        left = 0
         for item in self._work.close():
             if item.execution.blocking:
                 self._board.fail(item.execution.id, EngineClosed("the engine closed before the execution started"))
+            else:
+                left += 1
+        left += sum(len(items) for items in self._parked.values())
         self._parked.clear()
+        log.info("closing: waiting for %d running job(s); %d queued execution(s) stay PENDING for the next open",
+                 self._work.busy(), left)
         self._check_drained()
 
     def _check_drained(self) -> None:
@@ -225,7 +239,7 @@ class Executor(EngineActor):
         return None
 
     def on_stop(self) -> None:
-        tell_if_alive(self._pool, m.ExecutorStopped(self.actor_urn, "stopped"))
+        tell_if_alive(self._pool, m.ExecutorStopped(self.actor_urn, STOPPED))
 
     def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
         tell_if_alive(self._pool, m.ExecutorStopped(self.actor_urn, f"{exc_type.__name__}: {exc}"))

@@ -8,7 +8,9 @@ number of threads does not grow with the number of tasks.
 from __future__ import annotations
 
 import threading
+import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -28,6 +30,9 @@ class ActorRefs:
     counters: list[pykka.ActorRef[Any]] = attrs.Factory(list)
     pending: pykka.ActorRef[Any] | None = None
     pool: pykka.ActorRef[Any] | None = None
+    #: called by the counter actors, the pending store and the pool when they stop; the engine
+    #: tells its own close() from a stop by someone else
+    on_stop: Callable[[], None] = lambda: None
 
     def counter_for(self, task_id: str) -> pykka.ActorRef[Any]:
         counters = self.counters
@@ -47,18 +52,22 @@ def tell_if_alive(ref: pykka.ActorRef[Any] | None, message: Any) -> bool:
     return True
 
 
-def await_reply(reply: pykka.Future[Any], *refs: pykka.ActorRef[Any]) -> Any:
+def await_reply(reply: pykka.Future[Any], *refs: pykka.ActorRef[Any], timeout: float | None = None) -> Any:
     """Wait for an answer that ``refs`` (every actor the message passes through) owe; EngineClosed
     if one of them stopped without passing it on (a message can land in an inbox just after the
-    actor's last look at it)."""
+    actor's last look at it); pykka.Timeout after ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
+        step = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
         try:
-            return reply.get(timeout=1.0)
+            return reply.get(timeout=step)
         except pykka.ActorDeadError:
             raise EngineClosed() from None
         except pykka.Timeout:
             if not all(ref.is_alive() for ref in refs):
                 raise EngineClosed() from None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
 
 
 def ask(ref: pykka.ActorRef[Any] | None, message: Any) -> Any:

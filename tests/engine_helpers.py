@@ -387,13 +387,14 @@ def assert_indexes_exact(indexes: Iterable[int | None], n: int) -> None:
 
 
 class Child:
-    """A python subprocess running a script in tests/; lines of its stdout through a queue."""
+    """A python subprocess running a script in tests/ (after ``prefix``, a wrapper command such as
+    ``unshare``); lines of its stdout through a queue."""
 
-    def __init__(self, script: str, *args: str) -> None:
+    def __init__(self, script: str, *args: str, prefix: Iterable[str] = ()) -> None:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / script), *args],
+            [*prefix, sys.executable, str(HERE / script), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -403,6 +404,7 @@ class Child:
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self._stderr: list[str] = []
+        self.seen: list[str] = []  # the lines expect() read, for the message of a failed test
         threading.Thread(target=self._pump, daemon=True).start()
         threading.Thread(target=self._pump_err, daemon=True).start()
 
@@ -424,15 +426,18 @@ class Child:
         try:
             line = self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"child printed nothing for {timeout} s; stderr:\n{self.stderr()}") from None
+            raise AssertionError(f"child printed nothing for {timeout} s; its last lines:\n"
+                                 + "\n".join(self.seen[-20:]) + f"\nstderr:\n{self.stderr()}") from None
         if line is None:
             self.proc.wait(timeout=WAIT)
-            raise AssertionError(f"child exited ({self.proc.returncode}) early; stderr:\n{self.stderr()}")
+            raise AssertionError(f"child exited ({self.proc.returncode}) early; its last lines:\n"
+                                 + "\n".join(self.seen[-20:]) + f"\nstderr:\n{self.stderr()}")
         return line
 
     def expect(self, prefix: str, timeout: float = WAIT) -> str:
         while True:
             line = self.readline(timeout)
+            self.seen.append(line)
             if line.startswith(prefix):
                 return line
 
