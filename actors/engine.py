@@ -48,6 +48,7 @@ from .stats import EngineStats
 
 if TYPE_CHECKING:
     from taskengine.status import StatusServer
+    from taskengine.status.server import MetricsSource
 
 log = logging.getLogger(__name__)
 
@@ -705,15 +706,18 @@ class Engine:
         with self._reading():
             return self._db.backup(str(os.fspath(dest_path)))
 
-    def serve_status(self, port: int = 0, *, host: str = "127.0.0.1", token: str | None = None) -> StatusServer:
+    def serve_status(
+        self, port: int = 0, *, host: str = "127.0.0.1", token: str | None = None, metrics: MetricsSource | None = None
+    ) -> StatusServer:
         """Start a read-only HTTP status server (JSON and a page for a person) for this engine;
         it stops at :meth:`close`. ``port=0`` picks a free port (see ``.url``). Any host that is
-        not loopback needs a ``token``; with one, every request must carry it. See
+        not loopback needs a ``token``; with one, every request must carry it. ``metrics`` (a
+        ``taskengine.prometheus.PrometheusMetrics``) is served at ``/metrics``. See
         :mod:`taskengine.status`."""
         from taskengine.status import StatusServer
 
         self._check_open()
-        server = StatusServer.start(self, host=host, port=port, token=token)
+        server = StatusServer.start(self, host=host, port=port, token=token, metrics=metrics)
         with self._gate:
             if not self._closed:
                 self._status_servers.append(server)

@@ -125,12 +125,17 @@ def test_bad_paths_and_arguments_are_clear_errors(node: Any) -> None:
         "/api/tasks/alpha/executions?order=up": (400, "order must be"),
         "/api/tasks/alpha/executions?after=-1": (400, "after must be >= 0"),
         "/api/nothing": (404, "no such path"),
+        "/metrics": (404, "metrics=PrometheusMetrics(engine)"),
         "/elsewhere": (404, "no such path"),
     }
     for path, (code, text) in cases.items():
         status, body = get(server, path)
         assert status == code and text in body["error"], (path, status, body)
     assert node.next_index("alpha") == 7
+    node.prune("alpha", keep_last=2)
+    status, body = get(server, "/api/tasks/alpha/executions/3")
+    assert status == 404 and body["error"] == "execution 3 of task 'alpha' was pruned (indexes from 5 are kept)"
+    assert get(server, "/api/tasks/alpha")[1]["prune_mark"] == 5
 
 
 @pytest.mark.timeout(60)
@@ -174,6 +179,8 @@ def test_binding_beyond_loopback_needs_a_token(node: Any) -> None:
             node.serve_status(host="0.0.0.0", token=bad)
     with pytest.raises(InvalidArgument, match="port must be"):
         node.serve_status(port=70000)
+    with pytest.raises(InvalidArgument, match="metrics must be"):
+        node.serve_status(metrics=object())  # type: ignore[arg-type]
     server = node.serve_status(host="0.0.0.0", token=TOKEN)
     assert server.host == "0.0.0.0"
 
@@ -277,6 +284,9 @@ def test_reads_while_the_engine_runs_assign_nothing(make_engine: Any, db_path: s
     for task_id, indexes in acked.items():
         assert sorted(indexes) == list(range(len(indexes)))
         assert engine.next_index(task_id) == len(indexes)
+    for batch in results.results:
+        for ex in batch:
+            engine.wait(ex.task_id, ex.id, timeout=WAIT)
     close_bounded(engine)
     check_db(db_path, allow_live=False)
 

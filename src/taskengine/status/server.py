@@ -25,7 +25,7 @@ import logging
 import socket
 import threading
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from taskengine.errors import (
@@ -62,6 +62,14 @@ SECURITY_HEADERS = (
     # everything the page uses comes from this server; no inline script, nothing external
     ("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
 )
+
+
+class MetricsSource(Protocol):
+    """What ``/metrics`` serves: ``taskengine.prometheus.PrometheusMetrics`` is one."""
+
+    def render(self) -> tuple[bytes, str]:
+        """The metrics in Prometheus' text format, and its content type."""
+        ...
 
 
 def is_loopback(host: str) -> bool:
@@ -103,9 +111,10 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 class StatusServer:
     """One running status server; use :meth:`Engine.serve_status` (or :meth:`start`)."""
 
-    def __init__(self, engine: Engine, httpd: _HTTPServer, token: str | None) -> None:
+    def __init__(self, engine: Engine, httpd: _HTTPServer, token: str | None, metrics: MetricsSource | None) -> None:
         self.engine = engine
         self.token = token
+        self.metrics = metrics
         self._httpd = httpd
         self._assets: dict[str, bytes] = {}
         self._closed = False
@@ -118,12 +127,22 @@ class StatusServer:
         )
 
     @classmethod
-    def start(cls, engine: Engine, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> StatusServer:
+    def start(
+        cls,
+        engine: Engine,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        metrics: MetricsSource | None = None,
+    ) -> StatusServer:
         if not isinstance(host, str) or not host:
             raise InvalidArgument("host must be a non-empty string (an address or a name)")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise InvalidArgument(f"port must be an integer from 0 to 65535, not {port!r}")
         token = _check_token(token)
+        if metrics is not None and not callable(getattr(metrics, "render", None)):
+            raise InvalidArgument("metrics must be a taskengine.prometheus.PrometheusMetrics (an object with render())")
         if token is None and not is_loopback(host):
             raise InvalidArgument(
                 f"the status server binds to {host!r}, which is not a loopback address: give it a token "
@@ -135,7 +154,7 @@ class StatusServer:
             httpd = _HTTPServer((bind, port), family)
         except OSError as e:
             raise InvalidArgument(f"the status server cannot listen on {host!r} port {port}: {e.strerror}") from None
-        server = cls(engine, httpd, token)
+        server = cls(engine, httpd, token, metrics)
         httpd.status = server
         server._thread.start()
         log.info("status server for %s listening on %s", engine.path, server.url)
@@ -269,7 +288,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return 200, ctype, self.server.status.asset(name)
         engine = self.server.status.engine
         if path == "/metrics":
-            return _metrics(engine)
+            return _metrics(self.server.status.metrics)
         if path == "/api" or path.startswith("/api/"):
             parts = [unquote(p) for p in path.split("/")[2:]]
             query = dict(parse_qsl(split.query))
@@ -280,8 +299,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         log.debug("status server: %s %s", self.address_string(), _redact(format % args))
 
 
-def _metrics(engine: Engine) -> tuple[int, str, bytes]:
-    raise views.NotFound("metrics need the prometheus extra: pip install 'taskengine[prometheus]'")
+def _metrics(metrics: MetricsSource | None) -> tuple[int, str, bytes]:
+    if metrics is None:
+        raise views.NotFound(
+            "no metrics here: start the server with serve_status(..., metrics=PrometheusMetrics(engine)) "
+            "(from taskengine.prometheus; pip install 'taskengine[prometheus]')"
+        )
+    body, ctype = metrics.render()
+    return 200, ctype, body
 
 
 def _bearer(value: str | None) -> str | None:

@@ -8,7 +8,6 @@ or index (executions) seen, and an answer carries ``next`` when there may be mor
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -80,13 +79,12 @@ def execution(engine: Engine, task_id: str, ref: str) -> dict[str, Any]:
         index = _index(ref, "index")
         page = engine.list_executions(task_id, after=index - 1 if index else None, limit=1)
         if not page or page[0].index != index:
+            mark = engine.get_task(task_id).prune_mark
+            if index < mark:
+                raise NotFound(f"execution {index} of task {task_id!r} was pruned (indexes from {mark} are kept)")
             raise NotFound(f"task {task_id!r} has no execution with index {index}")
         return page[0].to_json()
     return engine.get_execution(task_id, ref).to_json()
-
-
-def metrics_available() -> bool:
-    return importlib.util.find_spec("prometheus_client") is not None
 
 
 def route(engine: Engine, parts: list[str], query: Mapping[str, str]) -> dict[str, Any]:

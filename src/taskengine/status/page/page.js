@@ -94,7 +94,9 @@ async function showExecutions(taskId) {
   if (!taskId) { section.hidden = true; return; }
   const task = await api(`/api/tasks/${enc(taskId)}`);
   $("exec-task").textContent = taskId;
-  $("exec-task-info").textContent = `job ${task.job}, ${task.execution_count} execution(s), next index ${task.execution_count}`;
+  const pruned = task.prune_mark ? `, indexes below ${task.prune_mark} pruned` : "";
+  $("exec-task-info").textContent =
+    `job ${task.job}, ${task.execution_count} execution(s)${pruned}, next index ${task.execution_count}`;
   const body = await api(`/api/tasks/${enc(taskId)}/executions?order=newest&limit=${PAGE}` +
     (execAfter === null ? "" : `&after=${execAfter}`));
   const rows = $("exec-rows");
