@@ -26,8 +26,8 @@ from taskengine.storage.batch import Op
 from taskengine.storage.errors import StorageError as _StorageError
 from taskengine.storage.errors import WriteFailed
 
+from . import hooks, retention
 from . import messages as m
-from . import retention
 from .backlog import Backlog
 from .board import CompletionBoard
 from .errors import (
@@ -41,6 +41,7 @@ from .errors import (
     UnknownJob,
     translate,
 )
+from .hooks import HookSet
 from .jobs import JobRegistry
 from .mailbox import EngineActor, Reply
 from .refs import ActorRefs, tell_if_alive
@@ -85,7 +86,7 @@ Outcome = Callable[[], Any]
 class _Turn:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
-    __slots__ = ("changes", "answers", "pending", "removed", "submits", "deleted", "keys", "counted")
+    __slots__ = ("changes", "answers", "pending", "removed", "submits", "deleted", "keys", "counted", "events")
 
     def __init__(self) -> None:
         self.changes: list[list[Op]] = []
@@ -96,6 +97,7 @@ class _Turn:
         self.deleted: list[str] = []  # tombstones to drop once their deletion is written
         self.keys: list[tuple[TaskState, str]] = []  # idempotency keys to forget once written
         self.counted: dict[int, TaskState] = {}  # tasks that handed out indexes: one counter put each
+        self.events: list[tuple[str, Execution]] | None = None  # for the hooks, only when there are some
 
 
 class CounterActor(EngineActor):
@@ -108,11 +110,13 @@ class CounterActor(EngineActor):
         refs: ActorRefs,
         jobs: JobRegistry,
         max_cached: int,
+        hooks: HookSet,
         backlog: Backlog | None = None,
         keep_last: int | None = None,
     ) -> None:
         """``backlog``: the engine's max_queued bound, if any; ``keep_last``: its retention policy."""
         super().__init__()
+        self._hooks = hooks
         self._db = db
         self._committer = committer
         self._board = board
@@ -126,7 +130,7 @@ class CounterActor(EngineActor):
         self._turn_no = 0
         self._abandoned: set[int] = set()  # tokens whose executor was given up on before it started
         self.triggered = 0
-        self.ended: dict[ExecutionStatus, int] = dict.fromkeys(
+        self._ended: dict[ExecutionStatus, int] = dict.fromkeys(
             (ExecutionStatus.SUCCESS, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED), 0
         )
         self.pruned = 0
@@ -219,6 +223,8 @@ class CounterActor(EngineActor):
                     m.fail(reply, _fresh(e))
                 self._stop_everything()
                 return False
+        if turn.events is not None:  # durable now; before anyone hears of it
+            self._hooks.run(turn.events)
         refs = self._refs
         if turn.pending:  # before any answer, so a cancel can always claim what it was told of
             tell_if_alive(refs.pending, m.AddPending(turn.pending))
@@ -396,6 +402,8 @@ class CounterActor(EngineActor):
                 st.idem[key] = (ex.id, None)
             self._turn.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
             self._after_write(msg.reply, lambda: ex)
+            if self._hooks.active:
+                self._note(hooks.TRIGGER, ex)
             return
         ops = changes.assign(ex, with_counter=False)  # before any state changes
         self._reserve(ex.id)
@@ -404,6 +412,8 @@ class CounterActor(EngineActor):
         self._turn.pending.append((ex.task_id, ex.id, index))
         self._turn.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
         self._write(ops, msg.reply, lambda: ex)
+        if self._hooks.active:
+            self._note(hooks.TRIGGER, ex)
         if key is not None:
             self._remember_key(st, key, ex.id)
 
@@ -509,6 +519,8 @@ class CounterActor(EngineActor):
             running = records.started(ex, time.time())
             ops = changes.update(running)
         st.running[running.id] = (msg.token, running)
+        if self._hooks.active:
+            self._note(hooks.START, running)
         task = st.task
 
         def started() -> tuple[Execution, Task] | m.NotStarted:
@@ -540,11 +552,24 @@ class CounterActor(EngineActor):
     def _complete(self, st: TaskState, ex: Execution, reply: Reply[Any] | None) -> None:
         ops = changes.update(ex)
         del st.running[ex.id]
-        self.ended[ex.status] += 1
+        self._ended_now(ex)
         if not ex.blocking:
             self._turn.removed.append((ex.task_id, ex.id))
         self._write(ops, reply, lambda: self._publish_and_answer(ex))
         self._retain(st, ex.index)
+
+    def _ended_now(self, ex: Execution) -> None:
+        """Count a finished execution, and note it for the hooks."""
+        self._ended[ex.status] += 1
+        if self._hooks.active:
+            self._note(hooks.FINISH, ex)
+
+    def _note(self, kind: str, ex: Execution) -> None:
+        """An event for the hooks, run once this turn's write is durable."""
+        turn = self._turn
+        if turn.events is None:
+            turn.events = []
+        turn.events.append((kind, ex))
 
     def _publish_and_answer(self, ex: Execution) -> Execution:
         """An outcome: wake the execution's waiters, and answer with it."""
@@ -577,7 +602,7 @@ class CounterActor(EngineActor):
         if on_disk is not None and on_disk.id == ex.id and on_disk.status is ExecutionStatus.PENDING:
             failed = _finished(ex, ExecutionStatus.FAILED, error=msg.reason)
             self._turn.removed.append((ex.task_id, ex.id))
-            self.ended[ExecutionStatus.FAILED] += 1
+            self._ended_now(failed)
             self._write(changes.update(failed), None, lambda: self._publish_and_answer(failed))
             self._retain(st, ex.index)
 
@@ -588,7 +613,7 @@ class CounterActor(EngineActor):
             self._release(queued.id)
             self._forget_key(st, queued)
             cancelled = _finished(queued, ExecutionStatus.CANCELLED, error="cancelled by Engine.cancel")
-            self.ended[ExecutionStatus.CANCELLED] += 1
+            self._ended_now(cancelled)
             self._after_write(msg.reply, lambda: self._publish_and_answer(cancelled))
             return
         assert self._refs.pending is not None
@@ -601,7 +626,7 @@ class CounterActor(EngineActor):
         if record is None:
             raise ExecutionNotFound(msg.task_id, msg.execution_id)
         cancelled = _finished(record, ExecutionStatus.CANCELLED, error="cancelled by Engine.cancel")
-        self.ended[ExecutionStatus.CANCELLED] += 1
+        self._ended_now(cancelled)
         self._turn.removed.append((msg.task_id, msg.execution_id))
         self._write(changes.update(cancelled), msg.reply, lambda: self._publish_and_answer(cancelled))
         self._retain(st, cancelled.index)
@@ -620,7 +645,8 @@ class CounterActor(EngineActor):
         for execution_id in [*st.queued, *dropped]:
             self._release(execution_id)
         st.deleted = True
-        self.ended[ExecutionStatus.CANCELLED] += len(cancelled)
+        for ex in cancelled:
+            self._ended_now(ex)
         self._turn.deleted.append(msg.task_id)
         st.queued.clear()
         st.running.clear()
@@ -644,7 +670,7 @@ class CounterActor(EngineActor):
     def _interrupted(self, msg: m.Interrupted) -> None:
         st = self._require(msg.execution.task_id)  # loads the task, reconciling its counter first
         failed = _finished(msg.execution, ExecutionStatus.FAILED, error=INTERRUPTED)
-        self.ended[ExecutionStatus.FAILED] += 1
+        self._ended_now(failed)
         self._write(changes.update(failed), msg.reply, lambda: failed)
         self._retain(st, failed.index)
 
@@ -701,9 +727,9 @@ class CounterActor(EngineActor):
             "cached_tasks": len(self._cache),
             "queued_blocking": sum(len(st.queued) for st in self._cache.values()),
             "triggered": self.triggered,
-            "succeeded": self.ended[ExecutionStatus.SUCCESS],
-            "failed": self.ended[ExecutionStatus.FAILED],
-            "cancelled": self.ended[ExecutionStatus.CANCELLED],
+            "succeeded": self._ended[ExecutionStatus.SUCCESS],
+            "failed": self._ended[ExecutionStatus.FAILED],
+            "cancelled": self._ended[ExecutionStatus.CANCELLED],
             "pruned": self.pruned,
         }
         self._after_write(msg.reply, lambda: figures)

@@ -37,6 +37,7 @@ from .errors import (
     UnknownJob,
     storage_errors,
 )
+from .hooks import Hooks, HookSet, hooks_of
 from .ids import new_id
 from .jobloop import JobLoop
 from .jobs import Job, JobRegistry
@@ -68,6 +69,7 @@ class Engine:
         self._jobs = jobs
         self._refs = refs
         self._board = CompletionBoard()
+        self._hooks = HookSet(committer)
         # orders every send and read before close: close stops the actors after the sends it let
         # through, and closes the database after the reads it let through
         # a plain Lock, taken directly on the trigger path (a Condition's `with` is a Python-level
@@ -101,6 +103,7 @@ class Engine:
         loop: asyncio.AbstractEventLoop | None = None,
         max_queued: int | None = None,
         keep_last: int | None = None,
+        hooks: Iterable[Hooks] = (),
     ) -> Engine:
         """Open (or create) the database at ``path`` and start the engine.
 
@@ -113,7 +116,8 @@ class Engine:
         ``max_queued`` bounds the executions triggered and not yet started (a trigger over it
         raises QueueFull and uses no index). ``keep_last`` is a retention policy: the engine
         prunes each task's finished history down to about its last ``keep_last`` executions, in
-        the background (see :meth:`prune`).
+        the background (see :meth:`prune`). ``hooks`` are told of every execution's state changes
+        from recovery on (see :class:`Hooks`).
         """
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
             raise InvalidArgument("path must be a non-empty string or path")
@@ -130,6 +134,7 @@ class Engine:
             raise InvalidArgument("jobs must be a mapping of job names to functions")
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             raise InvalidArgument("loop must be an asyncio event loop")
+        hooks = hooks_of(hooks)
         registry = JobRegistry(JobLoop(loop, job_timeout))
         for name, fn in (jobs or {}).items():
             registry.add(name, fn)
@@ -139,11 +144,13 @@ class Engine:
         refs = ActorRefs()
         backlog = None if max_queued is None else Backlog(max_queued)
         engine = cls(db, committer, registry, refs, backlog)
+        engine._hooks.add(hooks)
         try:
             refs.pending = PendingStore.start(refs)
             per_actor = max(1, max_cached_tasks // counter_actors)
             refs.counters = [
-                CounterActor.start(db, committer, engine._board, refs, registry, per_actor, backlog, keep_last)
+                CounterActor.start(db, committer, engine._board, refs, registry, per_actor, engine._hooks, backlog,
+                                   keep_last)
                 for _ in range(counter_actors)
             ]
             refs.pool = ExecutorPool.start(workers, registry, refs, engine._board, job_timeout)
@@ -361,6 +368,15 @@ class Engine:
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosed(self._closed_why)
+
+    def add_hooks(self, *hooks: Hooks) -> None:
+        """Tell these hooks of every state change from now on (see :class:`Hooks`)."""
+        self._check_open()
+        self._hooks.add(hooks_of(hooks))
+
+    def remove_hooks(self, *hooks: Hooks) -> None:
+        for hook in hooks:
+            self._hooks.remove(hook)
 
     # -- jobs and tasks --------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ class EngineStats:
     #: this engine's actor threads: counter actors, the pool, the pending store, every executor
     #: (including abandoned ones whose hung job has not returned)
     live_actors: int
-    #: executions ready to run, waiting for a free executor
+    #: executions ready to run, waiting for a free executor (one cancelled while waiting stays
+    #: here until an executor takes it and skips it)
     queued: int
     #: executions whose job is running now
     running: int
@@ -25,7 +26,7 @@ class EngineStats:
     waiting_for_job: int
     #: blocking executions triggered and not started (they have no index yet)
     queued_blocking: int
-    #: non-blocking executions acknowledged and not yet claimed by an executor
+    #: non-blocking executions acknowledged and not finished yet (a running one counts until it finishes)
     pending: int
     #: callers waiting for an execution to finish (``wait``, blocking triggers, ``await_execution``)
     waiters: int

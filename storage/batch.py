@@ -10,7 +10,8 @@ writes of different counter actors are made one at a time (see ``Committer``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import capi, keys
@@ -56,10 +57,13 @@ class Committer:
         self.failure: str | None = None  # why the first failed write failed
         self.writes = 0
         self.changes = 0
+        #: told (changes, seconds) after each write when set: the engine's hooks, if one wants it
+        self.on_write: Callable[[int, float], None] | None = None
 
     def write(self, changes: Sequence[Sequence[Op]]) -> None:
         """Apply ``changes`` (each atomic, all in order) durably if ``sync``; raises WriteFailed:
         with ``outcome_unknown`` if this write failed, without if it was refused unwritten."""
+        observe = self.on_write
         with self._lock:
             refused = self.refusal()
             if refused is not None:
@@ -70,7 +74,12 @@ class Committer:
                 batch = self._plain_batch(changes)
                 if batch is None:  # a prefix deletion: it must also see the keys put before it
                     batch = self._tracked_batch(changes)
-                batch.write()
+                if observe is None:
+                    batch.write()
+                else:
+                    began = time.perf_counter()
+                    batch.write()
+                    took = time.perf_counter() - began
             except Exception as e:  # plyvel raises its own IOError / RuntimeError
                 self.failure = plyvel_message(e)
                 log.critical("database write failed at %s: %s; no more writes until it is reopened",
@@ -83,6 +92,8 @@ class Committer:
                 ) from None
             self.writes += 1
             self.changes += len(changes)
+        if observe is not None:
+            observe(len(changes), took)
 
     def refusal(self) -> WriteFailed | None:
         """After a failed write, the error that refuses a call: a fresh one each time, so no

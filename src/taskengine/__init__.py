@@ -18,6 +18,7 @@ __version__ = "0.2.0"
 if TYPE_CHECKING:
     from . import errors
     from .actors.engine import Engine
+    from .actors.hooks import Hooks
     from .actors.jobs import JobContext
     from .actors.stats import EngineStats
     from .errors import (
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 _HOME = {
     "Engine": ".actors.engine",
     "JobContext": ".actors.jobs",
+    "Hooks": ".actors.hooks",
     "EngineStats": ".actors.stats",
     "Execution": ".storage",
     "ExecutionStatus": ".storage",
@@ -82,6 +84,7 @@ __all__ = [
     "ExecutionNotFound",
     "ExecutionStatus",
     "ExecutionTimeout",
+    "Hooks",
     "InvalidArgument",
     "JobContext",
     "QueueFull",

@@ -95,6 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e = parser.add_argument_group("engine settings")
     e.add_argument("--workers", type=int, default=8, metavar="N", help="executors (default 8)")
     e.add_argument("--counter-actors", type=int, default=1, metavar="N", help="counter actors (default 1)")
+    e.add_argument("--metrics", action="store_true",
+                   help="observe the acks and e2e engines with the Prometheus metrics (the prometheus extra), "
+                        "to see what they cost")
     e.add_argument("--soak-workers", type=int, default=4, metavar="N", help="executors of the soak (default 4)")
     e.add_argument("--soak-counter-actors", type=int, default=1, metavar="N", help="counter actors of the soak (1)")
     e.add_argument("--soak-callers", type=int, default=8, metavar="N", help="callers of the soak (default 8)")

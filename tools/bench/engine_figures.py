@@ -36,6 +36,19 @@ def _engine_kwargs(opts: Any) -> dict[str, Any]:
     return {"workers": opts.workers, "counter_actors": opts.counter_actors, "sync": True}
 
 
+def _open(path: str, jobs: dict[str, Any], opts: Any) -> Any:
+    """An engine as the acks and e2e figures use it; with ``--metrics``, observed by the
+    Prometheus metrics (to measure what they cost)."""
+    from taskengine import Engine
+
+    engine = Engine.open(path, jobs=jobs, **_engine_kwargs(opts))
+    if getattr(opts, "metrics", False):
+        from taskengine.prometheus import PrometheusMetrics
+
+        PrometheusMetrics(engine, registry=None)
+    return engine
+
+
 def _replay_ok(path: str) -> dict[str, Any]:
     """The replay check of a database a benchmark produced; never raises (a check that cannot
     run is reported as not OK, and the figures measured before it are kept)."""
@@ -91,7 +104,6 @@ def acks(
     round and config by config, so a change in the machine's background load hits both; with
     ``with_pykka`` so is the bare pykka baseline (64 callers asking one actor), next to the
     engine's 64 callers over 100 tasks."""
-    from taskengine import Engine
 
     from .baselines import EchoActor, NaiveDesign, naive_entry, rate_entry
 
@@ -106,7 +118,7 @@ def acks(
                 def held(ctx: Any, gate: threading.Event = gate) -> None:
                     gate.wait()
 
-                engine = Engine.open(path, jobs={"held": held}, **_engine_kwargs(opts))
+                engine = _open(path, {"held": held}, opts)
                 echo = EchoActor() if with_pykka and callers == 64 and tasks == max(TASK_COUNTS) else None
                 runs, naive_runs, echo_runs = [], [], []
                 try:
@@ -151,7 +163,6 @@ def acks(
 def e2e(opts: Any, out: dict[str, Any], invariants: dict[str, Any]) -> None:
     """No-op executions per second from the first trigger to the last SUCCESS durable on disk
     (64 callers, non-blocking triggers over 100 tasks); then blocking-trigger latency."""
-    from taskengine import Engine
 
     from .baselines import rate_entry
 
@@ -169,7 +180,7 @@ def e2e(opts: Any, out: dict[str, Any], invariants: dict[str, Any]) -> None:
                 last.append((ctx.task_id, ctx.execution_id))
                 finished.set()
 
-    engine = Engine.open(path, jobs={"noop": noop}, **_engine_kwargs(opts))
+    engine = _open(path, {"noop": noop}, opts)
     try:
         ids = _task_ids("t", 100)
         for tid in ids:
