@@ -375,6 +375,7 @@ class Engine:
         self._hooks.add(hooks_of(hooks))
 
     def remove_hooks(self, *hooks: Hooks) -> None:
+        self._check_open()
         for hook in hooks:
             self._hooks.remove(hook)
 

@@ -18,7 +18,7 @@ import pykka
 import pytest
 
 from engine_helpers import WAIT, Child, Gate, Recorder, check_db, close_bounded
-from taskengine import Engine, EngineClosed, ExecutionStatus, InvalidArgument
+from taskengine import Engine, EngineClosed, ExecutionStatus, Hooks, InvalidArgument
 
 S = ExecutionStatus
 NO_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
@@ -54,6 +54,8 @@ CALLS: dict[str, Callable[[Engine, str, Path], Any]] = {
     "backup": lambda e, eid, tmp: e.backup(tmp / "copy"),
     "stats": lambda e, eid, tmp: e.stats(),
     "close_on_signals": lambda e, eid, tmp: e.close_on_signals(timeout=1.0),
+    "add_hooks": lambda e, eid, tmp: e.add_hooks(Hooks()),
+    "remove_hooks": lambda e, eid, tmp: e.remove_hooks(Hooks()),
 }
 #: public names that are not calls on an open engine
 NOT_CALLS = {"open", "close"}

@@ -195,7 +195,10 @@ class PrometheusMetrics(Hooks, Collector):
                 self._registry.unregister(self)
             except KeyError:
                 pass
-        self._engine.remove_hooks(self)
+        try:
+            self._engine.remove_hooks(self)
+        except EngineError:  # closed: it observes nothing any more
+            pass
 
 
 class _Only(Collector):
