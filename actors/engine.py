@@ -259,9 +259,9 @@ class Engine:
         lifecycle.close_on_signals(self, seconds, signals)
 
     def _start_sweep(self, keep_last: int) -> None:
-        def task_ids(after: str | None) -> list[str]:
+        def tasks(after: str | None) -> list[Task]:
             with self._reading():
-                return [t.id for t in self._db.list_tasks(after, limit=1000)]
+                return self._db.list_tasks(after, limit=1000)
 
         def prune(task_id: str) -> int:
             try:
@@ -269,7 +269,7 @@ class Engine:
             except TaskNotFound:  # deleted since it was listed
                 return 0
 
-        self._sweep = retention.RetentionSweep(task_ids, prune)
+        self._sweep = retention.RetentionSweep(keep_last, tasks, prune)
         self._sweep.start()
 
     def _shutdown(self, timeout: float | None, *, failed_open: bool = False) -> None:

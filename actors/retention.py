@@ -19,6 +19,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+from taskengine.storage import Task
+
 from .errors import EngineClosed, EngineError
 
 log = logging.getLogger(__name__)
@@ -35,15 +37,19 @@ def slack(keep_last: int) -> int:
 
 
 class RetentionSweep:
-    """A thread that prunes every task to ``keep_last`` once, through ``prune(task_id)``, which
-    waits for each chunk: at most one of its Prune messages is in any inbox at a time."""
+    """A thread that prunes every task holding more than ``keep_last`` executions back to
+    ``keep_last``, once, through ``prune(task_id)``, which waits for each step: at most one of its
+    Prune messages is in any inbox at a time. Tasks are listed from the database a page at a
+    time, so a task that needs nothing costs no message."""
 
     def __init__(
         self,
-        list_task_ids: Callable[[str | None], list[str]],
+        keep_last: int,
+        list_tasks: Callable[[str | None], list[Task]],
         prune: Callable[[str], int],
     ) -> None:
-        self._list = list_task_ids
+        self._keep_last = keep_last
+        self._list = list_tasks
         self._prune = prune
         self._stop = threading.Event()
         self.removed = 0
@@ -53,8 +59,8 @@ class RetentionSweep:
         self._thread.start()
 
     def stop(self) -> None:
-        """Ask the sweep to stop after the chunk in hand; the engine stops its actors after this,
-        which ends a chunk in hand with EngineClosed."""
+        """Ask the sweep to stop after the step in hand; the engine stops its actors after this,
+        which ends a step in hand with EngineClosed."""
         self._stop.set()
 
     def join(self, timeout: float | None = None) -> None:
@@ -69,13 +75,14 @@ class RetentionSweep:
                 page = self._list(after)
                 if not page:
                     break
-                for task_id in page:
+                for task in page:
                     if self._stop.is_set():
                         break
-                    removed = self._prune(task_id)
-                    self.removed += removed
-                    tasks += 1 if removed else 0
-                after = page[-1]
+                    if task.execution_count - task.prune_mark > self._keep_last:
+                        removed = self._prune(task.id)
+                        self.removed += removed
+                        tasks += 1 if removed else 0
+                after = page[-1].id
         except EngineClosed:
             return
         except EngineError as e:  # a storage failure: the engine refuses writes from now on

@@ -271,6 +271,24 @@ def test_the_policy_sweeps_every_task_at_open(make_engine, db_path):
     replay_ok(db_path)
 
 
+@pytest.mark.timeout(90)
+def test_close_stops_the_sweep_and_the_next_open_finishes_it(make_engine, db_path):
+    with DbBuilder(db_path) as b:
+        for t in range(150):
+            b.task(f"t{t:03}", job="job")
+            b.executions(f"t{t:03}", *[S] * 12, blocking=False)
+        b.task("small", job="job")
+        b.executions("small", S, S, blocking=False)
+    engine = make_engine(db_path, jobs={"job": Recorder()}, keep_last=2)
+    make_engine.close(engine)  # most likely in the middle of the sweep
+    replay_ok(db_path)
+    engine = make_engine(db_path, jobs={"job": Recorder()}, keep_last=2)
+    wait_for(lambda: all(t.prune_mark == 10 for t in engine.list_tasks(limit=1000) if t.id != "small"))
+    assert engine.get_task("small").prune_mark == 0
+    make_engine.close(engine)
+    replay_ok(db_path)
+
+
 def test_the_engine_upgrades_a_version_1_database(make_engine, db_path):
     with DbBuilder(db_path) as b:
         b.task("t", job="job")
