@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,3 +152,15 @@ def test_every_waiter_is_answered_after_a_failed_write(shim, tmp_path, fault):
         pending = engine.list_executions("p")
         assert len(pending) == 1
         assert engine.wait("p", pending[0].id, timeout=30).status is ExecutionStatus.SUCCESS  # ran after reopen
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("fault", [f"write:{n}:ENOSPC" for n in range(1, 7)] + ["sync:1:EIO", "sync:2:ENOSPC"])
+def test_a_failed_write_while_creating_a_database_is_a_taskengine_error(shim, tmp_path, fault):
+    run = run_child(shim, tmp_path, "open", fault)
+    failed = run.line("OPENFAIL")
+    if failed:  # e.g. ENOSPC writing the schema of the new database: not plyvel's IOError
+        kind, message = failed[0].split(" ", 1)
+        assert kind.startswith("taskengine.") and not re.search(r"(^|[\s:(])b'", message), failed[0]
+    else:
+        assert run.line("OPENED"), run.lines

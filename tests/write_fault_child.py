@@ -20,6 +20,7 @@ Scenarios:
   long timeout, and ``wait()`` with no timeout on an acknowledged PENDING execution, all
   queued behind it with more work; then triggers until a write fails. Every waiter must be
   answered; then the gate opens and the freed worker must not churn through the queued work.
+- ``open``: create a new database (``OPENED``, or ``OPENFAIL <exception class> <message>``).
 """
 
 from __future__ import annotations
@@ -139,10 +140,19 @@ def waiters(path: str) -> None:
     say("STATS", json.dumps(engine.stats()))
 
 
+def open_new(path: str) -> None:
+    try:
+        Engine.open(path).close()
+    except Exception as e:  # noqa: BLE001 - the test checks what kind it is
+        say("OPENFAIL", f"{type(e).__module__}.{type(e).__qualname__}", str(e).replace("\n", " "))
+    else:
+        say("OPENED")
+
+
 def main() -> None:
     scenario, path = sys.argv[1], sys.argv[2]
     try:
-        {"acks": acks, "waiters": waiters}[scenario](path)
+        {"acks": acks, "waiters": waiters, "open": open_new}[scenario](path)
     except Exception:  # noqa: BLE001 - the test shows it
         say("CRASH", traceback.format_exc().replace("\n", " | "))
     say("DONE")
