@@ -113,8 +113,15 @@ def test_ids_that_are_not_ulids_are_refused_and_reported(tmp_path: Path) -> None
     assert len(found) == 1 and "execution record header does not decode" in found[0], found
 
 
-def test_a_sound_database_needs_only_the_fast_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    standard_db(tmp_path / "db")
+@pytest.mark.parametrize("pruned", [False, True], ids=["whole", "pruned"])
+def test_a_sound_database_needs_only_the_fast_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pruned: bool
+) -> None:
+    """Also with pruned tasks: their records, from the mark up, are proven without a second read."""
+    if pruned:
+        pruned_db(tmp_path / "db")
+    else:
+        standard_db(tmp_path / "db")
 
     def not_wanted(*args: object) -> None:
         raise AssertionError("the records of a sound database were read twice")
