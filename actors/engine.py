@@ -119,9 +119,7 @@ class Engine:
         the background (see :meth:`prune`). ``hooks`` are told of every execution's state changes
         from recovery on (see :class:`Hooks`).
         """
-        if not isinstance(path, str | os.PathLike) or not os.fspath(path):
-            raise InvalidArgument("path must be a non-empty string or path")
-        path = str(os.fspath(path))
+        path = validate.path(path)
         validate.positive_int(workers, "workers", allow_none=False)
         validate.positive_int(counter_actors, "counter_actors", allow_none=False)
         validate.positive_int(max_cached_tasks, "max_cached_tasks", allow_none=False)
@@ -130,13 +128,12 @@ class Engine:
         job_timeout = validate.timeout(job_timeout, "job_timeout")
         if job_timeout == 0:
             raise InvalidArgument("job_timeout must be > 0")
-        if jobs is not None and not isinstance(jobs, Mapping):
-            raise InvalidArgument("jobs must be a mapping of job names to functions")
+        jobs = validate.jobs(jobs)
         if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
             raise InvalidArgument("loop must be an asyncio event loop")
         hooks = hooks_of(hooks)
         registry = JobRegistry(JobLoop(loop, job_timeout))
-        for name, fn in (jobs or {}).items():
+        for name, fn in jobs.items():
             registry.add(name, fn)
         with storage_errors():
             db = Database.open(path, create=True)
@@ -168,19 +165,26 @@ class Engine:
         """DESIGN §3.6: queue every acknowledged PENDING execution again and finish every
         RUNNING one as FAILED (its process died). Reads only the live set, never history."""
         tasks: dict[str, Task | None] = {}
+        unreadable: set[str] = set()
         replies: list[Reply[Any]] = []
         pending: list[tuple[str, str, int]] = []
         items: list[m.WorkItem] = []
         with storage_errors():
-            for task_id, index, execution_id in self._db.iter_live():
+            for task_id, index, execution_id in self._db.iter_live(on_corrupt=_log_corrupt_live):
+                if task_id in unreadable:
+                    continue
                 try:
                     if task_id not in tasks:
                         tasks[task_id] = self._db.get_task(task_id)
                     task = tasks[task_id]
                     record = self._db.get_execution_at(task_id, index)
                 except StorageCorrupt as e:  # one bad record must not keep a node from starting
+                    if task_id not in tasks:
+                        unreadable.add(task_id)  # its task record: said once for all its entries
                     log.error("recovery skips %r/%d: %s", task_id, index, e)
                     continue
+                if execution_id is None and record is not None:
+                    execution_id = record.id  # the live entry is damaged; its record says what is there
                 if task is None or record is None or record.id != execution_id:
                     log.error("live entry %r/%d (%s) has no matching record; left for replay to report",
                               task_id, index, execution_id)
@@ -776,6 +780,10 @@ class Engine:
             backlog=None if backlog is None else len(backlog),
             backlog_peak=None if backlog is None else backlog.peak,
         )
+
+
+def _log_corrupt_live(e: StorageCorrupt) -> None:
+    log.error("recovery: %s; the record at its index is recovered if it is unfinished", e)
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -8,17 +8,16 @@ A successful execution pays nothing for failures: the traceback is only formatte
 from __future__ import annotations
 
 import inspect
-import json
 import traceback as tb
 from types import TracebackType
 from typing import Any
 
-from taskengine.storage import ExecutionStatus, codec
+from taskengine.storage import ExecutionStatus, values
 
 from .jobloop import JobFailed, JobLoop
 from .jobs import JobContext
 
-INVALID_RESULT = "InvalidResult: the job's result is not JSON-serializable: "
+INVALID_RESULT = "InvalidResult: "
 
 #: characters of a traceback kept with an execution; a longer one keeps its end (the raise)
 MAX_TRACEBACK = 64 * 1024
@@ -46,8 +45,8 @@ def run_job(fn: Any, ctx: JobContext, loop: JobLoop | None = None) -> Outcome:
     if result is None:
         return ExecutionStatus.SUCCESS, None, None, None
     try:
-        return ExecutionStatus.SUCCESS, json.loads(codec.to_json(result).encode()), None, None
-    except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
+        return ExecutionStatus.SUCCESS, values.normalize(result, "the job's result"), None, None
+    except ValueError as e:  # not JSON, or beyond the limits on stored values
         return ExecutionStatus.FAILED, None, error_text(e, INVALID_RESULT), None
 
 

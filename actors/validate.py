@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
-from taskengine.storage import codec
+from taskengine.storage import keys, values
+from taskengine.storage.db import path_problem
 
 from .errors import InvalidArgument
 
 MAX_TASK_ID = 256
+#: idempotency keys are part of a LevelDB key
+MAX_IDEMPOTENCY_KEY = 1024
 
 
 def task_id(value: Any) -> str:
@@ -28,33 +32,59 @@ def task_id(value: Any) -> str:
 def json_value(value: Any, what: str) -> Any:
     """A detached, JSON-normalised copy of ``value``: what the record will hold, so a caller that
     changes its object afterwards cannot change an acknowledged execution, and a live run sees
-    the same data as a recovered one (tuples become lists, keys strings)."""
+    the same data as a recovered one (tuples become lists, keys strings). Bounded by
+    ``values.MAX_DEPTH`` and ``values.MAX_BYTES``."""
     if value is None:
         return None
     try:
-        return json.loads(_utf8(codec.to_json(value)))
-    except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
-        raise InvalidArgument(f"{what} is not JSON-serializable: {e}") from None
+        return values.normalize(value, what)
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
 
 
-def _utf8(text: str) -> bytes:
-    """Lone surrogates (e.g. from os.fsdecode) make a str that UTF-8 cannot store."""
-    return text.encode()
-
-
-def text(value: Any, what: str) -> str | None:
+def text(value: Any, what: str, limit: int = MAX_IDEMPOTENCY_KEY) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
         raise InvalidArgument(f"{what} must be a non-empty string")
+    if len(value) > limit:
+        raise InvalidArgument(f"{what} is {len(value)} characters long; the limit is {limit}")
     try:
-        _utf8(value)
+        value.encode()  # lone surrogates (e.g. from os.fsdecode) make a str UTF-8 cannot store
     except UnicodeEncodeError:
         raise InvalidArgument(f"{what} {value!r} cannot be stored as UTF-8") from None
     return value
 
 
-MAX_INT = 2**63 - 1  # indexes are stored as 8-byte keys
+def path(value: Any, what: str = "path") -> str:
+    """A database path LevelDB can use, as a str; nothing of a hostile PathLike escapes."""
+    if not isinstance(value, str | os.PathLike):
+        raise InvalidArgument(f"{what} must be a non-empty string or path, not {type(value).__name__}")
+    try:
+        out = os.fspath(value)
+    except Exception as e:  # noqa: BLE001 - the caller's __fspath__ failed
+        raise InvalidArgument(f"{what} cannot be read: {type(e).__name__}: {e}") from None
+    if not isinstance(out, str) or not out:
+        raise InvalidArgument(f"{what} must be a non-empty string or path")
+    problem = path_problem(out)
+    if problem is not None:
+        raise InvalidArgument(f"{what} {out!r} cannot be used: {problem}")
+    return out
+
+
+def jobs(value: Any) -> dict[str, Any]:
+    """A plain copy of a jobs mapping, taken once: a mapping that fails to list itself is refused."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidArgument("jobs must be a mapping of job names to functions")
+    try:
+        return dict(value.items())
+    except Exception as e:  # noqa: BLE001 - the caller's mapping failed
+        raise InvalidArgument(f"jobs cannot be read: {type(e).__name__}: {e}") from None
+
+
+MAX_INT = keys.MAX_INDEX
 
 
 def positive_int(value: Any, what: str, *, allow_none: bool = True, minimum: int = 1) -> int | None:

@@ -2,23 +2,22 @@
 
 An execution record starts with a one-byte status and the execution id before its
 JSON body, so replay can check status and identity without decoding JSON.
+
+Every decoder returns a record the engine can use and write back, or raises CorruptRecord
+naming the key: a stored value of the wrong type (a counter limit that is a string, an id
+that is not ASCII, data nested beyond ``values.MAX_DEPTH``) must never surface later as a
+TypeError in an actor or a RecursionError at open.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from typing import Any
 
-from . import keys
+from . import keys, values
 from .errors import CorruptRecord
 from .records import Execution, ExecutionStatus, Task
-
-_dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
-
-
-def to_json(value: Any) -> str:
-    """Serialise user data; raises TypeError/ValueError for what JSON cannot hold."""
-    return _dumps(value)
+from .values import to_json
 
 
 def encode_task(task: Task) -> bytes:
@@ -36,19 +35,70 @@ def encode_task(task: Task) -> bytes:
 
 def decode_task(key: bytes, value: bytes, execution_count: int = 0, prune_mark: int = 0) -> Task:
     try:
-        d = json.loads(value)
-        return Task(
-            id=d["id"],
-            job=d["job"],
+        d = _object(value, 0)
+        task = Task(
+            id=_text(d, "id"),
+            job=_text(d, "job"),
             config=d["config"],
-            max_executions=d["max_executions"],
-            created_at=d["created_at"],
-            incarnation=d["incarnation"],
+            max_executions=_limit(d["max_executions"]),
+            created_at=_time(d, "created_at"),
+            incarnation=_text(d, "incarnation", empty=True),
             execution_count=execution_count,
             prune_mark=prune_mark,
         )
     except (ValueError, KeyError, TypeError) as e:
-        raise CorruptRecord(key, f"task record does not decode ({e})") from None
+        raise CorruptRecord(key, f"task record does not decode ({_what(e)})") from None
+    parsed = keys.parse_task_key(key)
+    if parsed is None or parsed.task_id != task.id:
+        raise CorruptRecord(key, f"the task record names task {task.id!r}, not the task of its key")
+    return task
+
+
+# -- checks of decoded fields: each raises ValueError/KeyError/TypeError, which the decoders turn
+# into CorruptRecord
+
+
+def _object(raw: bytes, at: int) -> dict[str, Any]:
+    """The JSON object at ``raw[at:]``: the record's own level plus its values' ``MAX_DEPTH``."""
+    d = values.loads(raw[at:] if at else raw, values.MAX_DEPTH + 1)
+    if type(d) is not dict:
+        raise TypeError(f"not a JSON object but {type(d).__name__}")
+    return d
+
+
+def _text(d: dict[str, Any], field: str, *, empty: bool = False) -> str:
+    v = d[field]
+    if type(v) is not str or not (v or empty):
+        raise TypeError(f"{field} is {v!r}, not a {'' if empty else 'non-empty '}string")
+    return v
+
+
+def _text_or_none(d: dict[str, Any], field: str, *, optional: bool = False) -> str | None:
+    """A string or null; ``optional``: the field may also be absent (records written before it)."""
+    if optional and field not in d:
+        return None
+    return None if d[field] is None else _text(d, field, empty=True)
+
+
+def _time(d: dict[str, Any], field: str) -> float:
+    v = d[field]
+    if type(v) not in (float, int) or not math.isfinite(v):
+        raise TypeError(f"{field} is {v!r}, not a time")
+    return v  # type: ignore[no-any-return]
+
+
+def _time_or_none(d: dict[str, Any], field: str) -> float | None:
+    return None if d[field] is None else _time(d, field)
+
+
+def _limit(v: Any) -> int | None:
+    if v is not None and (type(v) is not int or not 1 <= v <= keys.MAX_INDEX):
+        raise TypeError(f"max_executions is {v!r}, not an integer from 1 to {keys.MAX_INDEX}")
+    return v
+
+
+def _what(e: BaseException) -> str:
+    return str(e) if not isinstance(e, KeyError) else f"no field {e}"
 
 
 def encode_int(n: int) -> bytes:
@@ -88,7 +138,7 @@ def encode_execution(ex: Execution) -> bytes:
             _json(ex.finished_at),
             ',"idempotency_key":',
             "null" if key is None else _json(key),
-            "}" if ex.traceback is None else ',"traceback":' + _dumps(ex.traceback) + "}",
+            "}" if ex.traceback is None else ',"traceback":' + to_json(ex.traceback) + "}",
         ]
     )
     return ex.status.code + ex.id.encode() + keys.SEP + body.encode()
@@ -100,7 +150,7 @@ def _json(value: Any) -> str:
         return "null"
     if type(value) is float and value - value == 0.0:  # finite: NaN and infinities go to json
         return float.__repr__(value)
-    return _dumps(value)
+    return to_json(value)
 
 
 #: the header of an execution record: status byte, id, then ``keys.SEP`` at ``ID_END``
@@ -110,10 +160,19 @@ ID_LEN = 26
 ID_END = ID_START + ID_LEN
 
 
-def _optional_text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise TypeError(f"traceback is a {type(value).__name__}, not a string")
+def _id(raw: bytes) -> str:
+    """An execution id as stored: ID_LEN ASCII characters (a ULID)."""
+    if len(raw) != ID_LEN or not raw.isascii():
+        raise ValueError(f"{raw[:40]!r} is not a {ID_LEN}-character ASCII execution id")
+    return raw.decode()
+
+
+def decode_execution_id(key: bytes, value: bytes) -> str:
+    """The value of a live key or an idempotency key."""
+    try:
+        return _id(value)
+    except ValueError as e:
+        raise CorruptRecord(key, str(e)) from None
 
 
 def peek_execution(key: bytes, value: bytes) -> tuple[ExecutionStatus, str]:
@@ -121,7 +180,7 @@ def peek_execution(key: bytes, value: bytes) -> tuple[ExecutionStatus, str]:
     try:
         if len(value) <= ID_END or value[ID_END] != keys.SEP[0]:
             raise ValueError(f"no id separator at byte {ID_END}")
-        return ExecutionStatus.from_code(value[STATUS_AT]), value[ID_START:ID_END].decode()
+        return ExecutionStatus.from_code(value[STATUS_AT]), _id(value[ID_START:ID_END])
     except (KeyError, ValueError, IndexError) as e:
         raise CorruptRecord(key, f"execution record header does not decode ({e})") from None
 
@@ -129,21 +188,24 @@ def peek_execution(key: bytes, value: bytes) -> tuple[ExecutionStatus, str]:
 def decode_execution(key: bytes, value: bytes, task_id: str, index: int) -> Execution:
     status, exec_id = peek_execution(key, value)
     try:
-        d = json.loads(value[ID_END + 1 :])
+        d = _object(value, ID_END + 1)
+        blocking = d["blocking"]
+        if type(blocking) is not bool:
+            raise TypeError(f"blocking is {blocking!r}, not true or false")
         return Execution(
             id=exec_id,
             task_id=task_id,
             index=index,
             status=status,
-            blocking=d["blocking"],
+            blocking=blocking,
             data=d["data"],
             result=d["result"],
-            error=d["error"],
-            created_at=d["created_at"],
-            started_at=d["started_at"],
-            finished_at=d["finished_at"],
-            idempotency_key=d["idempotency_key"],
-            traceback=_optional_text(d.get("traceback")),
+            error=_text_or_none(d, "error"),
+            created_at=_time(d, "created_at"),
+            started_at=_time_or_none(d, "started_at"),
+            finished_at=_time_or_none(d, "finished_at"),
+            idempotency_key=_text_or_none(d, "idempotency_key"),
+            traceback=_text_or_none(d, "traceback", optional=True),
         )
     except (ValueError, KeyError, TypeError) as e:
-        raise CorruptRecord(key, f"execution record body does not decode ({e})") from None
+        raise CorruptRecord(key, f"execution record body does not decode ({_what(e)})") from None

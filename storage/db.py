@@ -44,9 +44,21 @@ RECOVER_HINT = (
 )
 
 
-def _check_path(path: str, create: bool) -> None:
+def path_problem(path: str) -> str | None:
+    """Why LevelDB cannot use ``path`` (it takes UTF-8 names without NUL), or None."""
     if "\x00" in path:
-        raise NotADatabase(f"{path!r} contains a NUL character")
+        return "contains a NUL character"
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return "is not valid UTF-8 (LevelDB takes UTF-8 names only)"
+    return None
+
+
+def _check_path(path: str, create: bool) -> None:
+    problem = path_problem(path)
+    if problem is not None:
+        raise NotADatabase(f"{path!r} {problem}")
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADatabase(f"{path!r} is a file, not a database directory")
     if create:
@@ -316,8 +328,9 @@ class Database:
 
     @_reads
     def find_idempotent(self, task_id: str, key: str) -> str | None:
-        value = self.raw.get(keys.idempotency_key(task_id, key))
-        return None if value is None else value.decode()
+        raw_key = keys.idempotency_key(task_id, key)
+        value = self.raw.get(raw_key)
+        return None if value is None else codec.decode_execution_id(raw_key, value)
 
     def iter_executions(
         self, task_id: str, *, after: int | None = None, limit: int | None = None, newest_first: bool = False
@@ -336,15 +349,31 @@ class Database:
                     return
                 yield codec.decode_execution(key, value, task_id, keys.decode_index(key[-8:]))
 
-    def iter_live(self) -> Iterator[tuple[str, int, str]]:
+    def iter_live(
+        self, on_corrupt: Callable[[CorruptRecord], None] | None = None
+    ) -> Iterator[tuple[str, int, str | None]]:
         """(task id, index, execution id) of every execution that holds an index and has not
-        finished: what recovery needs, without reading finished history."""
+        finished: what recovery needs, without reading finished history.
+
+        A live entry that does not decode raises CorruptRecord, or, given ``on_corrupt``, is
+        passed to it and the walk goes on (so one bad entry cannot keep a node from starting):
+        a malformed key is skipped, and a key whose value is not an execution id is yielded with
+        ``None`` for the id, since the record at its index still says what is there."""
         with _reading("live executions"), self.raw.iterator(prefix=keys.live_prefix()) as it:
             for key, value in it:
                 parsed = keys.parse_live_key(key)
-                if parsed is None:
-                    raise CorruptRecord(key, "malformed live key")
-                yield parsed[0], parsed[1], value.decode()
+                try:
+                    if parsed is None:
+                        raise CorruptRecord(key, "malformed live key")
+                    execution_id: str | None = codec.decode_execution_id(key, value)
+                except CorruptRecord as e:
+                    if on_corrupt is None:
+                        raise
+                    on_corrupt(e)
+                    if parsed is None:
+                        continue
+                    execution_id = None
+                yield parsed[0], parsed[1], execution_id
 
     # -- retention -------------------------------------------------------------------------
 

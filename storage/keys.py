@@ -15,6 +15,10 @@ SCHEMA_VERSION = 2
 #: versions this code reads
 KNOWN_SCHEMAS = (1, 2)
 
+#: the largest index and counter the engine hands out (indexes are 8-byte keys; signed, so
+#: they stay integers every language reads)
+MAX_INDEX = 2**63 - 1
+
 SCHEMA_KEY = b"Mschema"
 
 TASK_TAG = b"T"

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections import Counter
 
-from taskengine.storage import Database, Execution, ExecutionStatus, Task, codec, keys
+from taskengine.storage import CorruptRecord, Database, Execution, ExecutionStatus, Task, codec, keys
 
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, format_table, format_time, one_line, open_database
+
+log = logging.getLogger(__name__)
 
 SUMMARY = "List a database's tasks, a task's executions, or one execution"
 DESCRIPTION = (
@@ -103,7 +106,7 @@ def live_counts(db: Database) -> dict[str, Counter[ExecutionStatus]]:
     """PENDING / RUNNING executions per task, from the live keys and their records' status bytes."""
     counts: dict[str, Counter[ExecutionStatus]] = {}
     with db.raw.snapshot() as snap:
-        for task_id, index, _execution_id in db.iter_live():
+        for task_id, index, _execution_id in db.iter_live(on_corrupt=_skipped):
             key = keys.execution_key(task_id, index)
             value = snap.get(key)
             if value is None:
@@ -111,6 +114,11 @@ def live_counts(db: Database) -> dict[str, Counter[ExecutionStatus]]:
             status = codec.peek_execution(key, value)[0]
             counts.setdefault(task_id, Counter())[status] += 1
     return counts
+
+
+def _skipped(e: CorruptRecord) -> None:
+    """A live entry that does not decode: the count still comes from the record at its index."""
+    log.warning("%s", e)
 
 
 def task_lines(db: Database, after: str | None = None, limit: int | None = None) -> list[str]:

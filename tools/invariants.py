@@ -16,7 +16,9 @@ here, once, for every backend:
   entry points at nothing; every idempotency entry points at an execution id of the task;
 * every live entry points at a PENDING or RUNNING record with the same id, every PENDING or
   RUNNING record has its live entry, and no live entry belongs to a task that does not exist;
-* the counter never exceeds the task's ``max_executions``.
+* the counter never exceeds the task's ``max_executions``;
+* the task record and every PENDING or RUNNING record decode in full (recovery reads them; a
+  stored value of the wrong type, or nested beyond the limit on stored values, is corrupt).
 
 A reader may also *prove* a task sound in a cheaper way of its own (the LevelDB reader
 compares stored bytes) and hand over only the counts: :meth:`TaskInvariants.proven`. What

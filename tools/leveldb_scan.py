@@ -3,7 +3,9 @@
 It reads a snapshot with a raw LevelDB iterator: the ``L`` range (small: only unfinished
 work), then the ``T`` range in key order; that is one sequential read of the files.
 Execution bodies are not JSON-decoded unless asked for (``on_execution``): the status byte
-and execution id at the head of each record (FORMAT.md) are all the invariants need.
+and execution id at the head of each record (FORMAT.md) are all the invariants need. The
+exception is the bodies of PENDING and RUNNING records (few), which recovery must read: one
+it cannot decode is a violation.
 
 A task's records are first only *proven* sound, cheaply, by comparing stored bytes
 (:meth:`_TaskScan.prove`); only a task that cannot be proven is read a second time and
@@ -170,6 +172,8 @@ class _TaskScan(TaskInvariants):
         key_len = xl + 8
         n = mark  # the index the next record must have
         last_key = b""
+        unfinished: list[tuple[bytes, bytes]] = []  # recovery decodes these: so does the check
+        keep = unfinished.append
         pending = running = success = failed = cancelled = 0
         following: tuple[bytes, bytes] | None = None
         sound = True
@@ -200,11 +204,13 @@ class _TaskScan(TaskInvariants):
                         break
                 elif code == _P:
                     pending += 1
+                    keep((key, value))
                     if live_id(n) != eid:
                         sound = False
                         break
                 elif code == _R:
                     running += 1
+                    keep((key, value))
                     if live_id(n) != eid:
                         sound = False
                         break
@@ -232,6 +238,8 @@ class _TaskScan(TaskInvariants):
         ):
             return following
         self.proven(n - mark, pending, running, success, failed, cancelled)
+        for key, value in unfinished:
+            self.decode_body(key, value, int.from_bytes(key[xl:], "big"))
         return following
 
     def hand_over(self, records: Iterator[tuple[bytes, bytes]]) -> tuple[bytes, bytes] | None:
@@ -256,15 +264,22 @@ class _TaskScan(TaskInvariants):
                 self.unreadable(index, str(e))
                 continue
             record(index, status, value[1 : value.index(keys.SEP, 1)])  # the id: the header decodes
-            if emit is not None:
-                try:
-                    execution = codec.decode_execution(key, value, self.task_id, index)
-                except CorruptRecord as e:
-                    self.add(str(e))
-                else:
+            if emit is not None or not status.is_finished:
+                execution = self.decode_body(key, value, index)
+                if execution is not None and emit is not None:
                     emit(execution)
         self.end_records()
         return following
+
+    def decode_body(self, key: bytes, value: bytes, index: int) -> Execution | None:
+        """The record decoded in full, or None and a violation. Every PENDING or RUNNING record
+        is decoded: recovery must read it to run it again, so one it cannot read would stay
+        unfinished for ever."""
+        try:
+            return codec.decode_execution(key, value, self.task_id, index)
+        except CorruptRecord as e:
+            self.add(str(e))
+            return None
 
     def other_key(self, key: bytes, value: bytes, plen: int) -> None:
         """A key other than an execution record or id key: counter, idempotency key, prune mark, task."""

@@ -1,0 +1,290 @@
+"""Hostile input (issue 10, defect 10): what a caller passes is bounded, checked without recursion
+blowing up, and rejected with InvalidArgument that changes nothing and consumes no index; a record
+that a program with a raised recursion limit stored never stops the engine."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from engine_helpers import WAIT, Recorder
+from taskengine import Engine, ExecutionStatus, errors
+from taskengine.storage import Database, codec, keys, values
+from taskengine.tools import replay
+from tools_dbs import DbBuilder, P, S
+
+DEPTH = values.MAX_DEPTH
+BYTES = values.MAX_BYTES
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def nested_list(depth: int) -> Any:
+    """``[[...[]...]]``: ``depth`` lists, built without recursion."""
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def nested_dict(depth: int) -> Any:
+    value: Any = {}
+    for _ in range(depth - 1):
+        value = {"k": value}
+    return value
+
+
+@pytest.fixture
+def engine_t(make_engine: Any, db_path: str) -> tuple[Any, Recorder]:
+    rec = Recorder()
+    engine = make_engine(db_path, jobs={"rec": rec})
+    engine.create_task("t", job="rec")
+    assert engine.trigger("t", blocking=True, timeout=WAIT).index == 0
+    return engine, rec
+
+
+def rejected(engine: Any, value: Any) -> list[str]:
+    """Every way ``value`` reaches the engine is refused with InvalidArgument; the messages."""
+    calls = [
+        lambda: engine.trigger("t", value),
+        lambda: engine.trigger("t", value, blocking=True, timeout=WAIT),
+        lambda: engine.trigger_future("t", value, blocking=True).get(timeout=WAIT),
+        lambda: engine.trigger_future("t", value).get(timeout=WAIT),
+        lambda: engine.trigger("t", {"wrapped": value}, idempotency_key="k"),
+        lambda: engine.create_task("c", job="rec", config=value),
+    ]
+    messages = []
+    for call in calls:
+        with pytest.raises(errors.InvalidArgument) as info:
+            call()
+        messages.append(str(info.value))
+    return messages
+
+
+def assert_unchanged(engine: Any, rec: Recorder) -> None:
+    assert engine.next_index("t") == 1, "a rejected call consumed an index"
+    assert [e.index for e in engine.list_executions("t")] == [0]
+    assert rec.count() == 1
+    with pytest.raises(errors.TaskNotFound):
+        engine.get_task("c")
+    assert engine.trigger("t", blocking=True, timeout=WAIT).index == 1  # and the engine goes on
+
+
+@pytest.mark.parametrize("make", [nested_list, nested_dict])
+def test_values_nested_1000_deep_are_invalid_argument(engine_t: Any, make: Any) -> None:
+    engine, rec = engine_t
+    for message in rejected(engine, make(1000)):
+        assert f"more than {DEPTH} levels" in message, message
+    assert_unchanged(engine, rec)
+
+
+@pytest.mark.parametrize("make", [nested_list, nested_dict])
+def test_the_nesting_limit_is_exact_and_survives_a_reopen(make_engine: Any, db_path: str, make: Any) -> None:
+    rec = Recorder(result=lambda ctx: ctx.data)
+    engine = make_engine(db_path, jobs={"rec": rec})
+    engine.create_task("t", job="rec")
+    assert engine.trigger("t", blocking=True, timeout=WAIT).index == 0
+    at_limit = make(DEPTH)
+    for message in rejected(engine, make(DEPTH + 1)):
+        assert f"more than {DEPTH} levels" in message, message
+    assert_unchanged(engine, rec)
+    done = engine.trigger("t", at_limit, blocking=True, timeout=WAIT)
+    assert done.status is ExecutionStatus.SUCCESS and done.result == at_limit
+    pending = engine.trigger("t", at_limit)  # may be PENDING or done by the reopen: either is read back
+    engine.create_task("c", job="rec", config=at_limit)
+    make_engine.close(engine)
+    engine = make_engine(db_path, jobs={"rec": rec})
+    assert engine.get_task("c").config == at_limit
+    assert engine.wait("t", pending.id, timeout=WAIT).data == at_limit
+    assert [e.index for e in engine.list_executions("t")] == [0, 1, 2, 3]
+
+
+def test_a_raised_recursion_limit_does_not_raise_the_nesting_limit(engine_t: Any) -> None:
+    engine, rec = engine_t
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)
+    try:
+        for message in rejected(engine, nested_list(3000)):
+            assert f"more than {DEPTH} levels" in message
+    finally:
+        sys.setrecursionlimit(old)
+    assert_unchanged(engine, rec)
+
+
+def test_the_size_limit_counts_utf8_bytes(engine_t: Any) -> None:
+    engine, rec = engine_t
+    for too_big in ("x" * (BYTES - 1), "é" * (BYTES // 2), {"k": "x" * BYTES}):
+        for message in rejected(engine, too_big):
+            assert f"larger than the limit of {BYTES} bytes" in message, message
+    assert_unchanged(engine, rec)
+    fits = "x" * (BYTES - 2)  # '"' + 1 MiB - 2 + '"': exactly the limit as JSON
+    assert engine.trigger("t", fits, blocking=True, timeout=WAIT).data == fits
+
+
+class RaisingDict(dict[str, Any]):
+    def items(self) -> Any:
+        raise KeyError("items")
+
+    def keys(self) -> Any:
+        raise KeyError("keys")
+
+    def values(self) -> Any:
+        raise KeyError("values")
+
+    def __iter__(self) -> Iterator[str]:
+        raise KeyError("iter")
+
+
+class RaisingList(list[Any]):
+    def __iter__(self) -> Iterator[Any]:
+        raise LookupError("iter")
+
+    def __len__(self) -> int:
+        raise LookupError("len")
+
+
+class RecursingDict(dict[str, Any]):
+    def items(self) -> Any:
+        return self.items()
+
+
+HOSTILE = [
+    (RaisingDict(a=1), "cannot be stored as JSON: KeyError"),
+    (RaisingList([1]), "cannot be stored as JSON: LookupError"),
+    ({"x": RaisingDict(a=1)}, "cannot be stored as JSON: KeyError"),
+    ([1, [RaisingList([2])]], "cannot be stored as JSON: LookupError"),
+    (RecursingDict(a=1), f"more than {DEPTH} levels"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), HOSTILE, ids=["dict", "list", "in-dict", "in-list", "recursing"])
+def test_containers_that_raise_are_invalid_argument(engine_t: Any, value: Any, expected: str) -> None:
+    engine, rec = engine_t
+    for message in rejected(engine, value):
+        assert expected in message, message
+    assert_unchanged(engine, rec)
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (lambda: nested_list(1000), f"more than {DEPTH} levels"),
+        (lambda: nested_list(DEPTH + 1), f"more than {DEPTH} levels"),
+        (lambda: RaisingDict(a=1), "cannot be stored as JSON"),
+        (lambda: RecursingDict(a=1), f"more than {DEPTH} levels"),
+        (lambda: "x" * BYTES, f"larger than the limit of {BYTES} bytes"),
+    ],
+    ids=["1000-deep", "limit+1", "raising-dict", "recursing-dict", "too-big"],
+)
+def test_a_result_beyond_the_limits_fails_its_execution(
+    make_engine: Any, db_path: str, result: Any, expected: str
+) -> None:
+    engine = make_engine(db_path, jobs={"bad": lambda ctx: result(), "ok": lambda ctx: 1})
+    engine.create_task("t", job="bad")
+    engine.create_task("u", job="ok")
+    for blocking in (True, False):
+        ex = engine.trigger("t", blocking=blocking)
+        done = engine.wait("t", ex.id, timeout=WAIT)
+        assert done.status is ExecutionStatus.FAILED and done.result is None
+        assert done.error is not None and done.error.startswith("InvalidResult: ") and expected in done.error
+    assert engine.trigger("u", blocking=True, timeout=WAIT).result == 1
+    assert engine.stats()["replaced_executors"] == 0
+
+
+class RaisingMapping(Mapping[str, Any]):
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        raise KeyError("iter")
+
+    def __len__(self) -> int:
+        return 1
+
+    def items(self) -> Any:
+        raise KeyError("items")
+
+
+class RaisingPath(os.PathLike[str]):
+    def __fspath__(self) -> str:
+        raise KeyError("fspath")
+
+
+class BytesPath(os.PathLike[bytes]):
+    def __fspath__(self) -> bytes:
+        return b"db"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["a\x00b", "dir\ud800", "dir\udcff", RaisingPath(), BytesPath(), b"db", ""],
+    ids=["nul", "surrogate", "escaped-byte", "raising-fspath", "bytes-fspath", "bytes", "empty"],
+)
+def test_unusable_paths_are_invalid_argument_and_create_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(errors.InvalidArgument) as info:
+        Engine.open(path)
+    assert "path" in str(info.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_jobs_mapping_that_raises_is_invalid_argument(tmp_path: Path) -> None:
+    with pytest.raises(errors.InvalidArgument) as info:
+        Engine.open(tmp_path / "db", jobs=RaisingMapping())
+    assert "jobs" in str(info.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_record_stored_with_a_raised_recursion_limit_does_not_stop_the_engine(
+    make_engine: Any, db_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a program that raised its recursion limit could store before the limits existed:
+    a PENDING execution whose data is 3,000 deep, and a task whose config is."""
+    with DbBuilder(db_path) as b:  # each task: index 0 finished, index 1 PENDING (non-blocking)
+        b.task("deep-data")
+        b.execution("deep-data", S)
+        bad = b.execution("deep-data", P)
+        b.task("deep-config")
+        b.executions("deep-config", S, P)
+        b.task("good")
+        b.execution("good", S)
+        good = b.execution("good", P)
+        old = sys.getrecursionlimit()
+        sys.setrecursionlimit(10_000)
+        try:
+            b.put(keys.execution_key("deep-data", 1), codec.encode_execution(attrs.evolve(bad, data=nested_list(3000))))
+            task = attrs.evolve(b.db.get_task("deep-config"), config=nested_dict(3000))
+            b.put(keys.task_key("deep-config"), codec.encode_task(task))
+        finally:
+            sys.setrecursionlimit(old)
+    rec = Recorder()
+    engine = make_engine(db_path, jobs={"job": rec})
+    assert engine.wait("good", good.id, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    record_key = keys.execution_key("deep-data", 1)
+    logged = " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert repr(record_key) in logged and repr(keys.task_key("deep-config")) in logged
+    with pytest.raises(errors.CorruptRecord) as info:
+        engine.get_execution("deep-data", bad.id)
+    assert info.value.key == record_key and f"more than {DEPTH + 1} levels" in str(info.value)
+    with pytest.raises(errors.CorruptRecord) as info:
+        engine.trigger("deep-config")
+    assert info.value.key == keys.task_key("deep-config")
+    assert engine.trigger("deep-data", blocking=True, timeout=WAIT).index == 2  # the task itself is sound
+    assert engine.trigger("good", blocking=True, timeout=WAIT).index == 2
+    assert rec.count() == 3
+    engine.close()
+    db = Database.open(db_path)
+    try:
+        found = [str(v) for v in replay.check(db).violations]
+    finally:
+        db.close()
+    assert any(repr(record_key) in v for v in found), found
+    assert any(repr(keys.task_key("deep-config")) in v for v in found), found
