@@ -180,7 +180,7 @@ def test_a_wrong_stored_value_is_corrupt_record_and_the_engine_goes_on(
             assert corrupt, found
         engine.create_task("new", job="job")
         assert engine.trigger("new", blocking=True, timeout=WAIT).index == 0
-        assert engine.stats()["replaced_executors"] == 0
+        assert engine.stats().replaced_executors == 0
 
 
 # -- the decoders, fuzzed ---------------------------------------------------------------------
@@ -417,4 +417,4 @@ def test_a_mutated_database_never_stops_the_engine_or_the_tools(
             outcomes(engine, t)
         engine.create_task("new", job="job")
         assert engine.trigger("new", blocking=True, timeout=WAIT).index == 0
-        assert engine.stats()["replaced_executors"] == 0
+        assert engine.stats().replaced_executors == 0

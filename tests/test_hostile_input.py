@@ -194,7 +194,7 @@ def test_a_result_beyond_the_limits_fails_its_execution(
         assert done.status is ExecutionStatus.FAILED and done.result is None
         assert done.error is not None and done.error.startswith("InvalidResult: ") and expected in done.error
     assert engine.trigger("u", blocking=True, timeout=WAIT).result == 1
-    assert engine.stats()["replaced_executors"] == 0
+    assert engine.stats().replaced_executors == 0
 
 
 class RaisingMapping(Mapping[str, Any]):
