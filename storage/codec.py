@@ -11,7 +11,6 @@ TypeError in an actor or a RecursionError at open.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from . import keys, values
@@ -46,7 +45,7 @@ def decode_task(key: bytes, value: bytes, execution_count: int = 0, prune_mark: 
             execution_count=execution_count,
             prune_mark=prune_mark,
         )
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OverflowError) as e:
         raise CorruptRecord(key, f"task record does not decode ({_what(e)})") from None
     parsed = keys.parse_task_key(key)
     if parsed is None or parsed.task_id != task.id:
@@ -82,7 +81,7 @@ def _text_or_none(d: dict[str, Any], field: str, *, optional: bool = False) -> s
 
 def _time(d: dict[str, Any], field: str) -> float:
     v = d[field]
-    if type(v) not in (float, int) or not math.isfinite(v):
+    if type(v) not in (float, int):  # a float is finite: values.loads refuses the others
         raise TypeError(f"{field} is {v!r}, not a time")
     return v  # type: ignore[no-any-return]
 
@@ -207,5 +206,5 @@ def decode_execution(key: bytes, value: bytes, task_id: str, index: int) -> Exec
             idempotency_key=_text_or_none(d, "idempotency_key"),
             traceback=_text_or_none(d, "traceback", optional=True),
         )
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OverflowError) as e:
         raise CorruptRecord(key, f"execution record body does not decode ({_what(e)})") from None

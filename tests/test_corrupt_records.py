@@ -70,6 +70,7 @@ CASES: dict[str, Callable[[Execution], tuple[bytes, bytes]]] = {
     "record-101-deep": lambda ex: (keys.execution_key("bad", 1), body(ex, data=deep(values.MAX_DEPTH + 1))),
     "blocking-string": lambda ex: (keys.execution_key("bad", 1), body(ex, blocking='"yes"')),
     "created-at-string": lambda ex: (keys.execution_key("bad", 1), body(ex, created_at='"x"')),
+    "created-at-overflows": lambda ex: (keys.execution_key("bad", 1), body(ex, created_at="1e400")),
     "data-infinity": lambda ex: (keys.execution_key("bad", 1), body(ex, data="1e999")),
     "data-nan-literal": lambda ex: (keys.execution_key("bad", 1), body(ex, data="NaN")),
     "data-lone-surrogate": lambda ex: (keys.execution_key("bad", 1), body(ex, data='"\\ud800"')),
@@ -190,7 +191,11 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8,
 )
-anything = json_values | st.just(float("nan")) | st.just(deep(values.MAX_DEPTH + 2).decode())
+anything = (
+    json_values
+    | st.sampled_from([float("nan"), 10**400, -1, True, [], {}])
+    | st.just(deep(values.MAX_DEPTH + 2).decode())
+)
 
 ids = st.builds(new_id)
 tasks = st.builds(
@@ -271,7 +276,7 @@ def assert_json_like(value: Any, depth: int = 0) -> None:
 def assert_valid_task(task: Task, key: bytes) -> None:
     assert task.id == "t" and type(task.job) is str and task.job and type(task.incarnation) is str
     assert task.max_executions is None or (type(task.max_executions) is int and 1 <= task.max_executions < 2**63)
-    assert type(task.created_at) in (int, float) and math.isfinite(task.created_at)
+    assert type(task.created_at) is int or (type(task.created_at) is float and math.isfinite(task.created_at))
     assert_json_like(task.config)
     assert codec.decode_task(key, codec.encode_task(task)) == task  # it can be written back
 
@@ -281,7 +286,7 @@ def assert_valid_execution(ex: Execution, key: bytes) -> None:
     assert ex.error is None or type(ex.error) is str
     assert ex.idempotency_key is None or type(ex.idempotency_key) is str
     for t in (ex.created_at, ex.started_at, ex.finished_at):
-        assert t is None or (type(t) in (int, float) and math.isfinite(t))
+        assert t is None or type(t) is int or (type(t) is float and math.isfinite(t))
     assert ex.created_at is not None
     assert_json_like(ex.data)
     assert_json_like(ex.result)
@@ -293,7 +298,7 @@ TASK_FIELDS = ["id", "job", "config", "max_executions", "created_at", "incarnati
 BODY_FIELDS = ["blocking", "data", "result", "error", "created_at", "started_at", "finished_at", "idempotency_key"]
 
 
-@settings(max_examples=300 * EXAMPLES, deadline=None)
+@settings(max_examples=500 * EXAMPLES, deadline=None)
 @given(task=tasks, damage=st.lists(mutation, min_size=1, max_size=3))
 def test_decode_task_returns_a_valid_task_or_raises_corrupt_record(task: Task, damage: list[Any]) -> None:
     key = keys.task_key("t")
@@ -312,7 +317,7 @@ def test_decode_task_returns_a_valid_task_or_raises_corrupt_record(task: Task, d
     assert_valid_task(attrs.evolve(decoded, execution_count=0), key)
 
 
-@settings(max_examples=300 * EXAMPLES, deadline=None)
+@settings(max_examples=500 * EXAMPLES, deadline=None)
 @given(ex=executions, damage=st.lists(mutation, min_size=1, max_size=3))
 def test_decode_execution_returns_a_valid_record_or_raises_corrupt_record(ex: Execution, damage: list[Any]) -> None:
     key = keys.execution_key("t", 3)
@@ -336,7 +341,7 @@ def test_decode_execution_returns_a_valid_record_or_raises_corrupt_record(ex: Ex
     assert_valid_execution(decoded, key)
 
 
-@settings(max_examples=300 * EXAMPLES, deadline=None)
+@settings(max_examples=500 * EXAMPLES, deadline=None)
 @given(raw=st.binary(max_size=40) | st.builds(lambda i: i.encode(), ids), key=st.binary(max_size=40))
 def test_the_small_decoders_return_a_valid_value_or_raise_corrupt_record(raw: bytes, key: bytes) -> None:
     for decode, valid in (
@@ -387,7 +392,7 @@ def _mutate_db(b: DbBuilder, how: tuple[Any, ...]) -> None:
 
 
 @settings(
-    max_examples=12 * EXAMPLES,
+    max_examples=40 * EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
