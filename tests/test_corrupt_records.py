@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from engine_helpers import WAIT, Recorder
 from taskengine import Engine, ExecutionStatus, errors
 from taskengine.storage import CorruptRecord, Database, Execution, Task, codec, keys, values
-from taskengine.tools import replay
+from taskengine.tools import leveldb_scan, replay
 from taskengine.tools.cli import main
 from tools_dbs import DbBuilder, F, P, R, S, new_id
 
@@ -182,6 +182,32 @@ def test_a_wrong_stored_value_is_corrupt_record_and_the_engine_goes_on(
         engine.create_task("new", job="job")
         assert engine.trigger("new", blocking=True, timeout=WAIT).index == 0
         assert engine.stats().replaced_executors == 0
+
+
+def _messages(path: Path) -> list[str]:
+    db = Database.open(str(path))
+    try:
+        return [str(v) for v in replay.check(db).violations]
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_replay_reports_it_whether_the_task_is_proven_or_read_record_by_record(
+    tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LevelDB reader decodes unfinished bodies on both of its paths: after proving a task
+    sound, and record by record when it cannot."""
+    build(tmp_path / "db", case)
+    fast = _messages(tmp_path / "db")
+    assert any("task 'bad'" in m for m in fast), fast
+
+    def never_proven(self: leveldb_scan._TaskScan, first: tuple[bytes, bytes], it: Any) -> Any:
+        it.seek(self.x_end)
+        return next(it, None)
+
+    monkeypatch.setattr(leveldb_scan._TaskScan, "prove", never_proven)
+    assert _messages(tmp_path / "db") == fast
 
 
 # -- the decoders, fuzzed ---------------------------------------------------------------------
