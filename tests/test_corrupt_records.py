@@ -63,6 +63,7 @@ CASES: dict[str, Callable[[Execution], tuple[bytes, bytes]]] = {
     "task-5000-deep": lambda ex: (keys.task_key("bad"), task_json(config=None).replace(b"null", deep(5000), 1)),
     "task-nan": lambda ex: (keys.task_key("bad"), task_json(created_at=float("nan"))),
     "task-not-utf8": lambda ex: (keys.task_key("bad"), task_json(job="\udcff").replace(b"\\udcff", b"\xff")),
+    "prune-mark-x": lambda ex: (keys.prune_mark_key("bad"), b"x"),
     "live-not-utf8": lambda ex: (keys.live_key("bad", 1), b"\xff\xfe"),
     "live-not-an-id": lambda ex: (keys.live_key("bad", 1), b"short"),
     "idempotency-not-utf8": lambda ex: (keys.idempotency_key("bad", "k"), b"\xff\xfe"),
