@@ -44,17 +44,23 @@ def _throughput(ax: Any, series: RateSeries, label: str, **style: Any) -> None:
         return
     xs = [0.0] + [(i + 1) * series.width for i in range(len(points))]
     ys = [r for _, r in points]
-    ax.stairs(ys, xs, label=label, **style)
+    ax.stairs(ys, xs, label=label, baseline=None, **style)
 
 
 def _latency(ax: Any, hist: Histogram, label: str, color: Any = None) -> None:
     """The share of samples per bucket against latency (ms, log scale), with p50 and p99 marked."""
     if not hist.count:
         return
-    bins = hist.bins(merge=6)  # 2 % buckets joined into 12.6 % ones: a smoother picture
-    edges = [bins[0][0] * 1000] + [hi * 1000 for _, hi, _ in bins]
-    # empty buckets between non-empty ones are drawn as zeros
-    shares = [n / hist.count for _, _, n in bins]
+    edges: list[float] = []
+    shares: list[float] = []
+    for lo, hi, n in hist.bins(merge=6):  # 2 % buckets joined into 12.6 % ones: a smoother picture
+        if edges and lo * 1000 > edges[-1] * 1.0001:  # a gap of empty buckets is drawn as a zero
+            edges.append(lo * 1000)
+            shares.append(0.0)
+        elif not edges:
+            edges.append(lo * 1000)
+        edges.append(hi * 1000)
+        shares.append(n / hist.count)
     line = ax.stairs(shares, edges, label=f"{label} ({hist.count:,} samples)", color=color)
     color = line.get_edgecolor()
     for q, dash in ((0.5, "--"), (0.99, ":")):
@@ -139,7 +145,7 @@ def bench_figure(doc: dict[str, Any], path: str) -> None:
         for n, part in enumerate(entry["throughput"]):
             s = RateSeries.from_json(part)
             xs = [offset + i * s.width for i in range(len(s.counts) + 1)]
-            top.stairs([r for _, r in s.rates()], xs, color=color, label=label if n == 0 else None)
+            top.stairs([r for _, r in s.rates()], xs, color=color, label=label if n == 0 else None, baseline=None)
             offset = xs[-1]
         if entry.get("latency_histogram"):
             _latency(bottom, Histogram.from_json(entry["latency_histogram"]), label, color)
