@@ -153,7 +153,8 @@ def test_crash_injected_run_survives_kills(tmp_path: Path, capsys: Any) -> None:
     assert_report_adds_up(report, captured.out)
     # the picture's data: every kill and every start of an engine, in order, within the run
     killed, ready = report["events"]["killed"], report["events"]["ready"]
-    assert len(killed) == report["crashes"] and len(ready) >= report["crashes"] - report["startup_crashes"] + 1
+    # a child killed before it was ready never said so; the run may end right after a kill
+    assert len(killed) == report["crashes"] and len(ready) >= report["crashes"] - report["startup_crashes"]
     assert killed == sorted(killed) and 0 < killed[0] and killed[-1] <= report["elapsed"]
     assert len(report["throughput"]["counts"]) * report["throughput"]["bin_seconds"] >= report["elapsed"] - 0.5
     png = plot.read_bytes()
