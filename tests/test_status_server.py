@@ -153,6 +153,27 @@ def test_page_files_are_served_locally_with_a_strict_policy(node: Any) -> None:
     assert not re.search(r"(src|href)=\"(https?:)?//", html)
 
 
+@pytest.mark.timeout(60)
+def test_metrics_are_served_when_given(node: Any) -> None:
+    """``/metrics`` is the engine's PrometheusMetrics in Prometheus' text format, after a known
+    workload (9 executions finished, 1 of them FAILED), and it needs the token like any path."""
+    from taskengine.prometheus import PrometheusMetrics
+
+    metrics = PrometheusMetrics(node, registry=None)
+    try:
+        node.trigger("alpha", {"n": 7}, blocking=True, timeout=WAIT)
+        server = node.serve_status(token=TOKEN, metrics=metrics)
+        assert request(server, "GET", "/metrics")[0] == 401
+        status, head, text = request(server, "GET", "/metrics", {"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and head["content-type"].startswith("text/plain")
+        assert re.search(r'^taskengine_executions_finished_total\{status="FAILED"\} 1\.0$', text, re.M), text
+        assert re.search(r'^taskengine_executions_finished_total\{status="SUCCESS"\} 9\.0$', text, re.M), text
+        assert re.search(r"^taskengine_ack_latency_seconds_count 0\.0$", text, re.M)  # every trigger blocked
+        assert re.search(r"^taskengine_run_seconds_count\{status=\"SUCCESS\"\} 1\.0$", text, re.M), text
+    finally:
+        metrics.close()
+
+
 # -- refusals ----------------------------------------------------------------------------------
 
 
