@@ -56,7 +56,7 @@ def acks(path: str) -> None:
     for t in ACK_TASKS:
         engine.create_task(t, job="j")
     engine.trigger("t0", data={"gate": True})  # holds the only worker: every later write is a caller's
-    while engine.stats()["running"] < 1:
+    while engine.stats().running < 1:
         threading.Event().wait(0.01)
     say("READY")
     refused: list[BaseException] = []
@@ -89,7 +89,7 @@ def acks(path: str) -> None:
     frames = max((len(traceback.extract_tb(e.__traceback__)) for e in refused), default=0)
     unknown = sum(1 for e in refused if getattr(e, "outcome_unknown", True))
     say("REFUSED", len(refused), len({id(e) for e in refused}), frames, unknown)
-    say("STATS", json.dumps(engine.stats()))
+    say("STATS", json.dumps(engine.stats().to_json()))
 
 
 def waiters(path: str) -> None:
@@ -119,7 +119,7 @@ def waiters(path: str) -> None:
     threads = [threading.Thread(target=waiter, args=item, daemon=True) for item in calls.items()]
     for th in threads:
         th.start()
-    while engine.stats()["queued_blocking"] < 2 or engine.stats()["waiters"] < 3:  # all are waiting
+    while engine.stats().queued_blocking < 2 or engine.stats().waiters < 3:  # all are waiting
         threading.Event().wait(0.01)
     say("WAITING")
     try:
@@ -134,10 +134,10 @@ def waiters(path: str) -> None:
     GATE.set()  # the one worker is free again, with work queued before the failure
     for _ in range(3000):
         stats = engine.stats()
-        if not stats["running"] and not stats["queued"]:
+        if not stats.running and not stats.queued:
             break
         threading.Event().wait(0.01)
-    say("STATS", json.dumps(engine.stats()))
+    say("STATS", json.dumps(engine.stats().to_json()))
 
 
 def open_new(path: str) -> None:
