@@ -149,6 +149,7 @@ def test_every_waiter_is_answered_after_a_failed_write(shim, tmp_path, fault):
     # the freed worker ran nothing more, and no executor died on the queued work
     assert run.stats["replaced_executors"] == 0 and run.stats["queued"] == 0
     assert "WARNING" not in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert run.line("CLOSED"), run.lines
     with Engine.open(str(tmp_path / "db"), jobs={"j": lambda ctx: None}) as engine:
         pending = engine.list_executions("p")
         assert len(pending) == 1

@@ -138,6 +138,9 @@ def waiters(path: str) -> None:
             break
         threading.Event().wait(0.01)
     say("STATS", json.dumps(engine.stats().to_json()))
+    engine.close(timeout=60)  # a failed engine still closes, and frees its database
+    Engine.open(path).close()
+    say("CLOSED")
 
 
 def open_new(path: str) -> None:
