@@ -59,7 +59,8 @@ async function showStats() {
   dl.replaceChildren();
   for (const [name, value] of Object.entries(body.stats)) {
     const box = el("div");
-    box.append(el("dt", name.replaceAll("_", " ")), el("dd", typeof value === "object" ? JSON.stringify(value) : value));
+    const shown = value === null ? "-" : typeof value === "object" ? JSON.stringify(value) : value;
+    box.append(el("dt", name.replaceAll("_", " ")), el("dd", shown));
     dl.append(box);
   }
 }
