@@ -192,7 +192,7 @@ class CounterActor(EngineActor):
     def _handle(self, message: Any) -> None:
         reply = getattr(message, "reply", None)
         if self._committer.failure is not None and type(message) is not m.CounterStats:
-            # writes have stopped engine-wide (DESIGN §3.9): refuse, cheaply and quietly
+            # writes have stopped engine-wide after a failed one: refuse, cheaply and quietly
             refused = self._committer.refusal()
             assert refused is not None
             m.fail(reply, translate(refused))
@@ -486,7 +486,7 @@ class CounterActor(EngineActor):
             return
         if ex.blocking:
             # a blocking item is a ticket: it starts the task's oldest queued blocking execution,
-            # so blocking triggers get indexes in the order they were made (DESIGN §3.4)
+            # so blocking triggers get indexes in the order they were made (README: ordered)
             if not st.queued:  # cancelled while queued
                 self._after_write(msg.reply, _refused)
                 return

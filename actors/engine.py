@@ -162,7 +162,7 @@ class Engine:
         return engine
 
     def _recover(self) -> None:
-        """DESIGN §3.6: queue every acknowledged PENDING execution again and finish every
+        """Nothing lost (README): queue every acknowledged PENDING execution again and finish every
         RUNNING one as FAILED (its process died). Reads only the live set, never history."""
         tasks: dict[str, Task | None] = {}
         unreadable: set[str] = set()

@@ -1,4 +1,4 @@
-"""A process the crash tests kill with SIGKILL (DESIGN §3.6).
+"""A process the crash tests kill with SIGKILL (the nothing-lost guarantee).
 
 usage: crash_child.py DB TASK MODE [THREADS]
 

@@ -1,4 +1,4 @@
-"""Helpers of the engine contract tests (DESIGN §3-§5).
+"""Helpers of the engine contract tests (README: the guarantees, the API, the errors).
 
 The disk checker reads the LevelDB directly (raw keys, decoded with ``storage.codec``) and
 checks every invariant FORMAT.md says a reader can check. It is deliberately independent of
@@ -192,7 +192,7 @@ def run_threads(n: int, fn: Callable[[int], Any], timeout: float = 60.0) -> Thre
 
 
 # ----------------------------------------------------------------------------------------------
-# disk invariants (DESIGN §3, FORMAT.md "Invariants a reader can check")
+# disk invariants (the guarantees; FORMAT.md "Invariants a reader can check")
 # ----------------------------------------------------------------------------------------------
 
 
@@ -262,7 +262,7 @@ def read_disk(raw: Any) -> tuple[dict[str, TaskOnDisk], dict[tuple[str, int], st
 
 
 def check_raw(raw: Any, *, allow_live: bool = True) -> dict[str, TaskOnDisk]:
-    """Check DESIGN §3.1/§3.2 (records at exactly prune mark .. counter-1) and the FORMAT.md
+    """Check unique and gap-free (records at exactly prune mark .. counter-1) and the FORMAT.md
     cross-key invariants; return the tasks."""
     tasks, live, problems = read_disk(raw)
     for tid, t in tasks.items():

@@ -1,5 +1,5 @@
 """The disk checker the contract tests rely on must itself be able to fail: each violation of
-DESIGN §3 crafted on disk is reported."""
+a guarantee crafted on disk is reported."""
 
 from __future__ import annotations
 

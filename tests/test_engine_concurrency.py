@@ -1,5 +1,5 @@
-"""DESIGN §3.1 unique, §3.2 gap-free, §3.4 ordered under concurrency; max_executions and
-idempotency raced by many callers; ORIGINAL defects 3, 4, 6, 9 and the historic [0, 0, 1]."""
+"""Unique, gap-free and ordered under concurrency; max_executions and idempotency raced by many
+callers; no execution run twice, no undercount, queue order past 9, and never [0, 0, 1]."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def verify_closed_db(make_engine: Any, engine: Any, path: str, tid: str, executi
 def assert_each_ran_once(rec: Recorder, executions: list[Any]) -> None:
     counts = collections.Counter(rec.ids())
     twice = [eid for eid, c in counts.items() if c > 1]
-    assert not twice, f"executions run more than once (ORIGINAL defect 3): {twice[:5]}"
+    assert not twice, f"executions run more than once: {twice[:5]}"
     by_id = {eid: idx for eid, idx, _ in rec.calls}
     for ex in executions:
         assert by_id.get(ex.id) == ex.index, f"{ex.id}: job saw ctx.index {by_id.get(ex.id)}, answer {ex.index}"
@@ -96,7 +96,7 @@ def test_mixed_triggers_from_32_threads_are_unique_and_gap_free(make_engine, db_
     finish_all(engine, "t", [ex for ex in executions if not ex.blocking])
     assert engine.next_index("t") == n
     task = engine.get_task("t")
-    assert task.execution_count == n  # ORIGINAL defect 6: no undercount
+    assert task.execution_count == n  # no undercount
     assert_gap_free_api(engine, "t", executions)
     assert_each_ran_once(rec, executions)
     verify_closed_db(make_engine, engine, db_path, "t", executions)
@@ -331,7 +331,7 @@ def test_idempotency_key_raced_by_24_threads_consumes_one_index(make_engine, db_
 
 
 def test_queue_runs_in_index_order_past_9(make_engine, db_path):
-    """ORIGINAL defect 9: its queue ordered job ids as strings (10 before 9). One worker, so the
+    """Not job ids ordered as strings (10 before 9). One worker, so the
     order of runs is observable: it must be index order."""
     order: list[int] = []
     hold = threading.Event()

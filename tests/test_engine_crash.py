@@ -1,5 +1,4 @@
-"""DESIGN §3.6 nothing lost and §3.5 durable, with a REAL process killed by SIGKILL
-(tests/crash_child.py); ORIGINAL defects 5 and 7."""
+"""Nothing lost and durable, with a REAL process killed by SIGKILL (tests/crash_child.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""DESIGN §3.7 task deletion (ORIGINAL defect 8) and §5 task ids that share prefixes
-(ORIGINAL defect 10)."""
+"""Clean deletion, and task ids that share prefixes (``a``, ``a:b``) kept apart."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""DESIGN §3.5 durable / restart continuity, recovery of unfinished work at open (§3.6 without a
+"""Durable: restart continuity; nothing lost: recovery of unfinished work at open (without a
 real crash: states crafted through ``storage``), close() leaving queued work PENDING,
-ORIGINAL defects 7 and 11, idempotency persisted, backup while running."""
+a counter behind its records repaired, idempotency persisted, backup while running."""
 
 from __future__ import annotations
 
@@ -137,7 +137,8 @@ def test_close_waits_for_running_jobs_without_timeout(make_engine, db_path):
 
 
 def test_recovery_running_is_interrupted_pending_is_run(make_engine, db_path):
-    """ORIGINAL defect 7: queued jobs were not recovered; jobs in progress stayed in progress."""
+    """Queued executions are run again at open, and ones in progress are finished as interrupted
+    (not left in progress)."""
     statuses = [S.SUCCESS, S.RUNNING, S.PENDING, S.FAILED, S.PENDING, S.RUNNING, S.PENDING]
     ids = craft(db_path, "t", "rec", statuses)
     check_db(db_path)  # the crafted state itself is consistent
@@ -182,7 +183,7 @@ def test_recovered_pending_waits_for_its_job_then_runs_on_register_job(make_engi
 
 
 def test_counter_behind_its_records_never_reissues(make_engine, db_path):
-    """ORIGINAL defect 11: a counter behind the stored records restarted at a used index."""
+    """A counter behind the stored records must not restart at a used index."""
     ids = craft(db_path, "t", "rec", [S.SUCCESS] * 5, counter=2)
     rec = Recorder()
     engine = make_engine(db_path, jobs={"rec": rec})

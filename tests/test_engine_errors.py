@@ -1,4 +1,4 @@
-"""DESIGN §5: every error, each a clear exception; a rejected call changes nothing and
+"""Errors (README, "Embedding it"): every error, each a clear exception; a rejected call changes nothing and
 consumes no index. Also engine life cycle: close, two engines in one process, locks."""
 
 from __future__ import annotations

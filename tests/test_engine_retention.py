@@ -1,4 +1,4 @@
-"""Retention (DESIGN §3.2 with the prune mark): ``prune`` removes a task's oldest finished
+"""Retention (gap-free with the prune mark): ``prune`` removes a task's oldest finished
 executions and moves its prune mark, so the stored indexes are exactly ``mark .. counter-1``;
 pruned indexes are never issued again; PENDING and RUNNING executions are never pruned (the mark
 stops at the first one); ``Engine.open(..., keep_last=N)`` applies the policy in the background.

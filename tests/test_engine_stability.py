@@ -1,4 +1,4 @@
-"""DESIGN §3.3 stable (ORIGINAL defects 1, 2: reads assign, index changes while running),
+"""Stable (reads never assign, the index never changes while running),
 failing jobs keep their index and record, the executor pool survives anything, job_timeout,
 JSON data and results."""
 
@@ -69,7 +69,7 @@ def test_blocking_index_is_stable_after_the_answer(make_engine, db_path):
 
 
 def test_reads_never_assign(make_engine, db_path):
-    """ORIGINAL defect 1: GetExecution of a pending execution incremented the counter."""
+    """Reading a pending execution must not move the counter."""
     gate = Gate()
     rec = Recorder()
     engine = make_engine(db_path, jobs={"gate": gate, "rec": rec}, workers=1)
@@ -306,7 +306,7 @@ def test_wait_from_many_threads_sees_one_result(make_engine, db_path):
 
 def test_reading_a_queued_blocking_execution_never_assigns(make_engine, db_path):
     """A blocking execution gets its index when an executor starts it; reading it while it is
-    still queued must not hand one out (ORIGINAL defect 1, for the blocking kind)."""
+    still queued must not hand one out."""
     gate = Gate()
     engine = make_engine(db_path, jobs={"gate": gate}, workers=1)
     engine.create_task("t", job="gate")
@@ -331,7 +331,7 @@ def test_reading_a_queued_blocking_execution_never_assigns(make_engine, db_path)
 
 
 def test_job_sees_its_own_execution_running_with_its_index(make_engine, db_path):
-    """ORIGINAL defect 2: the pre-assigned index vanished when the run started. From inside the
+    """The pre-assigned index must not vanish when the run starts. From inside the
     job the execution reads RUNNING with the index the trigger answered; a job may trigger
     another task (non-blocking) itself."""
     seen: list[Any] = []

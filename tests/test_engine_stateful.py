@@ -1,6 +1,6 @@
 """A hypothesis state machine over create / trigger (blocking or not, with or without an
 idempotency key) / delete / reads / reopen of a few task ids that share prefixes, against a
-model of the expected counters and executions (DESIGN §3.1-§3.5, §3.7)."""
+model of the expected counters and executions (unique, gap-free, stable, ordered, durable, clean deletion)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Many threads, many tasks (sharing counter actors), random mixed operations including
-deletions and idempotent repeats; afterwards DESIGN §3 holds from the API and from disk.
+deletions and idempotent repeats; afterwards the guarantees hold from the API and from disk.
 Also: close() while callers are triggering loses no acknowledged execution."""
 
 from __future__ import annotations

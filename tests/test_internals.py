@@ -50,8 +50,8 @@ def engine(tmp_path: Path, jobs: Jobs) -> Iterator[Engine]:
 
 
 def test_a_pending_execution_delivered_twice_runs_once(engine: Engine, jobs: Jobs) -> None:
-    """The original's defect 3: two notifications of one pending execution ran it twice, the
-    second under a new index. Here the pending store's claim succeeds once."""
+    """Two notifications of one pending execution must not run it twice (the second under a new
+    index). Here the pending store's claim succeeds once."""
     engine.create_task("t", job="job")
     ex = engine.trigger("t", "x")
     task = engine.get_task("t")
@@ -144,8 +144,8 @@ def test_delete_prefix_sees_earlier_changes_of_the_same_write(tmp_path: Path) ->
 
 
 def test_a_counter_behind_its_records_is_repaired_and_never_reissues(tmp_path: Path, jobs: Jobs) -> None:
-    """The original's defect 11: history back-filled without seeding the counter restarted old
-    tasks at 0. A counter behind its records must never re-issue an index."""
+    """History back-filled without seeding the counter must not restart old tasks at 0: a counter
+    behind its records must never re-issue an index."""
     path = str(tmp_path / "db")
     db = Database.open(path, create=True)
     ops = [changes.create_task(Task(id="old", job="job", incarnation="i1"))]
@@ -187,8 +187,8 @@ def test_ids_are_ulids() -> None:
 
 
 def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
-    """The id generator is a private random.Random, which CPython does not reseed at fork (a
-    review finding): the child's ids must not be the parent's next ones."""
+    """The id generator is a private random.Random, which CPython does not reseed at fork: the
+    child's ids must not be the parent's next ones."""
     import os
 
     from taskengine.actors import ids

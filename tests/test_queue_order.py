@@ -1,6 +1,5 @@
-"""The original's defect 9: its queue ordered job ids as strings ("10" before "9") and ran one
-worker. Here queued executions run in the order their indexes were given, numerically, both
-while running and when recovered at open."""
+"""Queued executions run in the order their indexes were given, numerically (not as strings,
+"10" before "9"), both while running and when recovered at open."""
 
 from __future__ import annotations
 

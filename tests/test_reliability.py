@@ -1,4 +1,4 @@
-"""Reliability of one node (DESIGN §3.8, §3.9, §5): the database's own lock, read-only and
+"""Reliability of one node (one writer per database, a failed write, errors): the database's own lock, read-only and
 damaged directories, timeouts without limit, idempotent blocking repeats, small failures.
 
 Faults injected into LevelDB's system calls are in ``test_write_faults.py``.
@@ -23,7 +23,7 @@ from engine_helpers import HERE, REPO, WAIT, Gate, Recorder
 from taskengine import Engine, ExecutionStatus, errors, storage
 from taskengine.storage import Committer, Database, capi
 
-# -- invariant 8: one writer ------------------------------------------------------------------
+# -- one writer ------------------------------------------------------------------
 
 
 def _probe(path: str) -> str:
@@ -84,7 +84,7 @@ def test_in_process_second_opener_is_told_it_is_this_process(make_engine, db_pat
         Engine.open(db_path)
 
 
-# -- defect 9: a read-only directory ----------------------------------------------------------
+# -- a read-only directory ----------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -119,7 +119,7 @@ def test_read_only_directory_is_reported_as_such(db_path):
     Engine.open(db_path).close()
 
 
-# -- defect 7: damage found while opening -------------------------------------------------------
+# -- damage found while opening -------------------------------------------------------
 
 
 def _table_files(path: str) -> list[str]:
@@ -176,7 +176,7 @@ def test_damaged_log_is_not_opened_silently_and_recover_accepts_the_loss(db_path
         assert engine.next_index("t") > 0
 
 
-# -- defect 5: no limit -------------------------------------------------------------------------
+# -- no limit -------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(60)
@@ -211,7 +211,7 @@ def test_bad_timeouts_are_refused_before_anything_happens(make_engine, db_path, 
     assert engine.next_index("t") == 0
 
 
-# -- defect 12: an idempotent blocking repeat -----------------------------------------------------
+# -- an idempotent blocking repeat -----------------------------------------------------
 
 
 @pytest.mark.timeout(60)
@@ -245,7 +245,7 @@ def test_idempotent_blocking_repeat_gets_the_same_true_answer(make_engine, db_pa
     assert engine.get_task("t").execution_count == 2
 
 
-# -- defect 13: small things ----------------------------------------------------------------------
+# -- small things ----------------------------------------------------------------------
 
 
 def test_backup_to_a_path_with_nul_creates_nothing(make_engine, tmp_path, monkeypatch):

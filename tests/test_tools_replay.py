@@ -1,5 +1,5 @@
 """``taskengine replay`` and ``taskengine.tools.replay.check``: a sound database passes; each way of
-breaking an invariant of DESIGN.md §3 is named, one line per violation, exit status 1."""
+breaking an invariant the files can show is named, one line per violation, exit status 1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The invariants of DESIGN.md §3 as stored data must show them, whatever stores it.
+"""The guarantees of README.md (unique, gap-free, clean deletion) as stored data must show
+them, whatever stores it.
 
 FORMAT.md describes a task's stored parts: the task record, its counter, its prune mark (the
 lowest stored index; 0 unless finished history was pruned), an *id entry* per

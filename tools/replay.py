@@ -1,4 +1,4 @@
-"""``taskengine replay``: check every invariant of DESIGN.md §3 on a database's files.
+"""``taskengine replay``: check on a database's files every guarantee of README.md they can show.
 
 The check (:func:`check`) is separate from printing so the stress tool and the tests use
 the same code the command does. What must hold is :mod:`taskengine.tools.invariants`; how
@@ -56,8 +56,9 @@ def check(
 SUMMARY = "Check every invariant of a stopped database (exit 1 on a violation)"
 DESCRIPTION = (
     "Walk every task's executions in index order straight from the database files and check the "
-    "invariants of DESIGN.md section 3 (indexes exactly from the prune mark to the counter with no "
-    "gap, one record per index, id/idempotency/live keys consistent, no keys of deleted tasks). "
+    "guarantees of README.md that the files can show (indexes exactly from the prune mark to the "
+    "counter with no gap, one record per index, id/idempotency/live keys consistent, no keys of "
+    "deleted tasks). "
     "Prints a summary per task (MARK is the prune mark), or JSON lines with --json; exits 1 naming "
     "each violation on stderr, 0 if the database is clean."
 )

@@ -427,7 +427,7 @@ class _Supervisor:
             self.wake.wait(max(0.001, min(waits)))
 
     def _replay_after_crash(self) -> None:
-        """DESIGN §3 holds at every moment, so also on the files a SIGKILL left behind: run the
+        """The guarantees hold at every moment, so also on the files a SIGKILL left behind: run the
         replay check on them before the next process opens (and recovers) the database."""
         try:
             with open_database(self.cfg.db) as db:

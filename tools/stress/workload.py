@@ -494,7 +494,7 @@ class StressClient(pykka.ThreadingActor):
         return ex
 
     def _check_order(self, sent: _Sent, ex: Execution) -> None:
-        """DESIGN §3.4: one caller's successive triggers of a task get increasing indexes.
+        """Ordered (README): one caller's successive triggers of a task get increasing indexes.
         Compared only when no deletion of the task began since the earlier one was sent."""
         assert ex.index is not None
         task = sent.task
