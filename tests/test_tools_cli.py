@@ -114,7 +114,7 @@ def test_locked_database_in_another_process(tmp_path: Path) -> None:
             assert proc.returncode == 2, proc.stderr
             assert proc.stdout == ""
             line = _one_error_line(proc.stderr, args[0])
-            assert "is locked" in line and "Engine.backup" in line
+            assert "is locked" in line and "Engine.backup" in line and "engine.serve_status()" in line
     finally:
         holder.close()
     assert run_cli("replay", str(tmp_path / "db")).returncode == 0

@@ -44,7 +44,8 @@ def locked_message(path: str) -> str:
     """
     return (
         f"database {path!r} is locked: an engine (or another program) has it open; stop it first, "
-        "or take a copy with Engine.backup(dest) from the process that holds it and use the copy"
+        "look inside it through its status server (engine.serve_status()), or take a copy with "
+        "Engine.backup(dest) from the process that holds it and use the copy"
     )
 
 
