@@ -137,7 +137,7 @@ def _fill_and_compact(path: str) -> None:
 
 
 @pytest.mark.parametrize("damage", ["footer", "truncate"])
-def test_damaged_table_gives_a_taskengine_error(db_path, damage):
+def test_damaged_table_gives_a_taskengine_error(db_path, damage, capsys):
     _fill_and_compact(db_path)
     table = _table_files(db_path)[-1]
     size = os.path.getsize(table)
@@ -150,6 +150,11 @@ def test_damaged_table_gives_a_taskengine_error(db_path, damage):
     with pytest.raises(errors.StorageError) as info:
         Engine.open(db_path).close()
     assert not re.search(r"(^|[\s:(])b'", str(info.value)), str(info.value)  # no bytes repr
+    from taskengine.tools import cli
+
+    # the one table held everything: LevelDB's repairer saves nothing, and the tool says so
+    assert cli.main(["recover", db_path, "--accept-loss"]) == 2
+    assert "restore a backup" in capsys.readouterr().err
 
 
 def test_damaged_log_is_not_opened_silently_and_recover_accepts_the_loss(db_path, capsys):
