@@ -52,6 +52,12 @@ def _replay_in_process(path: str) -> None:
     assert cli.main(["replay", path]) == 2
 
 
+def _inspect_in_process(path: str) -> None:
+    from taskengine.tools import cli
+
+    assert cli.main(["inspect", path]) == 2
+
+
 def _copytree(path: str) -> None:
     shutil.copytree(path, path + "-copy")
     Engine.open(path + "-copy").close()  # the copy is a database of its own
@@ -63,7 +69,8 @@ def _close_lock_descriptor(path: str) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
-    "disturb", [_second_engine, _storage_open, _replay_in_process, _copytree, _close_lock_descriptor],
+    "disturb",
+    [_second_engine, _storage_open, _replay_in_process, _inspect_in_process, _copytree, _close_lock_descriptor],
     ids=lambda f: f.__name__.strip("_"),
 )
 def test_nothing_the_process_does_lets_another_process_in(make_engine, db_path, disturb):
