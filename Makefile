@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-once lint bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +24,17 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 	TASKENGINE_PLAIN_BATCH=1 $(BIN)/python -m pytest -q tests/test_engine_*.py tests/test_reliability.py
 
+## the suite once, for another Python (.ci/run: make test-once PYTHON=python3.13 VENV=.venv-3.13)
+test-once: $(STAMP)
+	$(BIN)/python -m pytest -q
+
 lint: $(STAMP)
-	$(BIN)/ruff check src actors storage tools tests
+	$(BIN)/ruff check src actors storage tools tests examples
 	$(BIN)/mypy
+	$(BIN)/mypy examples
 
 bench: $(STAMP)
 	$(BIN)/taskengine bench
 
 clean:
-	rm -rf $(VENV) run-db .pytest_cache *.egg-info
+	rm -rf $(VENV) .venv-3.* run-db .pytest_cache *.egg-info

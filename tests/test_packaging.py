@@ -116,7 +116,7 @@ def test_the_wheel_holds_one_package_and_no_tests(tmp_path: Path) -> None:
     """Built from a copy of the sources (the build writes next to them) with the test
     environment's setuptools, so no network is needed."""
     source = tmp_path / "src"
-    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(".venv", ".git", "*-db", "build"))
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(".venv*", ".git", "*-db", "build"))
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
          str(tmp_path / "dist"), str(source)],
@@ -134,3 +134,8 @@ def test_the_wheel_holds_one_package_and_no_tests(tmp_path: Path) -> None:
     requires = [ln.split(":", 1)[1].strip() for ln in metadata.splitlines() if ln.startswith("Requires-Dist:")]
     runtime = sorted(r.split(">")[0].split("<")[0].split("=")[0].strip() for r in requires if "extra ==" not in r)
     assert runtime == ["attrs", "plyvel", "pykka"]
+    # the versions the suite runs on (.ci/run), and the licence text the metadata's MIT refers to
+    for version in ("3.11", "3.12", "3.13"):
+        assert f"Classifier: Programming Language :: Python :: {version}" in metadata.splitlines(), version
+    licence = [n for n in names if n.endswith("LICENSE") and ".dist-info/" in n]
+    assert licence and b"MIT License" in zipfile.ZipFile(wheel).read(licence[0])
