@@ -111,12 +111,12 @@ def recover(path: str) -> list[str]:
     lock = DirectoryLock.acquire(path)
     try:
         try:
-            _open_leveldb(path, create=False, paranoid=False).close()
+            _read_everything(_open_leveldb(path, create=False, paranoid=False), path)
             dropped = dropped_by_recovery(path)
         except StorageError as e:
             if isinstance(e, StorageLocked):
                 raise
-            log.error("%s: LevelDB cannot open it (%s); running its repairer", path, e)
+            log.error("%s: LevelDB cannot read it (%s); running its repairer", path, e)
             try:
                 plyvel.repair_db(path)
             except plyvel.Error as e2:
@@ -125,6 +125,19 @@ def recover(path: str) -> list[str]:
     finally:
         lock.release()
     return dropped
+
+
+def _read_everything(raw: Any, path: str) -> None:
+    """Read every key and value with checksums verified (a damaged table shows only when read),
+    then close ``raw``; StorageError if anything cannot be read."""
+    try:
+        with raw.iterator(verify_checksums=True) as it:
+            for _ in it:
+                pass
+    except plyvel.Error as e:
+        raise StorageError(f"cannot read {path!r}: {plyvel_message(e)}") from None
+    finally:
+        raw.close()
 
 
 @contextlib.contextmanager

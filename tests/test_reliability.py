@@ -52,6 +52,12 @@ def _replay_in_process(path: str) -> None:
     assert cli.main(["replay", path]) == 2
 
 
+def _inspect_in_process(path: str) -> None:
+    from taskengine.tools import cli
+
+    assert cli.main(["inspect", path]) == 2
+
+
 def _copytree(path: str) -> None:
     shutil.copytree(path, path + "-copy")
     Engine.open(path + "-copy").close()  # the copy is a database of its own
@@ -63,7 +69,8 @@ def _close_lock_descriptor(path: str) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
-    "disturb", [_second_engine, _storage_open, _replay_in_process, _copytree, _close_lock_descriptor],
+    "disturb",
+    [_second_engine, _storage_open, _replay_in_process, _inspect_in_process, _copytree, _close_lock_descriptor],
     ids=lambda f: f.__name__.strip("_"),
 )
 def test_nothing_the_process_does_lets_another_process_in(make_engine, db_path, disturb):
@@ -137,7 +144,7 @@ def _fill_and_compact(path: str) -> None:
 
 
 @pytest.mark.parametrize("damage", ["footer", "truncate"])
-def test_damaged_table_gives_a_taskengine_error(db_path, damage):
+def test_damaged_table_gives_a_taskengine_error(db_path, damage, capsys):
     _fill_and_compact(db_path)
     table = _table_files(db_path)[-1]
     size = os.path.getsize(table)
@@ -150,6 +157,11 @@ def test_damaged_table_gives_a_taskengine_error(db_path, damage):
     with pytest.raises(errors.StorageError) as info:
         Engine.open(db_path).close()
     assert not re.search(r"(^|[\s:(])b'", str(info.value)), str(info.value)  # no bytes repr
+    from taskengine.tools import cli
+
+    # the one table held everything: LevelDB's repairer saves nothing, and the tool says so
+    assert cli.main(["recover", db_path, "--accept-loss"]) == 2
+    assert "restore a backup" in capsys.readouterr().err
 
 
 def test_damaged_log_is_not_opened_silently_and_recover_accepts_the_loss(db_path, capsys):

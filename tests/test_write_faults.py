@@ -1,4 +1,4 @@
-"""A failed write(2) or fsync, injected into LevelDB's system calls (contract §3.9, §5).
+"""A failed write(2) or fsync, injected into LevelDB's system calls (README, "Failures").
 
 The child (``write_fault_child.py``) runs under the fault-injection shim of ``tests/faults``
 (LD_PRELOAD) and reports every acknowledgement on a pipe; the test then reopens the database
@@ -112,7 +112,7 @@ def test_one_failed_write_stops_every_writer_and_loses_nothing(shim, tmp_path, f
     assert len(run.failed) == 4  # every thread was told
     unknown = [f for f in run.failed if f[2]]
     assert unknown, run.failed  # the calls whose write failed (only callers' triggers write here)...
-    for _, _, _, message in unknown:  # ...is told its outcome is unknown and what is safe (contract §5)
+    for _, _, _, message in unknown:  # ...is told its outcome is unknown and what is safe
         assert "outcome is unknown" in message and "idempotency key" in message, message
     for _, _, was_unknown, message in run.failed:
         assert was_unknown or message.startswith("refused:"), message

@@ -44,7 +44,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.path}: opens without loss; nothing to recover")
             return EXIT_OK
         dropped = recover(args.path)
-        Database.open(args.path).close()  # it opens cleanly now
+        try:
+            Database.open(args.path).close()  # it opens cleanly now
+        except StorageError as e:
+            raise ToolError(f"{e}: what LevelDB could save is not a usable database; restore a backup",
+                            EXIT_USAGE) from None
     except StorageLocked:
         raise ToolError(locked_message(args.path), EXIT_USAGE) from None
     except StorageError as e:

@@ -572,8 +572,8 @@ class StressClient(pykka.ThreadingActor):
             self.control.settle(1, self.new_acks - before)
 
     def _op_mixed(self) -> None:
-        """The original engine's first bug: non-blocking, blocking and non-blocking triggers of
-        one task at once must get three different indexes."""
+        """Non-blocking, blocking and non-blocking triggers of one task at once must get three
+        different indexes (never [0, 0, 1])."""
         n = self.control.reserve(3)
         if n < 3:
             self.control.settle(n, 0)
