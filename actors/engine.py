@@ -120,11 +120,11 @@ class Engine:
         from recovery on (see :class:`Hooks`).
         """
         path = validate.path(path)
-        validate.positive_int(workers, "workers", allow_none=False)
-        validate.positive_int(counter_actors, "counter_actors", allow_none=False)
-        validate.positive_int(max_cached_tasks, "max_cached_tasks", allow_none=False)
-        validate.positive_int(max_queued, "max_queued")
-        validate.positive_int(keep_last, "keep_last", minimum=0)
+        workers = validate.count(workers, "workers")
+        counter_actors = validate.count(counter_actors, "counter_actors")
+        max_cached_tasks = validate.count(max_cached_tasks, "max_cached_tasks")
+        max_queued = validate.positive_int(max_queued, "max_queued")
+        keep_last = validate.positive_int(keep_last, "keep_last", minimum=0)
         job_timeout = validate.timeout(job_timeout, "job_timeout")
         if job_timeout == 0:
             raise InvalidArgument("job_timeout must be > 0")
@@ -407,10 +407,9 @@ class Engine:
         task_id = new_id() if task_id is None else validate.task_id(task_id)
         if not isinstance(exist_ok, bool):
             raise InvalidArgument("exist_ok must be True or False")
-        if not isinstance(job, str) or not job:
-            raise InvalidArgument("job must be a non-empty string")
+        job = validate.job_name(job)
         config = validate.json_value(config, "config")
-        validate.positive_int(max_executions, "max_executions")
+        max_executions = validate.positive_int(max_executions, "max_executions")
         if job not in self._jobs:
             raise UnknownJob(job)
         task = Task(
@@ -428,14 +427,14 @@ class Engine:
         """Tasks in id order (code point order), ``limit`` of them after the id ``after`` (the
         last one of the previous page). Read from the database (each task with its stored counter
         and prune mark), so paging through many tasks loads none into the actors."""
-        validate.list_limit(limit, MAX_LIST_LIMIT)
+        limit = validate.list_limit(limit, MAX_LIST_LIMIT)
         if after is not None:
-            validate.task_id(after)
+            after = validate.task_id(after)
         with self._reading():
             return self._db.list_tasks(after, limit)
 
     def get_task(self, task_id: str) -> Task:
-        validate.task_id(task_id)
+        task_id = validate.task_id(task_id)
         task: Task = self._ask(task_id, lambda r: m.GetTask(task_id, r))
         return task
 
@@ -445,7 +444,7 @@ class Engine:
 
     def delete_task(self, task_id: str) -> None:
         """Cancel the task's unfinished executions and remove all its keys in one atomic write."""
-        validate.task_id(task_id)
+        task_id = validate.task_id(task_id)
         self._ask(task_id, lambda r: m.DeleteTask(task_id, r))
 
     # -- triggers --------------------------------------------------------------------------
@@ -453,9 +452,9 @@ class Engine:
     def _trigger_message(
         self, task_id: str, data: Any, blocking: bool, key: str | None, reply: Reply[Any]
     ) -> m.Trigger:
-        validate.task_id(task_id)
+        task_id = validate.task_id(task_id)
         data = validate.json_value(data, "data")
-        validate.text(key, "idempotency_key")
+        key = validate.text(key, "idempotency_key")
         if not isinstance(blocking, bool):
             raise InvalidArgument("blocking must be True or False")
         return m.Trigger(new_id(), task_id, data, blocking, time.time(), key, reply)
@@ -598,8 +597,8 @@ class Engine:
         return self._looked_up(task_id, execution_id, queued)
 
     def _stored(self, task_id: str, execution_id: str) -> Execution | None:
-        validate.task_id(task_id)
-        validate.execution_id(execution_id)
+        task_id = validate.task_id(task_id)
+        execution_id = validate.execution_id(execution_id)
         with self._reading():
             return self._db.get_execution(task_id, execution_id)
 
@@ -650,8 +649,8 @@ class Engine:
         """:meth:`wait` for asyncio: the finished execution, without blocking the event loop;
         ExecutionTimeout after ``timeout`` seconds. Cancelling it stops the waiting only."""
         timeout = validate.timeout(timeout)
-        validate.task_id(task_id)
-        validate.execution_id(execution_id)
+        task_id = validate.task_id(task_id)
+        execution_id = validate.execution_id(execution_id)
         watcher = self._board.watch(execution_id)
         limit = asyncio.timeout(timeout)
         try:
@@ -672,9 +671,9 @@ class Engine:
         self, task_id: str, after: int | None = None, limit: int = 50, newest_first: bool = False
     ) -> list[Execution]:
         """Executions ordered by index (newest first if asked); ``after`` is the last index seen."""
-        validate.task_id(task_id)
-        validate.list_limit(limit, MAX_LIST_LIMIT)
-        validate.positive_int(after, "after", minimum=0)
+        task_id = validate.task_id(task_id)
+        limit = validate.list_limit(limit, MAX_LIST_LIMIT)
+        after = validate.positive_int(after, "after", minimum=0)
         with self._reading():
             if self._db.get_task(task_id) is None:
                 raise TaskNotFound(task_id)
@@ -683,8 +682,8 @@ class Engine:
     def cancel(self, task_id: str, execution_id: str) -> Execution:
         """Cancel an execution that has not started: it keeps its index and record, as CANCELLED.
         A running or finished execution is returned unchanged (a job cannot be interrupted)."""
-        validate.task_id(task_id)
-        validate.execution_id(execution_id)
+        task_id = validate.task_id(task_id)
+        execution_id = validate.execution_id(execution_id)
         result: Execution = self._ask(task_id, lambda r: m.Cancel(task_id, execution_id, r))
         return result
 
@@ -698,9 +697,9 @@ class Engine:
         issued again; a pruned execution reads as ExecutionNotFound, and its idempotency key is
         forgotten with it. Done in steps of at most a thousand executions, each one atomic write,
         with the task's other messages served in between."""
-        validate.task_id(task_id)
-        validate.positive_int(keep_last, "keep_last", minimum=0)
-        validate.positive_int(before_index, "before_index", minimum=0)
+        task_id = validate.task_id(task_id)
+        keep_last = validate.positive_int(keep_last, "keep_last", minimum=0)
+        before_index = validate.positive_int(before_index, "before_index", minimum=0)
         if keep_last is None and before_index is None:
             raise InvalidArgument("prune needs keep_last or before_index")
         done = self._prune_step(task_id, keep_last, before_index)

@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from . import validate
 from .errors import InvalidArgument
 from .jobloop import JobLoop
 
@@ -35,8 +36,7 @@ class JobRegistry:
         self.loop = loop
 
     def add(self, name: str, fn: Job) -> None:
-        if not isinstance(name, str) or not name or not name.isprintable():
-            raise InvalidArgument("job name must be a non-empty printable string")
+        name = validate.job_name(name)
         if not callable(fn):
             raise InvalidArgument(f"job {name!r} must be callable")
         with self._lock:

@@ -17,16 +17,31 @@ MAX_TASK_ID = 256
 MAX_IDEMPOTENCY_KEY = 1024
 
 
+def _plain(value: str) -> str:
+    """The characters of a str as a plain str: a subclass's own methods (``encode``, ``__hash__``)
+    are never called, so whatever they do cannot reach an actor or a key."""
+    return value if type(value) is str else str.__str__(value)
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, or its type's name if its ``__repr__`` fails."""
+    try:
+        return repr(value)[:200]
+    except Exception:  # noqa: BLE001 - the caller's object failed: name its type instead
+        return f"a {type(value).__name__}"
+
+
 def task_id(value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"task id must be a string, not {type(value).__name__}")
-    if not value:
+    tid = _plain(value)
+    if not tid:
         raise InvalidArgument("task id must not be empty")
-    if len(value) > MAX_TASK_ID:
-        raise InvalidArgument(f"task id is {len(value)} characters long; the limit is {MAX_TASK_ID}")
-    if not value.isprintable():
-        raise InvalidArgument(f"task id {value!r} contains a character that is not printable")
-    return value
+    if len(tid) > MAX_TASK_ID:
+        raise InvalidArgument(f"task id is {len(tid)} characters long; the limit is {MAX_TASK_ID}")
+    if not tid.isprintable():
+        raise InvalidArgument(f"task id {tid!r} contains a character that is not printable")
+    return tid
 
 
 def json_value(value: Any, what: str) -> Any:
@@ -45,8 +60,9 @@ def json_value(value: Any, what: str) -> Any:
 def text(value: Any, what: str, limit: int = MAX_IDEMPOTENCY_KEY) -> str | None:
     if value is None:
         return None
+    value = _plain(value) if isinstance(value, str) else value
     if not isinstance(value, str) or not value:
-        raise InvalidArgument(f"{what} must be a non-empty string")
+        raise InvalidArgument(f"{what} must be a non-empty string, not {_shown(value)}")
     if len(value) > limit:
         raise InvalidArgument(f"{what} is {len(value)} characters long; the limit is {limit}")
     try:
@@ -63,9 +79,10 @@ def path(value: Any, what: str = "path") -> str:
     try:
         out = os.fspath(value)
     except Exception as e:  # noqa: BLE001 - the caller's __fspath__ failed
-        raise InvalidArgument(f"{what} cannot be read: {type(e).__name__}: {e}") from None
+        raise InvalidArgument(f"{what} cannot be read: {values.describe(e)}") from None
     if not isinstance(out, str) or not out:
         raise InvalidArgument(f"{what} must be a non-empty string or path")
+    out = _plain(out)
     problem = path_problem(out)
     if problem is not None:
         raise InvalidArgument(f"{what} {out!r} cannot be used: {problem}")
@@ -81,7 +98,7 @@ def jobs(value: Any) -> dict[str, Any]:
     try:
         return dict(value.items())
     except Exception as e:  # noqa: BLE001 - the caller's mapping failed
-        raise InvalidArgument(f"jobs cannot be read: {type(e).__name__}: {e}") from None
+        raise InvalidArgument(f"jobs cannot be read: {values.describe(e)}") from None
 
 
 MAX_INT = keys.MAX_INDEX
@@ -90,14 +107,22 @@ MAX_INT = keys.MAX_INDEX
 def positive_int(value: Any, what: str, *, allow_none: bool = True, minimum: int = 1) -> int | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:
-        raise InvalidArgument(f"{what} must be an integer from {minimum} to {MAX_INT}, not {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = int.__int__(value)  # a plain int: a subclass's own comparisons are never called
+    if type(value) is not int or not minimum <= value <= MAX_INT:
+        raise InvalidArgument(f"{what} must be an integer from {minimum} to {MAX_INT}, not {_shown(value)}")
     return value
 
 
+def count(value: Any, what: str) -> int:
+    """A required integer from 1 to MAX_INT."""
+    n = positive_int(value, what, allow_none=False)
+    assert n is not None
+    return n
+
+
 def list_limit(value: Any, maximum: int) -> int:
-    limit = positive_int(value, "limit", allow_none=False)
-    assert limit is not None
+    limit = count(value, "limit")
     if limit > maximum:
         raise InvalidArgument(f"limit must be <= {maximum}")
     return limit
@@ -108,14 +133,24 @@ def timeout(value: Any, what: str = "timeout") -> float | None:
     threads can make (``threading.TIMEOUT_MAX``, about 292 years), also mean no limit."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise InvalidArgument(f"{what} must be a number of seconds >= 0 (or None, or inf), not {value!r}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = float.__float__(value) if isinstance(value, float) else int.__int__(value)
+    if type(value) not in (int, float) or not value >= 0:
+        raise InvalidArgument(f"{what} must be a number of seconds >= 0 (or None, or inf), not {_shown(value)}")
     if value > threading.TIMEOUT_MAX:
         return None
     return float(value)
 
 
 def execution_id(value: Any) -> str:
+    value = _plain(value) if isinstance(value, str) else value
     if not isinstance(value, str) or not value or not value.isprintable():
-        raise InvalidArgument(f"execution id must be a non-empty printable string, not {value!r}")
+        raise InvalidArgument(f"execution id must be a non-empty printable string, not {_shown(value)}")
+    return value
+
+
+def job_name(value: Any) -> str:
+    value = _plain(value) if isinstance(value, str) else value
+    if not isinstance(value, str) or not value or not value.isprintable():
+        raise InvalidArgument(f"job name must be a non-empty printable string, not {_shown(value)}")
     return value

@@ -61,7 +61,7 @@ def normalize(value: Any, what: str) -> Any:
     except (TypeError, ValueError) as e:
         raise ValueError(f"{what} is not JSON-serializable: {e}") from None
     except Exception as e:  # noqa: BLE001 - the value's own code failed: a clear refusal instead
-        raise ValueError(f"{what} cannot be stored as JSON: {type(e).__name__}: {e}") from None
+        raise ValueError(f"{what} cannot be stored as JSON: {describe(e)}") from None
     try:
         raw = text.encode()
     except UnicodeEncodeError as e:  # a lone surrogate (e.g. from os.fsdecode)
@@ -71,6 +71,16 @@ def normalize(value: Any, what: str) -> Any:
     if too_deep(text, MAX_DEPTH):
         raise ValueError(f"{what} is nested more than {MAX_DEPTH} levels deep (the limit)")
     return json.loads(text)
+
+
+def describe(e: BaseException) -> str:
+    """``TypeName: message`` of an exception that a caller's own code raised, even if its
+    ``__str__`` fails too."""
+    try:
+        message = str(e)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not replace the refusal
+        message = "(its message cannot be shown)"
+    return f"{type(e).__name__}: {message}"
 
 
 def _no_constant(name: str) -> Any:

@@ -197,6 +197,86 @@ def test_a_result_beyond_the_limits_fails_its_execution(
     assert engine.stats().replaced_executors == 0
 
 
+class HostileStr(str):
+    """A str whose own methods all fail: only its characters may be used."""
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
+        raise KeyError("encode")
+
+    def __hash__(self) -> int:
+        raise KeyError("hash")
+
+    def __eq__(self, other: object) -> bool:
+        raise KeyError("eq")
+
+    def isprintable(self) -> bool:
+        raise KeyError("isprintable")
+
+    def __str__(self) -> str:
+        raise KeyError("str")
+
+
+def test_str_subclasses_whose_methods_raise_are_used_as_plain_strings(engine_t: Any) -> None:
+    engine, rec = engine_t
+    first = engine.list_executions("t")[0]
+    engine.register_job(HostileStr("other"), lambda ctx: "other")
+    task = engine.create_task(HostileStr("h"), job=HostileStr("other"))
+    assert type(task.id) is str and type(task.job) is str and task.id == "h"
+    assert engine.trigger(HostileStr("h"), blocking=True, timeout=WAIT).result == "other"
+    ex = engine.trigger("t", idempotency_key=HostileStr("k"))
+    assert engine.trigger("t", idempotency_key="k").id == ex.id
+    assert type(engine.get_execution("t", ex.id).idempotency_key) is str
+    assert engine.get_execution(HostileStr("t"), HostileStr(first.id)) == first
+    assert engine.wait("t", ex.id, timeout=WAIT).index == 1
+    with pytest.raises(errors.InvalidArgument):
+        engine.trigger(HostileStr("bad\n"))
+    assert engine.trigger("t", blocking=True, timeout=WAIT).index == 2
+
+
+class HostileInt(int):
+    def __le__(self, other: object) -> bool:
+        raise KeyError("le")
+
+    def __ge__(self, other: object) -> bool:
+        raise KeyError("ge")
+
+    def __repr__(self) -> str:
+        raise KeyError("repr")
+
+
+class HostileFloat(float):
+    def __ge__(self, other: object) -> bool:
+        raise KeyError("ge")
+
+    def __gt__(self, other: object) -> bool:
+        raise KeyError("gt")
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise KeyError("str")
+
+
+class RaisingWithUnprintable(dict[str, Any]):
+    def items(self) -> Any:
+        raise UnprintableError()
+
+
+def test_numbers_and_errors_of_hostile_classes_never_escape(engine_t: Any) -> None:
+    engine, rec = engine_t
+    assert engine.create_task("m", job="rec", max_executions=HostileInt(2)).max_executions == 2
+    assert engine.trigger("m", blocking=True, timeout=HostileFloat(WAIT)).index == 0
+    assert engine.list_executions("m", limit=HostileInt(5), after=HostileInt(0)) == []
+    with pytest.raises(errors.InvalidArgument):
+        engine.create_task("n", job="rec", max_executions=HostileInt(-1))
+    with pytest.raises(errors.InvalidArgument) as info:
+        engine.trigger("t", RaisingWithUnprintable(a=1))
+    assert "UnprintableError" in str(info.value)
+    with pytest.raises(errors.InvalidArgument):
+        engine.get_execution("t", HostileInt(1))
+    assert engine.next_index("t") == 1 and rec.count() == 2  # the one in "m"
+
+
 class RaisingMapping(Mapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         raise KeyError(key)
