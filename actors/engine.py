@@ -265,7 +265,7 @@ class Engine:
     def _start_sweep(self, keep_last: int) -> None:
         def tasks(after: str | None) -> list[Task]:
             with self._reading():
-                return self._db.list_tasks(after, limit=1000)
+                return self._db.list_tasks(after, limit=1000, on_corrupt=_log_corrupt)
 
         def prune(task_id: str) -> int:
             try:
@@ -426,12 +426,14 @@ class Engine:
     def list_tasks(self, after: str | None = None, limit: int = 50) -> list[Task]:
         """Tasks in id order (code point order), ``limit`` of them after the id ``after`` (the
         last one of the previous page). Read from the database (each task with its stored counter
-        and prune mark), so paging through many tasks loads none into the actors."""
+        and prune mark), so paging through many tasks loads none into the actors. A task whose
+        record does not decode is left out (logged as an ERROR naming its key; ``get_task`` on it
+        raises CorruptRecord)."""
         limit = validate.list_limit(limit, MAX_LIST_LIMIT)
         if after is not None:
             after = validate.task_id(after)
         with self._reading():
-            return self._db.list_tasks(after, limit)
+            return self._db.list_tasks(after, limit, on_corrupt=_log_corrupt)
 
     def get_task(self, task_id: str) -> Task:
         task_id = validate.task_id(task_id)
@@ -783,6 +785,10 @@ class Engine:
 
 def _log_corrupt_live(e: StorageCorrupt) -> None:
     log.error("recovery: %s; the record at its index is recovered if it is unfinished", e)
+
+
+def _log_corrupt(e: StorageCorrupt) -> None:
+    log.error("list_tasks leaves out a task that does not decode: %s", e)
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -165,6 +165,10 @@ def _reads(fn: _F) -> _F:
     return cast(_F, wrapper)
 
 
+#: told of a record that does not decode, by a reader that then goes on without it
+OnCorrupt = Callable[[CorruptRecord], None]
+
+
 class Database:
     """One open database. Reads are safe from any thread (LevelDB allows it); writes go through
     a :class:`~taskengine.storage.batch.Committer`, which takes ``write_lock``, so ``close`` never
@@ -289,9 +293,13 @@ class Database:
             return None
         return codec.decode_task(key, value, self.read_counter(task_id, src), self.read_prune_mark(task_id, src))
 
-    def iter_task_ids(self, after: str | None = None, snapshot: Any = None) -> Iterator[str]:
+    def iter_task_ids(
+        self, after: str | None = None, snapshot: Any = None, on_corrupt: OnCorrupt | None = None
+    ) -> Iterator[str]:
         """Every task id that has any key, in key order (the order of the ids' UTF-8 bytes, which
-        is code point order; ``after``: the ids past that one); seeks past each task's executions."""
+        is code point order; ``after``: the ids past that one); seeks past each task's executions.
+        A malformed key raises CorruptRecord, or, given ``on_corrupt``, is passed to it and
+        skipped with the keys that share its prefix."""
         src = snapshot or self.raw
         with _reading("task ids"), src.iterator(include_value=False) as it:
             it.seek(keys.TASK_TAG if after is None else keys.prefix_end(keys.task_prefix(after)))
@@ -300,17 +308,30 @@ class Database:
                     return
                 parsed = keys.parse_task_key(key)
                 if parsed is None:
-                    raise CorruptRecord(key, "malformed task key")
+                    if on_corrupt is None:
+                        raise CorruptRecord(key, "malformed task key")
+                    on_corrupt(CorruptRecord(key, "malformed task key"))
+                    sep = key.find(keys.SEP, 1)
+                    if sep > 0:
+                        it.seek(keys.prefix_end(key[: sep + 1]))
+                    continue
                 yield parsed.task_id
                 it.seek(keys.prefix_end(keys.task_prefix(parsed.task_id)))
 
-    def list_tasks(self, after: str | None = None, limit: int = 50) -> list[Task]:
+    def list_tasks(self, after: str | None = None, limit: int = 50, on_corrupt: OnCorrupt | None = None) -> list[Task]:
         """A page of tasks in id order, read from one snapshot (each with its stored counter and
-        prune mark)."""
+        prune mark). A task whose keys do not decode raises CorruptRecord, or, given
+        ``on_corrupt``, is passed to it and left out, so one damaged task cannot hide the others."""
         out: list[Task] = []
         with _reading("tasks"), self.raw.snapshot() as snap:
-            for task_id in self.iter_task_ids(after, snap):
-                task = self.get_task(task_id, snap)
+            for task_id in self.iter_task_ids(after, snap, on_corrupt):
+                try:
+                    task = self.get_task(task_id, snap)
+                except CorruptRecord as e:
+                    if on_corrupt is None:
+                        raise
+                    on_corrupt(e)
+                    continue
                 if task is not None:  # keys without a task record are replay's to report
                     out.append(task)
                     if len(out) >= limit:
@@ -362,9 +383,7 @@ class Database:
                     return
                 yield codec.decode_execution(key, value, task_id, keys.decode_index(key[-8:]))
 
-    def iter_live(
-        self, on_corrupt: Callable[[CorruptRecord], None] | None = None
-    ) -> Iterator[tuple[str, int, str | None]]:
+    def iter_live(self, on_corrupt: OnCorrupt | None = None) -> Iterator[tuple[str, int, str | None]]:
         """(task id, index, execution id) of every execution that holds an index and has not
         finished: what recovery needs, without reading finished history.
 

@@ -183,6 +183,25 @@ def test_a_wrong_stored_value_is_corrupt_record_and_the_engine_goes_on(
         engine.create_task("new", job="job")
         assert engine.trigger("new", blocking=True, timeout=WAIT).index == 0
         assert engine.stats().replaced_executors == 0
+        listed = [t.id for t in engine.list_tasks()]
+        task_unreadable = isinstance(found["get_task"], errors.CorruptRecord)
+        assert listed == (["good", "new"] if task_unreadable else ["bad", "good", "new"])
+        if task_unreadable:  # left out of the listing, and said so
+            assert any(named in r.getMessage() and "list_tasks" in r.getMessage() for r in caplog.records)
+
+
+def test_a_malformed_task_key_hides_no_other_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "db"
+    with DbBuilder(path) as b:
+        b.task("a")
+        b.task("z")
+        b.executions("z", S, P)
+        b.put(b"T\xff\xfe\x00t", task_json())
+        b.put(b"T\xff\xfe\x00c", b"0")
+    assert "malformed task key" in tool_runs(path, capsys)["replay"][2]
+    with Engine.open(path, jobs={"job": Recorder()}) as engine:
+        assert [t.id for t in engine.list_tasks()] == ["a", "z"]
+        assert engine.trigger("z", blocking=True, timeout=WAIT).index == 2
 
 
 def _messages(path: Path) -> list[str]:
@@ -447,6 +466,7 @@ def test_a_mutated_database_never_stops_the_engine_or_the_tools(
     with Engine.open(path, jobs={"job": rec}) as engine:
         for t in ("a", "b"):
             outcomes(engine, t)
+        engine.list_tasks()  # a damaged task is left out, never raised
         engine.create_task("new", job="job")
         assert engine.trigger("new", blocking=True, timeout=WAIT).index == 0
         assert engine.stats().replaced_executors == 0
