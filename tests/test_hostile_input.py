@@ -33,6 +33,12 @@ def nested_list(depth: int) -> Any:
     return value
 
 
+def deep_json(open_: str, close: str, depth: int) -> bytes:
+    """The JSON text of ``depth`` nested lists (``[``, ``]``) or dicts (``{"k":``, ``}``)."""
+    inner = "[]" if open_ == "[" else "{}"
+    return (open_ * (depth - 1) + inner + close * (depth - 1)).encode()
+
+
 def nested_dict(depth: int) -> Any:
     value: Any = {}
     for _ in range(depth - 1):
@@ -337,14 +343,13 @@ def test_a_record_stored_with_a_raised_recursion_limit_does_not_stop_the_engine(
         b.task("good")
         b.execution("good", S)
         good = b.execution("good", P)
-        old = sys.getrecursionlimit()
-        sys.setrecursionlimit(10_000)
-        try:
-            b.put(keys.execution_key("deep-data", 1), codec.encode_execution(attrs.evolve(bad, data=nested_list(3000))))
-            task = attrs.evolve(b.db.get_task("deep-config"), config=nested_dict(3000))
-            b.put(keys.task_key("deep-config"), codec.encode_task(task))
-        finally:
-            sys.setrecursionlimit(old)
+        # the deep JSON is spliced in as text: since Python 3.12 json's C encoder has a depth limit
+        # of its own that sys.setrecursionlimit does not raise, so it cannot write these any more
+        spot = "DEEP-VALUE-GOES-HERE"
+        record = codec.encode_execution(attrs.evolve(bad, data=spot))
+        b.put(keys.execution_key("deep-data", 1), record.replace(f'"{spot}"'.encode(), deep_json("[", "]", 3000)))
+        task = codec.encode_task(attrs.evolve(b.db.get_task("deep-config"), config=spot))
+        b.put(keys.task_key("deep-config"), task.replace(f'"{spot}"'.encode(), deep_json('{"k":', "}", 3000)))
     rec = Recorder()
     engine = make_engine(db_path, jobs={"job": rec})
     assert engine.wait("good", good.id, timeout=WAIT).status is ExecutionStatus.SUCCESS
