@@ -107,7 +107,7 @@ MAX_INT = keys.MAX_INDEX
 def positive_int(value: Any, what: str, *, allow_none: bool = True, minimum: int = 1) -> int | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
+    if type(value) is not int and isinstance(value, int) and not isinstance(value, bool):
         value = int.__int__(value)  # a plain int: a subclass's own comparisons are never called
     if type(value) is not int or not minimum <= value <= MAX_INT:
         raise InvalidArgument(f"{what} must be an integer from {minimum} to {MAX_INT}, not {_shown(value)}")
@@ -128,15 +128,22 @@ def list_limit(value: Any, maximum: int) -> int:
     return limit
 
 
+def _not_seconds(value: Any, what: str) -> InvalidArgument:
+    return InvalidArgument(f"{what} must be a number of seconds >= 0 (or None, or inf), not {_shown(value)}")
+
+
 def timeout(value: Any, what: str = "timeout") -> float | None:
     """Seconds to wait, or None for no limit. ``inf``, and anything longer than the longest wait
     threads can make (``threading.TIMEOUT_MAX``, about 292 years), also mean no limit."""
     if value is None:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if type(value) is not float and type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _not_seconds(value, what)
+        # a plain number: a subclass's own comparisons are never called
         value = float.__float__(value) if isinstance(value, float) else int.__int__(value)
-    if type(value) not in (int, float) or not value >= 0:
-        raise InvalidArgument(f"{what} must be a number of seconds >= 0 (or None, or inf), not {_shown(value)}")
+    if not value >= 0:
+        raise _not_seconds(value, what)
     if value > threading.TIMEOUT_MAX:
         return None
     return float(value)

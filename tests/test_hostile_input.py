@@ -275,6 +275,11 @@ def test_numbers_and_errors_of_hostile_classes_never_escape(engine_t: Any) -> No
     assert engine.list_executions("m", limit=HostileInt(5), after=HostileInt(0)) == []
     with pytest.raises(errors.InvalidArgument):
         engine.create_task("n", job="rec", max_executions=HostileInt(-1))
+    for bad in (True, False):
+        with pytest.raises(errors.InvalidArgument):
+            engine.trigger("t", blocking=True, timeout=bad)
+        with pytest.raises(errors.InvalidArgument):
+            engine.create_task("n", job="rec", max_executions=bad)
     with pytest.raises(errors.InvalidArgument) as info:
         engine.trigger("t", RaisingWithUnprintable(a=1))
     assert "UnprintableError" in str(info.value)
