@@ -73,3 +73,7 @@ def fresh_path(tmp_path: Any) -> Callable[[str], str]:
         return str(tmp_path / name)
 
     return make
+
+
+# the throwaway PostgreSQL server and a database per test (tests/pg.py)
+from pg import pg_server, pg_url  # noqa: E402,F401
