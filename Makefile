@@ -19,10 +19,11 @@ run: $(STAMP)
 	$(BIN)/taskengine replay run-db
 
 ## the test suite (what .ci/run calls); the engine tests run a second time on plyvel's write
-## batches, the path taken where LevelDB's C API cannot be used (storage/capi.py)
+## batches, the path taken where LevelDB's C API cannot be used (storage/capi.py); their PostgreSQL
+## runs write no LevelDB batch and are not repeated
 test: $(STAMP)
 	$(BIN)/python -m pytest
-	TASKENGINE_PLAIN_BATCH=1 $(BIN)/python -m pytest -q tests/test_engine_*.py tests/test_reliability.py
+	TASKENGINE_PLAIN_BATCH=1 $(BIN)/python -m pytest -q -k "not postgresql" tests/test_engine_*.py tests/test_reliability.py
 
 ## the suite once, for another Python (.ci/run: make test-once PYTHON=python3.13 VENV=.venv-3.13)
 test-once: $(STAMP)

@@ -4,8 +4,8 @@ Every change to a task goes through the counter actor the task is hashed to, so
 index assignment, starts, finishes, cancels and deletion of one task are
 serialised without locks. Group commit happens here: pykka hands an actor one
 message at a time, so a counter actor takes every message already waiting in its
-inbox, handles them all, writes all their changes in one synced LevelDB write, and
-only then answers. An index is never acknowledged before the write that holds it.
+inbox, handles them all, writes all their changes in one synced write (a LevelDB batch, a
+PostgreSQL transaction), and only then answers. An index is never acknowledged before the write that holds it.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any, cast
 
 import attrs
 
-from taskengine.storage import Committer, Database, Execution, ExecutionStatus, Task, changes, records
-from taskengine.storage.batch import Op
+from taskengine.storage import Execution, ExecutionStatus, Task, records
 from taskengine.storage.errors import StorageError as _StorageError
 from taskengine.storage.errors import WriteFailed
+from taskengine.storage.interface import Change, Store, Writer
 
 from . import hooks, retention
 from . import messages as m
@@ -57,6 +57,7 @@ MAX_CHANGES_PER_TURN = 1024  # one turn, one write: bounds its size and its wait
 class TaskState:
     task: Task
     counter: int
+    stored: int = 0  # the counter as the last write stored it
     mark: int = 0  # the prune mark: the lowest stored index
     #: the retention policy's state: None idle, PRUNE_SCHEDULED while a Prune is on its way, or the
     #: index of the unfinished execution the last prune stopped at (pruning waits for it to finish)
@@ -89,7 +90,7 @@ class _Turn:
     __slots__ = ("changes", "answers", "pending", "removed", "submits", "deleted", "keys", "counted", "events")
 
     def __init__(self) -> None:
-        self.changes: list[list[Op]] = []
+        self.changes: list[Change] = []
         self.answers: list[tuple[Reply[Any] | None, Outcome]] = []  # in the order the messages came
         self.pending: list[tuple[str, str, int]] = []
         self.removed: list[tuple[str, str]] = []  # pending entries whose execution finished
@@ -104,8 +105,8 @@ class CounterActor(EngineActor):
 
     def __init__(
         self,
-        db: Database,
-        committer: Committer,
+        db: Store,
+        committer: Writer,
         board: CompletionBoard,
         refs: ActorRefs,
         jobs: JobRegistry,
@@ -118,6 +119,7 @@ class CounterActor(EngineActor):
         super().__init__()
         self._hooks = hooks
         self._db = db
+        self._changes = db.changes
         self._committer = committer
         self._board = board
         self._refs = refs
@@ -212,7 +214,8 @@ class CounterActor(EngineActor):
     def _commit(self, turn: _Turn) -> bool:
         """Write the turn and answer it; False if the write failed (every reply has the failure)."""
         # each task's counter once, after its records (and after a deletion of the task this turn)
-        turn.changes += [[changes.counter(st.task.id, st.counter)] for st in turn.counted.values() if not st.deleted]
+        counted = [st for st in turn.counted.values() if not st.deleted]
+        turn.changes += [self._changes.counter(st.task.id, st.counter, st.stored) for st in counted]
         if turn.changes:
             try:
                 self._committer.write(turn.changes)
@@ -223,6 +226,8 @@ class CounterActor(EngineActor):
                     m.fail(reply, _fresh(e))
                 self._stop_everything()
                 return False
+        for st in counted:
+            st.stored = st.counter
         if turn.events is not None:  # durable now; before anyone hears of it
             self._hooks.run(turn.events)
         refs = self._refs
@@ -270,7 +275,7 @@ class CounterActor(EngineActor):
             if held is not None and held.deleted:  # not if re-created in the same turn
                 del self._cache[task_id]
 
-    def _write(self, ops: list[Op], reply: Reply[Any] | None = None, outcome: Outcome = lambda: None) -> None:
+    def _write(self, ops: Change, reply: Reply[Any] | None = None, outcome: Outcome = lambda: None) -> None:
         self._turn.changes.append(ops)
         self._after_write(reply, outcome)
 
@@ -304,7 +309,7 @@ class CounterActor(EngineActor):
         task = self._db.get_task(task_id)
         if task is None:
             return None
-        st = TaskState(task=task, counter=task.execution_count, mark=task.prune_mark)
+        st = TaskState(task=task, counter=task.execution_count, stored=task.execution_count, mark=task.prune_mark)
         last = self._db.last_index(task_id)
         floor = max(st.mark, -1 if last is None else last + 1)
         if floor > st.counter:
@@ -364,7 +369,7 @@ class CounterActor(EngineActor):
             existing = st.view()
             self._after_write(msg.reply, lambda: existing)
             return
-        ops = changes.create_task(task)  # first: an encoding error must leave nothing behind
+        ops = self._changes.create_task(task)  # first: an encoding error must leave nothing behind
         self._cache[task.id] = TaskState(task=task, counter=0)
         self._cache.move_to_end(task.id)
         self._write(ops, msg.reply, lambda: task)
@@ -405,7 +410,7 @@ class CounterActor(EngineActor):
             if self._hooks.active:
                 self._note(hooks.TRIGGER, ex)
             return
-        ops = changes.assign(ex, with_counter=False)  # before any state changes
+        ops = self._changes.assign(ex, with_counter=False)  # before any state changes
         self._reserve(ex.id)
         self.triggered += 1
         self._advance(st)
@@ -507,7 +512,7 @@ class CounterActor(EngineActor):
                 self._after_write(msg.reply, refuse_exhausted)
                 return
             running = records.started(queued, time.time(), st.counter)
-            ops = changes.assign(running, with_counter=False)
+            ops = self._changes.assign(running, with_counter=False)
             del st.queued[queued.id]
             self._advance(st)
             if queued.idempotency_key is not None:
@@ -517,7 +522,7 @@ class CounterActor(EngineActor):
                 self._after_write(msg.reply, _refused)
                 return
             running = records.started(ex, time.time())
-            ops = changes.update(running)
+            ops = self._changes.update(running)
         st.running[running.id] = (msg.token, running)
         if self._hooks.active:
             self._note(hooks.START, running)
@@ -550,7 +555,7 @@ class CounterActor(EngineActor):
         self._complete(st, ex, msg.reply)
 
     def _complete(self, st: TaskState, ex: Execution, reply: Reply[Any] | None) -> None:
-        ops = changes.update(ex)
+        ops = self._changes.update(ex)
         del st.running[ex.id]
         self._ended_now(ex)
         if not ex.blocking:
@@ -603,7 +608,7 @@ class CounterActor(EngineActor):
             failed = _finished(ex, ExecutionStatus.FAILED, error=msg.reason)
             self._turn.removed.append((ex.task_id, ex.id))
             self._ended_now(failed)
-            self._write(changes.update(failed), None, lambda: self._publish_and_answer(failed))
+            self._write(self._changes.update(failed), None, lambda: self._publish_and_answer(failed))
             self._retain(st, ex.index)
 
     def _cancel(self, msg: m.Cancel) -> None:
@@ -628,7 +633,7 @@ class CounterActor(EngineActor):
         cancelled = _finished(record, ExecutionStatus.CANCELLED, error="cancelled by Engine.cancel")
         self._ended_now(cancelled)
         self._turn.removed.append((msg.task_id, msg.execution_id))
-        self._write(changes.update(cancelled), msg.reply, lambda: self._publish_and_answer(cancelled))
+        self._write(self._changes.update(cancelled), msg.reply, lambda: self._publish_and_answer(cancelled))
         self._retain(st, cancelled.index)
 
     def _delete(self, msg: m.DeleteTask) -> None:
@@ -656,7 +661,7 @@ class CounterActor(EngineActor):
             for ex in cancelled:
                 self._board.publish(ex)
 
-        self._write(changes.delete_task(msg.task_id), msg.reply, published)
+        self._write(self._changes.delete_task(msg.task_id), msg.reply, published)
         log.info("task %r deleted (%d unfinished executions cancelled)", msg.task_id, len(cancelled))
 
     def _get_task(self, msg: m.GetTask) -> None:
@@ -671,7 +676,7 @@ class CounterActor(EngineActor):
         st = self._require(msg.execution.task_id)  # loads the task, reconciling its counter first
         failed = _finished(msg.execution, ExecutionStatus.FAILED, error=INTERRUPTED)
         self._ended_now(failed)
-        self._write(changes.update(failed), msg.reply, lambda: failed)
+        self._write(self._changes.update(failed), msg.reply, lambda: failed)
         self._retain(st, failed.index)
 
     # -- retention -------------------------------------------------------------------------
@@ -700,7 +705,7 @@ class CounterActor(EngineActor):
         if run:
             st.mark = mark
             self.pruned += len(run)
-            self._write(changes.prune(msg.task_id, run, mark))
+            self._write(self._changes.prune(msg.task_id, run, mark))
         if policy:
             if blocked:
                 st.prune_wait = mark  # tried again once that execution finishes

@@ -1,6 +1,6 @@
 """The engine: the façade an embedding program calls.
 
-It owns the one LevelDB handle and this engine's actors
+It owns the one store (a LevelDB directory or a PostgreSQL database) and this engine's actors
 (counter actors, the pending store, the executor pool), starts them at ``open``,
 recovers unfinished work, and stops exactly these actors at ``close``: two engines
 in one process never touch each other.
@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pykka
 
-from taskengine.storage import Committer, Database, Execution, ExecutionStatus, Task
 from taskengine.storage import CorruptRecord as StorageCorrupt
+from taskengine.storage import Execution, ExecutionStatus, Task
+from taskengine.storage.interface import Store, Writer, open_store
 
 from . import aio, lifecycle, retention, validate
 from . import messages as m
@@ -60,7 +61,7 @@ class Engine:
     """Use :meth:`open`. Every method is thread-safe and may be called from pykka actors."""
 
     def __init__(
-        self, db: Database, committer: Committer, jobs: JobRegistry, refs: ActorRefs, backlog: Backlog | None = None
+        self, db: Store, committer: Writer, jobs: JobRegistry, refs: ActorRefs, backlog: Backlog | None = None
     ) -> None:
         self._db = db
         self._backlog = backlog
@@ -136,8 +137,12 @@ class Engine:
         for name, fn in jobs.items():
             registry.add(name, fn)
         with storage_errors():
-            db = Database.open(path, create=True)
-        committer = Committer(db, sync=sync)
+            db = open_store(path, create=True)
+            try:
+                committer = db.writer(sync=sync)
+            except BaseException:
+                db.close()
+                raise
         refs = ActorRefs()
         backlog = None if max_queued is None else Backlog(max_queued)
         engine = cls(db, committer, registry, refs, backlog)
@@ -158,7 +163,7 @@ class Engine:
             engine._shutdown(timeout=0, failed_open=True)
             raise
         lifecycle.opened(engine)
-        log.info("engine open at %s (%d workers, %d counter actors, sync=%s)", path, workers, counter_actors, sync)
+        log.info("engine open at %s (%d workers, %d counter actors, sync=%s)", db.path, workers, counter_actors, sync)
         return engine
 
     def _recover(self) -> None:

@@ -18,7 +18,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from taskengine.storage import Committer, Execution
+from taskengine.storage import Execution
+from taskengine.storage.interface import Writer
 
 from .errors import InvalidArgument
 
@@ -75,7 +76,7 @@ class HookSet:
     committer (``on_write``). Adding or removing replaces the tuples the readers use, so they
     never take a lock."""
 
-    def __init__(self, committer: Committer) -> None:
+    def __init__(self, committer: Writer) -> None:
         self._committer = committer
         self._lock = threading.Lock()
         self._hooks: tuple[Hooks, ...] = ()

@@ -1,4 +1,6 @@
-"""LevelDB storage of taskengine: key layout, record codec, readers, and group-committed writes.
+"""Storage of taskengine: one interface (``interface.Store``) and its backends, the embedded
+LevelDB one (a path: key layout, record codec, readers, group-committed writes) and the
+PostgreSQL one (a ``postgresql://`` URL, ``postgres.py``).
 
 Knows nothing of actors, so replay and inspect tools can use it alone.
 """
@@ -15,9 +17,15 @@ from .errors import (
     UnknownSchema,
     WriteFailed,
 )
+from .interface import Changes, Store, Writer, is_url, open_store
 from .records import Execution, ExecutionStatus, Task, TaskStatus
 
 __all__ = [
+    "Changes",
+    "Store",
+    "Writer",
+    "is_url",
+    "open_store",
     "CorruptRecord",
     "Database",
     "DatabaseDamaged",

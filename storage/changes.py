@@ -1,4 +1,5 @@
-"""Each state change of a task or execution as the operations of one atomic write.
+"""Each state change of a task or execution as the operations of one atomic LevelDB write
+(the LevelDB backend's :class:`~taskengine.storage.interface.Changes`).
 
 This is the only place that decides which keys a change touches, so the engine and
 the replay checks agree on what a consistent database looks like.
@@ -14,7 +15,7 @@ from .records import Execution, Task
 
 
 def create_task(task: Task) -> list[Op]:
-    return [(keys.task_key(task.id), codec.encode_task(task)), counter(task.id, 0)]
+    return [(keys.task_key(task.id), codec.encode_task(task)), *counter(task.id, 0)]
 
 
 def assign(execution: Execution, *, with_counter: bool = True) -> list[Op]:
@@ -31,7 +32,7 @@ def assign(execution: Execution, *, with_counter: bool = True) -> list[Op]:
         (prefix + keys.EXEC_ID + eid, codec.encode_int(index)),
     ]
     if with_counter:
-        ops.append(counter(tid, index + 1))
+        ops += counter(tid, index + 1)
     if not execution.status.is_finished:
         ops.append((live_key, eid))
     if execution.idempotency_key is not None:
@@ -39,8 +40,9 @@ def assign(execution: Execution, *, with_counter: bool = True) -> list[Op]:
     return ops
 
 
-def counter(task_id: str, value: int) -> Op:
-    return (keys.counter_key(task_id), codec.encode_int(value))
+def counter(task_id: str, value: int, was: int | None = None) -> list[Op]:
+    """The counter put to ``value`` (LevelDB has one writer: ``was`` needs no check)."""
+    return [(keys.counter_key(task_id), codec.encode_int(value))]
 
 
 def update(execution: Execution) -> list[Op]:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 
 import plyvel
 
-from . import codec, keys
+from . import codec, interface, keys
 from .errors import (
     CorruptRecord,
     DatabaseDamaged,
@@ -26,6 +26,7 @@ from .errors import (
     StorageLocked,
     UnknownSchema,
 )
+from .interface import Changes, OnCorrupt, Store, Writer
 from .lock import LOCK_FILE, DirectoryLock, read_only_error
 from .records import Execution, Task
 
@@ -165,14 +166,10 @@ def _reads(fn: _F) -> _F:
     return cast(_F, wrapper)
 
 
-#: told of a record that does not decode, by a reader that then goes on without it
-OnCorrupt = Callable[[CorruptRecord], None]
-
-
-class Database:
-    """One open database. Reads are safe from any thread (LevelDB allows it); writes go through
-    a :class:`~taskengine.storage.batch.Committer`, which takes ``write_lock``, so ``close`` never
-    frees the handle under a write."""
+class Database(Store):
+    """One open LevelDB database (the embedded backend of :class:`Store`). Reads are safe from any
+    thread (LevelDB allows it); writes go through a :class:`~taskengine.storage.batch.Committer`,
+    which takes ``write_lock``, so ``close`` never frees the handle under a write."""
 
     def __init__(
         self, raw: Any, path: str, lock: DirectoryLock | None = None, schema: int = keys.SCHEMA_VERSION
@@ -250,6 +247,17 @@ class Database:
             log.info("upgraded taskengine database at %s from schema %d to %d", path, version, keys.SCHEMA_VERSION)
             return keys.SCHEMA_VERSION
         return version
+
+    @property
+    def changes(self) -> Changes:
+        from . import changes  # it builds on batch, which builds on this module
+
+        return changes
+
+    def writer(self, *, sync: bool = True) -> Writer:
+        from .batch import Committer
+
+        return Committer(self, sync=sync)
 
     def close(self) -> None:
         """Idempotent; waits for a write in progress, then releases the database's lock."""
@@ -420,25 +428,18 @@ class Database:
         """The records at ``start, start+1, ...`` below ``stop`` while each is there and finished:
         the executions a prune mark at ``start`` may move past, in order (it stops at the first
         unfinished, missing or undecodable one, so the stored indexes stay contiguous)."""
-        out: list[Execution] = []
         if stop <= start:
-            return out
+            return []
+
+        def decoder(key: bytes, value: bytes, index: int) -> Callable[[], Execution]:
+            return lambda: codec.decode_execution(key, value, task_id, index)
+
         with _reading(f"executions of {task_id!r}"), self.raw.iterator(
             start=keys.execution_key(task_id, start), stop=keys.execution_key(task_id, stop)
         ) as it:
-            for expect, (key, value) in enumerate(it, start):
-                index = keys.decode_index(key[-8:])
-                if index != expect:
-                    break
-                try:
-                    ex = codec.decode_execution(key, value, task_id, index)
-                except CorruptRecord as e:
-                    log.error("prune of %r stops at index %d: %s", task_id, index, e)
-                    break
-                if not ex.status.is_finished:
-                    break
-                out.append(ex)
-        return out
+            records = ((index, decoder(key, value, index)) for key, value in it
+                       for index in (keys.decode_index(key[-8:]),))
+            return interface.finished_run(task_id, start, records)
 
     # -- copies --------------------------------------------------------------------------
 

@@ -67,6 +67,15 @@ def db_path(tmp_path: Any) -> str:
     return str(tmp_path / "db")
 
 
+@pytest.fixture(params=["leveldb", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """Where an engine's database goes, once per backend: a LevelDB path, then a fresh
+    PostgreSQL database (skipped, with the reason, where no server can be started)."""
+    if request.param == "leveldb":
+        return str(tmp_path / "db")
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
 def fresh_path(tmp_path: Any) -> Callable[[str], str]:
     def make(name: str) -> str:

@@ -261,10 +261,54 @@ def read_disk(raw: Any) -> tuple[dict[str, TaskOnDisk], dict[tuple[str, int], st
     return tasks, live, problems
 
 
+def read_postgres(url: str) -> tuple[dict[str, TaskOnDisk], dict[tuple[str, int], str], list[str]]:
+    """What ``read_disk`` reads, from the PostgreSQL tables (FORMAT.md), with psycopg directly:
+    an execution row's index, id and status columns are its keys, and must agree with its record."""
+    import psycopg
+
+    tasks: dict[str, TaskOnDisk] = {}
+    live: dict[tuple[str, int], str] = {}
+    problems: list[str] = []
+    with psycopg.connect(url) as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        for tid, record, counter, mark in conn.execute(
+            "SELECT id, record, counter, prune_mark FROM taskengine.tasks"
+        ):
+            t = tasks[tid] = TaskOnDisk(tid, counter=counter, prune_mark=mark)
+            try:
+                t.task = codec.decode_task(keys.task_key(tid), bytes(record))
+            except storage.CorruptRecord as e:
+                problems.append(f"corrupt record: {e}")
+        for tid, idx, eid, status, key, record in conn.execute(
+            "SELECT task_id, idx, id, status, idempotency_key, record FROM taskengine.executions"
+        ):
+            t = tasks.setdefault(tid, TaskOnDisk(tid))
+            try:
+                r = t.records[idx] = codec.decode_execution(keys.execution_key(tid, idx), bytes(record), tid, idx)
+            except storage.CorruptRecord as e:
+                problems.append(f"corrupt record: {e}")
+                continue
+            if r.id != eid or r.status.code.decode() != status:
+                problems.append(f"{tid!r}: row {idx} says {eid}/{status}, its record {r.id}/{r.status}")
+            t.ids[eid] = idx
+            if key is not None:
+                t.idempotency[bytes(key).decode()] = eid
+            if status in ("P", "R"):
+                live[(tid, idx)] = eid
+    return tasks, live, problems
+
+
 def check_raw(raw: Any, *, allow_live: bool = True) -> dict[str, TaskOnDisk]:
     """Check unique and gap-free (records at exactly prune mark .. counter-1) and the FORMAT.md
     cross-key invariants; return the tasks."""
-    tasks, live, problems = read_disk(raw)
+    return check_read(read_disk(raw), allow_live=allow_live)
+
+
+def check_read(
+    read: tuple[dict[str, TaskOnDisk], dict[tuple[str, int], str], list[str]], *, allow_live: bool = True
+) -> dict[str, TaskOnDisk]:
+    """``check_raw`` on what ``read_disk`` or ``read_postgres`` read."""
+    tasks, live, problems = read
     for tid, t in tasks.items():
         if t.task is None:
             problems.append(f"{tid!r}: keys without a task record (orphans): counter={t.counter}, "
@@ -316,7 +360,9 @@ def check_raw(raw: Any, *, allow_live: bool = True) -> dict[str, TaskOnDisk]:
 
 
 def check_db(path: str | os.PathLike[str], *, allow_live: bool = True) -> dict[str, TaskOnDisk]:
-    """Open a CLOSED database with ``storage.Database`` and check it."""
+    """Open a CLOSED database with ``storage.Database`` (or read a PostgreSQL one) and check it."""
+    if storage.is_url(str(path)):
+        return check_read(read_postgres(str(path)), allow_live=allow_live)
     db = storage.Database.open(str(path))
     try:
         return check_raw(db.raw, allow_live=allow_live)
@@ -334,6 +380,16 @@ def keys_with_prefix(path: str | os.PathLike[str], prefix: bytes) -> list[bytes]
 
 
 def task_keys_on_disk(path: str | os.PathLike[str], task_id: str) -> list[bytes]:
+    """Every key of the task (PostgreSQL: a name for each of its rows)."""
+    if storage.is_url(str(path)):
+        import psycopg
+
+        with psycopg.connect(str(path)) as conn:
+            rows = conn.execute(
+                "SELECT 'task' FROM taskengine.tasks WHERE id = %s UNION ALL "
+                "SELECT 'execution ' || idx FROM taskengine.executions WHERE task_id = %s", (task_id, task_id)
+            ).fetchall()
+        return [str(row[0]).encode() for row in rows]
     return keys_with_prefix(path, keys.task_prefix(task_id)) + keys_with_prefix(path, keys.live_prefix(task_id))
 
 

@@ -130,9 +130,9 @@ class Client(pykka.ThreadingActor):
 
 
 @pytest.mark.timeout(90)
-def test_60_client_actors_trigger_futures_unique_and_gap_free(make_engine, db_path):
+def test_60_client_actors_trigger_futures_unique_and_gap_free(make_engine, store):
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec}, workers=4)
+    engine = make_engine(store, jobs={"rec": rec}, workers=4)
     engine.create_task("t", job="rec")
     n_actors, per = 60, 6
     proxies = [make_engine.track(Client.start(engine, "t", per, i)).proxy() for i in range(n_actors)]
@@ -154,13 +154,13 @@ def test_60_client_actors_trigger_futures_unique_and_gap_free(make_engine, db_pa
     assert engine.next_index("t") == n
     assert_gap_free_api(engine, "t", executions)
     assert_each_ran_once(rec, executions)
-    verify_closed_db(make_engine, engine, db_path, "t", executions)
+    verify_closed_db(make_engine, engine, store, "t", executions)
 
 
-def test_original_bug_0_0_1_sequential_mixed_triggers(make_engine, db_path):
+def test_original_bug_0_0_1_sequential_mixed_triggers(make_engine, store):
     """The original's first historic bug: non-blocking then blocking triggers gave [0, 0, 1]."""
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec}, workers=2)
+    engine = make_engine(store, jobs={"rec": rec}, workers=2)
     engine.create_task("t", job="rec")
     a = engine.trigger("t", blocking=False)
     b = engine.trigger("t", blocking=True, timeout=WAIT)
@@ -173,15 +173,15 @@ def test_original_bug_0_0_1_sequential_mixed_triggers(make_engine, db_path):
     assert (fa.index, fd.index) == (0, 3)
     assert_gap_free_api(engine, "t", [a, b, c, d, e])
     assert_each_ran_once(rec, [a, b, c, d, e])
-    verify_closed_db(make_engine, engine, db_path, "t", [a, b, c, d, e])
+    verify_closed_db(make_engine, engine, store, "t", [a, b, c, d, e])
 
 
-def test_original_bug_0_0_1_blocking_queued_behind_pending_nonblocking(make_engine, db_path):
+def test_original_bug_0_0_1_blocking_queued_behind_pending_nonblocking(make_engine, store):
     """Non-blocking executions hold pre-assigned indexes while a blocking one is queued behind
     them: the blocking one must not take an index a pending one already has, and the pending
     ones must finish with the index they were given (the original's second historic bug)."""
     gate = Gate()
-    engine = make_engine(db_path, jobs={"gate": gate}, workers=2)
+    engine = make_engine(store, jobs={"gate": gate}, workers=2)
     engine.create_task("t", job="gate")
     x = engine.trigger("t", blocking=False)
     y = engine.trigger("t", blocking=False)
@@ -200,13 +200,13 @@ def test_original_bug_0_0_1_blocking_queued_behind_pending_nonblocking(make_engi
         fin = engine.wait("t", ex.id, timeout=WAIT)
         assert fin.index == ex.index and fin.status == S.SUCCESS
         assert gate.index_of(ex.id) == ex.index
-    verify_closed_db(make_engine, engine, db_path, "t", [x, y, z, box[0]])
+    verify_closed_db(make_engine, engine, store, "t", [x, y, z, box[0]])
 
 
 @pytest.mark.parametrize("pattern", ["blocking", "nonblocking", "mixed"])
-def test_one_caller_in_a_row_gets_increasing_indexes_despite_other_callers(make_engine, db_path, pattern):
+def test_one_caller_in_a_row_gets_increasing_indexes_despite_other_callers(make_engine, store, pattern):
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec}, workers=3)
+    engine = make_engine(store, jobs={"rec": rec}, workers=3)
     engine.create_task("t", job="rec")
     stop = threading.Event()
     noise_errors: list[BaseException] = []
@@ -238,13 +238,13 @@ def test_one_caller_in_a_row_gets_increasing_indexes_despite_other_callers(make_
         assert engine.wait("t", ex.id, timeout=WAIT).index == ex.index
     assert_gap_free_api(engine, "t", mine)
     make_engine.close(engine)
-    check_db(db_path)
+    check_db(store)
 
 
 @pytest.mark.timeout(90)
-def test_max_executions_raced_by_40_callers(make_engine, db_path):
+def test_max_executions_raced_by_40_callers(make_engine, store):
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec}, workers=4)
+    engine = make_engine(store, jobs={"rec": rec}, workers=4)
     engine.create_task("t", job="rec", max_executions=10)
 
     def client(i: int) -> Any:
@@ -270,12 +270,12 @@ def test_max_executions_raced_by_40_callers(make_engine, db_path):
         engine.trigger_future("t", blocking=False).get(timeout=WAIT)
     assert rec.count() == 10
     assert_gap_free_api(engine, "t", ok)
-    verify_closed_db(make_engine, engine, db_path, "t", ok)
+    verify_closed_db(make_engine, engine, store, "t", ok)
 
 
-def test_max_executions_sequential_boundary(make_engine, db_path):
+def test_max_executions_sequential_boundary(make_engine, store):
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec})
+    engine = make_engine(store, jobs={"rec": rec})
     engine.create_task("t", job="rec", max_executions=3)
     assert engine.get_task("t").status == TaskStatus.ACTIVE
     got = [engine.trigger("t", blocking=k == 1, timeout=WAIT).index for k in range(3)]
@@ -285,16 +285,16 @@ def test_max_executions_sequential_boundary(make_engine, db_path):
         engine.trigger("t")
     assert engine.next_index("t") == 3
     make_engine.close(engine)
-    engine = make_engine(db_path, jobs={"rec": rec})
+    engine = make_engine(store, jobs={"rec": rec})
     assert engine.get_task("t").status == TaskStatus.COMPLETED  # persisted across reopen
     with pytest.raises(errors.TaskNotRunnable):
         engine.trigger("t", blocking=True, timeout=WAIT)
     assert engine.next_index("t") == 3
 
 
-def test_idempotency_key_raced_by_24_threads_consumes_one_index(make_engine, db_path):
+def test_idempotency_key_raced_by_24_threads_consumes_one_index(make_engine, store):
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec}, workers=4)
+    engine = make_engine(store, jobs={"rec": rec}, workers=4)
     engine.create_task("t", job="rec")
 
     def client(i: int) -> Any:
@@ -325,12 +325,12 @@ def test_idempotency_key_raced_by_24_threads_consumes_one_index(make_engine, db_
     assert engine.next_index("t") == 2
     assert collections.Counter(rec.ids()) == {first.id: 1, out2.results[0].id: 1}
     make_engine.close(engine)
-    tasks = check_db(db_path, allow_live=False)
+    tasks = check_db(store, allow_live=False)
     assert tasks["t"].counter == 2
     assert tasks["t"].idempotency == {"same": first.id, "mixed": out2.results[0].id}
 
 
-def test_queue_runs_in_index_order_past_9(make_engine, db_path):
+def test_queue_runs_in_index_order_past_9(make_engine, store):
     """Not job ids ordered as strings (10 before 9). One worker, so the
     order of runs is observable: it must be index order."""
     order: list[int] = []
@@ -344,7 +344,7 @@ def test_queue_runs_in_index_order_past_9(make_engine, db_path):
         order.append(ctx.index)
         return ctx.index
 
-    engine = make_engine(db_path, jobs={"j": job}, workers=1)
+    engine = make_engine(store, jobs={"j": job}, workers=1)
     engine.create_task("t", job="j")
     first = engine.trigger("t")
     assert started.wait(WAIT)
@@ -355,11 +355,11 @@ def test_queue_runs_in_index_order_past_9(make_engine, db_path):
     assert order == list(range(15))
 
 
-def test_nonblocking_futures_fired_in_a_row_get_increasing_indexes(make_engine, db_path):
+def test_nonblocking_futures_fired_in_a_row_get_increasing_indexes(make_engine, store):
     """§3.4 for a caller that does not wait between triggers: futures fired in a row by one
     caller, while other callers trigger the same task, resolve to increasing indexes."""
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec}, workers=2)
+    engine = make_engine(store, jobs={"rec": rec}, workers=2)
     engine.create_task("t", job="rec")
 
     def caller(i: int) -> list[int]:
@@ -373,9 +373,9 @@ def test_nonblocking_futures_fired_in_a_row_get_increasing_indexes(make_engine, 
     assert_indexes_exact([i for idx in out.results for i in idx], 240)
 
 
-def test_blocking_futures_fired_in_a_row_get_increasing_indexes(make_engine, db_path):
+def test_blocking_futures_fired_in_a_row_get_increasing_indexes(make_engine, store):
     """§3.4 for blocking futures one caller fires without waiting in between."""
-    e = make_engine(db_path, jobs={"job": lambda ctx: ctx.index}, workers=4)
+    e = make_engine(store, jobs={"job": lambda ctx: ctx.index}, workers=4)
     e.create_task("t", job="job")
     for _ in range(5):
         futures = [e.trigger_future("t", i, blocking=True) for i in range(16)]

@@ -27,10 +27,10 @@ def assert_cancelled_by_deletion(ex: Any) -> None:
     assert "delet" in (ex.error or "").lower(), ex.error
 
 
-def test_delete_cancels_pending_running_completion_cannot_resurrect(make_engine, db_path):
+def test_delete_cancels_pending_running_completion_cannot_resurrect(make_engine, store):
     gate = Gate()
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"gate": gate, "rec": rec}, workers=1)
+    engine = make_engine(store, jobs={"gate": gate, "rec": rec}, workers=1)
     engine.create_task("t", job="gate", config={"v": 1})
     running = engine.trigger("t")
     assert gate.wait_calls(1)
@@ -83,10 +83,10 @@ def test_delete_cancels_pending_running_completion_cannot_resurrect(make_engine,
     with pytest.raises(errors.TaskNotFound):
         engine.get_task("t")
     make_engine.close(engine)
-    assert task_keys_on_disk(db_path, "t") == [], "deleted task left keys (or its completion wrote it back)"
-    check_db(db_path, allow_live=False)
+    assert task_keys_on_disk(store, "t") == [], "deleted task left keys (or its completion wrote it back)"
+    check_db(store, allow_live=False)
 
-    engine = make_engine(db_path, jobs={"gate": gate, "rec": rec})
+    engine = make_engine(store, jobs={"gate": gate, "rec": rec})
     with pytest.raises(errors.TaskNotFound):
         engine.get_task("t")
     task = engine.create_task("t", job="rec")
@@ -98,13 +98,13 @@ def test_delete_cancels_pending_running_completion_cannot_resurrect(make_engine,
     assert again.index == 0 and again.status == S.SUCCESS
     assert gate.count() == 1
     make_engine.close(engine)
-    t = check_db(db_path, allow_live=False)["t"]
+    t = check_db(store, allow_live=False)["t"]
     assert t.counter == 1 and list(t.by_id()) == [again.id]
 
 
-def test_recreated_task_starts_at_zero_in_the_same_engine(make_engine, db_path):
+def test_recreated_task_starts_at_zero_in_the_same_engine(make_engine, store):
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec})
+    engine = make_engine(store, jobs={"rec": rec})
     engine.create_task("t", job="rec")
     old = [engine.trigger("t", blocking=True, timeout=WAIT, idempotency_key=f"k{k}") for k in range(5)]
     engine.delete_task("t")
@@ -115,14 +115,14 @@ def test_recreated_task_starts_at_zero_in_the_same_engine(make_engine, db_path):
     assert engine.wait("t", new.id, timeout=WAIT).status == S.SUCCESS
     assert [e.id for e in engine.list_executions("t")] == [new.id]
     make_engine.close(engine)
-    t = check_db(db_path, allow_live=False)["t"]
+    t = check_db(store, allow_live=False)["t"]
     assert t.counter == 1 and t.idempotency == {"k0": new.id}
 
 
 @pytest.mark.timeout(90)
-def test_delete_racing_concurrent_triggers_leaves_no_orphans(make_engine, db_path):
+def test_delete_racing_concurrent_triggers_leaves_no_orphans(make_engine, store):
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec}, workers=3)
+    engine = make_engine(store, jobs={"rec": rec}, workers=3)
     engine.create_task("t", job="rec")
     n_clients, per = 16, 30
     deletions = 3
@@ -160,7 +160,7 @@ def test_delete_racing_concurrent_triggers_leaves_no_orphans(make_engine, db_pat
     counts = collections.Counter(rec.ids())
     assert max(counts.values()) == 1, "an execution ran twice"
     make_engine.close(engine)
-    disk = check_db(db_path, allow_live=False)
+    disk = check_db(store, allow_live=False)
     assert set(disk) == {"t"}, f"orphan task key ranges: {set(disk) - {'t'}}"
     assert {r.id for r in disk["t"].records.values()} == {e.id for e in listed}
 
@@ -168,9 +168,9 @@ def test_delete_racing_concurrent_triggers_leaves_no_orphans(make_engine, db_pat
 PREFIX_IDS = ["a", "a:b", "a:", "a/b", "a:b:c", "ab", "a b", "ä", "日本:タスク", "a" * 256, ":", "/"]
 
 
-def test_task_ids_sharing_prefixes_never_see_each_other(make_engine, db_path):
+def test_task_ids_sharing_prefixes_never_see_each_other(make_engine, store):
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec}, workers=2)
+    engine = make_engine(store, jobs={"rec": rec}, workers=2)
     mine: dict[str, list[Any]] = {}
     for n, tid in enumerate(PREFIX_IDS):
         assert engine.create_task(tid, job="rec", config={"n": n}).id == tid
@@ -208,7 +208,7 @@ def test_task_ids_sharing_prefixes_never_see_each_other(make_engine, db_path):
     assert engine.trigger("a", blocking=True, timeout=WAIT).index == 0
     assert engine.next_index("a:b") == PREFIX_IDS.index("a:b") + 2
     make_engine.close(engine)
-    disk = check_db(db_path, allow_live=False)
+    disk = check_db(store, allow_live=False)
     assert set(disk) == set(PREFIX_IDS) - {"a:"}
     for n, tid in enumerate(PREFIX_IDS):
         if tid not in ("a", "a:"):
@@ -216,12 +216,12 @@ def test_task_ids_sharing_prefixes_never_see_each_other(make_engine, db_path):
     assert disk["a"].counter == 1
 
 
-def test_old_incarnation_work_never_touches_a_recreated_task(make_engine, db_path):
+def test_old_incarnation_work_never_touches_a_recreated_task(make_engine, store):
     """Delete and re-create while the old task has a running and queued executions: the old
     queued ones never run, the old running one's completion writes nothing into the new task."""
     gate = Gate(result="old")
     rec = Recorder(result=lambda ctx: "new")
-    engine = make_engine(db_path, jobs={"gate": gate, "rec": rec}, workers=1)
+    engine = make_engine(store, jobs={"gate": gate, "rec": rec}, workers=1)
     old_task = engine.create_task("t", job="gate")
     old_running = engine.trigger("t")
     assert gate.wait_calls(1)
@@ -242,22 +242,22 @@ def test_old_incarnation_work_never_touches_a_recreated_task(make_engine, db_pat
         with pytest.raises(errors.ExecutionNotFound):
             engine.get_execution("t", old.id)
     make_engine.close(engine)
-    t = check_db(db_path, allow_live=False)["t"]
+    t = check_db(store, allow_live=False)["t"]
     assert t.counter == 2
     assert t.records[0].id == new.id and t.records[0].result == "new"
     assert not {old_running.id, *(e.id for e in old_queued)} & set(t.ids)
 
 
-def test_recovered_pending_of_a_task_deleted_before_its_job_is_registered_never_runs(make_engine, db_path):
+def test_recovered_pending_of_a_task_deleted_before_its_job_is_registered_never_runs(make_engine, store):
     gate = Gate()
-    engine = make_engine(db_path, jobs={"late": gate}, workers=1)
+    engine = make_engine(store, jobs={"late": gate}, workers=1)
     engine.create_task("t", job="late")
     engine.trigger("t")
     assert gate.wait_calls(1)
     queued = [engine.trigger("t") for _ in range(3)]
     engine.close(timeout=0.2)
     gate.release()
-    engine = make_engine(db_path, jobs={})
+    engine = make_engine(store, jobs={})
     for ex in queued:
         assert engine.get_execution("t", ex.id).status == S.PENDING
     engine.delete_task("t")
@@ -267,13 +267,13 @@ def test_recovered_pending_of_a_task_deleted_before_its_job_is_registered_never_
     assert engine.trigger("other", blocking=True, timeout=WAIT).status == S.SUCCESS
     assert rec.ids() == [engine.list_executions("other")[0].id], "work of a deleted task ran"
     make_engine.close(engine)
-    assert task_keys_on_disk(db_path, "t") == []
-    check_db(db_path, allow_live=False)
+    assert task_keys_on_disk(store, "t") == []
+    check_db(store, allow_live=False)
 
 
-def test_delete_with_idempotency_keys_racing(make_engine, db_path):
+def test_delete_with_idempotency_keys_racing(make_engine, store):
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec}, workers=2)
+    engine = make_engine(store, jobs={"rec": rec}, workers=2)
     engine.create_task("t", job="rec")
 
     def work(i: int) -> Any:
@@ -299,7 +299,7 @@ def test_delete_with_idempotency_keys_racing(make_engine, db_path):
     for e in listed:
         engine.wait("t", e.id, timeout=WAIT)
     make_engine.close(engine)
-    t = check_db(db_path, allow_live=False)["t"]
+    t = check_db(store, allow_live=False)["t"]
     assert set(t.idempotency.values()) == {e.id for e in listed}
 
 

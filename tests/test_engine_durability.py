@@ -55,12 +55,12 @@ def craft(path: str, task_id: str, job: str, statuses: list[S], counter: int | N
 
 
 @pytest.mark.timeout(60)
-def test_counter_continues_across_reopen_cycles(make_engine, db_path):
+def test_counter_continues_across_reopen_cycles(make_engine, store):
     rec = Recorder()
     seen: dict[str, int] = {}
     total = 0
     for cycle in range(6):
-        engine = make_engine(db_path, jobs={"rec": rec}, workers=2)
+        engine = make_engine(store, jobs={"rec": rec}, workers=2)
         if cycle == 0:
             engine.create_task("t", job="rec")
         assert engine.next_index("t") == total, f"cycle {cycle}: counter {engine.next_index('t')} != {total}"
@@ -78,10 +78,10 @@ def test_counter_continues_across_reopen_cycles(make_engine, db_path):
             for ex in got:
                 engine.wait("t", ex.id, timeout=WAIT)
         make_engine.close(engine)
-        on_disk = check_db(db_path)["t"]
+        on_disk = check_db(store)["t"]
         assert on_disk.counter == total
         assert {r.id: r.index for r in on_disk.records.values()} == seen  # nothing re-issued
-    engine = make_engine(db_path, jobs={"rec": rec})
+    engine = make_engine(store, jobs={"rec": rec})
     listed = assert_gap_free_api(engine, "t")
     assert {e.id: e.index for e in listed} == seen
     for e in listed:
@@ -89,16 +89,16 @@ def test_counter_continues_across_reopen_cycles(make_engine, db_path):
     assert_indexes_exact(seen.values(), total)
 
 
-def test_close_leaves_queued_work_pending_and_it_runs_after_reopen(make_engine, db_path):
+def test_close_leaves_queued_work_pending_and_it_runs_after_reopen(make_engine, store):
     gate = Gate()
-    engine = make_engine(db_path, jobs={"gate": gate}, workers=1)
+    engine = make_engine(store, jobs={"gate": gate}, workers=1)
     engine.create_task("t", job="gate")
     first = engine.trigger("t")
     assert gate.wait_calls(1)
     queued = [engine.trigger("t", data={"q": k}) for k in range(5)]
     engine.close(timeout=0.5)  # the running job is left; queued ones must not start
     assert gate.count() == 1
-    tasks = check_db(db_path, allow_live=True)
+    tasks = check_db(store, allow_live=True)
     recs = tasks["t"].by_id()
     for ex in queued:
         assert recs[ex.id].status == S.PENDING, (ex.index, recs[ex.id].status)
@@ -107,7 +107,7 @@ def test_close_leaves_queued_work_pending_and_it_runs_after_reopen(make_engine, 
     gate.release()  # the abandoned job returns into a closed engine
     assert gate.wait_returned(1)
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"gate": rec}, workers=2)
+    engine = make_engine(store, jobs={"gate": rec}, workers=2)
     for ex in queued:
         fin = engine.wait("t", ex.id, timeout=WAIT)
         assert (fin.status, fin.index) == (S.SUCCESS, ex.index)
@@ -116,12 +116,12 @@ def test_close_leaves_queued_work_pending_and_it_runs_after_reopen(make_engine, 
     assert sorted(rec.ids()) == sorted(ex.id for ex in queued)  # each ran once, the interrupted one never again
     assert engine.trigger("t").index == 6
     make_engine.close(engine)
-    check_db(db_path)
+    check_db(store)
 
 
-def test_close_waits_for_running_jobs_without_timeout(make_engine, db_path):
+def test_close_waits_for_running_jobs_without_timeout(make_engine, store):
     gate = Gate()
-    engine = make_engine(db_path, jobs={"gate": gate}, workers=2)
+    engine = make_engine(store, jobs={"gate": gate}, workers=2)
     engine.create_task("t", job="gate")
     ex = engine.trigger("t")
     assert gate.wait_calls(1)
@@ -132,7 +132,7 @@ def test_close_waits_for_running_jobs_without_timeout(make_engine, db_path):
     gate.release()
     closer.join(WAIT)
     assert not closer.is_alive()
-    rec0 = check_db(db_path, allow_live=False)["t"].records[0]
+    rec0 = check_db(store, allow_live=False)["t"].records[0]
     assert (rec0.id, rec0.status) == (ex.id, S.SUCCESS)
 
 
@@ -200,16 +200,16 @@ def test_counter_behind_its_records_never_reissues(make_engine, db_path):
     assert on_disk.counter == 8
 
 
-def test_idempotency_key_survives_reopen(make_engine, db_path):
+def test_idempotency_key_survives_reopen(make_engine, store):
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec})
+    engine = make_engine(store, jobs={"rec": rec})
     engine.create_task("t", job="rec")
     a = engine.trigger("t", idempotency_key="k1")
     b = engine.trigger("t", idempotency_key="k2", blocking=True, timeout=WAIT)
     assert engine.trigger("t", idempotency_key="k1").id == a.id
     engine.wait("t", a.id, timeout=WAIT)
     make_engine.close(engine)
-    engine = make_engine(db_path, jobs={"rec": rec})
+    engine = make_engine(store, jobs={"rec": rec})
     for key, ex in (("k1", a), ("k2", b)):
         for blocking in (False, True):
             again = engine.trigger("t", idempotency_key=key, blocking=blocking, timeout=WAIT)

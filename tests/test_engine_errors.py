@@ -33,9 +33,9 @@ def raises(exc: type[BaseException], fn: Callable[..., Any], *args: Any, **kwarg
 
 
 @pytest.fixture
-def engine_t(make_engine, db_path):
+def engine_t(make_engine, store):
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec})
+    engine = make_engine(store, jobs={"rec": rec})
     engine.create_task("t", job="rec")
     first = engine.trigger("t", blocking=True, timeout=WAIT)
     assert first.index == 0
@@ -356,9 +356,9 @@ def test_open_refuses_what_is_not_a_taskengine_database(make_engine, tmp_path):
     assert "999" in str(info.value)
 
 
-def test_idempotent_repeat_on_a_completed_task_returns_the_execution(make_engine, db_path):
+def test_idempotent_repeat_on_a_completed_task_returns_the_execution(make_engine, store):
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"rec": rec})
+    engine = make_engine(store, jobs={"rec": rec})
     engine.create_task("t", job="rec", max_executions=1)
     first = engine.trigger("t", idempotency_key="once", blocking=True, timeout=WAIT)
     again = engine.trigger("t", idempotency_key="once")

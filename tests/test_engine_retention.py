@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from engine_helpers import WAIT, Child, Gate, Recorder, assert_gap_free_api, check_db, run_threads
-from taskengine import ExecutionStatus, errors
+from taskengine import ExecutionStatus, errors, storage
 from taskengine.actors import retention
 from taskengine.storage import Database, keys
 from taskengine.tools import replay
@@ -36,7 +36,10 @@ class Held:
         return self.fast(ctx)
 
 
-def replay_ok(path: str) -> replay.Report:
+def replay_ok(path: str) -> replay.Report | None:
+    if storage.is_url(path):  # replay reads LevelDB; the same invariants, read from the tables
+        check_db(path)
+        return None
     db = Database.open(path)
     try:
         report = replay.check(db)
@@ -56,8 +59,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = WAIT) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_prune_keeps_the_last_n_and_never_reissues_an_index(make_engine, db_path):
-    engine = make_engine(db_path, jobs={"job": Recorder()})
+def test_prune_keeps_the_last_n_and_never_reissues_an_index(make_engine, store):
+    engine = make_engine(store, jobs={"job": Recorder()})
     engine.create_task("t", job="job")
     made = [engine.trigger("t", data={"n": i}, blocking=True, timeout=WAIT) for i in range(10)]
     assert engine.prune("t", keep_last=3) == 7
@@ -76,26 +79,27 @@ def test_prune_keeps_the_last_n_and_never_reissues_an_index(make_engine, db_path
     assert engine.stats().pruned == 9
     make_engine.close(engine)
 
-    on_disk = check_db(db_path)["t"]
+    on_disk = check_db(store)["t"]
     assert (on_disk.prune_mark, on_disk.counter, sorted(on_disk.records)) == (9, 11, [9, 10])
     assert len(on_disk.ids) == 2
-    report = replay_ok(db_path)
-    assert (report.tasks[0].prune_mark, report.tasks[0].counter, report.tasks[0].executions) == (9, 11, 2)
+    report = replay_ok(store)
+    if report is not None:
+        assert (report.tasks[0].prune_mark, report.tasks[0].counter, report.tasks[0].executions) == (9, 11, 2)
 
-    engine = make_engine(db_path, jobs={"job": Recorder()})
+    engine = make_engine(store, jobs={"job": Recorder()})
     assert engine.get_task("t").prune_mark == 9
     assert engine.prune("t", keep_last=0) == 2
     assert engine.list_executions("t") == []
     assert engine.trigger("t", blocking=True, timeout=WAIT).index == 11
     make_engine.close(engine)
-    engine = make_engine(db_path, jobs={"job": Recorder()})  # everything pruned, then reopened
+    engine = make_engine(store, jobs={"job": Recorder()})  # everything pruned, then reopened
     assert engine.next_index("t") == 12 and engine.get_task("t").prune_mark == 11
 
 
 @pytest.mark.timeout(60)
-def test_the_mark_stops_at_the_first_unfinished_execution(make_engine, db_path):
+def test_the_mark_stops_at_the_first_unfinished_execution(make_engine, store):
     job = Held()
-    engine = make_engine(db_path, jobs={"job": job}, workers=1)
+    engine = make_engine(store, jobs={"job": job}, workers=1)
     engine.create_task("t", job="job")
     for i in range(2):
         engine.trigger("t", data={"i": i}, blocking=True, timeout=WAIT)
@@ -119,8 +123,8 @@ def test_the_mark_stops_at_the_first_unfinished_execution(make_engine, db_path):
     assert_gap_free_api(engine, "t")
 
 
-def test_a_pruned_idempotency_key_is_forgotten(make_engine, db_path):
-    engine = make_engine(db_path, jobs={"job": Recorder()})
+def test_a_pruned_idempotency_key_is_forgotten(make_engine, store):
+    engine = make_engine(store, jobs={"job": Recorder()})
     engine.create_task("t", job="job")
     first = engine.trigger("t", idempotency_key="k", blocking=True, timeout=WAIT)
     assert engine.trigger("t", idempotency_key="k").id == first.id
@@ -129,7 +133,7 @@ def test_a_pruned_idempotency_key_is_forgotten(make_engine, db_path):
     assert again.id != first.id and again.index == 1
     assert engine.trigger("t", idempotency_key="k").id == again.id
     make_engine.close(engine)
-    replay_ok(db_path)
+    replay_ok(store)
 
 
 def test_prune_refuses_bad_arguments(make_engine, db_path):
@@ -173,12 +177,12 @@ def test_a_large_prune_goes_in_steps_and_lets_triggers_through(make_engine, db_p
 
 
 @pytest.mark.timeout(120)
-def test_prune_races_triggers_and_deletion(make_engine, db_path):
+def test_prune_races_triggers_and_deletion(make_engine, store):
     """Callers trigger (mixed) while one thread prunes and another deletes and re-creates a task:
     every acknowledged execution is found unless pruned after it finished; indexes stay exactly
     mark..n-1; nothing runs twice; the files replay clean."""
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"job": rec}, workers=3, counter_actors=2)
+    engine = make_engine(store, jobs={"job": rec}, workers=3, counter_actors=2)
     for tid in ("a", "b", "d"):
         engine.create_task(tid, job="job")
     stop = threading.Event()
@@ -227,15 +231,15 @@ def test_prune_races_triggers_and_deletion(make_engine, db_path):
         engine.prune(tid, keep_last=0)
         assert engine.list_executions(tid) == []
     make_engine.close(engine)
-    tasks = check_db(db_path, allow_live=False)
+    tasks = check_db(store, allow_live=False)
     assert tasks["a"].prune_mark == tasks["a"].counter == len(acked["a"])
-    replay_ok(db_path)
+    replay_ok(store)
 
 
 @pytest.mark.timeout(90)
-def test_the_policy_prunes_in_the_background(make_engine, db_path):
+def test_the_policy_prunes_in_the_background(make_engine, store):
     job = Held()
-    engine = make_engine(db_path, jobs={"job": job}, workers=2, keep_last=0)
+    engine = make_engine(store, jobs={"job": job}, workers=2, keep_last=0)
     engine.create_task("t", job="job")
     held = engine.trigger("t", data={"hold": True})  # index 0 stays RUNNING: the mark cannot move
     assert job.gate.wait_calls(1)
@@ -254,21 +258,21 @@ def test_the_policy_prunes_in_the_background(make_engine, db_path):
     stored = len(engine.list_executions("u", limit=100))
     assert 1 <= stored <= retention.slack(0)  # pruned every 16 finishes, not at each
     make_engine.close(engine)
-    replay_ok(db_path)
+    replay_ok(store)
 
 
 @pytest.mark.timeout(90)
-def test_the_policy_sweeps_every_task_at_open(make_engine, db_path):
+def test_the_policy_sweeps_every_task_at_open(make_engine, store):
     """A database with history from before the policy: each task is pruned to keep_last once."""
-    with DbBuilder(db_path) as b:
+    with DbBuilder(store) as b:
         for t in range(3):
             b.task(f"t{t}", job="job")
             b.executions(f"t{t}", *[S] * 40, blocking=False)
-    engine = make_engine(db_path, jobs={"job": Recorder()}, keep_last=10)
+    engine = make_engine(store, jobs={"job": Recorder()}, keep_last=10)
     wait_for(lambda: engine.stats().pruned == 90)
     assert [(t.prune_mark, t.execution_count) for t in engine.list_tasks()] == [(30, 40)] * 3
     make_engine.close(engine)
-    replay_ok(db_path)
+    replay_ok(store)
 
 
 @pytest.mark.timeout(90)

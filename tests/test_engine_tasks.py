@@ -17,14 +17,14 @@ def noop(ctx):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.timeout(60)
-def test_get_or_create_returns_the_task_as_it_stands_after_a_restart(make_engine, db_path):
+def test_get_or_create_returns_the_task_as_it_stands_after_a_restart(make_engine, store):
     """The README's example run twice: the second run gets the task back, with its counter."""
-    engine = make_engine(db_path, jobs={"job": noop})
+    engine = make_engine(store, jobs={"job": noop})
     first = engine.create_task("daily", job="job", config={"region": "eu", "n": [1, 2]}, max_executions=10)
     engine.trigger("daily", blocking=True, timeout=30)
     make_engine.close(engine)
 
-    engine = make_engine(db_path, jobs={"job": noop})
+    engine = make_engine(store, jobs={"job": noop})
     again = engine.create_task(
         "daily", job="job", config={"n": [1, 2], "region": "eu"}, max_executions=10, exist_ok=True
     )  # key order does not matter
@@ -47,8 +47,8 @@ def test_get_or_create_returns_the_task_as_it_stands_after_a_restart(make_engine
         ({"max_executions": 5}, "max_executions (null, not 5)"),
     ],
 )
-def test_get_or_create_names_what_differs_and_changes_nothing(make_engine, db_path, change, named):
-    engine = make_engine(db_path, jobs={"job": noop, "other": noop})
+def test_get_or_create_names_what_differs_and_changes_nothing(make_engine, store, change, named):
+    engine = make_engine(store, jobs={"job": noop, "other": noop})
     made = engine.create_task("t", job="job", config={"region": "eu"})
     asked = {"job": "job", "config": {"region": "eu"}, "max_executions": None, **change}
     with pytest.raises(errors.TaskAlreadyExists) as e:
@@ -58,9 +58,9 @@ def test_get_or_create_names_what_differs_and_changes_nothing(make_engine, db_pa
     assert engine.next_index("t") == 0
 
 
-def test_json_numbers_are_compared_as_stored(make_engine, db_path):
+def test_json_numbers_are_compared_as_stored(make_engine, store):
     """1 and 1.0 (and true and 1) are different configs: JSON stores them differently."""
-    engine = make_engine(db_path, jobs={"job": noop})
+    engine = make_engine(store, jobs={"job": noop})
     engine.create_task("t", job="job", config={"n": 1, "flag": True})
     engine.create_task("t", job="job", config={"flag": True, "n": 1}, exist_ok=True)
     for other in ({"n": 1.0, "flag": True}, {"n": 1, "flag": 1}):
@@ -69,9 +69,9 @@ def test_json_numbers_are_compared_as_stored(make_engine, db_path):
 
 
 @pytest.mark.timeout(60)
-def test_concurrent_get_or_create_makes_one_task(make_engine, db_path):
+def test_concurrent_get_or_create_makes_one_task(make_engine, store):
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"job": rec}, counter_actors=3)
+    engine = make_engine(store, jobs={"job": rec}, counter_actors=3)
     ids = [f"node-{i % 4}" for i in range(32)]
     res = run_threads(32, lambda i: engine.create_task(ids[i], job="job", exist_ok=True))
     res.raise_unexpected()
@@ -89,8 +89,8 @@ def test_get_or_create_validates_like_create(make_engine, db_path):
     assert engine.list_tasks() == []
 
 
-def test_list_tasks_pages_by_id(make_engine, db_path):
-    engine = make_engine(db_path, jobs={"job": noop}, counter_actors=2)
+def test_list_tasks_pages_by_id(make_engine, store):
+    engine = make_engine(store, jobs={"job": noop}, counter_actors=2)
     ids = ["b", "a:", "a", "ü", "a:b", "A", "a/x"]
     for tid in ids:
         engine.create_task(tid, job="job")

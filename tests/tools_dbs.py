@@ -15,7 +15,8 @@ from typing import Any
 
 from ulid import ULID
 
-from taskengine.storage import Committer, Database, Execution, ExecutionStatus, Task, changes, keys
+from taskengine import storage
+from taskengine.storage import Database, Execution, ExecutionStatus, Task, keys
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,8 +36,9 @@ class DbBuilder:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
-        self.db = Database.open(self.path, create=True)
-        self.committer = Committer(self.db, sync=False)
+        self.db = storage.open_store(self.path, create=True)  # a LevelDB path or a PostgreSQL URL
+        self.committer = self.db.writer(sync=False)
+        self.changes = self.db.changes
         self.counters: dict[str, int] = {}
 
     def __enter__(self) -> DbBuilder:
@@ -52,7 +54,7 @@ class DbBuilder:
         task = Task(
             id=task_id, job=job, config={"k": 1}, max_executions=max_executions, created_at=1.0e9, incarnation=new_id()
         )
-        self.committer.write([changes.create_task(task)])
+        self.committer.write([self.changes.create_task(task)])
         self.counters[task_id] = 0
         return task
 
@@ -86,7 +88,7 @@ class DbBuilder:
             finished_at=1.0e9 + index + 0.75 if finished else None,
             idempotency_key=idempotency_key,
         )
-        self.committer.write([changes.assign(ex)])
+        self.committer.write([self.changes.assign(ex)])
         self.counters[task_id] = index + 1
         return ex
 
@@ -97,16 +99,18 @@ class DbBuilder:
         """Prune the task's finished executions below ``mark`` (as far as they are finished)."""
         start = self.db.read_prune_mark(task_id)
         run = self.db.finished_run(task_id, start, mark)
-        self.committer.write([changes.prune(task_id, run, start + len(run))])
+        self.committer.write([self.changes.prune(task_id, run, start + len(run))])
         return run
 
     def delete_task(self, task_id: str) -> None:
-        self.committer.write([changes.delete_task(task_id)])
+        self.committer.write([self.changes.delete_task(task_id)])
 
     def put(self, key: bytes, value: bytes) -> None:
+        assert isinstance(self.db, Database)  # raw keys: LevelDB only
         self.db.raw.put(key, value)
 
     def delete(self, key: bytes) -> None:
+        assert isinstance(self.db, Database)
         self.db.raw.delete(key)
 
 

@@ -1,0 +1,199 @@
+"""The one interface every storage backend implements, and the choice of backend.
+
+The engine's actors and the tools call only this: a :class:`Store` reads, its :class:`Changes`
+build the semantic changes of a task (create it, assign indexes, start, finish, cancel, prune,
+delete it), and its :class:`Writer` applies a group of changes atomically: one LevelDB write
+batch, or one PostgreSQL transaction. A change is opaque to its callers (LevelDB: key
+operations; PostgreSQL: statements), so a backend encodes it when it is built, and a value
+that cannot be stored fails before the caller has changed anything.
+
+The shape follows huey's ``BaseStorage`` and dramatiq's brokers: small, semantic operations
+that each backend makes atomic its own way, with no backend-specific call outside ``storage``.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+from .errors import CorruptRecord, WriteFailed
+from .records import Execution, Task
+
+log = logging.getLogger(__name__)
+
+#: one atomic change, as its backend built it (callers only pass it back to the writer)
+Change = list[Any]
+
+#: told of a record that does not decode, by a reader that then goes on without it
+OnCorrupt = Callable[[CorruptRecord], None]
+
+#: the schemes of a URL that selects the PostgreSQL backend
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class Changes(Protocol):
+    """Builds changes; each raises (TypeError/ValueError from the codec) before anything is written."""
+
+    def create_task(self, task: Task) -> Change: ...
+
+    def assign(self, execution: Execution, *, with_counter: bool = True) -> Change:
+        """Store ``execution`` at its index. ``with_counter=False``: the caller puts the task's
+        ``counter`` in the same write, once per task per write (a batch of assignments)."""
+        ...
+
+    def counter(self, task_id: str, value: int, was: int | None = None) -> Change:
+        """The task's counter moved from ``was`` (None: not known) to ``value``."""
+        ...
+
+    def update(self, execution: Execution) -> Change:
+        """Started, finished or cancelled: the record as it now is."""
+        ...
+
+    def prune(self, task_id: str, executions: Sequence[Execution], mark: int) -> Change: ...
+
+    def delete_task(self, task_id: str) -> Change: ...
+
+
+class Writer(Protocol):
+    """Applies groups of changes, each group atomically and durably (when ``sync``), in order.
+
+    After a write fails the writer is *failed*: it refuses every further write (``refusal``)
+    until the store is reopened, so an acknowledged index is never re-issued."""
+
+    sync: bool
+    failure: str | None
+    writes: int
+    changes: int
+    on_write: Callable[[int, float], None] | None
+
+    def write(self, changes: Sequence[Change]) -> None: ...
+
+    def refusal(self) -> WriteFailed | None: ...
+
+
+class Store(abc.ABC):
+    """An open database: its readers, its change builder and its writer.
+
+    ``path`` names it in messages and logs (a PostgreSQL URL without its password); ``schema``
+    is the schema version stored in it. Readers are safe from any thread."""
+
+    path: str
+    schema: int
+
+    @property
+    @abc.abstractmethod
+    def changes(self) -> Changes:
+        """This backend's change builder."""
+
+    @abc.abstractmethod
+    def writer(self, *, sync: bool = True) -> Writer: ...
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Idempotent; waits for a write in progress."""
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_task(self, task_id: str) -> Task | None:
+        """The stored task with its stored counter and prune mark."""
+
+    @abc.abstractmethod
+    def read_counter(self, task_id: str) -> int:
+        """The stored counter (0 if there is none)."""
+
+    @abc.abstractmethod
+    def read_prune_mark(self, task_id: str) -> int:
+        """The stored prune mark (0 if there is none)."""
+
+    @abc.abstractmethod
+    def last_index(self, task_id: str) -> int | None:
+        """The highest stored execution index of the task."""
+
+    @abc.abstractmethod
+    def iter_task_ids(self, after: str | None = None) -> Iterator[str]:
+        """Every task id in code point order (``after``: the ids past that one)."""
+
+    @abc.abstractmethod
+    def list_tasks(self, after: str | None = None, limit: int = 50, on_corrupt: OnCorrupt | None = None) -> list[Task]:
+        """A page of tasks in id order, each with its stored counter and prune mark. A task that
+        does not decode raises CorruptRecord, or, given ``on_corrupt``, is passed to it and left out."""
+
+    # -- executions ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_execution_at(self, task_id: str, index: int) -> Execution | None: ...
+
+    @abc.abstractmethod
+    def get_execution(self, task_id: str, execution_id: str) -> Execution | None: ...
+
+    @abc.abstractmethod
+    def find_idempotent(self, task_id: str, key: str) -> str | None:
+        """The id of the execution stored with this idempotency key."""
+
+    @abc.abstractmethod
+    def iter_executions(
+        self, task_id: str, *, after: int | None = None, limit: int | None = None, newest_first: bool = False
+    ) -> Iterator[Execution]:
+        """A task's executions in index order; ``after`` is exclusive in the scan direction."""
+
+    @abc.abstractmethod
+    def iter_live(self, on_corrupt: OnCorrupt | None = None) -> Iterator[tuple[str, int, str | None]]:
+        """(task id, index, execution id) of every PENDING or RUNNING execution: what recovery
+        reads, without finished history. ``on_corrupt``: see the LevelDB store."""
+
+    # -- retention -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def first_live(self, task_id: str) -> int | None:
+        """The lowest index of the task's PENDING or RUNNING executions."""
+
+    @abc.abstractmethod
+    def finished_run(self, task_id: str, start: int, stop: int) -> list[Execution]:
+        """The records at ``start, start+1, ...`` below ``stop`` while each is there and finished."""
+
+    # -- copies --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def backup(self, dest: str) -> int:
+        """A consistent copy at ``dest``; returns the number of items copied."""
+
+
+def finished_run(task_id: str, start: int, records: Iterable[tuple[int, Callable[[], Execution]]]) -> list[Execution]:
+    """What ``Store.finished_run`` returns, from a backend's records in index order from ``start``
+    (each an index and how to decode it): the run of finished ones at ``start, start+1, ...``,
+    stopping at the first unfinished, missing or undecodable one, so the stored indexes stay
+    contiguous under the new prune mark."""
+    out: list[Execution] = []
+    for expect, (index, decode) in enumerate(records, start):
+        if index != expect:
+            break
+        try:
+            ex = decode()
+        except CorruptRecord as e:
+            log.error("prune of %r stops at index %d: %s", task_id, index, e)
+            break
+        if not ex.status.is_finished:
+            break
+        out.append(ex)
+    return out
+
+
+def is_url(target: str) -> bool:
+    return target.startswith(POSTGRES_SCHEMES)
+
+
+def open_store(target: str, *, create: bool = False) -> Store:
+    """The store at ``target``: a ``postgresql://`` URL, or the path of a LevelDB directory.
+
+    ``create``: the engine's mode (make the database or schema if missing, upgrade an older
+    schema); the tools open with ``create=False`` and never write."""
+    if is_url(target):
+        from .postgres import PostgresStore  # psycopg is an optional dependency
+
+        return PostgresStore.open(target, create=create)
+    from .db import Database
+
+    return Database.open(target, create=create)

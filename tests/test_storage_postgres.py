@@ -1,0 +1,169 @@
+"""The PostgreSQL backend against a real server (tests/pg.py): its schema, what the database
+itself enforces, hostile ids, passwords, and a commit whose outcome the client did not see.
+
+The engine's contract tests run on this backend too (the ``store`` fixture); these are the
+parts only PostgreSQL has."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from engine_helpers import WAIT, Recorder, check_db
+from pg import PgServer
+from pg_proxy import CommitCutter
+from taskengine import ExecutionStatus, errors, storage
+from taskengine.storage import Execution, Task
+from taskengine.storage.postgres import redact
+
+pytestmark = pytest.mark.timeout(90)
+
+HOSTILE_IDS = [
+    "it's",
+    'say "hi"',
+    "back\\slash\\",
+    "100%",
+    "%s",
+    "%(x)s",
+    "'); DROP TABLE taskengine.tasks; --",
+    "ünïcødé ✓ 日本",
+    "a:b/c",
+]
+
+
+def _execution(task_id: str, index: int, key: str | None = None) -> Execution:
+    return Execution(id=f"01J{index:023d}", task_id=task_id, index=index, status=ExecutionStatus.SUCCESS,
+                     blocking=False, created_at=1.0, idempotency_key=key)
+
+
+def test_the_schema_version_is_stored_and_an_unknown_one_refused(make_engine: Any, pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    make_engine.close(engine)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT value FROM taskengine.meta WHERE name = 'schema_version'").fetchone() == ("1",)
+        conn.execute("UPDATE taskengine.meta SET value = '99' WHERE name = 'schema_version'")
+    with pytest.raises(errors.UnknownSchema, match="schema version 99"):
+        make_engine(pg_url)
+    with pytest.raises(storage.UnknownSchema):
+        storage.open_store(pg_url)
+
+
+def test_a_tool_never_creates_the_schema(pg_url: str) -> None:
+    with pytest.raises(storage.NotADatabase, match="no taskengine schema"):
+        storage.open_store(pg_url, create=False)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT to_regnamespace('taskengine')").fetchone() == (None,)
+
+
+def test_the_database_enforces_max_executions_and_unique_keys(pg_url: str) -> None:
+    """What a writer asks beyond the limit, or a repeated idempotency key, is rolled back whole:
+    no row of that write exists afterwards, and the writer refuses further writes."""
+    store = storage.open_store(pg_url, create=True)
+    try:
+        ch = store.changes
+        writer = store.writer()
+        writer.write([ch.create_task(Task(id="t", job="j", max_executions=2, incarnation="i"))])
+        writer.write([ch.assign(_execution("t", 0), with_counter=False), ch.counter("t", 1, 0)])
+        with pytest.raises(storage.WriteFailed) as failed:  # the counter row's UPDATE refuses 3 > 2
+            writer.write([ch.assign(_execution("t", 1), with_counter=False),
+                          ch.assign(_execution("t", 2), with_counter=False), ch.counter("t", 3, 1)])
+        assert failed.value.outcome_unknown is False
+        assert store.read_counter("t") == 1 and store.last_index("t") == 0
+        assert writer.refusal() is not None
+        writer2 = store.writer()
+        with pytest.raises(storage.WriteFailed):  # a counter moved from a value it no longer has
+            writer2.write([ch.assign(_execution("t", 1), with_counter=False), ch.counter("t", 2, 0)])
+        writer3 = store.writer()
+        writer3.write([ch.assign(_execution("t", 1, key="k"), with_counter=False), ch.counter("t", 2, 1)])
+        writer3.write([ch.create_task(Task(id="u", job="j", incarnation="i"))])
+        writer3.write([ch.assign(_execution("u", 0, key="k"))])  # the same key on another task
+        with pytest.raises(storage.WriteFailed, match="duplicate key"):
+            store.writer().write([ch.assign(Execution(id="01K" + "0" * 23, task_id="u", index=1,
+                                                      status=ExecutionStatus.SUCCESS, blocking=False,
+                                                      idempotency_key="k"))])
+        assert store.read_counter("u") == 1
+    finally:
+        store.close()
+    check_db(pg_url)
+
+
+def test_hostile_task_ids_are_parameters_never_sql(make_engine: Any, pg_url: str) -> None:
+    rec = Recorder()
+    engine = make_engine(pg_url, jobs={"rec": rec})
+    for tid in HOSTILE_IDS:
+        engine.create_task(tid, job="rec")
+        assert engine.trigger(tid, {"id": tid}, blocking=True, timeout=WAIT).index == 0
+        assert engine.trigger(tid, idempotency_key=tid + "'%").index == 1
+    assert [t.id for t in engine.list_tasks(limit=100)] == sorted(HOSTILE_IDS)
+    for tid in HOSTILE_IDS[::2]:
+        engine.delete_task(tid)
+    for tid in HOSTILE_IDS[1::2]:
+        assert engine.get_task(tid).execution_count == 2
+        assert [e.index for e in engine.list_executions(tid)] == [0, 1]
+    make_engine.close(engine)
+    disk = check_db(pg_url, allow_live=False)
+    assert sorted(disk) == sorted(HOSTILE_IDS[1::2])
+
+
+def test_a_password_is_never_logged_or_shown(
+    make_engine: Any, pg_server: PgServer, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cr3t-pw"
+    url = pg_url.replace(f"{pg_server.user}@", f"{pg_server.user}:{secret}@")
+    assert redact(url) == pg_url.replace(f"{pg_server.user}@", f"{pg_server.user}:***@")
+    caplog.set_level(logging.DEBUG)
+    engine = make_engine(url, jobs={"rec": Recorder()})
+    engine.create_task("t", job="rec")
+    engine.trigger("t", blocking=True, timeout=WAIT)
+    assert secret not in engine.path
+    make_engine.close(engine)
+    with pytest.raises(errors.StorageError) as refused:  # nothing listens there
+        make_engine(f"postgresql://u:{secret}@127.0.0.1:1/none?connect_timeout=2")
+    assert secret not in str(refused.value)
+    assert "***" in str(refused.value)
+    assert secret not in caplog.text
+
+
+@pytest.fixture
+def cutter(pg_server: PgServer) -> Iterator[CommitCutter]:
+    proxy = CommitCutter(pg_server.port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_commit_in_doubt_is_settled_before_the_answer(
+    make_engine: Any, pg_server: PgServer, pg_url: str, cutter: CommitCutter, when: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The connection is cut at COMMIT: before it reaches the server (rolled back) or after the
+    server committed (the answer lost). Either way the trigger is answered with its index once,
+    the execution exists exactly once, and no index is issued twice or skipped."""
+    caplog.set_level(logging.WARNING, logger="taskengine.storage.postgres")
+    dbname = pg_url.rsplit("/", 1)[1]
+    engine = make_engine(cutter.url(pg_server.user, dbname), jobs={"rec": Recorder()})
+    engine.create_task("t", job="rec")
+    first = engine.trigger("t")
+    cutter.arm(when)
+    began = time.monotonic()
+    second = engine.trigger("t")
+    assert cutter.cut.is_set()
+    assert (first.index, second.index) == (0, 1)
+    third = engine.trigger("t")
+    assert third.index == 2
+    for ex in (first, second, third):
+        assert engine.wait("t", ex.id, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    assert time.monotonic() - began < WAIT
+    settled = "had committed" if when == "after" else "had not committed; writing it again"
+    assert settled in caplog.text
+    make_engine.close(engine)
+    disk = check_db(pg_url, allow_live=False)["t"]
+    assert disk.counter == 3
+    assert [disk.records[i].id for i in range(3)] == [first.id, second.id, third.id]
