@@ -37,7 +37,7 @@ import psycopg  # the optional extra taskengine[postgres]; storage.open_store im
 import psycopg_pool
 
 from . import codec, interface, keys
-from .errors import CorruptRecord, NotADatabase, StorageError, UnknownSchema, WriteFailed
+from .errors import CorruptRecord, NotADatabase, StorageError, StorageLocked, UnknownSchema, WriteFailed
 from .interface import Change, Changes, OnCorrupt, Store, Writer
 from .records import Execution, Task
 
@@ -47,6 +47,10 @@ SCHEMA_VERSION = 1
 KNOWN_SCHEMAS = (1,)
 #: how long a lost connection is retried before a write gives up (and the writer fails)
 RECONNECT_SECONDS = 30.0
+#: the session advisory lock an engine's writer holds: one engine writes to a database at a time
+WRITER_LOCK = 0x74_61_73_6B_65_6E_67  # "taskeng"
+#: how long opening waits for it (the server process of a killed engine lets go as it exits)
+LOCK_WAIT_SECONDS = 5.0
 PAGE = 1000
 
 _DDL = (
@@ -394,24 +398,45 @@ class PostgresWriter:
         self.changes = 0
         self.on_write: Callable[[int, float], None] | None = None
         self._lock = threading.Lock()
-        self._conn: Any = None
+        self._conn: Any = None  # set by _connect
         self._closed = False
         with self._lock:
-            self._connect(deadline=time.monotonic() + 10)
+            conn = self._connect(deadline=time.monotonic() + 10)
+            try:
+                self._take_lock(conn, time.monotonic() + LOCK_WAIT_SECONDS)
+            except BaseException:
+                conn.close()
+                raise
 
-    def _connect(self, deadline: float) -> None:
-        """A new connection, retried until ``deadline`` (a server restarting refuses for a while)."""
+    def _connect(self, deadline: float) -> Any:
+        """A new connection (also returned), retried until ``deadline`` (a server restarting
+        refuses for a while)."""
         while True:
             try:
                 conn = psycopg.connect(self._store.url, autocommit=True, connect_timeout=5)
                 conn.execute("SET synchronous_commit = " + ("on" if self.sync else "off"))
                 conn.autocommit = False
                 self._conn = conn
-                return
+                return conn
             except psycopg.Error as e:
                 if time.monotonic() >= deadline:
                     raise StorageError(f"cannot connect to {self._store.path}: {_message(e)}") from None
                 time.sleep(0.2)  # a server that is restarting: try again shortly
+
+    def _take_lock(self, conn: Any, deadline: float) -> None:
+        """The writer lock, on ``conn`` (a session lock: it goes when the connection does, so a
+        killed engine's lock goes once its server process has exited)."""
+        was = conn.autocommit
+        conn.autocommit = True
+        try:
+            while not conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,)).fetchone()[0]:
+                if time.monotonic() >= deadline:
+                    raise StorageLocked(self._store.path, "another engine writes to this PostgreSQL database (it "
+                                        "holds taskengine's advisory lock; several nodes on one database are "
+                                        "not supported yet)")
+                time.sleep(0.1)  # a killed engine's server process is exiting: it lets go then
+        finally:
+            conn.autocommit = was
 
     def close(self) -> None:
         with self._lock:
@@ -501,7 +526,8 @@ class PostgresWriter:
 
     def _committed(self, backend: int, changes: Sequence[Change], deadline: float) -> bool:
         """Whether the transaction of the lost connection (server process ``backend``) committed:
-        once that process is gone, its commit is decided; the first probe of the changes says."""
+        once that process is gone, its commit is decided (and the writer lock free to take back);
+        the first probe of the changes says."""
         probes = [stmt.probe for change in changes for stmt in change if stmt.probe is not None]
         conn = self._conn
         conn.autocommit = True
@@ -514,6 +540,7 @@ class PostgresWriter:
                 time.sleep(0.05)  # the old process is finishing: its commit is decided when it exits
             else:
                 raise StorageError(f"the server process {backend} of a lost connection did not exit")
+            self._take_lock(conn, deadline)  # back before anything is read or written again
             if not probes:
                 return False
             sql, params = probes[0]

@@ -48,9 +48,9 @@ def check_acks_on_disk(path: str, task_id: str, acks: list[tuple[str, int, str, 
 
 
 @pytest.mark.timeout(90)
-def test_sigkill_with_pending_and_running_work_loses_nothing(make_engine, db_path):
-    acks = crash_after(db_path, "t", "nonblocking", 60)
-    at_kill = check_acks_on_disk(db_path, "t", acks)
+def test_sigkill_with_pending_and_running_work_loses_nothing(make_engine, store):
+    acks = crash_after(store, "t", "nonblocking", 60)
+    at_kill = check_acks_on_disk(store, "t", acks)
     status_at_kill = {r.id: r.status for r in at_kill.records.values()}
     n = at_kill.counter
     assert n >= 60
@@ -59,7 +59,7 @@ def test_sigkill_with_pending_and_running_work_loses_nothing(make_engine, db_pat
     assert running and pending, f"scenario did not leave RUNNING and PENDING work: {status_at_kill}"
 
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"crashjob": rec}, workers=2)
+    engine = make_engine(store, jobs={"crashjob": rec}, workers=2)
     for i in range(n):
         r = at_kill.records[i]
         fin = engine.wait("t", r.id, timeout=WAIT)
@@ -77,27 +77,27 @@ def test_sigkill_with_pending_and_running_work_loses_nothing(make_engine, db_pat
     new = engine.trigger("t", data={"kind": "fast"}, blocking=True, timeout=WAIT)
     assert new.index == n
     make_engine.close(engine)
-    final = check_db(db_path, allow_live=False)["t"]
+    final = check_db(store, allow_live=False)["t"]
     assert final.counter == n + 1
 
 
 @pytest.mark.timeout(120)
-def test_repeated_sigkill_during_concurrent_mixed_triggers(make_engine, db_path):
+def test_repeated_sigkill_during_concurrent_mixed_triggers(make_engine, store):
     """Four kills in the middle of 4 threads triggering (blocking and non-blocking); each
     restart recovers in the child. No index is re-issued and no ack is ever lost."""
     all_acks: dict[str, int] = {}
     for cycle in range(4):
-        acks = crash_after(db_path, "t", "mixed", 200)
+        acks = crash_after(store, "t", "mixed", 200)
         for eid, idx, _k, _b in acks:
             assert eid not in all_acks
             all_acks[eid] = idx
-        t = check_acks_on_disk(db_path, "t", acks)
+        t = check_acks_on_disk(store, "t", acks)
         by_id = t.by_id()
         for eid, idx in all_acks.items():  # acks of earlier lives are still there, unchanged
             assert by_id[eid].index == idx, f"cycle {cycle}: {eid} moved from {idx}"
         assert len(set(all_acks.values())) == len(all_acks)
     rec = Recorder()
-    engine = make_engine(db_path, jobs={"crashjob": rec}, workers=2)
+    engine = make_engine(store, jobs={"crashjob": rec}, workers=2)
     listed = assert_gap_free_api(engine, "t")
     n = len(listed)
     for e in listed:
@@ -108,7 +108,7 @@ def test_repeated_sigkill_during_concurrent_mixed_triggers(make_engine, db_path)
     assert {e.id: e.index for e in listed if e.id in all_acks} == all_acks
     assert engine.trigger("t", data={"kind": "fast"}).index == n
     make_engine.close(engine)
-    check_db(db_path)
+    check_db(store)
 
 
 @pytest.mark.timeout(60)

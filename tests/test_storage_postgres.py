@@ -75,13 +75,16 @@ def test_the_database_enforces_max_executions_and_unique_keys(pg_url: str) -> No
         assert failed.value.outcome_unknown is False
         assert store.read_counter("t") == 1 and store.last_index("t") == 0
         assert writer.refusal() is not None
+        writer.close()  # a writer holds the database's writer lock until it is closed
         writer2 = store.writer()
         with pytest.raises(storage.WriteFailed):  # a counter moved from a value it no longer has
             writer2.write([ch.assign(_execution("t", 1), with_counter=False), ch.counter("t", 2, 0)])
+        writer2.close()
         writer3 = store.writer()
         writer3.write([ch.assign(_execution("t", 1, key="k"), with_counter=False), ch.counter("t", 2, 1)])
         writer3.write([ch.create_task(Task(id="u", job="j", incarnation="i"))])
         writer3.write([ch.assign(_execution("u", 0, key="k"))])  # the same key on another task
+        writer3.close()
         with pytest.raises(storage.WriteFailed, match="duplicate key"):
             store.writer().write([ch.assign(Execution(id="01K" + "0" * 23, task_id="u", index=1,
                                                       status=ExecutionStatus.SUCCESS, blocking=False,
@@ -167,3 +170,20 @@ def test_a_commit_in_doubt_is_settled_before_the_answer(
     disk = check_db(pg_url, allow_live=False)["t"]
     assert disk.counter == 3
     assert [disk.records[i].id for i in range(3)] == [first.id, second.id, third.id]
+
+
+def test_one_engine_writes_to_a_database_at_a_time(make_engine: Any, pg_url: str) -> None:
+    """The writer holds a session advisory lock: a second engine is refused (StorageLocked), a
+    read-only tool is not, and the lock goes with the first engine."""
+    first = make_engine(pg_url, jobs={"rec": Recorder()})
+    first.create_task("t", job="rec")
+    began = time.monotonic()
+    with pytest.raises(errors.StorageLocked, match="another engine writes"):
+        make_engine(pg_url, jobs={"rec": Recorder()})
+    assert time.monotonic() - began < WAIT
+    store = storage.open_store(pg_url)  # reading is not writing
+    assert store.get_task("t") is not None
+    store.close()
+    make_engine.close(first)
+    second = make_engine(pg_url, jobs={"rec": Recorder()})
+    assert second.trigger("t").index == 0

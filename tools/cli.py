@@ -32,6 +32,7 @@ from taskengine.storage import CorruptRecord, StorageError
 from taskengine.storage.db import plyvel_message
 
 from . import backup, recover, replay
+from . import copy as copy_tool
 from . import inspect as inspect_tool
 from .common import EXIT_FAILED, EXIT_USAGE, ToolError
 
@@ -41,7 +42,7 @@ PROG = "taskengine"
 
 #: subcommands that read a database through ``storage`` only, always present
 BUILTIN: dict[str, ModuleType] = {
-    "replay": replay, "inspect": inspect_tool, "backup": backup, "recover": recover,
+    "replay": replay, "inspect": inspect_tool, "backup": backup, "recover": recover, "copy": copy_tool,
 }
 #: subcommands that drive an engine: name -> the command module (relative to this package),
 #: registered when that module exists

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
-from taskengine.storage import Database, StorageError, StorageLocked
+from taskengine.storage import Database, StorageError, StorageLocked, Store, is_url, open_store
 
 #: everything fine (replay: no violation)
 EXIT_OK = 0
@@ -50,11 +50,23 @@ def locked_message(path: str) -> str:
 
 
 @contextmanager
-def open_database(path: str) -> Iterator[Database]:
-    """Open an existing taskengine database for reading, or raise :class:`ToolError` (exit 2).
+def open_database(path: str) -> Iterator[Store]:
+    """Open an existing taskengine database (a LevelDB directory or a ``postgresql://`` URL) for
+    reading, or raise :class:`ToolError` (exit 2).
 
-    Never creates anything, so a mistyped path does not leave an empty database behind.
+    Never creates anything, so a mistyped path does not leave an empty database behind (nor a
+    URL an empty schema). A URL's password never appears in a message: the store's ``path`` hides it.
     """
+    if is_url(path):
+        try:
+            store = open_store(path, create=False)
+        except StorageError as e:  # NotADatabase, UnknownSchema, a server that cannot be reached
+            raise ToolError(str(e), EXIT_USAGE) from None
+        try:
+            yield store
+        finally:
+            store.close()
+        return
     if not os.path.exists(path):
         raise ToolError(f"no database at {path!r}: the path does not exist", EXIT_USAGE)
     if not os.path.isdir(path):

@@ -23,7 +23,7 @@ import logging
 import sys
 from collections import Counter
 
-from taskengine.storage import CorruptRecord, Database, Execution, ExecutionStatus, Task, codec, keys
+from taskengine.storage import CorruptRecord, Execution, ExecutionStatus, Store, Task
 
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, format_table, format_time, one_line, open_database
 
@@ -44,7 +44,8 @@ ERROR_WIDTH = 60
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("db", metavar="DB", help="database directory (of a stopped engine, or a backup)")
+    parser.add_argument("db", metavar="DB", help="database directory (of a stopped engine, or a backup), or a "
+                        "postgresql:// URL")
     parser.add_argument("--task", metavar="T", help="list this task's executions")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--execution", metavar="ID", help="with --task: print this execution's full record")
@@ -102,17 +103,13 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def live_counts(db: Database) -> dict[str, Counter[ExecutionStatus]]:
-    """PENDING / RUNNING executions per task, from the live keys and their records' status bytes."""
+def live_counts(db: Store) -> dict[str, Counter[ExecutionStatus]]:
+    """PENDING / RUNNING executions per task, from the live entries and their records."""
     counts: dict[str, Counter[ExecutionStatus]] = {}
-    with db.raw.snapshot() as snap:
-        for task_id, index, _execution_id in db.iter_live(on_corrupt=_skipped):
-            key = keys.execution_key(task_id, index)
-            value = snap.get(key)
-            if value is None:
-                continue  # a live key without a record: replay reports it
-            status = codec.peek_execution(key, value)[0]
-            counts.setdefault(task_id, Counter())[status] += 1
+    for task_id, index, _execution_id in db.iter_live(on_corrupt=_skipped):
+        record = db.get_execution_at(task_id, index)  # one that does not decode: a one-line error
+        if record is not None:  # a live entry without a record: replay reports it
+            counts.setdefault(task_id, Counter())[record.status] += 1
     return counts
 
 
@@ -121,7 +118,7 @@ def _skipped(e: CorruptRecord) -> None:
     log.warning("%s", e)
 
 
-def task_lines(db: Database, after: str | None = None, limit: int | None = None) -> list[str]:
+def task_lines(db: Store, after: str | None = None, limit: int | None = None) -> list[str]:
     live = live_counts(db)
     rows: list[tuple[object, ...]] = []
     more = False
@@ -149,7 +146,7 @@ def task_lines(db: Database, after: str | None = None, limit: int | None = None)
     return lines
 
 
-def _task(db: Database, task_id: str) -> Task:
+def _task(db: Store, task_id: str) -> Task:
     task = db.get_task(task_id)
     if task is None:
         raise ToolError(f"no task {task_id!r} in {db.path!r}", EXIT_FAILED)
@@ -157,7 +154,7 @@ def _task(db: Database, task_id: str) -> Task:
 
 
 def execution_lines(
-    db: Database, task_id: str, limit: int | None, newest_first: bool, after: int | None = None
+    db: Store, task_id: str, limit: int | None, newest_first: bool, after: int | None = None
 ) -> list[str]:
     task = _task(db, task_id)
     limit_text = "none" if task.max_executions is None else str(task.max_executions)
@@ -192,7 +189,7 @@ def traceback_text(ex: Execution) -> str:
     raise ToolError(f"execution {ex.id} is {ex.status.value}: it has no traceback", EXIT_FAILED)
 
 
-def find_execution(db: Database, args: argparse.Namespace) -> Execution:
+def find_execution(db: Store, args: argparse.Namespace) -> Execution:
     _task(db, args.task)
     if args.execution is not None:
         found = db.get_execution(args.task, args.execution)

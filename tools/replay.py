@@ -3,8 +3,9 @@
 The check (:func:`check`) is separate from printing so the stress tool and the tests use
 the same code the command does. What must hold is :mod:`taskengine.tools.invariants`; how
 a LevelDB database is read for it, in one sequential pass, is
-:mod:`taskengine.tools.leveldb_scan`. A value that does not decode is reported as a
-violation naming its key, and the walk goes on, so one run reports everything that is wrong.
+:mod:`taskengine.tools.leveldb_scan`; a PostgreSQL one, :mod:`taskengine.tools.postgres_scan`.
+A value that does not decode is reported as a violation naming its key, and the walk goes on,
+so one run reports everything that is wrong.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from taskengine.storage import Database, Execution
+from taskengine.storage import Database, Execution, Store
 
 from .common import EXIT_FAILED, EXIT_OK, ToolError, format_table, open_database
 from .invariants import MAX_VIOLATIONS, Findings, Report, TaskReport, Violation
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def check(
-    db: Database,
+    db: Store,
     task: str | None = None,
     *,
     on_execution: Callable[[Execution], None] | None = None,
@@ -43,8 +44,13 @@ def check(
     """
     started = time.perf_counter()
     findings = Findings(max_violations)
-    with db.raw.snapshot() as snap:
-        DatabaseScan(snap, task, on_execution, findings).run()
+    if isinstance(db, Database):
+        with db.raw.snapshot() as snap:
+            DatabaseScan(snap, task, on_execution, findings).run()
+    else:  # a PostgreSQL store: its reader needs psycopg, which opening it has already imported
+        from .postgres_scan import scan
+
+        scan(db, task, on_execution, findings)
     report = findings.report()
     report.elapsed = time.perf_counter() - started
     log.info("replay checked %d executions in %.3f s", report.totals()["executions"], report.elapsed)
@@ -65,7 +71,8 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("db", metavar="DB", help="database directory (of a stopped engine, or a backup)")
+    parser.add_argument("db", metavar="DB", help="database directory (of a stopped engine, or a backup), or a "
+                        "postgresql:// URL")
     parser.add_argument("--task", metavar="T", help="check only this task")
     parser.add_argument(
         "--json",
@@ -78,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     with open_database(args.db) as db:
+        shown = db.path  # a URL without its password
         if args.json:
             dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
             write = out.write
@@ -89,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             report = check(db, args.task)
     if args.task is not None and not report.tasks:
-        raise ToolError(f"no task {args.task!r} in {args.db!r}", EXIT_FAILED)
+        raise ToolError(f"no task {args.task!r} in {shown!r}", EXIT_FAILED)
     if args.json:
         out.write(json.dumps(report.to_json(), ensure_ascii=False) + "\n")
     else:

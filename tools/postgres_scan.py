@@ -1,0 +1,117 @@
+"""Reading a taskengine PostgreSQL database for the invariant check (``invariants``).
+
+One REPEATABLE READ transaction is the snapshot: every task row in id order, and each task's
+execution rows in index order through a server-side cursor (so memory holds one task's ids,
+not the database). What LevelDB keeps as separate keys are columns here: a row's ``id`` column
+is the execution's id entry, its ``idempotency_key`` column its idempotency entry, and a
+``status`` of ``P`` or ``R`` its live entry; the record in the row says what is really stored,
+and the check compares the two as it compares LevelDB's keys with their records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+
+from taskengine.storage import CorruptRecord, Execution, Store, Task, codec, keys
+from taskengine.storage.postgres import PostgresStore
+
+from .invariants import Findings, TaskInvariants
+
+_LIVE = ("P", "R")
+
+
+def scan(store: Store, task: str | None, emit: Callable[[Execution], None] | None, findings: Findings) -> None:
+    """Check every task (or only ``task``) of ``store`` (a PostgreSQL one) on one snapshot."""
+    assert isinstance(store, PostgresStore)
+    with psycopg.connect(store.url) as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        tasks = conn.execute(
+            "SELECT id, record, counter, prune_mark FROM taskengine.tasks "
+            "WHERE %s::text IS NULL OR id = %s ORDER BY id",
+            (task, task),
+        ).fetchall()
+        for task_id, record, counter, mark in tasks:
+            _TaskScan(conn, findings, str(task_id), emit).check(bytes(record), int(counter), int(mark))
+        # rows of tasks that do not exist cannot be stored (a foreign key), but say so if they are
+        orphans = conn.execute(
+            "SELECT e.task_id, count(*) FROM taskengine.executions e LEFT JOIN taskengine.tasks t "
+            "ON t.id = e.task_id WHERE t.id IS NULL AND (%s::text IS NULL OR e.task_id = %s) GROUP BY e.task_id",
+            (task, task),
+        ).fetchall()
+        for task_id, n in orphans:
+            findings.add(str(task_id), f"{n} execution row(s) of a task that does not exist")
+
+
+class _TaskScan(TaskInvariants):
+    def __init__(self, conn: Any, findings: Findings, task_id: str, emit: Callable[[Execution], None] | None) -> None:
+        super().__init__(findings, task_id, {})
+        self.conn = conn
+        self.emit = emit
+        self.keys: list[tuple[bytes, bytes]] = []
+
+    def check(self, task_record: bytes, counter: int, mark: int) -> None:
+        row = self.row
+        row.counter, row.prune_mark = counter, mark
+        self.counter_seen = self.mark_seen = True
+        rows = self.conn.execute(
+            "SELECT idx, id, status, idempotency_key FROM taskengine.executions WHERE task_id = %s",
+            (self.task_id,),
+        ).fetchall()
+        for index, eid, status, key in rows:
+            raw_id = str(eid).encode()
+            self.id_values[raw_id] = str(index).encode()
+            if status in _LIVE:
+                self.live[int(index)] = raw_id
+            if key is not None:
+                self.keys.append((bytes(key), raw_id))
+        self.live_entries = len(self.live)
+        for key, eid in self.keys:
+            self.idempotency_entry(key, eid)
+        self.begin_records()
+        with self.conn.cursor(name="taskengine_replay") as cur:
+            cur.execute("SELECT idx, record FROM taskengine.executions WHERE task_id = %s ORDER BY idx",
+                        (self.task_id,))
+            for index, record in cur:
+                self.one(int(index), bytes(record))
+        self.end_records()
+        task: Task | None = None
+        try:
+            task = codec.decode_task(keys.task_key(self.task_id), task_record, counter, mark)
+        except CorruptRecord as e:
+            self.add(str(e))
+        self.finish(True, task)
+
+    def one(self, index: int, value: bytes) -> None:
+        key = keys.execution_key(self.task_id, index)
+        try:
+            status = codec.peek_execution(key, value)[0]
+        except CorruptRecord as e:
+            self.unreadable(index, str(e))
+            return
+        eid = value[1 : value.index(keys.SEP, 1)]
+        self.record(index, status, eid)
+        if self.emit is not None or not status.is_finished:
+            try:
+                execution = codec.decode_execution(key, value, self.task_id, index)
+            except CorruptRecord as e:
+                self.add(str(e))
+                return
+            if self.emit is not None:
+                self.emit(execution)
+
+    # -- what the check asks, only when something is wrong ------------------------------------
+
+    def stored_index(self, execution_id: bytes, stored: bytes) -> int:
+        return int(stored)
+
+    def record_holds(self, index: int, execution_id: bytes) -> bool:
+        row = self.conn.execute("SELECT record FROM taskengine.executions WHERE task_id = %s AND idx = %s",
+                                (self.task_id, index)).fetchone()
+        return row is not None and bytes(row[0]).startswith(execution_id + keys.SEP, 1)
+
+    def idempotency_entries(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self.keys)
+
