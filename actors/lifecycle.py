@@ -141,7 +141,11 @@ def _begin_stop(signum: int) -> None:
 
 
 def _handle(signum: int, frame: Any) -> None:
-    """The Python-level handler (main thread, between any two bytecodes): no lock, no logging."""
+    """The Python-level handler (main thread, between any two bytecodes): no lock, no logging.
+    It raises once: a second signal (or the closer's nudge, see _wake_main) must not cut short
+    what the first started, such as the wait for the closer at exit."""
+    if _main_woke.is_set():
+        return
     _begin_stop(signum)
     _main_woke.set()  # a private Event: the main thread never holds its lock but here
     if _handler_writes and _pipe is not None:

@@ -215,7 +215,9 @@ def namespace_init(wrapper: int, pid_inside: int) -> int:
 def expect_all(child: Child, lines: list[str]) -> None:
     missing = set(lines)
     while missing:
-        missing.discard(child.readline())
+        line = child.readline()
+        child.seen.append(line)
+        missing.discard(line)
 
 
 def release_job(child: Child) -> None:
@@ -232,9 +234,11 @@ def exit_status(child: Child) -> int:
         raise AssertionError(f"the node did not exit; its output: {child.stderr()}") from None
 
 
-def graceful_stop(db_path: str, mode: str, sig: signal.Signals, prefix: tuple[str, ...] = ()) -> None:
+def graceful_stop(db_path: str, mode: str, sig: signal.Signals, prefix: tuple[str, ...] = (),
+                  again: bool = False) -> None:
     """Signal the node while its job runs; it starts closing, waits for the job, then exits
-    with 128 + signum; the job's execution is SUCCESS and the queued one PENDING on disk."""
+    with 128 + signum; the job's execution is SUCCESS and the queued one PENDING on disk.
+    ``again``: a second signal while it closes changes nothing."""
     child, pid = start_node(db_path, mode, WAIT, prefix)
     try:
         os.kill(pid, sig)
@@ -243,6 +247,9 @@ def graceful_stop(db_path: str, mode: str, sig: signal.Signals, prefix: tuple[st
             "LOG taskengine.actors.pool INFO closing: waiting for 1 running job(s); 1 queued execution(s) "
             "stay PENDING for the next open",
         ])
+        if again:
+            os.kill(pid, sig)
+            os.kill(pid, signal.SIGTERM if sig == signal.SIGINT else signal.SIGINT)
         release_job(child)  # only now: the close must wait for it
         child.expect(f"LOG taskengine.actors.engine INFO engine at {db_path} closed")
         assert exit_status(child) == 128 + sig
@@ -258,6 +265,12 @@ def graceful_stop(db_path: str, mode: str, sig: signal.Signals, prefix: tuple[st
                                            ("with", signal.SIGINT), ("bare", signal.SIGINT)])
 def test_a_signal_closes_the_engine_gracefully(db_path: str, mode: str, sig: signal.Signals) -> None:
     graceful_stop(db_path, mode, sig)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["with", "bare"])
+def test_more_signals_while_closing_do_not_cut_the_close_short(db_path: str, mode: str) -> None:
+    graceful_stop(db_path, mode, signal.SIGTERM, again=True)
 
 
 @pytest.mark.timeout(60)
