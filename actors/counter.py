@@ -685,6 +685,12 @@ class CounterActor(EngineActor):
         """Alone in its turn (see on_receive): the live keys on disk are exactly the task's
         unfinished executions, and the records below the counter are all written."""
         st = self._require(msg.task_id)
+        incarnation = st.task.incarnation
+        if msg.incarnation is not None and msg.incarnation != incarnation:
+            # the task a prune in steps started on was deleted: this one starts at 0 and was not asked about
+            replaced = m.Pruned(0, st.mark, st.mark, False, incarnation)
+            self._after_write(msg.reply, lambda: replaced)
+            return
         policy = msg.reply is None
         if policy:
             st.prune_wait = None
@@ -711,7 +717,7 @@ class CounterActor(EngineActor):
                 st.prune_wait = mark  # tried again once that execution finishes
             elif mark < target:
                 self._schedule_prune(st)
-        result = m.Pruned(len(run), mark, target, blocked)
+        result = m.Pruned(len(run), mark, target, blocked, incarnation)
         self._after_write(msg.reply, lambda: result)
 
     def _retain(self, st: TaskState, index: int | None) -> None:

@@ -703,22 +703,27 @@ class Engine:
         first PENDING or RUNNING one, whatever the asked-for bound. Pruned indexes are never
         issued again; a pruned execution reads as ExecutionNotFound, and its idempotency key is
         forgotten with it. Done in steps of at most a thousand executions, each one atomic write,
-        with the task's other messages served in between."""
+        with the task's other messages served in between; if the task is deleted between two
+        steps, the prune ends there (a task created again with the same id is left alone) and
+        returns what it removed."""
         task_id = validate.task_id(task_id)
         keep_last = validate.positive_int(keep_last, "keep_last", minimum=0)
         before_index = validate.positive_int(before_index, "before_index", minimum=0)
         if keep_last is None and before_index is None:
             raise InvalidArgument("prune needs keep_last or before_index")
-        done = self._prune_step(task_id, keep_last, before_index)
+        done = self._prune_step(task_id, keep_last, before_index, None)
         removed = done.removed
         while done.removed and not done.blocked and done.mark < done.target:
-            # the same target for every step, so triggers that come meanwhile do not prolong it
-            done = self._prune_step(task_id, None, done.target)
+            # the same target and task for every step, so triggers that come meanwhile do not
+            # prolong it, and a task deleted and created again meanwhile is not touched
+            done = self._prune_step(task_id, None, done.target, done.incarnation)
             removed += done.removed
         return removed
 
-    def _prune_step(self, task_id: str, keep_last: int | None, before_index: int | None) -> m.Pruned:
-        done: m.Pruned = self._ask(task_id, lambda r: m.Prune(task_id, keep_last, before_index, r))
+    def _prune_step(
+        self, task_id: str, keep_last: int | None, before_index: int | None, incarnation: str | None
+    ) -> m.Pruned:
+        done: m.Pruned = self._ask(task_id, lambda r: m.Prune(task_id, keep_last, before_index, r, incarnation))
         return done
 
     # -- operations ------------------------------------------------------------------------

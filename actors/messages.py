@@ -140,12 +140,15 @@ class Lookup:
 class Prune:
     """Move the task's prune mark up towards ``before_index`` (and ``keep_last`` below the counter),
     past at most ``PRUNE_CHUNK`` finished executions, deleting them. Handled in a turn of its own,
-    where memory and disk agree. -> Pruned. ``reply`` None: the actor's own retention policy."""
+    where memory and disk agree. -> Pruned. ``reply`` None: the actor's own retention policy.
+    ``incarnation``: the task a prune in steps started on; if the id now names a task created
+    since (the first was deleted), nothing is pruned."""
 
     task_id: str
     keep_last: int | None
     before_index: int | None
     reply: Reply[Any] | None
+    incarnation: str | None = None
 
 
 @attrs.define(frozen=True)
@@ -158,6 +161,8 @@ class Pruned:
     target: int
     #: True when the mark stopped at an unfinished execution below the target
     blocked: bool
+    #: the task's incarnation: the next step of the same prune names it
+    incarnation: str
 
 
 @attrs.define

@@ -368,3 +368,37 @@ def test_sigkill_mid_prune_keeps_the_mark_and_the_indexes(make_engine, db_path):
     assert_gap_free_api(engine, "t")
     make_engine.close(engine)
     replay_ok(db_path)
+
+
+@pytest.mark.timeout(60)
+def test_a_prune_in_steps_stops_at_a_deletion_and_never_touches_the_task_created_after_it(
+    make_engine, db_path, monkeypatch
+):
+    """A prune goes in steps toward a target fixed for the task it started on; if that task is
+    deleted and one with the same id created between two steps, the new task (which starts again
+    at index 0) is not the one asked about: none of its executions may be pruned."""
+    with DbBuilder(db_path) as b:
+        b.task("t", job="job")
+        b.executions("t", *[S] * 5)
+    monkeypatch.setattr(retention, "PRUNE_CHUNK", 1)  # one execution per step
+    engine = make_engine(db_path, jobs={"job": Recorder()})
+    step = engine._prune_step
+    steps = []
+
+    def deleting_after_the_first_step(*args: Any) -> Any:
+        done = step(*args)
+        steps.append(done)
+        if len(steps) == 1:
+            engine.delete_task("t")
+            engine.create_task("t", job="job")
+            for _ in range(3):
+                engine.trigger("t", blocking=True, timeout=WAIT)
+        return done
+
+    monkeypatch.setattr(engine, "_prune_step", deleting_after_the_first_step)
+    assert engine.prune("t", keep_last=0) == 1  # the one step made before the deletion
+    task = engine.get_task("t")
+    assert (task.prune_mark, task.execution_count) == (0, 3)
+    assert [e.index for e in assert_gap_free_api(engine, "t")] == [0, 1, 2]
+    make_engine.close(engine)
+    replay_ok(db_path)
