@@ -219,6 +219,7 @@ class Engine:
         timeout = lifecycle.bounded(validate.timeout(timeout), self._stop_deadline)
         if getattr(in_job, "refs", None) is self._refs:
             raise InvalidArgument("close() called from one of this engine's jobs would wait for that job forever")
+        self._not_in_hook("close()")
         with self._gate:
             if self._closed:
                 closing = True
@@ -356,7 +357,17 @@ class Engine:
                 raise EngineClosed(self._closed_why) from None
 
     def _ask(self, task_id: str, make: Callable[[Reply[Any]], Any]) -> Any:
+        self._not_in_hook("this call")
         return self._send(task_id, make).get()
+
+    def _not_in_hook(self, what: str) -> None:
+        """Hooks run on the counter actors' threads: a call from one that waits for an actor
+        would wait for itself (or for an actor that waits for it) forever."""
+        if self._hooks.running_here():
+            raise InvalidArgument(
+                f"{what} from a hook would wait for the engine thread that runs the hook; "
+                "a hook may only send (trigger_future, not waited on) or read the database"
+            )
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
@@ -500,6 +511,7 @@ class Engine:
         self, task_id: str, execution_id: str, reply: Reply[Any], watcher: Reply[Execution],
         timeout: float | None,
     ) -> Execution:
+        self._not_in_hook("waiting on a blocking trigger's future")
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             ex: Execution = reply.get(timeout=timeout)
@@ -558,6 +570,7 @@ class Engine:
         and the execution goes on. A repeat with the same ``idempotency_key`` returns the first
         execution (finished, if this call is blocking)."""
         timeout = validate.timeout(timeout)
+        self._not_in_hook("trigger()")
         fut = self.trigger_future(task_id, data, blocking=blocking, idempotency_key=idempotency_key)
         return fut.get(timeout=timeout if blocking else None)
 
@@ -640,6 +653,7 @@ class Engine:
     def wait(self, task_id: str, execution_id: str, timeout: float | None = None) -> Execution:
         """Block until the execution has finished; ExecutionTimeout after ``timeout`` seconds."""
         timeout = validate.timeout(timeout)
+        self._not_in_hook("wait()")
         watcher = self._board.watch(execution_id)
         try:
             ex = self.get_execution(task_id, execution_id)
@@ -761,6 +775,7 @@ class Engine:
         """Live figures (see :class:`EngineStats`); EngineClosed once closed (also when close()
         wins a race with it)."""
         self._check_open()
+        self._not_in_hook("stats()")
         refs = self._refs
         pool = cast(dict[str, int], ask(refs.pool, m.PoolStats()))
         counters = [cast(dict[str, int], self._send_to(ref, m.CounterStats).get()) for ref in refs.counters]

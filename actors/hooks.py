@@ -8,7 +8,11 @@ metrics (``taskengine.prometheus``) are one such hook.
 An engine with no hooks pays one attribute test per state change and per write. Hooks run on
 the engine's own threads, after the change they report is durable and before any caller hears of
 it, so a caller that gets an answer knows its hooks have run; a slow hook therefore slows the
-engine. A hook that raises is logged and otherwise ignored: it never breaks the engine.
+engine. A hook that raises (anything, ``SystemExit`` included) is logged and otherwise ignored: it
+never breaks the engine. For the same reason a hook must not wait for the engine: a call from a
+hook that would wait for an answer (``trigger``, ``get_task``, ``wait``, ``stats``, ``close``...)
+raises InvalidArgument at once instead of waiting for itself forever; ``trigger_future`` sends
+and returns, so a hook may chain a trigger with it, as long as it does not wait on the future.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ START = "on_start"
 FINISH = "on_finish"
 WRITE = "on_write"
 KINDS = (TRIGGER, START, FINISH, WRITE)
+
+#: while a thread runs an engine's hooks, ``in_hook.owner`` is that engine's HookSet
+in_hook = threading.local()
 
 #: after a hook's first failure (logged with its traceback), one in this many is logged again
 LOG_EVERY = 1000
@@ -102,19 +109,31 @@ class HookSet:
     def run(self, events: Sequence[tuple[str, Execution]]) -> None:
         """Call the hooks for ``events`` (kind, execution), in order."""
         calls = self._calls
-        for kind, execution in events:
-            for fn in calls[kind]:
-                try:
-                    fn(execution)
-                except Exception:  # noqa: BLE001 - a hook never breaks the engine
-                    self._failed(fn, kind)
+        in_hook.owner = self
+        try:
+            for kind, execution in events:
+                for fn in calls[kind]:
+                    try:
+                        fn(execution)
+                    except BaseException:  # noqa: BLE001 - a hook never breaks the engine (SystemExit
+                        self._failed(fn, kind)  # on an actor's thread would stop every actor)
+        finally:
+            in_hook.owner = None
 
     def _on_write(self, changes: int, seconds: float) -> None:
-        for fn in self._calls[WRITE]:
-            try:
-                fn(changes, seconds)
-            except Exception:  # noqa: BLE001
-                self._failed(fn, WRITE)
+        in_hook.owner = self
+        try:
+            for fn in self._calls[WRITE]:
+                try:
+                    fn(changes, seconds)
+                except BaseException:  # noqa: BLE001
+                    self._failed(fn, WRITE)
+        finally:
+            in_hook.owner = None
+
+    def running_here(self) -> bool:
+        """True on a thread that is running these hooks now."""
+        return getattr(in_hook, "owner", None) is self
 
     def _failed(self, fn: Callable[..., None], kind: str) -> None:
         owner = getattr(fn, "__self__", fn)

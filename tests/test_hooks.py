@@ -158,3 +158,96 @@ def test_bad_hooks_are_refused_before_anything_is_created(tmp_path, hooks: Any):
     with pytest.raises(errors.InvalidArgument):
         Engine.open(path, hooks=hooks)
     assert not os.path.exists(path)
+
+
+class CallingBack(Hooks):
+    """A hook that calls the engine from on_finish (and on_write): ``call(engine, execution)``."""
+
+    def __init__(self, call: Any, on_write: bool = False) -> None:
+        self.engine: Engine | None = None
+        self.call = call
+        self.on_write_too = on_write
+        self.outcomes: list[Any] = []
+
+    def on_finish(self, execution: Execution) -> None:
+        if execution.task_id != "t":
+            return
+        try:
+            self.outcomes.append(self.call(self.engine, execution))
+        except Exception as e:
+            self.outcomes.append(e)
+            raise
+
+    def on_write(self, changes: int, seconds: float) -> None:
+        if self.on_write_too and self.engine is not None:
+            try:
+                self.engine.stats()
+            except errors.InvalidArgument:
+                pass
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("call", [
+    lambda engine, ex: engine.get_task(ex.task_id),
+    lambda engine, ex: engine.trigger("other"),
+    lambda engine, ex: engine.wait(ex.task_id, ex.id),
+    lambda engine, ex: engine.stats(),
+    lambda engine, ex: engine.prune(ex.task_id, keep_last=0),
+    lambda engine, ex: engine.close(),
+], ids=["get_task", "trigger", "wait", "stats", "prune", "close"])
+def test_a_hook_that_calls_back_and_waits_gets_an_error_not_a_deadlock(make_engine, db_path, call):
+    """Hooks run on the counter actor's thread: a call that waits for that actor would wait for
+    itself forever. It raises InvalidArgument at once (logged like any hook's failure), and the
+    engine carries on."""
+    hook = CallingBack(call, on_write=True)
+    engine = make_engine(db_path, jobs={"job": lambda ctx: None}, hooks=[hook])
+    hook.engine = engine
+    engine.create_task("t", job="job")
+    engine.create_task("other", job="job")
+    done: list[Execution] = []
+    caller = threading.Thread(target=lambda: done.append(engine.trigger("t", blocking=True)), daemon=True)
+    caller.start()
+    caller.join(WAIT)
+    assert not caller.is_alive(), "the engine deadlocked on a hook that called it"
+    assert done[0].status is ExecutionStatus.SUCCESS
+    assert len(hook.outcomes) == 1 and isinstance(hook.outcomes[0], errors.InvalidArgument)
+    assert "hook" in str(hook.outcomes[0])
+    assert engine.trigger("t", blocking=True, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    assert engine.get_task("other").execution_count == 0  # the refused trigger used no index
+
+
+@pytest.mark.timeout(30)
+def test_a_hook_may_trigger_without_waiting(make_engine, db_path):
+    """Chaining from a hook: trigger_future sends and returns, so it cannot deadlock; the
+    follow-up execution is acknowledged and runs."""
+    hook = CallingBack(lambda engine, ex: engine.trigger_future("other", {"after": ex.index}))
+    engine = make_engine(db_path, jobs={"job": lambda ctx: ctx.data}, hooks=[hook])
+    hook.engine = engine
+    engine.create_task("t", job="job")
+    engine.create_task("other", job="job")
+    engine.trigger("t", blocking=True, timeout=WAIT)
+    chained = hook.outcomes[0].get(timeout=WAIT)
+    assert engine.wait("other", chained.id, timeout=WAIT).result == {"after": 0}
+
+
+class Exiting(Hooks):
+    def on_finish(self, execution: Execution) -> None:
+        raise SystemExit(3)
+
+    def on_write(self, changes: int, seconds: float) -> None:
+        raise KeyboardInterrupt
+
+
+@pytest.mark.timeout(30)
+def test_a_hook_that_raises_system_exit_stops_no_actor(make_engine, db_path, tmp_path):
+    """pykka stops every actor of the process when one lets a BaseException out; a hook runs on a
+    counter actor, so its SystemExit must be caught like any other failure: this engine answers
+    and carries on, and another engine in the process is untouched."""
+    other = make_engine(str(tmp_path / "other"), jobs={"job": lambda ctx: None})
+    other.create_task("o", job="job")
+    engine = make_engine(db_path, jobs={"job": lambda ctx: None}, hooks=[Exiting()])
+    engine.create_task("t", job="job")
+    for _ in range(2):
+        assert engine.trigger("t", blocking=True, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    assert engine.get_task("t").execution_count == 2
+    assert other.trigger("o", blocking=True, timeout=WAIT).status is ExecutionStatus.SUCCESS
