@@ -232,7 +232,7 @@ class Engine:
 
     def _close_now(self, timeout: float | None) -> None:
         try:
-            for server in self._status_servers:  # its requests in flight are answered first
+            for server in self._status_servers:  # stops listening; kept-alive connections are refused
                 server.close()
             self._shutdown(timeout)
         finally:

@@ -261,6 +261,30 @@ def test_close_stops_the_server_and_later_requests_fail(make_engine: Any, db_pat
         engine.serve_status()
 
 
+def test_a_connection_kept_alive_across_close_is_answered_closed_and_ended(make_engine: Any, db_path: str) -> None:
+    """A browser keeps its connection open between polls: after close() its next request must not
+    be served by the stopped server (nor its files: a node reopened on the same port would look
+    closed through it), but refused and the connection ended, so the page reconnects and the
+    server's thread ends."""
+    engine = make_engine(db_path, jobs={"ok": ok})
+    server = engine.serve_status()
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=WAIT)
+    try:
+        conn.request("GET", "/page.css")
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 200 and not first.will_close  # HTTP/1.1: kept alive
+        close_bounded(engine)
+        conn.request("GET", "/page.css")
+        after = conn.getresponse()
+        raw = after.read()
+        assert after.status == 503 and after.will_close, (after.status, raw[:60])
+        assert "stopped" in json.loads(raw)["error"]
+        assert conn.sock is None or conn.sock.recv(1) == b""  # the server ended the connection
+    finally:
+        conn.close()
+
+
 # -- reads while the engine runs ---------------------------------------------------------------
 
 

@@ -96,9 +96,10 @@ def _check_token(token: Any) -> str | None:
 
 
 class _HTTPServer(http.server.ThreadingHTTPServer):
+    # a request's thread is not joined at close (one whose client never sends would hold close up to
+    # the handler's timeout); a request that comes after close on a kept-alive connection is refused
+    # and its connection ended (see _Handler._answer)
     daemon_threads = True
-    # answers in flight finish before close() returns (ThreadingMixIn joins them)
-    block_on_close = True
 
     #: set right after the socket is bound, before the first request is served
     status: StatusServer
@@ -165,8 +166,13 @@ class StatusServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
-        """Stop listening and wait for the answers in flight. Idempotent."""
+        """Stop listening; a connection kept alive gets 503 and is ended at its next request.
+        Idempotent."""
         with self._lock:
             if self._closed:
                 return
@@ -230,6 +236,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _answer(self, produce: Any) -> None:
         extra: list[tuple[str, str]] = []
         try:
+            if self.server.status.closed:  # a kept-alive connection outlives the listening socket
+                raise _Refused(503, "this status server is stopped (its engine was closed)", (("Connection", "close"),))
             self._authorise(extra)
             status, ctype, body = produce()
         except _Refused as e:
