@@ -17,7 +17,7 @@ from .errors import (
     UnknownSchema,
     WriteFailed,
 )
-from .interface import Changes, Store, Writer, is_url, open_store
+from .interface import Changes, Store, Writer, is_url, open_store, shown
 from .records import Execution, ExecutionStatus, Task, TaskStatus
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Writer",
     "is_url",
     "open_store",
+    "shown",
     "CorruptRecord",
     "Database",
     "DatabaseDamaged",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -179,6 +180,28 @@ def finished_run(task_id: str, start: int, records: Iterable[tuple[int, Callable
             break
         out.append(ex)
     return out
+
+
+def redact(url: str) -> str:
+    """The URL without its password: what messages and logs show."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "postgresql://(unparsable URL)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = userinfo.split(":", 1)[0] + ":***@" + host
+    query = urllib.parse.urlencode(
+        [(k, "***" if k == "password" else v) for k, v in urllib.parse.parse_qsl(parts.query)]
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def shown(target: str) -> str:
+    """``target`` as messages show it: a URL without its password, a path as it is."""
+    return redact(target) if is_url(target) else target
 
 
 def is_url(target: str) -> bool:

@@ -28,7 +28,6 @@ import functools
 import logging
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ import psycopg_pool
 
 from . import codec, interface, keys
 from .errors import CorruptRecord, NotADatabase, StorageError, StorageLocked, UnknownSchema, WriteFailed
-from .interface import Change, Changes, OnCorrupt, Store, Writer
+from .interface import Change, Changes, OnCorrupt, Store, Writer, redact
 from .records import Execution, Task
 
 log = logging.getLogger(__name__)
@@ -76,23 +75,6 @@ _DDL = (
         UNIQUE (task_id, idempotency_key))""",
     "CREATE INDEX executions_live ON taskengine.executions (task_id, idx) WHERE status IN ('P', 'R')",
 )
-
-
-def redact(url: str) -> str:
-    """The URL without its password: what messages and logs show."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "postgresql://(unparsable URL)"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            netloc = userinfo.split(":", 1)[0] + ":***@" + host
-    query = urllib.parse.urlencode(
-        [(k, "***" if k == "password" else v) for k, v in urllib.parse.parse_qsl(parts.query)]
-    )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _message(e: BaseException) -> str:

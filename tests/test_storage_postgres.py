@@ -19,7 +19,7 @@ from pg import PgServer
 from pg_proxy import CommitCutter
 from taskengine import ExecutionStatus, errors, storage
 from taskengine.storage import Execution, Task
-from taskengine.storage.postgres import redact
+from taskengine.storage.interface import redact
 
 pytestmark = pytest.mark.timeout(90)
 

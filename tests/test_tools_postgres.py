@@ -105,3 +105,19 @@ def test_a_tool_never_shows_a_password(
     out, err = capsys.readouterr()
     assert secret not in out + err
     assert "***" in out + err
+
+
+def test_stress_with_crashes_on_a_url(pg_server: PgServer, pg_url: str) -> None:
+    """The stress tool's SIGKILL-and-restart run on PostgreSQL: every acknowledged execution is
+    found again, the replay check (after each kill and at the end) finds nothing, and the report
+    names the database without its password."""
+    from taskengine.tools.stress.driver import StressConfig, execute
+
+    url = pg_url.replace(f"{pg_server.user}@", f"{pg_server.user}:stress-pw@")
+    cfg = StressConfig(db=url, clients=8, tasks=4, count=None, duration=5.0, crash_every=1.0, seed=5)
+    report = execute(cfg)
+    assert report.violations == []
+    assert report.crashes >= 2 and report.crash_replays >= 1
+    assert report.acknowledged > 0 and report.final.checked == report.acknowledged
+    assert report.replay["ok"]
+    assert "stress-pw" not in report.db

@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from taskengine.storage import is_url
+
 from ..common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError
 
 DEFAULT_CLIENTS = 48
@@ -40,7 +42,8 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # numbers are parsed in run(), so a bad one is one line on stderr with exit status 2
-    parser.add_argument("db", metavar="DB", help="database directory (created if missing)")
+    parser.add_argument("db", metavar="DB", help="database directory (created if missing), or a postgresql:// "
+                        "URL (its schema created if missing)")
     parser.add_argument("--clients", metavar="N", default=str(DEFAULT_CLIENTS),
                         help=f"concurrent client actors (default {DEFAULT_CLIENTS})")
     parser.add_argument("--tasks", metavar="M", default=str(DEFAULT_TASKS),
@@ -111,8 +114,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
     db = args.db
     if not isinstance(db, str) or not db.strip():
-        raise ToolError("DB must be a directory path", EXIT_USAGE)
-    if os.path.exists(db) and not os.path.isdir(db):
+        raise ToolError("DB must be a directory path or a postgresql:// URL", EXIT_USAGE)
+    if not is_url(db) and os.path.exists(db) and not os.path.isdir(db):
         raise ToolError(f"{db!r} is a file, not a database directory", EXIT_USAGE)
     clients = _int(args.clients, "--clients", 1, 1024)
     tasks = _int(args.tasks, "--tasks", 1, 100_000)

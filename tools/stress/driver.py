@@ -25,6 +25,7 @@ import attrs
 
 from taskengine import Engine
 from taskengine.actors.errors import EngineError, StorageLocked
+from taskengine.storage import is_url, shown
 
 from .. import replay
 from ..common import EXIT_USAGE, ToolError, locked_message, open_database
@@ -87,7 +88,7 @@ def _open_engine(cfg: StressConfig) -> Engine:
     try:
         return Engine.open(cfg.db, jobs=JOBS, workers=cfg.workers, counter_actors=cfg.counter_actors)
     except StorageLocked:
-        raise ToolError(locked_message(cfg.db), EXIT_USAGE) from None
+        raise ToolError(locked_message(shown(cfg.db)), EXIT_USAGE) from None
     except EngineError as e:  # NotADatabase, UnknownSchema, an unreadable directory
         raise ToolError(str(e), EXIT_USAGE) from None
 
@@ -109,7 +110,7 @@ def _execute(cfg: StressConfig, on_progress: ProgressCallback | None, tick: floa
         raise ToolError(str(e), EXIT_USAGE) from None
     ledger = Ledger(ids)
     report = StressReport(
-        db=cfg.db,
+        db=shown(cfg.db),  # a URL without its password
         mode="crash" if cfg.crash_every else "in-process",
         clients=cfg.clients,
         tasks=cfg.tasks,
@@ -235,7 +236,7 @@ class _Child:
         self.cut_lines = 0
         cmd = [
             sys.executable, "-m", "taskengine.tools.stress.child",
-            "--db", os.path.abspath(cfg.db),
+            "--db", cfg.db if is_url(cfg.db) else os.path.abspath(cfg.db),
             "--clients", str(cfg.clients),
             "--tasks", str(cfg.tasks),
             "--workers", str(cfg.workers),
