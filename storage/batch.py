@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import capi, keys
+from . import capi, durable, keys
 from .db import Database, plyvel_message
 from .errors import WriteFailed
 
@@ -54,6 +54,8 @@ class Committer:
         self.sync = sync
         self._capi = capi.open_writer(db.raw, sync=sync)  # None: plyvel's batches for everything
         self._lock = db.write_lock
+        # with sync, a write is acknowledged only once the directory entries it needs are durable too
+        self.directory = durable.DirectoryWatch(db.path) if sync else None
         self.failure: str | None = None  # why the first failed write failed
         self.writes = 0
         self.changes = 0
@@ -62,7 +64,10 @@ class Committer:
 
     def write(self, changes: Sequence[Sequence[Op]]) -> None:
         """Apply ``changes`` (each atomic, all in order) durably if ``sync``; raises WriteFailed:
-        with ``outcome_unknown`` if this write failed, without if it was refused unwritten."""
+        with ``outcome_unknown`` if this write failed, without if it was refused unwritten.
+
+        Durably means the data and the directory entries it lives in (a new log file):
+        LevelDB 1.22 fsyncs the one but not always the other."""
         observe = self.on_write
         with self._lock:
             refused = self.refusal()
@@ -80,6 +85,8 @@ class Committer:
                     began = time.perf_counter()
                     batch.write()
                     took = time.perf_counter() - began
+                if self.directory is not None:
+                    self.directory.make_durable()
             except Exception as e:  # plyvel raises its own IOError / RuntimeError
                 self.failure = plyvel_message(e)
                 log.critical("database write failed at %s: %s; no more writes until it is reopened",

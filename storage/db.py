@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 
 import plyvel
 
-from . import codec, interface, keys
+from . import codec, durable, interface, keys
 from .errors import (
     CorruptRecord,
     DatabaseDamaged,
@@ -67,14 +67,34 @@ def _check_path(path: str, create: bool) -> None:
             os.path.join(path, "CURRENT")
         ):
             raise NotADatabase(f"{path!r} is a non-empty directory that is not a LevelDB database")
-        try:
-            os.makedirs(path, exist_ok=True)
-        except OSError as e:
-            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise read_only_error(path, e) from None
-            raise StorageError(f"cannot create {path!r}: {e.strerror}") from None
+        if not os.path.isdir(path) or not set(os.listdir(path)) - {LOCK_FILE}:
+            _create(path)
     elif not os.path.isdir(path):
         raise NotADatabase(f"no database at {path!r}")
+
+
+def _create(path: str) -> None:
+    """A new taskengine database at ``path``, whole or not at all (``durable.create_atomically``):
+    a first open cut short by a crash, a power loss or a full disk leaves nothing behind that a
+    later open would refuse."""
+
+    def build(where: str) -> None:
+        raw = _open_leveldb(where, create=True, paranoid=True)
+        try:
+            raw.put(keys.SCHEMA_KEY, codec.encode_int(keys.SCHEMA_VERSION), sync=True)
+        except plyvel.Error as e:
+            raise StorageError(f"cannot create {path!r}: {plyvel_message(e)}") from None
+        finally:
+            raw.close()
+
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if durable.create_atomically(path, build):
+            log.info("created taskengine database at %s (schema %d)", path, keys.SCHEMA_VERSION)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise read_only_error(path, e) from None
+        raise StorageError(f"cannot create {path!r}: {e.strerror}") from None
 
 
 def _open_leveldb(path: str, create: bool, paranoid: bool) -> Any:
