@@ -3,6 +3,7 @@
 Not part of ``taskengine bench`` (its figures stay free of instrumentation). Run as::
 
     python -m taskengine.tools.bench.probe acks --tasks 1 --callers 64   # durable acks
+    python -m taskengine.tools.bench.probe acks --no-directory-watch     # the same without the directory check
     python -m taskengine.tools.bench.probe e2e --executions 20000         # end-to-end no-op executions
     python -m taskengine.tools.bench.probe floor                          # an ack's round trip and fsync, no engine
     python -m taskengine.tools.bench.probe gil                            # plyvel puts with and without GIL contention
@@ -83,6 +84,32 @@ def _instrument_writes() -> str | None:
 
     committer.write = write
     return None
+
+
+def _instrument_directory(off: bool) -> str | None:
+    """Time the directory check a synced write makes before its acknowledgement (a scandir, and
+    an fsync of the directory when LevelDB created or removed a file); ``off`` skips it, to
+    measure what it costs."""
+    try:
+        from taskengine.storage.durable import DirectoryWatch
+    except ImportError as e:
+        return f"no storage.durable ({e}): directory check timing skipped"
+    original = DirectoryWatch.make_durable
+
+    def make_durable(self: Any) -> None:
+        if off:
+            return
+        t0 = time.perf_counter()
+        before = self.syncs
+        original(self)
+        took = time.perf_counter() - t0
+        with _lock:
+            _stats["dir_checks"] += 1
+            _stats["dir_syncs"] += self.syncs - before
+            _times["dir_check"] += took
+
+    DirectoryWatch.make_durable = make_durable  # type: ignore[method-assign]
+    return "directory check OFF (--no-directory-watch): acks are not durable under the strict model" if off else None
 
 
 def _instrument_turns() -> str | None:
@@ -204,6 +231,11 @@ def _write_lines(n_ops: float, label: str, frozen: tuple[Any, Any] | None = None
                 f"per op; batch.write (LevelDB queue + fsync): {1e6 * t['batch_write'] / s['timed_writes']:.0f} us "
                 "per write"
             )
+    if s["dir_checks"]:
+        lines.append(
+            f"  directory check before the ack: {1e6 * t['dir_check'] / s['dir_checks']:.1f} us per write, "
+            f"{s['dir_syncs']} directory fsyncs in {s['dir_checks']} writes"
+        )
     msgs = sorted(((k[4:], v) for k, v in s.items() if k.startswith("msg ")), key=lambda kv: -kv[1])
     if msgs:
         total = sum(v for _, v in msgs)
@@ -241,7 +273,8 @@ def _switch_line(switches: list[int], ops: float, label: str) -> str:
 
 
 def probe_acks(args: argparse.Namespace) -> list[str]:
-    notes = [n for n in (_instrument_writes(), _instrument_turns()) if n]
+    notes = [n for n in (_instrument_writes(), _instrument_turns(),
+                         _instrument_directory(args.no_directory_watch)) if n]
     _instrument_messages()
     from taskengine import Engine
 
@@ -398,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--executions", type=int, default=20_000)
+    parser.add_argument("--no-directory-watch", action="store_true",
+                        help="acks: skip the directory check before each acknowledgement (to measure its cost)")
     args = parser.parse_args(argv)
     args.workdir = tempfile.mkdtemp(prefix="taskengine-probe-")
     try:
