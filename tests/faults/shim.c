@@ -19,6 +19,9 @@
  *             later call of OP fails the same way (a disk that stays full)
  *   FS_ARM    SUFFIX:K  FS_FAULT counts only after the K-th new file whose name ends with
  *             SUFFIX was created (e.g. ".log:2": after LevelDB switched to its second log)
+ *   FS_SLOW   SUFFIX:MS every sync of a file whose name ends with SUFFIX first waits MS
+ *             milliseconds (a slow disk for LevelDB's tables: the window between a log switch
+ *             and the manifest sync that follows the table is held open)
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -35,6 +38,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 enum op { OP_WRITE, OP_SYNC, OP_CREATE, OP_RENAME, OP_ANY, N_OPS };
@@ -42,7 +46,9 @@ static const char *op_names[N_OPS] = {"write", "sync", "create", "rename", "any"
 enum action { A_NONE, A_ERRNO, A_SHORT, A_KILL, A_KILLAFTER };
 
 #define MAX_FD 65536
-static unsigned char watched[MAX_FD];
+static unsigned char watched[MAX_FD], slow[MAX_FD];
+static char slow_suffix[64];
+static long slow_ms;
 static char root[PATH_MAX];
 static size_t root_len;
 static char keep[PATH_MAX];
@@ -105,6 +111,8 @@ __attribute__((constructor)) static void init(void) {
     if (l) log_fd = (int)syscall(SYS_openat, AT_FDCWD, l, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     const char *a = getenv("FS_ACK_FD");
     if (a) ack_fd = atoi(a);
+    const char *sl = getenv("FS_SLOW");
+    if (sl) sscanf(sl, "%63[^:]:%ld", slow_suffix, &slow_ms);
     const char *arm = getenv("FS_ARM");
     if (arm) sscanf(arm, "%63[^:]:%ld", arm_suffix, &arm_k);
     const char *f = getenv("FS_FAULT");
@@ -218,6 +226,11 @@ static void keep_alive(const char *abs) {
     link(abs, dst);
 }
 
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return k && n >= k && !strcmp(s + n - k, suffix);
+}
+
 static int open_common(int dirfd, const char *path, int flags, mode_t mode, int at, int is64) {
     char abs[PATH_MAX];
     int watch = path && absolute(dirfd, path, abs) && under_root(abs);
@@ -225,9 +238,8 @@ static int open_common(int dirfd, const char *path, int flags, mode_t mode, int 
     if (watch && (flags & O_CREAT)) {
         struct stat st;
         if (stat(abs, &st) != 0) {
-            size_t n = strlen(abs), k = strlen(arm_suffix);
             action = decide(OP_CREATE);
-            if (k && n >= k && !strcmp(abs + n - k, arm_suffix)) {
+            if (ends_with(abs, arm_suffix)) {
                 pthread_mutex_lock(&mu);
                 arm_seen++;
                 pthread_mutex_unlock(&mu);
@@ -240,6 +252,7 @@ static int open_common(int dirfd, const char *path, int flags, mode_t mode, int 
     else fd = (is64 ? real_open64 : real_open)(path, flags, mode);
     if (fd >= 0 && fd < MAX_FD) {
         watched[fd] = (unsigned char)watch;
+        slow[fd] = (unsigned char)(watch && ends_with(abs, slow_suffix));
         if (watch) {
             struct stat st;
             fstat(fd, &st);
@@ -277,7 +290,7 @@ int openat64(int dirfd, const char *path, int flags, ...) {
 }
 
 int close(int fd) {
-    if (fd >= 0 && fd < MAX_FD) watched[fd] = 0;
+    if (fd >= 0 && fd < MAX_FD) watched[fd] = slow[fd] = 0;
     return real_close(fd);
 }
 
@@ -312,6 +325,10 @@ ssize_t write(int fd, const void *buf, size_t n) {
 
 static int sync_common(int fd, int data_only) {
     if (fd < 0 || fd >= MAX_FD || !watched[fd]) return data_only ? real_fdatasync(fd) : real_fsync(fd);
+    if (slow[fd]) {
+        struct timespec ts = {slow_ms / 1000, (slow_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     int action = decide(OP_SYNC);
     if (before(action, "sync")) return -1;
     if (log_fd < 0) return data_only ? real_fdatasync(fd) : real_fsync(fd);
