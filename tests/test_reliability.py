@@ -146,20 +146,20 @@ def _fill_and_compact(path: str) -> None:
 @pytest.mark.parametrize("damage", ["footer", "truncate"])
 def test_damaged_table_gives_a_taskengine_error(db_path, damage, capsys):
     _fill_and_compact(db_path)
-    table = _table_files(db_path)[-1]
-    size = os.path.getsize(table)
-    with open(table, "r+b") as f:
-        if damage == "footer":
-            f.seek(size - 8)
-            f.write(b"\x00" * 8)  # the table's magic number
-        else:
-            f.truncate(size // 2)
+    for table in _table_files(db_path):  # every table (the schema may sit in one of its own)
+        size = os.path.getsize(table)
+        with open(table, "r+b") as f:
+            if damage == "footer":
+                f.seek(size - 8)
+                f.write(b"\x00" * 8)  # the table's magic number
+            else:
+                f.truncate(size // 2)
     with pytest.raises(errors.StorageError) as info:
         Engine.open(db_path).close()
     assert not re.search(r"(^|[\s:(])b'", str(info.value)), str(info.value)  # no bytes repr
     from taskengine.tools import cli
 
-    # the one table held everything: LevelDB's repairer saves nothing, and the tool says so
+    # every table is damaged: LevelDB's repairer saves nothing, and the tool says so
     assert cli.main(["recover", db_path, "--accept-loss"]) == 2
     assert "restore a backup" in capsys.readouterr().err
 
