@@ -2,7 +2,7 @@
 
 ``run_child`` starts tests/faults/fault_child.py with the shim preloaded and collects the
 acknowledgements it prints on a pipe; ``verify`` checks a database after the run against them
-(DESIGN §3: every acknowledged execution at its index, no index twice, counters continue,
+(contract §3: every acknowledged execution at its index, no index twice, counters continue,
 PENDING work re-run, RUNNING work finished as interrupted, replay clean).
 """
 

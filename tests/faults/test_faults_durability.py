@@ -1,4 +1,4 @@
-"""DESIGN §3.5 durable, tested rather than assumed: every acknowledgement leaves the engine only
+"""contract §3.5 durable, tested rather than assumed: every acknowledgement leaves the engine only
 after an fsync that covers its record in LevelDB's log.
 
 The shim journals each successful sync (the file's size before it) and each line written to the

@@ -1,4 +1,4 @@
-"""DESIGN §3.9 faults: a failed write, sync, file creation or rename, a short write, a full disk,
+"""contract §3.9 faults: a failed write, sync, file creation or rename, a short write, a full disk,
 or a SIGKILL at any of many points (recovery included) never loses or re-issues an acknowledged
 index. Each case starts from a copy of a database a killed engine left (with PENDING and RUNNING
 work), runs the child under the shim with one fault, kills it, and checks the files against the

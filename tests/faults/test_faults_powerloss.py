@@ -1,4 +1,4 @@
-"""Power loss (DESIGN §3.5 with the machine, not only the process, gone): the shim kills the
+"""Power loss (contract §3.5 with the machine, not only the process, gone): the shim kills the
 engine at a chosen call, then every file is cut back to what a disk would hold (powerloss.py),
 under an ext4 ``data=ordered``-like model and under the strict POSIX model where a directory
 entry is durable only once its directory was fsynced. Every acknowledged execution must be in
