@@ -656,7 +656,13 @@ class Engine:
         self._not_in_hook("wait()")
         watcher = self._board.watch(execution_id)
         try:
-            ex = self.get_execution(task_id, execution_id)
+            try:
+                ex = self.get_execution(task_id, execution_id)
+            except ExecutionNotFound:
+                published = _published(watcher)
+                if published is None:
+                    raise
+                return published
             if ex.status.is_finished:
                 return ex
             finished: Execution = watcher.get(timeout=timeout)
@@ -676,7 +682,13 @@ class Engine:
         limit = asyncio.timeout(timeout)
         try:
             async with limit:
-                ex = await self._aget_execution(task_id, execution_id)
+                try:
+                    ex = await self._aget_execution(task_id, execution_id)
+                except ExecutionNotFound:
+                    published = _published(watcher)
+                    if published is None:
+                        raise
+                    return published
                 if ex.status.is_finished:
                     return ex
                 finished: Execution = await aio.wrap(watcher)
@@ -814,6 +826,17 @@ def _log_corrupt_live(e: StorageCorrupt) -> None:
 
 def _log_corrupt(e: StorageCorrupt) -> None:
     log.error("list_tasks leaves out a task that does not decode: %s", e)
+
+
+def _published(watcher: Reply[Execution]) -> Execution | None:
+    """For a waiter that found no execution: if it finished after the waiter began watching and
+    was pruned before the waiter read it (the keep_last policy), the watcher holds its outcome;
+    None if it holds nothing (the execution is unknown, or was pruned before the watch began)."""
+    try:
+        finished: Execution = watcher.get(timeout=0)
+    except pykka.Timeout:
+        return None
+    return finished
 
 
 def _remaining(deadline: float | None) -> float | None:

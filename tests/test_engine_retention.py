@@ -6,6 +6,7 @@ Races with triggers, deletion and a SIGKILL are below."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from engine_helpers import WAIT, Child, Gate, Recorder, assert_gap_free_api, check_db, run_threads
-from taskengine import ExecutionStatus, errors, storage
+from taskengine import ExecutionStatus, Hooks, errors, storage
 from taskengine.actors import retention
 from taskengine.storage import Database, keys
 from taskengine.tools import replay
@@ -402,3 +403,45 @@ def test_a_prune_in_steps_stops_at_a_deletion_and_never_touches_the_task_created
     assert [e.index for e in assert_gap_free_api(engine, "t")] == [0, 1, 2]
     make_engine.close(engine)
     replay_ok(db_path)
+
+
+class _Finished(Hooks):
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def on_finish(self, execution: Any) -> None:
+        self.event.set()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["wait", "await_execution"])
+def test_a_waiter_whose_execution_finishes_and_is_pruned_before_it_reads_gets_the_outcome(
+    make_engine, db_path, monkeypatch, how
+):
+    """wait() watches the execution, then reads it. If it finishes (published to the watcher) and
+    is pruned (the keep_last policy) between the two, the waiter has its outcome in hand: it must
+    return it, not ExecutionNotFound."""
+    gate = Gate()
+    finished = _Finished()
+    engine = make_engine(db_path, jobs={"job": gate}, hooks=[finished])
+    engine.create_task("t", job="job")
+    ex = engine.trigger("t")
+    stored = engine._stored
+    calls = []
+
+    def finished_and_pruned_first(task_id: str, execution_id: str) -> Any:
+        calls.append(execution_id)
+        if len(calls) == 1:
+            gate.release()
+            assert finished.event.wait(WAIT)
+            assert engine.prune("t", keep_last=0) == 1  # answered after the finish's publication
+        return stored(task_id, execution_id)
+
+    monkeypatch.setattr(engine, "_stored", finished_and_pruned_first)
+    if how == "wait":
+        done = engine.wait("t", ex.id, timeout=WAIT)
+    else:
+        done = asyncio.run(engine.await_execution("t", ex.id, timeout=WAIT))
+    assert (done.id, done.index, done.status) == (ex.id, 0, ExecutionStatus.SUCCESS)
+    with pytest.raises(errors.ExecutionNotFound):  # a later read: pruned
+        engine.wait("t", ex.id, timeout=WAIT)
