@@ -77,8 +77,8 @@ def run_child(shim: str, root: Path, scenario: str, fault: str) -> Run:
 
 
 # the N-th write(2) / fdatasync of a file in the database fails, once, after setup
-FAULTS = ["write:40:ENOSPC", "write:60:EIO", "write:50:short", "sync:30:EIO", "sync:45:ENOSPC",
-          "write:35:ENOSPC:sticky"]  # the last: a disk that stays full
+FAULTS = ["write:40:ENOSPC", "write:60:EIO", "write:50:short", "sync:40:EIO", "sync:55:ENOSPC",
+          "write:45:ENOSPC:sticky"]  # the last: a disk that stays full
 
 
 @pytest.mark.timeout(180)
@@ -136,7 +136,7 @@ def _all(engine: Engine, task: str) -> list[Any]:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("fault", ["write:30:ENOSPC", "sync:45:EIO"])  # counts include the directory fsyncs
+@pytest.mark.parametrize("fault", ["write:45:ENOSPC", "sync:45:EIO"])  # counts include the directory fsyncs
 def test_every_waiter_is_answered_after_a_failed_write(shim, tmp_path, fault):
     run = run_child(shim, tmp_path, "waiters", fault)
     assert run.line("WAITING"), "the fault hit before the waiters were waiting: move it later"
