@@ -124,6 +124,9 @@ def test_bad_paths_and_arguments_are_clear_errors(node: Any) -> None:
         "/api/tasks?limit=x": (400, "limit must be a whole number"),
         "/api/tasks/alpha/executions?order=up": (400, "order must be"),
         "/api/tasks/alpha/executions?after=-1": (400, "after must be >= 0"),
+        # an index past the largest one names the index as given, not a derived "after"
+        f"/api/tasks/alpha/executions/{2**64}": (400, f"index must be from 0 to {2**63 - 1}, not {2**64}"),
+        f"/api/tasks/alpha/executions?after={2**63}": (400, f"after must be from 0 to {2**63 - 1}, not {2**63}"),
         "/api/nothing": (404, "no such path"),
         "/metrics": (404, "metrics=PrometheusMetrics(engine)"),
         "/elsewhere": (404, "no such path"),

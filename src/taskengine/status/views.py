@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import taskengine
 from taskengine.errors import InvalidArgument
+from taskengine.storage.keys import MAX_INDEX
 
 if TYPE_CHECKING:
     from taskengine import Engine
@@ -44,6 +45,8 @@ def _index(raw: str, what: str) -> int:
         raise InvalidArgument(f"{what} must be an execution index (a whole number), not {raw!r}") from None
     if value < 0:
         raise InvalidArgument(f"{what} must be >= 0, not {value}")
+    if value > MAX_INDEX:  # said here, of the number as given (an index is read as after=index-1)
+        raise InvalidArgument(f"{what} must be from 0 to {MAX_INDEX}, not {value}")
     return value
 
 
