@@ -218,13 +218,18 @@ class PostgresStore(Store):
     def _rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         if self._closed:
             raise StorageError(f"the database {self.path} is closed")
-        try:
-            with self._pool.connection() as conn:
-                return list(conn.execute(sql, params).fetchall())
-        except psycopg.Error as e:
-            raise StorageError(f"cannot read {self.path}: {_message(e)}") from None
-        except psycopg_pool.PoolTimeout as e:
-            raise StorageError(f"cannot read {self.path}: {_message(e)}") from None
+        for attempt in (1, 2):
+            conn = None
+            try:
+                with self._pool.connection() as conn:
+                    return list(conn.execute(sql, params).fetchall())
+            except psycopg.OperationalError as e:
+                # a connection the server dropped (it restarted): the pool discards it; once more
+                if attempt == 2 or conn is None or not conn.broken:
+                    raise StorageError(f"cannot read {self.path}: {_message(e)}") from None
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
+                raise StorageError(f"cannot read {self.path}: {_message(e)}") from None
+        raise AssertionError("unreachable")
 
     def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         rows = self._rows(sql, params)

@@ -13,6 +13,7 @@ Where the binaries or the psycopg driver are missing the tests skip with the rea
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
@@ -79,7 +80,7 @@ class PgServer:
         return self.url(name)
 
 
-def _as_owner(user: str | None) -> list[str]:
+def as_owner(user: str | None) -> list[str]:
     return [] if user is None else ["runuser", "-u", user, "--"]
 
 
@@ -113,7 +114,7 @@ def start_server() -> PgServer:
             os.chown(p, entry.pw_uid, entry.pw_gid)
     user = owner or pwd.getpwuid(os.geteuid()).pw_name
     data = directory / "data"
-    _run([*_as_owner(owner), str(PG_BIN / "initdb"), "-D", str(data), "-U", user, "-A", "trust",
+    _run([*as_owner(owner), str(PG_BIN / "initdb"), "-D", str(data), "-U", user, "-A", "trust",
           "--no-sync", "-E", "UTF8", "--locale=C"], "initdb")
     port = _free_port()
     with open(data / "postgresql.conf", "a", encoding="utf-8") as conf:
@@ -124,25 +125,29 @@ def start_server() -> PgServer:
             "max_connections = 200\n"
             "fsync = on\nsynchronous_commit = on\n"
         )
-    _run([*_as_owner(owner), str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(directory / "log"),
+    _run([*as_owner(owner), str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(directory / "log"),
           "-w", "-t", str(int(START_TIMEOUT)), "start"], "pg_ctl start")
     pid = int((data / "postmaster.pid").read_text().split()[0])
     return PgServer(directory, port, user, pid)
 
 
 def stop_server(server: PgServer) -> None:
-    """SIGINT is PostgreSQL's fast shutdown; its pid gone is the end (bounded, then SIGKILL)."""
+    """SIGINT is PostgreSQL's fast shutdown; its pid gone is the end (bounded, then SIGKILL). The
+    pid is the one in postmaster.pid if the server was started again since (a restart test)."""
+    pid = server.pid
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pid = int((server.data / "postmaster.pid").read_text().split()[0])
     try:
-        os.kill(server.pid, signal.SIGINT)
+        os.kill(pid, signal.SIGINT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                os.kill(server.pid, 0)
+                os.kill(pid, 0)
             except ProcessLookupError:
                 break
             time.sleep(0.05)  # polling a process we do not parent: no wait() to block on
         else:
-            os.kill(server.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     shutil.rmtree(server.directory, ignore_errors=True)
