@@ -242,13 +242,15 @@ def test_the_policy_prunes_in_the_background(make_engine, store):
     job = Held()
     engine = make_engine(store, jobs={"job": job}, workers=2, keep_last=0)
     engine.create_task("t", job="job")
-    held = engine.trigger("t", data={"hold": True})  # index 0 stays RUNNING: the mark cannot move
+    # index 0 stays RUNNING: the mark cannot move. Its outcome comes through the future, watched
+    # from the start: once it finishes it is pruned, and a wait() begun after that finds nothing
+    held = engine.trigger_future("t", data={"hold": True}, blocking=True)
     assert job.gate.wait_calls(1)
     for i in range(40):
         engine.trigger("t", data={"i": i}, blocking=True, timeout=WAIT)
     assert engine.get_task("t").prune_mark == 0
     job.gate.release()
-    assert engine.wait("t", held.id, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    assert held.get(timeout=WAIT).status is ExecutionStatus.SUCCESS
     # its finish scheduled a prune before it answered; get_task comes after it in the same inbox
     assert engine.get_task("t").prune_mark == 41
     assert engine.list_executions("t") == []
