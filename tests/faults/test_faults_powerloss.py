@@ -112,7 +112,8 @@ def test_the_power_loss_check_fails_without_sync(shim_so, tmp_path, template):
 @pytest.mark.timeout(300)
 def test_the_power_loss_check_fails_without_the_directory_fsync(shim_so, tmp_path, template):
     """Control: without the engine's directory fsync (LevelDB 1.22 alone) acknowledged
-    executions in a new log are lost under the strict model; the ordered model keeps them."""
+    executions in a new log are lost under the strict model (at one point or more); the ordered
+    model keeps them all."""
     lost = {"ordered": 0, "strict": 0}
     for n, point in enumerate(SWITCH_POINTS):
         shim = Shim.make(shim_so, tmp_path / str(n))
@@ -121,4 +122,6 @@ def test_the_power_loss_check_fails_without_the_directory_fsync(shim_so, tmp_pat
         for model, result in outcome.items():
             lost[model] += result != "ok"
     print("without the directory fsync, runs that lost acknowledged executions:", lost)
-    assert lost["strict"] == len(SWITCH_POINTS) and not lost["ordered"], lost
+    # How many points lose depends on where LevelDB's own syncs fall under the machine's load
+    # (a busy machine can let a table sync make an entry durable first): one loss proves the check.
+    assert lost["strict"] >= 1 and not lost["ordered"], lost
