@@ -153,13 +153,20 @@ def stop_server(server: PgServer) -> None:
     shutil.rmtree(server.directory, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
+@contextlib.contextmanager
+def running_server() -> Iterator[PgServer]:
+    """A throwaway server for the ``with`` block, stopped by its pid however the block ends."""
     server = start_server()
     try:
         yield server
     finally:
         stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture

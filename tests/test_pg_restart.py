@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from engine_helpers import WAIT, Recorder, check_db
-from pg import PG_BIN, PgServer, as_owner, start_server, stop_server
+from pg import PG_BIN, PgServer, as_owner, running_server
 from taskengine import errors
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,11 +22,8 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture
 def own_server() -> Iterator[PgServer]:
     """A server of this test's own: it is killed and restarted."""
-    server = start_server()
-    try:
+    with running_server() as server:
         yield server
-    finally:
-        stop_server(server)
 
 
 def _pg_ctl(server: PgServer, *args: str) -> None:

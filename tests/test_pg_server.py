@@ -7,13 +7,12 @@ import os
 
 import pytest
 
-from pg import start_server, stop_server
+from pg import running_server
 
 
 @pytest.mark.timeout(90)
 def test_a_throwaway_server_runs_with_durable_commits_and_stops_by_its_pid() -> None:
-    server = start_server()
-    try:
+    with running_server() as server:
         import psycopg
 
         with psycopg.connect(server.url(), autocommit=True) as conn:
@@ -26,8 +25,6 @@ def test_a_throwaway_server_runs_with_durable_commits_and_stops_by_its_pid() -> 
                             "listen_addresses": "127.0.0.1"}
         assert pid is not None
         assert (server.data / "postgresql.conf").read_text().count(f"port = {server.port}") == 1
-    finally:
-        stop_server(server)
     with pytest.raises(ProcessLookupError):
         os.kill(server.pid, 0)
     assert not server.directory.exists()
