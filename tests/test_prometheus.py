@@ -56,6 +56,7 @@ def test_scraped_numbers_match_a_known_workload(make_engine, db_path):
         queued = [engine.trigger("gate") for _ in range(4)]  # 4 pending behind it
         for ex in queued[:2]:  # 2 of them cancelled
             engine.cancel("gate", ex.id)
+        assert engine.prune("ok", keep_last=4) == 6
         stats = engine.stats()
         got = scrape(f"http://{host}:{port}/metrics")
     finally:
@@ -71,6 +72,7 @@ def test_scraped_numbers_match_a_known_workload(make_engine, db_path):
     assert value("taskengine_executions_finished_total", status="SUCCESS") == 10
     assert value("taskengine_executions_finished_total", status="FAILED") == 3
     assert value("taskengine_executions_finished_total", status="CANCELLED") == 2
+    assert value("taskengine_executions_pruned_total") == 6 == stats.pruned
     assert value("taskengine_executions_running") == 1
     assert value("taskengine_executions_pending") == 3  # the running one and the 2 waiting, not the cancelled
     assert value("taskengine_executions_queued") == 4  # cancelled ones are skipped when taken

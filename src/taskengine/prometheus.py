@@ -155,6 +155,7 @@ class PrometheusMetrics(Hooks, Collector):
                                   (ExecutionStatus.CANCELLED, stats.cancelled)):
                 finished.add_metric([*values, status.value], count)
         yield finished
+        yield counter("executions_pruned", "Finished executions removed by prune or keep_last", figure("pruned"))
         yield gauge("executions_queued", "Executions ready to run, waiting for an executor", figure("queued"))
         yield gauge("executions_running", "Executions whose job is running", figure("running"))
         yield gauge("executions_pending", "Non-blocking executions acknowledged, not finished", figure("pending"))
