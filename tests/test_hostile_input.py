@@ -4,7 +4,9 @@ that a program with a raised recursion limit stored never stops the engine."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -111,16 +113,42 @@ def test_the_nesting_limit_is_exact_and_survives_a_reopen(make_engine: Any, db_p
     assert [e.index for e in engine.list_executions("t")] == [0, 1, 2, 3]
 
 
-def test_a_raised_recursion_limit_does_not_raise_the_nesting_limit(engine_t: Any) -> None:
-    engine, rec = engine_t
-    old = sys.getrecursionlimit()
-    sys.setrecursionlimit(10_000)
+#: a program that raised its recursion limit: the limit is process-wide, so this runs in a
+#: child of its own (raised in the test process, it would apply to every actor thread of every
+#: later test, whose C stacks are not sized for it)
+RAISED_LIMIT_CHILD = """
+import json, sys
+from taskengine import Engine, errors
+sys.setrecursionlimit(10_000)
+value = []
+for _ in range(2999):
+    value = [value]
+engine = Engine.open(sys.argv[1], jobs={"rec": lambda ctx: None})
+engine.create_task("t", job="rec")
+out = []
+for call in (lambda: engine.trigger("t", value), lambda: engine.trigger("t", value, blocking=True, timeout=30),
+             lambda: engine.trigger("t", {"wrapped": value}, idempotency_key="k"),
+             lambda: engine.create_task("c", job="rec", config=value)):
     try:
-        for message in rejected(engine, nested_list(3000)):
-            assert f"more than {DEPTH} levels" in message
-    finally:
-        sys.setrecursionlimit(old)
-    assert_unchanged(engine, rec)
+        call()
+    except errors.InvalidArgument as e:
+        out.append(str(e))
+    else:
+        out.append("accepted")
+print(json.dumps({"messages": out, "next_index": engine.next_index("t"), "tasks": len(engine.list_tasks())}))
+engine.close()
+"""
+
+
+def test_a_raised_recursion_limit_does_not_raise_the_nesting_limit(tmp_path: Path) -> None:
+    child = subprocess.run([sys.executable, "-c", RAISED_LIMIT_CHILD, str(tmp_path / "db")],
+                           capture_output=True, text=True, timeout=50)
+    assert child.returncode == 0, child.stderr
+    got = json.loads(child.stdout)
+    assert len(got["messages"]) == 4
+    for message in got["messages"]:
+        assert f"more than {DEPTH} levels" in message, message
+    assert got["next_index"] == 0 and got["tasks"] == 1, "a rejected call changed something"
 
 
 def test_the_size_limit_counts_utf8_bytes(engine_t: Any) -> None:
