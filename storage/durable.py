@@ -14,6 +14,8 @@ leaves either nothing or a whole database.
 from __future__ import annotations
 
 import errno
+import fcntl
+import glob
 import logging
 import os
 import shutil
@@ -86,7 +88,12 @@ def create_atomically(path: str, build: Callable[[str], None]) -> bool:
     not atomic, and logged.
     """
     parent = os.path.dirname(os.path.abspath(path)) or "."
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.creating-", dir=parent)
+    prefix = f".{os.path.basename(path)}.creating-"
+    _remove_abandoned(parent, prefix)
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    # held until we return: a sibling whose lock can be taken was left by a creator that died
+    held = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+    fcntl.flock(held, fcntl.LOCK_EX)
     try:
         build(tmp)
         for name in os.listdir(tmp):
@@ -109,3 +116,23 @@ def create_atomically(path: str, build: Callable[[str], None]) -> bool:
     finally:
         if os.path.lexists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+        os.close(held)
+
+
+def _remove_abandoned(parent: str, prefix: str) -> None:
+    """Remove the hidden siblings that creators killed mid-creation left behind (their lock is
+    free); a creation in progress holds its lock and is left alone."""
+    for leftover in glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
+        try:
+            fd = os.open(leftover, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone already, or not a directory of ours
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its creator is alive
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+            log.info("removed %s, left by a creation that did not finish", leftover)
+        finally:
+            os.close(fd)
