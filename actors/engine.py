@@ -513,8 +513,10 @@ class Engine:
     ) -> Execution:
         self._not_in_hook("waiting on a blocking trigger's future")
         deadline = None if timeout is None else time.monotonic() + timeout
+        awaited = execution_id  # an idempotent repeat's answer names the first execution: that one runs
         try:
             ex: Execution = reply.get(timeout=timeout)
+            awaited = ex.id
             if ex.status.is_finished:
                 self._board.unwatch(execution_id, watcher)
                 return ex
@@ -523,7 +525,7 @@ class Engine:
             return finished
         except pykka.Timeout:
             # the watcher stays: a later get() of the same future waits on it again
-            raise ExecutionTimeout(execution_id, self._index_of(task_id, execution_id), timeout) from None
+            raise ExecutionTimeout(awaited, self._index_of(task_id, awaited), timeout) from None
         except BaseException:
             self._board.unwatch(execution_id, watcher)
             raise
@@ -534,9 +536,11 @@ class Engine:
     ) -> Execution:
         """:meth:`_await_blocking` for a coroutine: the same steps, awaited instead of waited for."""
         limit = asyncio.timeout(timeout)
+        awaited = execution_id  # as in _await_blocking
         try:
             async with limit:
                 ex: Execution = await aio.wrap(reply)
+                awaited = ex.id
                 if ex.status.is_finished:
                     self._board.unwatch(execution_id, watcher)
                     return ex
@@ -547,7 +551,7 @@ class Engine:
                 raise
             if not keep:
                 self._board.unwatch(execution_id, watcher)
-            raise ExecutionTimeout(execution_id, self._stored_index(task_id, execution_id), timeout) from None
+            raise ExecutionTimeout(awaited, self._stored_index(task_id, awaited), timeout) from None
         except asyncio.CancelledError:
             if not keep:
                 self._board.unwatch(execution_id, watcher)

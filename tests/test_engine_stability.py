@@ -4,6 +4,7 @@ JSON data and results."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -276,6 +277,31 @@ def test_execution_timeout_carries_id_and_index_and_execution_goes_on(make_engin
     fq = engine.wait("t", queued_id, timeout=WAIT)
     assert (fq.status, fq.index) == (S.SUCCESS, 1)
     assert engine.next_index("t") == 2
+    make_engine.close(engine)
+    check_db(db_path, allow_live=False)
+
+
+def test_an_idempotent_repeats_timeout_names_the_execution_that_runs(make_engine, db_path):
+    gate = Gate()
+    engine = make_engine(db_path, jobs={"gate": gate}, workers=1)
+    engine.create_task("t", job="gate")
+    first = engine.trigger_future("t", blocking=True, idempotency_key="k")
+    assert gate.wait_calls(1)
+    first_id = gate.calls[0][0]
+    with pytest.raises(errors.ExecutionTimeout) as repeat_exc:
+        engine.trigger("t", blocking=True, idempotency_key="k", timeout=0.2)
+    assert (repeat_exc.value.execution_id, repeat_exc.value.index) == (first_id, 0)
+    assert first_id in str(repeat_exc.value)
+
+    async def repeat() -> None:
+        await engine.atrigger("t", blocking=True, idempotency_key="k", timeout=0.2)
+
+    with pytest.raises(errors.ExecutionTimeout) as async_exc:
+        asyncio.run(repeat())
+    assert (async_exc.value.execution_id, async_exc.value.index) == (first_id, 0)
+    gate.release()
+    assert first.get(timeout=WAIT).index == 0
+    assert engine.next_index("t") == 1
     make_engine.close(engine)
     check_db(db_path, allow_live=False)
 
