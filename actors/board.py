@@ -4,12 +4,18 @@ Not an actor: waiting must not occupy an actor thread, and a counter actor publi
 right after the finishing write is durable. A waiter registers
 *before* it reads the execution's state, so a finish can never slip between the
 read and the wait.
+
+A watch that names its task may be of an execution another node runs (the database is shared,
+PostgreSQL): :meth:`CompletionBoard.remote` lists those for remote.py to read again, with the
+record last seen of each, so an execution deleted with its task elsewhere is answered as a
+deletion here would answer it.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from taskengine.storage import Execution
 
@@ -23,8 +29,13 @@ class CompletionBoard:
         # execution id -> ids of idempotent repeats whose callers wait for its outcome
         self._followers: dict[str, list[str]] = {}
         self._closed: Callable[[], BaseException] | None = None
+        # execution id -> [its task id, its record as last seen unfinished]: watches that may be
+        # of an execution run elsewhere; an entry outlives its watchers until remote() drops it
+        self._tasks: dict[str, list[Any]] = {}
 
-    def watch(self, execution_id: str) -> Reply[Execution]:
+    def watch(self, execution_id: str, task_id: str | None = None) -> Reply[Execution]:
+        """``task_id``: the execution may be run by another node (a wait), not by this one for
+        sure (a blocking trigger's own execution)."""
         fut: Reply[Execution] = Reply()
         with self._lock:
             if self._closed is not None:
@@ -32,7 +43,24 @@ class CompletionBoard:
                 fut.set_exception((type(error), error, None))
                 return fut
             self._watchers.setdefault(execution_id, []).append(fut)
+            if task_id is not None:
+                self._tasks.setdefault(execution_id, [task_id, None])
         return fut
+
+    def seen(self, execution: Execution) -> None:
+        """A waiter read ``execution`` unfinished."""
+        with self._lock:
+            entry = self._tasks.get(execution.id)
+            if entry is not None:
+                entry[1] = execution
+
+    def remote(self) -> list[tuple[str, str, Execution | None]]:
+        """(task id, execution id, record last seen) of each execution waited for that another
+        node may finish."""
+        with self._lock:
+            for gone in [e for e in self._tasks if e not in self._watchers and e not in self._followers]:
+                del self._tasks[gone]
+            return [(task_id, execution_id, seen) for execution_id, (task_id, seen) in self._tasks.items()]
 
     def unwatch(self, execution_id: str, fut: Reply[Execution]) -> None:
         with self._lock:
@@ -42,13 +70,14 @@ class CompletionBoard:
                 if not futs:
                     del self._watchers[execution_id]
 
-    def follow(self, execution_id: str, follower_id: str) -> None:
+    def follow(self, execution_id: str, follower_id: str, task_id: str) -> None:
         """The waiters of ``follower_id`` (an idempotent repeat) get ``execution_id``'s outcome.
         Called by the counter actor in the turn that sees the repeat, so the outcome, which
-        that same actor publishes later, cannot slip past."""
+        that same actor publishes later (or, run by another node, remote.py), cannot slip past."""
         with self._lock:
             if self._closed is None:
                 self._followers.setdefault(execution_id, []).append(follower_id)
+                self._tasks.setdefault(execution_id, [task_id, None])
 
     def unfollow(self, execution_id: str, follower_id: str) -> None:
         with self._lock:
@@ -84,6 +113,7 @@ class CompletionBoard:
             make_error = self._closed
             watchers, self._watchers = self._watchers, {}
             self._followers.clear()
+            self._tasks.clear()
         for futs in watchers.values():
             for fut in futs:
                 error = make_error()

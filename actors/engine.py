@@ -22,13 +22,13 @@ import pykka
 
 from taskengine.storage import CorruptRecord as StorageCorrupt
 from taskengine.storage import Execution, ExecutionStatus, Task
-from taskengine.storage.interface import DEFAULT_LEASE, Store, Writer, open_store
+from taskengine.storage.interface import Store, Writer, open_store
 
 from . import aio, lifecycle, retention, validate
 from . import messages as m
 from .backlog import Backlog
 from .board import CompletionBoard
-from .counter import CounterActor, writes_stopped
+from .counter import CounterActor
 from .errors import (
     EngineClosed,
     ExecutionNotFound,
@@ -46,6 +46,7 @@ from .mailbox import Reply
 from .pending import PendingStore
 from .pool import ExecutorPool
 from .refs import ActorRefs, ask, await_reply, in_job, tell_if_alive
+from .remote import POLL_SECONDS, RemoteChanges
 from .stats import EngineStats
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class Engine:
         self._db = db
         self._backlog = backlog
         self._sweep: retention.RetentionSweep | None = None
+        self._remote: RemoteChanges | None = None
         self._committer = committer
         self._jobs = jobs
         self._refs = refs
@@ -85,7 +87,6 @@ class Engine:
         #: set by a signal handler (lifecycle.py): any close() from then on waits no longer
         self._stop_deadline: float | None = None
         self.path = db.path
-        self.node_id: str | None = None  # set by open
         # an actor stopped by anyone but close() (pykka.ActorRegistry.stop_all()) closes the engine
         refs.on_stop = self._actors_stopped
 
@@ -106,8 +107,7 @@ class Engine:
         max_queued: int | None = None,
         keep_last: int | None = None,
         hooks: Iterable[Hooks] = (),
-        node_id: str | None = None,
-        node_lease: float = DEFAULT_LEASE,
+        poll_interval: float = POLL_SECONDS,
     ) -> Engine:
         """Open (or create) the database at ``path`` and start the engine.
 
@@ -121,14 +121,10 @@ class Engine:
         raises QueueFull and uses no index). ``keep_last`` is a retention policy: the engine
         prunes each task's finished history down to about its last ``keep_last`` executions, in
         the background (see :meth:`prune`). ``hooks`` are told of every execution's state changes
-        from recovery on (see :class:`Hooks`).
-
-        ``node_id`` and ``node_lease`` matter with PostgreSQL, where several engines (nodes) share
-        one database: the node's id (default: host name and process id; a node restarted under
-        the same id takes over from its previous life, which can write nothing more) and its lease
-        in seconds (renewed every quarter of it; a node that fails to renew it is lost, and another
-        node finishes its running executions as FAILED). LevelDB has one engine per database: the
-        id only names it in the log, and the lease has no effect.
+        from recovery on (see :class:`Hooks`). ``poll_interval`` (PostgreSQL, several nodes): how
+        often, at the longest, the engine reads again what other nodes may have changed when no
+        notification comes: the bound on the delay of a wait for an execution another node
+        finishes while notifications are lost, and on finding PENDING executions a dead node left.
         """
         path = validate.path(path)
         workers = validate.count(workers, "workers")
@@ -136,9 +132,8 @@ class Engine:
         max_cached_tasks = validate.count(max_cached_tasks, "max_cached_tasks")
         max_queued = validate.positive_int(max_queued, "max_queued")
         keep_last = validate.positive_int(keep_last, "keep_last", minimum=0)
-        node_id = validate.node_id(node_id)
-        node_lease = validate.node_lease(node_lease)
         job_timeout = validate.timeout(job_timeout, "job_timeout")
+        poll_interval = validate.interval(poll_interval, "poll_interval")
         if job_timeout == 0:
             raise InvalidArgument("job_timeout must be > 0")
         jobs = validate.jobs(jobs)
@@ -149,7 +144,7 @@ class Engine:
         for name, fn in jobs.items():
             registry.add(name, fn)
         with storage_errors():
-            db = open_store(path, create=True, node_id=node_id, node_lease=node_lease)
+            db = open_store(path, create=True)
             try:
                 committer = db.writer(sync=sync)
             except BaseException:
@@ -158,8 +153,6 @@ class Engine:
         refs = ActorRefs()
         backlog = None if max_queued is None else Backlog(max_queued)
         engine = cls(db, committer, registry, refs, backlog)
-        engine.node_id = node_id
-        committer.on_failure = engine._writes_stopped
         engine._hooks.add(hooks)
         try:
             refs.pending = PendingStore.start(refs)
@@ -171,15 +164,14 @@ class Engine:
             ]
             refs.pool = ExecutorPool.start(workers, registry, refs, engine._board, job_timeout)
             engine._recover()
+            engine._follow_others(poll_interval)
             if keep_last is not None:
                 engine._start_sweep(keep_last)
         except BaseException:
             engine._shutdown(timeout=0, failed_open=True)
             raise
         lifecycle.opened(engine)
-        node = committer.node
-        log.info("engine open at %s as node %r%s (%d workers, %d counter actors, sync=%s)", db.path, node_id,
-                 "" if node is None else f" (epoch {node.epoch})", workers, counter_actors, sync)
+        log.info("engine open at %s (%d workers, %d counter actors, sync=%s)", db.path, workers, counter_actors, sync)
         return engine
 
     def _recover(self) -> None:
@@ -228,6 +220,16 @@ class Engine:
             log.info("recovered %d pending executions; %d interrupted ones finished as FAILED",
                      len(items), len(replies))
 
+    def _follow_others(self, poll: float) -> None:
+        """On a database other nodes share: a thread that follows their changes (remote.py)."""
+        with storage_errors():
+            feed = self._db.changes_feed()
+        if feed is None:
+            return
+        self._remote = RemoteChanges(feed, self._db, self._board, self._refs, self._jobs, self._reading,
+                                     poll=poll, salt=new_id())
+        self._remote.start()
+
     def close(self, timeout: float | None = None) -> None:
         """Stop: wait for running jobs (up to ``timeout``), leave queued non-blocking executions
         PENDING on disk for the next open, stop this engine's actors, close the database last.
@@ -254,10 +256,6 @@ class Engine:
         finally:
             lifecycle.closed(self)
             self._close_finished.set()
-
-    def _writes_stopped(self) -> None:
-        """The writer failed between writes (a node that lost its lease): waiters are answered."""
-        writes_stopped(self.path, self._committer, self._board, self._refs)
 
     def _actors_stopped(self) -> None:
         """One of our actors stopped and we did not stop it (``pykka.ActorRegistry.stop_all()``):
@@ -304,6 +302,8 @@ class Engine:
 
     def _shutdown(self, timeout: float | None, *, failed_open: bool = False) -> None:
         self._closed = True
+        if self._remote is not None:  # first: it queues work and reads
+            self._remote.stop()
         if self._sweep is not None:
             self._sweep.stop()
         refs = self._refs
@@ -677,8 +677,10 @@ class Engine:
     def wait(self, task_id: str, execution_id: str, timeout: float | None = None) -> Execution:
         """Block until the execution has finished; ExecutionTimeout after ``timeout`` seconds."""
         timeout = validate.timeout(timeout)
+        task_id = validate.task_id(task_id)
+        execution_id = validate.execution_id(execution_id)
         self._not_in_hook("wait()")
-        watcher = self._board.watch(execution_id)
+        watcher = self._board.watch(execution_id, task_id)
         try:
             try:
                 ex = self.get_execution(task_id, execution_id)
@@ -689,6 +691,7 @@ class Engine:
                 return published
             if ex.status.is_finished:
                 return ex
+            self._board.seen(ex)
             finished: Execution = watcher.get(timeout=timeout)
             return finished
         except pykka.Timeout:
@@ -702,7 +705,7 @@ class Engine:
         timeout = validate.timeout(timeout)
         task_id = validate.task_id(task_id)
         execution_id = validate.execution_id(execution_id)
-        watcher = self._board.watch(execution_id)
+        watcher = self._board.watch(execution_id, task_id)
         limit = asyncio.timeout(timeout)
         try:
             async with limit:
@@ -715,6 +718,7 @@ class Engine:
                     return published
                 if ex.status.is_finished:
                     return ex
+                self._board.seen(ex)
                 finished: Execution = await aio.wrap(watcher)
                 return finished
         except TimeoutError:
@@ -838,8 +842,6 @@ class Engine:
             writes=self._committer.writes,
             changes_written=self._committer.changes,
             write_failure=self._committer.failure,
-            node_id=self.node_id,
-            node_epoch=None if self._committer.node is None else self._committer.node.epoch,
             max_queued=None if backlog is None else backlog.limit,
             backlog=None if backlog is None else len(backlog),
             backlog_peak=None if backlog is None else backlog.peak,

@@ -45,5 +45,8 @@ class JobRegistry:
     def get(self, name: str) -> Job | None:
         return self._jobs.get(name)
 
+    def names(self) -> list[str]:
+        return list(self._jobs)
+
     def __contains__(self, name: object) -> bool:
         return name in self._jobs

@@ -174,6 +174,17 @@ class Interrupted:
 
 
 @attrs.define
+class RemoteOutcomes:
+    """Executions waited for here that another node finished (or deleted with their task):
+    ``finished`` are published, ``failed`` (execution id, error) fail their waiters. Through
+    the task's counter actor, so a finish this node wrote itself is published by the turn that
+    wrote it (after its hooks), never first by this message."""
+
+    finished: list[Execution]
+    failed: list[tuple[str, Exception]]
+
+
+@attrs.define
 class CounterStats:
     reply: Reply[Any]
 
@@ -184,6 +195,19 @@ class CounterStats:
 @attrs.define
 class AddPending:
     entries: list[tuple[str, str, int]]  # (task id, execution id, index), on disk already
+
+
+@attrs.define
+class AddUnknown:
+    """-> those of ``entries`` the store did not hold, now added: PENDING executions another
+    node made, found in the database (remote.py)."""
+
+    entries: list[tuple[str, str, int]]
+
+
+@attrs.define
+class PendingIds:
+    """-> the execution ids of every entry."""
 
 
 @attrs.define

@@ -31,9 +31,11 @@ class PendingStore(EngineActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, m.AddPending):
-            for task_id, execution_id, _ in message.entries:
-                self._claimed[(task_id, execution_id)] = False
-                self._by_task.setdefault(task_id, set()).add(execution_id)
+            self._add(message.entries)
+        elif isinstance(message, m.AddUnknown):
+            return self._add([e for e in message.entries if (e[0], e[1]) not in self._claimed])
+        elif isinstance(message, m.PendingIds):
+            return [execution_id for _, execution_id in self._claimed]
         elif isinstance(message, m.ClaimThenStart):
             if not self._claim(message.task_id, message.execution_id):
                 m.answer(message.start.reply, m.NotStarted.UNCLAIMED)
@@ -60,6 +62,14 @@ class PendingStore(EngineActor):
 
     def on_stop(self) -> None:
         self._refs.on_stop()
+
+    def _add(self, entries: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+        """An entry held already keeps its state: one found in the database (AddUnknown) and
+        added by its own trigger's turn too is claimed once."""
+        for task_id, execution_id, _ in entries:
+            self._claimed.setdefault((task_id, execution_id), False)
+            self._by_task.setdefault(task_id, set()).add(execution_id)
+        return entries
 
     def _claim(self, task_id: str, execution_id: str) -> bool:
         """True the first time; False if unknown (cancelled, deleted) or claimed already."""

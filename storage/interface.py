@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import abc
 import logging
-import os
-import socket
 import urllib.parse
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from typing import Any, NamedTuple, Protocol
-
-import attrs
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 from .errors import CorruptRecord, WriteFailed
 from .records import Execution, Task
@@ -37,23 +33,11 @@ OnCorrupt = Callable[[CorruptRecord], None]
 #: the schemes of a URL that selects the PostgreSQL backend
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
-
-@attrs.frozen
-class Node:
-    """One node of a PostgreSQL database as its writer joined it: its id, and the epoch that
-    fences every write it makes (a later open under the same id has a higher one)."""
-
-    id: str
-    epoch: int
-
-
-class StoredTask(NamedTuple):
-    """A task's row as a turn found it under its lock (see :meth:`Writer.begin`)."""
-
-    id: str
-    counter: int
-    prune_mark: int
-    incarnation: str | None
+#: the kinds of change a :class:`ChangesFeed` reports: PENDING executions were created,
+#: executions finished (or were cancelled, or deleted with their task)
+PENDING_CREATED = "p"
+FINISHED = "f"
+ALL_CHANGES = (PENDING_CREATED, FINISHED)
 
 
 class Changes(Protocol):
@@ -61,12 +45,9 @@ class Changes(Protocol):
 
     def create_task(self, task: Task) -> Change: ...
 
-    def assign(self, execution: Execution, *, with_counter: bool = True, started: bool = False) -> Change:
+    def assign(self, execution: Execution, *, with_counter: bool = True) -> Change:
         """Store ``execution`` at its index. ``with_counter=False``: the caller puts the task's
-        ``counter`` in the same write, once per task per write (a batch of assignments).
-        ``started``: a RUNNING execution this writer's node has just started (PostgreSQL records
-        it as the runner); without it a RUNNING one is stored as run by no node (a copy), and the
-        next engine to open finishes it as interrupted."""
+        ``counter`` in the same write, once per task per write (a batch of assignments)."""
         ...
 
     def counter(self, task_id: str, value: int, was: int | None = None) -> Change:
@@ -74,9 +55,7 @@ class Changes(Protocol):
         ...
 
     def update(self, execution: Execution) -> Change:
-        """Started, finished or cancelled: the record as it now is. With several nodes (PostgreSQL)
-        it is a claim: a start applies only to a PENDING execution, a finish only to one this node
-        runs (or that had not started); one that does not apply is a *miss* (see Writer.write)."""
+        """Started, finished or cancelled: the record as it now is."""
         ...
 
     def prune(self, task_id: str, executions: Sequence[Execution], mark: int) -> Change: ...
@@ -88,35 +67,34 @@ class Writer(Protocol):
     """Applies groups of changes, each group atomically and durably (when ``sync``), in order.
 
     After a write fails the writer is *failed*: it refuses every further write (``refusal``)
-    until the store is reopened, so an acknowledged index is never re-issued. A writer can also
-    fail between writes (a PostgreSQL node that lost its lease); it then calls ``on_failure``."""
+    until the store is reopened, so an acknowledged index is never re-issued."""
 
     sync: bool
     failure: str | None
     writes: int
     changes: int
     on_write: Callable[[int, float], None] | None
-    #: called (from any thread) when the writer fails outside a write
-    on_failure: Callable[[], None] | None
 
-    @property
-    def node(self) -> Node | None:
-        """The node this writer writes as (PostgreSQL), or None (LevelDB: one writer, no nodes)."""
-        ...
-
-    def begin(self, task_ids: Callable[[], Collection[str]]) -> list[StoredTask] | None:
-        """Start a turn over the tasks ``task_ids()`` names: a backend that shares its database
-        with other writers locks them and returns their rows as they now stand (a task missing
-        from the list has no row), and the turn's next ``write`` (even of no change) ends it.
-        A backend with one writer returns None and never calls ``task_ids``."""
-        ...
-
-    def write(self, changes: Sequence[Change]) -> Collection[int]:
-        """Apply ``changes``; the positions of those that missed (a claim another node won, a
-        finish of an execution no longer there): they changed nothing, the rest applied."""
-        ...
+    def write(self, changes: Sequence[Change]) -> None: ...
 
     def refusal(self) -> WriteFailed | None: ...
+
+
+class ChangesFeed(Protocol):
+    """Tells a node what other nodes sharing its database changed (PostgreSQL's LISTEN)."""
+
+    def wait(self, timeout: float) -> set[str]:
+        """The kinds of change (PENDING_CREATED, FINISHED) others made, as soon as one is heard
+        of, within ``timeout`` seconds; empty if none. Every kind when some may have been missed."""
+        ...
+
+    def close(self) -> None:
+        """Ends a wait in progress (from any thread); later waits return at once."""
+        ...
+
+    def release(self) -> None:
+        """Frees the feed's connection, once no thread waits on it any more."""
+        ...
 
 
 class Store(abc.ABC):
@@ -190,6 +168,32 @@ class Store(abc.ABC):
         """(task id, index, execution id) of every PENDING or RUNNING execution: what recovery
         reads, without finished history. ``on_corrupt``: see the LevelDB store."""
 
+    def read_executions(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Execution]:
+        """The executions stored under these (task id, execution id) pairs, by pair; a missing
+        one is left out. A backend that can reads them all at once."""
+        out: dict[tuple[str, str], Execution] = {}
+        for task_id, execution_id in keys:
+            ex = self.get_execution(task_id, execution_id)
+            if ex is not None:
+                out[(task_id, execution_id)] = ex
+        return out
+
+    # -- several nodes ---------------------------------------------------------------------
+
+    def changes_feed(self) -> ChangesFeed | None:
+        """What other nodes sharing the database change; None where there are none (LevelDB:
+        one engine writes to a database, and it knows what it wrote)."""
+        return None
+
+    def pending_elsewhere(
+        self, jobs: Sequence[str], exclude: Sequence[str], limit: int, salt: str
+    ) -> list[tuple[Execution, Task]]:
+        """Up to ``limit`` PENDING executions of tasks whose job is one of ``jobs``, other than
+        those with an id in ``exclude``, each with its task; ``salt`` orders them differently
+        for every caller, so nodes looking at once mostly take different ones. None where no
+        other node writes."""
+        return []
+
     # -- retention -------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -253,27 +257,15 @@ def is_url(target: str) -> bool:
     return target.startswith(POSTGRES_SCHEMES)
 
 
-#: a node's lease on a PostgreSQL database, in seconds, unless the engine is given another
-DEFAULT_LEASE = 10.0
-
-
-def default_node_id() -> str:
-    """A node's id unless it is given one: unique among the processes of one host at a time."""
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def open_store(target: str, *, create: bool = False, node_id: str | None = None,
-               node_lease: float = DEFAULT_LEASE) -> Store:
+def open_store(target: str, *, create: bool = False) -> Store:
     """The store at ``target``: a ``postgresql://`` URL, or the path of a LevelDB directory.
 
     ``create``: the engine's mode (make the database or schema if missing, upgrade an older
-    schema); the tools open with ``create=False`` and never write. ``node_id`` and ``node_lease``:
-    what the store's writer joins a PostgreSQL database as (see ``pg_nodes``); LevelDB has one
-    writer and no nodes."""
+    schema); the tools open with ``create=False`` and never write."""
     if is_url(target):
         from .postgres import PostgresStore  # psycopg is an optional dependency
 
-        return PostgresStore.open(target, create=create, node_id=node_id, node_lease=node_lease)
+        return PostgresStore.open(target, create=create)
     from .db import Database
 
     return Database.open(target, create=create)

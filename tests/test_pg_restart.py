@@ -83,3 +83,29 @@ def test_a_server_restart_loses_and_doubles_nothing(make_engine: Any, own_server
     disk = check_db(url)
     for eid, (task, index) in acked.items():
         assert disk[task].records[index].id == eid, f"acknowledged {eid} at {task}/{index} is not there"
+
+
+def test_a_wait_across_nodes_returns_after_a_server_restart(make_engine: Any, own_server: PgServer) -> None:
+    """The listening connection goes with the server; the engine listens again once it is back,
+    and a finish another node commits then reaches the waiter by its notification."""
+    from pg_other import OtherNode
+    from test_pg_remote import NEVER, remote_wait, until
+
+    url = own_server.create_database()
+    engine = make_engine(url, poll_interval=NEVER)
+    other = OtherNode(url)
+    other.create_task("t", job="elsewhere")
+    ex = other.trigger("t")
+    other.close()
+    waiter = remote_wait(engine, "t", ex.id)
+    feed = engine._remote._feed
+    _pg_ctl(own_server, "stop", "-m", "immediate", "-w")
+    _pg_ctl(own_server, "start", "-w", "-l", str(own_server.directory / "log"))
+    until(lambda: feed.reconnects >= 1, "the engine to listen again")
+    assert waiter.pending()
+    other = OtherNode(url)
+    try:
+        done = other.finish(ex)
+    finally:
+        other.close()
+    assert waiter.result() == done

@@ -1,0 +1,126 @@
+"""What other nodes changed in a PostgreSQL database: one LISTEN connection (the PostgreSQL
+:class:`~taskengine.storage.interface.ChangesFeed`).
+
+Every write transaction that creates PENDING executions or finishes executions sends one
+notification on :data:`CHANNEL` at its commit (postgres.py), its payload the kinds of change it
+made. A node's own writes are left out here (their notifications carry the writer's server
+process id): its actors already know what they wrote. A notification can be lost (while this
+connection is down, or if the server restarts), so callers poll as well; after a reconnect
+:meth:`PostgresFeed.wait` reports every kind of change, since notifications were missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable
+
+import psycopg
+
+from .interface import ALL_CHANGES
+
+log = logging.getLogger(__name__)
+
+#: the channel every write that needs it notifies, and every node listens to
+CHANNEL = "taskengine"
+#: how long between two attempts to connect again
+RETRY_SECONDS = 0.5
+
+
+class PostgresFeed:
+    """One connection that LISTENs; :meth:`wait` returns the kinds of change others made.
+
+    Used by one thread; :meth:`close` may be called from any thread and ends a wait at once."""
+
+    def __init__(self, url: str, shown: str, own: Callable[[], set[int]]) -> None:
+        self._url = url
+        self._shown = shown
+        self._own = own  # the server process ids of this node's writers
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        self._closed = threading.Event()
+        self._fds_lock = threading.Lock()
+        self.reconnects = 0
+        self._lost = False  # a loss was logged, and no connection made since
+        self._connect()
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def backend_pid(self) -> int | None:
+        """The listening connection's server process (None while it is down)."""
+        conn = self._conn
+        return None if conn is None else conn.info.backend_pid
+
+    def _connect(self) -> bool:
+        try:
+            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+        except psycopg.Error as e:
+            # said once: a server that is down refuses every attempt
+            log.log(logging.DEBUG if self._lost else logging.WARNING,
+                    "cannot listen to %s (%s); polling until it answers",
+                    self._shown, (str(e).strip().splitlines() or ["?"])[0])
+            self._lost = True
+            return False
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error:
+            conn.close()
+            return False
+        self._conn = conn
+        self._lost = False
+        return True
+
+    def wait(self, timeout: float) -> set[str]:
+        """The kinds of change (interface.PENDING_CREATED, FINISHED) other nodes notified within
+        ``timeout`` seconds, at the first one (and all that came with it); empty if none came or
+        the feed is closed. Every kind after a reconnect (what was notified meanwhile is lost)."""
+        if self._closed.is_set():
+            return set()
+        conn = self._conn
+        if conn is None:
+            if self._closed.wait(min(timeout, RETRY_SECONDS)) or not self._connect():
+                return set()
+            self.reconnects += 1
+            log.info("listening to %s again", self._shown)
+            return set(ALL_CHANGES)
+        try:
+            ready, _, _ = select.select([conn.fileno(), self._wake_r], [], [], timeout)
+            if self._wake_r in ready or not ready:
+                return set()
+            own = self._own()
+            return {kind for n in conn.notifies(timeout=0) if n.pid not in own for kind in n.payload}
+        except (psycopg.Error, OSError, ValueError) as e:
+            log.warning("the listening connection to %s was lost (%s); polling until it is back",
+                        self._shown, (str(e).strip().splitlines() or [type(e).__name__])[0])
+            self._lost = True
+            self._drop()
+            return set(ALL_CHANGES)
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def close(self) -> None:
+        """Ends a wait in progress; the connection is closed by the next wait (or now, if none
+        runs: its owner calls close once its thread has ended)."""
+        if not self._closed.is_set():
+            self._closed.set()
+            os.write(self._wake_w, b"x")
+
+    def release(self) -> None:
+        """Close the connection and the wake-up pipe, after the waiting thread has ended."""
+        self.close()
+        self._drop()
+        with self._fds_lock:
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
+

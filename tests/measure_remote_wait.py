@@ -1,0 +1,66 @@
+"""How long a wait on one node takes to return after another node's finish commits (PostgreSQL):
+through a notification, and with the notification lost (polling). A measurement, not a test:
+``python tests/measure_remote_wait.py [ROUNDS]`` starts a throwaway server, prints the figures,
+and stops it."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from pg import running_server  # noqa: E402
+from pg_other import OtherNode  # noqa: E402
+from taskengine import Engine  # noqa: E402
+
+
+def _wait(engine: Engine, task: str, execution_id: str, returned: list[float]) -> None:
+    engine.wait(task, execution_id, timeout=60)
+    returned.append(time.perf_counter())
+
+
+def measure(url: str, *, notify: bool, poll: float, rounds: int) -> list[float]:
+    """Seconds from the other node's COMMIT to the return of ``wait`` on this one, per round."""
+    other = OtherNode(url)
+    task = f"t-{notify}"
+    out = []
+    with Engine.open(url, poll_interval=poll) as engine:
+        other.create_task(task, job="elsewhere")
+        for _ in range(rounds):
+            ex = other.trigger(task)
+            returned: list[float] = []
+            thread = threading.Thread(target=_wait, args=(engine, task, ex.id, returned))
+            thread.start()
+            while not any(e == ex.id and s is not None for _, e, s in engine._board.remote()):
+                time.sleep(0.001)  # until the wait has read it unfinished
+            other.finish(ex, notify=notify)
+            committed = time.perf_counter()
+            thread.join()
+            out.append(returned[0] - committed)
+    other.close()
+    return out
+
+
+def show(name: str, seconds: list[float]) -> None:
+    ms = sorted(s * 1000 for s in seconds)
+    p95 = ms[min(len(ms) - 1, int(len(ms) * 0.95))]
+    print(f"{name:<34} n={len(ms):<4} median {statistics.median(ms):7.1f} ms  p95 {p95:7.1f} ms  "
+          f"max {ms[-1]:7.1f} ms")
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+    with running_server() as server:
+        show("notification (poll_interval 3600 s)", measure(server.create_database(), notify=True, poll=3600,
+                                                            rounds=rounds))
+        for poll in (1.0, 0.2):
+            show(f"notification lost (poll {poll} s)", measure(server.create_database(), notify=False, poll=poll,
+                                                               rounds=max(5, rounds // 5)))
+
+
+if __name__ == "__main__":
+    main()
