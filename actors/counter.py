@@ -45,6 +45,7 @@ from .hooks import HookSet
 from .jobs import JobRegistry
 from .mailbox import EngineActor, Reply
 from .refs import ActorRefs, tell_if_alive
+from .workqueue import wake
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class CounterActor(EngineActor):
         if turn.removed:
             tell_if_alive(refs.pending, m.RemovePending(turn.removed))
         if turn.submits:
-            tell_if_alive(refs.pool, m.Submit(turn.submits))
+            self._submit(turn.submits)
         for reply, outcome in turn.answers:
             try:
                 value = outcome()
@@ -248,6 +249,17 @@ class CounterActor(EngineActor):
             else:
                 m.answer(reply, value)
         return True
+
+    def _submit(self, items: list[m.WorkItem]) -> None:
+        """Ready work goes straight to the pool's queue, waking idle executors from this thread;
+        work whose job is not registered goes to the pool, which parks it."""
+        work = self._refs.work
+        jobs = self._jobs
+        unknown = [item for item in items if item.job not in jobs] if work is not None else items
+        if unknown:
+            tell_if_alive(self._refs.pool, m.Submit(unknown))
+        if work is not None:
+            wake(work, items if not unknown else [item for item in items if item.job in jobs])
 
     def _stop_everything(self) -> None:
         """After a failed write: answer every waiter of the engine and stop the pool's queue."""
@@ -475,6 +487,8 @@ class CounterActor(EngineActor):
         self._turn.keys.append((st, key))
 
     def _start(self, msg: m.Start) -> None:
+        if msg.finished is not None:  # the executor's previous run: one message for both
+            self._handle(msg.finished)
         item, ex = msg.item, msg.item.execution
         if not ex.blocking:  # claimed: it runs now or never (a blocking item is a ticket, below)
             self._release(ex.id)
@@ -555,13 +569,13 @@ class CounterActor(EngineActor):
             # deleted (a late completion never brings the task back), or finished already (job timeout)
             self._after_write(msg.reply, lambda: None)
             return
-        self._complete(st, ex, msg.reply)
+        self._complete(st, ex, msg.reply, listed=not msg.unlisted)
 
-    def _complete(self, st: TaskState, ex: Execution, reply: Reply[Any] | None) -> None:
+    def _complete(self, st: TaskState, ex: Execution, reply: Reply[Any] | None, listed: bool = True) -> None:
         ops = self._changes.update(ex)
         del st.running[ex.id]
         self._ended_now(ex)
-        if not ex.blocking:
+        if not ex.blocking and listed:
             self._turn.removed.append((ex.task_id, ex.id))
         self._write(ops, reply, lambda: self._publish_and_answer(ex))
         self._retain(st, ex.index)

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 10_000
+#: executors (jobs running at once) unless ``workers`` says otherwise
+DEFAULT_WORKERS = 16
 
 
 class Engine:
@@ -98,7 +100,7 @@ class Engine:
         path: str | os.PathLike[str],
         jobs: Mapping[str, Job] | None = None,
         *,
-        workers: int = 4,
+        workers: int = DEFAULT_WORKERS,
         sync: bool = True,
         counter_actors: int = 1,
         job_timeout: float | None = None,
@@ -163,6 +165,7 @@ class Engine:
                 for _ in range(counter_actors)
             ]
             refs.pool = ExecutorPool.start(workers, registry, refs, engine._board, job_timeout)
+            ask(refs.pool, m.PoolStats())  # answered once every executor has started (the pool's on_start)
             engine._recover()
             engine._follow_others(poll_interval)
             if keep_last is not None:

@@ -80,18 +80,22 @@ class NotStarted(enum.Enum):
 
 
 @attrs.define
-class Start:
-    item: WorkItem
-    token: int
-    reply: Reply[Any]  # -> (running Execution, Task) or a NotStarted
-
-
-@attrs.define
 class Finish:
     execution: Execution
     incarnation: str
     token: int
     reply: Reply[Any] | None = None
+    #: the pending store removed the execution's entry already (it passed this Finish on)
+    unlisted: bool = False
+
+
+@attrs.define
+class Start:
+    item: WorkItem
+    token: int
+    reply: Reply[Any]  # -> (running Execution, Task) or a NotStarted
+    #: the executor's previous run, finished: handled first, in the same turn
+    finished: Finish | None = None
 
 
 @attrs.define
@@ -263,7 +267,7 @@ class Run:
 
 @attrs.define
 class ExecutorIdle:
-    """The executor found no more work in the queue."""
+    """The executor found no more work in the queue (told while the pool drains: it waits for idle executors)."""
 
     executor_urn: str
 

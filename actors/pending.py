@@ -37,13 +37,7 @@ class PendingStore(EngineActor):
         elif isinstance(message, m.PendingIds):
             return [execution_id for _, execution_id in self._claimed]
         elif isinstance(message, m.ClaimThenStart):
-            if not self._claim(message.task_id, message.execution_id):
-                m.answer(message.start.reply, m.NotStarted.UNCLAIMED)
-            else:
-                try:
-                    message.counter.tell(message.start)
-                except pykka.ActorDeadError:
-                    m.fail(message.start.reply, EngineClosed())
+            self._claim_then_start(message)
         elif isinstance(message, m.Claim):
             return self._claim(message.task_id, message.execution_id)
         elif isinstance(message, m.RemovePending):
@@ -70,6 +64,23 @@ class PendingStore(EngineActor):
             self._claimed.setdefault((task_id, execution_id), False)
             self._by_task.setdefault(task_id, set()).add(execution_id)
         return entries
+
+    def _claim_then_start(self, message: m.ClaimThenStart) -> None:
+        start, finished = message.start, message.start.finished
+        if finished is not None and not finished.execution.blocking:
+            # the executor's previous run, on its way to the counter actor with this Start
+            self._remove(finished.execution.task_id, finished.execution.id)
+            finished.unlisted = True
+        if self._claim(message.task_id, message.execution_id):
+            sent: Any = start
+        else:
+            m.answer(start.reply, m.NotStarted.UNCLAIMED)
+            sent = finished  # None, or the finish alone
+        if sent is not None:
+            try:
+                message.counter.tell(sent)
+            except pykka.ActorDeadError:
+                m.fail(start.reply, EngineClosed())
 
     def _claim(self, task_id: str, execution_id: str) -> bool:
         """True the first time; False if unknown (cancelled, deleted) or claimed already."""

@@ -1,8 +1,8 @@
 """The executor pool: a fixed number of executor actors fed from one work queue.
 
-pykka has no pool, so this actor is one: it wakes idle executors when work comes
-(busy ones take the next item from the shared queue themselves, see
-workqueue.py), parks work whose job is not registered yet, replaces an executor
+pykka has no pool, so this actor is one: it starts the executors (busy ones take
+the next item from the shared queue themselves, and the counter actors wake idle
+ones, see workqueue.py), parks work whose job is not registered yet, replaces an executor
 that dies, and, with a job timeout, finishes a hung job as FAILED and gives its
 slot to a new executor (a Python thread cannot be killed; the hung one is left
 to finish on its own and its late result is refused by the counter actor).
@@ -26,7 +26,7 @@ from .jobrun import run_job
 from .jobs import JobContext, JobRegistry
 from .mailbox import EngineActor, Reply
 from .refs import ActorRefs, await_reply, in_job, tell_if_alive
-from .workqueue import WorkQueue
+from .workqueue import WorkQueue, wake
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ class ExecutorPool(EngineActor):
         self._board = board
         self._job_timeout = job_timeout
         self._work = WorkQueue(job_timeout, self._on_job_timeout)
+        refs.work = self._work
         self._parked: dict[str, list[m.WorkItem]] = {}
         self._executors: dict[str, pykka.ActorRef[Any]] = {}  # urn -> executor, not given up on
-        self._idle: list[pykka.ActorRef[Any]] = []
         self._abandoned: dict[str, pykka.ActorRef[Any]] = {}
         self._draining = False
         self._failed = False
@@ -56,19 +56,19 @@ class ExecutorPool(EngineActor):
 
     def on_start(self) -> None:
         for _ in range(self._size):
-            self._idle.append(self._new_executor())
+            self._new_executor()
 
-    def _new_executor(self) -> pykka.ActorRef[Any]:
+    def _new_executor(self) -> None:
         ref = Executor.start(self.actor_ref, self._refs, self._jobs, self._board, self._work)
-        self._work.add_slot(ref.actor_urn)
+        self._work.add_slot(ref.actor_urn, ref)
         self._executors[ref.actor_urn] = ref
-        return ref
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, m.Submit):
             self._submit_all(message.items)
         elif isinstance(message, m.ExecutorIdle):
-            self._executor_idle(message.executor_urn)
+            self._dispatch()
+            self._check_drained()
         elif isinstance(message, m.JobTimedOut):
             self._job_timed_out(message)
         elif isinstance(message, m.ExecutorStopped):
@@ -84,7 +84,7 @@ class ExecutorPool(EngineActor):
             self._failed = True
             self._work.close()
         elif isinstance(message, m.ListExecutors):
-            idle = list(self._idle)
+            idle = self._work.idle_refs()
             others = [r for r in self._executors.values() if r not in idle]
             return idle, others + list(self._abandoned.values())
         elif isinstance(message, m.PoolStats):
@@ -115,36 +115,24 @@ class ExecutorPool(EngineActor):
     def _submit_all(self, items: list[m.WorkItem]) -> None:
         """Queue ``items``, parking those whose job is not registered: one log line per such job,
         however many executions wait for it (recovery can submit thousands at once)."""
+        if self._draining or self._failed:
+            return  # a non-blocking execution stays PENDING on disk for the next open
         parked: dict[str, int] = {}
+        ready = []
         for item in items:
-            if self._draining or self._failed:
-                return  # a non-blocking execution stays PENDING on disk for the next open
             if item.job in self._jobs:
-                self._work.push(item)
+                ready.append(item)
             else:
                 self._parked.setdefault(item.job, []).append(item)
                 parked[item.job] = parked.get(item.job, 0) + 1
         for job, n in parked.items():
             log.info("%d executions wait for job %r to be registered (%d in all)", n, job, len(self._parked[job]))
-        self._dispatch()
+        self._dispatch(ready)
 
-    def _dispatch(self) -> None:
-        """Wake idle executors while there is work; busy ones take the next item themselves."""
-        while self._idle and len(self._work):
-            ref = self._idle.pop()
-            run = self._work.next_for(ref.actor_urn)
-            if run is None:
-                self._idle.append(ref)
-                return
-            ref.tell(m.Run(*run))
-
-    def _executor_idle(self, urn: str) -> None:
-        """An executor found nothing more to take."""
-        ref = self._executors.get(urn)
-        if ref is not None and ref not in self._idle:
-            self._idle.append(ref)
-            self._dispatch()
-        self._check_drained()
+    def _dispatch(self, items: list[m.WorkItem] | None = None) -> None:
+        """Queue ``items`` and wake idle executors while there is work; busy ones take the next
+        item themselves."""
+        wake(self._work, items or ())
 
     def _on_job_timeout(self, urn: str, token: int) -> None:
         """Called on the deadlines thread: the pool handles it in its turn."""
@@ -167,7 +155,6 @@ class ExecutorPool(EngineActor):
         if self._abandoned.pop(msg.executor_urn, None) is not None or self.actor_stopped.is_set():
             return
         self._executors.pop(msg.executor_urn, None)
-        self._idle = [r for r in self._idle if r.actor_urn != msg.executor_urn]
         running = self._work.give_up(msg.executor_urn)
         if running is not None:
             item, token = running
@@ -187,7 +174,7 @@ class ExecutorPool(EngineActor):
 
     def _replace(self) -> None:
         self.replaced += 1
-        self._idle.append(self._new_executor())
+        self._new_executor()
         self._dispatch()
         self._check_drained()
 
@@ -214,7 +201,11 @@ class ExecutorPool(EngineActor):
 
 class Executor(EngineActor):
     """Runs executions one at a time: claim its index, record it RUNNING, run the job, finish
-    it; then takes the next one from the work queue itself, and tells the pool when there is none."""
+    it; then takes the next one from the work queue itself, and tells the pool when there is none.
+
+    A job's Finish goes with the Start of the executor's next run when there is one (one message
+    and one turn of the counter actor for both); it is sent alone before the executor's slot
+    turns idle, so a close, which waits for busy slots, never misses it."""
 
     def __init__(
         self, pool: pykka.ActorRef[Any], refs: ActorRefs, jobs: JobRegistry, board: CompletionBoard, work: WorkQueue
@@ -231,11 +222,19 @@ class Executor(EngineActor):
             return super().on_receive(message)
         # an exception here is a bug of ours, not the job's: the actor dies, and the pool
         # (told by on_failure) fails the execution and replaces this executor
+        urn = self.actor_urn
         run: tuple[m.WorkItem, int] | None = (message.item, message.token)
+        finish: m.Finish | None = None
         while run is not None:
-            self._run(*run)
-            run = self._work.next_for(self.actor_urn, run[1])
-        tell_if_alive(self._pool, m.ExecutorIdle(self.actor_urn))
+            item, token = run
+            finish = self._run(item, token, finish)
+            run = self._work.next_for(urn, token, only_if_any=finish is not None)
+            if run is None and finish is not None:
+                self._send_finish(finish)
+                finish = None
+                run = self._work.next_for(urn, token)
+        if self._work.closed:  # the pool waits for idle executors only while it drains
+            tell_if_alive(self._pool, m.ExecutorIdle(urn))
         return None
 
     def on_stop(self) -> None:
@@ -244,13 +243,22 @@ class Executor(EngineActor):
     def on_failure(self, exc_type: Any, exc: Any, tb: Any) -> None:
         tell_if_alive(self._pool, m.ExecutorStopped(self.actor_urn, f"{exc_type.__name__}: {exc}"))
 
-    def _run(self, item: m.WorkItem, token: int) -> None:
+    def _send_finish(self, finish: m.Finish) -> None:
+        # a closed engine drops it: the record stays RUNNING and the next open finishes it as interrupted
+        tell_if_alive(self._refs.counter_for(finish.execution.task_id), finish)
+
+    def _run(self, item: m.WorkItem, token: int, finished: m.Finish | None) -> m.Finish | None:
+        """Start ``item`` (sending ``finished``, the previous run's Finish, with it) and run its
+        job; returns the job's Finish, for the caller to send, or None if it did not run."""
         ex = item.execution
         pending = self._refs.pending
         assert pending is not None  # set before any executor starts
         counter = self._refs.counter_for(ex.task_id)
+        if finished is not None and self._refs.counter_for(finished.execution.task_id) is not counter:
+            self._send_finish(finished)
+            finished = None
         reply: Reply[Any] = Reply()
-        start = m.Start(item, token, reply)
+        start = m.Start(item, token, reply, finished)
         # a non-blocking execution is claimed first (the pending store passes the Start on):
         # a cancelled, deleted or already claimed one is answered UNCLAIMED and never runs
         if ex.blocking:
@@ -258,17 +266,19 @@ class Executor(EngineActor):
         else:
             sent = tell_if_alive(pending, m.ClaimThenStart(ex.task_id, ex.id, counter, start))
         if not sent:
-            return  # the engine is closing; the execution stays PENDING on disk
+            if finished is not None:
+                self._send_finish(finished)
+            return None  # the engine is closing; the execution stays PENDING on disk
         try:
             started = await_reply(reply, counter) if ex.blocking else await_reply(reply, pending, counter)
         except EngineError:  # closed, or writes stopped after a failed one: it stays PENDING on disk
-            return
+            return None
         if started is m.NotStarted.UNCLAIMED:
-            return
+            return None
         if started is m.NotStarted.REFUSED:
             if not ex.blocking:
                 tell_if_alive(pending, m.RemovePending([(ex.task_id, ex.id)]))
-            return
+            return None
         running, task = started
         fn = self._jobs.get(item.job)
         assert fn is not None  # the pool only dispatches registered jobs, and jobs are never removed
@@ -285,6 +295,6 @@ class Executor(EngineActor):
         if status is ExecutionStatus.FAILED:
             log.warning("execution %s of task %r (index %s) failed: %s%s", running.id, running.task_id,
                         running.index, error, "" if traceback is None else "\n" + traceback.rstrip())
-        finished = records.finished(running, status, time.time(), result=result, error=error, traceback=traceback)
-        # a closed engine drops it: the record stays RUNNING and the next open finishes it as interrupted
-        tell_if_alive(counter, m.Finish(finished, item.incarnation, token))
+        finished_record = records.finished(running, status, time.time(), result=result, error=error,
+                                           traceback=traceback)
+        return m.Finish(finished_record, item.incarnation, token)

@@ -30,6 +30,8 @@ class ActorRefs:
     counters: list[pykka.ActorRef[Any]] = attrs.Factory(list)
     pending: pykka.ActorRef[Any] | None = None
     pool: pykka.ActorRef[Any] | None = None
+    #: the pool's work queue (a WorkQueue), which counter actors hand ready work to
+    work: Any = None
     #: called by the counter actors, the pending store and the pool when they stop; the engine
     #: tells its own close() from a stop by someone else
     on_stop: Callable[[], None] = lambda: None

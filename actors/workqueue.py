@@ -1,9 +1,11 @@
-"""Work ready to run, shared by an executor pool and its executors.
+"""Work ready to run, shared by an executor pool, its executors and the counter actors.
 
 An executor that finishes a job takes the next one here itself, under one lock,
-and only an executor that finds nothing tells the pool it is idle: a message to
-the pool and one back for every execution would be two thread wake-ups on top of
-the ones the work itself needs. The pool decides everything that is not the
+and only an executor that finds nothing is marked idle: a message to the pool and
+one back for every execution would be two thread wake-ups on top of the ones the
+work itself needs. A counter actor whose write made executions ready pushes them
+here and wakes idle executors itself (:meth:`WorkQueue.offer`), so ready work does
+not wait for the pool's thread either. The pool decides everything that is not the
 happy path (parking, timeouts, dead executors, draining), reading the same slots.
 
 A *slot* is what one executor is running: the item, the token that identifies
@@ -17,12 +19,14 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 
 from . import messages as m
 from .deadlines import Deadlines
+from .refs import tell_if_alive
 
 
 @attrs.define
@@ -31,6 +35,12 @@ class Slot:
     token: int = 0
     deadline: int | None = None
     abandoned: bool = False  # given up on (timeout, death): takes nothing more
+    ref: Any = None  # the executor's actor ref: what a wake-up is told to
+    idle: bool = True  # found nothing to take: it waits for a Run
+
+
+#: what to tell to wake an idle executor: (its ref, the item, the run's token)
+Wake = tuple[Any, m.WorkItem, int]
 
 
 class WorkQueue:
@@ -46,31 +56,56 @@ class WorkQueue:
         self._on_expired = on_expired
         self._deadlines = Deadlines() if job_timeout is not None else None
 
-    def add_slot(self, urn: str) -> None:
+    def add_slot(self, urn: str, ref: Any) -> None:
+        """A new executor, idle until it is given a run."""
         with self._lock:
-            self._slots[urn] = Slot()
+            self._slots[urn] = Slot(ref=ref)
 
-    def push(self, item: m.WorkItem) -> None:
+    def offer(self, items: Iterable[m.WorkItem]) -> list[Wake]:
+        """Queue ``items`` (nothing once closed) and hand what is queued to idle executors: the
+        caller tells each returned ref ``Run(item, token)``."""
         with self._lock:
             if not self._closed:
-                self._items.append(item)
+                self._items.extend(items)
+            wakes: list[Wake] = []
+            if not self._items:
+                return wakes
+            for urn, slot in self._slots.items():
+                if slot.idle and not slot.abandoned:
+                    wakes.append((slot.ref, *self._assign(urn, slot)))
+                    if not self._items:
+                        break
+            return wakes
 
-    def next_for(self, urn: str, done_token: int | None = None) -> tuple[m.WorkItem, int] | None:
-        """The executor ``urn`` finished the run ``done_token`` (None: it was idle): give it the
-        next item and a new token, or None, and the slot is idle (or abandoned, and stays so)."""
+    def idle_refs(self) -> list[Any]:
+        with self._lock:
+            return [slot.ref for slot in self._slots.values() if slot.idle and not slot.abandoned]
+
+    def next_for(self, urn: str, done_token: int, only_if_any: bool = False) -> tuple[m.WorkItem, int] | None:
+        """The executor ``urn`` finished the run ``done_token``: give it the next item and a new
+        token, or None, and the slot is idle (or abandoned, and stays so). With ``only_if_any``
+        a None leaves the slot as it was (still busy with ``done_token``): the executor has
+        something to send before it may count as idle (a close waits for busy slots)."""
         with self._lock:
             slot = self._slots.get(urn)
-            if slot is None or slot.abandoned or (done_token is not None and slot.token != done_token):
+            if slot is None or slot.abandoned or slot.token != done_token:
+                return None
+            if self._closed or not self._items:
+                if not only_if_any:
+                    self._clear(slot)
+                    slot.idle = True
                 return None
             self._clear(slot)
-            if self._closed or not self._items:
-                return None
-            slot.item = self._items.popleft()
-            slot.token = next(self._tokens)
-            if self._deadlines is not None and self._job_timeout is not None:
-                token, on_expired = slot.token, self._on_expired
-                slot.deadline = self._deadlines.schedule(self._job_timeout, lambda: on_expired(urn, token))
-            return slot.item, slot.token
+            return self._assign(urn, slot)
+
+    def _assign(self, urn: str, slot: Slot) -> tuple[m.WorkItem, int]:
+        item = slot.item = self._items.popleft()
+        slot.token = token = next(self._tokens)
+        slot.idle = False
+        if self._deadlines is not None and self._job_timeout is not None:
+            on_expired = self._on_expired
+            slot.deadline = self._deadlines.schedule(self._job_timeout, lambda: on_expired(urn, token))
+        return item, token
 
     def give_up(self, urn: str, token: int | None = None) -> tuple[m.WorkItem, int] | None:
         """Abandon executor ``urn`` (its run ``token`` timed out, or it died: any token): it takes
@@ -99,6 +134,12 @@ class WorkQueue:
         with self._lock:
             return sum(1 for slot in self._slots.values() if slot.item is not None)
 
+    @property
+    def closed(self) -> bool:
+        """Set under the lock before the pool counts busy slots: an executor that turned idle
+        after that count reads True here afterwards (and tells the pool)."""
+        return self._closed
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -110,3 +151,9 @@ class WorkQueue:
         if slot.deadline is not None and self._deadlines is not None:
             self._deadlines.cancel(slot.deadline)
         slot.item, slot.deadline = None, None
+
+
+def wake(work: WorkQueue, items: Iterable[m.WorkItem]) -> None:
+    """Queue ``items`` on ``work`` and tell each idle executor it hands them to to run one."""
+    for ref, item, token in work.offer(items):
+        tell_if_alive(ref, m.Run(item, token))

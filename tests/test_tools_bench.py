@@ -65,3 +65,80 @@ def test_bench_quick_subset_writes_expected_json(tmp_path: Path) -> None:
     assert last.endswith("(exit status 0).")
     png = (tmp_path / "bench.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
+
+
+def test_bench_reports_cpu_and_handoffs_per_operation_against_the_floor(tmp_path: Path) -> None:
+    """CPU (us) and thread hand-offs per execution are figures of the table, each with the floor
+    (a group-commit round trip on the engine's mailbox) as its baseline; the e2e engine runs
+    with the engine's default settings."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "taskengine.tools.bench.command", "--quick", "--only", "floor,e2e",
+            "--duration", "0.2", "--warmup", "0.05", "--rounds", "1", "--e2e-executions", "300",
+            "--workdir", str(tmp_path / "work"), "--json", str(out),
+        ],
+        cwd=tmp_path, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    results = doc["results"]
+    from taskengine.actors.engine import DEFAULT_WORKERS
+
+    assert results["e2e_noop_64c_100t"]["workers"] == DEFAULT_WORKERS
+    for name in ("floor_64c", "e2e_noop_64c_100t"):
+        assert results[name]["cpu_us_per_op"] > 0, name
+        assert results[name]["handoffs_per_op"] >= 0, name
+    rows = {row["key"]: row for row in doc["table"]}
+    for key in ("e2e_noop_64c_100t.cpu_us_per_op", "e2e_noop_64c_100t.handoffs_per_op"):
+        assert rows[key]["baseline"] == "floor_64c." + key.split(".")[1]
+        assert rows[key]["ratio"] is not None
+    assert "e2e no-op: CPU per execution (us)" in proc.stdout
+    assert "floor: thread hand-offs per round trip" in proc.stdout
+    assert doc["invariants"]["e2e"]["ok"] is True
+
+
+def test_bench_on_postgresql_measures_the_engine_and_its_baselines_on_one_server(pg_url: str, tmp_path: Path) -> None:
+    """``--backend URL``: durable acks (64 callers, 1 and 100 tasks), e2e, the naive design and the
+    peer queue on the same server, each figure in a database of its own that is dropped afterwards;
+    every engine database passes the replay check."""
+    import psycopg
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "taskengine.tools.bench.command", "--quick", "--backend", pg_url,
+            "--duration", "0.2", "--warmup", "0.05", "--rounds", "1", "--e2e-executions", "200",
+            "--peer-jobs", "50", "--workdir", str(tmp_path / "work"), "--json", str(out),
+        ],
+        cwd=tmp_path, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["selected"] == ["naive", "floor", "acks", "e2e", "peer"]
+    assert doc["meta"]["server"]["synchronous_commit"] == "on"
+    results = doc["results"]
+    for key in ("naive_acks_64c_1t", "naive_acks_64c_100t", "engine_acks_64c_1t", "engine_acks_64c_100t",
+                "e2e_noop_64c_100t", "peer_queue"):
+        assert results[key]["value"] > 0, key
+    assert set(doc["invariants"]) == {"engine_acks_64c_1t", "engine_acks_64c_100t", "e2e"}
+    assert all(v["ok"] for v in doc["invariants"].values())
+    targets = {t["id"]: t for t in doc["targets"]}
+    assert set(targets) == {"acks-1-task", "acks-100-tasks-naive", "e2e", "e2e-peer"}
+    assert all(t["measured"] is not None for t in targets.values())
+    assert "backend: postgresql://" in proc.stdout
+    with psycopg.connect(pg_url) as conn:  # nothing of the bench's is left on the server
+        left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'taskengine_bench_%'").fetchall()
+    assert left == []
+
+
+def test_bench_refuses_leveldb_only_figures_with_a_backend(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "taskengine.tools.bench.command", "--backend", "postgresql://nobody@127.0.0.1:1/x",
+         "--only", "soak"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "taskengine bench: error: soak: LevelDB only; with --backend: pykka, floor, naive, acks, e2e, peer"
+    ]

@@ -7,7 +7,9 @@
   LevelDB write, no batching;
 * a plain plyvel loop under a lock: take the next index, write the assignment batch
   (synced, and unsynced: the ceiling of any design in Python on this disk), and bare
-  synced one-key puts (what one fsync of this disk costs).
+  synced one-key puts (what one fsync of this disk costs);
+* the floor: callers asking an actor on the engine's mailbox that group-commits one synced
+  write per turn, with none of the engine's work (its CPU and thread hand-offs per round trip).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import plyvel
 import pykka
 import ulid
 
+from taskengine.actors.mailbox import EngineActor, Reply
 from taskengine.storage import Execution, ExecutionStatus, changes
 
 from ..histogram import Histogram
@@ -39,7 +42,7 @@ class _Echo(pykka.ThreadingActor):
         return message
 
 
-def _new_execution(task_id: str) -> Execution:
+def new_execution(task_id: str) -> Execution:
     """What a trigger builds before it asks for an index (the engine does the same)."""
     return Execution(
         id=str(ulid.ULID()),
@@ -116,6 +119,47 @@ def pykka_asks(opts: Any, out: dict[str, Any], with_64_callers: bool = True) -> 
         ref.stop()
 
 
+class _GroupCommitEcho(EngineActor):
+    """Like a counter actor with none of its work: takes every message waiting, makes one synced
+    write, answers them all."""
+
+    def __init__(self, db: Any) -> None:
+        super().__init__()
+        self._db = db
+
+    def on_receive(self, message: Any) -> None:
+        replies = [message]
+        inbox = self.actor_inbox
+        while not inbox.empty():
+            envelope = inbox.get()
+            if envelope.reply_to is not None:  # pykka's stop: after this turn
+                inbox.put(envelope)
+                break
+            replies.append(envelope.message)
+        self._db.put(b"k", b"v" * 64, sync=True)
+        for reply in replies:
+            reply.set(None)
+
+
+class GroupCommitFloor:
+    """The floor under an acknowledgement: callers ask an actor on the engine's own mailbox
+    (``actors/mailbox.py``) that group-commits one synced write per turn. ``op(k, i)`` is one
+    round trip; its CPU and thread hand-offs are what any design with the engine's shape pays."""
+
+    def __init__(self, path: str) -> None:
+        self._db = plyvel.DB(path, create_if_missing=True)
+        self._ref = _GroupCommitEcho.start(self._db)
+
+    def op(self, k: int, i: int) -> None:
+        reply: Reply[None] = Reply()
+        self._ref.tell(reply)
+        reply.get()
+
+    def close(self) -> None:
+        self._ref.stop()
+        self._db.close()
+
+
 class NaiveDesign:
     """The naive design over ``tasks`` tasks, on its own database: ``op(k, i)`` is one trigger."""
 
@@ -127,7 +171,7 @@ class NaiveDesign:
 
     def op(self, k: int, i: int) -> Any:
         t = (k * 31 + i) % self._tasks
-        return self._refs[t].ask(_new_execution(self._ids[t]))
+        return self._refs[t].ask(new_execution(self._ids[t]))
 
     def close(self) -> None:
         for ref in self._refs:
@@ -153,11 +197,28 @@ def rate_entry(runs: list[CallerRun], unit: str, **extra: Any) -> dict[str, Any]
         "throughput": [r.throughput.to_json() for r in runs],
         "errors": sum(r.errors for r in runs),
         "cpu_percent": round(statistics.median(r.cpu_percent for r in runs)),
+        "cpu_us_per_op": _median_of(r.cpu_us_per_op for r in runs),
+        "handoffs_per_op": _median_of(r.handoffs_per_op for r in runs),
     }
     first = next((r.first_error for r in runs if r.first_error), None)
     if first:
         entry["first_error"] = first
     return entry
+
+
+def _median_of(values: Any) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 2) if known else None
+
+
+def floor(opts: Any, out: dict[str, Any]) -> None:
+    """The floor alone (when ``acks`` is not selected; otherwise it interleaves with the engine's
+    64 callers over 100 tasks)."""
+    design = GroupCommitFloor(os.path.join(opts.workdir, "floor"))
+    try:
+        out["floor_64c"] = rate_entry(_rounds(opts, 64, design.op), "round trips/s", callers=64)
+    finally:
+        design.close()
 
 
 def naive(opts: Any, out: dict[str, Any]) -> None:
@@ -183,7 +244,7 @@ def plyvel_loop(opts: Any, out: dict[str, Any]) -> None:
         for sync in (False, True):
 
             def op(k: int, i: int, sync: bool = sync) -> None:
-                ex = _new_execution("loop")
+                ex = new_execution("loop")
                 with lock:
                     n = state["counter"]
                     state["counter"] = n + 1

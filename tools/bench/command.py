@@ -32,11 +32,16 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from taskengine.storage.interface import is_url, shown
+
 from .measure import machine
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = ("pykka", "naive", "plyvel", "acks", "e2e", "tasks", "open", "replay", "soak")
+BENCHMARKS = ("pykka", "naive", "plyvel", "floor", "acks", "e2e", "tasks", "open", "replay", "soak", "peer")
+#: what a run against PostgreSQL (--backend URL) measures: its default selection, and all it can
+POSTGRES_BENCHMARKS = ("floor", "naive", "acks", "e2e", "peer")
+POSTGRES_ALLOWED = ("pykka", *POSTGRES_BENCHMARKS)
 
 #: option -> (full, quick)
 SIZES: dict[str, tuple[Any, Any]] = {
@@ -51,6 +56,7 @@ SIZES: dict[str, tuple[Any, Any]] = {
     "replay_repeats": (5, 2),
     "soak_executions": (1_000_000, 30_000),
     "soak_warm": (100_000, 5_000),
+    "peer_jobs": (30_000, 3_000),
 }
 
 THREAD_CAP = 300
@@ -69,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "distributions (and the soak) into FILE.png (needs matplotlib, in the tools extra)")
     parser.add_argument(
         "--only", metavar="NAME[,NAME]", help=f"run only these benchmarks, of: {', '.join(BENCHMARKS)}"
+    )
+    parser.add_argument(
+        "--backend", metavar="URL",
+        help="measure on this PostgreSQL server (postgresql://USER@HOST:PORT/DB) instead of LevelDB: "
+        f"{', '.join(POSTGRES_BENCHMARKS)} by default. Each figure gets a database of its own, created "
+        "(the user needs CREATEDB) and dropped at the end; the peer queue (procrastinate) needs the bench extra",
     )
     parser.add_argument(
         "--workdir", metavar="DIR",
@@ -92,8 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size("replay_repeats", int, "replay checks and raw iterations (best)")
     size("soak_executions", int, "executions of the soak")
     size("soak_warm", int, "executions after which soak RSS growth is measured")
+    size("peer_jobs", int, "no-op jobs of the peer queue (PostgreSQL)")
     e = parser.add_argument_group("engine settings")
-    e.add_argument("--workers", type=int, default=8, metavar="N", help="executors (default 8)")
+    e.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="executors (default: the engine's default, as a user gets it)")
     e.add_argument("--counter-actors", type=int, default=1, metavar="N", help="counter actors (default 1)")
     e.add_argument("--metrics", action="store_true",
                    help="observe the acks and e2e engines with the Prometheus metrics (the prometheus extra), "
@@ -109,12 +123,21 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     for name, (full, quick) in SIZES.items():
         if getattr(args, name, None) is None:
             setattr(args, name, quick if args.quick else full)
-    only = BENCHMARKS if not args.only else tuple(x.strip() for x in args.only.split(",") if x.strip())
+    from ..common import EXIT_USAGE, ToolError
+
+    backend = getattr(args, "backend", None)
+    if backend is not None and not is_url(backend):
+        raise ToolError(f"--backend takes a postgresql:// URL, not {backend!r} (LevelDB is the default)", EXIT_USAGE)
+    default = POSTGRES_BENCHMARKS if backend else tuple(b for b in BENCHMARKS if b != "peer")
+    only = default if not args.only else tuple(x.strip() for x in args.only.split(",") if x.strip())
     unknown = [x for x in only if x not in BENCHMARKS]
     if unknown:
-        from ..common import EXIT_USAGE, ToolError
-
         raise ToolError(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", EXIT_USAGE)
+    if backend and any(x not in POSTGRES_ALLOWED for x in only):
+        wrong = ", ".join(x for x in only if x not in POSTGRES_ALLOWED)
+        raise ToolError(f"{wrong}: LevelDB only; with --backend: {', '.join(POSTGRES_ALLOWED)}", EXIT_USAGE)
+    if not backend and "peer" in only:
+        raise ToolError("peer (the peer PostgreSQL queue) needs --backend postgresql://...", EXIT_USAGE)
     args.selected = [b for b in BENCHMARKS if b in only]
     return args
 
@@ -129,6 +152,16 @@ def run(args: argparse.Namespace) -> int:
         from ..plots import require
 
         require(opts.plot)
+    opts.server = None
+    if getattr(opts, "backend", None):
+        from ..common import EXIT_FAILED, ToolError
+
+        try:
+            from .postgres import Server
+
+            opts.server = Server(opts.backend)
+        except (ImportError, RuntimeError) as e:
+            raise ToolError(f"--backend: {e}", EXIT_FAILED) from None
     own_workdir = opts.workdir is None
     opts.workdir = tempfile.mkdtemp(prefix="taskengine-bench-") if own_workdir else os.path.abspath(opts.workdir)
     os.makedirs(opts.workdir, exist_ok=True)
@@ -155,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if own_workdir:
             shutil.rmtree(opts.workdir, ignore_errors=True)
+        if opts.server is not None:
+            opts.server.drop_all()
     table = build_table(results)
     targets = build_targets(results, opts)
     doc = {
@@ -165,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
             "quick": opts.quick,
             "selected": opts.selected,
             "machine": machine(),
+            "backend": shown(opts.backend) if getattr(opts, "backend", None) else "leveldb",
+            "server": opts.server.settings if opts.server is not None else None,
             "options": {k: getattr(opts, k) for k in (*SIZES, "workers", "counter_actors", "soak_workers",
                                                       "soak_counter_actors", "soak_callers", "soak_window")},
             "timings": timings,
@@ -220,10 +257,20 @@ def _step_plyvel(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[
     baselines.plyvel_loop(opts, out)
 
 
+def _step_floor(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
+    if "acks" in opts.selected:
+        _say("floor: measured with acks, interleaved with the engine's 64 callers over 100 tasks")
+        return
+    from . import baselines
+
+    baselines.floor(opts, out)
+
+
 def _step_acks(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
     from . import engine_figures
 
-    engine_figures.acks(opts, out, inv, with_naive="naive" in opts.selected, with_pykka="pykka" in opts.selected)
+    engine_figures.acks(opts, out, inv, with_naive="naive" in opts.selected, with_pykka="pykka" in opts.selected,
+                        with_floor="floor" in opts.selected)
 
 
 def _step_e2e(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
@@ -232,10 +279,19 @@ def _step_e2e(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str
     engine_figures.e2e(opts, out, inv)
 
 
+def _step_peer(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
+    from . import engine_figures
+    from .postgres import peer_queue
+
+    workers = engine_figures.engine_kwargs(opts)["workers"]
+    out["peer_queue"] = peer_queue(engine_figures.location(opts, "peer"), opts.peer_jobs, concurrency=workers)
+
+
 def _step_tasks(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
     from . import engine_figures
 
-    params = {"path": os.path.join(opts.workdir, "tasks"), "tasks": opts.tasks, "workers": opts.workers,
+    params = {"path": os.path.join(opts.workdir, "tasks"), "tasks": opts.tasks,
+              "workers": engine_figures.engine_kwargs(opts)["workers"],
               "counter_actors": opts.counter_actors}
     shutil.rmtree(params["path"], ignore_errors=True)
     res = engine_figures.run_child("tasks", params)
@@ -276,12 +332,14 @@ _STEPS: dict[str, Callable[[Any, dict[str, Any], dict[str, Any], dict[str, str]]
     "pykka": _step_pykka,
     "naive": _step_naive,
     "plyvel": _step_plyvel,
+    "floor": _step_floor,
     "acks": _step_acks,
     "e2e": _step_e2e,
     "tasks": _step_tasks,
     "open": _step_open,
     "replay": _step_replay,
     "soak": _step_soak,
+    "peer": _step_peer,
 }
 
 
@@ -311,14 +369,29 @@ def _rows() -> list[tuple[str, str, str, str | None]]:
         for c in (1, 8, 64):
             rows.append(("baseline", f"naive acks, {c} callers, {t} task{'s' if t > 1 else ''}",
                          f"naive_acks_{c}c_{t}t", None))
+    rows += [
+        ("baseline", "floor: group-commit round trips, 64 callers", "floor_64c", None),
+        ("baseline", "floor: CPU per round trip (us)", "floor_64c.cpu_us_per_op", None),
+        ("baseline", "floor: thread hand-offs per round trip", "floor_64c.handoffs_per_op", None),
+    ]
     for t in (1, 100):
         for c in (1, 8, 64):
             rows.append(("engine", f"durable acks, {c} callers, {t} task{'s' if t > 1 else ''}",
                          f"engine_acks_{c}c_{t}t", f"naive_acks_{c}c_{t}t"))
     rows += [
         ("engine", "durable acks, 64 callers, 100 tasks", "engine_acks_64c_100t", "pykka_ask_64_callers"),
+        ("engine", "durable acks, 64 callers, 100 tasks: CPU per ack (us)", "engine_acks_64c_100t.cpu_us_per_op",
+         "floor_64c.cpu_us_per_op"),
+        ("engine", "durable acks, 64 callers, 100 tasks: hand-offs per ack", "engine_acks_64c_100t.handoffs_per_op",
+         "floor_64c.handoffs_per_op"),
         ("engine", "e2e no-op executions, 64 callers, 100 tasks", "e2e_noop_64c_100t", "engine_acks_64c_100t"),
+        ("engine", "e2e no-op: CPU per execution (us)", "e2e_noop_64c_100t.cpu_us_per_op",
+         "floor_64c.cpu_us_per_op"),
+        ("engine", "e2e no-op: hand-offs per execution", "e2e_noop_64c_100t.handoffs_per_op",
+         "floor_64c.handoffs_per_op"),
         ("engine", "e2e blocking triggers, 8 callers, 100 tasks", "e2e_blocking_8c_100t", None),
+        ("baseline", "peer queue (procrastinate): no-op jobs enqueued to done", "peer_queue", None),
+        ("engine", "e2e no-op executions against the peer queue", "e2e_noop_64c_100t", "peer_queue"),
         ("engine", "tasks triggered once each: peak live threads", "tasks.peak_threads", None),
         ("engine", "tasks triggered once each: peak RSS (MB)", "tasks.peak_rss_mb", None),
         ("engine", "tasks triggered once each: wall time (s)", "tasks.seconds", None),
@@ -392,6 +465,17 @@ def build_targets(results: dict[str, Any], opts: Any) -> list[dict[str, Any]]:
         ("soak", f"soak of {opts.soak_executions} executions: RSS growth after the first {opts.soak_warm} (MB)",
          _get(results, "soak.growth_mb"), "<=", SOAK_GROWTH_CAP_MB, full_soak),
     ]
+    if getattr(opts, "backend", None):
+        # the scale-out issue's targets on PostgreSQL; the LevelDB-only figures are not measured there
+        specs = [
+            ("acks-1-task", "durable acks, 64 callers on 1 task / naive design on 1 task",
+             _ratio(results, "engine_acks_64c_1t", "naive_acks_64c_1t"), ">=", 5.0, True),
+            ("acks-100-tasks-naive", "durable acks, 64 callers over 100 tasks / naive design over 100 tasks",
+             _ratio(results, "engine_acks_64c_100t", "naive_acks_64c_100t"), ">=", 2.0, True),
+            specs[3],
+            ("e2e-peer", "end-to-end no-op executions / the peer queue's no-op jobs enqueued to done",
+             _ratio(results, "e2e_noop_64c_100t", "peer_queue"), ">=", 1.0, True),
+        ]
     out = []
     for tid, desc, measured, cmp, threshold, full in specs:
         met = None if measured is None else (measured >= threshold if cmp == ">=" else measured <= threshold)
@@ -433,8 +517,13 @@ def render(doc: dict[str, Any]) -> list[str]:
         f"taskengine bench ({'quick' if m['quick'] else 'full'}), {m['started']}, {m['seconds']} s",
         f"machine: {mach.get('cpu', '?')}, {mach.get('cpus')} CPUs, {mach.get('memory_mb', '?')} MB; "
         f"Python {mach.get('python')}, pykka {mach.get('pykka')}, plyvel {mach.get('plyvel')}",
-        "",
     ]
+    server = m.get("server")
+    if server:
+        lines.append(f"backend: {m.get('backend')}: {server['version'].split(' on ')[0]}, synchronous_commit "
+                     f"{server['synchronous_commit']}, fsync {server['fsync']}, shared_buffers "
+                     f"{server['shared_buffers']}, commit_delay {server['commit_delay']}")
+    lines.append("")
     rows = [
         (r["label"], _fmt(r["value"]), r["unit"], _fmt(r["p50_us"]), _fmt(r["p99_us"]),
          _fmt(r.get("cpu_percent")), r["baseline"] or "", "-" if r["ratio"] is None else f"{r['ratio']:.2f}x")

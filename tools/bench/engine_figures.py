@@ -20,10 +20,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from taskengine.storage import Database
+from taskengine.storage.interface import open_store
 
 from .. import replay  # imported with the engine, so a run checks with the code it ran
-from .measure import Sampler, proc_status, rss_mb, run_callers, run_fixed
+from .measure import Sampler, handoffs, proc_status, rss_mb, run_callers, run_fixed
 
 if TYPE_CHECKING:
     from taskengine import EngineStats
@@ -32,8 +32,12 @@ CALLER_COUNTS = (1, 8, 64)
 TASK_COUNTS = (1, 100)
 
 
-def _engine_kwargs(opts: Any) -> dict[str, Any]:
-    return {"workers": opts.workers, "counter_actors": opts.counter_actors, "sync": True}
+def engine_kwargs(opts: Any) -> dict[str, Any]:
+    """The engine's settings: its own defaults unless the command line names them."""
+    from taskengine.actors.engine import DEFAULT_WORKERS
+
+    workers = DEFAULT_WORKERS if opts.workers is None else opts.workers
+    return {"workers": workers, "counter_actors": opts.counter_actors, "sync": True}
 
 
 def _open(path: str, jobs: dict[str, Any], opts: Any) -> Any:
@@ -41,7 +45,7 @@ def _open(path: str, jobs: dict[str, Any], opts: Any) -> Any:
     Prometheus metrics (to measure what they cost)."""
     from taskengine import Engine
 
-    engine = Engine.open(path, jobs=jobs, **_engine_kwargs(opts))
+    engine = Engine.open(path, jobs=jobs, **engine_kwargs(opts))
     if getattr(opts, "metrics", False):
         from taskengine.prometheus import PrometheusMetrics
 
@@ -49,11 +53,18 @@ def _open(path: str, jobs: dict[str, Any], opts: Any) -> Any:
     return engine
 
 
+def location(opts: Any, name: str) -> str:
+    """Where figure ``name`` keeps its database: a directory of the work directory, or with
+    ``--backend`` a new database on that PostgreSQL server."""
+    server = getattr(opts, "server", None)
+    return server.database(name) if server is not None else os.path.join(opts.workdir, name)
+
+
 def _replay_ok(path: str) -> dict[str, Any]:
     """The replay check of a database a benchmark produced; never raises (a check that cannot
     run is reported as not OK, and the figures measured before it are kept)."""
     try:
-        db = Database.open(path, create=False)
+        db = open_store(path, create=False)
         try:
             report = replay.check(db)
         finally:
@@ -94,7 +105,8 @@ def _us(seconds: float | None) -> float | None:
 
 
 def acks(
-    opts: Any, out: dict[str, Any], invariants: dict[str, Any], with_naive: bool, with_pykka: bool = False
+    opts: Any, out: dict[str, Any], invariants: dict[str, Any], with_naive: bool, with_pykka: bool = False,
+    with_floor: bool = False,
 ) -> None:
     """Non-blocking triggers acknowledged (index durable) per second. Jobs are held at a gate
     while the callers run, so the figure is the acknowledgement path alone, as it is for the
@@ -103,24 +115,35 @@ def acks(
     With ``with_naive`` the naive design is measured interleaved with the engine, round by
     round and config by config, so a change in the machine's background load hits both; with
     ``with_pykka`` so is the bare pykka baseline (64 callers asking one actor), next to the
-    engine's 64 callers over 100 tasks."""
+    engine's 64 callers over 100 tasks; with ``with_floor`` so is the floor (``GroupCommitFloor``)."""
 
-    from .baselines import EchoActor, NaiveDesign, naive_entry, rate_entry
+    from .baselines import EchoActor, GroupCommitFloor, NaiveDesign, naive_entry, rate_entry
 
+    server = getattr(opts, "server", None)
+    # on PostgreSQL the figures the targets name: 64 callers on 1 task and over 100
+    caller_counts = (64,) if server is not None else CALLER_COUNTS
     for tasks in TASK_COUNTS:
-        design = NaiveDesign(os.path.join(opts.workdir, f"naive-{tasks}"), tasks) if with_naive else None
+        design: Any = None
+        if with_naive and server is not None:
+            from .postgres import NaivePostgres
+
+            design = NaivePostgres(location(opts, f"naive-{tasks}"), tasks, max(caller_counts))
+        elif with_naive:
+            design = NaiveDesign(location(opts, f"naive-{tasks}"), tasks)
         try:
-            for callers in CALLER_COUNTS:
+            for callers in caller_counts:
                 name = f"engine_acks_{callers}c_{tasks}t"
-                path = os.path.join(opts.workdir, name)
+                path = location(opts, name)
                 gate = threading.Event()
 
                 def held(ctx: Any, gate: threading.Event = gate) -> None:
                     gate.wait()
 
                 engine = _open(path, {"held": held}, opts)
-                echo = EchoActor() if with_pykka and callers == 64 and tasks == max(TASK_COUNTS) else None
-                runs, naive_runs, echo_runs = [], [], []
+                widest = callers == 64 and tasks == max(TASK_COUNTS)
+                echo = EchoActor() if with_pykka and widest else None
+                floor = GroupCommitFloor(os.path.join(opts.workdir, "floor")) if with_floor and widest else None
+                runs, naive_runs, echo_runs, floor_runs = [], [], [], []
                 try:
                     ids = _task_ids("t", tasks)
                     for tid in ids:
@@ -138,10 +161,15 @@ def acks(
                         if echo is not None:
                             echo_runs.append(run_callers(callers, echo.op, duration=opts.duration,
                                                          warmup=opts.warmup))
+                        if floor is not None:
+                            floor_runs.append(run_callers(callers, floor.op, duration=opts.duration,
+                                                          warmup=opts.warmup))
                     after = engine.stats()
                 finally:
                     if echo is not None:
                         echo.close()
+                    if floor is not None:
+                        floor.close()
                     gate.set()
                     engine.close()  # queued executions stay PENDING on disk; the replay check accepts that
                 out[name] = rate_entry(runs, "acks/s", callers=callers, tasks=tasks,
@@ -151,6 +179,8 @@ def acks(
                 if echo_runs:
                     out["pykka_ask_64_callers"] = rate_entry(echo_runs, "asks/s", callers=64,
                                                              interleaved_with=name)
+                if floor_runs:
+                    out["floor_64c"] = rate_entry(floor_runs, "round trips/s", callers=64, interleaved_with=name)
                 invariants[name] = _replay_ok(path)
         finally:
             if design is not None:
@@ -167,7 +197,7 @@ def e2e(opts: Any, out: dict[str, Any], invariants: dict[str, Any]) -> None:
     from .baselines import rate_entry
 
     total = opts.e2e_executions
-    path = os.path.join(opts.workdir, "e2e")
+    path = location(opts, "e2e")
     done = [0]
     lock = threading.Lock()
     finished = threading.Event()
@@ -185,7 +215,7 @@ def e2e(opts: Any, out: dict[str, Any], invariants: dict[str, Any]) -> None:
         ids = _task_ids("t", 100)
         for tid in ids:
             engine.create_task(tid, job="noop")
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, h0 = time.perf_counter(), time.process_time(), handoffs()
         trigger_seconds, _ = run_fixed(64, total, lambda k, i: engine.trigger(ids[(k * 31 + i) % 100]))
         if not finished.wait(max(60.0, total / 50)):
             raise RuntimeError(f"only {done[0]} of {total} executions ran")
@@ -193,9 +223,11 @@ def e2e(opts: Any, out: dict[str, Any], invariants: dict[str, Any]) -> None:
         engine.wait(task_id, execution_id, timeout=60)  # its SUCCESS is durable
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - c0
+        switched = handoffs() - h0
         out["e2e_noop_64c_100t"] = {
             "value": total / elapsed, "unit": "executions/s", "callers": 64, "tasks": 100, "executions": total,
-            "cpu_percent": round(100 * cpu / elapsed),
+            "cpu_percent": round(100 * cpu / elapsed), "workers": engine_kwargs(opts)["workers"],
+            "cpu_us_per_op": round(1e6 * cpu / total, 1), "handoffs_per_op": round(switched / total, 2),
             "seconds": round(elapsed, 3), "trigger_phase_acks_per_s": round(total / trigger_seconds, 1),
         }
         # blocking triggers: trigger to finished, per call

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,17 @@ class CallerRun:
     errors: int = 0
     first_error: str | None = None
     cpu_seconds: float = 0.0  # CPU time of the whole process (every thread) in the window
+    handoffs: int = 0  # voluntary context switches of the whole process in the window
+
+    @property
+    def cpu_us_per_op(self) -> float | None:
+        """Process CPU (every thread) per operation, in microseconds."""
+        return 1e6 * self.cpu_seconds / self.ops if self.ops else None
+
+    @property
+    def handoffs_per_op(self) -> float | None:
+        """Voluntary context switches per operation: a thread that waits and is woken again."""
+        return self.handoffs / self.ops if self.ops else None
 
     @property
     def cpu_percent(self) -> float:
@@ -97,7 +109,7 @@ def run_callers(
     time.sleep(warmup)
     before = sum(counts)
     measuring[0] = True
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, h0 = time.perf_counter(), time.process_time(), handoffs()
     series = RateSeries(SERIES_BIN)
     seen, end, prev = before, t0 + duration, t0
     while prev < end:
@@ -106,7 +118,7 @@ def run_callers(
         series.add_span(prev - t0, min(now, end) - t0, total - seen)
         seen, prev = total, now
     after = sum(counts)
-    t1, c1 = time.perf_counter(), time.process_time()
+    t1, c1, h1 = time.perf_counter(), time.process_time(), handoffs()
     measuring[0] = False
     stop.set()
     for t in threads:
@@ -124,7 +136,14 @@ def run_callers(
         errors=len(errors),
         first_error=errors[0] if errors else None,
         cpu_seconds=c1 - c0,
+        handoffs=h1 - h0,
     )
+
+
+def handoffs() -> int:
+    """Voluntary context switches of this process so far, every thread's (ended ones too): each
+    is a thread that blocked, on a lock, a queue or I/O, and needs waking again."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
 
 
 def run_fixed(callers: int, total: int, op: Callable[[int, int], Any]) -> tuple[float, list[Any]]:

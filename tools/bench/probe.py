@@ -304,39 +304,12 @@ def probe_acks(args: argparse.Namespace) -> list[str]:
 
 
 def probe_floor(args: argparse.Namespace) -> list[str]:
-    """What an ack costs with none of the engine's work: callers ask an actor on the engine's own
-    mailbox that, like a counter actor, takes every message waiting, makes one synced write and
-    answers them all."""
-    import plyvel
+    """What an ack costs with none of the engine's work (``baselines.GroupCommitFloor``)."""
+    from .baselines import GroupCommitFloor
 
-    from taskengine.actors.mailbox import EngineActor, Reply
-
-    db = plyvel.DB(os.path.join(args.workdir, "floor"), create_if_missing=True)
-
-    class GroupCommitEcho(EngineActor):
-        def on_receive(self, message: Any) -> None:
-            replies = [message]
-            inbox = self.actor_inbox
-            while not inbox.empty():
-                envelope = inbox.get()
-                if envelope.reply_to is not None:  # pykka's stop: after this turn
-                    inbox.put(envelope)
-                    break
-                replies.append(envelope.message)
-            db.put(b"k", b"v" * 64, sync=True)
-            for reply in replies:
-                reply.set(None)
-
-    ref = GroupCommitEcho.start()
-
-    def ask(k: int, i: int) -> None:
-        reply: Reply[None] = Reply()
-        ref.tell(reply)
-        reply.get()
-
-    run, before, after, wall, switches, _ = _window(args, ask)
-    ref.stop()
-    db.close()
+    floor = GroupCommitFloor(os.path.join(args.workdir, "floor"))
+    run, before, after, wall, switches, _ = _window(args, floor.op)
+    floor.close()
     ops = max(run.rate * wall, 1.0)
     lines = [f"group-commit echo actor (engine mailbox, one fsync per turn), {args.callers} callers: "
              f"{run.rate:.0f} asks/s, process CPU {run.cpu_percent:.0f}%"]
