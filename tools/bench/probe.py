@@ -5,6 +5,7 @@ Not part of ``taskengine bench`` (its figures stay free of instrumentation). Run
     python -m taskengine.tools.bench.probe acks --tasks 1 --callers 64   # durable acks
     python -m taskengine.tools.bench.probe acks --no-directory-watch     # the same without the directory check
     python -m taskengine.tools.bench.probe e2e --executions 20000         # end-to-end no-op executions
+    python -m taskengine.tools.bench.probe e2e --cprofile                 # the same, function by function
     python -m taskengine.tools.bench.probe floor                          # an ack's round trip and fsync, no engine
     python -m taskengine.tools.bench.probe gil                            # plyvel puts with and without GIL contention
 
@@ -32,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .measure import run_callers
+from .measure import handoffs, run_callers
 
 _lock = threading.Lock()
 _stats: collections.Counter[str] = collections.Counter()
@@ -131,6 +132,60 @@ def _instrument_turns() -> str | None:
 
     ac.CounterActor.on_receive = on_receive  # type: ignore[method-assign]
     return None
+
+
+_profiles: dict[str, list[Any]] = collections.defaultdict(list)
+
+
+def _instrument_cprofile() -> str | None:
+    """cProfile inside the engine's actors (each thread its own profiler, merged per kind of actor
+    at the end): where an execution's CPU goes, function by function. Slows the engine down
+    several times over: read it for proportions, not rates."""
+    import cProfile
+
+    try:
+        from taskengine.actors import counter, pending, pool
+    except ImportError as e:
+        return f"no actors ({e}): cProfile skipped"
+    local = threading.local()
+    for kind, cls in (("CounterActor", counter.CounterActor), ("Executor", pool.Executor),
+                      ("PendingStore", pending.PendingStore), ("ExecutorPool", pool.ExecutorPool)):
+        original = cls.on_receive
+
+        def on_receive(self: Any, message: Any, original: Any = original, kind: str = kind) -> Any:
+            prof = getattr(local, "prof", None)
+            if prof is None:
+                prof = local.prof = cProfile.Profile()
+                with _lock:
+                    _profiles[kind].append(prof)
+            prof.enable()
+            try:
+                return original(self, message)
+            finally:
+                prof.disable()
+
+        cls.on_receive = on_receive
+    return None
+
+
+def _cprofile_lines(n: int, top: int = 14) -> list[str]:
+    import io
+    import pstats
+
+    lines = []
+    for kind, profs in sorted(_profiles.items()):
+        stats = pstats.Stats(profs[0], stream=io.StringIO())
+        for prof in profs[1:]:
+            stats.add(prof)
+        raw: Any = stats.stats  # type: ignore[attr-defined]
+        total = sum(tt for _, _, tt, _, _ in raw.values())
+        lines.append(f"  cProfile, {kind} ({len(profs)} thread(s)): {1e6 * total / n:.1f} us of Python per "
+                     "execution (under the profiler); own time per execution by function:")
+        ranked = sorted(raw.items(), key=lambda kv: -kv[1][2])[:top]
+        for (file, line, func), (_, calls, tt, _, _) in ranked:
+            where = f"{os.path.basename(file)}:{line}" if line else file
+            lines.append(f"    {1e6 * tt / n:6.1f} us  {calls / n:5.2f} calls  {func} ({where})")
+    return lines
 
 
 def _instrument_messages() -> None:
@@ -319,7 +374,8 @@ def probe_floor(args: argparse.Namespace) -> list[str]:
 
 
 def probe_e2e(args: argparse.Namespace) -> list[str]:
-    notes = [n for n in (_instrument_writes(), _instrument_turns()) if n]
+    notes = [n for n in (_instrument_writes(), _instrument_turns(),
+                         _instrument_cprofile() if args.cprofile else None) if n]
     _instrument_messages()
     from .engine_figures import child_soak
 
@@ -335,11 +391,13 @@ def probe_e2e(args: argparse.Namespace) -> list[str]:
 
     s = threading.Thread(target=sampler, name="probe-sampler", daemon=True)
     s.start()
+    switched = handoffs()
     result = child_soak({
         "path": os.path.join(args.workdir, "e2e"), "executions": args.executions, "warm": 0,
         "workers": args.workers, "counter_actors": args.counter_actors, "callers": 8, "window": 1000,
         "interval": 0.5,
     })
+    switched = handoffs() - switched
     holder["done"] = True
     s.join()
     wall = time.perf_counter() - t0
@@ -348,7 +406,10 @@ def probe_e2e(args: argparse.Namespace) -> list[str]:
              f"{args.counter_actors} counter actors: {result['rate']:.0f}/s, process CPU {result['cpu_percent']}%"]
     # the main thread also opens the engine and runs the replay check: left out
     lines += _cpu_table(before, seen, n, wall, exclude=("MainThread", "probe-sampler"))
+    lines.append(f"  thread hand-offs (voluntary switches, every thread) per execution: {switched / n:.2f}")
     lines += _write_lines(n, "execution")
+    if args.cprofile:
+        lines += _cprofile_lines(n)
     return notes + lines
 
 
@@ -401,12 +462,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=1)
     parser.add_argument("--callers", type=int, default=64)
     parser.add_argument("--counter-actors", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=None, help="executors (default: the engine's default)")
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--executions", type=int, default=20_000)
+    parser.add_argument("--cprofile", action="store_true",
+                        help="e2e: cProfile inside the actors (slows the engine down: for proportions, not rates)")
     parser.add_argument("--no-directory-watch", action="store_true",
                         help="acks: skip the directory check before each acknowledgement (to measure its cost)")
     args = parser.parse_args(argv)
+    if args.workers is None:
+        from taskengine.actors.engine import DEFAULT_WORKERS
+
+        args.workers = DEFAULT_WORKERS
     args.workdir = tempfile.mkdtemp(prefix="taskengine-probe-")
     try:
         for line in PROBES[args.probe](args):
