@@ -94,7 +94,7 @@ class Start:
     item: WorkItem
     token: int
     reply: Reply[Any]  # -> (running Execution, Task) or a NotStarted
-    #: the executor's previous run, finished: handled first, in the same turn
+    #: the executor's previous run, finished (of any task of this counter actor): handled first, in the same turn
     finished: Finish | None = None
 
 

@@ -56,7 +56,7 @@ SIZES: dict[str, tuple[Any, Any]] = {
     "replay_repeats": (5, 2),
     "soak_executions": (1_000_000, 30_000),
     "soak_warm": (100_000, 5_000),
-    "peer_jobs": (30_000, 3_000),
+    "peer_jobs": (10_000, 1_000),
 }
 
 THREAD_CAP = 300

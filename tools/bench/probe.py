@@ -164,7 +164,7 @@ def _instrument_cprofile() -> str | None:
             finally:
                 prof.disable()
 
-        cls.on_receive = on_receive
+        cls.on_receive = on_receive  # type: ignore[method-assign]
     return None
 
 
