@@ -5,7 +5,8 @@ Not part of ``taskengine bench`` (its figures stay free of instrumentation). Run
     python -m taskengine.tools.bench.probe acks --tasks 1 --callers 64   # durable acks
     python -m taskengine.tools.bench.probe acks --no-directory-watch     # the same without the directory check
     python -m taskengine.tools.bench.probe e2e --executions 20000         # end-to-end no-op executions
-    python -m taskengine.tools.bench.probe e2e --cprofile                 # the same, function by function
+    python -m taskengine.tools.bench.probe e2e --burst                    # the same, triggered as the bench does
+    python -m taskengine.tools.bench.probe e2e --cprofile                 # function by function
     python -m taskengine.tools.bench.probe floor                          # an ack's round trip and fsync, no engine
     python -m taskengine.tools.bench.probe gil                            # plyvel puts with and without GIL contention
 
@@ -392,17 +393,22 @@ def probe_e2e(args: argparse.Namespace) -> list[str]:
     s = threading.Thread(target=sampler, name="probe-sampler", daemon=True)
     s.start()
     switched = handoffs()
-    result = child_soak({
-        "path": os.path.join(args.workdir, "e2e"), "executions": args.executions, "warm": 0,
-        "workers": args.workers, "counter_actors": args.counter_actors, "callers": 8, "window": 1000,
-        "interval": 0.5,
-    })
+    if args.burst:
+        result = _burst(args)
+        driver = "64 callers trigger them all at once, as taskengine bench's e2e does"
+    else:
+        result = child_soak({
+            "path": os.path.join(args.workdir, "e2e"), "executions": args.executions, "warm": 0,
+            "workers": args.workers, "counter_actors": args.counter_actors, "callers": 8, "window": 1000,
+            "interval": 0.5,
+        })
+        driver = "the soak driver: 8 callers, at most 1,000 in flight"
     switched = handoffs() - switched
     holder["done"] = True
     s.join()
     wall = time.perf_counter() - t0
     n = result["executions"]
-    lines = [f"end-to-end no-op executions (the soak driver), {n} executions, {args.workers} workers, "
+    lines = [f"end-to-end no-op executions ({driver}), {n} executions, {args.workers} workers, "
              f"{args.counter_actors} counter actors: {result['rate']:.0f}/s, process CPU {result['cpu_percent']}%"]
     # the main thread also opens the engine and runs the replay check: left out
     lines += _cpu_table(before, seen, n, wall, exclude=("MainThread", "probe-sampler"))
@@ -411,6 +417,36 @@ def probe_e2e(args: argparse.Namespace) -> list[str]:
     if args.cprofile:
         lines += _cprofile_lines(n)
     return notes + lines
+
+
+def _burst(args: argparse.Namespace) -> dict[str, Any]:
+    """``args.executions`` no-op executions over 100 tasks, triggered by 64 callers at once; done
+    when the last one has run."""
+    from taskengine import Engine
+
+    from .measure import run_fixed
+
+    total, done, finished, lock = args.executions, [0], threading.Event(), threading.Lock()
+
+    def noop(ctx: Any) -> None:
+        with lock:
+            done[0] += 1
+            if done[0] == total:
+                finished.set()
+
+    engine = Engine.open(os.path.join(args.workdir, "burst"), jobs={"noop": noop}, workers=args.workers,
+                         counter_actors=args.counter_actors)
+    try:
+        ids = [f"t{i}" for i in range(100)]
+        for tid in ids:
+            engine.create_task(tid, job="noop")
+        t0, c0 = time.perf_counter(), time.process_time()
+        run_fixed(64, total, lambda k, i: engine.trigger(ids[(k * 31 + i) % 100]))
+        finished.wait(max(60.0, total / 50))
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        engine.close()
+    return {"executions": done[0], "rate": done[0] / elapsed, "cpu_percent": round(100 * cpu / elapsed)}
 
 
 def probe_gil(args: argparse.Namespace) -> list[str]:
@@ -465,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="executors (default: the engine's default)")
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--executions", type=int, default=20_000)
+    parser.add_argument("--burst", action="store_true",
+                        help="e2e: 64 callers trigger every execution at once (the bench's e2e), not the soak driver")
     parser.add_argument("--cprofile", action="store_true",
                         help="e2e: cProfile inside the actors (slows the engine down: for proportions, not rates)")
     parser.add_argument("--no-directory-watch", action="store_true",
