@@ -6,6 +6,12 @@ serialised without locks. Group commit happens here: pykka hands an actor one
 message at a time, so a counter actor takes every message already waiting in its
 inbox, handles them all, writes all their changes in one synced write (a LevelDB batch, a
 PostgreSQL transaction), and only then answers. An index is never acknowledged before the write that holds it.
+
+With several nodes on one PostgreSQL database, a turn first has the writer lock the tasks its
+messages touch (``Writer.begin``), so nodes are serialised per task by the database's locks,
+and refreshes its cached states from the rows it locked before it decides anything: another
+node may have handed out indexes, pruned, or deleted the task. A change that misses (a claim
+another node won) is answered as such after the write. On LevelDB ``begin`` does nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import json
 import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, cast
 
 import attrs
@@ -24,7 +30,7 @@ import attrs
 from taskengine.storage import Execution, ExecutionStatus, Task, records
 from taskengine.storage.errors import StorageError as _StorageError
 from taskengine.storage.errors import WriteFailed
-from taskengine.storage.interface import Change, Store, Writer
+from taskengine.storage.interface import Change, Store, StoredTask, Writer
 
 from . import hooks, retention
 from . import messages as m
@@ -50,8 +56,8 @@ from .workqueue import wake
 log = logging.getLogger(__name__)
 
 TASK_DELETED = "cancelled: the task was deleted"
-INTERRUPTED = "interrupted: the engine stopped while this execution was running"
-MAX_CHANGES_PER_TURN = 1024  # one turn, one write: bounds its size and its wait
+INTERRUPTED = records.INTERRUPTED
+MAX_CHANGES_PER_TURN = 1024  # one turn, one write: bounds its size and its wait (in messages)
 
 
 @attrs.define
@@ -88,7 +94,8 @@ Outcome = Callable[[], Any]
 class _Turn:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
-    __slots__ = ("changes", "answers", "pending", "removed", "submits", "deleted", "keys", "counted", "events")
+    __slots__ = ("changes", "answers", "pending", "removed", "submits", "deleted", "keys", "counted", "events",
+                 "soft", "shared")
 
     def __init__(self) -> None:
         self.changes: list[Change] = []
@@ -100,6 +107,10 @@ class _Turn:
         self.keys: list[tuple[TaskState, str]] = []  # idempotency keys to forget once written
         self.counted: dict[int, TaskState] = {}  # tasks that handed out indexes: one counter put each
         self.events: list[tuple[str, Execution]] | None = None  # for the hooks, only when there are some
+        # changes that may miss (Changes.update): position -> (its answer's position, execution id,
+        # the outcome that answers instead if it missed)
+        self.soft: dict[int, tuple[int, str, Outcome]] = {}
+        self.shared = False  # the writer locked this turn's tasks: other nodes share the database
 
 
 class CounterActor(EngineActor):
@@ -160,27 +171,90 @@ class CounterActor(EngineActor):
             return super().on_receive(message)
         self._turn_no += 1
         self._turn = turn = _Turn()
-        self._handle(message)
+        batch = [message]
         inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
         leftover = None
         # a Prune has a turn of its own, so it reads a disk that holds all this actor has done
-        while len(turn.changes) < MAX_CHANGES_PER_TURN and type(message) is not m.Prune:
+        while len(batch) < MAX_CHANGES_PER_TURN and type(message) is not m.Prune:
             try:
                 envelope = inbox.get_nowait()
             except queue.Empty:
                 break
             kind = type(envelope.message)
             if envelope.reply_to is None and kind in self._handlers and kind is not m.Prune:
-                self._handle(envelope.message)
+                batch.append(envelope.message)
             else:  # a stop, an ask or a Prune: handled after this write (pykka's order)
                 leftover = envelope
                 break
-        if self._commit(turn):
+        self._begin(batch)
+        written = False
+        try:
+            for msg in batch:
+                self._handle(msg)
+        finally:
+            written = self._commit(turn)
+        if written:
             self._forget_written(turn)
         self._evict()
         if leftover is not None:
             self._handle_envelope(leftover)
         return None
+
+    def _begin(self, batch: list[Any]) -> None:
+        """Have the writer lock the turn's tasks (PostgreSQL) and refresh their cached states from
+        the rows it read; LevelDB's writer does nothing. A writer that fails here fails the turn:
+        every message is then refused."""
+        if self._committer.failure is not None:
+            return
+        ids: list[str] = []
+
+        def task_ids() -> Collection[str]:
+            for msg in batch:
+                if type(msg) in _task_of:
+                    ids.append(_task_of[type(msg)](msg))
+                if type(msg) is m.Start and msg.finished is not None:  # its executor's previous run
+                    ids.append(msg.finished.execution.task_id)
+            return ids
+
+        try:
+            rows = self._committer.begin(task_ids)
+        except _StorageError:
+            self._stop_everything()
+            return
+        if rows is not None:
+            self._turn.shared = True
+            self._refresh(ids, rows)
+
+    def _refresh(self, ids: list[str], rows: list[StoredTask]) -> None:
+        """Cached states as the locked rows say: another node may have moved a counter or a prune
+        mark, or deleted the task (and maybe created it again: another incarnation)."""
+        found = {row.id: row for row in rows}
+        for task_id in set(ids):
+            st = self._cache.get(task_id)
+            if st is None or st.deleted:
+                continue
+            row = found.get(task_id)
+            if row is None or (row.incarnation is not None and row.incarnation != st.task.incarnation):
+                self._deleted_elsewhere(st)
+            elif row.counter != st.stored or row.prune_mark != st.mark:
+                st.counter = st.stored = row.counter
+                st.mark = row.prune_mark
+
+    def _deleted_elsewhere(self, st: TaskState) -> None:
+        """Another node deleted the task: its executions are gone from the database, so what this
+        node holds of them (queued blocking ones, running jobs, pending entries) is cancelled here,
+        as a deletion on this node would have, and the state is forgotten."""
+        task_id = st.task.id
+        assert self._refs.pending is not None
+        dropped = cast(list[str], self._refs.pending.ask(m.DropTask(task_id)))
+        cancelled = [_finished(q, ExecutionStatus.CANCELLED, error=TASK_DELETED) for q in st.queued.values()]
+        cancelled += [_finished(r, ExecutionStatus.CANCELLED, error=TASK_DELETED) for _, r in st.running.values()]
+        for execution_id in [*st.queued, *dropped]:
+            self._release(execution_id)
+        del self._cache[task_id]
+        for ex in cancelled:
+            self._board.publish(ex)
+        log.info("task %r was deleted by another node (%d executions held here cancelled)", task_id, len(cancelled))
 
     def _handle_envelope(self, envelope: Any) -> None:
         try:
@@ -218,9 +292,11 @@ class CounterActor(EngineActor):
         # each task's counter once, after its records (and after a deletion of the task this turn)
         counted = [st for st in turn.counted.values() if not st.deleted]
         turn.changes += [self._changes.counter(st.task.id, st.counter, st.stored) for st in counted]
-        if turn.changes:
+        if turn.changes or turn.shared:  # a shared turn's write (even of nothing) ends its transaction
             try:
-                self._committer.write(turn.changes)
+                missed = self._committer.write(turn.changes)
+                if missed:
+                    self._missed(turn, missed)
             except _StorageError as e:
                 # the in-memory counters are now ahead of the disk; the committer writes nothing
                 # more, and every caller of this turn and every waiter is told so
@@ -261,21 +337,20 @@ class CounterActor(EngineActor):
         if work is not None:
             wake(work, items if not unknown else [item for item in items if item.job in jobs])
 
+    def _missed(self, turn: _Turn, missed: Collection[int]) -> None:
+        """Changes that applied to nothing (another node claimed the execution first, or it is
+        gone): their messages are answered by their miss outcomes, and no hook hears of them."""
+        ids = set()
+        for position in missed:
+            at, execution_id, on_miss = turn.soft[position]
+            turn.answers[at] = (turn.answers[at][0], on_miss)
+            ids.add(execution_id)
+        if turn.events is not None:
+            turn.events = [(kind, ex) for kind, ex in turn.events if ex.id not in ids]
+
     def _stop_everything(self) -> None:
         """After a failed write: answer every waiter of the engine and stop the pool's queue."""
-        path = self._db.path
-        failure = self._committer.failure
-
-        def waiter_error() -> Exception:
-            return translate(WriteFailed(
-                f"the engine stopped writing after a failed write to the database at {path} ({failure}); "
-                "this execution's outcome is not known here: reopen the engine and read it (an "
-                "acknowledged execution that had not started runs after reopening)",
-                outcome_unknown=True,
-            ))
-
-        self._board.close(waiter_error)
-        tell_if_alive(self._refs.pool, m.StorageFailed())
+        writes_stopped(self._db.path, self._committer, self._board, self._refs)
 
     def _forget_written(self, turn: _Turn) -> None:
         """What memory held only until this turn's write: its idempotency keys, its tombstones."""
@@ -291,6 +366,13 @@ class CounterActor(EngineActor):
     def _write(self, ops: Change, reply: Reply[Any] | None = None, outcome: Outcome = lambda: None) -> None:
         self._turn.changes.append(ops)
         self._after_write(reply, outcome)
+
+    def _write_soft(self, ops: Change, execution_id: str, reply: Reply[Any] | None, outcome: Outcome,
+                    on_miss: Outcome) -> None:
+        """``_write`` of a change that may miss (``Changes.update``): ``on_miss`` answers then."""
+        turn = self._turn
+        turn.soft[len(turn.changes)] = (len(turn.answers), execution_id, on_miss)
+        self._write(ops, reply, outcome)
 
     def _after_write(self, reply: Reply[Any] | None, outcome: Outcome) -> None:
         """Answer ``reply`` with ``outcome()`` once this turn's write is durable (or fail it with
@@ -514,6 +596,9 @@ class CounterActor(EngineActor):
                 return
             queued = st.queued[next(iter(st.queued))]
             self._release(queued.id)
+            if self._turn.shared and queued.idempotency_key is not None and self._stored_elsewhere(st, queued):
+                self._after_write(msg.reply, _refused)
+                return
             if st.exhausted():
                 del st.queued[queued.id]
                 self._forget_key(st, queued)
@@ -529,7 +614,7 @@ class CounterActor(EngineActor):
                 self._after_write(msg.reply, refuse_exhausted)
                 return
             running = records.started(queued, time.time(), st.counter)
-            ops = self._changes.assign(running, with_counter=False)
+            ops = self._changes.assign(running, with_counter=False, started=True)
             del st.queued[queued.id]
             self._advance(st)
             if queued.idempotency_key is not None:
@@ -549,7 +634,47 @@ class CounterActor(EngineActor):
             # deleted later in this same turn: the job must not run
             return m.NotStarted.REFUSED if st.deleted else (running, task)
 
-        self._write(ops, msg.reply, started)
+        if ex.blocking:
+            self._write(ops, msg.reply, started)
+            return
+
+        def claimed_elsewhere() -> m.NotStarted:
+            # another node claimed it first (or it was cancelled or deleted): it is not run here
+            if st.running.get(running.id, (None,))[0] == msg.token:
+                del st.running[running.id]
+            return m.NotStarted.REFUSED
+
+        self._write_soft(ops, running.id, msg.reply, started, claimed_elsewhere)
+
+    def _stored_elsewhere(self, st: TaskState, queued: Execution) -> bool:
+        """A queued blocking execution's idempotency key, stored meanwhile by another node (under
+        the task's lock the disk is authoritative): the queued one is dropped, and its caller is
+        answered as a repeat, with the stored execution's outcome once it has one."""
+        key = queued.idempotency_key
+        assert key is not None
+        existing = self._db.find_idempotent(st.task.id, key)
+        if existing is None or existing == queued.id:
+            return False
+        del st.queued[queued.id]
+        self._forget_key(st, queued)
+        board, read = self._board, self._reread_outcome(st.task.id, existing)
+
+        def follow() -> None:
+            board.follow(existing, queued.id, st.task.id)
+            try:
+                stored = read()
+            except Exception as e:  # pruned or deleted meanwhile: the caller is told so
+                board.fail(queued.id, e)
+                return
+            if stored.status.is_finished:
+                board.publish(stored)
+            else:
+                board.seen(stored)
+
+        self._after_write(None, follow)
+        log.info("task %r: idempotency key of queued execution %s was stored by another node (execution %s)",
+                 st.task.id, queued.id, existing)
+        return True
 
     def _forget_key(self, st: TaskState, ex: Execution) -> None:
         if ex.idempotency_key is not None and st.idem.get(ex.idempotency_key, ("",))[0] == ex.id:
@@ -577,8 +702,15 @@ class CounterActor(EngineActor):
         self._ended_now(ex)
         if not ex.blocking and listed:
             self._turn.removed.append((ex.task_id, ex.id))
-        self._write(ops, reply, lambda: self._publish_and_answer(ex))
+        self._write_soft(ops, ex.id, reply, lambda: self._publish_and_answer(ex), lambda: self._not_ours(ex))
         self._retain(st, ex.index)
+
+    def _not_ours(self, ex: Execution) -> None:
+        """A finish that missed: the execution is no longer this node's to finish (its task was
+        deleted, or another node finished it): nothing is written and nothing comes back."""
+        self._ended[ex.status] -= 1
+        log.warning("execution %s of task %r finished here as %s, but it is no longer this node's: not stored",
+                    ex.id, ex.task_id, ex.status.value)
 
     def _ended_now(self, ex: Execution) -> None:
         """Count a finished execution, and note it for the hooks."""
@@ -625,7 +757,8 @@ class CounterActor(EngineActor):
             failed = _finished(ex, ExecutionStatus.FAILED, error=msg.reason)
             self._turn.removed.append((ex.task_id, ex.id))
             self._ended_now(failed)
-            self._write(self._changes.update(failed), None, lambda: self._publish_and_answer(failed))
+            self._write_soft(self._changes.update(failed), failed.id, None,
+                             lambda: self._publish_and_answer(failed), lambda: self._not_ours(failed))
             self._retain(st, ex.index)
 
     def _cancel(self, msg: m.Cancel) -> None:
@@ -650,7 +783,14 @@ class CounterActor(EngineActor):
         cancelled = _finished(record, ExecutionStatus.CANCELLED, error="cancelled by Engine.cancel")
         self._ended_now(cancelled)
         self._turn.removed.append((msg.task_id, msg.execution_id))
-        self._write(self._changes.update(cancelled), msg.reply, lambda: self._publish_and_answer(cancelled))
+        reread = self._reread_outcome(msg.task_id, msg.execution_id)
+
+        def started_elsewhere() -> Execution:  # another node claimed it first: it is as it stands
+            self._ended[ExecutionStatus.CANCELLED] -= 1
+            return cast(Execution, reread())
+
+        self._write_soft(self._changes.update(cancelled), cancelled.id, msg.reply,
+                         lambda: self._publish_and_answer(cancelled), started_elsewhere)
         self._retain(st, cancelled.index)
 
     def _delete(self, msg: m.DeleteTask) -> None:
@@ -693,7 +833,13 @@ class CounterActor(EngineActor):
         st = self._require(msg.execution.task_id)  # loads the task, reconciling its counter first
         failed = _finished(msg.execution, ExecutionStatus.FAILED, error=INTERRUPTED)
         self._ended_now(failed)
-        self._write(self._changes.update(failed), msg.reply, lambda: failed)
+        reread = self._reread_outcome(failed.task_id, failed.id)
+
+        def finished_elsewhere() -> Execution:  # another node recovered it first
+            self._ended[ExecutionStatus.FAILED] -= 1
+            return cast(Execution, reread())
+
+        self._write_soft(self._changes.update(failed), failed.id, msg.reply, lambda: failed, finished_elsewhere)
         self._retain(st, failed.index)
 
     def _remote_outcomes(self, msg: m.RemoteOutcomes) -> None:
@@ -772,6 +918,39 @@ class CounterActor(EngineActor):
             "pruned": self.pruned,
         }
         self._after_write(msg.reply, lambda: figures)
+
+
+def writes_stopped(path: str, committer: Writer, board: CompletionBoard, refs: ActorRefs) -> None:
+    """After the writer failed (a failed write, or a node that lost its lease): answer every
+    waiter of the engine and stop the pool's queue."""
+    failure = committer.failure
+
+    def waiter_error() -> Exception:
+        return translate(WriteFailed(
+            f"the engine stopped writing after a failed write to the database at {path} ({failure}); "
+            "this execution's outcome is not known here: reopen the engine and read it (an "
+            "acknowledged execution that had not started runs after reopening)",
+            outcome_unknown=True,
+        ))
+
+    board.close(waiter_error)
+    tell_if_alive(refs.pool, m.StorageFailed())
+
+
+#: the task a counter actor's message is about (CounterStats is about none)
+_task_of: dict[type, Callable[[Any], str]] = {
+    m.Trigger: lambda msg: msg.task_id,
+    m.Start: lambda msg: msg.item.execution.task_id,
+    m.Finish: lambda msg: msg.execution.task_id,
+    m.Abandon: lambda msg: msg.item.execution.task_id,
+    m.Cancel: lambda msg: msg.task_id,
+    m.CreateTask: lambda msg: msg.task.id,
+    m.DeleteTask: lambda msg: msg.task_id,
+    m.GetTask: lambda msg: msg.task_id,
+    m.Lookup: lambda msg: msg.task_id,
+    m.Interrupted: lambda msg: msg.execution.task_id,
+    m.Prune: lambda msg: msg.task_id,
+}
 
 
 def _difference(existing: Task, wanted: Task) -> str | None:

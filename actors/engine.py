@@ -22,13 +22,13 @@ import pykka
 
 from taskengine.storage import CorruptRecord as StorageCorrupt
 from taskengine.storage import Execution, ExecutionStatus, Task
-from taskengine.storage.interface import Store, Writer, open_store
+from taskengine.storage.interface import DEFAULT_LEASE, Store, Writer, open_store
 
 from . import aio, lifecycle, retention, validate
 from . import messages as m
 from .backlog import Backlog
 from .board import CompletionBoard
-from .counter import CounterActor
+from .counter import CounterActor, writes_stopped
 from .errors import (
     EngineClosed,
     ExecutionNotFound,
@@ -89,6 +89,7 @@ class Engine:
         #: set by a signal handler (lifecycle.py): any close() from then on waits no longer
         self._stop_deadline: float | None = None
         self.path = db.path
+        self.node_id: str | None = None  # set by open
         # an actor stopped by anyone but close() (pykka.ActorRegistry.stop_all()) closes the engine
         refs.on_stop = self._actors_stopped
 
@@ -109,6 +110,8 @@ class Engine:
         max_queued: int | None = None,
         keep_last: int | None = None,
         hooks: Iterable[Hooks] = (),
+        node_id: str | None = None,
+        node_lease: float = DEFAULT_LEASE,
         poll_interval: float = POLL_SECONDS,
     ) -> Engine:
         """Open (or create) the database at ``path`` and start the engine.
@@ -123,10 +126,18 @@ class Engine:
         raises QueueFull and uses no index). ``keep_last`` is a retention policy: the engine
         prunes each task's finished history down to about its last ``keep_last`` executions, in
         the background (see :meth:`prune`). ``hooks`` are told of every execution's state changes
-        from recovery on (see :class:`Hooks`). ``poll_interval`` (PostgreSQL, several nodes): how
-        often, at the longest, the engine reads again what other nodes may have changed when no
-        notification comes: the bound on the delay of a wait for an execution another node
-        finishes while notifications are lost, and on finding PENDING executions a dead node left.
+        from recovery on (see :class:`Hooks`).
+
+        ``node_id`` and ``node_lease`` matter with PostgreSQL, where several engines (nodes) share
+        one database: the node's id (default: host name and process id; a node restarted under
+        the same id takes over from its previous life, which can write nothing more) and its lease
+        in seconds (renewed every quarter of it; a node that fails to renew it is lost, and another
+        node finishes its running executions as FAILED). LevelDB has one engine per database: the
+        id only names it in the log, and the lease has no effect. ``poll_interval`` (PostgreSQL,
+        several nodes): how often, at the longest, the engine reads again what other nodes may have
+        changed when no notification comes: the bound on the delay of a wait for an execution
+        another node finishes while notifications are lost, and on finding PENDING executions a
+        dead node left.
         """
         path = validate.path(path)
         workers = validate.count(workers, "workers")
@@ -134,6 +145,8 @@ class Engine:
         max_cached_tasks = validate.count(max_cached_tasks, "max_cached_tasks")
         max_queued = validate.positive_int(max_queued, "max_queued")
         keep_last = validate.positive_int(keep_last, "keep_last", minimum=0)
+        node_id = validate.node_id(node_id)
+        node_lease = validate.node_lease(node_lease)
         job_timeout = validate.timeout(job_timeout, "job_timeout")
         poll_interval = validate.interval(poll_interval, "poll_interval")
         if job_timeout == 0:
@@ -146,7 +159,7 @@ class Engine:
         for name, fn in jobs.items():
             registry.add(name, fn)
         with storage_errors():
-            db = open_store(path, create=True)
+            db = open_store(path, create=True, node_id=node_id, node_lease=node_lease)
             try:
                 committer = db.writer(sync=sync)
             except BaseException:
@@ -155,6 +168,8 @@ class Engine:
         refs = ActorRefs()
         backlog = None if max_queued is None else Backlog(max_queued)
         engine = cls(db, committer, registry, refs, backlog)
+        engine.node_id = node_id
+        committer.on_failure = engine._writes_stopped
         engine._hooks.add(hooks)
         try:
             refs.pending = PendingStore.start(refs)
@@ -174,7 +189,9 @@ class Engine:
             engine._shutdown(timeout=0, failed_open=True)
             raise
         lifecycle.opened(engine)
-        log.info("engine open at %s (%d workers, %d counter actors, sync=%s)", db.path, workers, counter_actors, sync)
+        node = committer.node
+        log.info("engine open at %s as node %r%s (%d workers, %d counter actors, sync=%s)", db.path, node_id,
+                 "" if node is None else f" (epoch {node.epoch})", workers, counter_actors, sync)
         return engine
 
     def _recover(self) -> None:
@@ -259,6 +276,10 @@ class Engine:
         finally:
             lifecycle.closed(self)
             self._close_finished.set()
+
+    def _writes_stopped(self) -> None:
+        """The writer failed between writes (a node that lost its lease): waiters are answered."""
+        writes_stopped(self.path, self._committer, self._board, self._refs)
 
     def _actors_stopped(self) -> None:
         """One of our actors stopped and we did not stop it (``pykka.ActorRegistry.stop_all()``):
@@ -845,6 +866,8 @@ class Engine:
             writes=self._committer.writes,
             changes_written=self._committer.changes,
             write_failure=self._committer.failure,
+            node_id=self.node_id,
+            node_epoch=None if self._committer.node is None else self._committer.node.epoch,
             max_queued=None if backlog is None else backlog.limit,
             backlog=None if backlog is None else len(backlog),
             backlog_peak=None if backlog is None else backlog.peak,

@@ -58,6 +58,10 @@ class EngineStats:
     backlog: int | None = None
     #: the most the backlog has held at once
     backlog_peak: int | None = None
+    #: this engine's node id (``Engine.open(node_id=...)``)
+    node_id: str | None = None
+    #: its epoch on a PostgreSQL database (one more each time the node id joins); None on LevelDB
+    node_epoch: int | None = None
 
     def to_json(self) -> dict[str, int | str | None]:
         return attrs.asdict(self)

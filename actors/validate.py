@@ -9,6 +9,7 @@ from typing import Any
 
 from taskengine.storage import keys, values
 from taskengine.storage.db import path_problem
+from taskengine.storage.interface import default_node_id
 
 from .errors import InvalidArgument
 
@@ -172,3 +173,30 @@ def job_name(value: Any) -> str:
     if not isinstance(value, str) or not value or not value.isprintable():
         raise InvalidArgument(f"job name must be a non-empty printable string, not {_shown(value)}")
     return value
+
+
+MAX_NODE_ID = 128
+#: a node's lease: long enough for a heartbeat every quarter of it to get through, short enough
+#: that a lost node's running executions are finished within the hour
+MIN_LEASE, MAX_LEASE = 1.0, 3600.0
+
+
+def node_id(value: Any) -> str:
+    """A node's id (None: this host and process, see ``storage.interface.default_node_id``)."""
+    if value is None:
+        return default_node_id()
+    if not isinstance(value, str):
+        raise InvalidArgument(f"node_id must be a string, not {type(value).__name__}")
+    nid = _plain(value)
+    if not nid or not nid.isprintable() or len(nid) > MAX_NODE_ID:
+        raise InvalidArgument(f"node_id must be a non-empty printable string of at most {MAX_NODE_ID} "
+                              f"characters, not {_shown(nid)}")
+    return nid
+
+
+def node_lease(value: Any) -> float:
+    seconds = timeout(value, "node_lease")
+    if seconds is None or not MIN_LEASE <= seconds <= MAX_LEASE:
+        raise InvalidArgument(f"node_lease must be a number of seconds from {MIN_LEASE:g} to {MAX_LEASE:g}, "
+                              f"not {_shown(value)}")
+    return seconds

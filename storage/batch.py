@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from . import capi, durable, keys
 from .db import Database, plyvel_message
 from .errors import WriteFailed
+from .interface import Node, StoredTask
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,15 @@ class Committer:
         self.changes = 0
         #: told (changes, seconds) after each write when set: the engine's hooks, if one wants it
         self.on_write: Callable[[int, float], None] | None = None
+        self.on_failure: Callable[[], None] | None = None  # never called: it fails only in a write
+        self.node: Node | None = None
 
-    def write(self, changes: Sequence[Sequence[Op]]) -> None:
+    def begin(self, task_ids: Callable[[], Collection[str]]) -> list[StoredTask] | None:
+        """Nothing to lock: this is the database's one writer, and the counter actors' memory is
+        authoritative."""
+        return None
+
+    def write(self, changes: Sequence[Sequence[Op]]) -> Collection[int]:
         """Apply ``changes`` (each atomic, all in order) durably if ``sync``; raises WriteFailed:
         with ``outcome_unknown`` if this write failed, without if it was refused unwritten.
 
@@ -101,6 +109,7 @@ class Committer:
             self.changes += len(changes)
         if observe is not None:
             observe(len(changes), took)
+        return ()  # one writer: every change applies
 
     def refusal(self) -> WriteFailed | None:
         """After a failed write, the error that refuses a call: a fresh one each time, so no

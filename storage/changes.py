@@ -18,12 +18,13 @@ def create_task(task: Task) -> list[Op]:
     return [(keys.task_key(task.id), codec.encode_task(task)), *counter(task.id, 0)]
 
 
-def assign(execution: Execution, *, with_counter: bool = True) -> list[Op]:
+def assign(execution: Execution, *, with_counter: bool = True, started: bool = False) -> list[Op]:
     """Hand out ``execution.index``: the counter moves past it in the same batch that stores
     the record, so an index is never issued without its record (invariant 2).
 
     ``with_counter=False`` leaves the counter to the caller, which must put ``counter(...)``
-    in the same write: a counter actor writes it once per task per turn, not once per index."""
+    in the same write: a counter actor writes it once per task per turn, not once per index.
+    ``started`` (PostgreSQL's runner of a RUNNING execution) means nothing here: one writer."""
     assert execution.index is not None
     tid, index, eid = execution.task_id, execution.index, execution.id.encode()
     prefix, record_key, live_key = keys.execution_keys(tid, index)

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
+import socket
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import attrs
 
 from .errors import CorruptRecord, WriteFailed
 from .records import Execution, Task
@@ -40,14 +44,35 @@ FINISHED = "f"
 ALL_CHANGES = (PENDING_CREATED, FINISHED)
 
 
+@attrs.frozen
+class Node:
+    """One node of a PostgreSQL database as its writer joined it: its id, and the epoch that
+    fences every write it makes (a later open under the same id has a higher one)."""
+
+    id: str
+    epoch: int
+
+
+class StoredTask(NamedTuple):
+    """A task's row as a turn found it under its lock (see :meth:`Writer.begin`)."""
+
+    id: str
+    counter: int
+    prune_mark: int
+    incarnation: str | None
+
+
 class Changes(Protocol):
     """Builds changes; each raises (TypeError/ValueError from the codec) before anything is written."""
 
     def create_task(self, task: Task) -> Change: ...
 
-    def assign(self, execution: Execution, *, with_counter: bool = True) -> Change:
+    def assign(self, execution: Execution, *, with_counter: bool = True, started: bool = False) -> Change:
         """Store ``execution`` at its index. ``with_counter=False``: the caller puts the task's
-        ``counter`` in the same write, once per task per write (a batch of assignments)."""
+        ``counter`` in the same write, once per task per write (a batch of assignments).
+        ``started``: a RUNNING execution this writer's node has just started (PostgreSQL records
+        it as the runner); without it a RUNNING one is stored as run by no node (a copy), and the
+        next engine to open finishes it as interrupted."""
         ...
 
     def counter(self, task_id: str, value: int, was: int | None = None) -> Change:
@@ -55,7 +80,9 @@ class Changes(Protocol):
         ...
 
     def update(self, execution: Execution) -> Change:
-        """Started, finished or cancelled: the record as it now is."""
+        """Started, finished or cancelled: the record as it now is. With several nodes (PostgreSQL)
+        it is a claim: a start applies only to a PENDING execution, a finish only to one this node
+        runs (or that had not started); one that does not apply is a *miss* (see Writer.write)."""
         ...
 
     def prune(self, task_id: str, executions: Sequence[Execution], mark: int) -> Change: ...
@@ -67,15 +94,33 @@ class Writer(Protocol):
     """Applies groups of changes, each group atomically and durably (when ``sync``), in order.
 
     After a write fails the writer is *failed*: it refuses every further write (``refusal``)
-    until the store is reopened, so an acknowledged index is never re-issued."""
+    until the store is reopened, so an acknowledged index is never re-issued. A writer can also
+    fail between writes (a PostgreSQL node that lost its lease); it then calls ``on_failure``."""
 
     sync: bool
     failure: str | None
     writes: int
     changes: int
     on_write: Callable[[int, float], None] | None
+    #: called (from any thread) when the writer fails outside a write
+    on_failure: Callable[[], None] | None
 
-    def write(self, changes: Sequence[Change]) -> None: ...
+    @property
+    def node(self) -> Node | None:
+        """The node this writer writes as (PostgreSQL), or None (LevelDB: one writer, no nodes)."""
+        ...
+
+    def begin(self, task_ids: Callable[[], Collection[str]]) -> list[StoredTask] | None:
+        """Start a turn over the tasks ``task_ids()`` names: a backend that shares its database
+        with other writers locks them and returns their rows as they now stand (a task missing
+        from the list has no row), and the turn's next ``write`` (even of no change) ends it.
+        A backend with one writer returns None and never calls ``task_ids``."""
+        ...
+
+    def write(self, changes: Sequence[Change]) -> Collection[int]:
+        """Apply ``changes``; the positions of those that missed (a claim another node won, a
+        finish of an execution no longer there): they changed nothing, the rest applied."""
+        ...
 
     def refusal(self) -> WriteFailed | None: ...
 
@@ -257,15 +302,27 @@ def is_url(target: str) -> bool:
     return target.startswith(POSTGRES_SCHEMES)
 
 
-def open_store(target: str, *, create: bool = False) -> Store:
+#: a node's lease on a PostgreSQL database, in seconds, unless the engine is given another
+DEFAULT_LEASE = 10.0
+
+
+def default_node_id() -> str:
+    """A node's id unless it is given one: unique among the processes of one host at a time."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def open_store(target: str, *, create: bool = False, node_id: str | None = None,
+               node_lease: float = DEFAULT_LEASE) -> Store:
     """The store at ``target``: a ``postgresql://`` URL, or the path of a LevelDB directory.
 
     ``create``: the engine's mode (make the database or schema if missing, upgrade an older
-    schema); the tools open with ``create=False`` and never write."""
+    schema); the tools open with ``create=False`` and never write. ``node_id`` and ``node_lease``:
+    what the store's writer joins a PostgreSQL database as (see ``pg_nodes``); LevelDB has one
+    writer and no nodes."""
     if is_url(target):
         from .postgres import PostgresStore  # psycopg is an optional dependency
 
-        return PostgresStore.open(target, create=create)
+        return PostgresStore.open(target, create=create, node_id=node_id, node_lease=node_lease)
     from .db import Database
 
     return Database.open(target, create=create)

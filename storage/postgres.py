@@ -18,6 +18,11 @@ process is terminated (so the commit cannot still be under way), and the changes
 (the execution ids chosen before the transaction, the exact records written) say whether it
 committed; if it did not, the transaction is made again on a new connection.
 
+Several engines (nodes) share one database (see ``pg_nodes``): every transaction of a writer is
+fenced by its node's epoch and lease; a counter actor's turn first locks the tasks it touches
+(``PostgresWriter.begin``) so nodes are serialised per task; a start is a claim that another node
+may have won, reported back as a miss rather than a failure.
+
 Every statement takes its values as parameters; a password in a URL is never logged.
 """
 
@@ -28,29 +33,41 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import Any, NoReturn
 
 import attrs
 import psycopg  # the optional extra taskengine[postgres]; storage.open_store imports this module lazily
 import psycopg_pool
 
-from . import codec, interface, keys
+from . import codec, interface, keys, pg_nodes
 from .errors import CorruptRecord, NotADatabase, StorageError, StorageLocked, UnknownSchema, WriteFailed
-from .interface import FINISHED, PENDING_CREATED, Change, Changes, ChangesFeed, OnCorrupt, Store, Writer, redact
+from .interface import (
+    FINISHED,
+    PENDING_CREATED,
+    Change,
+    Changes,
+    ChangesFeed,
+    Node,
+    OnCorrupt,
+    Store,
+    StoredTask,
+    Writer,
+    redact,
+)
 from .pgfeed import CHANNEL, PostgresFeed
-from .records import Execution, ExecutionStatus, Task
+from .records import INTERRUPTED, Execution, ExecutionStatus, Task
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-KNOWN_SCHEMAS = (1,)
+SCHEMA_VERSION = 2
+KNOWN_SCHEMAS = (1, 2)
 #: how long a lost connection is retried before a write gives up (and the writer fails)
 RECONNECT_SECONDS = 30.0
-#: the session advisory lock an engine's writer holds: one engine writes to a database at a time
-WRITER_LOCK = 0x74_61_73_6B_65_6E_67  # "taskeng"
-#: how long opening waits for it (the server process of a killed engine lets go as it exits)
-LOCK_WAIT_SECONDS = 5.0
+#: the session advisory lock a version-1 engine's writer holds: no upgrade while one writes
+LEGACY_WRITER_LOCK = 0x74_61_73_6B_65_6E_67  # "taskeng"
+#: the namespace (first key) of the per-task advisory locks a turn takes (see PostgresWriter.begin)
+TASK_LOCKS = 0x7461_736B  # "task"
 PAGE = 1000
 #: how many of the first PENDING rows a look for other nodes' work chooses from
 DISCOVERY_WINDOW = 1000
@@ -78,6 +95,28 @@ _DDL = (
         UNIQUE (task_id, idempotency_key))""",
     "CREATE INDEX executions_live ON taskengine.executions (task_id, idx) WHERE status IN ('P', 'R')",
 )
+#: version 1 -> 2: several nodes (FORMAT.md)
+_UPGRADE_2 = (
+    """CREATE TABLE taskengine.nodes (
+        id text PRIMARY KEY COLLATE "C",
+        epoch bigint NOT NULL,
+        lease_until timestamptz NOT NULL,
+        alive boolean NOT NULL)""",
+    "ALTER TABLE taskengine.tasks ADD COLUMN job text, ADD COLUMN incarnation text",
+    "ALTER TABLE taskengine.executions ADD COLUMN runner text, ADD COLUMN runner_epoch bigint",
+    "CREATE INDEX executions_runner ON taskengine.executions (runner, runner_epoch) WHERE status = 'R'",
+)
+#: the first statement of a turn: the fence (pg_nodes.FENCE), then the advisory lock of each task
+#: the turn touches, in the order of their keys (every node takes them in that order: no deadlock)
+_FENCE_AND_LOCK = (
+    "SELECT txid_current(), (SELECT count(pg_advisory_xact_lock(%s, k)) FROM (SELECT DISTINCT hashtext(i) AS k "
+    "FROM unnest(%s::text[]) AS i ORDER BY k) AS s) FROM taskengine.nodes WHERE id = %s AND epoch = %s AND alive "
+    "AND lease_until > clock_timestamp() FOR KEY SHARE"
+)
+#: then the tasks' rows, locked and read as they now stand (a statement of its own: a snapshot
+#: taken after the advisory locks, so it sees what their previous holder committed)
+_LOCK_ROWS = ("SELECT id, counter, prune_mark, incarnation FROM taskengine.tasks WHERE id = ANY(%s) "
+              "ORDER BY id FOR UPDATE")
 
 
 def _message(e: BaseException) -> str:
@@ -88,37 +127,55 @@ def _message(e: BaseException) -> str:
 @attrs.frozen
 class Stmt:
     """One statement of a change. ``expect``: the row count it must affect, or the transaction
-    is rolled back (a counter that moved under us, a limit reached). ``probe``: a query that is
-    true once this statement is committed and not before, used when a commit is in doubt."""
+    is rolled back (a counter that moved under us, a limit reached), unless it is ``soft``: then
+    a count of 0 is a *miss* the writer reports (another node claimed the execution first, or it
+    is gone), and the rest of the transaction applies. ``probe``: a query that is true once this
+    statement is committed and not before, used when a commit is in doubt."""
 
     sql: str
     params: tuple[Any, ...]
     expect: int | None = None
     probe: tuple[str, tuple[Any, ...]] | None = None
+    soft: bool = False
     #: the kind of change other nodes are told of (interface.PENDING_CREATED, FINISHED), if any:
-    #: the transaction sends one notification for all its statements (pgfeed.py)
+    #: the transaction sends one notification for all its statements that applied (pgfeed.py)
     notify: str = ""
 
 
+_STATUS = {status: status.code.decode() for status in ExecutionStatus}
+
+
 class PostgresChanges:
-    """The changes as statements (the PostgreSQL :class:`Changes`)."""
+    """The changes as statements (the PostgreSQL :class:`Changes`), made as the store's node
+    (``store.node``: the runner a start records, the runner a finish must match)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
 
     def create_task(self, task: Task) -> Change:
         record = codec.encode_task(task)
         return [Stmt(
-            "INSERT INTO taskengine.tasks (id, record, max_executions) VALUES (%s, %s, %s)",
-            (task.id, record, task.max_executions),
+            "INSERT INTO taskengine.tasks (id, record, max_executions, job, incarnation) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (id) DO NOTHING",
+            (task.id, record, task.max_executions, task.job, task.incarnation), expect=1,
             probe=("SELECT EXISTS (SELECT 1 FROM taskengine.tasks WHERE id = %s AND record = %s)", (task.id, record)),
         )]
 
-    def assign(self, execution: Execution, *, with_counter: bool = True) -> Change:
+    def _runner(self, ex: Execution) -> tuple[str | None, int | None]:
+        node = self._store.node
+        if ex.status is not ExecutionStatus.RUNNING or node is None:
+            return None, None
+        return node.id, node.epoch
+
+    def assign(self, execution: Execution, *, with_counter: bool = True, started: bool = False) -> Change:
         assert execution.index is not None
         ex = execution
         key = None if ex.idempotency_key is None else ex.idempotency_key.encode()
         out: Change = [Stmt(
-            "INSERT INTO taskengine.executions (task_id, idx, id, status, idempotency_key, record) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            (ex.task_id, ex.index, ex.id, ex.status.code.decode(), key, codec.encode_execution(ex)),
+            "INSERT INTO taskengine.executions (task_id, idx, id, status, idempotency_key, record, runner, "
+            "runner_epoch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (ex.task_id, ex.index, ex.id, _STATUS[ex.status], key, codec.encode_execution(ex),
+             *(self._runner(ex) if started else (None, None))),
             probe=("SELECT EXISTS (SELECT 1 FROM taskengine.executions WHERE task_id = %s AND id = %s)",
                    (ex.task_id, ex.id)),
             notify=_notice(ex),
@@ -141,9 +198,21 @@ class PostgresChanges:
     def update(self, execution: Execution) -> Change:
         ex = execution
         record = codec.encode_execution(ex)
+        where = "task_id = %s AND idx = %s AND id = %s"
+        params: tuple[Any, ...] = (_STATUS[ex.status], record, ex.task_id, ex.index, ex.id)
+        if ex.status is ExecutionStatus.RUNNING:  # a start is a claim: of a PENDING one, once
+            sql = (f"UPDATE taskengine.executions SET status = %s, record = %s, runner = %s, runner_epoch = %s "
+                   f"WHERE {where} AND status = 'P'")
+            params = (params[0], params[1], *self._runner(ex), *params[2:])
+        elif ex.started_at is None:  # cancelled or failed before it started: still PENDING
+            sql = f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'P'"
+        else:  # a finish: of one this node runs (or ran in an earlier epoch, or a version-1 one)
+            node = self._store.node
+            sql = (f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'R' "
+                   "AND (runner IS NULL OR runner = %s)")
+            params = (*params, None if node is None else node.id)
         return [Stmt(
-            "UPDATE taskengine.executions SET status = %s, record = %s WHERE task_id = %s AND idx = %s AND id = %s",
-            (ex.status.code.decode(), record, ex.task_id, ex.index, ex.id), expect=1,
+            sql, params, expect=1, soft=True,
             probe=("SELECT EXISTS (SELECT 1 FROM taskengine.executions WHERE task_id = %s AND id = %s "
                    "AND record = %s)", (ex.task_id, ex.id, record)),
             notify=_notice(ex),
@@ -172,7 +241,6 @@ def _notice(ex: Execution) -> str:
     return FINISHED if ex.status.is_finished else ""
 
 
-_CHANGES = PostgresChanges()
 
 
 class _Conflict(Exception):
@@ -187,16 +255,23 @@ class PostgresStore(Store):
     """An open PostgreSQL database: a pool of connections for the readers; each writer has a
     connection of its own."""
 
-    def __init__(self, url: str, pool: Any, schema: int) -> None:
+    def __init__(self, url: str, pool: Any, schema: int, node_id: str | None = None,
+                 node_lease: float = interface.DEFAULT_LEASE) -> None:
         self.url = url
         self.path = redact(url)
         self.schema = schema
         self._pool = pool
-        self._writers: list[PostgresWriter] = []
+        self._writer: PostgresWriter | None = None
         self._closed = False
+        self._changes = PostgresChanges(self)
+        self.node_id = node_id if node_id is not None else interface.default_node_id()
+        self.node_lease = node_lease
+        #: the node this store's writer joined as (None until a writer is made: the tools)
+        self.node: Node | None = None
 
     @classmethod
-    def open(cls, url: str, *, create: bool = False) -> PostgresStore:
+    def open(cls, url: str, *, create: bool = False, node_id: str | None = None,
+             node_lease: float = interface.DEFAULT_LEASE) -> PostgresStore:
         shown = redact(url)
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
@@ -211,30 +286,35 @@ class PostgresStore(Store):
         except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
             raise StorageError(f"cannot open {shown}: {_message(e)}") from None
         log.info("opened taskengine database %s (schema %d)", shown, schema)
-        return cls(url, pool, schema)
+        return cls(url, pool, schema, node_id, node_lease)
 
     @property
     def changes(self) -> Changes:
-        return _CHANGES
+        return self._changes
 
     def writer(self, *, sync: bool = True) -> Writer:
-        w = PostgresWriter(self, sync=sync)
-        self._writers.append(w)
-        return w
+        """The store's writer, which joins the database as its node (one at a time: a second
+        would take over the node id and fence the first)."""
+        if self._writer is not None and not self._writer.closed:
+            raise StorageError(f"{self.path} has a writer already: one per open store (one per node)")
+        self._writer = PostgresWriter(self, sync=sync)
+        self.node = self._writer.node
+        return self._writer
 
     def changes_feed(self) -> ChangesFeed:
         return PostgresFeed(self.url, self.path, self._own_backends)
 
     def _own_backends(self) -> set[int]:
-        """The server processes of this store's writers: a feed leaves their notifications out."""
-        return {pid for pid in (w.backend_pid() for w in self._writers) if pid is not None}
+        """The server process of this store's writer: a feed leaves its notifications out."""
+        pid = None if self._writer is None else self._writer.backend_pid()
+        return set() if pid is None else {pid}
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for w in self._writers:
-            w.close()
+        if self._writer is not None:
+            self._writer.close()
         self._pool.close()
 
     # -- reading -------------------------------------------------------------------------
@@ -348,8 +428,18 @@ class PostgresStore(Store):
                 left -= len(rows)
 
     def iter_live(self, on_corrupt: OnCorrupt | None = None) -> Iterator[tuple[str, int, str | None]]:
-        rows = self._rows("SELECT task_id, idx, id FROM taskengine.executions WHERE status IN ('P', 'R') "
-                          "ORDER BY task_id, idx", ())
+        """Every PENDING execution, and the RUNNING ones recovery must finish: with a node joined,
+        only those of this node id's earlier epochs (and those of no node: a version-1 database);
+        a live node's are its own, a lost node's the reaper's."""
+        node = self.node
+        if node is None:
+            rows = self._rows("SELECT task_id, idx, id FROM taskengine.executions WHERE status IN ('P', 'R') "
+                              "ORDER BY task_id, idx", ())
+        else:
+            rows = self._rows(
+                "SELECT task_id, idx, id FROM taskengine.executions WHERE status = 'P' OR (status = 'R' "
+                "AND (runner IS NULL OR (runner = %s AND runner_epoch < %s))) ORDER BY task_id, idx",
+                (node.id, node.epoch))
         for task_id, index, execution_id in rows:
             yield str(task_id), int(index), str(execution_id)
 
@@ -370,25 +460,22 @@ class PostgresStore(Store):
     ) -> list[tuple[Execution, Task]]:
         if limit <= 0 or not jobs:
             return []
-        wanted = set(jobs)
-        # a window of the first PENDING rows in the live index's order (a look costs the same
-        # whatever the backlog), shuffled by the caller's salt
+        # a window of the first PENDING rows of these jobs in the live index's order (a look costs
+        # about the same whatever the backlog), shuffled by the caller's salt
         rows = self._rows(
             "SELECT w.task_id, w.idx, w.record, t.id, t.record, t.counter, t.prune_mark FROM ("
-            " SELECT task_id, idx, id, record FROM taskengine.executions WHERE status = 'P'"
-            " AND NOT (id = ANY(%s)) ORDER BY task_id, idx LIMIT %s"
+            " SELECT e.task_id, e.idx, e.id, e.record FROM taskengine.executions e"
+            " JOIN taskengine.tasks t ON t.id = e.task_id"
+            " WHERE e.status = 'P' AND t.job = ANY(%s) AND NOT (e.id = ANY(%s))"
+            " ORDER BY e.task_id, e.idx LIMIT %s"
             ") w JOIN taskengine.tasks t ON t.id = w.task_id ORDER BY hashtext(w.id || %s) LIMIT %s",
-            (list(exclude), DISCOVERY_WINDOW, salt, limit * 8))
+            (list(jobs), list(exclude), DISCOVERY_WINDOW, salt, limit))
         out: list[tuple[Execution, Task]] = []
         for task_id, index, record, *task_row in rows:
             try:
-                task = self._task(tuple(task_row))
-                if task.job in wanted:
-                    out.append((self._execution(task_id, int(index), record), task))
+                out.append((self._execution(task_id, int(index), record), self._task(tuple(task_row))))
             except CorruptRecord as e:
                 log.error("a PENDING execution of another node is left alone: %s", e)
-            if len(out) >= limit:
-                break
         return out
 
     def first_live(self, task_id: str) -> int | None:
@@ -410,7 +497,8 @@ class PostgresStore(Store):
 
 
 def _check_schema(conn: Any, shown: str, create: bool) -> int:
-    """The stored schema version; with ``create``, the schema made if missing (one node at a time)."""
+    """The stored schema version; with ``create``, the schema made if missing or upgraded to
+    this version (one node at a time, under an advisory lock)."""
     with conn.transaction():
         if create:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('taskengine.schema'))")
@@ -418,28 +506,73 @@ def _check_schema(conn: Any, shown: str, create: bool) -> int:
         if not exists:
             if not create:
                 raise NotADatabase(f"{shown} holds no taskengine schema (no table taskengine.meta)")
-            for ddl in _DDL:
+            for ddl in (*_DDL, *_UPGRADE_2):
                 conn.execute(ddl)
             conn.execute("INSERT INTO taskengine.meta (name, value) VALUES ('schema_version', %s)",
                          (str(SCHEMA_VERSION),))
             log.info("created the taskengine schema in %s (version %d)", shown, SCHEMA_VERSION)
             return SCHEMA_VERSION
         row = conn.execute("SELECT value FROM taskengine.meta WHERE name = 'schema_version'").fetchone()
-    try:
-        version = int(row[0]) if row is not None else None
-    except ValueError:
-        version = None
-    if version is None:
-        raise UnknownSchema(f"{shown} has no readable taskengine schema version")
-    if version not in KNOWN_SCHEMAS:
-        known = " and ".join(str(v) for v in KNOWN_SCHEMAS)
-        raise UnknownSchema(f"{shown} has schema version {version}; this taskengine knows version {known} only")
+        try:
+            version = int(row[0]) if row is not None else None
+        except ValueError:
+            version = None
+        if version is None:
+            raise UnknownSchema(f"{shown} has no readable taskengine schema version")
+        if version not in KNOWN_SCHEMAS:
+            known = " and ".join(str(v) for v in KNOWN_SCHEMAS)
+            raise UnknownSchema(f"{shown} has schema version {version}; this taskengine knows versions {known}")
+        if create and version == 1:
+            _upgrade_to_2(conn, shown)
+            version = 2
     return version
+
+
+def _upgrade_to_2(conn: Any, shown: str) -> None:
+    """Version 1 -> 2 in the caller's transaction: the nodes table, and the columns filled from
+    each task's record. Refused while a version-1 engine writes (it holds its writer lock)."""
+    if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LEGACY_WRITER_LOCK,)).fetchone()[0]:
+        raise StorageLocked(shown, "an engine of an earlier taskengine version writes to it; stop it, then open "
+                            "this one (which upgrades the database's schema to version 2)")
+    for ddl in _UPGRADE_2:
+        conn.execute(ddl)
+    after = ""
+    filled = 0
+    while rows := conn.execute("SELECT id, record FROM taskengine.tasks WHERE id > %s ORDER BY id LIMIT %s",
+                               (after, PAGE)).fetchall():
+        updates = []
+        for task_id, record in rows:
+            try:
+                task = codec.decode_task(keys.task_key(task_id), bytes(record))
+            except CorruptRecord as e:
+                log.error("schema upgrade leaves the job and incarnation of a task unset: %s", e)
+                continue
+            updates.append((task.job, task.incarnation, task_id))
+        with conn.cursor() as cur:
+            cur.executemany("UPDATE taskengine.tasks SET job = %s, incarnation = %s WHERE id = %s", updates)
+        filled += len(updates)
+        after = rows[-1][0]
+    conn.execute("UPDATE taskengine.meta SET value = '2' WHERE name = 'schema_version'")
+    log.info("upgraded the taskengine schema in %s from version 1 to 2 (%d tasks)", shown, filled)
+
+
+@attrs.define
+class _OpenTurn:
+    """A turn's transaction, begun by PostgresWriter.begin and ended by its next write."""
+
+    ids: list[str]
+    rows: list[StoredTask]
+    xid: int | None
+    begun: bool = True  # False once the transaction it began is gone (a lost connection)
+
+
+class _Lost(Exception):
+    """The fence found no row: this node no longer holds its lease."""
 
 
 class PostgresWriter:
     """Applies groups of changes, each group one transaction, one at a time on one connection
-    (the PostgreSQL :class:`Writer`)."""
+    (the PostgreSQL :class:`Writer`), as the node it joined when made (see ``pg_nodes``)."""
 
     def __init__(self, store: PostgresStore, *, sync: bool) -> None:
         self._store = store
@@ -448,24 +581,36 @@ class PostgresWriter:
         self.writes = 0
         self.changes = 0
         self.on_write: Callable[[int, float], None] | None = None
+        self.on_failure: Callable[[], None] | None = None
+        self._lease = store.node_lease
         self._lock = threading.Lock()
         self._conn: Any = None  # set by _connect
-        self._closed = False
+        self.closed = False
+        self._turn: _OpenTurn | None = None
+        self._xid: int | None = None  # the transaction id of the write under way
         with self._lock:
             conn = self._connect(deadline=time.monotonic() + 10)
             try:
-                self._take_lock(conn, time.monotonic() + LOCK_WAIT_SECONDS)
-            except BaseException:
+                conn.autocommit = True
+                self.node = pg_nodes.join(conn, store.node_id, self._lease)
+            except psycopg.Error as e:
                 conn.close()
-                raise
+                raise StorageError(f"cannot join {store.path} as node {store.node_id!r}: {_message(e)}") from None
+            finally:
+                conn.autocommit = False
+        self._heartbeat = pg_nodes.Heartbeat(self._heartbeat_connection, self.node, self._lease, self._lost)
+        self._heartbeat.start()
 
     def _connect(self, deadline: float) -> Any:
         """A new connection (also returned), retried until ``deadline`` (a server restarting
-        refuses for a while)."""
+        refuses for a while). A session idle in a transaction for longer than the lease is
+        ended by the server: a node paused inside a transaction cannot hold the reaper off."""
+        idle_ms = max(1000, int(self._lease * 1000))
         while True:
             try:
                 conn = psycopg.connect(self._store.url, autocommit=True, connect_timeout=5)
                 conn.execute("SET synchronous_commit = " + ("on" if self.sync else "off"))
+                conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
                 conn.autocommit = False
                 self._conn = conn
                 return conn
@@ -474,28 +619,39 @@ class PostgresWriter:
                     raise StorageError(f"cannot connect to {self._store.path}: {_message(e)}") from None
                 time.sleep(0.2)  # a server that is restarting: try again shortly
 
-    def _take_lock(self, conn: Any, deadline: float) -> None:
-        """The writer lock, on ``conn`` (a session lock: it goes when the connection does, so a
-        killed engine's lock goes once its server process has exited)."""
-        was = conn.autocommit
-        conn.autocommit = True
-        try:
-            while not conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,)).fetchone()[0]:
-                if time.monotonic() >= deadline:
-                    raise StorageLocked(self._store.path, "another engine writes to this PostgreSQL database (it "
-                                        "holds taskengine's advisory lock; several nodes on one database are "
-                                        "not supported yet)")
-                time.sleep(0.1)  # a killed engine's server process is exiting: it lets go then
-        finally:
-            conn.autocommit = was
+    def _heartbeat_connection(self) -> Any:
+        conn = psycopg.connect(self._store.url, autocommit=True, connect_timeout=max(1, int(self._lease)))
+        conn.execute(f"SET statement_timeout = {max(100, int(self._lease * 500))}")
+        return conn
+
+    def _lost(self, why: str) -> None:
+        """The heartbeat found the lease lost: writes stop here (a turn in flight was fenced when
+        it began, and the reaper waits for it), and the engine answers its waiters."""
+        if self.failure is None:
+            self.failure = why
+            log.critical("%s", why)
+        if self.on_failure is not None:
+            self.on_failure()
 
     def close(self) -> None:
+        self._heartbeat.stop()
         with self._lock:
-            self._closed = True
-            if self._conn is not None:
-                self._conn.close()
+            self.closed = True
+            if self._conn is None or self._conn.closed:
+                return
+            if not self._conn.broken:  # fenced: nothing if the node lost its lease
+                try:
+                    left = pg_nodes.leave(self._conn, self.node, INTERRUPTED)
+                    if left:
+                        log.warning("node %r: %d execution(s) still running at close finished as FAILED (%s)",
+                                    self.node.id, len(left), INTERRUPTED)
+                except psycopg.Error as e:
+                    log.warning("node %r could not leave cleanly (%s); another node reaps it once its lease "
+                                "expires", self.node.id, _message(e))
+            self._conn.close()
 
     def backend_pid(self) -> int | None:
+        """The server process of the writer's connection (None while it has none)."""
         conn = self._conn
         try:
             return None if conn is None or conn.closed else int(conn.info.backend_pid)
@@ -511,30 +667,112 @@ class PostgresWriter:
             outcome_unknown=False,
         )
 
-    def write(self, changes: Sequence[Change]) -> None:
+    def _check(self) -> None:
+        refused = self.refusal()
+        if refused is not None:
+            raise refused
+        if self.closed:
+            raise WriteFailed(f"the database {self._store.path} is closed", outcome_unknown=False)
+
+    def begin(self, task_ids: Callable[[], Collection[str]]) -> list[StoredTask] | None:
+        """Lock the turn's tasks (their advisory locks and rows) in a fenced transaction and read
+        their rows; the writer stays locked until the turn's write commits it."""
+        ids = sorted(set(task_ids()))
+        if not ids:  # nothing to lock or read (a stats request): no transaction
+            return []
+        self._lock.acquire()
+        try:
+            self._check()
+            rows, xid = self._begin_turn(ids)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._turn = _OpenTurn(ids, rows, xid)
+        return rows
+
+    def _begin_turn(self, ids: list[str]) -> tuple[list[StoredTask], int | None]:
+        """Nothing is written yet, so a connection lost here is simply made again."""
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        while True:
+            conn = self._conn
+            backend = conn.info.backend_pid
+            try:
+                return self._open(conn, ids)
+            except _Lost:
+                self._rollback()
+                self._fail(pg_nodes.lease_lost(self.node), outcome_unknown=False)
+            except psycopg.OperationalError as e:
+                if not conn.closed and not conn.broken:
+                    self._rollback()
+                    self._fail(_message(e), outcome_unknown=False)
+                log.warning("connection to %s lost at the start of a turn (%s); connecting again",
+                            self._store.path, _message(e))
+            except psycopg.Error as e:
+                self._rollback()
+                self._fail(_message(e), outcome_unknown=False)
+            try:
+                self._reconnect(backend, deadline)
+            except (psycopg.Error, StorageError) as e:
+                self._fail(f"connection lost and not made again: {_message(e)}", outcome_unknown=False)
+
+    def _open(self, conn: Any, ids: list[str]) -> tuple[list[StoredTask], int | None]:
+        """Begin a transaction on ``conn``: the fence and the tasks' locks, then their rows."""
+        node = self.node
+        fenced = conn.execute(_FENCE_AND_LOCK, (TASK_LOCKS, ids, node.id, node.epoch)).fetchone()
+        if fenced is None:
+            raise _Lost()
+        if not ids:
+            return [], int(fenced[0])
+        rows = [StoredTask(str(i), int(c), int(p), inc)
+                for i, c, p, inc in conn.execute(_LOCK_ROWS, (ids,)).fetchall()]
+        return rows, int(fenced[0])
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._conn.rollback()
+
+    def write(self, changes: Sequence[Change]) -> Collection[int]:
         observe = self.on_write
         began = time.perf_counter()
-        with self._lock:
-            refused = self.refusal()
-            if refused is not None:
-                raise refused
-            if self._closed:
-                raise WriteFailed(f"the database {self._store.path} is closed", outcome_unknown=False)
+        turn = self._turn
+        if turn is None:
+            if not changes:
+                return ()
+            self._lock.acquire()
+        try:
+            if turn is None:
+                self._check()
+            elif not changes and self._conn is not None and not self._conn.broken:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.commit()  # a turn that only read: its locks go
+                return ()
             try:
-                self._write(changes)
+                missed = self._write(changes, turn)
+            except _Lost:
+                self._rollback()
+                self._fail(pg_nodes.lease_lost(self.node), outcome_unknown=False)
             except _Conflict as e:
+                self._rollback()
                 self._fail(str(e), outcome_unknown=False)
             except _InDoubt as e:
                 self._fail(str(e), outcome_unknown=True)
             except psycopg.Error as e:
+                self._rollback()
                 self._fail(_message(e), outcome_unknown=False)
             self.writes += 1
             self.changes += len(changes)
+        finally:
+            self._turn = None
+            self._lock.release()
         if observe is not None:
             observe(len(changes), time.perf_counter() - began)
+        return missed
 
-    def _fail(self, why: str, *, outcome_unknown: bool) -> None:
+    def _fail(self, why: str, *, outcome_unknown: bool) -> NoReturn:
         self.failure = why
+        # a writer that stopped cannot finish what its node runs: its lease is left to expire, and
+        # another node's reaper finishes those executions (or this node's close, if it can)
+        self._heartbeat.halt()
         log.critical("write to %s failed: %s; no more writes until it is reopened", self._store.path, why)
         raise WriteFailed(
             f"database write failed ({why}): "
@@ -544,57 +782,76 @@ class PostgresWriter:
             outcome_unknown=outcome_unknown,
         ) from None
 
-    def _write(self, changes: Sequence[Change]) -> None:
-        """One transaction; a connection lost on the way is settled (see the module's docstring)."""
+    def _write(self, changes: Sequence[Change], turn: _OpenTurn | None) -> list[int]:
+        """One transaction (the turn's, if one is open); a connection lost on the way is settled
+        (see the module's docstring) and, if it did not commit, the transaction made again:
+        fenced, the turn's tasks locked again and found as the turn found them."""
         deadline = time.monotonic() + RECONNECT_SECONDS
         while True:
             conn = self._conn
             backend = conn.info.backend_pid
+            self._xid = None  # until this attempt's transaction has one
             try:
-                self._transaction(conn, changes)
-                return
+                if turn is None or not turn.begun:
+                    rows, xid = self._open(conn, [] if turn is None else turn.ids)
+                    if turn is not None and rows != turn.rows:
+                        raise _Conflict("the turn's tasks changed while its connection was lost; nothing of it "
+                                        "was written")
+                    self._xid = xid
+                else:
+                    self._xid = turn.xid
+                missed = self._statements(conn, changes)
+                conn.commit()
+                return missed
             except psycopg.OperationalError as e:
                 if not conn.closed and not conn.broken:
-                    raise  # the server refused the statement: rolled back, the connection lives
+                    raise  # the server refused the statement: rolled back below, the connection lives
                 log.warning("connection to %s lost during a write (%s); settling its outcome",
                             self._store.path, _message(e))
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
+            if turn is not None:
+                turn.begun = False
             try:
-                self._connect(deadline)
-                committed = self._committed(backend, changes, deadline)
+                committed = self._reconnect(backend, deadline, changes)
             except (psycopg.Error, StorageError) as e:
                 why = f"connection lost during a commit, and its outcome cannot be read: {_message(e)}"
                 raise _InDoubt(why) from None
             if committed:
                 log.warning("the write in doubt had committed")
-                return
+                # its misses are not known again; a miss changed nothing, so none is reported
+                return []
             log.warning("the write in doubt had not committed; writing it again")
 
-    def _transaction(self, conn: Any, changes: Sequence[Change]) -> None:
+    @staticmethod
+    def _statements(conn: Any, changes: Sequence[Change]) -> list[int]:
+        missed: list[int] = []
         notices = ""
-        with conn.transaction(), conn.cursor() as cur:
-            for change in changes:
+        with conn.cursor() as cur:
+            for position, change in enumerate(changes):
                 for stmt in change:
                     cur.execute(stmt.sql, stmt.params)
                     if stmt.expect is not None and cur.rowcount != stmt.expect:
+                        if stmt.soft and cur.rowcount == 0:
+                            missed.append(position)
+                            break
                         raise _Conflict(
                             f"a change did not apply as expected ({cur.rowcount} rows, not {stmt.expect}): "
                             "another writer changed the task, or it reached max_executions"
                         )
-                    if stmt.notify and stmt.notify not in notices:
+                    if stmt.notify and stmt.notify not in notices and cur.rowcount:
                         notices += stmt.notify
             if notices:
                 # one notification per transaction at most: NOTIFY takes a lock that serialises
                 # the commits of every transaction that notifies
                 cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notices))
+        return missed
 
-    def _committed(self, backend: int, changes: Sequence[Change], deadline: float) -> bool:
-        """Whether the transaction of the lost connection (server process ``backend``) committed:
-        once that process is gone, its commit is decided (and the writer lock free to take back);
-        the first probe of the changes says."""
-        probes = [stmt.probe for change in changes for stmt in change if stmt.probe is not None]
-        conn = self._conn
+    def _reconnect(self, backend: int, deadline: float, changes: Sequence[Change] = ()) -> bool:
+        """A new connection, once the server process ``backend`` of the lost one is gone (so its
+        transaction is decided and its locks released); whether that transaction committed (the
+        server's record of its transaction id, else the changes' first probe)."""
+        with contextlib.suppress(psycopg.Error):
+            self._conn.close()
+        conn = self._connect(deadline)
         conn.autocommit = True
         try:
             while time.monotonic() < deadline:
@@ -605,11 +862,21 @@ class PostgresWriter:
                 time.sleep(0.05)  # the old process is finishing: its commit is decided when it exits
             else:
                 raise StorageError(f"the server process {backend} of a lost connection did not exit")
-            self._take_lock(conn, deadline)  # back before anything is read or written again
+            if not changes:
+                return False
+            if self._xid is not None:
+                try:
+                    status = conn.execute("SELECT txid_status(%s)", (self._xid,)).fetchone()[0]
+                except psycopg.errors.InvalidParameterValue:
+                    # "in the future": the server restarted without a record of that transaction id,
+                    # so nothing of that transaction (which commits only after it) survived
+                    return False
+                if status in ("committed", "aborted"):
+                    return bool(status == "committed")
+            probes = [stmt.probe for change in changes for stmt in change if stmt.probe is not None]
             if not probes:
                 return False
             sql, params = probes[0]
             return bool(conn.execute(sql, params).fetchone()[0])
         finally:
             conn.autocommit = False
-

@@ -11,6 +11,10 @@ from typing import Any
 
 import attrs
 
+#: the error of an execution that was RUNNING when its engine stopped (a crash, or a job that
+#: outlived close): it is finished as FAILED with it at the next open, or at close (PostgreSQL)
+INTERRUPTED = "interrupted: the engine stopped while this execution was running"
+
 
 class ExecutionStatus(enum.StrEnum):
     PENDING = "PENDING"

@@ -16,7 +16,8 @@ slow jobs only, so blocking triggers can finish). MODE ``multi``: the same over 
 whose ids share TASK as prefix, one thread deleting and re-creating them (``DEL <task>``). MODE ``prune``:
 THREADS threads trigger (mixed, fast jobs), the engine's retention policy keeps the last 5, and one
 more thread prunes in a loop in steps of 5 executions, printing ``PRUNED <removed> <mark>`` after each
-prune returns (the mark it read afterwards is durable). Exits when stdin is closed.
+prune returns (the mark it read afterwards is durable). Exits when stdin is closed. The engine
+opens as node ``crash-child``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import threading
 from taskengine import Engine, errors
 
 FOREVER = threading.Event()
+#: the node id of every life of this child (tests reopen the database under it)
+NODE_ID = "crash-child"
 PRINT = threading.Lock()
 
 
@@ -52,7 +55,9 @@ def main() -> None:
 
         retention.PRUNE_CHUNK = 5  # many small prune writes: a kill lands in the middle of one
     keep_last = 5 if mode == "prune" else None
-    engine = Engine.open(path, jobs={"crashjob": job}, workers=2, sync=True, keep_last=keep_last)
+    # a restarted node keeps its node id (as under systemd): on PostgreSQL the restart takes over
+    # from the killed process at once, rather than after its lease
+    engine = Engine.open(path, jobs={"crashjob": job}, workers=2, sync=True, keep_last=keep_last, node_id=NODE_ID)
     engine.create_task(task_id, job="crashjob", exist_ok=True)
     say("READY")
 

@@ -29,8 +29,8 @@ class OtherNode:
 
     def create_task(self, task_id: str, job: str) -> Task:
         task = Task(id=task_id, job=job, created_at=time.time(), incarnation=f"inc-{task_id}")
-        self.conn.execute("INSERT INTO taskengine.tasks (id, record, max_executions) VALUES (%s, %s, NULL)",
-                          (task_id, codec.encode_task(task)))
+        self.conn.execute("INSERT INTO taskengine.tasks (id, record, max_executions, job, incarnation) "
+                          "VALUES (%s, %s, NULL, %s, %s)", (task_id, codec.encode_task(task), job, task.incarnation))
         return task
 
     def trigger(self, task_id: str, *, notify: bool = True, key: str | None = None) -> Execution:

@@ -9,6 +9,9 @@ import pytest
 from engine_helpers import WAIT, Child, Recorder, assert_gap_free_api, check_db
 from taskengine import ExecutionStatus, errors
 
+#: the node id crash_child.py opens as: a reopen under it is a restart of the same node
+CHILD_NODE = "crash-child"
+
 S = ExecutionStatus
 
 
@@ -59,7 +62,7 @@ def test_sigkill_with_pending_and_running_work_loses_nothing(make_engine, store)
     assert running and pending, f"scenario did not leave RUNNING and PENDING work: {status_at_kill}"
 
     rec = Recorder()
-    engine = make_engine(store, jobs={"crashjob": rec}, workers=2)
+    engine = make_engine(store, jobs={"crashjob": rec}, workers=2, node_id=CHILD_NODE)
     for i in range(n):
         r = at_kill.records[i]
         fin = engine.wait("t", r.id, timeout=WAIT)
@@ -97,7 +100,7 @@ def test_repeated_sigkill_during_concurrent_mixed_triggers(make_engine, store):
             assert by_id[eid].index == idx, f"cycle {cycle}: {eid} moved from {idx}"
         assert len(set(all_acks.values())) == len(all_acks)
     rec = Recorder()
-    engine = make_engine(store, jobs={"crashjob": rec}, workers=2)
+    engine = make_engine(store, jobs={"crashjob": rec}, workers=2, node_id=CHILD_NODE)
     listed = assert_gap_free_api(engine, "t")
     n = len(listed)
     for e in listed:

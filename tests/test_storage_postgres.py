@@ -45,7 +45,7 @@ def test_the_schema_version_is_stored_and_an_unknown_one_refused(make_engine: An
     engine = make_engine(pg_url)
     make_engine.close(engine)
     with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT value FROM taskengine.meta WHERE name = 'schema_version'").fetchone() == ("1",)
+        assert conn.execute("SELECT value FROM taskengine.meta WHERE name = 'schema_version'").fetchone() == ("2",)
         conn.execute("UPDATE taskengine.meta SET value = '99' WHERE name = 'schema_version'")
     with pytest.raises(errors.UnknownSchema, match="schema version 99"):
         make_engine(pg_url)
@@ -170,20 +170,3 @@ def test_a_commit_in_doubt_is_settled_before_the_answer(
     disk = check_db(pg_url, allow_live=False)["t"]
     assert disk.counter == 3
     assert [disk.records[i].id for i in range(3)] == [first.id, second.id, third.id]
-
-
-def test_one_engine_writes_to_a_database_at_a_time(make_engine: Any, pg_url: str) -> None:
-    """The writer holds a session advisory lock: a second engine is refused (StorageLocked), a
-    read-only tool is not, and the lock goes with the first engine."""
-    first = make_engine(pg_url, jobs={"rec": Recorder()})
-    first.create_task("t", job="rec")
-    began = time.monotonic()
-    with pytest.raises(errors.StorageLocked, match="another engine writes"):
-        make_engine(pg_url, jobs={"rec": Recorder()})
-    assert time.monotonic() - began < WAIT
-    store = storage.open_store(pg_url)  # reading is not writing
-    assert store.get_task("t") is not None
-    store.close()
-    make_engine.close(first)
-    second = make_engine(pg_url, jobs={"rec": Recorder()})
-    assert second.trigger("t").index == 0

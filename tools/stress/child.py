@@ -26,7 +26,17 @@ from typing import Any
 from taskengine import Engine
 from taskengine.actors.errors import EngineError
 
-from .workload import JOBS, Control, HidePlannedFailures, TaskBook, Workload, WorkloadError, ensure_tasks, task_ids
+from .workload import (
+    JOBS,
+    NODE_ID,
+    Control,
+    HidePlannedFailures,
+    TaskBook,
+    Workload,
+    WorkloadError,
+    ensure_tasks,
+    task_ids,
+)
 
 
 class _Stop(Exception):
@@ -70,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ids = task_ids(args.tasks)
     t0 = time.perf_counter()
     try:
-        engine = Engine.open(args.db, jobs=JOBS, workers=args.workers, counter_actors=args.counter_actors)
+        engine = Engine.open(args.db, jobs=JOBS, workers=args.workers, counter_actors=args.counter_actors,
+                             node_id=NODE_ID)
     except EngineError as e:
         sink({"ev": "error", "msg": f"{type(e).__name__}: {e}"})
         return 2

@@ -33,6 +33,7 @@ from .check import Ledger, final_check
 from .report import Latency, StressReport
 from .workload import (
     JOBS,
+    NODE_ID,
     Control,
     HidePlannedFailures,
     Settings,
@@ -86,7 +87,8 @@ ProgressCallback = Callable[[Progress], None]
 
 def _open_engine(cfg: StressConfig) -> Engine:
     try:
-        return Engine.open(cfg.db, jobs=JOBS, workers=cfg.workers, counter_actors=cfg.counter_actors)
+        return Engine.open(cfg.db, jobs=JOBS, workers=cfg.workers, counter_actors=cfg.counter_actors,
+                           node_id=NODE_ID)
     except StorageLocked:
         raise ToolError(locked_message(shown(cfg.db)), EXIT_USAGE) from None
     except EngineError as e:  # NotADatabase, UnknownSchema, an unreadable directory

@@ -56,6 +56,10 @@ TASK_PREFIX = "stress-"
 PLANNED_FAILURE = "RuntimeError: stress: planned failure"
 #: the error the engine gives an execution that was running when its process died
 INTERRUPTED_PREFIX = "interrupted"
+#: the node id of every engine the stress run opens (its child's lives and the final check): on
+#: PostgreSQL each restart takes over from the killed life at once (as a node under systemd
+#: keeps its id), rather than after its lease
+NODE_ID = "taskengine-stress"
 
 
 class HidePlannedFailures(logging.Filter):

@@ -1,0 +1,210 @@
+"""Node membership on a PostgreSQL database: joining, the lease, fencing and the reaper.
+
+Several engines (nodes) share one database. Each joins under a node id (a row of
+``taskengine.nodes``) and gets an *epoch*: 1 for a new id, one more than the last for an id
+that joined before, so a node restarted under the same id (systemd keeps it) takes over from,
+and fences, its previous life. A joined node holds a *lease*: ``lease_until`` on the server's
+clock (never the node's), renewed by a heartbeat. Every write transaction of a node first runs
+:data:`FENCE`, which finds the node's row only while it holds its epoch and an unexpired lease,
+and locks it ``FOR KEY SHARE``.
+
+The *reaper* (run by every node's heartbeat, one at a time by an advisory lock) finds nodes whose
+lease expired, locks each row ``FOR UPDATE`` (this waits for a fenced transaction in flight, and
+then sees its writes), marks it not alive and finishes its RUNNING executions as FAILED
+"interrupted: node … lost", in one transaction. A node that was paused or cut off past its lease
+then finds no row at its fence: it can write nothing more, and its late completions are refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from . import codec, keys, records
+from .errors import CorruptRecord
+from .interface import Node
+from .records import Execution, ExecutionStatus
+
+log = logging.getLogger(__name__)
+
+#: the first statement of every write transaction of a node: one row while it may write, else none
+#: (it also returns the transaction's id, which settles a commit whose connection was lost)
+FENCE = ("SELECT txid_current() FROM taskengine.nodes WHERE id = %s AND epoch = %s AND alive "
+         "AND lease_until > clock_timestamp() FOR KEY SHARE")
+#: one reaper at a time, whichever node's heartbeat runs it
+REAPER_LOCK = 0x74_61_73_6B_72_65_61  # "taskrea"
+#: how long the reaper waits for a lost node's transaction in flight before it tries again later
+REAP_LOCK_TIMEOUT_MS = 2000
+
+
+def lost_error(node: str) -> str:
+    return f"interrupted: node {node} lost"
+
+
+def lease_lost(node: Node) -> str:
+    """Why a node's writer failed after it lost its lease (the message users see)."""
+    return (f"node {node.id!r} (epoch {node.epoch}) lost its lease on the database: another node may have "
+            "finished its running executions as interrupted, so it writes nothing more; reopen the engine")
+
+
+def join(conn: Any, node_id: str, lease: float) -> Node:
+    """Join as ``node_id`` (``conn`` in autocommit): the next epoch of that id, alive, with a lease.
+
+    The row is locked ``FOR UPDATE`` first: a write of the id's previous epoch still in flight
+    commits before the takeover, so the recovery that follows (this node's earlier RUNNING
+    executions) sees it, and nothing of that epoch can commit afterwards."""
+    with conn.transaction():
+        conn.execute("SELECT 1 FROM taskengine.nodes WHERE id = %s FOR UPDATE", (node_id,))
+        row = conn.execute(
+            "INSERT INTO taskengine.nodes AS n (id, epoch, lease_until, alive) "
+            "VALUES (%s, 1, clock_timestamp() + make_interval(secs => %s), true) "
+            "ON CONFLICT (id) DO UPDATE SET epoch = n.epoch + 1, lease_until = excluded.lease_until, alive = true "
+            "RETURNING epoch", (node_id, lease)).fetchone()
+    node = Node(node_id, int(row[0]))
+    if node.epoch > 1:
+        log.info("node %r joins with epoch %d: its earlier epochs are fenced off", node_id, node.epoch)
+    return node
+
+
+def renew(conn: Any, node: Node, lease: float) -> bool:
+    """Extend the lease; False if the node no longer holds it (expired, reaped, or taken over)."""
+    cur = conn.execute(
+        "UPDATE taskengine.nodes SET lease_until = clock_timestamp() + make_interval(secs => %s) "
+        "WHERE id = %s AND epoch = %s AND alive AND lease_until > clock_timestamp()",
+        (lease, node.id, node.epoch))
+    return bool(cur.rowcount == 1)
+
+
+def leave(conn: Any, node: Node, error: str) -> list[Execution]:
+    """A clean stop: finish what this node still runs (a job that outlived close) with ``error``
+    and mark it not alive, in one fenced transaction; nothing if it no longer holds its lease."""
+    with conn.transaction():
+        if conn.execute(FENCE, (node.id, node.epoch)).fetchone() is None:
+            return []
+        finished = finish_running(conn, node, error)
+        conn.execute("UPDATE taskengine.nodes SET alive = false WHERE id = %s AND epoch = %s", (node.id, node.epoch))
+        # (a notification of the finished executions goes here, once per transaction)
+    return finished
+
+
+def finish_running(conn: Any, node: Node, error: str) -> list[Execution]:
+    """In the caller's transaction: every RUNNING execution of ``node`` (its epoch) finished as
+    FAILED with ``error``; the finished records. A record that does not decode is left RUNNING
+    (logged; replay reports it)."""
+    rows = conn.execute(
+        "SELECT task_id, idx, record FROM taskengine.executions WHERE runner = %s AND runner_epoch = %s "
+        "AND status = 'R' FOR UPDATE", (node.id, node.epoch)).fetchall()
+    now = time.time()
+    done: list[Execution] = []
+    updates: list[tuple[Any, ...]] = []
+    for task_id, index, record in rows:
+        try:
+            ex = codec.decode_execution(keys.execution_key(task_id, index), bytes(record), task_id, int(index))
+        except CorruptRecord as e:
+            log.error("node %r: a running execution cannot be finished: %s", node.id, e)
+            continue
+        failed = records.finished(ex, ExecutionStatus.FAILED, now, error=error)
+        updates.append((ExecutionStatus.FAILED.code.decode(), codec.encode_execution(failed), task_id, index))
+        done.append(failed)
+    if updates:
+        with conn.cursor() as cur:
+            cur.executemany("UPDATE taskengine.executions SET status = %s, record = %s "
+                            "WHERE task_id = %s AND idx = %s AND status = 'R'", updates)
+    return done
+
+
+def reap(conn: Any) -> list[tuple[Node, int]]:
+    """One reaper pass (``conn`` in autocommit): every node whose lease expired is marked not alive
+    and its RUNNING executions finished as FAILED, all in one transaction; (node, count) of each.
+    A node whose row stays locked (its transaction in flight) is tried again at the next pass."""
+    reaped: list[tuple[Node, int]] = []
+    with conn.transaction():
+        if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (REAPER_LOCK,)).fetchone()[0]:
+            return []  # another node's heartbeat is reaping
+        conn.execute(f"SET LOCAL lock_timeout = {REAP_LOCK_TIMEOUT_MS}")
+        expired = conn.execute("SELECT id FROM taskengine.nodes WHERE alive AND lease_until < clock_timestamp() "
+                               "ORDER BY id").fetchall()
+        for (node_id,) in expired:
+            try:
+                with conn.transaction():  # a savepoint: a lock that times out skips this node only
+                    row = conn.execute(
+                        "SELECT epoch FROM taskengine.nodes WHERE id = %s AND alive "
+                        "AND lease_until < clock_timestamp() FOR UPDATE", (node_id,)).fetchone()
+                    if row is None:  # renewed or taken over meanwhile
+                        continue
+                    node = Node(str(node_id), int(row[0]))
+                    conn.execute("UPDATE taskengine.nodes SET alive = false WHERE id = %s", (node.id,))
+                    finished = finish_running(conn, node, lost_error(node.id))
+            except psycopg.errors.LockNotAvailable:
+                log.info("reaper: node %r is still in a transaction; tried again later", node_id)
+                continue
+            reaped.append((node, len(finished)))
+        # (a notification of the finished executions goes here, once per transaction)
+    for node, count in reaped:
+        log.warning("node %r (epoch %d) lost its lease: %d running execution(s) finished as FAILED (%s)",
+                    node.id, node.epoch, count, lost_error(node.id))
+    return reaped
+
+
+class Heartbeat:
+    """A thread that renews ``node``'s lease every ``lease / 4`` on its own connection and runs the
+    reaper after each renewal. If the lease is lost (not renewed in time, or found expired), it
+    calls ``on_lost`` once and stops."""
+
+    def __init__(self, connect: Callable[[], Any], node: Node, lease: float,
+                 on_lost: Callable[[str], None]) -> None:
+        self._connect = connect
+        self._node = node
+        self._lease = lease
+        self._on_lost = on_lost
+        self._stop = threading.Event()
+        self._conn: Any = None
+        self._renewed = time.monotonic()  # the join set the first lease
+        self._thread = threading.Thread(target=self._run, name=f"taskengine-heartbeat-{node.id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def halt(self) -> None:
+        """Renew no more (from any thread, without waiting)."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                why = self._beat()
+                if why is not None:
+                    self._on_lost(why)
+                    return
+                if self._stop.wait(self._lease / 4):
+                    return
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+
+    def _beat(self) -> str | None:
+        """One renewal and reaper pass; why the lease is lost, or None."""
+        began = time.monotonic()
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = self._connect()
+            if not renew(self._conn, self._node, self._lease):
+                return lease_lost(self._node)
+            self._renewed = began
+            reap(self._conn)
+        except psycopg.Error as e:
+            log.warning("node %r: heartbeat failed (%s); trying again", self._node.id,
+                        (str(e).strip().splitlines() or [type(e).__name__])[0])
+            if time.monotonic() - self._renewed > self._lease:
+                return lease_lost(self._node) + " (no contact with it for longer than the lease)"
+        return None

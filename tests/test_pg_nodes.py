@@ -1,0 +1,370 @@
+"""Several nodes (engines) on one PostgreSQL database: every invariant across all of them.
+
+Engines in this process share a URL (each its own node id), and node processes are killed
+(SIGKILL) or paused past their lease (SIGSTOP) to watch the reaper and the fence.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from engine_helpers import WAIT, Child, Gate, Recorder, check_db, run_threads
+from taskengine import ExecutionStatus, errors, storage
+from taskengine.storage import codec, postgres
+from taskengine.storage.records import Execution, Task
+
+pytestmark = pytest.mark.timeout(120)
+
+LEASE = 1.0
+
+
+def _until(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
+    """Poll state another process or the server changes (nothing here to wait on), bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+def _stored(url: str, task_id: str) -> dict[str, Execution]:
+    store = storage.open_store(url)
+    try:
+        return {ex.id: ex for ex in store.iter_executions(task_id)}
+    finally:
+        store.close()
+
+
+def _node_rows(url: str) -> dict[str, tuple[int, bool]]:
+    with psycopg.connect(url) as conn:
+        return {r[0]: (r[1], r[2]) for r in conn.execute("SELECT id, epoch, alive FROM taskengine.nodes")}
+
+
+def _started(child: Child, n: int = 4, running: int = 2) -> tuple[list[str], set[str]]:
+    """Read node_child.py's lines up to READY and ``running`` RUNNING ones: (acked ids, running ids)."""
+    acked: list[str] = []
+    started: set[str] = set()
+    ready = False
+    while not ready or len(started) < running:
+        line = child.readline()
+        child.seen.append(line)
+        word, *rest = line.split()
+        if word == "ACK":
+            acked.append(rest[0])
+        elif word == "RUNNING":
+            started.add(rest[0])
+        elif word == "READY":
+            ready = True
+    assert len(acked) == n
+    return acked, started
+
+
+def test_nodes_hand_out_unique_gap_free_ordered_indexes(make_engine: Any, pg_url: str) -> None:
+    """Three engines on one database, threads triggering one hot task and many tasks through all
+    of them: every index once, none missing, each caller's increasing, each ack stored at its index."""
+    nodes = [make_engine(pg_url, jobs={"rec": Recorder()}, node_id=f"n{i}", node_lease=LEASE) for i in range(3)]
+    tasks = ["hot", *[f"t{i}" for i in range(12)]]
+    for t in tasks:
+        nodes[0].create_task(t, job="rec")
+    acks: list[list[tuple[str, str, int]]] = [[] for _ in range(12)]
+
+    def caller(c: int) -> None:
+        engine = nodes[c % 3]
+        for i in range(40):
+            task = "hot" if i % 2 == 0 else tasks[1 + (c + i) % 12]
+            ex = engine.trigger(task, data={"c": c, "i": i}, blocking=(i % 5 == 0), timeout=WAIT)
+            assert ex.index is not None
+            acks[c].append((task, ex.id, ex.index))
+
+    run_threads(12, caller).raise_unexpected()
+    for c, caller_acks in enumerate(acks):  # each runs on the node that triggered it
+        for task, eid, _ in caller_acks:
+            assert nodes[c % 3].wait(task, eid, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    for caller_acks in acks:
+        for t in tasks:
+            mine = [index for task, _, index in caller_acks if task == t]
+            assert mine == sorted(mine) and len(set(mine)) == len(mine), (t, mine)
+    for engine in nodes:
+        engine.close()
+    disk = check_db(pg_url, allow_live=False)
+    total = 0
+    for t in tasks:
+        mine = [(eid, index) for caller_acks in acks for task, eid, index in caller_acks if task == t]
+        assert disk[t].counter == len(mine)
+        assert sorted(index for _, index in mine) == list(range(len(mine)))
+        for eid, index in mine:
+            assert disk[t].records[index].id == eid
+            assert disk[t].records[index].status is ExecutionStatus.SUCCESS
+        total += len(mine)
+    assert total == 12 * 40
+
+
+def _pending_rows(url: str, task_id: str, n: int) -> list[str]:
+    """A database holding ``n`` PENDING executions of ``task_id`` (job ``rec``), written directly."""
+    store = postgres.PostgresStore.open(url, create=True, node_id="writer")
+    try:
+        ch = store.changes
+        writer = store.writer()
+        writer.write([ch.create_task(Task(id=task_id, job="rec", incarnation="inc-1"))])
+        ids = [f"01J{i:023d}" for i in range(n)]
+        writer.write([ch.assign(Execution(id=eid, task_id=task_id, index=i, status=ExecutionStatus.PENDING,
+                                          blocking=False, created_at=1.0), with_counter=False)
+                      for i, eid in enumerate(ids)] + [ch.counter(task_id, n, 0)])
+    finally:
+        store.close()
+    return ids
+
+
+def test_pending_executions_two_nodes_loaded_run_once(make_engine: Any, pg_url: str) -> None:
+    """Both nodes recover the same PENDING executions at open; each runs exactly once (a start is a
+    claim: the loser's is refused, and it runs nothing)."""
+    ids = _pending_rows(pg_url, "t", 150)
+    a = make_engine(pg_url, node_id="a", node_lease=LEASE)
+    b = make_engine(pg_url, node_id="b", node_lease=LEASE)
+    assert a.stats().pending == 150 and b.stats().pending == 150  # both hold every one
+    rec_a, rec_b = Recorder(), Recorder()
+    both = threading.Barrier(2)
+
+    def register(engine: Any, rec: Recorder) -> None:
+        both.wait(WAIT)
+        engine.register_job("rec", rec)
+
+    threads = [threading.Thread(target=register, args=args) for args in ((a, rec_a), (b, rec_b))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(WAIT)
+    _until("every execution ran", lambda: rec_a.count() + rec_b.count() >= 150)
+    _until("both nodes let go of every entry", lambda: a.stats().pending == 0 and b.stats().pending == 0)
+    ran = rec_a.ids() + rec_b.ids()
+    assert sorted(ran) == sorted(ids), "an execution ran twice or not at all"
+    assert rec_a.count() and rec_b.count(), "one node ran them all: the test did not race"
+    a.close()
+    b.close()
+    disk = check_db(pg_url, allow_live=False)["t"]
+    assert all(r.status is ExecutionStatus.SUCCESS for r in disk.records.values())
+
+
+def test_a_killed_node_is_reaped_after_its_lease(make_engine: Any, pg_url: str) -> None:
+    """SIGKILL a node with RUNNING and PENDING executions: once its lease has run out another node's
+    reaper finishes the RUNNING ones as FAILED "interrupted: node … lost"; the PENDING ones run
+    on the surviving node; nothing runs twice."""
+    child = Child("node_child.py", pg_url, "child-1", "t", "4")
+    try:
+        acked, running = _started(child)
+        child.kill9()
+    finally:
+        child.finish()
+    rec = Recorder()
+    survivor = make_engine(pg_url, jobs={"hold": rec}, node_id="survivor", node_lease=LEASE)
+    lost = "interrupted: node child-1 lost"
+
+    def reaped() -> bool:
+        stored = _stored(pg_url, "t")
+        return all(stored[eid].status is ExecutionStatus.FAILED and stored[eid].error == lost for eid in running)
+
+    _until("the reaper finished the killed node's running executions", reaped)
+    pending = [eid for eid in acked if eid not in running]
+    _until("the survivor ran the pending ones", lambda: rec.count() >= 2)
+    assert sorted(rec.ids()) == sorted(pending)
+    assert _node_rows(pg_url)["child-1"] == (1, False)
+    survivor.close()
+    disk = check_db(pg_url, allow_live=False)["t"]
+    assert [disk.records[i].id for i in range(4)] == acked
+
+
+def test_a_node_paused_past_its_lease_writes_nothing_after(make_engine: Any, pg_url: str) -> None:
+    """SIGSTOP a node past its lease: the reaper finishes its RUNNING executions; SIGCONT: its late
+    completions are refused (the stored records stay the reaper's), it writes nothing more, and it
+    reports that it lost its lease."""
+    # the watcher has not the job: it reaps, and leaves the paused node's PENDING ones alone (a node
+    # with the job would find and run them)
+    watcher = make_engine(pg_url, jobs={"other": Recorder()}, node_id="watcher", node_lease=LEASE)
+    child = Child("node_child.py", pg_url, "child-2", "t", "4")
+    try:
+        acked, running = _started(child)
+        os.kill(child.proc.pid, signal.SIGSTOP)
+        lost = "interrupted: node child-2 lost"
+        try:
+            _until("the reaper finished the paused node's running executions", lambda: all(
+                _stored(pg_url, "t")[eid].error == lost for eid in running))
+            before = _stored(pg_url, "t")
+        finally:
+            os.kill(child.proc.pid, signal.SIGCONT)
+        assert child.proc.stdin is not None
+        child.proc.stdin.write("GO\n")
+        child.proc.stdin.flush()
+        waits = dict(child.expect("WAIT").split()[1:] for _ in range(4))
+        stats = child.expect("STATS")
+        trigger = child.expect("TRIGGER")
+        child.expect("DONE")
+    finally:
+        child.finish()
+    assert "lost its lease" in stats, stats
+    assert trigger.startswith("TRIGGER WriteFailed: refused") and "lost its lease" in trigger, trigger
+    for eid in running:
+        assert waits[eid] != "SUCCESS", waits
+    after = _stored(pg_url, "t")
+    assert after == before, "the paused node wrote after it lost its lease"
+    assert {after[eid].status for eid in running} == {ExecutionStatus.FAILED}
+    assert {after[eid].status for eid in acked if eid not in running} == {ExecutionStatus.PENDING}
+    watcher.close()
+    disk = check_db(pg_url)["t"]
+    assert disk.counter == 4
+
+
+def test_a_node_id_taken_over_fences_its_previous_life(make_engine: Any, pg_url: str) -> None:
+    """A second engine under the same node id (a restarted node) gets the next epoch, finishes the
+    earlier one's RUNNING executions as interrupted, and the earlier one can write nothing more."""
+    gate = Gate()
+    first = make_engine(pg_url, jobs={"g": gate}, node_id="same", node_lease=LEASE)
+    first.create_task("t", job="g")
+    ex = first.trigger("t")
+    assert gate.wait_calls(1)
+    assert first.stats().node_epoch == 1
+    second = make_engine(pg_url, jobs={"g": Recorder()}, node_id="same", node_lease=LEASE)
+    stats = second.stats()
+    assert (stats.node_id, stats.node_epoch) == ("same", 2)
+    stored = second.get_execution("t", ex.id)
+    assert stored.status is ExecutionStatus.FAILED and stored.error.startswith("interrupted")
+    with pytest.raises(errors.StorageError, match="lost its lease"):
+        first.trigger("t")
+    gate.release()
+    assert gate.wait_returned(1)
+    assert second.get_execution("t", ex.id) == stored  # the late completion changed nothing
+    assert second.trigger("t").index == 1
+    assert "lost its lease" in (first.stats().write_failure or "")
+
+
+def test_a_task_deleted_and_created_again_by_another_node(make_engine: Any, pg_url: str) -> None:
+    """Node B holds the task cached (and one of its executions running); node A deletes it and
+    creates it again. B's next turn finds another incarnation: its running execution is cancelled
+    (its completion stores nothing), and B's trigger gets index 0 of the new task."""
+    gate = Gate()
+    a = make_engine(pg_url, jobs={"g": gate}, node_id="a", node_lease=LEASE)
+    b = make_engine(pg_url, jobs={"g": gate}, node_id="b", node_lease=LEASE)
+    a.create_task("t", job="g")
+    held = b.trigger_future("t", blocking=True)
+    assert gate.wait_calls(1)
+    for _ in range(3):
+        a.trigger("t")
+    a.delete_task("t")
+    a.create_task("t", job="g")
+    assert b.get_task("t").execution_count == 0  # B's turn saw the new incarnation
+    outcome = held.get(timeout=WAIT)
+    assert outcome.status is ExecutionStatus.CANCELLED and outcome.error == "cancelled: the task was deleted"
+    gate.release()
+    assert gate.wait_returned(1)
+    ex = b.trigger("t")
+    assert ex.index == 0
+    assert b.wait("t", ex.id, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    a.close()
+    b.close()
+    disk = check_db(pg_url, allow_live=False)["t"]
+    assert disk.counter == 1 and disk.records[0].id == ex.id
+
+
+def test_two_nodes_create_one_task_id_at_once(make_engine: Any, pg_url: str) -> None:
+    """Each id is created once: the other node gets TaskAlreadyExists (exist_ok: the same task)."""
+    nodes = [make_engine(pg_url, jobs={"j": Recorder()}, node_id=f"n{i}", node_lease=LEASE) for i in range(2)]
+
+    def create(i: int) -> list[Any]:
+        out: list[Any] = []
+        for k in range(40):
+            try:
+                out.append(nodes[i].create_task(f"x{k}", job="j", exist_ok=k % 2 == 1).incarnation)
+            except errors.TaskAlreadyExists:
+                out.append(None)
+        return out
+
+    results = run_threads(2, create)
+    results.raise_unexpected()
+    first, second = results.results
+    for k in range(40):
+        if k % 2 == 0:
+            assert (first[k] is None) != (second[k] is None), k  # one created it, one was refused
+        else:
+            assert first[k] == second[k] is not None, k  # get-or-create: both have the same task
+    for engine in nodes:
+        assert engine.stats().write_failure is None
+
+
+def test_schema_1_is_upgraded_at_open(make_engine: Any, pg_url: str) -> None:
+    """A version-1 database (no node columns): the tools read it as it is; an engine upgrades it to
+    version 2, fills each task's job and incarnation, finishes its RUNNING ones as interrupted and
+    runs its PENDING ones."""
+    task = Task(id="old", job="rec", incarnation="inc-old", created_at=1.0)
+    with psycopg.connect(pg_url) as conn:
+        for ddl in postgres._DDL:
+            conn.execute(ddl)
+        conn.execute("INSERT INTO taskengine.meta VALUES ('schema_version', '1')")
+        conn.execute("INSERT INTO taskengine.tasks (id, record, counter) VALUES ('old', %s, 2)",
+                     (codec.encode_task(task),))
+        for i, status in enumerate((ExecutionStatus.RUNNING, ExecutionStatus.PENDING)):
+            ex = Execution(id=f"01J{i:023d}", task_id="old", index=i, status=status, blocking=False,
+                           created_at=1.0, started_at=2.0 if status is ExecutionStatus.RUNNING else None)
+            conn.execute("INSERT INTO taskengine.executions (task_id, idx, id, status, record) "
+                         "VALUES ('old', %s, %s, %s, %s)", (i, ex.id, status.code.decode(), codec.encode_execution(ex)))
+    tool = storage.open_store(pg_url)  # a tool reads version 1 and changes nothing
+    assert tool.schema == 1 and tool.get_task("old") is not None
+    tool.close()
+    rec = Recorder()
+    engine = make_engine(pg_url, jobs={"rec": rec}, node_id="n", node_lease=LEASE)
+    assert rec.wait_calls(1)
+    assert engine.get_execution("old", "01J" + "0" * 23).error.startswith("interrupted")
+    engine.close()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT value FROM taskengine.meta").fetchone() == ("2",)
+        assert conn.execute("SELECT job, incarnation FROM taskengine.tasks").fetchone() == ("rec", "inc-old")
+    check_db(pg_url, allow_live=False)
+
+
+def test_node_arguments_are_checked(make_engine: Any, store: str) -> None:
+    for bad in ("", "a\nb", "x" * 129, 5, b"n"):
+        with pytest.raises(errors.InvalidArgument, match="node_id"):
+            make_engine(store, node_id=bad)
+    for lease in (0, -1, 0.5, float("nan"), float("inf"), 7200, "10", True):
+        with pytest.raises(errors.InvalidArgument, match="node_lease"):
+            make_engine(store, node_lease=lease)
+    engine = make_engine(store, node_id="node-7", node_lease=2.5)
+    stats = engine.stats()
+    assert stats.node_id == "node-7"
+    assert stats.node_epoch == (None if not storage.is_url(store) else 1)
+    make_engine.close(engine)
+    default = make_engine(store)
+    assert default.stats().node_id == f"{os.uname().nodename}-{os.getpid()}"
+
+
+def test_a_key_queued_on_one_node_and_stored_by_another(make_engine: Any, pg_url: str) -> None:
+    """A blocking trigger with an idempotency key waits in node A's queue (memory only); node B
+    stores an execution with the same key. When A starts its queued one it finds the key on the
+    database (under the task's lock) and answers its caller with B's execution: one execution."""
+    gate = Gate()
+    rec = Recorder()
+    a = make_engine(pg_url, jobs={"g": gate}, workers=1, node_id="a", node_lease=LEASE)
+    b = make_engine(pg_url, jobs={"g": rec}, node_id="b", node_lease=LEASE)
+    a.create_task("t", job="g")
+    a.trigger("t")  # occupies A's one worker
+    assert gate.wait_calls(1)
+    queued = a.trigger_future("t", blocking=True, idempotency_key="k")
+    stored = b.trigger("t", idempotency_key="k")
+    assert b.wait("t", stored.id, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    gate.release()
+    answer = queued.get(timeout=WAIT)
+    assert (answer.id, answer.index, answer.status) == (stored.id, 1, ExecutionStatus.SUCCESS)
+    assert gate.count() == 1 and rec.ids() == [stored.id]
+    a.close()
+    b.close()
+    disk = check_db(pg_url, allow_live=False)["t"]
+    assert disk.counter == 2 and disk.idempotency == {"k": stored.id}
