@@ -142,6 +142,7 @@ class CounterActor(EngineActor):
         self._cache: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
         self._turn = _Turn()
         self._turn_no = 0
+        self._leftover: Any = None  # an envelope taken from the inbox, handled after the turn's write
         self._abandoned: set[int] = set()  # tokens whose executor was given up on before it started
         self.triggered = 0
         self._ended: dict[ExecutionStatus, int] = dict.fromkeys(
@@ -171,33 +172,49 @@ class CounterActor(EngineActor):
             return super().on_receive(message)
         self._turn_no += 1
         self._turn = turn = _Turn()
-        batch = [message]
-        inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
-        leftover = None
         # a Prune has a turn of its own, so it reads a disk that holds all this actor has done
-        while len(batch) < MAX_CHANGES_PER_TURN and type(message) is not m.Prune:
-            try:
-                envelope = inbox.get_nowait()
-            except queue.Empty:
+        alone = type(message) is m.Prune
+        batch = [message]
+        while not alone and self._leftover is None and len(batch) < MAX_CHANGES_PER_TURN:
+            more = self._take()
+            if more is None:
                 break
-            kind = type(envelope.message)
-            if envelope.reply_to is None and kind in self._handlers and kind is not m.Prune:
-                batch.append(envelope.message)
-            else:  # a stop, an ask or a Prune: handled after this write (pykka's order)
-                leftover = envelope
-                break
+            batch.append(more)
         self._begin(batch)
-        written = False
         try:
             for msg in batch:
                 self._handle(msg)
+            # a turn whose tasks the writer did not lock (one writer: LevelDB) also takes what
+            # arrives while it is handled, as long as it is not written: a bigger group commit
+            taken = len(batch)
+            while not alone and not turn.shared and self._leftover is None and taken < MAX_CHANGES_PER_TURN:
+                more = self._take()
+                if more is None:
+                    break
+                self._handle(more)
+                taken += 1
         finally:
             written = self._commit(turn)
         if written:
             self._forget_written(turn)
         self._evict()
+        leftover, self._leftover = self._leftover, None
         if leftover is not None:
             self._handle_envelope(leftover)
+        return None
+
+    def _take(self) -> Any:
+        """The next message waiting in the inbox for this turn, or None: none waits, or the next
+        is a stop, an ask or a Prune, kept in ``_leftover`` for after this turn's write (pykka's order)."""
+        inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
+        try:
+            envelope = inbox.get_nowait()
+        except queue.Empty:
+            return None
+        kind = type(envelope.message)
+        if envelope.reply_to is None and kind in self._handlers and kind is not m.Prune:
+            return envelope.message
+        self._leftover = envelope
         return None
 
     def _begin(self, batch: list[Any]) -> None:
@@ -210,10 +227,9 @@ class CounterActor(EngineActor):
 
         def task_ids() -> Collection[str]:
             for msg in batch:
-                if type(msg) in _task_of:
-                    ids.append(_task_of[type(msg)](msg))
-                if type(msg) is m.Start and msg.finished is not None:  # its executor's previous run
-                    ids.append(msg.finished.execution.task_id)
+                of = _task_of.get(type(msg))
+                if of is not None:
+                    ids.extend(of(msg))
             return ids
 
         try:
@@ -243,7 +259,8 @@ class CounterActor(EngineActor):
     def _deleted_elsewhere(self, st: TaskState) -> None:
         """Another node deleted the task: its executions are gone from the database, so what this
         node holds of them (queued blocking ones, running jobs, pending entries) is cancelled here,
-        as a deletion on this node would have, and the state is forgotten."""
+        as a deletion on this node would have, and the state is forgotten. (Waiters of its PENDING
+        ones, whose records went with it, are answered by remote.py, which saw them last.)"""
         task_id = st.task.id
         assert self._refs.pending is not None
         dropped = cast(list[str], self._refs.pending.ask(m.DropTask(task_id)))
@@ -660,7 +677,7 @@ class CounterActor(EngineActor):
         board, read = self._board, self._reread_outcome(st.task.id, existing)
 
         def follow() -> None:
-            board.follow(existing, queued.id, st.task.id)
+            board.follow(existing, queued.id, st.task.id)  # run by another node, most likely
             try:
                 stored = read()
             except Exception as e:  # pruned or deleted meanwhile: the caller is told so
@@ -937,19 +954,21 @@ def writes_stopped(path: str, committer: Writer, board: CompletionBoard, refs: A
     tell_if_alive(refs.pool, m.StorageFailed())
 
 
-#: the task a counter actor's message is about (CounterStats is about none)
-_task_of: dict[type, Callable[[Any], str]] = {
-    m.Trigger: lambda msg: msg.task_id,
-    m.Start: lambda msg: msg.item.execution.task_id,
-    m.Finish: lambda msg: msg.execution.task_id,
-    m.Abandon: lambda msg: msg.item.execution.task_id,
-    m.Cancel: lambda msg: msg.task_id,
-    m.CreateTask: lambda msg: msg.task.id,
-    m.DeleteTask: lambda msg: msg.task_id,
-    m.GetTask: lambda msg: msg.task_id,
-    m.Lookup: lambda msg: msg.task_id,
-    m.Interrupted: lambda msg: msg.execution.task_id,
-    m.Prune: lambda msg: msg.task_id,
+#: the tasks a counter actor's message is about (CounterStats and RemoteOutcomes: none to lock)
+_task_of: dict[type, Callable[[Any], tuple[str, ...]]] = {
+    m.Trigger: lambda msg: (msg.task_id,),
+    # with the executor's previous run, finished, of another task perhaps
+    m.Start: lambda msg: (msg.item.execution.task_id,) + (
+        () if msg.finished is None else (msg.finished.execution.task_id,)),
+    m.Finish: lambda msg: (msg.execution.task_id,),
+    m.Abandon: lambda msg: (msg.item.execution.task_id,),
+    m.Cancel: lambda msg: (msg.task_id,),
+    m.CreateTask: lambda msg: (msg.task.id,),
+    m.DeleteTask: lambda msg: (msg.task_id,),
+    m.GetTask: lambda msg: (msg.task_id,),
+    m.Lookup: lambda msg: (msg.task_id,),
+    m.Interrupted: lambda msg: (msg.execution.task_id,),
+    m.Prune: lambda msg: (msg.task_id,),
 }
 
 

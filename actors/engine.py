@@ -133,11 +133,12 @@ class Engine:
         the same id takes over from its previous life, which can write nothing more) and its lease
         in seconds (renewed every quarter of it; a node that fails to renew it is lost, and another
         node finishes its running executions as FAILED). LevelDB has one engine per database: the
-        id only names it in the log, and the lease has no effect. ``poll_interval`` (PostgreSQL,
-        several nodes): how often, at the longest, the engine reads again what other nodes may have
-        changed when no notification comes: the bound on the delay of a wait for an execution
-        another node finishes while notifications are lost, and on finding PENDING executions a
-        dead node left.
+        id only names it in the log, and the lease has no effect.
+
+        ``poll_interval`` (PostgreSQL, several nodes): how often, at the longest, the engine reads
+        again what other nodes may have changed when no notification comes: the bound on the delay
+        of a wait for an execution another node finishes while notifications are lost, and on
+        finding PENDING executions a dead node left.
         """
         path = validate.path(path)
         workers = validate.count(workers, "workers")
@@ -340,8 +341,9 @@ class Engine:
                     pass  # the pool was stopped from outside: nothing left to wait for
                 except pykka.Timeout:
                     if not failed_open:  # a failed open ran no job of its own
-                        log.warning("close: jobs still running after %s s are left; they will be "
-                                    "finished as interrupted at the next open", timeout)
+                        log.warning("close: jobs still running after %s s are left; they are finished as "
+                                    "interrupted (PostgreSQL: as the node leaves; LevelDB: at the next open)",
+                                    timeout)
         executors: tuple[list[pykka.ActorRef[Any]], list[pykka.ActorRef[Any]]] = ([], [])
         if refs.pool is not None:
             try:

@@ -129,11 +129,16 @@ def _pending_rows(url: str, task_id: str, n: int) -> list[str]:
 def test_pending_executions_two_nodes_loaded_run_once(make_engine: Any, pg_url: str) -> None:
     """Both nodes recover the same PENDING executions at open; each runs exactly once (a start is a
     claim: the loser's is refused, and it runs nothing)."""
-    ids = _pending_rows(pg_url, "t", 150)
-    a = make_engine(pg_url, node_id="a", node_lease=LEASE)
-    b = make_engine(pg_url, node_id="b", node_lease=LEASE)
-    assert a.stats().pending == 150 and b.stats().pending == 150  # both hold every one
-    rec_a, rec_b = Recorder(), Recorder()
+    n = 300
+    ids = _pending_rows(pg_url, "t", n)
+    a = make_engine(pg_url, workers=4, node_id="a", node_lease=LEASE)
+    b = make_engine(pg_url, workers=4, node_id="b", node_lease=LEASE)
+    assert a.stats().pending == n and b.stats().pending == n  # both hold every one
+
+    def work(ctx: Any) -> None:
+        time.sleep(0.001)  # the job's own work: both nodes are still at it when the other claims
+
+    rec_a, rec_b = Recorder(work), Recorder(work)
     both = threading.Barrier(2)
 
     def register(engine: Any, rec: Recorder) -> None:
@@ -145,7 +150,7 @@ def test_pending_executions_two_nodes_loaded_run_once(make_engine: Any, pg_url: 
         th.start()
     for th in threads:
         th.join(WAIT)
-    _until("every execution ran", lambda: rec_a.count() + rec_b.count() >= 150)
+    _until("every execution ran", lambda: rec_a.count() + rec_b.count() >= n)
     _until("both nodes let go of every entry", lambda: a.stats().pending == 0 and b.stats().pending == 0)
     ran = rec_a.ids() + rec_b.ids()
     assert sorted(ran) == sorted(ids), "an execution ran twice or not at all"
@@ -187,10 +192,8 @@ def test_a_killed_node_is_reaped_after_its_lease(make_engine: Any, pg_url: str) 
 def test_a_node_paused_past_its_lease_writes_nothing_after(make_engine: Any, pg_url: str) -> None:
     """SIGSTOP a node past its lease: the reaper finishes its RUNNING executions; SIGCONT: its late
     completions are refused (the stored records stay the reaper's), it writes nothing more, and it
-    reports that it lost its lease."""
-    # the watcher has not the job: it reaps, and leaves the paused node's PENDING ones alone (a node
-    # with the job would find and run them)
-    watcher = make_engine(pg_url, jobs={"other": Recorder()}, node_id="watcher", node_lease=LEASE)
+    reports that it lost its lease. Its PENDING executions then run once, on the other node."""
+    watcher = make_engine(pg_url, node_id="watcher", node_lease=LEASE)  # "hold" comes later
     child = Child("node_child.py", pg_url, "child-2", "t", "4")
     try:
         acked, running = _started(child)
@@ -211,16 +214,22 @@ def test_a_node_paused_past_its_lease_writes_nothing_after(make_engine: Any, pg_
         child.expect("DONE")
     finally:
         child.finish()
+    after = _stored(pg_url, "t")
+    assert after == before, "the paused node wrote after it lost its lease"
     assert "lost its lease" in stats, stats
     assert trigger.startswith("TRIGGER WriteFailed: refused") and "lost its lease" in trigger, trigger
     for eid in running:
         assert waits[eid] != "SUCCESS", waits
-    after = _stored(pg_url, "t")
-    assert after == before, "the paused node wrote after it lost its lease"
+    pending = sorted(eid for eid in acked if eid not in running)
     assert {after[eid].status for eid in running} == {ExecutionStatus.FAILED}
-    assert {after[eid].status for eid in acked if eid not in running} == {ExecutionStatus.PENDING}
+    assert {after[eid].status for eid in pending} == {ExecutionStatus.PENDING}
+    rec = Recorder()
+    watcher.register_job("hold", rec)
+    for eid in pending:
+        assert watcher.wait("t", eid, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    assert sorted(rec.ids()) == pending
     watcher.close()
-    disk = check_db(pg_url)["t"]
+    disk = check_db(pg_url, allow_live=False)["t"]
     assert disk.counter == 4
 
 
@@ -248,15 +257,28 @@ def test_a_node_id_taken_over_fences_its_previous_life(make_engine: Any, pg_url:
 
 
 def test_a_task_deleted_and_created_again_by_another_node(make_engine: Any, pg_url: str) -> None:
-    """Node B holds the task cached (and one of its executions running); node A deletes it and
-    creates it again. B's next turn finds another incarnation: its running execution is cancelled
-    (its completion stores nothing), and B's trigger gets index 0 of the new task."""
+    """Node B holds the task cached (one of its executions running, one PENDING with a waiter);
+    node A deletes it and creates it again. B's next turn finds another incarnation: its running
+    execution is cancelled (its completion stores nothing), the waiter of the PENDING one is
+    answered CANCELLED too, and B's trigger gets index 0 of the new task."""
     gate = Gate()
     a = make_engine(pg_url, jobs={"g": gate}, node_id="a", node_lease=LEASE)
-    b = make_engine(pg_url, jobs={"g": gate}, node_id="b", node_lease=LEASE)
+    b = make_engine(pg_url, jobs={"g": gate}, workers=1, node_id="b", node_lease=LEASE)
     a.create_task("t", job="g")
     held = b.trigger_future("t", blocking=True)
     assert gate.wait_calls(1)
+    pending = b.trigger("t")  # waits for B's one worker
+    waited: list[Any] = []
+
+    def wait_pending() -> None:
+        try:
+            waited.append(b.wait("t", pending.id, timeout=WAIT))
+        except errors.EngineError as e:
+            waited.append(e)
+
+    waiter = threading.Thread(target=wait_pending)
+    waiter.start()
+    _until("the waiter waits", lambda: b.stats().waiters >= 2)
     for _ in range(3):
         a.trigger("t")
     a.delete_task("t")
@@ -264,6 +286,9 @@ def test_a_task_deleted_and_created_again_by_another_node(make_engine: Any, pg_u
     assert b.get_task("t").execution_count == 0  # B's turn saw the new incarnation
     outcome = held.get(timeout=WAIT)
     assert outcome.status is ExecutionStatus.CANCELLED and outcome.error == "cancelled: the task was deleted"
+    waiter.join(WAIT)
+    assert [(w.id, w.status, w.error) for w in waited] == [
+        (pending.id, ExecutionStatus.CANCELLED, "cancelled: the task was deleted")]
     gate.release()
     assert gate.wait_returned(1)
     ex = b.trigger("t")
@@ -358,6 +383,7 @@ def test_a_key_queued_on_one_node_and_stored_by_another(make_engine: Any, pg_url
     a.trigger("t")  # occupies A's one worker
     assert gate.wait_calls(1)
     queued = a.trigger_future("t", blocking=True, idempotency_key="k")
+    assert a.stats().queued_blocking == 1  # (stats() is answered after the trigger's turn)
     stored = b.trigger("t", idempotency_key="k")
     assert b.wait("t", stored.id, timeout=WAIT).status is ExecutionStatus.SUCCESS
     gate.release()
