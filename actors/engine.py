@@ -452,6 +452,8 @@ class Engine:
         self._check_open()
         self._jobs.add(name, fn)
         tell_if_alive(self._refs.pool, m.JobRegistered(name))
+        if self._remote is not None:
+            self._remote.job_registered()
 
     def create_task(
         self,

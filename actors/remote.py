@@ -64,6 +64,10 @@ class RemoteChanges:
     def start(self) -> None:
         self._thread.start()
 
+    def job_registered(self) -> None:
+        """Work for a job registered just now may wait in the database: look for it."""
+        self._feed.wake()
+
     def stop(self) -> None:
         """Ends the thread (a wait on the feed ends at once) and frees the feed."""
         self._stop.set()

@@ -133,6 +133,10 @@ class ChangesFeed(Protocol):
         of, within ``timeout`` seconds; empty if none. Every kind when some may have been missed."""
         ...
 
+    def wake(self) -> None:
+        """Ends a wait in progress (from any thread) as if PENDING executions had been made."""
+        ...
+
     def close(self) -> None:
         """Ends a wait in progress (from any thread); later waits return at once."""
         ...

@@ -28,7 +28,7 @@ import psycopg
 from . import codec, keys, records
 from .errors import CorruptRecord
 from .interface import FINISHED, Node
-from .pgfeed import CHANNEL
+from .pgfeed import notify
 from .records import Execution, ExecutionStatus
 
 log = logging.getLogger(__name__)
@@ -89,15 +89,9 @@ def leave(conn: Any, node: Node, error: str) -> list[Execution]:
             return []
         finished = finish_running(conn, node, error)
         conn.execute("UPDATE taskengine.nodes SET alive = false WHERE id = %s AND epoch = %s", (node.id, node.epoch))
-        _notify_finished(conn, len(finished))
+        if finished:  # their waiters on other nodes
+            notify(conn, FINISHED)
     return finished
-
-
-def _notify_finished(conn: Any, count: int) -> None:
-    """The transaction's one notification (pgfeed.py) that executions finished: waiters on
-    other nodes read them again."""
-    if count:
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, FINISHED))
 
 
 def finish_running(conn: Any, node: Node, error: str) -> list[Execution]:
@@ -152,7 +146,8 @@ def reap(conn: Any) -> list[tuple[Node, int]]:
                 log.info("reaper: node %r is still in a transaction; tried again later", node_id)
                 continue
             reaped.append((node, len(finished)))
-        _notify_finished(conn, sum(count for _, count in reaped))
+        if any(count for _, count in reaped):  # their waiters on the surviving nodes
+            notify(conn, FINISHED)
     for node, count in reaped:
         log.warning("node %r (epoch %d) lost its lease: %d running execution(s) finished as FAILED (%s)",
                     node.id, node.epoch, count, lost_error(node.id))

@@ -17,10 +17,11 @@ import os
 import select
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 
-from .interface import ALL_CHANGES
+from .interface import ALL_CHANGES, PENDING_CREATED
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,14 @@ log = logging.getLogger(__name__)
 CHANNEL = "taskengine"
 #: how long between two attempts to connect again
 RETRY_SECONDS = 0.5
+
+
+def notify(cur: Any, kinds: str) -> None:
+    """In the caller's transaction: tell the other nodes, at its commit, of ``kinds`` of change.
+    Once per transaction at most: NOTIFY takes a lock at commit that serialises the commits of
+    every transaction that notifies."""
+    if kinds:
+        cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, kinds))
 
 
 class PostgresFeed:
@@ -90,7 +99,10 @@ class PostgresFeed:
             return set(ALL_CHANGES)
         try:
             ready, _, _ = select.select([conn.fileno(), self._wake_r], [], [], timeout)
-            if self._wake_r in ready or not ready:
+            if self._wake_r in ready:
+                os.read(self._wake_r, 512)
+                return set() if self._closed.is_set() else {PENDING_CREATED}
+            if not ready:
                 return set()
             own = self._own()
             return {kind for n in conn.notifies(timeout=0) if n.pid not in own for kind in n.payload}
@@ -107,12 +119,18 @@ class PostgresFeed:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
+    def wake(self) -> None:
+        """Ends a wait in progress as if PENDING executions had been made (a job was registered
+        here: work for it may wait in the database)."""
+        with self._fds_lock, contextlib.suppress(OSError):  # not on a descriptor release() closed
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"w")
+
     def close(self) -> None:
-        """Ends a wait in progress; the connection is closed by the next wait (or now, if none
-        runs: its owner calls close once its thread has ended)."""
+        """Ends a wait in progress; later waits return at once."""
         if not self._closed.is_set():
             self._closed.set()
-            os.write(self._wake_w, b"x")
+            self.wake()
 
     def release(self) -> None:
         """Close the connection and the wake-up pipe, after the waiting thread has ended."""

@@ -55,7 +55,7 @@ from .interface import (
     Writer,
     redact,
 )
-from .pgfeed import CHANNEL, PostgresFeed
+from .pgfeed import PostgresFeed, notify
 from .records import INTERRUPTED, Execution, ExecutionStatus, Task
 
 log = logging.getLogger(__name__)
@@ -839,10 +839,7 @@ class PostgresWriter:
                         )
                     if stmt.notify and stmt.notify not in notices and cur.rowcount:
                         notices += stmt.notify
-            if notices:
-                # one notification per transaction at most: NOTIFY takes a lock that serialises
-                # the commits of every transaction that notifies
-                cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notices))
+            notify(cur, notices)
         return missed
 
     def _reconnect(self, backend: int, deadline: float, changes: Sequence[Change] = ()) -> bool:

@@ -1,5 +1,6 @@
 """How long a wait on one node takes to return after another node's finish commits (PostgreSQL):
-through a notification, and with the notification lost (polling). A measurement, not a test:
+through a notification, and with the notification lost (polling); and between two real engines,
+from the job's return on one to the wait's return on the other. A measurement, not a test:
 ``python tests/measure_remote_wait.py [ROUNDS]`` starts a throwaway server, prints the figures,
 and stops it."""
 
@@ -15,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from pg import running_server  # noqa: E402
 from pg_other import OtherNode  # noqa: E402
-from taskengine import Engine  # noqa: E402
+from taskengine import Engine, JobContext  # noqa: E402
 
 
 def _wait(engine: Engine, task: str, execution_id: str, returned: list[float]) -> None:
@@ -45,6 +46,33 @@ def measure(url: str, *, notify: bool, poll: float, rounds: int) -> list[float]:
     return out
 
 
+def measure_two_engines(url: str, rounds: int) -> list[float]:
+    """Seconds from the return of a job on engine B to the return of ``wait`` for it on engine A
+    (B's finish turn and commit, the notification, A's read)."""
+    go = threading.Semaphore(0)
+    returned_at: list[float] = []
+
+    def job(ctx: JobContext) -> None:
+        go.acquire()
+        returned_at.append(time.perf_counter())
+
+    out = []
+    with Engine.open(url, node_id="b", jobs={"j": job}, poll_interval=3600) as b, \
+            Engine.open(url, node_id="a", poll_interval=3600) as a:
+        b.create_task("t", job="j")
+        for _ in range(rounds):
+            ex = b.trigger("t")
+            returned: list[float] = []
+            thread = threading.Thread(target=_wait, args=(a, "t", ex.id, returned))
+            thread.start()
+            while not any(e == ex.id and s is not None for _, e, s in a._board.remote()):
+                time.sleep(0.001)
+            go.release()
+            thread.join()
+            out.append(returned[0] - returned_at[-1])
+    return out
+
+
 def show(name: str, seconds: list[float]) -> None:
     ms = sorted(s * 1000 for s in seconds)
     p95 = ms[min(len(ms) - 1, int(len(ms) * 0.95))]
@@ -57,6 +85,7 @@ def main() -> None:
     with running_server() as server:
         show("notification (poll_interval 3600 s)", measure(server.create_database(), notify=True, poll=3600,
                                                             rounds=rounds))
+        show("two engines (job end on B -> A)", measure_two_engines(server.create_database(), rounds))
         for poll in (1.0, 0.2):
             show(f"notification lost (poll {poll} s)", measure(server.create_database(), notify=False, poll=poll,
                                                                rounds=max(5, rounds // 5)))

@@ -198,6 +198,16 @@ def test_pending_executions_of_jobs_not_registered_here_are_left_alone(
     assert rec.ids() == [mine.id]
 
 
+def test_a_job_registered_later_finds_its_pending_executions(make_engine: Any, pg_url: str, other: OtherNode) -> None:
+    rec = Recorder()
+    engine = make_engine(pg_url, poll_interval=NEVER)
+    other.create_task("t", job="j")
+    ex = other.trigger("t", notify=False)  # nothing tells this node of it: the registration makes it look
+    engine.register_job("j", rec)
+    assert engine.wait("t", ex.id, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    assert rec.ids() == [ex.id]
+
+
 def test_discovery_takes_no_more_than_the_idle_executors(make_engine: Any, pg_url: str, other: OtherNode) -> None:
     from engine_helpers import Gate
 
@@ -243,3 +253,100 @@ def test_poll_interval_is_validated(make_engine: Any, db_path: str) -> None:
     for bad in (0, -1, None, float("inf"), float("nan"), "1", True):
         with pytest.raises(errors.InvalidArgument, match="poll_interval"):
             make_engine(db_path, poll_interval=bad)
+
+
+# -- two real engines (nodes) on one database ------------------------------------------------
+
+
+def test_two_engines_wait_for_and_run_each_others_executions(make_engine: Any, pg_url: str) -> None:
+    """Node A triggers three executions and runs two (its two executors hold them); node B, which
+    gets the job later, finds the third and runs it; each waits for what the other runs (a wait,
+    and a blocking repeat of an idempotency key A stored), and each hears of the finish by its
+    notification (no polling within the test's bounds)."""
+    from engine_helpers import Gate
+
+    gate_a, gate_b = Gate(), Gate()
+    a = make_engine(pg_url, jobs={"hold": gate_a}, workers=2, node_id="a", poll_interval=NEVER)
+    b = make_engine(pg_url, node_id="b", poll_interval=NEVER)
+    a.create_task("t", job="hold")
+    made = [a.trigger("t", idempotency_key=f"k{i}") for i in range(3)]
+    assert gate_a.wait_calls(2)
+    held_by_a = [c[0] for c in gate_a.calls]
+    (third,) = [ex for ex in made if ex.id not in held_by_a]
+    b.register_job("hold", gate_b)  # B looks for work of the job it now has
+    assert gate_b.wait_calls(1)
+    assert [c[0] for c in gate_b.calls] == [third.id]
+    a_waits = remote_wait(a, "t", third.id)
+    b_waits = remote_wait(b, "t", held_by_a[0])
+    first_key = next(ex.idempotency_key for ex in made if ex.id == held_by_a[1])
+    b_repeats = Waiter(lambda: b.trigger("t", blocking=True, idempotency_key=first_key, timeout=WAIT))
+    until(lambda: watching(b, held_by_a[1]), "B's blocking repeat to follow A's execution")
+    gate_b.release()
+    assert a_waits.result().status is ExecutionStatus.SUCCESS
+    gate_a.release()
+    assert b_waits.result().status is ExecutionStatus.SUCCESS
+    repeat = b_repeats.result()
+    assert (repeat.id, repeat.status) == (held_by_a[1], ExecutionStatus.SUCCESS)
+    # A's executor took the third from its own queue too: its start missed, and it ran nothing
+    assert gate_a.wait_returned(2) and sorted(c[0] for c in gate_a.calls) == sorted(held_by_a)
+    assert [c[0] for c in gate_b.calls] == [third.id]
+    for ex in made:
+        assert a.wait("t", ex.id, timeout=WAIT).status is ExecutionStatus.SUCCESS
+
+
+def test_an_engine_in_another_process_shares_waits_and_work(make_engine: Any, pg_url: str) -> None:
+    """The same across processes: a child node triggers three executions and holds two; this
+    node, given the job, runs the third, and waits for one the child runs; the child's own waits
+    (tests/node_child.py) see every execution finish, the one run here included."""
+    from engine_helpers import Child
+
+    rec = Recorder()
+    here = make_engine(pg_url, node_id="here", poll_interval=NEVER)
+    child = Child("node_child.py", pg_url, "child", "t", "3")
+    try:
+        acked, running = child_started(child)
+        (third,) = [eid for eid in acked if eid not in running]
+        here.register_job("hold", rec)
+        assert rec.wait_calls(1)
+        assert rec.ids() == [third]
+        waits = remote_wait(here, "t", running[0])
+        assert child.proc.stdin is not None
+        child.proc.stdin.write("GO\n")
+        child.proc.stdin.flush()
+        assert waits.result().status is ExecutionStatus.SUCCESS
+        outcomes = dict(child.expect("WAIT").split()[1:] for _ in range(3))
+        child.expect("DONE")
+    finally:
+        child.finish()
+    assert outcomes == dict.fromkeys(acked, "SUCCESS"), outcomes
+    assert not [line for line in child.seen if line == f"RUNNING {third}"], "the third ran twice"
+    assert rec.ids() == [third]
+
+
+def child_started(child: Any, running: int = 2) -> tuple[list[str], list[str]]:
+    """The ids a node_child.py acknowledged, and those it runs, once it is READY and runs that many."""
+    acked: list[str] = []
+    started: list[str] = []
+    while len(started) < running or "READY" not in child.seen:  # the lines interleave
+        line = child.readline()
+        child.seen.append(line)
+        word, *rest = line.split()
+        {"ACK": acked, "RUNNING": started}.get(word, []).extend(rest[:1])
+    return acked, started
+
+
+def test_a_wait_for_an_execution_of_a_node_that_dies_returns_when_it_is_reaped(make_engine: Any, pg_url: str) -> None:
+    """The reaper's transaction notifies like any other: a waiter on a surviving node hears that
+    the killed node's execution was finished as interrupted without polling."""
+    from engine_helpers import Child
+
+    here = make_engine(pg_url, node_id="here", node_lease=1.0, poll_interval=NEVER)
+    child = Child("node_child.py", pg_url, "child", "t", "2")
+    try:
+        _, running = child_started(child)
+        waits = remote_wait(here, "t", running[0])
+        child.kill9()
+    finally:
+        child.finish()
+    got = waits.result()
+    assert (got.status, got.error) == (ExecutionStatus.FAILED, "interrupted: node child lost")
