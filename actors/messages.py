@@ -203,15 +203,11 @@ class AddPending:
 
 @attrs.define
 class AddUnknown:
-    """-> those of ``entries`` the store did not hold, now added: PENDING executions another
-    node made, found in the database (remote.py)."""
+    """-> those of ``entries`` the store did not hold, the first ``limit`` of them, now added:
+    PENDING executions another node made, found in the database (remote.py)."""
 
     entries: list[tuple[str, str, int]]
-
-
-@attrs.define
-class PendingIds:
-    """-> the execution ids of every entry."""
+    limit: int
 
 
 @attrs.define

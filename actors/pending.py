@@ -33,9 +33,8 @@ class PendingStore(EngineActor):
         if isinstance(message, m.AddPending):
             self._add(message.entries)
         elif isinstance(message, m.AddUnknown):
-            return self._add([e for e in message.entries if (e[0], e[1]) not in self._claimed])
-        elif isinstance(message, m.PendingIds):
-            return [execution_id for _, execution_id in self._claimed]
+            unknown = [e for e in message.entries if (e[0], e[1]) not in self._claimed]
+            return self._add(unknown[:message.limit])
         elif isinstance(message, m.ClaimThenStart):
             self._claim_then_start(message)
         elif isinstance(message, m.Claim):

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: the default of Engine.open's ``poll_interval``: the bound on a remote finish's delay while
 #: notifications are lost
 POLL_SECONDS = 1.0
+#: how many more rows than it has room for a look asks for at most, in place of those it holds
+DISCOVERY_SLACK = 1000
 #: the least time between two looks for PENDING executions made elsewhere: the notifications of
 #: busy nodes come far more often, and each look is a query
 DISCOVERY_GAP = 0.1
@@ -159,14 +161,16 @@ class RemoteChanges:
         if room <= 0:
             return None
         self.rounds["discoveries"] += 1
-        known = cast(list[str], ask(self._refs.pending, m.PendingIds()))
+        # rows this node holds already (queued here, or being started) come back too and are
+        # left out below: ask for enough more that they cannot crowd out the room
+        known = cast(int, ask(self._refs.pending, m.PendingCount()))
         with self._reading():
-            found = self._db.pending_elsewhere(jobs, known, room, self._salt)
+            found = self._db.pending_elsewhere(jobs, room + min(known, DISCOVERY_SLACK), self._salt)
         if not found:
             return False
         entries = [(ex.task_id, ex.id, cast(int, ex.index)) for ex, _ in found]
         added = {execution_id for _, execution_id, _ in cast(list[Any], ask(self._refs.pending,
-                                                                              m.AddUnknown(entries)))}
+                                                                              m.AddUnknown(entries, room)))}
         items = [m.WorkItem(ex, task.job, task.incarnation) for ex, task in found if ex.id in added]
         if items:
             self.rounds["discovered"] += len(items)

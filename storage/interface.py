@@ -234,13 +234,10 @@ class Store(abc.ABC):
         one engine writes to a database, and it knows what it wrote)."""
         return None
 
-    def pending_elsewhere(
-        self, jobs: Sequence[str], exclude: Sequence[str], limit: int, salt: str
-    ) -> list[tuple[Execution, Task]]:
-        """Up to ``limit`` PENDING executions of tasks whose job is one of ``jobs``, other than
-        those with an id in ``exclude``, each with its task; ``salt`` orders them differently
-        for every caller, so nodes looking at once mostly take different ones. None where no
-        other node writes."""
+    def pending_elsewhere(self, jobs: Sequence[str], limit: int, salt: str) -> list[tuple[Execution, Task]]:
+        """Up to ``limit`` PENDING executions of tasks whose job is one of ``jobs``, each with its
+        task; ``salt`` orders them differently for every caller, so nodes looking at once mostly
+        take different ones. None where no other node writes."""
         return []
 
     # -- retention -------------------------------------------------------------------------

@@ -455,9 +455,7 @@ class PostgresStore(Store):
                 out[(task_id, execution_id)] = self._execution(task_id, int(index), record)
         return out
 
-    def pending_elsewhere(
-        self, jobs: Sequence[str], exclude: Sequence[str], limit: int, salt: str
-    ) -> list[tuple[Execution, Task]]:
+    def pending_elsewhere(self, jobs: Sequence[str], limit: int, salt: str) -> list[tuple[Execution, Task]]:
         if limit <= 0 or not jobs:
             return []
         # a window of the first PENDING rows of these jobs in the live index's order (a look costs
@@ -466,10 +464,10 @@ class PostgresStore(Store):
             "SELECT w.task_id, w.idx, w.record, t.id, t.record, t.counter, t.prune_mark FROM ("
             " SELECT e.task_id, e.idx, e.id, e.record FROM taskengine.executions e"
             " JOIN taskengine.tasks t ON t.id = e.task_id"
-            " WHERE e.status = 'P' AND t.job = ANY(%s) AND NOT (e.id = ANY(%s))"
+            " WHERE e.status = 'P' AND t.job = ANY(%s)"
             " ORDER BY e.task_id, e.idx LIMIT %s"
             ") w JOIN taskengine.tasks t ON t.id = w.task_id ORDER BY hashtext(w.id || %s) LIMIT %s",
-            (list(jobs), list(exclude), DISCOVERY_WINDOW, salt, limit))
+            (list(jobs), DISCOVERY_WINDOW, salt, limit))
         out: list[tuple[Execution, Task]] = []
         for task_id, index, record, *task_row in rows:
             try:
