@@ -1,6 +1,7 @@
 """How long a wait on one node takes to return after another node's finish commits (PostgreSQL):
 through a notification, and with the notification lost (polling); and between two real engines,
-from the job's return on one to the wait's return on the other. A measurement, not a test:
+from the job's return on one to the wait's return on the other. Then what one look for other nodes'
+PENDING executions costs as the backlog grows. A measurement, not a test:
 ``python tests/measure_remote_wait.py [ROUNDS]`` starts a throwaway server, prints the figures,
 and stops it."""
 
@@ -73,6 +74,36 @@ def measure_two_engines(url: str, rounds: int) -> list[float]:
     return out
 
 
+def measure_discovery(url: str) -> None:
+    """What one look for other nodes' PENDING executions costs against the size of the backlog."""
+    from taskengine.actors.ids import new_id
+    from taskengine.storage import Execution, ExecutionStatus, codec, open_store
+
+    Engine.open(url).close()  # the schema
+    other = OtherNode(url)
+    other.create_task("t", job="j")
+    for n in (1000, 10_000, 100_000):
+        have = other.conn.execute("SELECT counter FROM taskengine.tasks WHERE id = 't'").fetchone()[0]  # type: ignore[index]
+        rows = []
+        for i in range(have, n):
+            ex = Execution(id=new_id(), task_id="t", index=i, status=ExecutionStatus.PENDING, blocking=False)
+            rows.append(("t", i, ex.id, codec.encode_execution(ex)))
+        with other.conn.cursor() as cur:
+            cur.executemany("INSERT INTO taskengine.executions (task_id, idx, id, status, record) "
+                            "VALUES (%s, %s, %s, 'P', %s)", rows)
+        other.conn.execute("UPDATE taskengine.tasks SET counter = %s WHERE id = 't'", (n,))
+        other.conn.execute("ANALYZE")
+        store = open_store(url)
+        for limit in (4, 64):
+            began, repeats = time.perf_counter(), 20
+            for _ in range(repeats):
+                store.pending_elsewhere(["j"], limit, new_id())
+            print(f"one look for others' work, {n:>7,} PENDING rows, limit {limit:>2}: "
+                  f"{(time.perf_counter() - began) / repeats * 1000:5.1f} ms")
+        store.close()
+    other.close()
+
+
 def show(name: str, seconds: list[float]) -> None:
     ms = sorted(s * 1000 for s in seconds)
     p95 = ms[min(len(ms) - 1, int(len(ms) * 0.95))]
@@ -89,6 +120,7 @@ def main() -> None:
         for poll in (1.0, 0.2):
             show(f"notification lost (poll {poll} s)", measure(server.create_database(), notify=False, poll=poll,
                                                                rounds=max(5, rounds // 5)))
+        measure_discovery(server.create_database())
 
 
 if __name__ == "__main__":
