@@ -40,6 +40,7 @@ FENCE = ("SELECT txid_current() FROM taskengine.nodes WHERE id = %s AND epoch = 
 #: one reaper at a time, whichever node's heartbeat runs it
 REAPER_LOCK = 0x74_61_73_6B_72_65_61  # "taskrea"
 #: how long the reaper waits for a lost node's transaction in flight before it tries again later
+#: (at most; a heartbeat gives it a quarter of its lease, within its statements' timeout of half)
 REAP_LOCK_TIMEOUT_MS = 2000
 
 
@@ -120,7 +121,7 @@ def finish_running(conn: Any, node: Node, error: str) -> list[Execution]:
     return done
 
 
-def reap(conn: Any) -> list[tuple[Node, int]]:
+def reap(conn: Any, lock_timeout_ms: int = REAP_LOCK_TIMEOUT_MS) -> list[tuple[Node, int]]:
     """One reaper pass (``conn`` in autocommit): every node whose lease expired is marked not alive
     and its RUNNING executions finished as FAILED, all in one transaction; (node, count) of each.
     A node whose row stays locked (its transaction in flight) is tried again at the next pass."""
@@ -128,7 +129,7 @@ def reap(conn: Any) -> list[tuple[Node, int]]:
     with conn.transaction():
         if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (REAPER_LOCK,)).fetchone()[0]:
             return []  # another node's heartbeat is reaping
-        conn.execute(f"SET LOCAL lock_timeout = {REAP_LOCK_TIMEOUT_MS}")
+        conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
         expired = conn.execute("SELECT id FROM taskengine.nodes WHERE alive AND lease_until < clock_timestamp() "
                                "ORDER BY id").fetchall()
         for (node_id,) in expired:
@@ -204,7 +205,7 @@ class Heartbeat:
             if not renew(self._conn, self._node, self._lease):
                 return lease_lost(self._node)
             self._renewed = began
-            reap(self._conn)
+            reap(self._conn, min(REAP_LOCK_TIMEOUT_MS, max(50, int(self._lease * 250))))
         except psycopg.Error as e:
             log.warning("node %r: heartbeat failed (%s); trying again", self._node.id,
                         (str(e).strip().splitlines() or [type(e).__name__])[0])

@@ -17,8 +17,9 @@ import psycopg
 import pytest
 
 from engine_helpers import WAIT, Child, Gate, Recorder, check_db, run_threads
+from pg_other import OtherNode
 from taskengine import ExecutionStatus, errors, storage
-from taskengine.storage import codec, postgres
+from taskengine.storage import codec, pg_nodes, postgres, records
 from taskengine.storage.records import Execution, Task
 
 pytestmark = pytest.mark.timeout(120)
@@ -136,7 +137,7 @@ def test_pending_executions_two_nodes_loaded_run_once(make_engine: Any, pg_url: 
     assert a.stats().pending == n and b.stats().pending == n  # both hold every one
 
     def work(ctx: Any) -> None:
-        time.sleep(0.001)  # the job's own work: both nodes are still at it when the other claims
+        time.sleep(0.005)  # the job's own work: both nodes are still at it when the other claims
 
     rec_a, rec_b = Recorder(work), Recorder(work)
     both = threading.Barrier(2)
@@ -394,3 +395,42 @@ def test_a_key_queued_on_one_node_and_stored_by_another(make_engine: Any, pg_url
     b.close()
     disk = check_db(pg_url, allow_live=False)["t"]
     assert disk.counter == 2 and disk.idempotency == {"k": stored.id}
+
+
+def test_the_reaper_waits_for_a_lost_nodes_transaction_in_flight(make_engine: Any, pg_url: str) -> None:
+    """A node whose lease runs out while one of its fenced transactions is still open (here: a
+    claim, played by SQL): the reaper's FOR UPDATE on the node's row waits for it, and once it
+    commits the reaper sees the claim and finishes that execution as lost. (Without the wait the
+    reaper would mark the node dead first, and the claim committed after would stay RUNNING.)"""
+    survivor = make_engine(pg_url, node_id="survivor", node_lease=LEASE)  # without the job: it reaps only
+    other = OtherNode(pg_url)
+    try:
+        other.create_task("t", "elsewhere")
+        pending = other.trigger("t")
+    finally:
+        other.close()
+    with psycopg.connect(pg_url, autocommit=True) as ghost:
+        ghost.execute("INSERT INTO taskengine.nodes (id, epoch, lease_until, alive) "
+                      "VALUES ('ghost', 1, clock_timestamp() + interval '1 second', true)")
+        with ghost.transaction():
+            assert ghost.execute(pg_nodes.FENCE, ("ghost", 1)).fetchone() is not None
+            running = records.started(pending, time.time())
+            claimed = ghost.execute(
+                "UPDATE taskengine.executions SET status = 'R', runner = 'ghost', runner_epoch = 1, record = %s "
+                "WHERE task_id = 't' AND id = %s AND status = 'P'", (codec.encode_execution(running), pending.id))
+            assert claimed.rowcount == 1
+
+            def reaper_waits() -> bool:
+                with psycopg.connect(pg_url, autocommit=True) as look:
+                    row = look.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE '%%FROM taskengine.nodes%%FOR UPDATE%%'").fetchone()
+                    return bool(row and row[0])
+
+            _until("the reaper waits for the ghost's transaction", reaper_waits)
+            assert _node_rows(pg_url)["ghost"] == (1, True)
+    lost = "interrupted: node ghost lost"
+    _until("the reaper finished the claim it waited for", lambda: _stored(pg_url, "t")[pending.id].error == lost)
+    assert _node_rows(pg_url)["ghost"] == (1, False)
+    survivor.close()
+    check_db(pg_url, allow_live=False)
