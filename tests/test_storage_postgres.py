@@ -170,3 +170,51 @@ def test_a_commit_in_doubt_is_settled_before_the_answer(
     disk = check_db(pg_url, allow_live=False)["t"]
     assert disk.counter == 3
     assert [disk.records[i].id for i in range(3)] == [first.id, second.id, third.id]
+
+
+def test_statements_sent_together_are_each_checked(pg_url: str) -> None:
+    """A turn's statements of one kind go to the server together (one executemany: its row count
+    is their total); one of them that does not apply (a counter moved from a value it no longer
+    has, among others that apply) still rolls the whole write back."""
+    from taskengine.storage.postgres import _run
+
+    store = storage.open_store(pg_url, create=True)
+    try:
+        ch = store.changes
+        writer = store.writer()
+        tasks = [f"t{i}" for i in range(5)]
+        writer.write([ch.create_task(Task(id=t, job="j", incarnation="i")) for t in tasks])
+        turn = [ch.assign(_execution(t, 0), with_counter=False) for t in tasks]
+        turn += [ch.counter(t, 1, 0) for t in tasks]
+        flat = [(position, stmt) for position, change in enumerate(turn) for stmt in change]
+        assert [len(_run(flat, at, [])) for at in (0, 5)] == [5, 5]  # the INSERTs, then the counters' UPDATEs
+        writer.write(turn)
+        assert [store.read_counter(t) for t in tasks] == [1] * 5
+        bad = [ch.assign(_execution(t, 1), with_counter=False) for t in tasks]
+        bad += [ch.counter(t, 2, 1 if t != "t3" else 0) for t in tasks]  # t3's counter is not at 0
+        with pytest.raises(storage.WriteFailed) as failed:
+            writer.write(bad)
+        assert failed.value.outcome_unknown is False
+        assert [store.read_counter(t) for t in tasks] == [1] * 5
+        assert [store.last_index(t) for t in tasks] == [0] * 5
+        writer.close()
+    finally:
+        store.close()
+    check_db(pg_url)
+
+
+def test_one_engine_writes_to_a_database_at_a_time(make_engine: Any, pg_url: str) -> None:
+    """The writer holds a session advisory lock: a second engine is refused (StorageLocked), a
+    read-only tool is not, and the lock goes with the first engine."""
+    first = make_engine(pg_url, jobs={"rec": Recorder()})
+    first.create_task("t", job="rec")
+    began = time.monotonic()
+    with pytest.raises(errors.StorageLocked, match="another engine writes"):
+        make_engine(pg_url, jobs={"rec": Recorder()})
+    assert time.monotonic() - began < WAIT
+    store = storage.open_store(pg_url)  # reading is not writing
+    assert store.get_task("t") is not None
+    store.close()
+    make_engine.close(first)
+    second = make_engine(pg_url, jobs={"rec": Recorder()})
+    assert second.trigger("t").index == 0
