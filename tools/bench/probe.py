@@ -4,6 +4,7 @@ Not part of ``taskengine bench`` (its figures stay free of instrumentation). Run
 
     python -m taskengine.tools.bench.probe acks --tasks 1 --callers 64   # durable acks
     python -m taskengine.tools.bench.probe acks --no-directory-watch     # the same without the directory check
+    python -m taskengine.tools.bench.probe acks --tasks 100 --backend postgresql://...  # on PostgreSQL
     python -m taskengine.tools.bench.probe e2e --executions 20000         # end-to-end no-op executions
     python -m taskengine.tools.bench.probe e2e --burst                    # the same, triggered as the bench does
     python -m taskengine.tools.bench.probe e2e --cprofile                 # function by function
@@ -85,6 +86,30 @@ def _instrument_writes() -> str | None:
         return result
 
     committer.write = write
+    return None
+
+
+def _instrument_postgres() -> str | None:
+    """Time the PostgreSQL writer's transactions (statements and round trips, the server's part)."""
+    try:
+        from taskengine.storage import postgres
+    except ImportError as e:
+        return f"no PostgreSQL backend ({e}): transaction timing skipped"
+    original = postgres.PostgresWriter._transaction
+
+    def transaction(self: Any, conn: Any, changes: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original(self, conn, changes)
+        finally:
+            took = time.perf_counter() - t0
+            with _lock:
+                _stats["pg_transactions"] += 1
+                _stats["pg_changes"] += len(changes)
+                _stats["pg_statements"] += sum(len(c) for c in changes)
+                _times["pg_transaction"] += took
+
+    postgres.PostgresWriter._transaction = transaction  # type: ignore[method-assign]
     return None
 
 
@@ -287,6 +312,15 @@ def _write_lines(n_ops: float, label: str, frozen: tuple[Any, Any] | None = None
                 f"per op; batch.write (LevelDB queue + fsync): {1e6 * t['batch_write'] / s['timed_writes']:.0f} us "
                 "per write"
             )
+    if s["pg_transactions"]:
+        n = s["pg_transactions"]
+        lines.append(
+            f"  PostgreSQL transactions: {n / n_ops:.2f} per {label}, {s['pg_changes'] / n:.1f} changes and "
+            f"{s['pg_statements'] / n:.1f} statements each; {1e6 * t['pg_transaction'] / n:.0f} us per transaction "
+            f"({1e6 * t['pg_transaction'] / max(1, s['pg_statements']):.0f} us per statement)"
+        )
+        if s["turns"]:
+            lines.append(f"  transactions are {100 * t['pg_transaction'] / t['turn']:.0f}% of counter-actor turn time")
     if s["dir_checks"]:
         lines.append(
             f"  directory check before the ack: {1e6 * t['dir_check'] / s['dir_checks']:.1f} us per write, "
@@ -334,7 +368,14 @@ def probe_acks(args: argparse.Namespace) -> list[str]:
     _instrument_messages()
     from taskengine import Engine
 
+    server = None
     path = os.path.join(args.workdir, "acks")
+    if args.backend:
+        from .postgres import Server
+
+        notes += [n for n in (_instrument_postgres(),) if n]
+        server = Server(args.backend)
+        path = server.database("probe_acks")
     gate = threading.Event()
 
     def held(ctx: Any) -> None:
@@ -349,6 +390,8 @@ def probe_acks(args: argparse.Namespace) -> list[str]:
     )
     gate.set()
     engine.close()
+    if server is not None:
+        server.drop_all()
     # the triggers sent inside the window (each is one ack); the callers' own rate is over a longer run
     ops = frozen[0]["msg tell Trigger -> CounterActor"] or max(run.rate * wall, 1.0)
     lines = [f"durable acks, {args.callers} callers over {args.tasks} task(s), {args.counter_actors} counter actors: "
@@ -501,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="executors (default: the engine's default)")
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--executions", type=int, default=20_000)
+    parser.add_argument("--backend", metavar="URL",
+                        help="acks: on this PostgreSQL server (a database of its own, dropped after), "
+                        "timing the writer's transactions")
     parser.add_argument("--burst", action="store_true",
                         help="e2e: 64 callers trigger every execution at once (the bench's e2e), not the soak driver")
     parser.add_argument("--cprofile", action="store_true",
