@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 from taskengine import Engine, JobContext
 
@@ -26,7 +27,13 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
+#: set once both triggers are acknowledged: the job says RUNNING only then, so a test that signals
+#: on RUNNING finds the second execution queued (a job can start before the second trigger returns)
+triggered = threading.Event()
+
+
 def hold(ctx: JobContext) -> dict[str, int]:
+    triggered.wait()
     say(f"RUNNING {ctx.index}")
     sys.stdin.readline()
     return {"index": ctx.index}
@@ -42,6 +49,7 @@ def main() -> None:
     engine.create_task("t", job="hold")
     engine.trigger("t")
     engine.trigger("t")
+    triggered.set()
     if mode == "with":
         with engine:
             signal.pause()

@@ -202,19 +202,3 @@ def test_statements_sent_together_are_each_checked(pg_url: str) -> None:
         store.close()
     check_db(pg_url)
 
-
-def test_one_engine_writes_to_a_database_at_a_time(make_engine: Any, pg_url: str) -> None:
-    """The writer holds a session advisory lock: a second engine is refused (StorageLocked), a
-    read-only tool is not, and the lock goes with the first engine."""
-    first = make_engine(pg_url, jobs={"rec": Recorder()})
-    first.create_task("t", job="rec")
-    began = time.monotonic()
-    with pytest.raises(errors.StorageLocked, match="another engine writes"):
-        make_engine(pg_url, jobs={"rec": Recorder()})
-    assert time.monotonic() - began < WAIT
-    store = storage.open_store(pg_url)  # reading is not writing
-    assert store.get_task("t") is not None
-    store.close()
-    make_engine.close(first)
-    second = make_engine(pg_url, jobs={"rec": Recorder()})
-    assert second.trigger("t").index == 0
