@@ -90,17 +90,20 @@ def _instrument_writes() -> str | None:
 
 
 def _instrument_postgres() -> str | None:
-    """Time the PostgreSQL writer's transactions (statements and round trips, the server's part)."""
+    """Time the PostgreSQL writer's transactions (``PostgresWriter._write``: the fence and task
+    locks, the statements, the commit)."""
     try:
         from taskengine.storage import postgres
     except ImportError as e:
         return f"no PostgreSQL backend ({e}): transaction timing skipped"
-    original = postgres.PostgresWriter._transaction
+    original = getattr(postgres.PostgresWriter, "_write", None)
+    if original is None:
+        return "no PostgresWriter._write: transaction timing skipped"
 
-    def transaction(self: Any, conn: Any, changes: Any) -> Any:
+    def transaction(self: Any, changes: Any, *rest: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return original(self, conn, changes)
+            return original(self, changes, *rest)
         finally:
             took = time.perf_counter() - t0
             with _lock:
@@ -109,7 +112,7 @@ def _instrument_postgres() -> str | None:
                 _stats["pg_statements"] += sum(len(c) for c in changes)
                 _times["pg_transaction"] += took
 
-    postgres.PostgresWriter._transaction = transaction  # type: ignore[method-assign]
+    postgres.PostgresWriter._write = transaction  # type: ignore[method-assign,assignment]
     return None
 
 
