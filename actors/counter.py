@@ -180,8 +180,8 @@ class CounterActor(EngineActor):
             if more is None:
                 break
             batch.append(more)
-        self._begin(batch)
         try:
+            self._begin(batch)  # inside: whatever happens, the turn's write ends what begin began
             for msg in batch:
                 self._handle(msg)
             # a turn whose tasks the writer did not lock (one writer: LevelDB) also takes what
