@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-once lint bench clean
+.PHONY: run cluster test test-once lint bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ run: $(STAMP)
 	rm -rf run-db
 	$(BIN)/taskengine stress run-db --duration 60 --crash-every 4
 	$(BIN)/taskengine replay run-db
+
+## several nodes on one PostgreSQL: a throwaway server, 3 node processes triggering for about a
+## minute while nodes are SIGKILLed, replaced and paused past their lease and the server is killed
+## and restarted once; then the replay check; non-zero exit on any violation
+cluster: $(STAMP)
+	$(BIN)/python -m taskengine.tools.cluster --duration 60 --server-restarts 1
 
 ## the test suite (what .ci/run calls); the engine tests run a second time on plyvel's write
 ## batches, the path taken where LevelDB's C API cannot be used (storage/capi.py); their PostgreSQL

@@ -348,20 +348,21 @@ class PostgresStore(Store):
     def _rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         if self._closed:
             raise StorageError(f"the database {self.path} is closed")
-        for attempt in (1, 2):
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        while True:
             conn = None
             try:
-                with self._pool.connection() as conn:
+                with self._pool.connection(timeout=max(0.1, deadline - time.monotonic())) as conn:
                     return list(conn.execute(sql, params).fetchall())
             except psycopg.OperationalError as e:
-                # a connection the server dropped (it restarted): the pool discards it, and the
-                # others it holds idle are checked (they were dropped too), then once more
-                if attempt == 2 or conn is None or not conn.broken:
+                # a connection the server dropped (it restarted): the pool discards it. Every idle
+                # connection of the pool was dropped with it, so they are checked (the broken ones
+                # discarded) before the read is made again, until the server is back or the deadline
+                if conn is None or not conn.broken or time.monotonic() >= deadline:
                     raise StorageError(f"cannot read {self.path}: {_message(e)}") from None
                 self._pool.check()
             except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
                 raise StorageError(f"cannot read {self.path}: {_message(e)}") from None
-        raise AssertionError("unreachable")
 
     def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         rows = self._rows(sql, params)

@@ -4,8 +4,6 @@ and no acknowledged execution is lost or doubled; the indexes stay gap-free."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +11,7 @@ from typing import Any
 import pytest
 
 from engine_helpers import WAIT, Recorder, check_db
-from pg import PG_BIN, PgServer, as_owner, running_server
+from pg import PgServer, restart_server, running_server
 from taskengine import errors
 
 pytestmark = pytest.mark.timeout(120)
@@ -24,12 +22,6 @@ def own_server() -> Iterator[PgServer]:
     """A server of this test's own: it is killed and restarted."""
     with running_server() as server:
         yield server
-
-
-def _pg_ctl(server: PgServer, *args: str) -> None:
-    owner = "postgres" if os.geteuid() == 0 else None  # as start_server ran it
-    subprocess.run([*as_owner(owner), str(PG_BIN / "pg_ctl"), "-D", str(server.data), *args],
-                   check=True, capture_output=True, timeout=60)
 
 
 def test_a_server_restart_loses_and_doubles_nothing(make_engine: Any, own_server: PgServer) -> None:
@@ -65,8 +57,7 @@ def test_a_server_restart_loses_and_doubles_nothing(make_engine: Any, own_server
     try:
         while len(acked) < 100 and not failed:
             stop.wait(0.01)
-        _pg_ctl(own_server, "stop", "-m", "immediate", "-w")
-        _pg_ctl(own_server, "start", "-w", "-l", str(own_server.directory / "log"))
+        restart_server(own_server)
         restarted.set()
         before = len(acked)
         while len(acked) < before + 100 and not failed:
@@ -99,8 +90,7 @@ def test_a_wait_across_nodes_returns_after_a_server_restart(make_engine: Any, ow
     other.close()
     waiter = remote_wait(engine, "t", ex.id)
     feed = engine._remote._feed
-    _pg_ctl(own_server, "stop", "-m", "immediate", "-w")
-    _pg_ctl(own_server, "start", "-w", "-l", str(own_server.directory / "log"))
+    restart_server(own_server)
     until(lambda: feed.reconnects >= 1, "the engine to listen again")
     assert waiter.pending()
     other = OtherNode(url)
@@ -109,3 +99,20 @@ def test_a_wait_across_nodes_returns_after_a_server_restart(make_engine: Any, ow
     finally:
         other.close()
     assert waiter.result() == done
+
+
+def test_reads_after_a_server_restart_reconnect(own_server: PgServer) -> None:
+    """Every connection the readers' pool holds is cut by a restart: a read after it gets them one
+    after another, discards them and reads on a new one (it once gave up after two)."""
+    from taskengine.storage.postgres import PostgresStore
+
+    store = PostgresStore.open(own_server.create_database(), create=True)
+    try:
+        pool = store._pool
+        with pool.connection(), pool.connection(), pool.connection():
+            pass  # three connections in the pool, idle, all to be cut
+        restart_server(own_server)
+        assert store.get_task("t") is None
+        assert list(store.iter_task_ids()) == []
+    finally:
+        store.close()

@@ -10,27 +10,43 @@ stops the clients, closes the engine, prints ``{"ev": "closed"}`` and exits 0.
 
 A failure to start (a locked database, a task id taken by another job) prints
 ``{"ev": "error", "msg": ...}`` and exits 2.
+
+As one node of ``stress --nodes`` (``--node-id``, with ``--slot``, ``--book`` and ``--markers``):
+the engine opens with that node id and lease, its jobs mark each run in the marker file
+(``taskengine.tools.stress.markers``), its clients share the task book of every node
+(``taskengine.tools.stress.shared``), numbered from ``--first-client``. A write the engine
+refuses (a ``StorageError``: the node lost its lease while paused, and is fenced) is printed as
+``{"ev": "refused", "msg": ...}`` and ends the node: it closes and exits 3, and the driver
+decides whether that was expected.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from typing import Any
 
+import attrs
+
 from taskengine import Engine
 from taskengine.actors.errors import EngineError
 
+from .markers import SUFFIX, marked_jobs
+from .shared import SharedTaskBook
 from .workload import (
     JOBS,
     NODE_ID,
+    NODE_SETTINGS,
     Control,
     HidePlannedFailures,
+    Settings,
     TaskBook,
     Workload,
     WorkloadError,
@@ -59,6 +75,13 @@ class LineSink:
             self._out.flush()
 
 
+def _open(args: argparse.Namespace, jobs: Any) -> Engine:
+    kwargs: dict[str, Any] = {"node_id": NODE_ID}
+    if args.node_id is not None:
+        kwargs = {"node_id": args.node_id, "node_lease": args.lease}
+    return Engine.open(args.db, jobs=jobs, workers=args.workers, counter_actors=args.counter_actors, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taskengine.tools.stress.child")
     parser.add_argument("--db", required=True)
@@ -68,20 +91,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counter-actors", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--generations", default="{}", help="JSON {task: deletions begun so far}")
+    parser.add_argument("--node-id", default=None, help="run as this node of a cluster")
+    parser.add_argument("--lease", type=float, default=None, help="the node's lease, seconds")
+    parser.add_argument("--slot", type=int, default=1, help="the node's place in the cluster (1..N)")
+    parser.add_argument("--book", default=None, help="the cluster's shared task book")
+    parser.add_argument("--markers", default=None, help="the file this node's jobs mark their runs in")
+    parser.add_argument("--first-client", type=int, default=0)
+    parser.add_argument("--delete-probability", type=float, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="stress-child: %(levelname)s %(message)s")
     HidePlannedFailures().__enter__()  # for the life of the process
     sink = LineSink(sys.stdout)
+    stop = threading.Event()
+    refused: list[str] = []
 
     def on_term(signum: int, frame: Any) -> None:
         raise _Stop()
 
+    def node_sink(ev: dict[str, Any]) -> None:
+        sink(ev)
+        if ev.get("ev") == "refused":
+            refused.append(str(ev.get("msg")))
+            stop.set()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            if line.strip() == "stop":
+                break
+        stop.set()
+
     signal.signal(signal.SIGTERM, on_term)
     ids = task_ids(args.tasks)
+    jobs: Any = JOBS
+    settings = Settings()
+    if args.node_id is not None:
+        jobs = marked_jobs(args.markers, os.path.basename(args.markers).removesuffix(SUFFIX))
+        settings = NODE_SETTINGS
+    if args.delete_probability is not None:
+        settings = attrs.evolve(settings, delete_probability=args.delete_probability)
     t0 = time.perf_counter()
     try:
-        engine = Engine.open(args.db, jobs=JOBS, workers=args.workers, counter_actors=args.counter_actors,
-                             node_id=NODE_ID)
+        engine = _open(args, jobs)
     except EngineError as e:
         sink({"ev": "error", "msg": f"{type(e).__name__}: {e}"})
         return 2
@@ -92,29 +142,40 @@ def main(argv: list[str] | None = None) -> int:
         except WorkloadError as e:
             sink({"ev": "error", "msg": str(e)})
             return 2
+        book: TaskBook
+        if args.book is not None:
+            book = SharedTaskBook(args.book, ids, args.slot)
+            # deletions an earlier node of this slot began and never finished: the driver made
+            # sure that node is gone from the server, and ensure_tasks re-created the task
+            for task, n in book.unfinished():
+                book.end_delete(task, n)
+        else:
+            book = TaskBook(ids, json.loads(args.generations))
         sink({"ev": "ready", "open_s": round(time.perf_counter() - t0, 6)})
-        book = TaskBook(ids, json.loads(args.generations))
-        workload = Workload(engine, ids, args.clients, args.seed, sink, Control(None), book)
+        workload = Workload(engine, ids, args.clients, args.seed, node_sink, Control(None), book, settings,
+                            first_client=args.first_client)
         workload.start()
+        threading.Thread(target=read_stdin, name="stress-child-stdin", daemon=True).start()
         try:
-            for line in sys.stdin:
-                if line.strip() == "stop":
-                    break
+            while not stop.wait(0.5):  # a timeout, so SIGTERM's handler gets to run
+                pass
         except _Stop:
             pass
         # from here on a SIGTERM must not cut the orderly close
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for problem in workload.stop(close_engine=True):
-            sink({"ev": "violation", "msg": problem})
+            if not refused:  # a fenced engine's close may fail in many ways: the driver judges
+                sink({"ev": "violation", "msg": problem})
         workload = None
     except _Stop:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if workload is not None:
             workload.stop()
     finally:
-        engine.close()
+        with contextlib.suppress(EngineError):
+            engine.close()
     sink({"ev": "closed"})
-    return 0
+    return 3 if refused else 0
 
 
 if __name__ == "__main__":

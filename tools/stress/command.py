@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from taskengine.storage import is_url
@@ -29,14 +30,18 @@ DEFAULT_WORKERS = 4
 #: seconds, when neither --count nor --duration is given
 DEFAULT_DURATION = 10.0
 MIN_CRASH_EVERY = 0.2
+DEFAULT_LEASE = 2.0
+MAX_NODES = 32
 
 DESCRIPTION = (
     "Drive an engine on DB with many concurrent client actors (pykka) over many tasks: blocking and "
     "non-blocking triggers, idempotent retries, task deletions and re-creations, failing and slow jobs. "
     "With --crash-every the engine and its clients run in a child process that is killed with SIGKILL "
-    "at random moments and restarted on the same database. At the end every execution acknowledged to a "
-    "client is checked on a reopened engine (same index, finished), the replay check is run, and a report "
-    "with throughput and latency percentiles is printed. Exits 1 if any violation was found."
+    "at random moments and restarted on the same database. With --nodes N (PostgreSQL) N node processes "
+    "run at once, and nodes are SIGKILLed, replaced, and paused past their lease. At the end every "
+    "execution acknowledged to a client is checked on a reopened engine (same index, finished), the "
+    "replay check is run, and a report with throughput and latency percentiles is printed. Exits 1 if "
+    "any violation was found."
 )
 
 
@@ -55,6 +60,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crash-every", metavar="SECONDS", default=None,
                         help="run the engine in a child process and SIGKILL it about every SECONDS "
                         "(uniformly 0.5..1.5 x SECONDS after it is ready; some kills hit its start-up)")
+    parser.add_argument("--nodes", metavar="N", default=None,
+                        help="PostgreSQL only: run N node processes at once on the database, each an engine with a "
+                        "node id of its own and its clients; with --crash-every, about every SECONDS one node is "
+                        "SIGKILLed and replaced (same node id or a new one) or paused past its lease (SIGSTOP) and "
+                        "resumed. At the end the nodes' job-run markers prove nothing ran twice")
+    parser.add_argument("--lease", metavar="SECONDS", default=None,
+                        help=f"with --nodes: each node's lease (default {DEFAULT_LEASE:g}); a node paused longer "
+                        "loses it")
+    parser.add_argument("--pause-share", metavar="FRACTION", default=None,
+                        help="with --nodes and --crash-every: the share of chaos events that pause a node past its "
+                        "lease rather than kill one (default 0.3)")
     parser.add_argument("--workers", metavar="W", default=str(DEFAULT_WORKERS),
                         help=f"executor actors of the engine (default {DEFAULT_WORKERS})")
     parser.add_argument("--counter-actors", metavar="C", default="1",
@@ -86,6 +102,16 @@ def _seconds(value: Any, flag: str, lo: float, hi: float) -> float:
         raise ToolError(f"{flag} must be a number of seconds, not {value!r}", EXIT_USAGE) from None
     if not math.isfinite(x) or not lo <= x <= hi:
         raise ToolError(f"{flag} must be a number of seconds between {lo:g} and {hi:g}, not {value}", EXIT_USAGE)
+    return x
+
+
+def _fraction(value: Any, flag: str) -> float:
+    try:
+        x = float(str(value).strip())
+    except ValueError:
+        x = math.nan
+    if not math.isfinite(x) or not 0.0 <= x <= 1.0:
+        raise ToolError(f"{flag} must be a number from 0 to 1, not {value!r}", EXIT_USAGE)
     return x
 
 
@@ -130,6 +156,21 @@ def config_from_args(args: argparse.Namespace) -> Any:
     crash_every = None
     if args.crash_every is not None:
         crash_every = _seconds(args.crash_every, "--crash-every", MIN_CRASH_EVERY, 86400)
+    nodes = None
+    lease = DEFAULT_LEASE
+    if getattr(args, "nodes", None) is not None:
+        if not is_url(db):
+            raise ToolError("--nodes needs a postgresql:// URL: a LevelDB database belongs to one process", EXIT_USAGE)
+        nodes = _int(args.nodes, "--nodes", 1, MAX_NODES)
+    if getattr(args, "lease", None) is not None:
+        if nodes is None:
+            raise ToolError("--lease is a setting of --nodes", EXIT_USAGE)
+        lease = _seconds(args.lease, "--lease", 0.5, 3600)
+    pause_share = 0.3
+    if getattr(args, "pause_share", None) is not None:
+        if nodes is None:
+            raise ToolError("--pause-share is a setting of --nodes", EXIT_USAGE)
+        pause_share = _fraction(args.pause_share, "--pause-share")
     if args.seed is None:
         seed = int.from_bytes(os.urandom(4), "big") % 1_000_000
     else:
@@ -142,15 +183,17 @@ def config_from_args(args: argparse.Namespace) -> Any:
         require(args.plot)
     return StressConfig(
         db=db, clients=clients, tasks=tasks, count=count, duration=duration, crash_every=crash_every,
-        workers=workers, counter_actors=counter_actors, seed=seed,
+        workers=workers, counter_actors=counter_actors, seed=seed, nodes=nodes, lease=lease,
+        pause_share=pause_share,
     )
 
 
 class ProgressLine:
     """One updating line on a terminal (``\\r``); on a pipe or file, a line every 5 s instead."""
 
-    def __init__(self, out: TextIO, enabled: bool) -> None:
+    def __init__(self, out: TextIO, enabled: bool, nodes: bool = False) -> None:
         self.out = out
+        self.nodes = nodes
         self.enabled = enabled
         self.tty = enabled and out.isatty()
         self._last = 0.0
@@ -161,7 +204,7 @@ class ProgressLine:
             return
         text = (
             f"stress {p.elapsed:6.1f} s  acked {p.acknowledged:>8}  {p.rate:7.1f}/s  "
-            f"crashes {p.crashes:>3}  violations {p.violations}"
+            f"{'kills' if self.nodes else 'crashes'} {p.crashes:>3}  violations {p.violations}"
         )
         if self.tty:
             self.out.write("\r" + text + "\x1b[K")
@@ -179,13 +222,27 @@ class ProgressLine:
             self._shown = False
 
 
-def run(args: argparse.Namespace) -> int:
-    progress = ProgressLine(sys.stderr, not getattr(args, "no_progress", False))
+def run(
+    args: argparse.Namespace,
+    observe: Callable[[Any], None] | None = None,
+    after_workload: Callable[[], None] | None = None,
+) -> int:
+    """The command; ``observe`` is also given the run's progress, and ``after_workload`` called
+    before the checks (a harness that restarts the server during the run:
+    ``taskengine.tools.cluster``)."""
+    nodes = getattr(args, "nodes", None) is not None
+    progress = ProgressLine(sys.stderr, not getattr(args, "no_progress", False), nodes)
+
+    def on_progress(p: Any) -> None:
+        progress(p)
+        if observe is not None:
+            observe(p)
+
     try:
         cfg = config_from_args(args)
         from .driver import execute
 
-        report = execute(cfg, progress)
+        report = execute(cfg, on_progress, after_workload=after_workload)
     except ToolError as e:
         progress.clear()
         print(f"taskengine stress: error: {e.message}", file=sys.stderr)

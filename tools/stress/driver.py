@@ -18,18 +18,20 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from typing import IO
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
 
 import attrs
 
 from taskengine import Engine
 from taskengine.actors.errors import EngineError, StorageLocked
+from taskengine.actors.jobs import Job
 from taskengine.storage import is_url, shown
 
 from .. import replay
 from ..common import EXIT_USAGE, ToolError, locked_message, open_database
 from .check import Ledger, final_check
+from .markers import check_marks, marked_jobs, marker_path
 from .report import Latency, StressReport
 from .workload import (
     JOBS,
@@ -45,6 +47,9 @@ from .workload import (
 )
 
 log = logging.getLogger(__name__)
+
+#: the marker file of the final check's engine, which runs what the nodes left queued
+FINAL_INSTANCE = "stress-check.final"
 
 
 @attrs.frozen
@@ -68,6 +73,12 @@ class StressConfig:
     stop_timeout: float = 60.0
     #: share of kills aimed at the child's start-up (engine open and recovery)
     early_kill_share: float = 0.1
+    #: run this many node processes on one PostgreSQL database (taskengine.tools.stress.nodes)
+    nodes: int | None = None
+    #: each node's lease, seconds (a node paused longer loses it)
+    lease: float = 2.0
+    #: node mode: the share of chaos events that pause a node past its lease (the others kill one)
+    pause_share: float = 0.3
 
 
 @attrs.frozen
@@ -85,26 +96,39 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
-def _open_engine(cfg: StressConfig) -> Engine:
+def _open_engine(cfg: StressConfig, jobs: Mapping[str, Job] = JOBS, node_id: str | None = None) -> Engine:
+    """The driver's own engine (setting up, the final check); in node mode a node of its own."""
+    kwargs: dict[str, Any] = {"node_id": NODE_ID}
+    if node_id is not None and cfg.nodes is not None:
+        kwargs = {"node_id": node_id, "node_lease": cfg.lease}
     try:
-        return Engine.open(cfg.db, jobs=JOBS, workers=cfg.workers, counter_actors=cfg.counter_actors,
-                           node_id=NODE_ID)
+        return Engine.open(cfg.db, jobs=jobs, workers=cfg.workers, counter_actors=cfg.counter_actors, **kwargs)
     except StorageLocked:
         raise ToolError(locked_message(shown(cfg.db)), EXIT_USAGE) from None
     except EngineError as e:  # NotADatabase, UnknownSchema, an unreadable directory
         raise ToolError(str(e), EXIT_USAGE) from None
 
 
-def execute(cfg: StressConfig, on_progress: ProgressCallback | None = None, tick: float = 0.5) -> StressReport:
+def execute(
+    cfg: StressConfig,
+    on_progress: ProgressCallback | None = None,
+    tick: float = 0.5,
+    after_workload: Callable[[], None] | None = None,
+) -> StressReport:
     """Run the workload, check every acknowledgement on a reopened engine, run the replay
-    check, and return the report."""
+    check, and return the report. ``after_workload`` is called between the workload's end and
+    the checks (a harness that restarts the server waits there for a restart under way)."""
     with HidePlannedFailures():
-        return _execute(cfg, on_progress, tick)
+        if cfg.nodes is not None:
+            with tempfile.TemporaryDirectory(prefix="taskengine-stress-nodes-") as workdir:
+                return _execute(cfg, on_progress, tick, after_workload, workdir)
+        return _execute(cfg, on_progress, tick, after_workload, None)
 
 
-def _execute(cfg: StressConfig, on_progress: ProgressCallback | None, tick: float) -> StressReport:
+def _execute(cfg: StressConfig, on_progress: ProgressCallback | None, tick: float,
+             after_workload: Callable[[], None] | None, workdir: str | None) -> StressReport:
     ids = task_ids(cfg.tasks)
-    engine = _open_engine(cfg)
+    engine = _open_engine(cfg, node_id="stress-setup")
     try:
         ensure_tasks(engine, ids)
     except WorkloadError as e:
@@ -113,7 +137,7 @@ def _execute(cfg: StressConfig, on_progress: ProgressCallback | None, tick: floa
     ledger = Ledger(ids)
     report = StressReport(
         db=shown(cfg.db),  # a URL without its password
-        mode="crash" if cfg.crash_every else "in-process",
+        mode="nodes" if cfg.nodes else "crash" if cfg.crash_every else "in-process",
         clients=cfg.clients,
         tasks=cfg.tasks,
         workers=cfg.workers,
@@ -121,25 +145,44 @@ def _execute(cfg: StressConfig, on_progress: ProgressCallback | None, tick: floa
         seed=cfg.seed,
         crash_every=cfg.crash_every,
     )
-    if cfg.crash_every:
+    from .nodes import NodeSupervisor
+
+    supervisor: NodeSupervisor | None = None
+    final_jobs: Mapping[str, Job] = JOBS
+    if cfg.nodes is not None:
+        assert workdir is not None
         engine.close()
-        supervisor = _Supervisor(cfg, ledger, on_progress, tick)
-        report.elapsed, report.crashes, report.startup_crashes = supervisor.run()
+        supervisor = NodeSupervisor(cfg, ledger, workdir, on_progress, tick)
+        report.elapsed = supervisor.run()
+        report.nodes = supervisor.counts
+        report.crashes = supervisor.counts.kills
         report.engine_log_lines, report.engine_log = supervisor.log_lines, supervisor.log_sample
-        report.crash_replays = supervisor.crash_replays
+        final_jobs = marked_jobs(marker_path(supervisor.markers, FINAL_INSTANCE), FINAL_INSTANCE)
+    elif cfg.crash_every:
+        engine.close()
+        crasher = _Supervisor(cfg, ledger, on_progress, tick)
+        report.elapsed, report.crashes, report.startup_crashes = crasher.run()
+        report.engine_log_lines, report.engine_log = crasher.log_lines, crasher.log_sample
+        report.crash_replays = crasher.crash_replays
     else:
         report.elapsed = _run_in_process(cfg, engine, ids, ledger, on_progress, tick)
+    if after_workload is not None:
+        after_workload()
     # what the last stop (or crash) left unfinished for the reopened engine to recover
     with open_database(cfg.db) as db:
         live = sum(1 for _ in db.iter_live())
     # the final check: the engine once more, with the jobs registered
-    engine = _open_engine(cfg)
+    engine = _open_engine(cfg, final_jobs, node_id="stress-check")
     try:
         checked = final_check(engine, ledger, ids, cfg.final_timeout, crashes=bool(cfg.crash_every))
         report.final = attrs.evolve(checked, live_at_reopen=live)
     finally:
         engine.close()
     _replay(cfg.db, ids, report, ledger)
+    if supervisor is not None:
+        with open_database(cfg.db) as db:
+            report.markers = check_marks(db, supervisor.markers, supervisor.killed, supervisor.paused,
+                                         ledger.add_violation)
     report.acknowledged = ledger.acknowledged
     report.acknowledged_nonblocking = ledger.acknowledged_nonblocking
     report.acknowledged_blocking = ledger.acknowledged_blocking
@@ -225,16 +268,27 @@ class _ErrorLog(logging.Handler):
             logging.getLogger(name).removeHandler(self)
 
 
-class _Child:
+class Child:
     """One run of ``taskengine.tools.stress.child``; a thread feeds its lines to the ledger."""
 
-    def __init__(self, cfg: StressConfig, ledger: Ledger, seed: int, stderr: IO[bytes], wake: threading.Event) -> None:
+    def __init__(
+        self,
+        cfg: StressConfig,
+        ledger: Ledger,
+        seed: int,
+        stderr: IO[bytes],
+        wake: threading.Event,
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.ledger = ledger
         self.wake = wake
         self.count = cfg.count
         self.ready_at: float | None = None
         self.closed = False
         self.error: str | None = None
+        #: the first write refusal its clients met (a node fenced after it lost its lease)
+        self.refused: str | None = None
         self.cut_lines = 0
         cmd = [
             sys.executable, "-m", "taskengine.tools.stress.child",
@@ -245,9 +299,10 @@ class _Child:
             "--counter-actors", str(cfg.counter_actors),
             "--seed", str(seed),
             "--generations", json.dumps(ledger.base_generations(), separators=(",", ":")),
+            *extra,
         ]
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env)
         self.reader = threading.Thread(target=self._read, name="stress-child-reader", daemon=True)
         self.reader.start()
 
@@ -272,6 +327,10 @@ class _Child:
                     self.closed = True
                 elif kind == "error":
                     self.error = str(ev.get("msg"))
+                elif kind == "refused":
+                    if self.refused is None:
+                        self.refused = str(ev.get("msg"))
+                    self.wake.set()
                 else:
                     self.ledger.ingest(ev)
                     if self.count is not None and kind == "ack" and self.ledger.acknowledged >= self.count:
@@ -287,11 +346,11 @@ class _Child:
         self.proc.kill()  # SIGKILL
         self.proc.wait()
         self.reader.join()
-        self._close_stdin()
+        self.close_stdin()
 
     def stop(self, timeout: float) -> bool:
         """Ask for a graceful stop (end of stdin); False if it did not stop in time (then killed)."""
-        self._close_stdin()
+        self.close_stdin()
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -300,7 +359,7 @@ class _Child:
         self.reader.join()
         return True
 
-    def _close_stdin(self) -> None:
+    def close_stdin(self) -> None:
         try:
             if self.proc.stdin is not None and not self.proc.stdin.closed:
                 self.proc.stdin.close()
@@ -308,7 +367,7 @@ class _Child:
             pass
 
 
-def _tail(f: IO[bytes], lines: int = 3) -> str:
+def tail(f: IO[bytes], lines: int = 3) -> str:
     f.flush()
     f.seek(0)
     last = collections.deque((ln.decode(errors="replace").rstrip() for ln in f), maxlen=lines)
@@ -316,7 +375,7 @@ def _tail(f: IO[bytes], lines: int = 3) -> str:
     return " | ".join(x for x in last if x) or "nothing on stderr"
 
 
-def _read_log(f: IO[bytes], keep: int = 10) -> tuple[int, list[str], list[str]]:
+def read_log(f: IO[bytes], keep: int = 10) -> tuple[int, list[str], list[str]]:
     """The children's stderr: line count, the first ``keep`` distinct lines, and every line of
     an ERROR or CRITICAL log record (the engine logs those only for inconsistencies)."""
     f.flush()
@@ -377,7 +436,7 @@ class _Supervisor:
         with tempfile.TemporaryFile(prefix="taskengine-stress-child-") as stderr:
             runs = 0
             while not self.finished():
-                child = _Child(self.cfg, self.ledger, self.cfg.seed * 7919 + runs, stderr, self.wake)
+                child = Child(self.cfg, self.ledger, self.cfg.seed * 7919 + runs, stderr, self.wake)
                 runs += 1
                 try:
                     if not self._supervise(child, stderr):
@@ -386,12 +445,12 @@ class _Supervisor:
                     if child.proc.poll() is None:
                         child.kill()
             elapsed = time.monotonic() - self.started
-            self.log_lines, self.log_sample, errors = _read_log(stderr)
+            self.log_lines, self.log_sample, errors = read_log(stderr)
         for line in errors:
             self.ledger.add_violation(f"the engine logged an error: {line}")
         return elapsed, self.crashes, self.startup_crashes
 
-    def _supervise(self, child: _Child, stderr: IO[bytes]) -> bool:
+    def _supervise(self, child: Child, stderr: IO[bytes]) -> bool:
         """Run one child until it is killed (True: go on) or stopped / failed (False)."""
         kill_at: float | None = None
         if self.rng.random() < self.cfg.early_kill_share:
@@ -403,7 +462,7 @@ class _Supervisor:
             if not child.alive():
                 child.proc.wait()
                 child.reader.join()
-                why = child.error or f"exit status {child.proc.returncode}; {_tail(stderr)}"
+                why = child.error or f"exit status {child.proc.returncode}; {tail(stderr)}"
                 self.ledger.add_violation(f"the stress child stopped by itself: {why}")
                 return False
             if self.finished():
@@ -441,7 +500,7 @@ class _Supervisor:
         self.crash_replays += 1
         self.ledger.add_replay(result, f"after crash {self.crashes}: replay: ")
 
-    def _stop(self, child: _Child) -> None:
+    def _stop(self, child: Child) -> None:
         if not child.stop(self.cfg.stop_timeout):
             self.ledger.add_violation(
                 f"the stress child did not stop within {self.cfg.stop_timeout:.0f} s of being asked "

@@ -84,6 +84,43 @@ class FinalCheck:
 
 
 @attrs.define
+class NodeCounts:
+    """What the chaos did (part of the report)."""
+
+    nodes: int = 0
+    lease: float = 0.0
+    #: node processes started, the first N included
+    started: int = 0
+    kills: int = 0
+    #: of the killed or fenced nodes' replacements: with the same node id / with a new one
+    restarts: int = 0
+    new_nodes: int = 0
+    pauses: int = 0
+    #: paused nodes whose writes were refused after they resumed (they ended, and were replaced)
+    fenced: int = 0
+    #: node starts that could not reach the server (it was being restarted) and were made again
+    start_retries: int = 0
+
+
+@attrs.define
+class MarkerReport:
+    """What the marker check found (its violations go to the run's ledger)."""
+
+    #: instances (node processes) whose marker files were read
+    instances: int = 0
+    #: job runs marked, over every instance
+    runs: int = 0
+    #: executions in the database looked up against the marks
+    checked: int = 0
+    #: marked runs of executions gone with their deleted task
+    gone: int = 0
+    #: jobs in progress on an instance when it was SIGKILLed
+    running_at_kill: int = 0
+    #: jobs in progress on an instance when it was paused (past its lease)
+    running_at_pause: int = 0
+
+
+@attrs.define
 class StressReport:
     """Everything a stress run measured and found. ``violations`` must be empty."""
 
@@ -135,6 +172,9 @@ class StressReport:
     #: crash mode: lines the engine's process wrote on stderr (its warnings), and the first few
     engine_log_lines: int = 0
     engine_log: list[str] = attrs.Factory(list)
+    #: node mode: what the chaos did, and what the marker files proved
+    nodes: NodeCounts | None = None
+    markers: MarkerReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -161,6 +201,10 @@ class StressReport:
             if self.mode == "crash" and self.crash_every
             else "in process"
         )
+        if self.nodes is not None:
+            n = self.nodes
+            mode = f"{n.nodes} node process{'es' if n.nodes != 1 else ''} on one database, lease {n.lease:g} s" + (
+                f", one SIGKILLed or paused about every {self.crash_every:g} s" if self.crash_every else "")
         kinds = [
             (self.acknowledged_nonblocking, "non-blocking (answered once the index was durable)"),
             (self.acknowledged_blocking, "blocking (answered once the execution finished)"),
@@ -193,6 +237,7 @@ class StressReport:
                 f"during its start-up and recovery); the replay check ran on the files after {self.crash_replays} "
                 "of them, before the restart"
             )
+        lines += self._render_nodes()
         lines += [
             f"  task deletions           {self.deletions:,} (with {self.rejected:,} triggers refused with "
             "TaskNotFound while their task was being deleted, as allowed)",
@@ -210,6 +255,25 @@ class StressReport:
             lines.append(f"  engine log (stderr of the engine's process): {self.engine_log_lines} line(s), first ones:")
             lines.extend(f"    {line}" for line in self.engine_log)
         lines.append("OK: no violations" if self.ok else f"FAILED: {len(self.violations)} violation(s)")
+        return lines
+
+    def _render_nodes(self) -> list[str]:
+        n, m = self.nodes, self.markers
+        if n is None:
+            return []
+        lines = [
+            f"  nodes                    {n.started} node processes started for {n.nodes} place(s): {n.kills} "
+            f"SIGKILLed and replaced ({n.restarts} restarted with their node id, {n.new_nodes} by a new node id); "
+            f"{n.pauses} paused past their lease, {n.fenced} of them refused every write after they resumed and ended"
+            + (f"; {n.start_retries} starts found the server away and were made again" if n.start_retries else ""),
+        ]
+        if m is not None:
+            lines.append(
+                f"  job run markers          {m.runs:,} job runs marked by {m.instances} node processes, checked "
+                f"against {m.checked:,} stored executions ({m.gone:,} runs of executions gone with their "
+                f"deleted task); {m.running_at_kill} jobs were running at a SIGKILL and {m.running_at_pause} at a "
+                "pause, each held to FAILED interrupted"
+            )
         return lines
 
     def _render_final(self, pad: str) -> list[str]:

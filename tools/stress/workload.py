@@ -43,6 +43,7 @@ from taskengine.actors.errors import (
     EngineError,
     ExecutionNotFound,
     ExecutionTimeout,
+    StorageError,
     TaskAlreadyExists,
     TaskNotFound,
 )
@@ -259,6 +260,14 @@ class Settings:
     blocking_timeout: float = 30.0
     #: a non-blocking trigger not acknowledged within this is a violation (a hang)
     ack_timeout: float = 30.0
+    #: a StorageError ends the workload with a ``refused`` event instead of a violation (a node
+    #: of ``stress --nodes``, whose writes are refused once it lost its lease; the driver judges)
+    refusal_ends: bool = False
+
+
+#: the mix of a node of ``stress --nodes``: slower jobs (so a kill or a pause finds some running),
+#: and a refused write ends the node instead of counting as a violation
+NODE_SETTINGS = Settings(slow_probability=0.3, slow_ms=(2, 40), refusal_ends=True)
 
 
 @attrs.define
@@ -351,6 +360,12 @@ class StressClient(pykka.ThreadingActor):
         except EngineClosed:
             if not self.control.stopping.is_set():
                 self._violation(f"client {self.number}: the engine closed under a running workload")
+        except StorageError as e:
+            if self.s.refusal_ends:
+                self.sink({"ev": "refused", "msg": f"client {self.number}: {type(e).__name__}: {e}"})
+                self.control.stop()
+            else:
+                self._violation(f"client {self.number}: unexpected {type(e).__name__}: {e}")
         except Exception as e:  # noqa: BLE001 - an engine error nobody expected is a finding, not a crash
             self._violation(f"client {self.number}: unexpected {type(e).__name__}: {e}")
         if not self.control.stopping.is_set():
@@ -705,8 +720,10 @@ class Workload:
         control: Control,
         book: TaskBook,
         settings: Settings | None = None,
+        first_client: int = 0,
     ) -> None:
         self.engine = engine
+        self.first_client = first_client
         self.ids = ids
         self.clients = clients
         self.seed = seed
@@ -718,7 +735,7 @@ class Workload:
 
     def start(self) -> None:
         churn = churn_tasks(self.ids)
-        for n in range(self.clients):
+        for n in range(self.first_client, self.first_client + self.clients):
             self.refs.append(
                 StressClient.start(
                     n, self.engine, self.ids, churn, self.book, self.control, self.sink,
@@ -758,6 +775,7 @@ __all__ = [
     "HidePlannedFailures",
     "JOBS",
     "JOB_NAME",
+    "NODE_SETTINGS",
     "Control",
     "Settings",
     "StressClient",

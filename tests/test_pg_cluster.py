@@ -1,0 +1,147 @@
+"""Several node processes on one PostgreSQL database (contract §3 across all of them, §8).
+
+Every scenario is a run of ``taskengine stress URL --nodes N`` (``taskengine.tools.stress.driver``):
+real node processes, each an engine with a node id of its own, SIGKILLed, replaced and paused
+(SIGSTOP past the lease, then SIGCONT) by the run's chaos loop, on a real server that one
+scenario kills and restarts. Each is checked three ways: every acknowledgement the nodes'
+clients printed against the database (same id at the same index, finished; unique, gap-free and
+ordered per caller), the replay check, and the job-run marker files (nothing ran twice, no job
+cut by a kill or a pause ended SUCCESS).
+
+Sized for CI (2 cores, the suite on three Pythons): each run is a few seconds with a few
+clients per node.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pg import PgServer, running_server
+from taskengine.tools.cluster import ServerRestarts
+from taskengine.tools.stress.driver import StressConfig, execute
+from taskengine.tools.stress.report import StressReport
+from taskengine.tools.stress.workload import Settings
+
+pytestmark = pytest.mark.timeout(180)
+
+MANY = 3
+
+
+def _run(url: str, **kwargs: Any) -> StressReport:
+    kwargs.setdefault("nodes", MANY)
+    kwargs.setdefault("clients", 3)
+    kwargs.setdefault("workers", 2)
+    kwargs.setdefault("lease", 1.0)
+    kwargs.setdefault("seed", 7)
+    kwargs.setdefault("final_timeout", 60.0)
+    report = execute(StressConfig(db=url, **kwargs))
+    assert report.violations == [], "\n".join(report.render())
+    assert report.replay["ok"] and report.replay["violations"] == 0
+    assert report.replay["pending"] == report.replay["running"] == 0
+    assert report.markers is not None and report.markers.checked > 0
+    assert report.final.checked == report.acknowledged > 0
+    return report
+
+
+@pytest.fixture
+def own_server() -> Iterator[PgServer]:
+    """A server of this test's own: it is killed and restarted."""
+    with running_server() as server:
+        yield server
+
+
+def test_nodes_needs_a_postgresql_url(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "taskengine", "stress", str(tmp_path / "db"), "--nodes", "2"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "taskengine stress: error: --nodes needs a postgresql:// URL: a LevelDB database belongs to one process"
+    ]
+    assert not (tmp_path / "db").exists()
+
+
+@pytest.mark.parametrize("tasks", [1, 100], ids=["hot-task", "100-tasks"])
+def test_nodes_on_one_hot_task_and_on_many_tasks(pg_url: str, tasks: int) -> None:
+    """N nodes × a few client threads each, no chaos: unique, gap-free, ordered per caller."""
+    report = _run(pg_url, tasks=tasks, clients=4, count=400 if tasks == 1 else 800, duration=None)
+    assert report.nodes is not None and report.nodes.started == MANY and report.nodes.kills == 0
+    assert report.markers is not None and report.markers.runs >= report.final.success
+
+
+def test_nodes_killed_mid_run(pg_url: str) -> None:
+    """SIGKILLed nodes: their running executions end FAILED interrupted (after their lease, on
+    another node, or when their id restarts), their acknowledged PENDING ones run elsewhere, and
+    nothing runs twice; the killed nodes are replaced, with their id or a new one."""
+    report = _run(pg_url, tasks=8, duration=6.0, crash_every=1.0, pause_share=0.0)
+    assert report.nodes is not None and report.nodes.kills >= 2
+    assert report.nodes.restarts + report.nodes.new_nodes == report.nodes.kills
+
+
+def test_a_node_paused_past_its_lease(pg_url: str) -> None:
+    """SIGSTOP while one of its jobs runs, until the server shows the node lost (reaped by
+    another node, or its lease run out), then SIGCONT: its late completions are refused (the jobs
+    cut by the pause end FAILED interrupted, never SUCCESS), and it writes nothing more."""
+    report = _run(pg_url, tasks=8, duration=8.0, crash_every=1.0, pause_share=1.0,
+                  settings=Settings(delete_probability=0.0))
+    assert report.nodes is not None and report.nodes.pauses >= 1
+    assert report.markers is not None and report.markers.running_at_pause >= 1
+    assert report.nodes.fenced >= 1
+
+
+def test_the_server_killed_and_restarted_mid_run(own_server: PgServer) -> None:
+    """``pg_ctl stop -m immediate`` and start, twice, while the nodes trigger (and are killed):
+    they reconnect, no acknowledged execution is lost or doubled, a commit in doubt is settled."""
+    restarts = ServerRestarts(own_server, [2.0, 5.0])
+    url = own_server.create_database()
+    report = execute(StressConfig(db=url, nodes=MANY, clients=3, workers=2, tasks=8, lease=2.0, seed=11,
+                                  duration=8.0, crash_every=3.0, pause_share=0.0, final_timeout=60.0),
+                     on_progress=restarts.observe, after_workload=restarts.join)
+    assert restarts.failures == []
+    assert restarts.done == 2
+    assert report.violations == [], "\n".join(report.render())
+    assert report.replay["ok"] and report.replay["pending"] == report.replay["running"] == 0
+
+
+def test_tasks_deleted_and_recreated_while_other_nodes_trigger_them(pg_url: str) -> None:
+    """Two tasks, one of them deleted and re-created again and again by the clients of every node while
+    every node triggers it and runs its jobs: what a deletion began after may be gone (or
+    CANCELLED), everything else is held to its index."""
+    report = _run(pg_url, tasks=2, clients=4, duration=6.0, settings=Settings(delete_probability=0.1))
+    assert report.deletions >= 10
+
+
+def test_the_marker_check_finds_a_double_run_and_a_cut_job_that_succeeded(pg_url: str, tmp_path: Path) -> None:
+    """The check itself can fail: an execution whose run is marked on two node processes ran
+    twice, and a SUCCESS whose job a kill (or a pause past the lease) had cut was written by a node
+    that should have been unable to."""
+    from taskengine import Engine
+    from taskengine.tools.common import open_database
+    from taskengine.tools.stress.markers import check_marks, marked_jobs, marker_path
+
+    with Engine.open(pg_url, jobs=marked_jobs(marker_path(str(tmp_path), "a"), "a")) as engine:
+        engine.create_task("t", job="stress")
+        done = [engine.trigger("t", {}, blocking=True, timeout=30) for _ in range(3)]
+    assert [ex.status.name for ex in done] == ["SUCCESS"] * 3
+
+    def check(killed: list[str], paused: dict[str, list[int]]) -> list[str]:
+        found: list[str] = []
+        with open_database(pg_url) as store:
+            report = check_marks(store, str(tmp_path), killed, paused, found.append)
+        assert report.checked == 3
+        return found
+
+    assert check([], {}) == []
+    Path(marker_path(str(tmp_path), "b")).write_text(f"S {done[0].id}\nE {done[0].id}\n")
+    Path(marker_path(str(tmp_path), "c")).write_text(f"S {done[1].id}\n")
+    Path(marker_path(str(tmp_path), "d")).write_text(f"S {done[2].id}\n")
+    found = check(["c"], {"d": [len(f"S {done[2].id}\n")]})
+    assert any(f"{done[0].id}" in v and "ran 2 times (on a, b)" in v for v in found), found
+    assert any(f"{done[1].id}" in v and "running on c when it was SIGKILLed, yet it ended SUCCESS" in v
+               for v in found), found
+    assert any(f"{done[2].id}" in v and "paused past its lease, yet it ended SUCCESS" in v for v in found), found

@@ -1,0 +1,386 @@
+"""``taskengine stress URL --nodes N``: N node processes on one PostgreSQL database, and chaos.
+
+Each node is a ``taskengine.tools.stress.child`` process: an engine opened with a node id of its
+own and a short lease, and its clients. At random moments (about every ``crash_every`` seconds)
+the supervisor either SIGKILLs a node and starts another in its place (half the time with the
+same node id: a restart; else a new node id) or SIGSTOPs one for longer than its lease and then
+SIGCONTs it: by then the other nodes have finished its running executions as interrupted, and
+every write it tries is refused (the node reports that and ends; another takes its place).
+
+What the nodes have in common goes through files: the task book of deletions
+(``taskengine.tools.stress.shared``) and a marker file per node process that its jobs write
+(``taskengine.tools.stress.markers``), which proves at the end that nothing ran twice and that a
+node that lost its lease finished nothing. Before a node is replaced, the supervisor waits until
+the server has no connection of the dead process left (each process connects with an
+``application_name`` of its own), so nothing of it can still commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import IO
+
+import attrs
+
+from .check import Ledger
+from .driver import Child, Progress, StressConfig, read_log, tail
+from .markers import file_size, marker_path, read_marks
+from .report import NodeCounts
+from .shared import create_book
+from .workload import task_ids
+
+log = logging.getLogger(__name__)
+
+#: seconds the supervisor waits for a dead node's connections to leave the server
+GONE_TIMEOUT = 30.0
+#: seconds a pause may wait for a moment when the node runs a job (else it pauses anyway)
+AIM_SECONDS = 2.0
+#: how often a paused node's row is looked at
+POLL_SECONDS = 0.1
+#: starts in a row that may fail to reach the server (it is being restarted) before that is a violation
+START_TRIES = 5
+
+
+def node_id_of(slot: int, generation: int) -> str:
+    return f"stress-node-{slot}" if generation == 0 else f"stress-node-{slot}-{generation}"
+
+
+@attrs.define
+class _Node:
+    slot: int
+    generation: int
+    instance: str
+    child: Child
+    stderr: IO[bytes]
+    #: a pause is wanted until then: the node is stopped once one of its jobs runs
+    aiming_until: float | None = None
+    #: when it was stopped (SIGSTOP), while it is
+    paused_at: float | None = None
+    #: it was paused past its lease: refusals from it are expected
+    lost_lease: bool = False
+    #: earlier starts in this slot that could not reach the server
+    tries: int = 0
+
+    @property
+    def busy(self) -> bool:
+        """Paused, or about to be: the chaos leaves it alone."""
+        return self.aiming_until is not None or self.paused_at is not None
+
+    @property
+    def node_id(self) -> str:
+        return node_id_of(self.slot, self.generation)
+
+
+class NodeSupervisor:
+    """Runs the nodes and the chaos loop until the count or the duration is reached."""
+
+    def __init__(
+        self,
+        cfg: StressConfig,
+        ledger: Ledger,
+        workdir: str,
+        on_progress: Callable[[Progress], None] | None,
+        tick: float,
+    ) -> None:
+        assert cfg.nodes is not None
+        self.cfg = cfg
+        self.ledger = ledger
+        self.workdir = workdir
+        self.on_progress = on_progress
+        self.tick = tick
+        self.rng = random.Random(cfg.seed)
+        self.wake = threading.Event()
+        self.counts = NodeCounts(nodes=cfg.nodes, lease=cfg.lease)
+        self.book = os.path.join(workdir, "book")
+        self.markers = os.path.join(workdir, "markers")
+        os.makedirs(self.markers, exist_ok=True)
+        create_book(self.book, task_ids(cfg.tasks), ledger.base_generations())
+        #: instances SIGKILLed, and each paused instance's marker file size at each pause
+        self.killed: list[str] = []
+        self.paused: dict[str, list[int]] = {}
+        self.started = 0.0
+        self._runs = 0
+        self._logs: list[tuple[_Node, IO[bytes]]] = []
+        self.log_lines = 0
+        self.log_sample: list[str] = []
+
+    # -- the run -------------------------------------------------------------------------
+
+    def finished(self) -> bool:
+        if self.cfg.count is not None:
+            return self.ledger.acknowledged >= self.cfg.count
+        assert self.cfg.duration is not None
+        return time.monotonic() - self.started >= self.cfg.duration
+
+    def run(self) -> float:
+        assert self.cfg.nodes is not None
+        self.started = time.monotonic()
+        self.ledger.begin()
+        nodes = [self._start(slot, 0) for slot in range(1, self.cfg.nodes + 1)]
+        try:
+            self._loop(nodes)
+        finally:
+            self._stop_all(nodes)
+            elapsed = time.monotonic() - self.started
+            self._read_logs()
+        return elapsed
+
+    def _loop(self, nodes: list[_Node]) -> None:
+        every = self.cfg.crash_every
+        next_chaos = None if every is None else time.monotonic() + self.rng.uniform(0.5, 1.5) * every
+        next_tick = time.monotonic() + self.tick
+        while not self.finished():
+            self.wake.clear()  # before looking, so a wake-up while we look is not lost
+            now = time.monotonic()
+            for i, node in enumerate(nodes):
+                if node.aiming_until is not None:
+                    self._aim(node, now)
+                elif node.paused_at is not None and self._paused_enough(node, now, nodes):
+                    self._resume(node)
+                if not node.busy and not node.child.alive():
+                    replacement = self._ended(node)
+                    if replacement is None:
+                        return
+                    nodes[i] = replacement
+            if next_chaos is not None and every is not None and now >= next_chaos:
+                self._chaos(nodes)
+                next_chaos = time.monotonic() + self.rng.uniform(0.5, 1.5) * every
+            if now >= next_tick:
+                self._progress()
+                next_tick = now + self.tick
+            waits = [next_tick - now]
+            if any(n.aiming_until is not None for n in nodes):
+                waits.append(0.01)
+            if any(n.paused_at is not None for n in nodes):
+                waits.append(POLL_SECONDS)
+            if next_chaos is not None:
+                waits.append(next_chaos - now)
+            if self.cfg.duration is not None:
+                waits.append(self.started + self.cfg.duration - now)
+            self.wake.wait(max(0.001, min(waits)))
+
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(Progress(time.monotonic() - self.started, self.ledger.acknowledged,
+                                      self.counts.kills, self.ledger.violation_count))
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    def _start(self, slot: int, generation: int) -> _Node:
+        assert self.cfg.nodes is not None
+        self._runs += 1
+        instance = f"{node_id_of(slot, generation)}.r{self._runs}"
+        extra = [
+            "--node-id", node_id_of(slot, generation),
+            "--lease", str(self.cfg.lease),
+            "--slot", str(slot),
+            "--book", self.book,
+            "--markers", marker_path(self.markers, instance),
+            "--first-client", str((slot - 1) * self.cfg.clients),
+            "--delete-probability", str(self.cfg.settings.delete_probability),
+        ]
+        env = dict(os.environ, PGAPPNAME=app_name(instance))
+        stderr = tempfile.TemporaryFile(prefix="taskengine-stress-node-")
+        child = Child(self.cfg, self.ledger, self.cfg.seed * 7919 + self._runs, stderr, self.wake, extra, env)
+        node = _Node(slot, generation, instance, child, stderr)
+        self._logs.append((node, stderr))
+        self.counts.started += 1
+        log.info("started node %s (pid %d)", instance, child.proc.pid)
+        return node
+
+    def _replace(self, node: _Node) -> _Node:
+        """Another node in the dead one's slot, once nothing of the dead one is left on the
+        server: the same node id (a restart) or, half the time, a new one."""
+        self._gone_from_server(node.instance)
+        if self.rng.random() < 0.5:
+            self.counts.restarts += 1
+            return self._start(node.slot, node.generation)
+        self.counts.new_nodes += 1
+        return self._start(node.slot, node.generation + 1)
+
+    def _ended(self, node: _Node) -> _Node | None:
+        """A node whose process ended by itself: a fenced one as expected (replaced), else a
+        violation (replaced, unless it could not even start: then the run ends, None)."""
+        node.child.proc.wait()
+        node.child.reader.join()
+        if node.child.refused is not None and node.lost_lease:
+            self.counts.fenced += 1
+            return self._replace(node)
+        error = node.child.error or ""
+        if node.child.ready_at is None and error.startswith("StorageError: ") and node.tries < START_TRIES:
+            # it could not reach the server (the harness restarts it): start it again once it answers
+            log.info("node %s could not start (%s); starting it again", node.instance, error)
+            self.counts.start_retries += 1
+            self._gone_from_server(node.instance)
+            again = self._start(node.slot, node.generation)
+            again.tries = node.tries + 1
+            return again
+        why = node.child.refused or node.child.error or (
+            f"exit status {node.child.proc.returncode}; {tail(node.stderr)}")
+        self.ledger.add_violation(f"node {node.instance} stopped by itself: {why}")
+        if node.child.ready_at is None:
+            return None
+        return self._replace(node)
+
+    def _chaos(self, nodes: list[_Node]) -> None:
+        awake = [n for n in nodes if not n.busy and n.child.alive()]
+        if not awake:
+            return
+        node = self.rng.choice(awake)
+        if self.rng.random() < self.cfg.pause_share:
+            if not any(n.busy for n in nodes):  # one pause at a time
+                node.aiming_until = time.monotonic() + AIM_SECONDS
+            return
+        node.child.kill()
+        self.ledger.mark("killed")
+        self.counts.kills += 1
+        self.killed.append(node.instance)
+        log.info("killed node %s", node.instance)
+        nodes[nodes.index(node)] = self._replace(node)
+
+    def _aim(self, node: _Node, now: float) -> None:
+        """Stop the node; keep it stopped if one of its jobs is running (so the pause cuts one),
+        else let it go on and try again shortly, until the aim's time is up."""
+        if not node.child.alive():
+            node.aiming_until = None
+            return
+        os.kill(node.child.proc.pid, signal.SIGSTOP)
+        _wait_stopped(node.child.proc.pid)
+        # the marker file is still while the process is stopped: what its jobs had begun and not ended
+        path = marker_path(self.markers, node.instance)
+        assert node.aiming_until is not None
+        if not read_marks(path).in_progress() and now < node.aiming_until:
+            os.kill(node.child.proc.pid, signal.SIGCONT)
+            return
+        node.aiming_until = None
+        node.paused_at = now
+        self.paused.setdefault(node.instance, []).append(file_size(path))
+        self.counts.pauses += 1
+        log.info("paused node %s", node.instance)
+
+    def _paused_enough(self, node: _Node, now: float, nodes: list[_Node]) -> bool:
+        """Has the paused node lost its lease, and (with other nodes about) been reaped? Read
+        from its row on the server."""
+        assert node.paused_at is not None
+        held = now - node.paused_at
+        if held < self.cfg.lease:
+            return False
+        if held > 10 * self.cfg.lease + GONE_TIMEOUT:
+            self.ledger.add_violation(
+                f"node {node.instance} was paused {held:.0f} s and still not found lost on the server")
+            return True
+        others = len(nodes) > 1
+        state = self._node_row(node.node_id)
+        if state is None:
+            return False
+        alive, expired = state
+        return not alive if others else expired
+
+    def _node_row(self, node_id: str) -> tuple[bool, bool] | None:
+        """(alive, lease expired) of a node's row, or None if it cannot be read now."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.cfg.db, autocommit=True, connect_timeout=5) as conn:
+                row = conn.execute("SELECT alive, lease_until < clock_timestamp() FROM taskengine.nodes "
+                                   "WHERE id = %s", (node_id,)).fetchone()
+        except psycopg.Error:
+            return None  # the server is restarting: look again later
+        return None if row is None else (bool(row[0]), bool(row[1]))
+
+    def _resume(self, node: _Node) -> None:
+        node.paused_at = None
+        node.lost_lease = True
+        os.kill(node.child.proc.pid, signal.SIGCONT)
+        log.info("resumed node %s", node.instance)
+
+    def _stop_all(self, nodes: list[_Node]) -> None:
+        for node in nodes:
+            node.aiming_until = None
+            if node.paused_at is not None:
+                self._resume(node)
+        for node in nodes:
+            node.child.close_stdin()
+        for node in nodes:
+            if node.child.proc.poll() is not None and node.child.refused is not None and node.lost_lease:
+                self.counts.fenced += 1
+                continue
+            if not node.child.stop(self.cfg.stop_timeout):
+                self.ledger.add_violation(
+                    f"node {node.instance} did not stop within {self.cfg.stop_timeout:.0f} s of being asked; "
+                    "it was killed")
+            elif node.child.refused is not None and node.lost_lease:
+                self.counts.fenced += 1
+            elif node.child.proc.returncode != 0 or not node.child.closed:
+                self.ledger.add_violation(
+                    f"node {node.instance} did not close cleanly (exit status {node.child.proc.returncode}; "
+                    f"{node.child.refused or tail(node.stderr)})")
+
+    def _read_logs(self) -> None:
+        """Every ERROR or CRITICAL line a node logged is a violation, except from a node that
+        lost its lease (its refused writes are logged so)."""
+        for node, f in self._logs:
+            lines, sample, errors = read_log(f)
+            self.log_lines += lines
+            for line in sample:
+                if len(self.log_sample) < 10 and line not in self.log_sample:
+                    self.log_sample.append(f"{node.instance}: {line}")
+            if not node.lost_lease:
+                for line in errors:
+                    self.ledger.add_violation(f"node {node.instance} logged an error: {line}")
+            f.close()
+
+    def _gone_from_server(self, instance: str) -> None:
+        """Wait until the server has no connection of the dead process ``instance`` (they are
+        terminated, and a commit of theirs is settled when their server process exits)."""
+        import psycopg
+
+        deadline = time.monotonic() + GONE_TIMEOUT
+        name = app_name(instance)
+        while True:
+            try:
+                with psycopg.connect(self.cfg.db, autocommit=True, connect_timeout=5) as conn:
+                    rows = conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                        (name,)).fetchall()
+                if not rows:
+                    return
+            except psycopg.Error:
+                pass  # the server is restarting (the harness does that): ask again
+            if time.monotonic() >= deadline:
+                self.ledger.add_violation(
+                    f"node {instance}'s connections were still on the server {GONE_TIMEOUT:.0f} s after it died")
+                return
+            time.sleep(0.05)  # polling the server: it has nothing to wait on
+
+
+def _wait_stopped(pid: int, timeout: float = 2.0) -> None:
+    """Until every thread of ``pid`` is stopped (SIGSTOP reaches threads running on another core
+    a moment later), as /proc shows; bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = []
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii", errors="replace") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+        except OSError:
+            return  # gone (or no /proc): nothing more to wait for
+        if all(st in ("T", "t", "Z", "X") for st in states):
+            return
+        time.sleep(0.001)  # polling /proc: there is nothing to block on
+
+
+def app_name(instance: str) -> str:
+    """The ``application_name`` a node process connects with (libpq's ``PGAPPNAME``)."""
+    return ("taskengine-stress-" + instance)[:63]
+
+
+__all__ = ["NodeSupervisor", "app_name"]
