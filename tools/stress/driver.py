@@ -96,6 +96,14 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
+def reached(cfg: StressConfig, ledger: Ledger, started: float) -> bool:
+    """Has a run begun at ``started`` (monotonic) reached its count or duration?"""
+    if cfg.count is not None:
+        return ledger.acknowledged >= cfg.count
+    assert cfg.duration is not None
+    return time.monotonic() - started >= cfg.duration
+
+
 def _open_engine(cfg: StressConfig, jobs: Mapping[str, Job] = JOBS, node_id: str | None = None) -> Engine:
     """The driver's own engine (setting up, the final check); in node mode a node of its own."""
     kwargs: dict[str, Any] = {"node_id": NODE_ID}
@@ -418,10 +426,7 @@ class _Supervisor:
         self.crash_replays = 0
 
     def finished(self) -> bool:
-        if self.cfg.count is not None:
-            return self.ledger.acknowledged >= self.cfg.count
-        assert self.cfg.duration is not None
-        return time.monotonic() - self.started >= self.cfg.duration
+        return reached(self.cfg, self.ledger, self.started)
 
     def _progress(self) -> None:
         if self.on_progress is not None:

@@ -30,7 +30,7 @@ from typing import IO
 import attrs
 
 from .check import Ledger
-from .driver import Child, Progress, StressConfig, read_log, tail
+from .driver import Child, Progress, StressConfig, reached, read_log, tail
 from .markers import file_size, marker_path, read_marks
 from .report import NodeCounts
 from .shared import create_book
@@ -114,10 +114,7 @@ class NodeSupervisor:
     # -- the run -------------------------------------------------------------------------
 
     def finished(self) -> bool:
-        if self.cfg.count is not None:
-            return self.ledger.acknowledged >= self.cfg.count
-        assert self.cfg.duration is not None
-        return time.monotonic() - self.started >= self.cfg.duration
+        return reached(self.cfg, self.ledger, self.started)
 
     def run(self) -> float:
         assert self.cfg.nodes is not None
