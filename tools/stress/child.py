@@ -36,7 +36,7 @@ from typing import Any
 import attrs
 
 from taskengine import Engine
-from taskengine.actors.errors import EngineError
+from taskengine.actors.errors import EngineError, StorageError
 
 from .markers import SUFFIX, marked_jobs
 from .shared import SharedTaskBook
@@ -142,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         except WorkloadError as e:
             sink({"ev": "error", "msg": str(e)})
             return 2
+        except StorageError as e:
+            if args.node_id is None:
+                raise
+            # a node paused past its lease before it was ready: the driver judges
+            node_sink({"ev": "refused", "msg": f"creating the tasks: {type(e).__name__}: {e}"})
+            return 3
         book: TaskBook
         if args.book is not None:
             book = SharedTaskBook(args.book, ids, args.slot)

@@ -61,8 +61,9 @@ class _Node:
     stderr: IO[bytes]
     #: a pause is wanted until then: the node is stopped once one of its jobs runs
     aiming_until: float | None = None
-    #: when it was stopped (SIGSTOP), while it is
+    #: when it was stopped (SIGSTOP), while it is, and its marker file's size then
     paused_at: float | None = None
+    pause_size: int = 0
     #: it was paused past its lease: refusals from it are expected
     lost_lease: bool = False
     #: earlier starts in this slot that could not reach the server
@@ -258,8 +259,7 @@ class NodeSupervisor:
             return
         node.aiming_until = None
         node.paused_at = now
-        self.paused.setdefault(node.instance, []).append(file_size(path))
-        self.counts.pauses += 1
+        node.pause_size = file_size(path)
         log.info("paused node %s", node.instance)
 
     def _paused_enough(self, node: _Node, now: float, nodes: list[_Node]) -> bool:
@@ -292,9 +292,14 @@ class NodeSupervisor:
             return None  # the server is restarting: look again later
         return None if row is None else (bool(row[0]), bool(row[1]))
 
-    def _resume(self, node: _Node) -> None:
+    def _resume(self, node: _Node, lost: bool = True) -> None:
+        """SIGCONT; ``lost``: after its lease was lost (a pause the checks hold it to), else cut
+        short by the run's end (its refusals are excused all the same: its lease may be gone)."""
         node.paused_at = None
         node.lost_lease = True
+        if lost:
+            self.paused.setdefault(node.instance, []).append(node.pause_size)
+            self.counts.pauses += 1
         os.kill(node.child.proc.pid, signal.SIGCONT)
         log.info("resumed node %s", node.instance)
 
@@ -302,7 +307,7 @@ class NodeSupervisor:
         for node in nodes:
             node.aiming_until = None
             if node.paused_at is not None:
-                self._resume(node)
+                self._resume(node, lost=False)
         for node in nodes:
             node.child.close_stdin()
         for node in nodes:

@@ -119,16 +119,22 @@ def ensure_tasks(engine: Engine, ids: Iterable[str]) -> int:
     A task id that exists with another job is a :class:`WorkloadError`."""
     created = 0
     for tid in ids:
-        try:
-            engine.create_task(tid, job=JOB_NAME)
-            created += 1
-        except TaskAlreadyExists:
-            job = engine.get_task(tid).job
-            if job != JOB_NAME:
-                raise WorkloadError(
-                    f"task {tid!r} exists in this database with job {job!r}, not {JOB_NAME!r}; "
-                    "use a fresh database for stress runs"
-                ) from None
+        while True:
+            try:
+                engine.create_task(tid, job=JOB_NAME)
+                created += 1
+                break
+            except TaskAlreadyExists:
+                try:
+                    job = engine.get_task(tid).job
+                except TaskNotFound:
+                    continue  # another node deleted it meanwhile: create it again
+                if job != JOB_NAME:
+                    raise WorkloadError(
+                        f"task {tid!r} exists in this database with job {job!r}, not {JOB_NAME!r}; "
+                        "use a fresh database for stress runs"
+                    ) from None
+                break
     return created
 
 
