@@ -82,6 +82,21 @@ def _open(args: argparse.Namespace, jobs: Any) -> Engine:
     return Engine.open(args.db, jobs=jobs, workers=args.workers, counter_actors=args.counter_actors, **kwargs)
 
 
+def _node_book(engine: Engine, path: str, ids: list[str], slot: int) -> SharedTaskBook:
+    """The cluster's task book, and the tasks made that should exist: with the book held, so no
+    deletion begins or ends meanwhile, the missing tasks that no other node is deleting (it
+    creates them again itself), and those whose deletion an earlier node of this slot began and
+    never finished (the driver made sure that node is gone from the server), that deletion
+    then counted as done."""
+    book = SharedTaskBook(path, ids, slot)
+    with book.held():
+        mine = dict(book.unfinished())
+        ensure_tasks(engine, [t for t in ids if t in mine or not book.busy(t)])
+        for task, n in mine.items():
+            book.end_delete(task, n)
+    return book
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taskengine.tools.stress.child")
     parser.add_argument("--db", required=True)
@@ -137,8 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workload = None
     try:
+        book: TaskBook
         try:
-            ensure_tasks(engine, ids)
+            if args.book is not None:
+                book = _node_book(engine, args.book, ids, args.slot)
+            else:
+                ensure_tasks(engine, ids)
+                book = TaskBook(ids, json.loads(args.generations))
         except WorkloadError as e:
             sink({"ev": "error", "msg": str(e)})
             return 2
@@ -148,15 +168,6 @@ def main(argv: list[str] | None = None) -> int:
             # a node paused past its lease before it was ready: the driver judges
             node_sink({"ev": "refused", "msg": f"creating the tasks: {type(e).__name__}: {e}"})
             return 3
-        book: TaskBook
-        if args.book is not None:
-            book = SharedTaskBook(args.book, ids, args.slot)
-            # deletions an earlier node of this slot began and never finished: the driver made
-            # sure that node is gone from the server, and ensure_tasks re-created the task
-            for task, n in book.unfinished():
-                book.end_delete(task, n)
-        else:
-            book = TaskBook(ids, json.loads(args.generations))
         sink({"ev": "ready", "open_s": round(time.perf_counter() - t0, 6)})
         workload = Workload(engine, ids, args.clients, args.seed, node_sink, Control(None), book, settings,
                             first_client=args.first_client)

@@ -208,8 +208,7 @@ class NodeSupervisor:
         violation (replaced, unless it could not even start: then the run ends, None)."""
         node.child.proc.wait()
         node.child.reader.join()
-        if node.child.refused is not None and node.lost_lease:
-            self.counts.fenced += 1
+        if node.child.refused is not None and self._excused(node):
             return self._replace(node)
         error = node.child.error or ""
         if node.child.ready_at is None and error.startswith("StorageError: ") and node.tries < START_TRIES:
@@ -226,6 +225,20 @@ class NodeSupervisor:
         if node.child.ready_at is None:
             return None
         return self._replace(node)
+
+    def _excused(self, node: _Node) -> bool:
+        """May this node's writes have been refused? Yes if it was paused past its lease, or if
+        the server shows its lease lapsed anyway (the server was away longer than a lease: a
+        restart); a refusal while it held its lease is a violation."""
+        if node.lost_lease:
+            self.counts.fenced += 1
+            return True
+        state = self._node_row(node.node_id)
+        if state is not None and (not state[0] or state[1]):
+            node.lost_lease = True
+            self.counts.lapsed += 1
+            return True
+        return False
 
     def _chaos(self, nodes: list[_Node]) -> None:
         awake = [n for n in nodes if not n.busy and n.child.alive()]
@@ -311,15 +324,12 @@ class NodeSupervisor:
         for node in nodes:
             node.child.close_stdin()
         for node in nodes:
-            if node.child.proc.poll() is not None and node.child.refused is not None and node.lost_lease:
-                self.counts.fenced += 1
-                continue
             if not node.child.stop(self.cfg.stop_timeout):
                 self.ledger.add_violation(
                     f"node {node.instance} did not stop within {self.cfg.stop_timeout:.0f} s of being asked; "
                     "it was killed")
-            elif node.child.refused is not None and node.lost_lease:
-                self.counts.fenced += 1
+            elif node.child.refused is not None and self._excused(node):
+                pass
             elif node.child.proc.returncode != 0 or not node.child.closed:
                 self.ledger.add_violation(
                     f"node {node.instance} did not close cleanly (exit status {node.child.proc.returncode}; "

@@ -98,6 +98,9 @@ class NodeCounts:
     pauses: int = 0
     #: paused nodes whose writes were refused after they resumed (they ended, and were replaced)
     fenced: int = 0
+    #: nodes not paused whose lease lapsed all the same (the server away longer than a lease: a
+    #: restart), refused every write from then on, and were replaced
+    lapsed: int = 0
     #: node starts that could not reach the server (it was being restarted) and were made again
     start_retries: int = 0
 
@@ -265,6 +268,7 @@ class StressReport:
             f"  nodes                    {n.started} node processes started for {n.nodes} place(s): {n.kills} "
             f"SIGKILLed and replaced ({n.restarts} restarted with their node id, {n.new_nodes} by a new node id); "
             f"{n.pauses} paused past their lease, {n.fenced} of them refused every write after they resumed and ended"
+            + (f"; {n.lapsed} more lost their lease while the server was away, and ended" if n.lapsed else "")
             + (f"; {n.start_retries} starts found the server away and were made again" if n.start_retries else ""),
         ]
         if m is not None:

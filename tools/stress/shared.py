@@ -45,7 +45,8 @@ class SharedTaskBook(TaskBook):
     def __init__(self, path: str, ids: Iterable[str], slot: int) -> None:
         self._ids = {tid: i for i, tid in enumerate(ids)}
         self._slot = slot
-        self._lock = threading.Lock()
+        self._rlock = threading.RLock()
+        self._depth = 0  # how deep this process holds the file's lock
         self._fd = os.open(path, os.O_RDWR)
         size = len(self._ids) * _FIELDS * _WORD.size
         if os.fstat(self._fd).st_size != size:
@@ -54,18 +55,27 @@ class SharedTaskBook(TaskBook):
         self._map = mmap.mmap(self._fd, size)
 
     def close(self) -> None:
-        with self._lock:
+        with self._rlock:
             self._map.close()
             os.close(self._fd)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with self._lock:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        with self._rlock:
+            if self._depth == 0:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._depth += 1
             try:
                 yield
             finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def held(self) -> contextlib.AbstractContextManager[None]:
+        """The book locked for a while: no deletion begins or ends on any node meanwhile (a node
+        starting up creates the tasks missing so, and never one another node is deleting)."""
+        return self._locked()
 
     def _get(self, task: str, field: int) -> int:
         return int(_WORD.unpack_from(self._map, (self._ids[task] * _FIELDS + field) * _WORD.size)[0])
