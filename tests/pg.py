@@ -34,10 +34,10 @@ def _unavailable(reason: str) -> None:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[PgServer]:
+def running_server(netns: bool = False) -> Iterator[PgServer]:
     """A throwaway server for the ``with`` block (skipped, or failed in CI, where none can start)."""
     try:
-        server = pgserver.start_server()
+        server = pgserver.start_server(netns=netns)
     except pgserver.ServerUnavailable as e:
         _unavailable(str(e))
         raise AssertionError("unreachable") from e

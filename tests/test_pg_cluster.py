@@ -145,3 +145,23 @@ def test_the_marker_check_finds_a_double_run_and_a_cut_job_that_succeeded(pg_url
     assert any(f"{done[1].id}" in v and "running on c when it was SIGKILLed, yet it ended SUCCESS" in v
                for v in found), found
     assert any(f"{done[2].id}" in v and "paused past its lease, yet it ended SUCCESS" in v for v in found), found
+
+
+def test_a_node_cut_off_by_a_network_namespace() -> None:
+    """The stronger form of the pause: each node in a network namespace of its own, one cut off
+    (its link down: packets dropped, the process and its jobs running on) until the server shows it
+    lost, then let back. Every job it had not ended when it was cut must end FAILED interrupted:
+    its late completions are refused, it writes nothing more. Needs root and iproute2 (CI is root);
+    a machine where namespaces cannot be made (a container without CAP_NET_ADMIN) skips, saying so."""
+    from taskengine.tools.stress import netns
+
+    try:
+        netns.check()
+    except netns.NetnsUnavailable as e:
+        pytest.skip(f"network namespaces cannot be made here: {e}")
+    with running_server(netns=True) as server:
+        report = _run(server.create_database(), tasks=8, duration=8.0, crash_every=1.0, pause_share=1.0,
+                      netns=True, cut_share=1.0, settings=Settings(delete_probability=0.0), seed=5)
+    assert report.nodes is not None and report.nodes.cuts >= 1
+    assert report.markers is not None and report.markers.running_at_cut >= 1
+    assert report.nodes.fenced >= report.nodes.cuts

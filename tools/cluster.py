@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.count is not None:
         args.duration = None
     try:
-        server = pgserver.start_server()
+        server = pgserver.start_server(netns=bool(args.netns))
     except (pgserver.ServerUnavailable, RuntimeError) as e:
         print(f"cluster: error: cannot start a throwaway PostgreSQL server: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -97,8 +97,10 @@ def _run(cmd: list[str], what: str) -> None:
         raise RuntimeError(f"{what} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
 
 
-def start_server() -> PgServer:
-    """initdb + pg_ctl start on a fresh directory and port; the caller stops it (``stop_server``)."""
+def start_server(netns: bool = False) -> PgServer:
+    """initdb + pg_ctl start on a fresh directory and port; the caller stops it (``stop_server``).
+    ``netns``: it also takes connections from the node namespaces of ``stress --netns`` (it listens
+    on every address, and trusts 10.231.0.0/16 besides the loopback)."""
     if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
         raise ServerUnavailable(f"no initdb/pg_ctl in {PG_BIN}")
     try:
@@ -131,10 +133,13 @@ def start_server() -> PgServer:
             conf.write(
                 f"\nport = {port}\n"
                 f"unix_socket_directories = '{directory / 'sock'}'\n"
-                "listen_addresses = '127.0.0.1'\n"
+                f"listen_addresses = '{'*' if netns else '127.0.0.1'}'\n"
                 "max_connections = 200\n"
                 "fsync = on\nsynchronous_commit = on\n"
             )
+        if netns:
+            with open(data / "pg_hba.conf", "a", encoding="utf-8") as hba:
+                hba.write("host all all 10.231.0.0/16 trust\n")
         _pg_ctl(owner, data, "start", "-w", "-t", str(int(START_TIMEOUT)), "-l", str(directory / "log"))
         pid = int((data / "postmaster.pid").read_text().split()[0])
     except BaseException:

@@ -71,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pause-share", metavar="FRACTION", default=None,
                         help="with --nodes and --crash-every: the share of chaos events that pause a node past its "
                         "lease rather than kill one (default 0.3)")
+    parser.add_argument("--netns", action="store_true",
+                        help="with --nodes (root, iproute2): run each node place in a network namespace of its own, "
+                        "joined to the host by a veth pair, and make half the pauses cuts off the network (its "
+                        "link down until it lost its lease) instead of SIGSTOPs; the server must take connections "
+                        "from 10.231.0.0/16 at the host's ends (10.231.K.1)")
     parser.add_argument("--workers", metavar="W", default=str(DEFAULT_WORKERS),
                         help=f"executor actors of the engine (default {DEFAULT_WORKERS})")
     parser.add_argument("--counter-actors", metavar="C", default="1",
@@ -166,6 +171,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if nodes is None:
             raise ToolError("--lease is a setting of --nodes", EXIT_USAGE)
         lease = _seconds(args.lease, "--lease", 0.5, 3600)
+    netns = bool(getattr(args, "netns", False))
+    if netns:
+        if nodes is None:
+            raise ToolError("--netns is a setting of --nodes", EXIT_USAGE)
+        from . import netns as netns_tool
+
+        try:
+            netns_tool.check()
+        except netns_tool.NetnsUnavailable as e:
+            raise ToolError(f"--netns: {e}", EXIT_USAGE) from None
     pause_share = 0.3
     if getattr(args, "pause_share", None) is not None:
         if nodes is None:
@@ -184,7 +199,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return StressConfig(
         db=db, clients=clients, tasks=tasks, count=count, duration=duration, crash_every=crash_every,
         workers=workers, counter_actors=counter_actors, seed=seed, nodes=nodes, lease=lease,
-        pause_share=pause_share,
+        pause_share=pause_share, netns=netns,
     )
 
 

@@ -79,6 +79,11 @@ class StressConfig:
     lease: float = 2.0
     #: node mode: the share of chaos events that pause a node past its lease (the others kill one)
     pause_share: float = 0.3
+    #: node mode: each node place in a network namespace of its own; half the pauses then cut the
+    #: node off the network instead of stopping it (taskengine.tools.stress.netns; root only)
+    netns: bool = False
+    #: with ``netns``: the share of pauses that are cuts
+    cut_share: float = 0.5
 
 
 @attrs.frozen
@@ -190,7 +195,7 @@ def _execute(cfg: StressConfig, on_progress: ProgressCallback | None, tick: floa
     if supervisor is not None:
         with open_database(cfg.db) as db:
             report.markers = check_marks(db, supervisor.markers, supervisor.killed, supervisor.paused,
-                                         ledger.add_violation)
+                                         ledger.add_violation, supervisor.cut)
     report.acknowledged = ledger.acknowledged
     report.acknowledged_nonblocking = ledger.acknowledged_nonblocking
     report.acknowledged_blocking = ledger.acknowledged_blocking
@@ -288,6 +293,8 @@ class Child:
         wake: threading.Event,
         extra: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+        db: str | None = None,
     ) -> None:
         self.ledger = ledger
         self.wake = wake
@@ -298,9 +305,10 @@ class Child:
         #: the first write refusal its clients met (a node fenced after it lost its lease)
         self.refused: str | None = None
         self.cut_lines = 0
+        db = db or cfg.db
         cmd = [
-            sys.executable, "-m", "taskengine.tools.stress.child",
-            "--db", cfg.db if is_url(cfg.db) else os.path.abspath(cfg.db),
+            *prefix, sys.executable, "-m", "taskengine.tools.stress.child",
+            "--db", db if is_url(db) else os.path.abspath(db),
             "--clients", str(cfg.clients),
             "--tasks", str(cfg.tasks),
             "--workers", str(cfg.workers),

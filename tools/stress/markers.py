@@ -96,9 +96,13 @@ def check_marks(
     killed: Iterable[str],
     paused: dict[str, list[int]],
     violation: Callable[[str], None],
+    cuts: dict[str, list[int]] | None = None,
 ) -> MarkerReport:
     """Hold the database to the marker files of ``directory``. ``killed``: instances SIGKILLed;
-    ``paused``: instance -> its file's size at each pause (each outlasted its lease)."""
+    ``paused``: instance -> its file's size at each pause (each outlasted its lease); ``cuts``:
+    instance -> its file's size just after it was cut off the network (until it lost its lease),
+    where every job that had not ended by then (the process ran on: it may have ended since)
+    must end FAILED interrupted."""
     report = MarkerReport()
     marks: dict[str, Marks] = {}
     for name in sorted(os.listdir(directory)):
@@ -122,6 +126,14 @@ def check_marks(
             cut = read_marks(path, size).in_progress()
             report.running_at_pause += len(cut)
             must_interrupt.update(dict.fromkeys(cut, f"running on {instance} when it was paused past its lease"))
+    for instance, sizes in (cuts or {}).items():
+        whole = marks.get(instance, Marks())
+        for size in sizes:
+            ended = read_marks(marker_path(directory, instance), size).ended
+            running = [e for e in whole.started if e not in ended]
+            report.running_at_cut += len(running)
+            must_interrupt.update(
+                dict.fromkeys(running, f"running on {instance} when it was cut off the network past its lease"))
     seen: set[str] = set()
     for task_id in list(store.iter_task_ids()):
         for ex in store.iter_executions(task_id):

@@ -29,9 +29,11 @@ from typing import IO
 
 import attrs
 
+from ..common import EXIT_USAGE, ToolError
 from .check import Ledger
 from .driver import Child, Progress, StressConfig, reached, read_log, tail
 from .markers import file_size, marker_path, read_marks
+from .netns import NetnsUnavailable, Place
 from .report import NodeCounts
 from .shared import create_book
 from .workload import task_ids
@@ -64,6 +66,8 @@ class _Node:
     #: when it was stopped (SIGSTOP), while it is, and its marker file's size then
     paused_at: float | None = None
     pause_size: int = 0
+    #: the pause under way or aimed at is a cut off the network (its place's link down), not a SIGSTOP
+    cutting: bool = False
     #: it was paused past its lease: refusals from it are expected
     lost_lease: bool = False
     #: earlier starts in this slot that could not reach the server
@@ -106,6 +110,10 @@ class NodeSupervisor:
         #: instances SIGKILLed, and each paused instance's marker file size at each pause
         self.killed: list[str] = []
         self.paused: dict[str, list[int]] = {}
+        #: each cut instance's marker file size just after each cut
+        self.cut: dict[str, list[int]] = {}
+        #: with ``netns``: each place's network namespace
+        self.places: dict[int, Place] = {}
         self.started = 0.0
         self._runs = 0
         self._logs: list[tuple[_Node, IO[bytes]]] = []
@@ -121,11 +129,20 @@ class NodeSupervisor:
         assert self.cfg.nodes is not None
         self.started = time.monotonic()
         self.ledger.begin()
-        nodes = [self._start(slot, 0) for slot in range(1, self.cfg.nodes + 1)]
+        nodes: list[_Node] = []
         try:
+            if self.cfg.netns:
+                for slot in range(1, self.cfg.nodes + 1):
+                    self.places[slot] = Place(slot)
+                    self.places[slot].create()
+            nodes += [self._start(slot, 0) for slot in range(1, self.cfg.nodes + 1)]
             self._loop(nodes)
+        except NetnsUnavailable as e:
+            raise ToolError(f"--netns: {e}", EXIT_USAGE) from None
         finally:
             self._stop_all(nodes)
+            for place in self.places.values():
+                place.remove()
             elapsed = time.monotonic() - self.started
             self._read_logs()
         return elapsed
@@ -186,7 +203,10 @@ class NodeSupervisor:
         ]
         env = dict(os.environ, PGAPPNAME=app_name(instance))
         stderr = tempfile.TemporaryFile(prefix="taskengine-stress-node-")
-        child = Child(self.cfg, self.ledger, self.cfg.seed * 7919 + self._runs, stderr, self.wake, extra, env)
+        place = self.places.get(slot)
+        child = Child(self.cfg, self.ledger, self.cfg.seed * 7919 + self._runs, stderr, self.wake, extra, env,
+                      prefix=() if place is None else place.prefix(),
+                      db=None if place is None else place.url(self.cfg.db))
         node = _Node(slot, generation, instance, child, stderr)
         self._logs.append((node, stderr))
         self.counts.started += 1
@@ -248,6 +268,7 @@ class NodeSupervisor:
         if self.rng.random() < self.cfg.pause_share:
             if not any(n.busy for n in nodes):  # one pause at a time
                 node.aiming_until = time.monotonic() + AIM_SECONDS
+                node.cutting = self.cfg.netns and self.rng.random() < self.cfg.cut_share
             return
         node.child.kill()
         self.ledger.mark("killed")
@@ -258,15 +279,25 @@ class NodeSupervisor:
 
     def _aim(self, node: _Node, now: float) -> None:
         """Stop the node; keep it stopped if one of its jobs is running (so the pause cuts one),
-        else let it go on and try again shortly, until the aim's time is up."""
+        else let it go on and try again shortly, until the aim's time is up. A cut: take its
+        link down once one of its jobs runs."""
         if not node.child.alive():
             node.aiming_until = None
+            return
+        path = marker_path(self.markers, node.instance)
+        assert node.aiming_until is not None
+        if node.cutting:
+            if not read_marks(path).in_progress() and now < node.aiming_until:
+                return
+            self.places[node.slot].cut()
+            node.aiming_until = None
+            node.paused_at = now
+            node.pause_size = file_size(path)  # after the cut: a job not ended by now ends cut off
+            log.info("cut node %s off the network", node.instance)
             return
         os.kill(node.child.proc.pid, signal.SIGSTOP)
         _wait_stopped(node.child.proc.pid)
         # the marker file is still while the process is stopped: what its jobs had begun and not ended
-        path = marker_path(self.markers, node.instance)
-        assert node.aiming_until is not None
         if not read_marks(path).in_progress() and now < node.aiming_until:
             os.kill(node.child.proc.pid, signal.SIGCONT)
             return
@@ -310,6 +341,14 @@ class NodeSupervisor:
         short by the run's end (its refusals are excused all the same: its lease may be gone)."""
         node.paused_at = None
         node.lost_lease = True
+        if node.cutting:
+            node.cutting = False
+            self.places[node.slot].restore()
+            if lost:
+                self.cut.setdefault(node.instance, []).append(node.pause_size)
+                self.counts.cuts += 1
+            log.info("let node %s back on the network", node.instance)
+            return
         if lost:
             self.paused.setdefault(node.instance, []).append(node.pause_size)
             self.counts.pauses += 1

@@ -101,6 +101,8 @@ class NodeCounts:
     #: nodes not paused whose lease lapsed all the same (the server away longer than a lease: a
     #: restart), refused every write from then on, and were replaced
     lapsed: int = 0
+    #: nodes cut off the network (a network namespace's link down) past their lease, then let back
+    cuts: int = 0
     #: node starts that could not reach the server (it was being restarted) and were made again
     start_retries: int = 0
 
@@ -121,6 +123,8 @@ class MarkerReport:
     running_at_kill: int = 0
     #: jobs in progress on an instance when it was paused (past its lease)
     running_at_pause: int = 0
+    #: jobs not ended on an instance when it was cut off the network (past its lease)
+    running_at_cut: int = 0
 
 
 @attrs.define
@@ -264,19 +268,22 @@ class StressReport:
         n, m = self.nodes, self.markers
         if n is None:
             return []
+        replaced = n.restarts + n.new_nodes
         lines = [
-            f"  nodes                    {n.started} node processes started for {n.nodes} place(s): {n.kills} "
-            f"SIGKILLed and replaced ({n.restarts} restarted with their node id, {n.new_nodes} by a new node id); "
-            f"{n.pauses} paused past their lease, {n.fenced} of them refused every write after they resumed and ended"
+            f"  nodes                    {n.started} node processes started for {n.nodes} place(s); {n.kills} "
+            f"SIGKILLed, {n.pauses} paused past their lease (SIGSTOP)"
+            + (f", {n.cuts} cut off the network past their lease" if n.cuts else "")
+            + f"; {n.fenced} of those it paused or cut refused every write when let go, and ended"
             + (f"; {n.lapsed} more lost their lease while the server was away, and ended" if n.lapsed else "")
+            + f"; {replaced} replacements ({n.restarts} restarts with their node id, {n.new_nodes} with a new one)"
             + (f"; {n.start_retries} starts found the server away and were made again" if n.start_retries else ""),
         ]
         if m is not None:
             lines.append(
                 f"  job run markers          {m.runs:,} job runs marked by {m.instances} node processes, checked "
                 f"against {m.checked:,} stored executions ({m.gone:,} runs of executions gone with their "
-                f"deleted task); {m.running_at_kill} jobs were running at a SIGKILL and {m.running_at_pause} at a "
-                "pause, each held to FAILED interrupted"
+                f"deleted task); {m.running_at_kill} jobs were running at a SIGKILL, {m.running_at_pause} at a "
+                f"pause and {m.running_at_cut} at a cut, each held to FAILED interrupted"
             )
         return lines
 

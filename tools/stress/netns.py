@@ -1,0 +1,102 @@
+"""A node cut off from the database by a network namespace (``stress --nodes N --netns``).
+
+Each node place gets a network namespace of its own joined to the host by a veth pair
+(``10.231.K.2`` in the namespace, ``10.231.K.1`` on the host); its node processes run in it
+(``ip netns exec``) and reach the server at the host's end of their pair. Cutting a node off is
+taking the host's end down: its packets are dropped, no connection is reset, the process runs on
+(unlike a SIGSTOP, its jobs finish) and can write nothing; bringing the link up again lets its
+connections through to a server that has since ended its sessions and, through another node's
+reaper, taken its lease. The node's URL asks libpq for a TCP user timeout and keepalives, so a
+write stuck on the cut link fails within seconds of the link's return instead of minutes.
+
+It needs root, ``ip`` (iproute2) and a server that accepts connections on those host addresses
+(``listen_addresses`` covering them and a ``pg_hba.conf`` line for ``10.231.0.0/16``: the throwaway
+server of ``taskengine.tools.pgserver`` does that when asked, ``netns=True``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from urllib.parse import urlsplit, urlunsplit
+
+SUBNET = "10.231.0.0/16"
+#: libpq settings of a node's connections: a stuck write fails, a dead peer is found, in seconds
+TCP_SETTINGS = "tcp_user_timeout=2000&keepalives=1&keepalives_idle=1&keepalives_interval=1&keepalives_count=2"
+
+
+class NetnsUnavailable(Exception):
+    """Namespaces cannot be made here; the message says why."""
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise NetnsUnavailable(f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
+
+
+def check() -> None:
+    """Raise NetnsUnavailable unless a namespace and a veth pair can be made here."""
+    if os.geteuid() != 0:
+        raise NetnsUnavailable("network namespaces need root")
+    if shutil.which("ip") is None:
+        raise NetnsUnavailable("no `ip` command (iproute2)")
+    probe = Place(0, tag=f"p{os.getpid() % 100000}")
+    try:
+        probe.create()
+    finally:
+        probe.remove()
+
+
+class Place:
+    """The namespace of node place ``slot`` (1..200) and its veth pair."""
+
+    def __init__(self, slot: int, tag: str | None = None) -> None:
+        self.slot = slot
+        tag = tag or f"{os.getpid() % 100000}s{slot}"
+        self.ns = f"te{tag}"
+        self.host_if = f"te{tag}h"[:15]
+        self.node_if = f"te{tag}n"[:15]
+        self.host_addr = f"10.231.{slot}.1"
+        self.node_addr = f"10.231.{slot}.2"
+        self.cut_off = False
+
+    def create(self) -> None:
+        _ip("netns", "add", self.ns)
+        _ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.node_if)
+        _ip("link", "set", self.node_if, "netns", self.ns)
+        _ip("addr", "add", f"{self.host_addr}/30", "dev", self.host_if)
+        _ip("link", "set", self.host_if, "up")
+        _ip("-n", self.ns, "addr", "add", f"{self.node_addr}/30", "dev", self.node_if)
+        _ip("-n", self.ns, "link", "set", self.node_if, "up")
+        _ip("-n", self.ns, "link", "set", "lo", "up")
+
+    def remove(self) -> None:
+        for args in (("link", "del", self.host_if), ("netns", "del", self.ns)):
+            subprocess.run(["ip", *args], capture_output=True, timeout=30)
+
+    def prefix(self) -> list[str]:
+        """The command prefix that runs a process in the namespace."""
+        return ["ip", "netns", "exec", self.ns]
+
+    def url(self, url: str) -> str:
+        """``url`` as seen from the namespace: the server at the host's end of the pair."""
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        userinfo, _, hostport = netloc.rpartition("@")
+        port = hostport.rsplit(":", 1)[1] if ":" in hostport and not hostport.endswith("]") else ""
+        hostport = self.host_addr + (f":{port}" if port else "")
+        query = f"{parts.query}&{TCP_SETTINGS}" if parts.query else TCP_SETTINGS
+        return urlunsplit((parts.scheme, f"{userinfo}@{hostport}" if userinfo else hostport, parts.path, query, ""))
+
+    def cut(self) -> None:
+        _ip("link", "set", self.host_if, "down")
+        self.cut_off = True
+
+    def restore(self) -> None:
+        _ip("link", "set", self.host_if, "up")
+        self.cut_off = False
+
+
+__all__ = ["NetnsUnavailable", "Place", "SUBNET", "check"]
