@@ -899,6 +899,7 @@ class PostgresWriter:
                 raise StorageError(f"the server process {backend} of a lost connection did not exit")
             if not changes:
                 return False
+            probes = [stmt.probe for change in changes for stmt in change if stmt.probe is not None]
             if self._xid is not None:
                 try:
                     status = conn.execute("SELECT txid_status(%s)", (self._xid,)).fetchone()[0]
@@ -906,9 +907,13 @@ class PostgresWriter:
                     # "in the future": the server restarted without a record of that transaction id,
                     # so nothing of that transaction (which commits only after it) survived
                     return False
-                if status in ("committed", "aborted"):
-                    return bool(status == "committed")
-            probes = [stmt.probe for change in changes for stmt in change if stmt.probe is not None]
+                if status == "aborted":
+                    return False
+                if status == "committed" and not probes:
+                    return True
+                # "committed" is no proof where a probe can say: a server that crashed gives the id
+                # of a transaction none of whose WAL reached the disk to a later transaction, and
+                # txid_status then reports that one (seen: an index acknowledged twice)
             if not probes:
                 return False
             sql, params = probes[0]

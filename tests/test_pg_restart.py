@@ -116,3 +116,40 @@ def test_reads_after_a_server_restart_reconnect(own_server: PgServer) -> None:
         assert list(store.iter_task_ids()) == []
     finally:
         store.close()
+
+
+def test_a_commit_in_doubt_is_not_taken_for_the_transaction_that_reused_its_id(own_server: PgServer) -> None:
+    """A server killed while a write's transaction is open, none of its WAL on disk, gives that
+    transaction's id to the next transaction after the restart; ``txid_status`` then says
+    "committed" of a write that never was. The writer settles by the write's own rows instead:
+    it writes again, and the execution exists (it was acknowledged without existing, and its
+    index given again by another node)."""
+    import psycopg
+
+    from taskengine import ExecutionStatus, storage
+    from taskengine.storage import Execution, Task
+
+    url = own_server.create_database()
+    store = storage.open_store(url, create=True, node_id="n", node_lease=120.0)  # no heartbeat meanwhile
+    try:
+        ch = store.changes
+        writer = store.writer()
+        writer.write([ch.create_task(Task(id="t", job="j", incarnation="i"))])
+        writer.begin(lambda: ["t"])  # the turn's transaction: an id, nothing of it on disk yet
+        with psycopg.connect(url, autocommit=True) as conn:
+            (xid,) = conn.execute("SELECT backend_xid::text::bigint FROM pg_stat_activity "
+                                  "WHERE backend_xid IS NOT NULL AND datname = current_database()").fetchone()
+        restart_server(own_server)
+        with psycopg.connect(url) as other:  # ids are handed out again up to and past the lost one
+            while int(other.execute("SELECT txid_current()").fetchone()[0]) < xid:
+                other.commit()
+            other.commit()
+            assert other.execute("SELECT txid_status(%s)", (xid,)).fetchone()[0] == "committed"
+        ex = Execution(id="01J" + "7" * 23, task_id="t", index=0, status=ExecutionStatus.PENDING, blocking=False,
+                       created_at=1.0)
+        writer.write([ch.assign(ex)])
+        assert store.get_execution("t", ex.id) is not None
+        assert store.read_counter("t") == 1
+        writer.close()
+    finally:
+        store.close()
