@@ -220,6 +220,12 @@ class Engine:
                 if execution_id is None and record is not None:
                     execution_id = record.id  # the live entry is damaged; its record says what is there
                 if task is None or record is None or record.id != execution_id:
+                    if self._committer.node is not None:
+                        # several nodes: another one deleted the task (and maybe made it again)
+                        # between the scan and this read; nothing is left to recover of it here
+                        log.debug("live entry %r/%d (%s) went with its task meanwhile", task_id, index,
+                                  execution_id)
+                        continue
                     log.error("live entry %r/%d (%s) has no matching record; left for replay to report",
                               task_id, index, execution_id)
                     continue
