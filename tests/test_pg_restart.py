@@ -128,13 +128,22 @@ def test_a_commit_in_doubt_is_not_taken_for_the_transaction_that_reused_its_id(o
 
     from taskengine import ExecutionStatus, storage
     from taskengine.storage import Execution, Task
+    from test_pg_remote import until
 
     url = own_server.create_database()
-    store = storage.open_store(url, create=True, node_id="n", node_lease=120.0)  # no heartbeat meanwhile
+    with psycopg.connect(url, autocommit=True) as conn:  # nothing flushes the WAL of the open transaction
+        for setting in ("wal_writer_delay = '10s'", "bgwriter_lru_maxpages = 0", "autovacuum = off"):
+            conn.execute(f"ALTER SYSTEM SET {setting}")
+        conn.execute("SELECT pg_reload_conf()")
+    store = storage.open_store(url, create=True, node_id="n", node_lease=20.0)
     try:
         ch = store.changes
         writer = store.writer()
         writer.write([ch.create_task(Task(id="t", job="j", incarnation="i"))])
+        with psycopg.connect(url, autocommit=True) as conn:  # the heartbeat's first renewal is over:
+            lease = "SELECT lease_until FROM taskengine.nodes WHERE id = 'n'"  # the next is 5 s away
+            joined = conn.execute(lease).fetchone()
+            until(lambda: conn.execute(lease).fetchone() != joined, "the heartbeat's first renewal")
         writer.begin(lambda: ["t"])  # the turn's transaction: an id, nothing of it on disk yet
         with psycopg.connect(url, autocommit=True) as conn:
             (xid,) = conn.execute("SELECT backend_xid::text::bigint FROM pg_stat_activity "
@@ -144,10 +153,11 @@ def test_a_commit_in_doubt_is_not_taken_for_the_transaction_that_reused_its_id(o
             while int(other.execute("SELECT txid_current()").fetchone()[0]) < xid:
                 other.commit()
             other.commit()
-            assert other.execute("SELECT txid_status(%s)", (xid,)).fetchone()[0] == "committed"
+            reused = other.execute("SELECT txid_status(%s)", (xid,)).fetchone()[0]
         ex = Execution(id="01J" + "7" * 23, task_id="t", index=0, status=ExecutionStatus.PENDING, blocking=False,
                        created_at=1.0)
-        writer.write([ch.assign(ex)])
+        writer.write([ch.assign(ex)])  # (also ends the open turn, whatever the checks below say)
+        assert reused == "committed"  # the lost write's id now names another, committed, transaction
         assert store.get_execution("t", ex.id) is not None
         assert store.read_counter("t") == 1
         writer.close()
