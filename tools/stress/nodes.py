@@ -115,6 +115,7 @@ class NodeSupervisor:
         #: with ``netns``: each place's network namespace
         self.places: dict[int, Place] = {}
         self.started = 0.0
+        self._server_started: object = None
         self._runs = 0
         self._logs: list[tuple[_Node, IO[bytes]]] = []
         self.log_lines = 0
@@ -128,6 +129,7 @@ class NodeSupervisor:
     def run(self) -> float:
         assert self.cfg.nodes is not None
         self.started = time.monotonic()
+        self._server_started = self._postmaster_start()
         self.ledger.begin()
         nodes: list[_Node] = []
         try:
@@ -258,7 +260,24 @@ class NodeSupervisor:
             node.lost_lease = True
             self.counts.lapsed += 1
             return True
+        if self._server_started not in (None, self._postmaster_start()):
+            # the server was restarted during the run: a write the restart cut that the node could
+            # not make again stops its writer until it is reopened (the contract's failed write)
+            node.lost_lease = True
+            self.counts.failed_at_restart += 1
+            return True
         return False
+
+    def _postmaster_start(self) -> object:
+        """When the server started (changes with a restart), or None if it cannot be read now."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.cfg.db, autocommit=True, connect_timeout=5) as conn:
+                row = conn.execute("SELECT pg_postmaster_start_time()").fetchone()
+        except psycopg.Error:
+            return None
+        return None if row is None else row[0]
 
     def _chaos(self, nodes: list[_Node]) -> None:
         awake = [n for n in nodes if not n.busy and n.child.alive()]
