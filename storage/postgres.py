@@ -140,35 +140,81 @@ class Stmt:
     #: the kind of change other nodes are told of (interface.PENDING_CREATED, FINISHED), if any:
     #: the transaction sends one notification for all its statements that applied (pgfeed.py)
     notify: str = ""
-    #: it picks at most one row by its key, so several of it are checked by their total (_run)
-    keyed: bool = False
+    #: the row it picks, if it picks at most one by its key: several of it are checked by their
+    #: total (a soft one: by the keys its set-based form returns), and a group never holds one key
+    #: twice (one statement after another sees the one before; one set-based statement does not)
+    key: tuple[Any, ...] = ()
+    #: the same change for many rows as one statement: one array per parameter of ``params``, in
+    #: their order, joined as rows by ``unnest``; a soft one returns the keys of the rows it changed
+    batch: str = ""
 
 
 _STATUS = {status: status.code.decode() for status in ExecutionStatus}
 
 
 def _groups(stmt: Stmt) -> bool:
-    """Whether ``stmt`` can go in a group checked by its total row count: it expects nothing, or
-    one row that it picks by its key (so the total is the number of statements exactly when each
-    touched its row), and it is not soft (a soft one's own count says whether its change goes on)."""
-    return not stmt.soft and (stmt.expect is None or (stmt.expect == 1 and stmt.keyed))
+    """Whether ``stmt`` can go in a group made one set-based statement: it has that form, and it
+    expects nothing, or one row it picks by its key (so the group's row count is the number of
+    its statements exactly when each touched its row; a soft one's returned keys say which did)."""
+    return bool(stmt.batch) and (stmt.expect is None or (stmt.expect == 1 and bool(stmt.key)))
 
 
 def _run(flat: Sequence[tuple[int, Stmt]], at: int, missed: Collection[int]) -> list[tuple[int, Stmt]]:
-    """The statements from ``flat[at]`` on that go to the server together: consecutive ones with
-    the same SQL that can be grouped (a turn's INSERTs, its counters' UPDATEs), leaving out none
-    but those of changes already missed. Measured against one statement at a time and a whole turn
-    in one pipeline: BENCHMARKS.md, "PostgreSQL"."""
+    """The statements from ``flat[at]`` on that go to the server as one: consecutive ones with the
+    same SQL that can be grouped (a turn's INSERTs, its counters' UPDATEs, its starts, its
+    finishes), leaving out none but those of changes already missed, each row and (for soft ones)
+    each change at most once. Measured against one statement at a time: BENCHMARKS.md, "PostgreSQL"."""
     first = flat[at][1]
     run = [flat[at]]
     if not _groups(first):
         return run
+    keys = {first.key}
+    positions = {flat[at][0]}
     for position, stmt in flat[at + 1:]:
         if position in missed or not _groups(stmt) or stmt.sql != first.sql or \
-                (stmt.expect, stmt.keyed) != (first.expect, first.keyed):
+                (stmt.expect, stmt.soft) != (first.expect, first.soft) or \
+                (stmt.key and stmt.key in keys) or (stmt.soft and position in positions):
             break
         run.append((position, stmt))
+        keys.add(stmt.key)
+        positions.add(position)
     return run
+
+
+def _rows_of(*columns: str) -> str:
+    """``unnest`` of one array parameter per column (``name type``), as rows named ``v``."""
+    arrays = ", ".join(f"%s::{c.split()[1]}[]" for c in columns)
+    names = ", ".join(c.split()[0] for c in columns)
+    return f"unnest({arrays}) AS v ({names})"
+
+
+_EXECUTION_KEY = "e.task_id = v.task_id AND e.idx = v.idx AND e.id = v.id"
+
+
+#: the set-based forms (Stmt.batch) of the statements PostgresChanges makes, parameter for parameter
+_INSERT_EXECUTIONS = (
+    "INSERT INTO taskengine.executions (task_id, idx, id, status, idempotency_key, record, runner, runner_epoch) "
+    "SELECT task_id, idx, id, status::\"char\", idempotency_key, record, runner, runner_epoch FROM "
+    + _rows_of("task_id text", "idx bigint", "id text", "status text", "idempotency_key bytea", "record bytea",
+               "runner text", "runner_epoch bigint"))
+_RAISE_COUNTERS = ("UPDATE taskengine.tasks AS t SET counter = greatest(t.counter, v.value) FROM "
+                   + _rows_of("value bigint", "id text") + " WHERE t.id = v.id")
+_MOVE_COUNTERS = ("UPDATE taskengine.tasks AS t SET counter = v.value FROM "
+                  + _rows_of("value bigint", "id text", "was bigint", "top bigint")
+                  + " WHERE t.id = v.id AND t.counter = v.was "
+                  "AND (t.max_executions IS NULL OR v.top <= t.max_executions)")
+_START = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record, runner = v.runner, "
+          "runner_epoch = v.runner_epoch FROM "
+          + _rows_of("status text", "record bytea", "runner text", "runner_epoch bigint", "task_id text", "idx bigint",
+                     "id text")
+          + f" WHERE {_EXECUTION_KEY} AND e.status = 'P' RETURNING e.task_id, e.idx")
+_END_PENDING = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record FROM "
+                + _rows_of("status text", "record bytea", "task_id text", "idx bigint", "id text")
+                + f" WHERE {_EXECUTION_KEY} AND e.status = 'P' RETURNING e.task_id, e.idx")
+_FINISH = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record FROM "
+           + _rows_of("status text", "record bytea", "task_id text", "idx bigint", "id text", "node text")
+           + f" WHERE {_EXECUTION_KEY} AND e.status = 'R' AND (e.runner IS NULL OR e.runner = v.node) "
+           "RETURNING e.task_id, e.idx")
 
 
 class PostgresChanges:
@@ -205,6 +251,7 @@ class PostgresChanges:
             probe=("SELECT EXISTS (SELECT 1 FROM taskengine.executions WHERE task_id = %s AND id = %s)",
                    (ex.task_id, ex.id)),
             notify=_notice(ex),
+            batch=_INSERT_EXECUTIONS,
         )]
         if with_counter:
             out += self.counter(ex.task_id, execution.index + 1, None)
@@ -213,12 +260,12 @@ class PostgresChanges:
     def counter(self, task_id: str, value: int, was: int | None = None) -> Change:
         if was is None:
             return [Stmt("UPDATE taskengine.tasks SET counter = greatest(counter, %s) WHERE id = %s",
-                         (value, task_id), expect=1, keyed=True)]
+                         (value, task_id), expect=1, key=(task_id,), batch=_RAISE_COUNTERS)]
         # the counter moves only from the value this writer knows, and never past the limit
         return [Stmt(
             "UPDATE taskengine.tasks SET counter = %s WHERE id = %s AND counter = %s "
             "AND (max_executions IS NULL OR %s <= max_executions)",
-            (value, task_id, was, value), expect=1, keyed=True,
+            (value, task_id, was, value), expect=1, key=(task_id,), batch=_MOVE_COUNTERS,
         )]
 
     def update(self, execution: Execution) -> Change:
@@ -230,18 +277,21 @@ class PostgresChanges:
             sql = (f"UPDATE taskengine.executions SET status = %s, record = %s, runner = %s, runner_epoch = %s "
                    f"WHERE {where} AND status = 'P'")
             params = (params[0], params[1], *self._runner(ex), *params[2:])
+            batch = _START
         elif ex.started_at is None:  # cancelled or failed before it started: still PENDING
             sql = f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'P'"
+            batch = _END_PENDING
         else:  # a finish: of one this node runs (or ran in an earlier epoch, or a version-1 one)
             node = self._store.node
             sql = (f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'R' "
                    "AND (runner IS NULL OR runner = %s)")
             params = (*params, None if node is None else node.id)
+            batch = _FINISH
         return [Stmt(
             sql, params, expect=1, soft=True,
             probe=("SELECT EXISTS (SELECT 1 FROM taskengine.executions WHERE task_id = %s AND id = %s "
                    "AND record = %s)", (ex.task_id, ex.id, record)),
-            notify=_notice(ex),
+            notify=_notice(ex), key=(ex.task_id, ex.index), batch=batch,
         )]
 
     def prune(self, task_id: str, executions: Sequence[Execution], mark: int) -> Change:
@@ -256,7 +306,8 @@ class PostgresChanges:
 
     def delete_task(self, task_id: str) -> Change:
         # its unfinished executions end with it: their waiters on other nodes are told
-        return [Stmt("DELETE FROM taskengine.tasks WHERE id = %s", (task_id,), notify=FINISHED)]
+        return [Stmt("DELETE FROM taskengine.tasks WHERE id = %s", (task_id,), notify=FINISHED,
+                     batch="DELETE FROM taskengine.tasks WHERE id = ANY(%s::text[])")]
 
 
 def _notice(ex: Execution) -> str:
@@ -605,6 +656,8 @@ class PostgresWriter:
         self.failure: str | None = None
         self.writes = 0
         self.changes = 0
+        #: statements sent to the server by writes (a group made one set-based statement counts once)
+        self.sent = 0
         self.on_write: Callable[[int, float], None] | None = None
         self.on_failure: Callable[[], None] | None = None
         self._lease = store.node_lease
@@ -846,8 +899,7 @@ class PostgresWriter:
                 return []
             log.warning("the write in doubt had not committed; writing it again")
 
-    @staticmethod
-    def _statements(conn: Any, changes: Sequence[Change]) -> list[int]:
+    def _statements(self, conn: Any, changes: Sequence[Change]) -> list[int]:
         missed: list[int] = []
         notices = ""
         with conn.cursor() as cur:
@@ -860,23 +912,26 @@ class PostgresWriter:
                     continue
                 run = _run(flat, at, missed)
                 at += len(run)
+                self.sent += 1
                 if len(run) == 1:
                     cur.execute(stmt.sql, stmt.params)
-                else:  # sent together (psycopg pipelines an executemany): one round trip, not one each
-                    cur.executemany(stmt.sql, [s.params for _, s in run])
-                expect = None if stmt.expect is None else stmt.expect * len(run)
-                if expect is not None and cur.rowcount != expect:
-                    if stmt.soft and cur.rowcount == 0:  # never grouped: its own count
-                        missed.append(position)
-                        continue
+                    applied = [stmt] if cur.rowcount else []
+                else:  # one set-based statement: one array per parameter
+                    cur.execute(stmt.batch, [list(column) for column in zip(*(s.params for _, s in run), strict=True)])
+                    applied = [s for _, s in run] if cur.rowcount else []
+                if stmt.soft:  # each its own: the rows the group changed are those whose keys came back
+                    changed = {(str(t), int(i)) for t, i in cur.fetchall()} if len(run) > 1 else \
+                        {stmt.key} if cur.rowcount == 1 else set()
+                    missed += [p for p, s in run if s.key not in changed]
+                    applied = [s for _, s in run if s.key in changed]
+                elif stmt.expect is not None and cur.rowcount != stmt.expect * len(run):
                     raise _Conflict(
-                        f"a change did not apply as expected ({cur.rowcount} rows, not {expect}): "
+                        f"a change did not apply as expected ({cur.rowcount} rows, not {stmt.expect * len(run)}): "
                         "another writer changed the task, or it reached max_executions"
                     )
-                if cur.rowcount:
-                    for _, s in run:
-                        if s.notify and s.notify not in notices:
-                            notices += s.notify
+                for s in applied:
+                    if s.notify and s.notify not in notices:
+                        notices += s.notify
             notify(cur, notices)
         return missed
 

@@ -202,3 +202,59 @@ def test_statements_sent_together_are_each_checked(pg_url: str) -> None:
         store.close()
     check_db(pg_url)
 
+
+
+@pytest.mark.timeout(60)
+def test_starts_and_finishes_sent_as_one_report_exactly_their_misses(pg_url: str) -> None:
+    """A turn's starts (and its finishes) go to the server as one statement; the keys it returns
+    say which applied: the writer reports exactly the changes whose claim missed, the others are
+    written, and only finishes that applied notify other nodes."""
+    import attrs
+
+    from taskengine.storage.pgfeed import CHANNEL
+    from taskengine.storage.postgres import _run
+
+    store = storage.open_store(pg_url, create=True)
+    listener = psycopg.connect(pg_url, autocommit=True)
+    try:
+        ch = store.changes
+        writer = store.writer()
+        tasks = [f"t{i}" for i in range(7)]
+        writer.write([ch.create_task(Task(id=t, job="j", incarnation="i")) for t in tasks])
+        pending = {t: attrs.evolve(_execution(t, 0), status=ExecutionStatus.PENDING) for t in tasks}
+        writer.write([ch.assign(ex, with_counter=False) for ex in pending.values()])
+
+        def start(t: str) -> list[Any]:
+            return ch.update(attrs.evolve(pending[t], status=ExecutionStatus.RUNNING, started_at=2.0))
+
+        def finish(t: str) -> list[Any]:
+            return ch.update(attrs.evolve(pending[t], status=ExecutionStatus.SUCCESS, started_at=2.0,
+                                          finished_at=3.0))
+
+        assert list(writer.write([start("t1"), start("t3")])) == []
+        starts = [start(t) for t in tasks[:5]]
+        flat = [(position, stmt) for position, change in enumerate(starts) for stmt in change]
+        assert len(_run(flat, 0, [])) == 5  # one statement for the five
+        assert sorted(writer.write(starts)) == [1, 3]  # t1's and t3's were claimed already
+        statuses = {t: store.get_execution(t, pending[t].id).status for t in tasks}  # type: ignore[union-attr]
+        assert statuses == {"t0": ExecutionStatus.RUNNING, "t1": ExecutionStatus.RUNNING,
+                            "t2": ExecutionStatus.RUNNING, "t3": ExecutionStatus.RUNNING,
+                            "t4": ExecutionStatus.RUNNING, "t5": ExecutionStatus.PENDING,
+                            "t6": ExecutionStatus.PENDING}
+
+        listener.execute(f"LISTEN {CHANNEL}")
+        assert sorted(writer.write([finish("t5"), finish("t4")])) == [0]  # t5 never started
+        assert store.get_execution("t5", pending["t5"].id).status is ExecutionStatus.PENDING  # type: ignore[union-attr]
+        assert sorted(writer.write([finish("t5"), finish("t6")])) == [0, 1]  # both miss: no notice
+        assert list(writer.write([ch.assign(_pending("t5", 1), with_counter=False)])) == []
+        got = [n.payload for n in listener.notifies(timeout=WAIT, stop_after=2)]
+        assert got == ["f", "p"]  # the finish that applied, then the next write's; none between
+        writer.close()
+    finally:
+        listener.close()
+        store.close()
+
+
+def _pending(task_id: str, index: int) -> Execution:
+    return Execution(id=f"01K{index:023d}", task_id=task_id, index=index, status=ExecutionStatus.PENDING,
+                     blocking=False, created_at=1.0)

@@ -101,6 +101,7 @@ def _instrument_postgres() -> str | None:
         return "no PostgresWriter._write: transaction timing skipped"
 
     def transaction(self: Any, changes: Any, *rest: Any) -> Any:
+        sent = getattr(self, "sent", 0)
         t0 = time.perf_counter()
         try:
             return original(self, changes, *rest)
@@ -110,6 +111,7 @@ def _instrument_postgres() -> str | None:
                 _stats["pg_transactions"] += 1
                 _stats["pg_changes"] += len(changes)
                 _stats["pg_statements"] += sum(len(c) for c in changes)
+                _stats["pg_sent"] += getattr(self, "sent", 0) - sent
                 _times["pg_transaction"] += took
 
     postgres.PostgresWriter._write = transaction  # type: ignore[method-assign,assignment]
@@ -319,7 +321,8 @@ def _write_lines(n_ops: float, label: str, frozen: tuple[Any, Any] | None = None
         n = s["pg_transactions"]
         lines.append(
             f"  PostgreSQL transactions: {n / n_ops:.2f} per {label}, {s['pg_changes'] / n:.1f} changes and "
-            f"{s['pg_statements'] / n:.1f} statements each; {1e6 * t['pg_transaction'] / n:.0f} us per transaction "
+            f"{s['pg_statements'] / n:.1f} statements each, sent as {s['pg_sent'] / n:.1f}; "
+            f"{1e6 * t['pg_transaction'] / n:.0f} us per transaction "
             f"({1e6 * t['pg_transaction'] / max(1, s['pg_statements']):.0f} us per statement)"
         )
         if s["turns"]:
