@@ -173,21 +173,15 @@ def test_a_commit_in_doubt_is_settled_before_the_answer(
 
 
 def test_statements_sent_together_are_each_checked(pg_url: str) -> None:
-    """A turn's statements of one kind go to the server together (one executemany: its row count
-    is their total); one of them that does not apply (a counter moved from a value it no longer
+    """A turn's statements of one kind go to the server together (one set-based statement: its row
+    count is their total); one of them that does not apply (a counter moved from a value it no longer
     has, among others that apply) still rolls the whole write back."""
-    from taskengine.storage.postgres import _run
-
     store = storage.open_store(pg_url, create=True)
     try:
-        ch = store.changes
-        writer = store.writer()
-        tasks = [f"t{i}" for i in range(5)]
-        writer.write([ch.create_task(Task(id=t, job="j", incarnation="i")) for t in tasks])
+        ch, writer, tasks = _with_tasks(store, 5)
         turn = [ch.assign(_execution(t, 0), with_counter=False) for t in tasks]
         turn += [ch.counter(t, 1, 0) for t in tasks]
-        flat = [(position, stmt) for position, change in enumerate(turn) for stmt in change]
-        assert [len(_run(flat, at, [])) for at in (0, 5)] == [5, 5]  # the INSERTs, then the counters' UPDATEs
+        assert _group_sizes(turn, (0, 5)) == [5, 5]  # the INSERTs, then the counters' UPDATEs
         writer.write(turn)
         assert [store.read_counter(t) for t in tasks] == [1] * 5
         bad = [ch.assign(_execution(t, 1), with_counter=False) for t in tasks]
@@ -212,15 +206,11 @@ def test_starts_and_finishes_sent_as_one_report_exactly_their_misses(pg_url: str
     import attrs
 
     from taskengine.storage.pgfeed import CHANNEL
-    from taskengine.storage.postgres import _run
 
     store = storage.open_store(pg_url, create=True)
     listener = psycopg.connect(pg_url, autocommit=True)
     try:
-        ch = store.changes
-        writer = store.writer()
-        tasks = [f"t{i}" for i in range(8)]
-        writer.write([ch.create_task(Task(id=t, job="j", incarnation="i")) for t in tasks])
+        ch, writer, tasks = _with_tasks(store, 8)
         pending = {t: attrs.evolve(_execution(t, 0), status=ExecutionStatus.PENDING) for t in tasks}
         writer.write([ch.assign(ex, with_counter=False) for ex in pending.values()])
 
@@ -233,8 +223,7 @@ def test_starts_and_finishes_sent_as_one_report_exactly_their_misses(pg_url: str
 
         assert list(writer.write([start("t1"), start("t3")])) == []
         starts = [start(t) for t in tasks[:5]]
-        flat = [(position, stmt) for position, change in enumerate(starts) for stmt in change]
-        assert len(_run(flat, 0, [])) == 5  # one statement for the five
+        assert _group_sizes(starts, (0,)) == [5]  # one statement for the five
         assert sorted(writer.write(starts)) == [1, 3]  # t1's and t3's were claimed already
         statuses = {t: store.get_execution(t, pending[t].id).status for t in tasks}  # type: ignore[union-attr]
         assert statuses == {"t0": ExecutionStatus.RUNNING, "t1": ExecutionStatus.RUNNING,
@@ -261,3 +250,19 @@ def test_starts_and_finishes_sent_as_one_report_exactly_their_misses(pg_url: str
 def _pending(task_id: str, index: int) -> Execution:
     return Execution(id=f"01K{index:023d}", task_id=task_id, index=index, status=ExecutionStatus.PENDING,
                      blocking=False, created_at=1.0)
+
+
+def _with_tasks(store: Any, n: int) -> tuple[Any, Any, list[str]]:
+    """The store's changes and its writer, and ``n`` new tasks t0, t1, ... it wrote."""
+    ch, writer = store.changes, store.writer()
+    tasks = [f"t{i}" for i in range(n)]
+    writer.write([ch.create_task(Task(id=t, job="j", incarnation="i")) for t in tasks])
+    return ch, writer, tasks
+
+
+def _group_sizes(turn: list[Any], starts: tuple[int, ...]) -> list[int]:
+    """How many statements the writer sends as one from each of the turn's flat positions ``starts``."""
+    from taskengine.storage.postgres import _run
+
+    flat = [(position, stmt) for position, change in enumerate(turn) for stmt in change]
+    return [len(_run(flat, at, [])) for at in starts]
