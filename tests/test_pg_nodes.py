@@ -136,10 +136,19 @@ def test_pending_executions_two_nodes_loaded_run_once(make_engine: Any, pg_url: 
     b = make_engine(pg_url, workers=4, node_id="b", node_lease=LEASE)
     assert a.stats().pending == n and b.stats().pending == n  # both hold every one
 
-    def work(ctx: Any) -> None:
-        time.sleep(0.005)  # the job's own work: both nodes are still at it when the other claims
+    # each node's jobs hold on until the other node has started one too, so both nodes are at
+    # work on the same rows at once however the threads are scheduled (each holds all 300)
+    began = {"a": threading.Event(), "b": threading.Event()}
 
-    rec_a, rec_b = Recorder(work), Recorder(work)
+    def work(me: str, other: str) -> Any:
+        def job(ctx: Any) -> None:
+            began[me].set()
+            if not began[other].wait(WAIT):
+                raise RuntimeError(f"node {other} never started an execution")
+
+        return job
+
+    rec_a, rec_b = Recorder(work("a", "b")), Recorder(work("b", "a"))
     both = threading.Barrier(2)
 
     def register(engine: Any, rec: Recorder) -> None:
