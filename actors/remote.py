@@ -60,7 +60,7 @@ class RemoteChanges:
         self._salt = salt
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="taskengine-remote", daemon=True)
-        #: figures for tests and stats: rounds of each kind, executions found
+        #: figures the tests read (not in stats()): rounds of each kind, executions found
         self.rounds = {"waits": 0, "discoveries": 0, "published": 0, "discovered": 0}
 
     def start(self) -> None:
