@@ -40,6 +40,8 @@ from .workload import task_ids
 
 log = logging.getLogger(__name__)
 
+#: what a node's writer logs when a server restart cut a write it could not make again
+RESTART_CUT = "the turn's tasks changed while its connection was lost"
 #: seconds the supervisor waits for a dead node's connections to leave the server
 GONE_TIMEOUT = 30.0
 #: seconds a pause may wait for a moment when the node runs a job (else it pauses anyway)
@@ -395,13 +397,17 @@ class NodeSupervisor:
 
     def _read_logs(self) -> None:
         """Every ERROR or CRITICAL line a node logged is a violation, except from a node that
-        lost its lease (its refused writes are logged so)."""
+        lost its lease (its refused writes are logged so), or whose only errors say its writer
+        stopped after a server restart cut a write (excused as a refusal is, ``_excused``: a node
+        still running at the end says so only in its log)."""
         for node, f in self._logs:
             lines, sample, errors = read_log(f)
             self.log_lines += lines
             for line in sample:
                 if len(self.log_sample) < 10 and line not in self.log_sample:
                     self.log_sample.append(f"{node.instance}: {line}")
+            if errors and not node.lost_lease and all(RESTART_CUT in line for line in errors):
+                self._excused(node)  # judged by the rule a refusal is
             if not node.lost_lease:
                 for line in errors:
                     self.ledger.add_violation(f"node {node.instance} logged an error: {line}")
