@@ -685,23 +685,25 @@ class StressClient(pykka.ThreadingActor):
             self._violation(f"task {held.task!r}: counter {counter} is not above acknowledged index {held.index}")
 
     def _op_delete(self, task: str) -> None:
+        """Delete the task and create it again. The cycle ends in the book only once both were
+        answered: if either raises (the engine closed, or a node's writes were refused), the task
+        may be gone, so the deletion stays under way, which only loosens the checks; a node of
+        ``stress --nodes`` that takes this one's place finishes it (``_node_book``)."""
         n = self.book.begin_delete(task)
         if n is None:
             return
+        self.sink({"ev": "deleting", "t": task, "n": n})
+        t0 = time.perf_counter()
         try:
-            self.sink({"ev": "deleting", "t": task, "n": n})
-            t0 = time.perf_counter()
-            try:
-                self.engine.delete_task(task)
-            except TaskNotFound:
-                pass
-            self.sink({"ev": "deleted", "t": task, "n": n, "lat": round(time.perf_counter() - t0, 6)})
-            try:
-                self.engine.create_task(task, job=JOB_NAME)
-            except TaskAlreadyExists:
-                self._violation(f"task {task!r} exists again right after its deletion, before re-creation")
-        finally:
-            self.book.end_delete(task, n)
+            self.engine.delete_task(task)
+        except TaskNotFound:
+            pass
+        self.sink({"ev": "deleted", "t": task, "n": n, "lat": round(time.perf_counter() - t0, 6)})
+        try:
+            self.engine.create_task(task, job=JOB_NAME)
+        except TaskAlreadyExists:
+            self._violation(f"task {task!r} exists again right after its deletion, before re-creation")
+        self.book.end_delete(task, n)
         # in-order checks restart with the new task
         self.last.pop(task, None)
 
