@@ -58,6 +58,7 @@ class RemoteChanges:
         self._reading = reading  # the engine's gate: close() waits for a read in progress
         self._poll = poll
         self._salt = salt
+        self._after = ""  # where the next look for PENDING executions starts: looks go round the tasks
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="taskengine-remote", daemon=True)
         #: figures the tests read (not in stats()): rounds of each kind, executions found
@@ -165,7 +166,8 @@ class RemoteChanges:
         # left out below: ask for enough more that they cannot crowd out the room
         known = cast(int, ask(self._refs.pending, m.PendingCount()))
         with self._reading():
-            found = self._db.pending_elsewhere(jobs, room + min(known, DISCOVERY_SLACK), self._salt)
+            found, self._after = self._db.pending_elsewhere(jobs, room + min(known, DISCOVERY_SLACK), self._salt,
+                                                            self._after)
         if not found:
             return False
         entries = [(ex.task_id, ex.id, cast(int, ex.index)) for ex, _ in found]

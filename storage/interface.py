@@ -234,11 +234,13 @@ class Store(abc.ABC):
         one engine writes to a database, and it knows what it wrote)."""
         return None
 
-    def pending_elsewhere(self, jobs: Sequence[str], limit: int, salt: str) -> list[tuple[Execution, Task]]:
+    def pending_elsewhere(self, jobs: Sequence[str], limit: int, salt: str,
+                          after: str = "") -> tuple[list[tuple[Execution, Task]], str]:
         """Up to ``limit`` PENDING executions of tasks whose job is one of ``jobs``, each with its
-        task; ``salt`` orders them differently for every caller, so nodes looking at once mostly
-        take different ones. None where no other node writes."""
-        return []
+        task, looked for from the first task after ``after`` on (wrapping around), and where the
+        next look should start; ``salt`` orders them differently for every caller, so nodes looking
+        at once mostly take different ones. None where no other node writes."""
+        return [], after
 
     # -- retention -------------------------------------------------------------------------
 

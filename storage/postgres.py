@@ -533,26 +533,33 @@ class PostgresStore(Store):
                 out[(task_id, execution_id)] = self._execution(task_id, int(index), record)
         return out
 
-    def pending_elsewhere(self, jobs: Sequence[str], limit: int, salt: str) -> list[tuple[Execution, Task]]:
+    def pending_elsewhere(self, jobs: Sequence[str], limit: int, salt: str,
+                          after: str = "") -> tuple[list[tuple[Execution, Task]], str]:
         if limit <= 0 or not jobs:
-            return []
-        # a window of the first PENDING rows of these jobs in the live index's order (a look costs
-        # about the same whatever the backlog), shuffled by the caller's salt
+            return [], after
+        # a window of the PENDING rows of these jobs in the live index's order, from the first task
+        # after ``after`` and around to the start (a look costs about the same whatever the
+        # backlog, and successive looks go round every task), shuffled by the caller's salt
+        part = ("(SELECT e.task_id, e.idx, e.id, e.record, {n} AS part FROM taskengine.executions e"
+                " JOIN taskengine.tasks t ON t.id = e.task_id"
+                " WHERE e.status = 'P' AND t.job = ANY(%s) AND e.task_id {cmp} %s"
+                " ORDER BY e.task_id, e.idx LIMIT %s)")
         rows = self._rows(
-            "SELECT w.task_id, w.idx, w.record, t.id, t.record, t.counter, t.prune_mark FROM ("
-            " SELECT e.task_id, e.idx, e.id, e.record FROM taskengine.executions e"
-            " JOIN taskengine.tasks t ON t.id = e.task_id"
-            " WHERE e.status = 'P' AND t.job = ANY(%s)"
-            " ORDER BY e.task_id, e.idx LIMIT %s"
-            ") w JOIN taskengine.tasks t ON t.id = w.task_id ORDER BY hashtext(w.id || %s) LIMIT %s",
-            (list(jobs), DISCOVERY_WINDOW, salt, limit))
+            "WITH w AS (" + part.format(n=0, cmp=">") + " UNION ALL " + part.format(n=1, cmp="<=")
+            + " LIMIT %s) "
+            "SELECT w.task_id, w.idx, w.record, t.id, t.record, t.counter, t.prune_mark, "
+            " (SELECT task_id FROM w ORDER BY part DESC, task_id DESC LIMIT 1) "
+            "FROM w JOIN taskengine.tasks t ON t.id = w.task_id ORDER BY hashtext(w.id || %s) LIMIT %s",
+            (list(jobs), after, DISCOVERY_WINDOW, list(jobs), after, DISCOVERY_WINDOW, DISCOVERY_WINDOW,
+             salt, limit))
         out: list[tuple[Execution, Task]] = []
-        for task_id, index, record, *task_row in rows:
+        for task_id, index, record, *task_row, end in rows:
+            after = str(end)
             try:
                 out.append((self._execution(task_id, int(index), record), self._task(tuple(task_row))))
             except CorruptRecord as e:
                 log.error("a PENDING execution of another node is left alone: %s", e)
-        return out
+        return out, after
 
     def first_live(self, task_id: str) -> int | None:
         row = self._one("SELECT min(idx) FROM taskengine.executions WHERE task_id = %s AND status IN ('P', 'R')",

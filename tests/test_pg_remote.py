@@ -350,3 +350,27 @@ def test_a_wait_for_an_execution_of_a_node_that_dies_returns_when_it_is_reaped(m
         child.finish()
     got = waits.result()
     assert (got.status, got.error) == (ExecutionStatus.FAILED, "interrupted: node child lost")
+
+
+def test_successive_looks_go_round_every_task(pg_url: str, other: OtherNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A look reads a window of the PENDING rows; the next starts after the tasks it covered, so
+    a backlog on the first tasks (by id) does not hide the later ones from every look."""
+    from taskengine.storage import open_store, postgres
+
+    monkeypatch.setattr(postgres, "DISCOVERY_WINDOW", 4)
+    store = open_store(pg_url, create=True)  # makes the schema
+    try:
+        tasks = [f"t{n}" for n in range(5)]
+        for task in tasks:
+            other.create_task(task, job="j")
+            for _ in range(3):
+                other.trigger(task, notify=False)
+        seen: set[str] = set()
+        after = ""
+        for _ in range(len(tasks)):
+            found, after = store.pending_elsewhere(["j"], 2, "salt", after)
+            assert len(found) == 2
+            seen.update(ex.task_id for ex, _ in found)
+        assert seen == set(tasks)
+    finally:
+        store.close()
