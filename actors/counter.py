@@ -28,8 +28,8 @@ from typing import Any, cast
 import attrs
 
 from taskengine.storage import Execution, ExecutionStatus, Task, records
+from taskengine.storage.errors import CorruptRecord, WriteFailed
 from taskengine.storage.errors import StorageError as _StorageError
-from taskengine.storage.errors import WriteFailed
 from taskengine.storage.interface import Change, Store, StoredTask, Writer
 
 from . import hooks, retention
@@ -811,7 +811,11 @@ class CounterActor(EngineActor):
         self._retain(st, cancelled.index)
 
     def _delete(self, msg: m.DeleteTask) -> None:
-        st = self._require(msg.task_id)
+        try:
+            st = self._require(msg.task_id)
+        except CorruptRecord:
+            self._delete_unreadable(msg)
+            return
         assert self._refs.pending is not None
         dropped = cast(list[str], self._refs.pending.ask(m.DropTask(msg.task_id)))
         cancelled = [_finished(q, ExecutionStatus.CANCELLED, error=TASK_DELETED) for q in st.queued.values()]
@@ -837,6 +841,16 @@ class CounterActor(EngineActor):
 
         self._write(self._changes.delete_task(msg.task_id), msg.reply, published)
         log.info("task %r deleted (%d unfinished executions cancelled)", msg.task_id, len(cancelled))
+
+    def _delete_unreadable(self, msg: m.DeleteTask) -> None:
+        """A task whose record cannot be read is still deleted (the way out of a damaged task
+        short of ``taskengine recover``): none of its state could be loaded, so nothing of it runs
+        here, and what the pending store held of it (recovered from intact live entries) goes."""
+        assert self._refs.pending is not None
+        for execution_id in cast(list[str], self._refs.pending.ask(m.DropTask(msg.task_id))):
+            self._release(execution_id)
+        self._write(self._changes.delete_task(msg.task_id), msg.reply)
+        log.warning("task %r deleted although its record could not be read", msg.task_id)
 
     def _get_task(self, msg: m.GetTask) -> None:
         task = self._require(msg.task_id).view()

@@ -188,6 +188,14 @@ def test_a_wrong_stored_value_is_corrupt_record_and_the_engine_goes_on(
         assert listed == (["good", "new"] if task_unreadable else ["bad", "good", "new"])
         if task_unreadable:  # left out of the listing, and said so
             assert any(named in r.getMessage() and "list_tasks" in r.getMessage() for r in caplog.records)
+            # and deleted all the same: the task can be made again, fresh
+            engine.delete_task("bad")
+            with pytest.raises(errors.TaskNotFound):
+                engine.get_task("bad")
+            engine.create_task("bad", job="job")
+            assert engine.trigger("bad", blocking=True, timeout=WAIT).index == 0
+    if task_unreadable:
+        assert main(["replay", str(path)]) == 0, capsys.readouterr().err
 
 
 def test_a_malformed_task_key_hides_no_other_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
