@@ -115,7 +115,28 @@ def _instrument_postgres() -> str | None:
                 _times["pg_transaction"] += took
 
     postgres.PostgresWriter._write = transaction  # type: ignore[method-assign,assignment]
+    for name, key in (("begin", "pg_begin"), ("_statements", "pg_statements_time")):
+        _time_method(postgres.PostgresWriter, name, key)
     return None
+
+
+def _time_method(cls: Any, name: str, key: str) -> None:
+    """Add the wall time of ``cls.name`` to ``_times[key]`` (and count its calls), if it exists."""
+    original = getattr(cls, name, None)
+    if original is None:
+        return
+
+    def timed(self: Any, *args: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original(self, *args, **kw)
+        finally:
+            took = time.perf_counter() - t0
+            with _lock:
+                _stats[key] += 1
+                _times[key] += took
+
+    setattr(cls, name, timed)
 
 
 def _instrument_directory(off: bool) -> str | None:
@@ -327,6 +348,15 @@ def _write_lines(n_ops: float, label: str, frozen: tuple[Any, Any] | None = None
         )
         if s["turns"]:
             lines.append(f"  transactions are {100 * t['pg_transaction'] / t['turn']:.0f}% of counter-actor turn time")
+        if s["pg_statements_time"]:
+            lines.append(
+                f"    of a transaction: its statements {1e6 * t['pg_statements_time'] / n:.0f} us, the rest (the "
+                f"commit, and the fence when no turn began it) {1e6 * (t['pg_transaction'] - t['pg_statements_time']) / n:.0f} us")
+        if s["pg_begin"]:
+            lines.append(
+                f"  a turn's start (PostgresWriter.begin: the fence, the tasks' locks and rows, one round trip "
+                f"each): {1e6 * t['pg_begin'] / s['pg_begin']:.0f} us, {s['pg_begin'] / n:.2f} per transaction"
+                + (f", {100 * t['pg_begin'] / t['turn']:.0f}% of turn time" if s["turns"] else ""))
     if s["dir_checks"]:
         lines.append(
             f"  directory check before the ack: {1e6 * t['dir_check'] / s['dir_checks']:.1f} us per write, "
