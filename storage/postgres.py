@@ -28,6 +28,7 @@ Every statement takes its values as parameters; a password in a URL is never log
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import logging
@@ -147,6 +148,10 @@ class Stmt:
     #: the same change for many rows as one statement: one array per parameter of ``params``, in
     #: their order, joined as rows by ``unnest``; a soft one returns the keys of the rows it changed
     batch: str = ""
+    #: what it reads and writes, for the order a write sends its statements in (see ``_plan``):
+    #: (task id, index) one execution row of the task; (task id, None) the task as a whole (its
+    #: row, or every execution of it); None: not declared, kept in place among all the others
+    touches: tuple[str, int | None] | None = None
 
 
 _STATUS = {status: status.code.decode() for status in ExecutionStatus}
@@ -159,26 +164,72 @@ def _groups(stmt: Stmt) -> bool:
     return bool(stmt.batch) and (stmt.expect is None or (stmt.expect == 1 and bool(stmt.key)))
 
 
-def _run(flat: Sequence[tuple[int, Stmt]], at: int, missed: Collection[int]) -> list[tuple[int, Stmt]]:
-    """The statements from ``flat[at]`` on that go to the server as one: consecutive ones with the
-    same SQL that can be grouped (a turn's INSERTs, its counters' UPDATEs, its starts, its
-    finishes), leaving out none but those of changes already missed, each row and (for soft ones)
-    each change at most once. Measured against one statement at a time: BENCHMARKS.md, "PostgreSQL"."""
-    first = flat[at][1]
-    run = [flat[at]]
-    if not _groups(first):
-        return run
-    keys = {first.key}
-    positions = {flat[at][0]}
-    for position, stmt in flat[at + 1:]:
-        if position in missed or not _groups(stmt) or stmt.sql != first.sql or \
-                (stmt.expect, stmt.soft) != (first.expect, first.soft) or \
-                (stmt.key and stmt.key in keys) or (stmt.soft and position in positions):
-            break
-        run.append((position, stmt))
-        keys.add(stmt.key)
-        positions.add(position)
-    return run
+Flat = Sequence[tuple[int, Stmt]]
+
+
+def _plan(flat: Flat) -> list[list[tuple[int, Stmt]]]:
+    """A write's statements (``flat``: each with its change's position, in the order the changes
+    came) as groups, in the order they go to the server: each group is one statement, one
+    set-based statement where it holds several of one kind. Grouping by kind, not only
+    consecutive statements, is what makes a turn's INSERTs, starts, finishes and counters one
+    statement each, whatever the order of the messages that made them.
+
+    Why the result is the same as the statements one after another, in their order: two
+    statements *conflict* when they belong to one change, when either has no footprint
+    (``Stmt.touches`` is None), when both concern one task and either concerns the whole task
+    (its row, or all its executions: create, counter, prune, delete), or when both concern one
+    execution row. The plan keeps every two conflicting statements in their order, in different
+    groups (a statement goes to the first group of its kind after every group holding a statement
+    it conflicts with, else to a new group at the end). Two statements that do not conflict read
+    and write disjoint rows (an execution's statement reads only its row and, through its foreign
+    key, the existence of its task's row, which only whole-task statements change), so swapping
+    two neighbours that do not conflict changes neither's row count nor the end state; the plan
+    is such swaps away from the original order, and so gives every statement the row count it had
+    there and the transaction the same end state. A group holds no two conflicting statements, so
+    its set-based form changes each of its rows once, as its statements one after another would.
+    A change whose soft statement missed is cancelled exactly as before: the rest of that change
+    comes after it (one change: conflict), so ``_statements`` leaves it out when its group is sent.
+    A failure (a row count not as expected, a constraint) rolls everything back in any order."""
+    groups: list[list[tuple[int, Stmt]]] = []
+    of_kind: dict[tuple[str, int | None, bool], list[int]] = {}  # a kind's groups, in order
+    last = -1  # the last group of any statement
+    barrier = -1  # the last group of a statement with no footprint
+    change_at: dict[int, int] = {}  # a change's last group
+    task_at: dict[str, int] = {}  # the last group of any statement of a task
+    whole_at: dict[str, int] = {}  # the last group of a whole-task statement of a task
+    row_at: dict[tuple[str, int], int] = {}  # the last group of an execution's statement
+    for position, stmt in flat:
+        touches = stmt.touches
+        after = max(barrier, change_at.get(position, -1))
+        if touches is None:
+            after = last
+        elif touches[1] is None:
+            after = max(after, task_at.get(touches[0], -1))
+        else:
+            after = max(after, whole_at.get(touches[0], -1), row_at.get((touches[0], touches[1]), -1))
+        at = len(groups)
+        if _groups(stmt):
+            kind = (stmt.batch, stmt.expect, stmt.soft)
+            same = of_kind.setdefault(kind, [])
+            found = bisect.bisect_right(same, after)
+            if found < len(same):
+                at = same[found]
+            else:
+                same.append(at)
+        if at == len(groups):
+            groups.append([])
+        groups[at].append((position, stmt))
+        last = max(last, at)
+        change_at[position] = at
+        if touches is None:
+            barrier = at
+        else:
+            task_at[touches[0]] = max(task_at.get(touches[0], -1), at)
+            if touches[1] is None:
+                whole_at[touches[0]] = at
+            else:
+                row_at[(touches[0], touches[1])] = at
+    return groups
 
 
 def _rows_of(*columns: str) -> str:
@@ -231,6 +282,7 @@ class PostgresChanges:
             "ON CONFLICT (id) DO NOTHING",
             (task.id, record, task.max_executions, task.job, task.incarnation), expect=1,
             probe=("SELECT EXISTS (SELECT 1 FROM taskengine.tasks WHERE id = %s AND record = %s)", (task.id, record)),
+            touches=(task.id, None),
         )]
 
     def _runner(self, ex: Execution) -> tuple[str | None, int | None]:
@@ -252,6 +304,7 @@ class PostgresChanges:
                    (ex.task_id, ex.id)),
             notify=_notice(ex),
             batch=_INSERT_EXECUTIONS,
+            touches=(ex.task_id, ex.index),
         )]
         if with_counter:
             out += self.counter(ex.task_id, execution.index + 1, None)
@@ -260,12 +313,12 @@ class PostgresChanges:
     def counter(self, task_id: str, value: int, was: int | None = None) -> Change:
         if was is None:
             return [Stmt("UPDATE taskengine.tasks SET counter = greatest(counter, %s) WHERE id = %s",
-                         (value, task_id), expect=1, key=(task_id,), batch=_RAISE_COUNTERS)]
+                         (value, task_id), expect=1, key=(task_id,), batch=_RAISE_COUNTERS, touches=(task_id, None))]
         # the counter moves only from the value this writer knows, and never past the limit
         return [Stmt(
             "UPDATE taskengine.tasks SET counter = %s WHERE id = %s AND counter = %s "
             "AND (max_executions IS NULL OR %s <= max_executions)",
-            (value, task_id, was, value), expect=1, key=(task_id,), batch=_MOVE_COUNTERS,
+            (value, task_id, was, value), expect=1, key=(task_id,), batch=_MOVE_COUNTERS, touches=(task_id, None),
         )]
 
     def update(self, execution: Execution) -> Change:
@@ -291,23 +344,24 @@ class PostgresChanges:
             sql, params, expect=1, soft=True,
             probe=("SELECT EXISTS (SELECT 1 FROM taskengine.executions WHERE task_id = %s AND id = %s "
                    "AND record = %s)", (ex.task_id, ex.id, record)),
-            notify=_notice(ex), key=(ex.task_id, ex.index), batch=batch,
+            notify=_notice(ex), key=(ex.task_id, ex.index), batch=batch, touches=(ex.task_id, ex.index),
         )]
 
     def prune(self, task_id: str, executions: Sequence[Execution], mark: int) -> Change:
         low = min((ex.index for ex in executions if ex.index is not None), default=mark)
         return [
             Stmt("DELETE FROM taskengine.executions WHERE task_id = %s AND idx >= %s AND idx < %s "
-                 "AND status NOT IN ('P', 'R')", (task_id, low, mark), expect=len(executions)),
+                 "AND status NOT IN ('P', 'R')", (task_id, low, mark), expect=len(executions),
+                 touches=(task_id, None)),
             Stmt("UPDATE taskengine.tasks SET prune_mark = %s WHERE id = %s", (mark, task_id), expect=1,
                  probe=("SELECT EXISTS (SELECT 1 FROM taskengine.tasks WHERE id = %s AND prune_mark = %s)",
-                        (task_id, mark))),
+                        (task_id, mark)), touches=(task_id, None)),
         ]
 
     def delete_task(self, task_id: str) -> Change:
         # its unfinished executions end with it: their waiters on other nodes are told
         return [Stmt("DELETE FROM taskengine.tasks WHERE id = %s", (task_id,), notify=FINISHED,
-                     batch="DELETE FROM taskengine.tasks WHERE id = ANY(%s::text[])")]
+                     batch="DELETE FROM taskengine.tasks WHERE id = ANY(%s::text[])", touches=(task_id, None))]
 
 
 def _notice(ex: Execution) -> str:
@@ -907,18 +961,14 @@ class PostgresWriter:
             log.warning("the write in doubt had not committed; writing it again")
 
     def _statements(self, conn: Any, changes: Sequence[Change]) -> list[int]:
-        missed: list[int] = []
-        notices = ""
+        missed: set[int] = set()
+        notices: set[str] = set()
         with conn.cursor() as cur:
-            flat = [(position, stmt) for position, change in enumerate(changes) for stmt in change]
-            at = 0
-            while at < len(flat):
-                position, stmt = flat[at]
-                if position in missed:  # the rest of a change whose soft statement missed
-                    at += 1
+            for group in _plan([(position, stmt) for position, change in enumerate(changes) for stmt in change]):
+                run = [(p, s) for p, s in group if p not in missed]  # not the rest of a change that missed
+                if not run:
                     continue
-                run = _run(flat, at, missed)
-                at += len(run)
+                stmt = run[0][1]
                 self.sent += 1
                 if len(run) == 1:
                     cur.execute(stmt.sql, stmt.params)
@@ -929,18 +979,16 @@ class PostgresWriter:
                 if stmt.soft:  # each its own: the rows the group changed are those whose keys came back
                     changed = {(str(t), int(i)) for t, i in cur.fetchall()} if len(run) > 1 else \
                         {stmt.key} if cur.rowcount == 1 else set()
-                    missed += [p for p, s in run if s.key not in changed]
+                    missed.update(p for p, s in run if s.key not in changed)
                     applied = [s for _, s in run if s.key in changed]
                 elif stmt.expect is not None and cur.rowcount != stmt.expect * len(run):
                     raise _Conflict(
                         f"a change did not apply as expected ({cur.rowcount} rows, not {stmt.expect * len(run)}): "
                         "another writer changed the task, or it reached max_executions"
                     )
-                for s in applied:
-                    if s.notify and s.notify not in notices:
-                        notices += s.notify
-            notify(cur, notices)
-        return missed
+                notices.update(s.notify for s in applied if s.notify)
+            notify(cur, "".join(sorted(notices)))
+        return sorted(missed)
 
     def _reconnect(self, backend: int, deadline: float, changes: Sequence[Change] = ()) -> bool:
         """A new connection, once the server process ``backend`` of the lost one is gone (so its

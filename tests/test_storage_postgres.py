@@ -181,7 +181,7 @@ def test_statements_sent_together_are_each_checked(pg_url: str) -> None:
         ch, writer, tasks = _with_tasks(store, 5)
         turn = [ch.assign(_execution(t, 0), with_counter=False) for t in tasks]
         turn += [ch.counter(t, 1, 0) for t in tasks]
-        assert _group_sizes(turn, (0, 5)) == [5, 5]  # the INSERTs, then the counters' UPDATEs
+        assert _group_sizes(turn) == [5, 5]  # the INSERTs, then the counters' UPDATEs
         writer.write(turn)
         assert [store.read_counter(t) for t in tasks] == [1] * 5
         bad = [ch.assign(_execution(t, 1), with_counter=False) for t in tasks]
@@ -223,7 +223,7 @@ def test_starts_and_finishes_sent_as_one_report_exactly_their_misses(pg_url: str
 
         assert list(writer.write([start("t1"), start("t3")])) == []
         starts = [start(t) for t in tasks[:5]]
-        assert _group_sizes(starts, (0,)) == [5]  # one statement for the five
+        assert _group_sizes(starts) == [5]  # one statement for the five
         assert sorted(writer.write(starts)) == [1, 3]  # t1's and t3's were claimed already
         statuses = {t: store.get_execution(t, pending[t].id).status for t in tasks}  # type: ignore[union-attr]
         assert statuses == {"t0": ExecutionStatus.RUNNING, "t1": ExecutionStatus.RUNNING,
@@ -260,9 +260,108 @@ def _with_tasks(store: Any, n: int) -> tuple[Any, Any, list[str]]:
     return ch, writer, tasks
 
 
-def _group_sizes(turn: list[Any], starts: tuple[int, ...]) -> list[int]:
-    """How many statements the writer sends as one from each of the turn's flat positions ``starts``."""
-    from taskengine.storage.postgres import _run
+def _plan(turn: list[Any]) -> list[list[int]]:
+    """The turn's statements as the writer sends them: each statement it sends, as the positions
+    of the changes it holds."""
+    from taskengine.storage.postgres import _plan as plan
 
-    flat = [(position, stmt) for position, change in enumerate(turn) for stmt in change]
-    return [len(_run(flat, at, [])) for at in starts]
+    return [[position for position, _ in group]
+            for group in plan([(position, stmt) for position, change in enumerate(turn) for stmt in change])]
+
+
+def _group_sizes(turn: list[Any]) -> list[int]:
+    """How many statements the writer sends as one, statement by statement."""
+    return [len(group) for group in _plan(turn)]
+
+
+def _sent(writer: Any, turn: list[Any]) -> tuple[list[int], int]:
+    """``writer.write(turn)``: its misses, and how many statements it sent."""
+    before = writer.sent
+    missed = sorted(writer.write(turn))
+    return missed, writer.sent - before
+
+
+def _statuses(store: Any, executions: list[Execution]) -> list[str]:
+    out = []
+    for ex in executions:
+        got = store.get_execution(ex.task_id, ex.id)
+        out.append("-" if got is None else got.status.value)
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_a_turns_statements_are_sent_by_kind_whatever_their_order(pg_url: str) -> None:
+    """A turn as executors and callers make it: triggers' INSERTs, finishes and starts of other
+    executions, interleaved, over several tasks, then the counters. Each kind is one statement,
+    every change applies (or misses) as it would have one statement at a time, in order."""
+    import attrs
+
+    store = storage.open_store(pg_url, create=True)
+    try:
+        ch, writer, tasks = _with_tasks(store, 4)
+        old = [_pending(t, 0) for t in tasks] + [_pending(t, 1) for t in tasks]
+        writer.write([ch.assign(ex, with_counter=False) for ex in old] + [ch.counter(t, 2, 0) for t in tasks])
+        writer.write([ch.update(attrs.evolve(ex, status=ExecutionStatus.RUNNING, started_at=2.0)) for ex in old[:4]])
+        new = [_pending(t, 2) for t in tasks]
+        turn: list[Any] = []
+        for ran, waiting, fresh in zip(old[:4], old[4:], new, strict=True):
+            turn.append(ch.assign(fresh, with_counter=False))
+            turn.append(ch.update(attrs.evolve(ran, status=ExecutionStatus.SUCCESS, started_at=2.0, finished_at=3.0)))
+            turn.append(ch.update(attrs.evolve(waiting, status=ExecutionStatus.RUNNING, started_at=4.0)))
+        turn.append(ch.update(attrs.evolve(old[5], status=ExecutionStatus.RUNNING, started_at=4.0)))  # twice
+        turn += [ch.counter(t, 3, 2) for t in tasks]
+        assert _sent(writer, turn) == ([12], 5)  # the second start of one execution misses
+        assert _statuses(store, old + new) == ["SUCCESS"] * 4 + ["RUNNING"] * 4 + ["PENDING"] * 4
+        assert [store.read_counter(t) for t in tasks] == [3] * 4
+        assert _group_sizes(turn) == [4, 4, 4, 1, 4]  # INSERTs, finishes, starts, the second start, counters
+        writer.close()
+    finally:
+        store.close()
+    check_db(pg_url)
+
+
+@pytest.mark.timeout(60)
+def test_statements_that_touch_one_row_or_task_keep_their_order(pg_url: str) -> None:
+    """What the order by kind must not reorder: two statements of one execution (a cancel after a
+    start of it misses, not the other way round), a deletion of a task between its statements
+    (before it: gone with it; after: on the task made again), and the rest of a change whose soft
+    statement missed (left out, though statements of its kind were sent before)."""
+    import attrs
+
+    store = storage.open_store(pg_url, create=True)
+    try:
+        ch, writer, tasks = _with_tasks(store, 4)
+        a, b = _pending("t0", 0), _pending("t1", 0)
+        writer.write([ch.assign(a), ch.assign(b)])
+        cancel_b = ch.update(attrs.evolve(b, status=ExecutionStatus.CANCELLED, finished_at=2.0))
+        start_a = ch.update(attrs.evolve(a, status=ExecutionStatus.RUNNING, started_at=2.0))
+        cancel_a = ch.update(attrs.evolve(a, status=ExecutionStatus.CANCELLED, finished_at=2.0))
+        assert _sent(writer, [cancel_b, start_a, cancel_a]) == ([2], 3)  # a started, then its cancel missed
+        assert _statuses(store, [a, b]) == ["RUNNING", "CANCELLED"]
+        assert _plan([cancel_b, start_a, cancel_a]) == [[0], [1], [2]]
+
+        # t3 deleted; t2: an old execution, the task deleted and made again, its new first
+        # execution; t1's next execution by the way. Sent by kind, a deletion of t2 must still come
+        # after t2's INSERT before it (not with t3's), and the new INSERT after t2 is made again
+        gone, again, other = _pending("t2", 3), _pending("t2", 0), _pending("t1", 1)
+        turn = [ch.delete_task("t3"), ch.assign(gone, with_counter=False), ch.delete_task("t2"),
+                ch.assign(other, with_counter=False), ch.create_task(Task(id="t2", job="j", incarnation="i2")),
+                ch.assign(again, with_counter=False)]
+        assert _sent(writer, turn) == ([], 5)
+        assert _statuses(store, [gone, again, other]) == ["-", "PENDING", "PENDING"]
+        assert store.get_task("t3") is None
+        assert _plan(turn) == [[0], [1, 3], [2], [4], [5]]
+
+        # a change of two statements whose first (soft) misses: its second is left out, though the
+        # INSERTs of the changes around it went first, as one statement
+        started_b = ch.update(attrs.evolve(b, status=ExecutionStatus.RUNNING, started_at=3.0))  # b is CANCELLED
+        held = _pending("t0", 1)
+        around = [_pending("t1", 2), _pending("t2", 1)]
+        turn = [ch.assign(around[0], with_counter=False), started_b + ch.assign(held, with_counter=False),
+                ch.assign(around[1], with_counter=False)]
+        assert _sent(writer, turn) == ([1], 2)  # the INSERTs, the start that missed; not the INSERT after it
+        assert _statuses(store, [*around, held]) == ["PENDING", "PENDING", "-"]
+        assert _plan(turn) == [[0, 2], [1], [1]]
+        writer.close()
+    finally:
+        store.close()

@@ -7,6 +7,7 @@ Not part of ``taskengine bench`` (its figures stay free of instrumentation). Run
     python -m taskengine.tools.bench.probe acks --tasks 100 --backend postgresql://...  # on PostgreSQL
     python -m taskengine.tools.bench.probe e2e --executions 20000         # end-to-end no-op executions
     python -m taskengine.tools.bench.probe e2e --burst                    # the same, triggered as the bench does
+    python -m taskengine.tools.bench.probe e2e --burst --backend postgresql://...  # on PostgreSQL
     python -m taskengine.tools.bench.probe e2e --cprofile                 # function by function
     python -m taskengine.tools.bench.probe floor                          # an ack's round trip and fsync, no engine
     python -m taskengine.tools.bench.probe gil                            # plyvel puts with and without GIL contention
@@ -349,9 +350,10 @@ def _write_lines(n_ops: float, label: str, frozen: tuple[Any, Any] | None = None
         if s["turns"]:
             lines.append(f"  transactions are {100 * t['pg_transaction'] / t['turn']:.0f}% of counter-actor turn time")
         if s["pg_statements_time"]:
+            rest = t["pg_transaction"] - t["pg_statements_time"]
             lines.append(
                 f"    of a transaction: its statements {1e6 * t['pg_statements_time'] / n:.0f} us, the rest (the "
-                f"commit, and the fence when no turn began it) {1e6 * (t['pg_transaction'] - t['pg_statements_time']) / n:.0f} us")
+                f"commit, and the fence when no turn began it) {1e6 * rest / n:.0f} us")
         if s["pg_begin"]:
             lines.append(
                 f"  a turn's start (PostgresWriter.begin: the fence, the tasks' locks and rows, one round trip "
@@ -459,6 +461,15 @@ def probe_e2e(args: argparse.Namespace) -> list[str]:
     _instrument_messages()
     from .engine_figures import child_soak
 
+    server = None
+    path = os.path.join(args.workdir, "e2e")
+    if args.backend:
+        from .postgres import Server
+
+        notes += [n for n in (_instrument_postgres(),) if n]
+        server = Server(args.backend)
+        path = server.database("probe_e2e")
+
     before, t0 = _thread_cpu(), time.perf_counter()
     holder: dict[str, Any] = {}
 
@@ -472,16 +483,20 @@ def probe_e2e(args: argparse.Namespace) -> list[str]:
     s = threading.Thread(target=sampler, name="probe-sampler", daemon=True)
     s.start()
     switched = handoffs()
-    if args.burst:
-        result = _burst(args)
-        driver = "64 callers trigger them all at once, as taskengine bench's e2e does"
-    else:
-        result = child_soak({
-            "path": os.path.join(args.workdir, "e2e"), "executions": args.executions, "warm": 0,
-            "workers": args.workers, "counter_actors": args.counter_actors, "callers": 8, "window": 1000,
-            "interval": 0.5,
-        })
-        driver = "the soak driver: 8 callers, at most 1,000 in flight"
+    try:
+        if args.burst:
+            result = _burst(args, path)
+            driver = "64 callers trigger them all at once, as taskengine bench's e2e does"
+        else:
+            result = child_soak({
+                "path": path, "executions": args.executions, "warm": 0,
+                "workers": args.workers, "counter_actors": args.counter_actors, "callers": 8, "window": 1000,
+                "interval": 0.5,
+            })
+            driver = "the soak driver: 8 callers, at most 1,000 in flight"
+    finally:
+        if server is not None:
+            server.drop_all()
     switched = handoffs() - switched
     holder["done"] = True
     s.join()
@@ -498,7 +513,7 @@ def probe_e2e(args: argparse.Namespace) -> list[str]:
     return notes + lines
 
 
-def _burst(args: argparse.Namespace) -> dict[str, Any]:
+def _burst(args: argparse.Namespace, path: str) -> dict[str, Any]:
     """``args.executions`` no-op executions over 100 tasks, triggered by 64 callers at once; done
     when the last one has run."""
     from taskengine import Engine
@@ -513,7 +528,7 @@ def _burst(args: argparse.Namespace) -> dict[str, Any]:
             if done[0] == total:
                 finished.set()
 
-    engine = Engine.open(os.path.join(args.workdir, "burst"), jobs={"noop": noop}, workers=args.workers,
+    engine = Engine.open(path, jobs={"noop": noop}, workers=args.workers,
                          counter_actors=args.counter_actors)
     try:
         ids = [f"t{i}" for i in range(100)]
@@ -581,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--executions", type=int, default=20_000)
     parser.add_argument("--backend", metavar="URL",
-                        help="acks: on this PostgreSQL server (a database of its own, dropped after), "
+                        help="acks, e2e: on this PostgreSQL server (a database of its own, dropped after), "
                         "timing the writer's transactions")
     parser.add_argument("--burst", action="store_true",
                         help="e2e: 64 callers trigger every execution at once (the bench's e2e), not the soak driver")
