@@ -99,9 +99,9 @@ def test_bench_reports_cpu_and_handoffs_per_operation_against_the_floor(tmp_path
 
 
 def test_bench_on_postgresql_measures_the_engine_and_its_baselines_on_one_server(pg_url: str, tmp_path: Path) -> None:
-    """``--backend URL``: durable acks (64 callers, 1 and 100 tasks), e2e, the naive design and the
-    peer queue on the same server, each figure in a database of its own that is dropped afterwards;
-    every engine database passes the replay check."""
+    """``--backend URL``: durable acks (64 callers, 1 and 100 tasks), e2e, the naive design, the
+    peer queue and three nodes on one task on the same server, each figure in a database of its own
+    that is dropped afterwards; every engine database passes the replay check."""
     import psycopg
 
     out = tmp_path / "bench.json"
@@ -115,16 +115,18 @@ def test_bench_on_postgresql_measures_the_engine_and_its_baselines_on_one_server
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(out.read_text())
-    assert doc["meta"]["selected"] == ["naive", "floor", "acks", "e2e", "peer"]
+    assert doc["meta"]["selected"] == ["naive", "floor", "acks", "e2e", "peer", "nodes"]
     assert doc["meta"]["server"]["synchronous_commit"] == "on"
     results = doc["results"]
     for key in ("naive_acks_64c_1t", "naive_acks_64c_100t", "engine_acks_64c_1t", "engine_acks_64c_100t",
-                "e2e_noop_64c_100t", "peer_queue"):
+                "e2e_noop_64c_100t", "peer_queue", "nodes_acks_64c_1t_1n", "nodes_acks_64c_1t_3n"):
         assert results[key]["value"] > 0, key
-    assert set(doc["invariants"]) == {"engine_acks_64c_1t", "engine_acks_64c_100t", "e2e"}
+    assert results["nodes_acks_64c_1t_3n"]["callers_per_node"] == [22, 21, 21]
+    assert set(doc["invariants"]) == {"engine_acks_64c_1t", "engine_acks_64c_100t", "e2e", "nodes_acks_64c_1t_1n",
+                                      "nodes_acks_64c_1t_3n"}
     assert all(v["ok"] for v in doc["invariants"].values())
     targets = {t["id"]: t for t in doc["targets"]}
-    assert set(targets) == {"acks-1-task", "acks-100-tasks-naive", "e2e", "e2e-peer"}
+    assert set(targets) == {"acks-1-task", "acks-100-tasks-naive", "nodes-1-task", "e2e", "e2e-peer"}
     assert all(t["measured"] is not None for t in targets.values())
     assert "backend: postgresql://" in proc.stdout
     with psycopg.connect(pg_url) as conn:  # nothing of the bench's is left on the server
@@ -140,5 +142,5 @@ def test_bench_refuses_leveldb_only_figures_with_a_backend(tmp_path: Path) -> No
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "taskengine bench: error: soak: LevelDB only; with --backend: pykka, floor, naive, acks, e2e, peer"
+        "taskengine bench: error: soak: LevelDB only; with --backend: pykka, floor, naive, acks, e2e, peer, nodes"
     ]

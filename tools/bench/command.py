@@ -38,9 +38,11 @@ from .measure import machine
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = ("pykka", "naive", "plyvel", "floor", "acks", "e2e", "tasks", "open", "replay", "soak", "peer")
+BENCHMARKS = ("pykka", "naive", "plyvel", "floor", "acks", "e2e", "tasks", "open", "replay", "soak", "peer", "nodes")
 #: what a run against PostgreSQL (--backend URL) measures: its default selection, and all it can
-POSTGRES_BENCHMARKS = ("floor", "naive", "acks", "e2e", "peer")
+POSTGRES_BENCHMARKS = ("floor", "naive", "acks", "e2e", "peer", "nodes")
+#: what only a run against PostgreSQL measures
+POSTGRES_ONLY = ("peer", "nodes")
 POSTGRES_ALLOWED = ("pykka", *POSTGRES_BENCHMARKS)
 
 #: option -> (full, quick)
@@ -128,7 +130,7 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     backend = getattr(args, "backend", None)
     if backend is not None and not is_url(backend):
         raise ToolError(f"--backend takes a postgresql:// URL, not {backend!r} (LevelDB is the default)", EXIT_USAGE)
-    default = POSTGRES_BENCHMARKS if backend else tuple(b for b in BENCHMARKS if b != "peer")
+    default = POSTGRES_BENCHMARKS if backend else tuple(b for b in BENCHMARKS if b not in POSTGRES_ONLY)
     only = default if not args.only else tuple(x.strip() for x in args.only.split(",") if x.strip())
     unknown = [x for x in only if x not in BENCHMARKS]
     if unknown:
@@ -136,8 +138,10 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     if backend and any(x not in POSTGRES_ALLOWED for x in only):
         wrong = ", ".join(x for x in only if x not in POSTGRES_ALLOWED)
         raise ToolError(f"{wrong}: LevelDB only; with --backend: {', '.join(POSTGRES_ALLOWED)}", EXIT_USAGE)
-    if not backend and "peer" in only:
-        raise ToolError("peer (the peer PostgreSQL queue) needs --backend postgresql://...", EXIT_USAGE)
+    if not backend and any(x in POSTGRES_ONLY for x in only):
+        wrong = ", ".join(x for x in only if x in POSTGRES_ONLY)
+        raise ToolError(f"{wrong} (the peer PostgreSQL queue, several nodes on one database) needs --backend "
+                        "postgresql://...", EXIT_USAGE)
     args.selected = [b for b in BENCHMARKS if b in only]
     return args
 
@@ -287,6 +291,12 @@ def _step_peer(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[st
     out["peer_queue"] = peer_queue(engine_figures.location(opts, "peer"), opts.peer_jobs, concurrency=workers)
 
 
+def _step_nodes(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
+    from .nodes import nodes_on_one_task
+
+    nodes_on_one_task(opts, out, inv)
+
+
 def _step_tasks(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[str, str]) -> None:
     from . import engine_figures
 
@@ -340,6 +350,7 @@ _STEPS: dict[str, Callable[[Any, dict[str, Any], dict[str, Any], dict[str, str]]
     "replay": _step_replay,
     "soak": _step_soak,
     "peer": _step_peer,
+    "nodes": _step_nodes,
 }
 
 
@@ -392,6 +403,11 @@ def _rows() -> list[tuple[str, str, str, str | None]]:
         ("engine", "e2e blocking triggers, 8 callers, 100 tasks", "e2e_blocking_8c_100t", None),
         ("baseline", "peer queue (procrastinate): no-op jobs enqueued to done", "peer_queue", None),
         ("engine", "e2e no-op executions against the peer queue", "e2e_noop_64c_100t", "peer_queue"),
+        ("engine", "durable acks, 64 callers, 1 task, one node (a process)", "nodes_acks_64c_1t_1n", None),
+        ("engine", "durable acks, 64 callers, 1 task, three nodes together", "nodes_acks_64c_1t_3n",
+         "nodes_acks_64c_1t_1n"),
+        ("engine", "three nodes on 1 task: CPU per ack (us), every node", "nodes_acks_64c_1t_3n.cpu_us_per_op",
+         "nodes_acks_64c_1t_1n.cpu_us_per_op"),
         ("engine", "tasks triggered once each: peak live threads", "tasks.peak_threads", None),
         ("engine", "tasks triggered once each: peak RSS (MB)", "tasks.peak_rss_mb", None),
         ("engine", "tasks triggered once each: wall time (s)", "tasks.seconds", None),
@@ -474,6 +490,8 @@ def build_targets(results: dict[str, Any], opts: Any) -> list[dict[str, Any]]:
              _ratio(results, "engine_acks_64c_1t", "naive_acks_64c_1t"), ">=", 5.0, True),
             ("acks-100-tasks-naive", "durable acks, 64 callers over 100 tasks / naive design over 100 tasks",
              _ratio(results, "engine_acks_64c_100t", "naive_acks_64c_100t"), ">=", 2.0, True),
+            ("nodes-1-task", "durable acks, 64 callers on 1 task spread over three nodes / the same on one node",
+             _ratio(results, "nodes_acks_64c_1t_3n", "nodes_acks_64c_1t_1n"), ">=", 1.0, True),
             specs[3],
             ("e2e-peer", "end-to-end no-op executions / the peer queue's no-op jobs enqueued to done",
              _ratio(results, "e2e_noop_64c_100t", "peer_queue"), ">=", 1.0, True),

@@ -349,6 +349,9 @@ def _write_lines(n_ops: float, label: str, frozen: tuple[Any, Any] | None = None
         )
         if s["turns"]:
             lines.append(f"  transactions are {100 * t['pg_transaction'] / t['turn']:.0f}% of counter-actor turn time")
+        if "server_cpu" in t:
+            lines.append(f"  the writer's server process: {1e6 * t['server_cpu'] / n_ops:.1f} us of CPU per {label}, "
+                         f"{1e6 * t['server_cpu'] / n:.0f} us per transaction")
         if s["pg_statements_time"]:
             rest = t["pg_transaction"] - t["pg_statements_time"]
             lines.append(
@@ -386,14 +389,33 @@ def _window(args: argparse.Namespace, op: Callable[[int, int], Any]) -> tuple[An
     with _lock:
         _stats.clear()
         _times.clear()
+    server0 = _server_cpu(args)
     before, switched, t0 = _thread_cpu(), _switches(), time.perf_counter()
     time.sleep(args.duration)
     after, wall = _thread_cpu(), time.perf_counter() - t0
+    server1 = _server_cpu(args)
+    if server0 is not None and server1 is not None:
+        with _lock:
+            _times["server_cpu"] = server1 - server0
     switches = [b - a for a, b in zip(switched, _switches(), strict=True)]
     with _lock:  # the callers run on after the window: count what happened inside it
         frozen = (collections.Counter(_stats), collections.Counter(_times))
     runner.join()
     return box["run"], before, after, wall, switches, frozen
+
+
+def _server_cpu(args: argparse.Namespace) -> float | None:
+    """CPU seconds of the writer's server process so far (``args.backend_pid``, set by a probe on a
+    PostgreSQL server this machine runs; None where it cannot be read)."""
+    pid = getattr(args, "backend_pid", None)
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _switch_line(switches: list[int], ops: float, label: str) -> str:
@@ -423,6 +445,8 @@ def probe_acks(args: argparse.Namespace) -> list[str]:
     ids = [f"t{i}" for i in range(args.tasks)]
     for tid in ids:
         engine.create_task(tid, job="held")
+    backend_pid = getattr(engine._committer, "backend_pid", None)
+    args.backend_pid = backend_pid() if backend_pid is not None else None
     run, before, after, wall, switches, frozen = _window(
         args, lambda k, i: engine.trigger(ids[(k * 31 + i) % args.tasks])
     )
