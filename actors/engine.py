@@ -22,7 +22,7 @@ import pykka
 
 from taskengine.storage import CorruptRecord as StorageCorrupt
 from taskengine.storage import Execution, ExecutionStatus, Task
-from taskengine.storage.interface import DEFAULT_LEASE, Store, Writer, open_store
+from taskengine.storage.interface import DEFAULT_LEASE, Store, Writer, is_url, open_store
 
 from . import aio, lifecycle, retention, validate
 from . import messages as m
@@ -56,8 +56,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 10_000
-#: executors (jobs running at once) unless ``workers`` says otherwise
+#: executors (jobs running at once) unless ``workers`` says otherwise: on LevelDB, and on PostgreSQL,
+#: where a counter actor's turn costs round trips to the server, so more starts should share one
 DEFAULT_WORKERS = 16
+DEFAULT_WORKERS_POSTGRES = 64
+
+
+def default_workers(path: str | os.PathLike[str]) -> int:
+    """The executors an engine opened on ``path`` (a directory or a URL) runs unless told otherwise.
+    Each executor has at most one start waiting for a counter actor's turn, so the workers bound a
+    turn's starts; a PostgreSQL turn is a transaction of several round trips, which many more
+    starts can share."""
+    return DEFAULT_WORKERS_POSTGRES if is_url(os.fspath(path)) else DEFAULT_WORKERS
 
 
 class Engine:
@@ -101,7 +111,7 @@ class Engine:
         path: str | os.PathLike[str],
         jobs: Mapping[str, Job] | None = None,
         *,
-        workers: int = DEFAULT_WORKERS,
+        workers: int | None = None,
         sync: bool = True,
         counter_actors: int = 1,
         job_timeout: float | None = None,
@@ -116,6 +126,7 @@ class Engine:
     ) -> Engine:
         """Open (or create) the database at ``path`` and start the engine.
 
+        ``workers``: jobs run at once (default 16; 64 on PostgreSQL, see :func:`default_workers`).
         ``sync=False`` acknowledges an index once LevelDB has applied its write but before the
         write reaches the disk: a crash of the machine (not of the process) can then lose
         acknowledged indexes. ``counter_actors`` bounds the threads that serve tasks, whatever
@@ -141,7 +152,7 @@ class Engine:
         finding PENDING executions a dead node left.
         """
         path = validate.path(path)
-        workers = validate.count(workers, "workers")
+        workers = validate.count(default_workers(path) if workers is None else workers, "workers")
         counter_actors = validate.count(counter_actors, "counter_actors")
         max_cached_tasks = validate.count(max_cached_tasks, "max_cached_tasks")
         max_queued = validate.positive_int(max_queued, "max_queued")

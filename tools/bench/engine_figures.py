@@ -34,9 +34,9 @@ TASK_COUNTS = (1, 100)
 
 def engine_kwargs(opts: Any) -> dict[str, Any]:
     """The engine's settings: its own defaults unless the command line names them."""
-    from taskengine.actors.engine import DEFAULT_WORKERS
+    from taskengine.actors.engine import default_workers
 
-    workers = DEFAULT_WORKERS if opts.workers is None else opts.workers
+    workers = default_workers(getattr(opts, "backend", None) or "") if opts.workers is None else opts.workers
     return {"workers": workers, "counter_actors": opts.counter_actors, "sync": True}
 
 

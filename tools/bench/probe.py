@@ -630,9 +630,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="acks: skip the directory check before each acknowledgement (to measure its cost)")
     args = parser.parse_args(argv)
     if args.workers is None:
-        from taskengine.actors.engine import DEFAULT_WORKERS
+        from taskengine.actors.engine import default_workers
 
-        args.workers = DEFAULT_WORKERS
+        args.workers = default_workers(args.backend or "")
     args.workdir = tempfile.mkdtemp(prefix="taskengine-probe-")
     try:
         for line in PROBES[args.probe](args):
