@@ -422,20 +422,26 @@ def _switch_line(switches: list[int], ops: float, label: str) -> str:
     return f"  thread switches per {label}: {switches[0] / ops:.2f} voluntary, {switches[1] / ops:.2f} involuntary"
 
 
+def _database(args: argparse.Namespace, name: str, notes: list[str]) -> tuple[Any, str]:
+    """Where probe ``name`` runs its engine: a directory of the work directory, or with
+    ``--backend`` a new database on that server (the server is returned: its ``drop_all``
+    removes it), the writer's transactions then timed (a note says if they cannot be)."""
+    if not args.backend:
+        return None, os.path.join(args.workdir, name)
+    from .postgres import Server
+
+    notes += [n for n in (_instrument_postgres(),) if n]
+    server = Server(args.backend)
+    return server, server.database(f"probe_{name}")
+
+
 def probe_acks(args: argparse.Namespace) -> list[str]:
     notes = [n for n in (_instrument_writes(), _instrument_turns(),
                          _instrument_directory(args.no_directory_watch)) if n]
     _instrument_messages()
     from taskengine import Engine
 
-    server = None
-    path = os.path.join(args.workdir, "acks")
-    if args.backend:
-        from .postgres import Server
-
-        notes += [n for n in (_instrument_postgres(),) if n]
-        server = Server(args.backend)
-        path = server.database("probe_acks")
+    server, path = _database(args, "acks", notes)
     gate = threading.Event()
 
     def held(ctx: Any) -> None:
@@ -485,14 +491,7 @@ def probe_e2e(args: argparse.Namespace) -> list[str]:
     _instrument_messages()
     from .engine_figures import child_soak
 
-    server = None
-    path = os.path.join(args.workdir, "e2e")
-    if args.backend:
-        from .postgres import Server
-
-        notes += [n for n in (_instrument_postgres(),) if n]
-        server = Server(args.backend)
-        path = server.database("probe_e2e")
+    server, path = _database(args, "e2e", notes)
 
     before, t0 = _thread_cpu(), time.perf_counter()
     holder: dict[str, Any] = {}
