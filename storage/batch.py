@@ -57,6 +57,8 @@ class Committer:
         self._lock = db.write_lock
         # with sync, a write is acknowledged only once the directory entries it needs are durable too
         self.directory = durable.DirectoryWatch(db.path) if sync else None
+        if self.directory is not None:
+            db.closing.append(self.directory.close)
         self.failure: str | None = None  # why the first failed write failed
         self.writes = 0
         self.changes = 0

@@ -198,6 +198,8 @@ class Database(Store):
         self.path = path
         self._lock = lock
         self.write_lock = threading.Lock()
+        #: run by close(): what writers hold that outlives no database (a directory watch)
+        self.closing: list[Callable[[], None]] = []
         #: the schema version stored in the database (one of ``keys.KNOWN_SCHEMAS``)
         self.schema = schema
 
@@ -284,6 +286,9 @@ class Database(Store):
         with self.write_lock:
             if not self.raw.closed:
                 self.raw.close()
+            closing, self.closing = self.closing, []
+        for fn in closing:
+            fn()
         if self._lock is not None:
             self._lock.release()
 

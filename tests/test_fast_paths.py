@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import queue
 import random
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -28,6 +31,7 @@ from taskengine.storage import (
     capi,
     changes,
     codec,
+    durable,
     keys,
     records,
 )
@@ -291,3 +295,87 @@ def test_state_changes_carry_every_field_as_evolve_would() -> None:
     assert records.finished(ex, ExecutionStatus.SUCCESS, 9.0, result={"r": 1}) == attrs.evolve(
         ex, status=ExecutionStatus.SUCCESS, finished_at=9.0, result={"r": 1}, error=None, traceback=None
     )
+
+
+# -- the directory check before every acknowledgement: the kernel's reports fsync when a scan would
+
+
+def _watch_steps(d: Path) -> list[tuple[str, Callable[[], object], bool]]:
+    """Changes to ``d`` and whether each makes its entries need an fsync."""
+    return [
+        ("nothing", lambda: None, False),
+        ("create", lambda: (d / "a.log").write_bytes(b"x"), True),
+        ("append", lambda: (d / "a.log").open("ab").write(b"y"), False),
+        ("rename", lambda: (d / "a.log").rename(d / "b.log"), True),
+        ("rename over", lambda: ((d / "tmp").write_bytes(b"1"), (d / "tmp").replace(d / "b.log")), True),
+        ("mkdir", lambda: (d / "sub").mkdir(), True),
+        ("in a subdirectory", lambda: (d / "sub" / "f").write_bytes(b"x"), False),
+        ("unlink", lambda: (d / "b.log").unlink(), True),
+        ("nothing", lambda: None, False),
+    ]
+
+
+def test_the_kernels_reports_fsync_the_directory_when_a_scan_would(tmp_path: Path) -> None:
+    d = tmp_path / "db"
+    d.mkdir()
+    watches = {"events": durable.DirectoryWatch(str(d)), "scan": durable.DirectoryWatch(str(d), events=False)}
+    if sys.platform.startswith("linux"):
+        assert watches["events"].watching
+    assert not watches["scan"].watching
+    for w in watches.values():
+        w.make_durable()
+        assert w.syncs == 1  # the first check: what happened before it is not known
+    for name, change, needs_sync in _watch_steps(d):
+        change()
+        for kind, w in watches.items():
+            before = w.syncs
+            w.make_durable()
+            assert w.syncs - before == needs_sync, (kind, name)
+    for w in watches.values():
+        w.close()
+
+
+def test_more_reports_than_one_read_holds_make_one_fsync(tmp_path: Path) -> None:
+    watch = durable.DirectoryWatch(str(tmp_path))
+    watch.make_durable()
+    for i in range(600):  # far more events than the 4096-byte buffer takes at once
+        (tmp_path / f"file-{i:04d}").write_bytes(b"")
+    watch.make_durable()
+    watch.make_durable()
+    assert watch.syncs == 2
+    watch.close()
+
+
+def test_a_moved_directory_is_scanned_at_its_path_from_then_on(tmp_path: Path) -> None:
+    d = tmp_path / "db"
+    d.mkdir()
+    watch = durable.DirectoryWatch(str(d))
+    watch.make_durable()
+    d.rename(tmp_path / "elsewhere")
+    d.mkdir()
+    watch.make_durable()  # the watch followed the old directory: it cannot tell about this one
+    assert not watch.watching and watch.syncs == 2
+    (d / "new").write_bytes(b"")
+    watch.make_durable()
+    assert watch.syncs == 3
+    (d / "new").unlink()
+    d.rmdir()
+    with pytest.raises(durable.DirectorySyncFailed, match="No such file"):
+        watch.make_durable()
+
+
+def test_closing_the_database_releases_its_writers_directory_watch(tmp_path: Path) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    db = Database.open(str(tmp_path / "db"), create=True)
+    db.close()  # LevelDB's own descriptors and caches settle on a first open
+    before = open_fds()
+    for _ in range(3):
+        db = Database.open(str(tmp_path / "db"), create=False)
+        committer = Committer(db, sync=True)
+        committer.write([[(b"Tk\x00x", b"v")]])
+        assert committer.directory is not None and committer.directory.watching is sys.platform.startswith("linux")
+        db.close()
+        assert not committer.directory.watching
+    assert open_fds() == before
