@@ -30,13 +30,13 @@ class PendingStore(EngineActor):
         self._by_task: dict[str, set[str]] = {}
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, m.AddPending):
+        if type(message) is m.ClaimThenStart:  # one per execution: asked first
+            self._claim_then_start(message)
+        elif isinstance(message, m.AddPending):
             self._add(message.entries)
         elif isinstance(message, m.AddUnknown):
             unknown = [e for e in message.entries if (e[0], e[1]) not in self._claimed]
             return self._add(unknown[:message.limit])
-        elif isinstance(message, m.ClaimThenStart):
-            self._claim_then_start(message)
         elif isinstance(message, m.Claim):
             return self._claim(message.task_id, message.execution_id)
         elif isinstance(message, m.RemovePending):
