@@ -41,7 +41,7 @@ import attrs
 import psycopg  # the optional extra taskengine[postgres]; storage.open_store imports this module lazily
 import psycopg_pool
 
-from . import codec, interface, keys, pg_nodes
+from . import codec, interface, keys, pg_nodes, pgarrays
 from .errors import CorruptRecord, NotADatabase, StorageError, StorageLocked, UnknownSchema, WriteFailed
 from .interface import (
     FINISHED,
@@ -974,7 +974,7 @@ class PostgresWriter:
                     cur.execute(stmt.sql, stmt.params)
                     applied = [stmt] if cur.rowcount else []
                 else:  # one set-based statement: one array per parameter
-                    cur.execute(stmt.batch, [list(column) for column in zip(*(s.params for _, s in run), strict=True)])
+                    cur.execute(stmt.batch, pgarrays.columns(stmt.batch, [s.params for _, s in run]))
                     applied = [s for _, s in run] if cur.rowcount else []
                 if stmt.soft:  # each its own: the rows the group changed are those whose keys came back
                     changed = {(str(t), int(i)) for t, i in cur.fetchall()} if len(run) > 1 else \

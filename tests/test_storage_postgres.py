@@ -113,6 +113,44 @@ def test_hostile_task_ids_are_parameters_never_sql(make_engine: Any, pg_url: str
     assert sorted(disk) == sorted(HOSTILE_IDS[1::2])
 
 
+def test_hostile_values_in_set_based_statements_arrive_as_they_were(pg_url: str) -> None:
+    """A turn's statements of one kind go as one statement with one binary array per column
+    (storage/pgarrays.py): hostile ids, idempotency keys, NULLs, empty and large values arrive as
+    they were, and a whole turn of them is written as three statements."""
+    import attrs
+
+    from taskengine.storage import pgarrays
+
+    with psycopg.connect(pg_url) as conn:
+        texts = [*HOSTILE_IDS, "", None, "\\x00", "{a,b}", '"', "NULL"]
+        ints = [0, -1, 2**63 - 1, -(2**63), None, 7]
+        blobs = [b"", b"\x00\xff", None, b"\\", "ünï".encode(), bytes(range(256))]
+        got = conn.execute("SELECT array_agg(t ORDER BY n) FROM unnest(%s::text[]) WITH ORDINALITY AS v (t, n)",
+                           [pgarrays.TextArray(texts)]).fetchone()
+        assert got == (texts,)
+        got = conn.execute("SELECT i, b FROM unnest(%s::bigint[], %s::bytea[]) AS v (i, b)",
+                           [pgarrays.BigintArray(ints), pgarrays.ByteaArray(blobs)]).fetchall()
+        assert got == list(zip(ints, blobs, strict=True))
+    store = storage.open_store(pg_url, create=True)
+    try:
+        ch, writer = store.changes, store.writer()
+        writer.write([ch.create_task(Task(id=t, job="j", incarnation="i")) for t in HOSTILE_IDS])
+        made = [attrs.evolve(_pending(t, 0), data={"id": t}, idempotency_key=t + "'%") for t in HOSTILE_IDS]
+        turn = [ch.assign(ex, with_counter=False) for ex in made] + [ch.counter(t, 1, 0) for t in HOSTILE_IDS]
+        turn += [ch.update(attrs.evolve(ex, status=ExecutionStatus.CANCELLED, finished_at=2.0)) for ex in made[:3]]
+        assert _sent(writer, turn) == ([], 3)
+        for ex in made:
+            stored = store.get_execution(ex.task_id, ex.id)
+            assert stored is not None
+            assert (stored.data, stored.idempotency_key) == ({"id": ex.task_id}, ex.idempotency_key)
+            assert store.find_idempotent(ex.task_id, ex.task_id + "'%") == ex.id
+        assert _statuses(store, made[:4]) == ["CANCELLED"] * 3 + ["PENDING"]
+        assert [store.read_counter(t) for t in HOSTILE_IDS] == [1] * len(HOSTILE_IDS)
+        writer.close()
+    finally:
+        store.close()
+
+
 def test_a_password_is_never_logged_or_shown(
     make_engine: Any, pg_server: PgServer, pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

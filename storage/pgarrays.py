@@ -1,0 +1,106 @@
+"""One-dimensional arrays as parameters of the PostgreSQL writer's set-based statements, in
+PostgreSQL's binary array format.
+
+A set-based statement (``postgres.Stmt.batch``) takes one array per column of the rows it joins
+through ``unnest``. psycopg adapts a Python list element by element in Python, finding each
+element's type as it goes; here each column's element type is known (``text``, ``bytea``,
+``bigint``), so the whole array is packed in one pass: the header (one dimension, a NULL flag, the
+element type, the length, lower bound 1), then each element as its length (-1 for NULL) and its
+bytes (text in the connection's encoding; bytea as is; bigint as 8 bytes, big-endian).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import adapters
+from psycopg._encodings import conn_encoding
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+
+#: element type -> (its oid, its array type's oid)
+_OIDS = {"text": (25, 1009), "bytea": (17, 1001), "bigint": (20, 1016)}
+_HEADER = struct.Struct(">iiIii")
+_LENGTH = struct.Struct(">i")
+_NULL = _LENGTH.pack(-1)
+_INT8 = struct.Struct(">iq")
+
+
+class _Array(tuple[Any, ...]):
+    """A column of values of one element type (``element``, set by each subclass)."""
+
+    element = ""
+
+
+class TextArray(_Array):
+    element = "text"
+
+
+class ByteaArray(_Array):
+    element = "bytea"
+
+
+class BigintArray(_Array):
+    element = "bigint"
+
+
+def _pack(values: _Array, encoding: str) -> bytes:
+    """``values`` in the binary array format (see the module's docstring)."""
+    element_oid = _OIDS[values.element][0]
+    has_null = None in values
+    parts = [_HEADER.pack(1, 1 if has_null else 0, element_oid, len(values), 1)]
+    if values.element == "bigint":
+        parts += [_NULL if v is None else _INT8.pack(8, v) for v in values]
+    else:
+        for v in values:
+            if v is None:
+                parts.append(_NULL)
+                continue
+            data = v.encode(encoding) if values.element == "text" else bytes(v)
+            parts.append(_LENGTH.pack(len(data)))
+            parts.append(data)
+    return b"".join(parts)
+
+
+def _dumper(kind: type[_Array]) -> type[Dumper]:
+    class ArrayDumper(Dumper):
+        format = Format.BINARY
+        oid = _OIDS[kind.element][1]
+
+        def __init__(self, cls: type, context: Any = None) -> None:
+            super().__init__(cls, context)
+            self._encoding = conn_encoding(self.connection)  # text as the server expects it
+
+        def dump(self, obj: Any) -> bytes:
+            return _pack(obj, self._encoding)
+
+    ArrayDumper.__name__ = f"{kind.__name__}Dumper"
+    return ArrayDumper
+
+
+# on psycopg's global adapters, for these three classes only: nothing else a user adapts changes
+for _kind in (TextArray, ByteaArray, BigintArray):
+    adapters.register_dumper(_kind, _dumper(_kind))
+
+_KINDS: dict[str, type[_Array]] = {"text": TextArray, "bytea": ByteaArray, "bigint": BigintArray}
+
+
+@functools.lru_cache(maxsize=64)
+def _types(sql: str) -> tuple[str, ...]:
+    """The element type of each parameter of a set-based statement, read from its ``%s::type[]``."""
+    return tuple(re.findall(r"%s::(\w+)\[\]", sql))
+
+
+def columns(sql: str, rows: Sequence[Sequence[Any]]) -> list[_Array]:
+    """The parameters of ``sql``, a set-based statement whose every parameter is cast as
+    ``%s::type[]`` (text, bytea or bigint), for ``rows`` (each the parameters of one of its rows):
+    one array per column."""
+    types = _types(sql)
+    return [_KINDS[t](column) for t, column in zip(types, zip(*rows, strict=True), strict=True)]
+
+
+__all__ = ["BigintArray", "ByteaArray", "TextArray", "columns"]
