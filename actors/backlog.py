@@ -37,9 +37,13 @@ class Backlog:
             self._ids.update(execution_ids)
             self.peak = max(self.peak, len(self._ids))
 
-    def release(self, execution_id: str) -> None:
+    def release(self, execution_id: str) -> bool:
+        """Give a place back; whether one was held."""
         with self._lock:
-            self._ids.discard(execution_id)
+            if execution_id not in self._ids:
+                return False
+            self._ids.remove(execution_id)
+            return True
 
     def __len__(self) -> int:
         with self._lock:

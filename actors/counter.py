@@ -12,11 +12,19 @@ messages touch (``Writer.begin``), so nodes are serialised per task by the datab
 and refreshes its cached states from the rows it locked before it decides anything: another
 node may have handed out indexes, pruned, or deleted the task. A change that misses (a claim
 another node won) is answered as such after the write. On LevelDB ``begin`` does nothing.
+
+A shared turn whose write did not commit because its connection was lost, and whose tasks
+another node wrote before the writer got them locked again (``TasksChanged``: common after a
+server restart, when every node reconnects and the first one back writes), is decided again:
+what its handling changed here is put back as it was when the turn began, and the same messages
+are handled against the rows as they now stand. Nobody was answered, so nobody sees the first
+decision (an index it chose was never acknowledged, and is chosen again from the new counter).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import json
 import logging
@@ -28,7 +36,7 @@ from typing import Any, cast
 import attrs
 
 from taskengine.storage import Execution, ExecutionStatus, Task, records
-from taskengine.storage.errors import CorruptRecord, WriteFailed
+from taskengine.storage.errors import CorruptRecord, TasksChanged, WriteFailed
 from taskengine.storage.errors import StorageError as _StorageError
 from taskengine.storage.interface import Change, Store, StoredTask, Writer
 
@@ -95,7 +103,7 @@ class _Turn:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
     __slots__ = ("changes", "answers", "pending", "removed", "submits", "deleted", "keys", "counted", "events",
-                 "soft", "shared")
+                 "soft", "shared", "saved", "undo", "again")
 
     def __init__(self) -> None:
         self.changes: list[Change] = []
@@ -111,6 +119,21 @@ class _Turn:
         # the outcome that answers instead if it missed)
         self.soft: dict[int, tuple[int, str, Outcome]] = {}
         self.shared = False  # the writer locked this turn's tasks: other nodes share the database
+        # a shared turn's state as it began, and what puts back what its handling did elsewhere
+        # (the backlog, the pending store), newest last: for a turn decided again (_decide_again)
+        self.saved: _Saved | None = None
+        self.undo: list[Callable[[], object]] | None = None
+        self.again = False  # its write was handed back (TasksChanged): decide it again
+
+
+@attrs.frozen
+class _Saved:
+    """The counter actor's own state a shared turn's handling may change, as it began."""
+
+    states: dict[str, TaskState | None]  # the turn's tasks' cached states (copies; None: not cached)
+    triggered: int
+    pruned: int
+    ended: dict[ExecutionStatus, int]
 
 
 class CounterActor(EngineActor):
@@ -180,21 +203,26 @@ class CounterActor(EngineActor):
             if more is None:
                 break
             batch.append(more)
-        try:
-            self._begin(batch)  # inside: whatever happens, the turn's write ends what begin began
-            for msg in batch:
-                self._handle(msg)
-            # a turn whose tasks the writer did not lock (one writer: LevelDB) also takes what
-            # arrives while it is handled, as long as it is not written: a bigger group commit
-            taken = len(batch)
-            while not alone and not turn.shared and self._leftover is None and taken < MAX_CHANGES_PER_TURN:
-                more = self._take()
-                if more is None:
-                    break
-                self._handle(more)
-                taken += 1
-        finally:
-            written = self._commit(turn)
+        while True:
+            try:
+                self._begin(batch)  # inside: whatever happens, the turn's write ends what begin began
+                for msg in batch:
+                    self._handle(msg)
+                # a turn whose tasks the writer did not lock (one writer: LevelDB) also takes what
+                # arrives while it is handled, as long as it is not written: a bigger group commit
+                taken = len(batch)
+                while not alone and not turn.shared and self._leftover is None and taken < MAX_CHANGES_PER_TURN:
+                    more = self._take()
+                    if more is None:
+                        break
+                    self._handle(more)
+                    taken += 1
+            finally:
+                written = self._commit(turn)
+            if not turn.again:
+                break
+            self._decide_again(turn)
+            self._turn = turn = _Turn()
         if written:
             self._forget_written(turn)
         self._evict()
@@ -238,8 +266,52 @@ class CounterActor(EngineActor):
             self._stop_everything()
             return
         if rows is not None:
-            self._turn.shared = True
+            turn = self._turn
+            turn.shared = True
             self._refresh(ids, rows)
+            turn.saved = self._save(ids)
+            turn.undo = []
+
+    def _save(self, ids: list[str]) -> _Saved:
+        """The turn's tasks' states as they stand (copies: handling changes the cached ones)."""
+        states: dict[str, TaskState | None] = {}
+        for task_id in ids:
+            st = self._cache.get(task_id)
+            states[task_id] = None if st is None else attrs.evolve(
+                st, running=dict(st.running), queued=dict(st.queued), idem=dict(st.idem))
+        return _Saved(states, self.triggered, self.pruned, dict(self._ended))
+
+    def _decide_again(self, turn: _Turn) -> None:
+        """Put back what the turn's handling changed (its write changed nothing), so it can be
+        handled again from the state it began with."""
+        assert turn.saved is not None and turn.undo is not None
+        for action in reversed(turn.undo):
+            action()
+        for task_id, st in turn.saved.states.items():
+            if st is None:
+                self._cache.pop(task_id, None)
+            else:
+                self._cache[task_id] = st
+        self.triggered, self.pruned = turn.saved.triggered, turn.saved.pruned
+        self._ended = dict(turn.saved.ended)
+        log.info("a turn of %d change(s) is decided again: its tasks changed while its write's connection "
+                 "was lost", len(turn.changes))
+
+    def _undo(self, action: Callable[[], object]) -> None:
+        """``action`` puts back a change this handling made outside the actor's own state, should
+        the turn be decided again (a shared turn only)."""
+        undo = self._turn.undo
+        if undo is not None:
+            undo.append(action)
+
+    def _drop_entries(self, task_id: str) -> dict[str, bool]:
+        """The pending store's entries of the task, taken from it (execution id -> claimed yet)."""
+        pending = self._refs.pending
+        assert pending is not None
+        dropped = cast(dict[str, bool], pending.ask(m.DropTask(task_id)))
+        if dropped:
+            self._undo(lambda: pending.tell(m.PutBack(task_id, dropped)))
+        return dropped
 
     def _refresh(self, ids: list[str], rows: list[StoredTask]) -> None:
         """Cached states as the locked rows say: another node may have moved a counter or a prune
@@ -262,8 +334,7 @@ class CounterActor(EngineActor):
         as a deletion on this node would have, and the state is forgotten. (Waiters of its PENDING
         ones, whose records went with it, are answered by remote.py, which saw them last.)"""
         task_id = st.task.id
-        assert self._refs.pending is not None
-        dropped = cast(list[str], self._refs.pending.ask(m.DropTask(task_id)))
+        dropped = self._drop_entries(task_id)
         cancelled = [_finished(q, ExecutionStatus.CANCELLED, error=TASK_DELETED) for q in st.queued.values()]
         cancelled += [_finished(r, ExecutionStatus.CANCELLED, error=TASK_DELETED) for _, r in st.running.values()]
         for execution_id in [*st.queued, *dropped]:
@@ -314,6 +385,9 @@ class CounterActor(EngineActor):
                 missed = self._committer.write(turn.changes)
                 if missed:
                     self._missed(turn, missed)
+            except TasksChanged:
+                turn.again = True  # nothing of it was written, nobody is answered yet
+                return False
             except _StorageError as e:
                 # the in-memory counters are now ahead of the disk; the committer writes nothing
                 # more, and every caller of this turn and every waiter is told so
@@ -562,13 +636,17 @@ class CounterActor(EngineActor):
     def _reserve(self, execution_id: str) -> None:
         """A place in the engine's backlog, or QueueFull: the last check before a trigger changes
         anything, so a refused one uses no index."""
-        if self._backlog is not None and not self._backlog.reserve(execution_id):
-            raise QueueFull(self._backlog.limit)
+        backlog = self._backlog
+        if backlog is not None:
+            if not backlog.reserve(execution_id):
+                raise QueueFull(backlog.limit)
+            self._undo(functools.partial(backlog.release, execution_id))
 
     def _release(self, execution_id: str) -> None:
         """The execution started, or left the queue without starting."""
-        if self._backlog is not None:
-            self._backlog.release(execution_id)
+        backlog = self._backlog
+        if backlog is not None and backlog.release(execution_id):
+            self._undo(lambda: backlog.add((execution_id,)))
 
     def _advance(self, st: TaskState) -> None:
         """One more index handed out; the counter is written once for the turn (see _commit)."""
@@ -593,6 +671,7 @@ class CounterActor(EngineActor):
             self._release(ex.id)
         if msg.token in self._abandoned:  # its executor timed out or died before this arrived
             self._abandoned.discard(msg.token)
+            self._undo(functools.partial(self._abandoned.add, msg.token))
             self._after_write(msg.reply, _refused)
             return
         st = self._state(ex.task_id)
@@ -760,7 +839,9 @@ class CounterActor(EngineActor):
         if running is not None:
             self._complete(st, _finished(running, ExecutionStatus.FAILED, error=msg.reason), None)
             return
-        self._abandoned.add(msg.token)
+        if msg.token not in self._abandoned:
+            self._abandoned.add(msg.token)
+            self._undo(functools.partial(self._abandoned.discard, msg.token))
         if len(self._abandoned) > 10_000:  # tokens of executors that died and never sent Start
             self._abandoned.discard(min(self._abandoned))
         if ex.blocking:
@@ -789,10 +870,12 @@ class CounterActor(EngineActor):
             self._after_write(msg.reply, lambda: self._publish_and_answer(cancelled))
             return
         assert self._refs.pending is not None
-        if not self._refs.pending.ask(m.Claim(msg.task_id, msg.execution_id)):
+        pending = self._refs.pending
+        if not pending.ask(m.Claim(msg.task_id, msg.execution_id)):
             # running, finished, or unknown: answer with what it is
             self._after_write(msg.reply, self._reread_outcome(msg.task_id, msg.execution_id))
             return
+        self._undo(lambda: pending.tell(m.PutBack(msg.task_id, {msg.execution_id: False})))
         self._release(msg.execution_id)
         record = self._db.get_execution(msg.task_id, msg.execution_id)  # PENDING, on disk
         if record is None:
@@ -816,8 +899,7 @@ class CounterActor(EngineActor):
         except CorruptRecord:
             self._delete_unreadable(msg)
             return
-        assert self._refs.pending is not None
-        dropped = cast(list[str], self._refs.pending.ask(m.DropTask(msg.task_id)))
+        dropped = self._drop_entries(msg.task_id)
         cancelled = [_finished(q, ExecutionStatus.CANCELLED, error=TASK_DELETED) for q in st.queued.values()]
         cancelled += [_finished(r, ExecutionStatus.CANCELLED, error=TASK_DELETED) for _, r in st.running.values()]
         for execution_id in dropped:
@@ -846,8 +928,7 @@ class CounterActor(EngineActor):
         """A task whose record cannot be read is still deleted (the way out of a damaged task
         short of ``taskengine recover``): none of its state could be loaded, so nothing of it runs
         here, and what the pending store held of it (recovered from intact live entries) goes."""
-        assert self._refs.pending is not None
-        for execution_id in cast(list[str], self._refs.pending.ask(m.DropTask(msg.task_id))):
+        for execution_id in self._drop_entries(msg.task_id):
             self._release(execution_id)
         self._write(self._changes.delete_task(msg.task_id), msg.reply)
         log.warning("task %r deleted although its record could not be read", msg.task_id)

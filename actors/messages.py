@@ -237,9 +237,18 @@ class RemovePending:
 
 @attrs.define
 class DropTask:
-    """-> the ids of the task's entries, which are forgotten."""
+    """-> the task's entries (execution id -> claimed yet), which are forgotten."""
 
     task_id: str
+
+
+@attrs.define
+class PutBack:
+    """Entries of a task as they were (execution id -> claimed yet), before a turn that is decided
+    again took them (DropTask, Claim): see the counter actor's ``_decide_again``."""
+
+    task_id: str
+    entries: dict[str, bool]
 
 
 @attrs.define

@@ -44,9 +44,11 @@ class PendingStore(EngineActor):
                 self._remove(task_id, execution_id)
         elif isinstance(message, m.DropTask):
             ids = self._by_task.pop(message.task_id, set())
-            for eid in ids:
-                del self._claimed[(message.task_id, eid)]
-            return list(ids)
+            return {eid: self._claimed.pop((message.task_id, eid)) for eid in ids}
+        elif isinstance(message, m.PutBack):
+            for eid, claimed in message.entries.items():
+                self._claimed[(message.task_id, eid)] = claimed
+                self._by_task.setdefault(message.task_id, set()).add(eid)
         elif isinstance(message, m.PendingCount):
             return len(self._claimed)
         else:

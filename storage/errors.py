@@ -57,3 +57,12 @@ class WriteFailed(StorageError):
     def __init__(self, message: str, *, outcome_unknown: bool) -> None:
         super().__init__(message)
         self.outcome_unknown = outcome_unknown
+
+
+class TasksChanged(WriteFailed):
+    """A turn's write was cut off by a lost connection and did not commit, and its tasks' rows
+    changed meanwhile (another node wrote them): nothing of it was written, the writer carries on,
+    and the turn must be begun and decided again against the rows as they now stand."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, outcome_unknown=False)

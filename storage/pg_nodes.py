@@ -34,8 +34,7 @@ from .records import Execution, ExecutionStatus
 log = logging.getLogger(__name__)
 
 #: the first statement of every write transaction of a node: one row while it may write, else none
-#: (it also returns the transaction's id, which settles a commit whose connection was lost)
-FENCE = ("SELECT txid_current() FROM taskengine.nodes WHERE id = %s AND epoch = %s AND alive "
+FENCE = ("SELECT 1 FROM taskengine.nodes WHERE id = %s AND epoch = %s AND alive "
          "AND lease_until > clock_timestamp() FOR KEY SHARE")
 #: one reaper at a time, whichever node's heartbeat runs it
 REAPER_LOCK = 0x74_61_73_6B_72_65_61  # "taskrea"

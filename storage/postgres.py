@@ -14,9 +14,14 @@ Layout (schema ``taskengine``, version in ``taskengine.meta``; see FORMAT.md):
 One group of changes is one transaction. With ``sync`` it commits with ``synchronous_commit``
 on, so an index is acknowledged only once its commit is durable. If the connection is lost
 while a transaction commits, the outcome is settled before anyone is answered: the old server
-process is terminated (so the commit cannot still be under way), and the changes' own probes
-(the execution ids chosen before the transaction, the exact records written) say whether it
-committed; if it did not, the transaction is made again on a new connection.
+process is terminated (so the commit cannot still be under way), and the writer's *write mark*
+says whether it committed: every transaction of a writer first sets its node's row of
+``write_marks`` to the next number of a sequence only that writer advances, so the row holds the
+transaction's number exactly when the transaction committed (nothing another node does later can
+make that true or false, and a server that crashed and reused the transaction's id cannot fool
+it as ``txid_status`` can). If it did not commit, the transaction is made again on a new
+connection; a turn whose tasks another node changed meanwhile is handed back to be decided again
+(:class:`~taskengine.storage.errors.TasksChanged`).
 
 Several engines (nodes) share one database (see ``pg_nodes``): every transaction of a writer is
 fenced by its node's epoch and lease; a counter actor's turn first locks the tasks it touches
@@ -42,7 +47,15 @@ import psycopg  # the optional extra taskengine[postgres]; storage.open_store im
 import psycopg_pool
 
 from . import codec, interface, keys, pg_nodes, pgarrays
-from .errors import CorruptRecord, NotADatabase, StorageError, StorageLocked, UnknownSchema, WriteFailed
+from .errors import (
+    CorruptRecord,
+    NotADatabase,
+    StorageError,
+    StorageLocked,
+    TasksChanged,
+    UnknownSchema,
+    WriteFailed,
+)
 from .interface import (
     FINISHED,
     PENDING_CREATED,
@@ -61,10 +74,12 @@ from .records import INTERRUPTED, Execution, ExecutionStatus, Task
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-KNOWN_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3
+KNOWN_SCHEMAS = (1, 2, 3)
 #: how long a lost connection is retried before a write gives up (and the writer fails)
 RECONNECT_SECONDS = 30.0
+#: how many times in a row a turn may be handed back (TasksChanged) before the writer gives up
+STALE_TURNS = 10
 #: the session advisory lock a version-1 engine's writer holds: no upgrade while one writes
 LEGACY_WRITER_LOCK = 0x74_61_73_6B_65_6E_67  # "taskeng"
 #: the namespace (first key) of the per-task advisory locks a turn takes (see PostgresWriter.begin)
@@ -107,13 +122,24 @@ _UPGRADE_2 = (
     "ALTER TABLE taskengine.executions ADD COLUMN runner text, ADD COLUMN runner_epoch bigint",
     "CREATE INDEX executions_runner ON taskengine.executions (runner, runner_epoch) WHERE status = 'R'",
 )
-#: the first statement of a turn: the fence (pg_nodes.FENCE), then the advisory lock of each task
-#: the turn touches, in the order of their keys (every node takes them in that order: no deadlock)
+#: version 2 -> 3: each node's write mark, which settles a commit in doubt (FORMAT.md)
+_UPGRADE_3 = (
+    """CREATE TABLE taskengine.write_marks (
+        node text PRIMARY KEY COLLATE "C",
+        epoch bigint NOT NULL,
+        seq bigint NOT NULL)""",
+)
+#: the first statement of every write transaction: the write mark (the module's docstring), the
+#: fence (pg_nodes.FENCE), then the advisory lock of each task the turn touches, in the order of
+#: their keys (every node takes them in that order: no deadlock). One round trip for the three.
 _FENCE_AND_LOCK = (
-    "SELECT txid_current(), (SELECT count(pg_advisory_xact_lock(%s, k)) FROM (SELECT DISTINCT hashtext(i) AS k "
+    "WITH mark AS (UPDATE taskengine.write_marks SET seq = %s WHERE node = %s AND epoch = %s) "
+    "SELECT (SELECT count(pg_advisory_xact_lock(%s, k)) FROM (SELECT DISTINCT hashtext(i) AS k "
     "FROM unnest(%s::text[]) AS i ORDER BY k) AS s) FROM taskengine.nodes WHERE id = %s AND epoch = %s AND alive "
     "AND lease_until > clock_timestamp() FOR KEY SHARE"
 )
+#: the write mark as it stands: (epoch, seq) of the node's row
+_READ_MARK = "SELECT epoch, seq FROM taskengine.write_marks WHERE node = %s"
 #: then the tasks' rows, locked and read as they now stand (a statement of its own: a snapshot
 #: taken after the advisory locks, so it sees what their previous holder committed)
 _LOCK_ROWS = ("SELECT id, counter, prune_mark, incarnation FROM taskengine.tasks WHERE id = ANY(%s) "
@@ -130,13 +156,11 @@ class Stmt:
     """One statement of a change. ``expect``: the row count it must affect, or the transaction
     is rolled back (a counter that moved under us, a limit reached), unless it is ``soft``: then
     a count of 0 is a *miss* the writer reports (another node claimed the execution first, or it
-    is gone), and the rest of the transaction applies. ``probe``: a query that is true once this
-    statement is committed and not before, used when a commit is in doubt."""
+    is gone), and the rest of the transaction applies."""
 
     sql: str
     params: tuple[Any, ...]
     expect: int | None = None
-    probe: tuple[str, tuple[Any, ...]] | None = None
     soft: bool = False
     #: the kind of change other nodes are told of (interface.PENDING_CREATED, FINISHED), if any:
     #: the transaction sends one notification for all its statements that applied (pgfeed.py)
@@ -281,7 +305,6 @@ class PostgresChanges:
             "INSERT INTO taskengine.tasks (id, record, max_executions, job, incarnation) VALUES (%s, %s, %s, %s, %s) "
             "ON CONFLICT (id) DO NOTHING",
             (task.id, record, task.max_executions, task.job, task.incarnation), expect=1,
-            probe=("SELECT EXISTS (SELECT 1 FROM taskengine.tasks WHERE id = %s AND record = %s)", (task.id, record)),
             touches=(task.id, None),
         )]
 
@@ -300,8 +323,6 @@ class PostgresChanges:
             "runner_epoch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             (ex.task_id, ex.index, ex.id, _STATUS[ex.status], key, codec.encode_execution(ex),
              *(self._runner(ex) if started else (None, None))),
-            probe=("SELECT EXISTS (SELECT 1 FROM taskengine.executions WHERE task_id = %s AND id = %s)",
-                   (ex.task_id, ex.id)),
             notify=_notice(ex),
             batch=_INSERT_EXECUTIONS,
             touches=(ex.task_id, ex.index),
@@ -342,8 +363,6 @@ class PostgresChanges:
             batch = _FINISH
         return [Stmt(
             sql, params, expect=1, soft=True,
-            probe=("SELECT EXISTS (SELECT 1 FROM taskengine.executions WHERE task_id = %s AND id = %s "
-                   "AND record = %s)", (ex.task_id, ex.id, record)),
             notify=_notice(ex), key=(ex.task_id, ex.index), batch=batch, touches=(ex.task_id, ex.index),
         )]
 
@@ -354,8 +373,7 @@ class PostgresChanges:
                  "AND status NOT IN ('P', 'R')", (task_id, low, mark), expect=len(executions),
                  touches=(task_id, None)),
             Stmt("UPDATE taskengine.tasks SET prune_mark = %s WHERE id = %s", (mark, task_id), expect=1,
-                 probe=("SELECT EXISTS (SELECT 1 FROM taskengine.tasks WHERE id = %s AND prune_mark = %s)",
-                        (task_id, mark)), touches=(task_id, None)),
+                 touches=(task_id, None)),
         ]
 
     def delete_task(self, task_id: str) -> Change:
@@ -376,6 +394,10 @@ def _notice(ex: Execution) -> str:
 
 class _Conflict(Exception):
     """A statement affected another number of rows than it must: the transaction is rolled back."""
+
+
+class _Stale(Exception):
+    """A turn's transaction was lost before it committed, and its tasks' rows changed meanwhile."""
 
 
 class _InDoubt(Exception):
@@ -643,7 +665,7 @@ def _check_schema(conn: Any, shown: str, create: bool) -> int:
         if not exists:
             if not create:
                 raise NotADatabase(f"{shown} holds no taskengine schema (no table taskengine.meta)")
-            for ddl in (*_DDL, *_UPGRADE_2):
+            for ddl in (*_DDL, *_UPGRADE_2, *_UPGRADE_3):
                 conn.execute(ddl)
             conn.execute("INSERT INTO taskengine.meta (name, value) VALUES ('schema_version', %s)",
                          (str(SCHEMA_VERSION),))
@@ -662,6 +684,12 @@ def _check_schema(conn: Any, shown: str, create: bool) -> int:
         if create and version == 1:
             _upgrade_to_2(conn, shown)
             version = 2
+        if create and version == 2:
+            for ddl in _UPGRADE_3:
+                conn.execute(ddl)
+            conn.execute("UPDATE taskengine.meta SET value = '3' WHERE name = 'schema_version'")
+            log.info("upgraded the taskengine schema in %s from version 2 to 3", shown)
+            version = 3
     return version
 
 
@@ -699,7 +727,6 @@ class _OpenTurn:
 
     ids: list[str]
     rows: list[StoredTask]
-    xid: int | None
     begun: bool = True  # False once the transaction it began is gone (a lost connection)
 
 
@@ -726,12 +753,18 @@ class PostgresWriter:
         self._conn: Any = None  # set by _connect
         self.closed = False
         self._turn: _OpenTurn | None = None
-        self._xid: int | None = None  # the transaction id of the write under way
+        #: the write mark of the newest transaction begun (the module's docstring)
+        self._mark = 0
+        self._stale = 0  # turns handed back in a row (TasksChanged)
         with self._lock:
             conn = self._connect(deadline=time.monotonic() + 10)
             try:
                 conn.autocommit = True
                 self.node = pg_nodes.join(conn, store.node_id, self._lease)
+                conn.execute(  # a later epoch of the id (a takeover) is never overwritten
+                    "INSERT INTO taskengine.write_marks AS w (node, epoch, seq) VALUES (%s, %s, 0) ON CONFLICT "
+                    "(node) DO UPDATE SET epoch = excluded.epoch, seq = 0 WHERE w.epoch < excluded.epoch",
+                    (self.node.id, self.node.epoch))
             except psycopg.Error as e:
                 conn.close()
                 raise StorageError(f"cannot join {store.path} as node {store.node_id!r}: {_message(e)}") from None
@@ -822,14 +855,14 @@ class PostgresWriter:
         self._lock.acquire()
         try:
             self._check()
-            rows, xid = self._begin_turn(ids)
+            rows = self._begin_turn(ids)
         except BaseException:
             self._lock.release()
             raise
-        self._turn = _OpenTurn(ids, rows, xid)
+        self._turn = _OpenTurn(ids, rows)
         return rows
 
-    def _begin_turn(self, ids: list[str]) -> tuple[list[StoredTask], int | None]:
+    def _begin_turn(self, ids: list[str]) -> list[StoredTask]:
         """Nothing is written yet, so a connection lost here is simply made again."""
         deadline = time.monotonic() + RECONNECT_SECONDS
         while True:
@@ -854,17 +887,19 @@ class PostgresWriter:
             except (psycopg.Error, StorageError) as e:
                 self._fail(f"connection lost and not made again: {_message(e)}", outcome_unknown=False)
 
-    def _open(self, conn: Any, ids: list[str]) -> tuple[list[StoredTask], int | None]:
-        """Begin a transaction on ``conn``: the fence and the tasks' locks, then their rows."""
+    def _open(self, conn: Any, ids: list[str]) -> list[StoredTask]:
+        """Begin a transaction on ``conn``: its write mark, the fence and the tasks' locks, then
+        their rows."""
         node = self.node
-        fenced = conn.execute(_FENCE_AND_LOCK, (TASK_LOCKS, ids, node.id, node.epoch)).fetchone()
+        self._mark += 1  # before it is sent: a connection lost on the way leaves it in doubt too
+        fenced = conn.execute(_FENCE_AND_LOCK, (self._mark, node.id, node.epoch, TASK_LOCKS, ids, node.id,
+                                                node.epoch)).fetchone()
         if fenced is None:
             raise _Lost()
         if not ids:
-            return [], int(fenced[0])
-        rows = [StoredTask(str(i), int(c), int(p), inc)
+            return []
+        return [StoredTask(str(i), int(c), int(p), inc)
                 for i, c, p, inc in conn.execute(_LOCK_ROWS, (ids,)).fetchall()]
-        return rows, int(fenced[0])
 
     def _rollback(self) -> None:
         with contextlib.suppress(psycopg.Error):
@@ -893,6 +928,14 @@ class PostgresWriter:
             except _Conflict as e:
                 self._rollback()
                 self._fail(str(e), outcome_unknown=False)
+            except _Stale:
+                self._rollback()
+                self._stale += 1
+                why = "the turn's tasks changed while its connection was lost; nothing of it was written"
+                if self._stale >= STALE_TURNS:
+                    self._fail(f"{why} ({self._stale} times in a row)", outcome_unknown=False)
+                log.warning("%s: the turn is decided again", why)
+                raise TasksChanged(f"{why}; the turn is decided again") from None
             except _InDoubt as e:
                 self._fail(str(e), outcome_unknown=True)
             except psycopg.Error as e:
@@ -900,6 +943,7 @@ class PostgresWriter:
                 self._fail(_message(e), outcome_unknown=False)
             self.writes += 1
             self.changes += len(changes)
+            self._stale = 0
         finally:
             self._turn = None
             self._lock.release()
@@ -924,21 +968,16 @@ class PostgresWriter:
     def _write(self, changes: Sequence[Change], turn: _OpenTurn | None) -> list[int]:
         """One transaction (the turn's, if one is open); a connection lost on the way is settled
         (see the module's docstring) and, if it did not commit, the transaction made again:
-        fenced, the turn's tasks locked again and found as the turn found them."""
+        fenced, the turn's tasks locked again and found as the turn found them (else _Stale)."""
         deadline = time.monotonic() + RECONNECT_SECONDS
         while True:
             conn = self._conn
             backend = conn.info.backend_pid
-            self._xid = None  # until this attempt's transaction has one
             try:
                 if turn is None or not turn.begun:
-                    rows, xid = self._open(conn, [] if turn is None else turn.ids)
+                    rows = self._open(conn, [] if turn is None else turn.ids)
                     if turn is not None and rows != turn.rows:
-                        raise _Conflict("the turn's tasks changed while its connection was lost; nothing of it "
-                                        "was written")
-                    self._xid = xid
-                else:
-                    self._xid = turn.xid
+                        raise _Stale()
                 missed = self._statements(conn, changes)
                 conn.commit()
                 return missed
@@ -992,8 +1031,8 @@ class PostgresWriter:
 
     def _reconnect(self, backend: int, deadline: float, changes: Sequence[Change] = ()) -> bool:
         """A new connection, once the server process ``backend`` of the lost one is gone (so its
-        transaction is decided and its locks released); whether that transaction committed (the
-        server's record of its transaction id, else the changes' first probe)."""
+        transaction is decided and its locks released); whether that transaction committed: its
+        write mark (the module's docstring) is stored exactly when it did."""
         with contextlib.suppress(psycopg.Error):
             self._conn.close()
         conn = self._connect(deadline)
@@ -1009,24 +1048,10 @@ class PostgresWriter:
                 raise StorageError(f"the server process {backend} of a lost connection did not exit")
             if not changes:
                 return False
-            probes = [stmt.probe for change in changes for stmt in change if stmt.probe is not None]
-            if self._xid is not None:
-                try:
-                    status = conn.execute("SELECT txid_status(%s)", (self._xid,)).fetchone()[0]
-                except psycopg.errors.InvalidParameterValue:
-                    # "in the future": the server restarted without a record of that transaction id,
-                    # so nothing of that transaction (which commits only after it) survived
-                    return False
-                if status == "aborted":
-                    return False
-                if status == "committed" and not probes:
-                    return True
-                # "committed" is no proof where a probe can say: a server that crashed gives the id
-                # of a transaction none of whose WAL reached the disk to a later transaction, and
-                # txid_status then reports that one (seen: an index acknowledged twice)
-            if not probes:
-                return False
-            sql, params = probes[0]
-            return bool(conn.execute(sql, params).fetchone()[0])
+            row = conn.execute(_READ_MARK, (self.node.id,)).fetchone()
+            if row is None or int(row[0]) != self.node.epoch:
+                raise StorageError(f"node {self.node.id!r} (epoch {self.node.epoch}) was taken over: its write "
+                                   "mark is gone")
+            return int(row[1]) == self._mark
         finally:
             conn.autocommit = False

@@ -2,8 +2,9 @@
 
 ``pg_server`` (session-scoped) is one server of ``taskengine.tools.pgserver`` for the whole session
 (initdb + ``pg_ctl start`` on a temporary directory and a free port, stopped by its pid at the
-end); ``pg_url`` gives each test a database of its own on it; ``running_server()`` is a server of
-a test's own (one it kills and restarts).
+end); ``pg_url`` gives each test a database of its own on it; ``cutter`` a proxy to it that can
+cut a connection at COMMIT (``pg_proxy``); ``running_server()`` is a server of a test's own (one
+it kills and restarts).
 
 Where the binaries or the psycopg driver are missing the tests skip with the reason, except in CI
 (``CI=true``), where ``.ci/run`` installs them and a missing server is a failure.
@@ -17,10 +18,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from pg_proxy import CommitCutter
 from taskengine.tools import pgserver
 from taskengine.tools.pgserver import PgServer, restart_server
 
-__all__ = ["PgServer", "in_ci", "pg_server", "pg_url", "restart_server", "running_server"]
+__all__ = ["PgServer", "cutter", "in_ci", "pg_server", "pg_url", "restart_server", "running_server"]
 
 
 def in_ci() -> bool:
@@ -57,3 +59,12 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """A fresh, empty database on the session's server."""
     return pg_server.create_database()
+
+
+@pytest.fixture
+def cutter(pg_server: PgServer) -> Iterator[CommitCutter]:
+    proxy = CommitCutter(pg_server.port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()

@@ -6,6 +6,9 @@ simple-protocol query) cuts that connection: ``before`` drops it without sending
 waits for the server's answer, then drops the connection without passing the answer back (the
 transaction committed, the client cannot know). Both are what a network failure during COMMIT
 looks like to the client; the engine must find out which happened before it answers.
+
+``hold()`` keeps new connections waiting (accepted, not yet relayed) until ``admit()``: a client
+whose connection was cut cannot reconnect meanwhile, so a test can have another node write first.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ class CommitCutter:
         self._lock = threading.Lock()
         self.cut = threading.Event()
         self._stop = threading.Event()
+        self._admitted = threading.Event()
+        self._admitted.set()
         self._threads: list[threading.Thread] = []
         self._socks: list[socket.socket] = []
         accept = threading.Thread(target=self._accept, daemon=True, name="pg-proxy")
@@ -43,6 +48,12 @@ class CommitCutter:
             self._armed = when
             self.cut.clear()
 
+    def hold(self) -> None:
+        self._admitted.clear()
+
+    def admit(self) -> None:
+        self._admitted.set()
+
     def _take(self) -> Literal["before", "after"] | None:
         with self._lock:
             when, self._armed = self._armed, None
@@ -57,11 +68,18 @@ class CommitCutter:
                 continue
             except OSError:
                 return
-            server = socket.create_connection(self._target)
-            self._socks += [client, server]
-            t = threading.Thread(target=self._relay, args=(client, server), daemon=True, name="pg-proxy-conn")
+            self._socks.append(client)
+            t = threading.Thread(target=self._connect, args=(client,), daemon=True, name="pg-proxy-conn")
             t.start()
             self._threads.append(t)
+
+    def _connect(self, client: socket.socket) -> None:
+        while not self._admitted.wait(0.2):
+            if self._stop.is_set():
+                return
+        server = socket.create_connection(self._target)
+        self._socks.append(server)
+        self._relay(client, server)
 
     def _relay(self, client: socket.socket, server: socket.socket) -> None:
         try:

@@ -337,7 +337,7 @@ def test_two_nodes_create_one_task_id_at_once(make_engine: Any, pg_url: str) -> 
 
 def test_schema_1_is_upgraded_at_open(make_engine: Any, pg_url: str) -> None:
     """A version-1 database (no node columns): the tools read it as it is; an engine upgrades it to
-    version 2, fills each task's job and incarnation, finishes its RUNNING ones as interrupted and
+    version 3 (by way of 2), fills each task's job and incarnation, finishes its RUNNING ones as interrupted and
     runs its PENDING ones."""
     task = Task(id="old", job="rec", incarnation="inc-old", created_at=1.0)
     with psycopg.connect(pg_url) as conn:
@@ -360,7 +360,8 @@ def test_schema_1_is_upgraded_at_open(make_engine: Any, pg_url: str) -> None:
     assert engine.get_execution("old", "01J" + "0" * 23).error.startswith("interrupted")
     engine.close()
     with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT value FROM taskengine.meta").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM taskengine.meta").fetchone() == ("3",)
+        assert conn.execute("SELECT node, epoch FROM taskengine.write_marks").fetchall() == [("n", 1)]
         assert conn.execute("SELECT job, incarnation FROM taskengine.tasks").fetchone() == ("rec", "inc-old")
     check_db(pg_url, allow_live=False)
 

@@ -118,12 +118,15 @@ def test_reads_after_a_server_restart_reconnect(own_server: PgServer) -> None:
         store.close()
 
 
-def test_a_commit_in_doubt_is_not_taken_for_the_transaction_that_reused_its_id(own_server: PgServer) -> None:
+@pytest.mark.parametrize("write", ["assign", "delete"])
+def test_a_commit_in_doubt_is_not_taken_for_the_transaction_that_reused_its_id(own_server: PgServer,
+                                                                               write: str) -> None:
     """A server killed while a write's transaction is open, none of its WAL on disk, gives that
     transaction's id to the next transaction after the restart; ``txid_status`` then says
-    "committed" of a write that never was. The writer settles by the write's own rows instead:
-    it writes again, and the execution exists (it was acknowledged without existing, and its
-    index given again by another node)."""
+    "committed" of a write that never was. The writer settles by its write mark instead: it
+    writes again. Without that, the execution of ``assign`` would be acknowledged without existing
+    (and its index given again by another node), and ``delete`` (a write that makes no row of its
+    own) would be taken as done with the task still there."""
     import psycopg
 
     from taskengine import ExecutionStatus, storage
@@ -156,10 +159,14 @@ def test_a_commit_in_doubt_is_not_taken_for_the_transaction_that_reused_its_id(o
             reused = other.execute("SELECT txid_status(%s)", (xid,)).fetchone()[0]
         ex = Execution(id="01J" + "7" * 23, task_id="t", index=0, status=ExecutionStatus.PENDING, blocking=False,
                        created_at=1.0)
-        writer.write([ch.assign(ex)])  # (also ends the open turn, whatever the checks below say)
+        # (also ends the open turn, whatever the checks below say)
+        writer.write([ch.assign(ex) if write == "assign" else ch.delete_task("t")])
         assert reused == "committed"  # the lost write's id now names another, committed, transaction
-        assert store.get_execution("t", ex.id) is not None
-        assert store.read_counter("t") == 1
+        if write == "assign":
+            assert store.get_execution("t", ex.id) is not None
+            assert store.read_counter("t") == 1
+        else:
+            assert store.get_task("t") is None
         writer.close()
     finally:
         store.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -44,8 +43,17 @@ def _execution(task_id: str, index: int, key: str | None = None) -> Execution:
 def test_the_schema_version_is_stored_and_an_unknown_one_refused(make_engine: Any, pg_url: str) -> None:
     engine = make_engine(pg_url)
     make_engine.close(engine)
+    version = "SELECT value FROM taskengine.meta WHERE name = 'schema_version'"
     with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT value FROM taskengine.meta WHERE name = 'schema_version'").fetchone() == ("2",)
+        assert conn.execute(version).fetchone() == ("3",)
+        conn.execute("DROP TABLE taskengine.write_marks")  # as version 2 was
+        conn.execute("UPDATE taskengine.meta SET value = '2' WHERE name = 'schema_version'")
+    engine = make_engine(pg_url, jobs={"rec": Recorder()})  # upgrades version 2 to 3
+    engine.create_task("t", job="rec")
+    make_engine.close(engine)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute(version).fetchone() == ("3",)
+        assert conn.execute("SELECT count(*) FROM taskengine.write_marks").fetchone() == (1,)
         conn.execute("UPDATE taskengine.meta SET value = '99' WHERE name = 'schema_version'")
     with pytest.raises(errors.UnknownSchema, match="schema version 99"):
         make_engine(pg_url)
@@ -169,14 +177,6 @@ def test_a_password_is_never_logged_or_shown(
     assert "***" in str(refused.value)
     assert secret not in caplog.text
 
-
-@pytest.fixture
-def cutter(pg_server: PgServer) -> Iterator[CommitCutter]:
-    proxy = CommitCutter(pg_server.port)
-    try:
-        yield proxy
-    finally:
-        proxy.close()
 
 
 @pytest.mark.parametrize("when", ["before", "after"])

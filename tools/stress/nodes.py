@@ -40,8 +40,10 @@ from .workload import task_ids
 
 log = logging.getLogger(__name__)
 
-#: what a node's writer logs when a server restart cut a write it could not make again
-RESTART_CUT = "the turn's tasks changed while its connection was lost"
+#: what a node's writer says when a server restart kept it away longer than its reconnect deadline
+#: (storage.postgres.RECONNECT_SECONDS): the one way a restart still stops a writer (a write the
+#: restart cut is settled and made again, or its turn decided again, once the server is back)
+RESTART_GAVE_UP = ("connection lost and not made again", "its outcome cannot be read")
 #: seconds the supervisor waits for a dead node's connections to leave the server
 GONE_TIMEOUT = 30.0
 #: seconds a pause may wait for a moment when the node runs a job (else it pauses anyway)
@@ -232,7 +234,7 @@ class NodeSupervisor:
         violation (replaced, unless it could not even start: then the run ends, None)."""
         node.child.proc.wait()
         node.child.reader.join()
-        if node.child.refused is not None and self._excused(node):
+        if node.child.refused is not None and self._excused(node, [node.child.refused]):
             return self._replace(node)
         error = node.child.error or ""
         if node.child.ready_at is None and error.startswith("StorageError: ") and node.tries < START_TRIES:
@@ -250,10 +252,11 @@ class NodeSupervisor:
             return None
         return self._replace(node)
 
-    def _excused(self, node: _Node) -> bool:
-        """May this node's writes have been refused? Yes if it was paused past its lease, or if
-        the server shows its lease lapsed anyway (the server was away longer than a lease: a
-        restart); a refusal while it held its lease is a violation."""
+    def _excused(self, node: _Node, why: list[str]) -> bool:
+        """May this node's writes have been refused (``why``: the refusal, or the errors it
+        logged)? Yes if it was paused past its lease, or if the server shows its lease lapsed
+        anyway (the server was away longer than a lease: a restart), or if a server restart kept
+        its writer away past its reconnect deadline (RESTART_GAVE_UP); else it is a violation."""
         if node.lost_lease:
             self.counts.fenced += 1
             return True
@@ -262,9 +265,10 @@ class NodeSupervisor:
             node.lost_lease = True
             self.counts.lapsed += 1
             return True
-        if self._server_started not in (None, self._postmaster_start()):
-            # the server was restarted during the run: a write the restart cut that the node could
-            # not make again stops its writer until it is reopened (the contract's failed write)
+        if why and all(any(said in line for said in RESTART_GAVE_UP) for line in why) and \
+                self._server_started not in (None, self._postmaster_start()):
+            # the server was restarted during the run and stayed away longer than the writer waits
+            # for it: the writer stops until it is reopened (the contract's failed write)
             node.lost_lease = True
             self.counts.failed_at_restart += 1
             return True
@@ -388,7 +392,7 @@ class NodeSupervisor:
                 self.ledger.add_violation(
                     f"node {node.instance} did not stop within {self.cfg.stop_timeout:.0f} s of being asked; "
                     "it was killed")
-            elif node.child.refused is not None and self._excused(node):
+            elif node.child.refused is not None and self._excused(node, [node.child.refused]):
                 pass
             elif node.child.proc.returncode != 0 or not node.child.closed:
                 self.ledger.add_violation(
@@ -397,17 +401,18 @@ class NodeSupervisor:
 
     def _read_logs(self) -> None:
         """Every ERROR or CRITICAL line a node logged is a violation, except from a node that
-        lost its lease (its refused writes are logged so), or whose only errors say its writer
-        stopped after a server restart cut a write (excused as a refusal is, ``_excused``: a node
-        still running at the end says so only in its log)."""
+        lost its lease (its refused writes are logged so), or whose only errors say a server
+        restart kept its writer away past its reconnect deadline (excused as a refusal is,
+        ``_excused``: a node still running at the end says so only in its log)."""
         for node, f in self._logs:
             lines, sample, errors = read_log(f)
             self.log_lines += lines
             for line in sample:
                 if len(self.log_sample) < 10 and line not in self.log_sample:
                     self.log_sample.append(f"{node.instance}: {line}")
-            if errors and not node.lost_lease and all(RESTART_CUT in line for line in errors):
-                self._excused(node)  # judged by the rule a refusal is
+            if errors and not node.lost_lease and all(any(said in line for said in RESTART_GAVE_UP)
+                                                      for line in errors):
+                self._excused(node, errors)  # judged by the rule a refusal is
             if not node.lost_lease:
                 for line in errors:
                     self.ledger.add_violation(f"node {node.instance} logged an error: {line}")

@@ -101,8 +101,8 @@ class NodeCounts:
     #: nodes not paused whose lease lapsed all the same (the server away longer than a lease: a
     #: restart), refused every write from then on, and were replaced
     lapsed: int = 0
-    #: nodes whose writer stopped after a server restart (a write the restart cut that could not be
-    #: made again: the contract's failed write, refused until reopened), replaced
+    #: nodes whose writer stopped after a server restart kept it away longer than its reconnect
+    #: deadline (the contract's failed write, refused until reopened), replaced
     failed_at_restart: int = 0
     #: nodes cut off the network (a network namespace's link down) past their lease, then let back
     cuts: int = 0
@@ -278,8 +278,8 @@ class StressReport:
             + (f", {n.cuts} cut off the network past their lease" if n.cuts else "")
             + f"; {n.fenced} of those it paused or cut refused every write when let go, and ended"
             + (f"; {n.lapsed} more lost their lease while the server was away, and ended" if n.lapsed else "")
-            + (f"; {n.failed_at_restart} stopped writing after a write the server's restart cut, and ended"
-               if n.failed_at_restart else "")
+            + (f"; {n.failed_at_restart} stopped writing as the server's restart outlasted their reconnect "
+               "deadline, and ended" if n.failed_at_restart else "")
             + f"; {replaced} replacements ({n.restarts} restarts with their node id, {n.new_nodes} with a new one)"
             + (f"; {n.start_retries} starts found the server away and were made again" if n.start_retries else ""),
         ]
