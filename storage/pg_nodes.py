@@ -58,7 +58,8 @@ def join(conn: Any, node_id: str, lease: float) -> Node:
 
     The row is locked ``FOR UPDATE`` first: a write of the id's previous epoch still in flight
     commits before the takeover, so the recovery that follows (this node's earlier RUNNING
-    executions) sees it, and nothing of that epoch can commit afterwards."""
+    executions) sees it, and nothing of that epoch can commit afterwards. The id's write mark
+    (postgres.py) starts again at 0 for the new epoch, under the same lock."""
     with conn.transaction():
         conn.execute("SELECT 1 FROM taskengine.nodes WHERE id = %s FOR UPDATE", (node_id,))
         row = conn.execute(
@@ -66,6 +67,8 @@ def join(conn: Any, node_id: str, lease: float) -> Node:
             "VALUES (%s, 1, clock_timestamp() + make_interval(secs => %s), true) "
             "ON CONFLICT (id) DO UPDATE SET epoch = n.epoch + 1, lease_until = excluded.lease_until, alive = true "
             "RETURNING epoch", (node_id, lease)).fetchone()
+        conn.execute("INSERT INTO taskengine.write_marks (node, epoch, seq) VALUES (%s, %s, 0) "
+                     "ON CONFLICT (node) DO UPDATE SET epoch = excluded.epoch, seq = 0", (node_id, row[0]))
     node = Node(node_id, int(row[0]))
     if node.epoch > 1:
         log.info("node %r joins with epoch %d: its earlier epochs are fenced off", node_id, node.epoch)

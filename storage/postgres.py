@@ -761,10 +761,6 @@ class PostgresWriter:
             try:
                 conn.autocommit = True
                 self.node = pg_nodes.join(conn, store.node_id, self._lease)
-                conn.execute(  # a later epoch of the id (a takeover) is never overwritten
-                    "INSERT INTO taskengine.write_marks AS w (node, epoch, seq) VALUES (%s, %s, 0) ON CONFLICT "
-                    "(node) DO UPDATE SET epoch = excluded.epoch, seq = 0 WHERE w.epoch < excluded.epoch",
-                    (self.node.id, self.node.epoch))
             except psycopg.Error as e:
                 conn.close()
                 raise StorageError(f"cannot join {store.path} as node {store.node_id!r}: {_message(e)}") from None
