@@ -127,19 +127,22 @@ _UPGRADE_3 = (
     """CREATE TABLE taskengine.write_marks (
         node text PRIMARY KEY COLLATE "C",
         epoch bigint NOT NULL,
-        seq bigint NOT NULL)""",
+        seq bigint NOT NULL,
+        missed bigint[] NOT NULL DEFAULT '{}')""",
 )
 #: the first statement of every write transaction: the write mark (the module's docstring), the
 #: fence (pg_nodes.FENCE), then the advisory lock of each task the turn touches, in the order of
 #: their keys (every node takes them in that order: no deadlock). One round trip for the three.
 _FENCE_AND_LOCK = (
-    "WITH mark AS (UPDATE taskengine.write_marks SET seq = %s WHERE node = %s AND epoch = %s) "
+    "WITH mark AS (UPDATE taskengine.write_marks SET seq = %s, missed = '{}' WHERE node = %s AND epoch = %s) "
     "SELECT (SELECT count(pg_advisory_xact_lock(%s, k)) FROM (SELECT DISTINCT hashtext(i) AS k "
     "FROM unnest(%s::text[]) AS i ORDER BY k) AS s) FROM taskengine.nodes WHERE id = %s AND epoch = %s AND alive "
     "AND lease_until > clock_timestamp() FOR KEY SHARE"
 )
-#: the write mark as it stands: (epoch, seq) of the node's row
-_READ_MARK = "SELECT epoch, seq FROM taskengine.write_marks WHERE node = %s"
+#: the write mark as it stands: (epoch, seq, missed) of the node's row
+_READ_MARK = "SELECT epoch, seq, missed FROM taskengine.write_marks WHERE node = %s"
+#: a transaction's changes that missed, kept with its mark: known again if its commit is in doubt
+_MARK_MISSED = "UPDATE taskengine.write_marks SET missed = %s WHERE node = %s AND epoch = %s"
 #: then the tasks' rows, locked and read as they now stand (a statement of its own: a snapshot
 #: taken after the advisory locks, so it sees what their previous holder committed)
 _LOCK_ROWS = ("SELECT id, counter, prune_mark, incarnation FROM taskengine.tasks WHERE id = ANY(%s) "
@@ -989,10 +992,9 @@ class PostgresWriter:
             except (psycopg.Error, StorageError) as e:
                 why = f"connection lost during a commit, and its outcome cannot be read: {_message(e)}"
                 raise _InDoubt(why) from None
-            if committed:
+            if committed is not None:
                 log.warning("the write in doubt had committed")
-                # its misses are not known again; a miss changed nothing, so none is reported
-                return []
+                return committed
             log.warning("the write in doubt had not committed; writing it again")
 
     def _statements(self, conn: Any, changes: Sequence[Change]) -> list[int]:
@@ -1022,13 +1024,16 @@ class PostgresWriter:
                         "another writer changed the task, or it reached max_executions"
                     )
                 notices.update(s.notify for s in applied if s.notify)
+            if missed:  # rare (a claim another node won): one more statement, for a commit in doubt
+                cur.execute(_MARK_MISSED, (sorted(missed), self.node.id, self.node.epoch))
             notify(cur, "".join(sorted(notices)))
         return sorted(missed)
 
-    def _reconnect(self, backend: int, deadline: float, changes: Sequence[Change] = ()) -> bool:
+    def _reconnect(self, backend: int, deadline: float, changes: Sequence[Change] = ()) -> list[int] | None:
         """A new connection, once the server process ``backend`` of the lost one is gone (so its
-        transaction is decided and its locks released); whether that transaction committed: its
-        write mark (the module's docstring) is stored exactly when it did."""
+        transaction is decided and its locks released); if that transaction committed (its write
+        mark, the module's docstring, is stored exactly when it did), the positions of its changes
+        that missed (stored with the mark), else None."""
         with contextlib.suppress(psycopg.Error):
             self._conn.close()
         conn = self._connect(deadline)
@@ -1043,11 +1048,11 @@ class PostgresWriter:
             else:
                 raise StorageError(f"the server process {backend} of a lost connection did not exit")
             if not changes:
-                return False
+                return None
             row = conn.execute(_READ_MARK, (self.node.id,)).fetchone()
             if row is None or int(row[0]) != self.node.epoch:
                 raise StorageError(f"node {self.node.id!r} (epoch {self.node.epoch}) was taken over: its write "
                                    "mark is gone")
-            return int(row[1]) == self._mark
+            return [int(p) for p in row[2]] if int(row[1]) == self._mark else None
         finally:
             conn.autocommit = False

@@ -403,3 +403,33 @@ def test_statements_that_touch_one_row_or_task_keep_their_order(pg_url: str) -> 
         writer.close()
     finally:
         store.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_commit_in_doubt_that_committed_reports_its_misses(pg_server: PgServer, pg_url: str,
+                                                             cutter: CommitCutter) -> None:
+    """A turn's claim that another node won misses; if the turn's COMMIT then goes through and its
+    answer is lost, the writer knows the miss again (it is stored with the write mark): the node
+    must not run an execution another node runs."""
+    import attrs
+
+    dbname = pg_url.rsplit("/", 1)[1]
+    store = storage.open_store(cutter.url(pg_server.user, dbname), create=True, node_id="a")
+    other = storage.open_store(pg_url, node_id="b")
+    try:
+        ch, writer, tasks = _with_tasks(store, 2)
+        pending = [attrs.evolve(_execution(t, 0), status=ExecutionStatus.PENDING) for t in tasks]
+        writer.write([ch.assign(ex) for ex in pending])
+        theirs = other.writer()
+        started = [attrs.evolve(ex, status=ExecutionStatus.RUNNING, started_at=2.0) for ex in pending]
+        assert list(theirs.write([other.changes.update(started[0])])) == []  # b claims t0's first
+        cutter.arm("after")
+        missed = writer.write([store.changes.update(ex) for ex in started])
+        assert cutter.cut.is_set()
+        assert list(missed) == [0]  # t0's claim missed, t1's applied
+        assert store.get_execution("t1", started[1].id).status is ExecutionStatus.RUNNING  # type: ignore[union-attr]
+        theirs.close()
+        writer.close()
+    finally:
+        other.close()
+        store.close()

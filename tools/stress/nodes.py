@@ -260,7 +260,8 @@ class NodeSupervisor:
         if node.lost_lease:
             self.counts.fenced += 1
             return True
-        state = self._node_row(node.node_id)
+        # a node refused while the server restarts is judged once its row can be read again
+        state = self._node_row(node.node_id, wait=GONE_TIMEOUT)
         if state is not None and (not state[0] or state[1]):
             node.lost_lease = True
             self.counts.lapsed += 1
@@ -349,17 +350,22 @@ class NodeSupervisor:
         alive, expired = state
         return not alive if others else expired
 
-    def _node_row(self, node_id: str) -> tuple[bool, bool] | None:
-        """(alive, lease expired) of a node's row, or None if it cannot be read now."""
+    def _node_row(self, node_id: str, wait: float = 0.0) -> tuple[bool, bool] | None:
+        """(alive, lease expired) of a node's row, or None if it has none, or if the server
+        cannot be reached (it is restarting) within ``wait`` seconds."""
         import psycopg
 
-        try:
-            with psycopg.connect(self.cfg.db, autocommit=True, connect_timeout=5) as conn:
-                row = conn.execute("SELECT alive, lease_until < clock_timestamp() FROM taskengine.nodes "
-                                   "WHERE id = %s", (node_id,)).fetchone()
-        except psycopg.Error:
-            return None  # the server is restarting: look again later
-        return None if row is None else (bool(row[0]), bool(row[1]))
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                with psycopg.connect(self.cfg.db, autocommit=True, connect_timeout=5) as conn:
+                    row = conn.execute("SELECT alive, lease_until < clock_timestamp() FROM taskengine.nodes "
+                                       "WHERE id = %s", (node_id,)).fetchone()
+                return None if row is None else (bool(row[0]), bool(row[1]))
+            except psycopg.Error:
+                if time.monotonic() >= deadline:
+                    return None  # the server is restarting: look again later
+                time.sleep(POLL_SECONDS)  # the server's state, polled: nothing to wait on
 
     def _resume(self, node: _Node, lost: bool = True) -> None:
         """SIGCONT; ``lost``: after its lease was lost (a pause the checks hold it to), else cut
