@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 MAX_LIST_LIMIT = 10_000
 #: executors (jobs running at once) unless ``workers`` says otherwise: on LevelDB, and on PostgreSQL,
 #: where a counter actor's turn costs round trips to the server, so more starts should share one
-DEFAULT_WORKERS = 32
+DEFAULT_WORKERS = 64
 DEFAULT_WORKERS_POSTGRES = 64
 
 
@@ -126,7 +126,7 @@ class Engine:
     ) -> Engine:
         """Open (or create) the database at ``path`` and start the engine.
 
-        ``workers``: jobs run at once (default 32; 64 on PostgreSQL, see :func:`default_workers`).
+        ``workers``: jobs run at once (default 64, see :func:`default_workers`).
         ``sync=False`` acknowledges an index once LevelDB has applied its write but before the
         write reaches the disk: a crash of the machine (not of the process) can then lose
         acknowledged indexes. ``counter_actors`` bounds the threads that serve tasks, whatever
