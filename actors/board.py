@@ -88,9 +88,14 @@ class CompletionBoard:
                     del self._followers[execution_id]
 
     def _take(self, execution_id: str) -> list[Reply[Execution]]:
-        futs = list(self._watchers.pop(execution_id, ()))
-        for follower in self._followers.pop(execution_id, ()):
-            futs += self._watchers.pop(follower, ())
+        """The waiters of ``execution_id`` and of its followers, and of theirs: a repeat may follow
+        a queued blocking execution that itself comes to follow another node's (counter.py)."""
+        futs: list[Reply[Execution]] = []
+        todo = [execution_id]
+        while todo:
+            eid = todo.pop()
+            futs += self._watchers.pop(eid, ())
+            todo += self._followers.pop(eid, ())
         return futs
 
     def publish(self, execution: Execution) -> None:

@@ -871,15 +871,18 @@ class CounterActor(EngineActor):
             return
         assert self._refs.pending is not None
         pending = self._refs.pending
-        if not pending.ask(m.Claim(msg.task_id, msg.execution_id)):
-            # running, finished, or unknown: answer with what it is
-            self._after_write(msg.reply, self._reread_outcome(msg.task_id, msg.execution_id))
-            return
-        self._undo(lambda: pending.tell(m.PutBack(msg.task_id, {msg.execution_id: False})))
-        self._release(msg.execution_id)
-        record = self._db.get_execution(msg.task_id, msg.execution_id)  # PENDING, on disk
-        if record is None:
-            raise ExecutionNotFound(msg.task_id, msg.execution_id)
+        if pending.ask(m.Claim(msg.task_id, msg.execution_id)):
+            self._undo(lambda: pending.tell(m.PutBack(msg.task_id, {msg.execution_id: False})))
+            self._release(msg.execution_id)
+            record = self._db.get_execution(msg.task_id, msg.execution_id)  # PENDING, on disk
+            if record is None:
+                raise ExecutionNotFound(msg.task_id, msg.execution_id)
+        else:
+            record = self._pending_elsewhere(st, msg.execution_id)
+            if record is None:
+                # running, finished, or unknown: answer with what it is
+                self._after_write(msg.reply, self._reread_outcome(msg.task_id, msg.execution_id))
+                return
         cancelled = _finished(record, ExecutionStatus.CANCELLED, error="cancelled by Engine.cancel")
         self._ended_now(cancelled)
         self._turn.removed.append((msg.task_id, msg.execution_id))
@@ -892,6 +895,16 @@ class CounterActor(EngineActor):
         self._write_soft(self._changes.update(cancelled), cancelled.id, msg.reply,
                          lambda: self._publish_and_answer(cancelled), started_elsewhere)
         self._retain(st, cancelled.index)
+
+    def _pending_elsewhere(self, st: TaskState, execution_id: str) -> Execution | None:
+        """With several nodes (a turn that locked the task): an execution this node does not hold
+        (another node made it, or holds it to run) that is PENDING on the database is cancelled
+        here as well. The cancel is written only if the row is still PENDING, as a start is: of
+        the two, the first written wins, and a node whose start comes second does not run it."""
+        if not self._turn.shared or execution_id in st.running:
+            return None
+        record = self._db.get_execution(st.task.id, execution_id)
+        return record if record is not None and record.status is ExecutionStatus.PENDING else None
 
     def _delete(self, msg: m.DeleteTask) -> None:
         try:

@@ -68,6 +68,7 @@ from .interface import (
     StoredTask,
     Writer,
     redact,
+    scrub,
 )
 from .pgfeed import PostgresFeed, notify
 from .records import INTERRUPTED, Execution, ExecutionStatus, Task
@@ -433,14 +434,14 @@ class PostgresStore(Store):
             with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
                 schema = _check_schema(conn, shown, create)
         except psycopg.Error as e:
-            raise StorageError(f"cannot open {shown}: {_message(e)}") from None
+            raise StorageError(f"cannot open {shown}: {scrub(_message(e), url)}") from None
         pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=8, kwargs={"autocommit": True}, open=False, name="taskengine-readers"
         )
         try:
             pool.open(wait=True, timeout=10)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
-            raise StorageError(f"cannot open {shown}: {_message(e)}") from None
+            raise StorageError(f"cannot open {shown}: {scrub(_message(e), url)}") from None
         log.info("opened taskengine database %s (schema %d)", shown, schema)
         return cls(url, pool, schema, node_id, node_lease)
 

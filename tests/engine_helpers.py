@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,19 @@ def release_all_gates() -> None:
 # ----------------------------------------------------------------------------------------------
 # threads
 # ----------------------------------------------------------------------------------------------
+
+
+def poll_until(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
+    """Poll state another process, the server or an engine's own threads change (nothing there
+    to wait on), bounded: ``check()``'s first true value, or AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
 
 
 @attrs.define

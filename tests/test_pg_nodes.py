@@ -10,13 +10,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
-from engine_helpers import WAIT, Child, Gate, Recorder, check_db, run_threads
+from engine_helpers import WAIT, Child, Gate, Recorder, check_db, poll_until, run_threads
 from pg_other import OtherNode
 from taskengine import ExecutionStatus, errors, storage
 from taskengine.storage import codec, pg_nodes, postgres, records
@@ -25,18 +24,6 @@ from taskengine.storage.records import Execution, Task
 pytestmark = pytest.mark.timeout(120)
 
 LEASE = 1.0
-
-
-def _until(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    """Poll state another process or the server changes (nothing here to wait on), bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def _stored(url: str, task_id: str) -> dict[str, Execution]:
@@ -160,8 +147,8 @@ def test_pending_executions_two_nodes_loaded_run_once(make_engine: Any, pg_url: 
         th.start()
     for th in threads:
         th.join(WAIT)
-    _until("every execution ran", lambda: rec_a.count() + rec_b.count() >= n)
-    _until("both nodes let go of every entry", lambda: a.stats().pending == 0 and b.stats().pending == 0)
+    poll_until("every execution ran", lambda: rec_a.count() + rec_b.count() >= n)
+    poll_until("both nodes let go of every entry", lambda: a.stats().pending == 0 and b.stats().pending == 0)
     ran = rec_a.ids() + rec_b.ids()
     assert sorted(ran) == sorted(ids), "an execution ran twice or not at all"
     assert rec_a.count() and rec_b.count(), "one node ran them all: the test did not race"
@@ -189,9 +176,9 @@ def test_a_killed_node_is_reaped_after_its_lease(make_engine: Any, pg_url: str) 
         stored = _stored(pg_url, "t")
         return all(stored[eid].status is ExecutionStatus.FAILED and stored[eid].error == lost for eid in running)
 
-    _until("the reaper finished the killed node's running executions", reaped)
+    poll_until("the reaper finished the killed node's running executions", reaped)
     pending = [eid for eid in acked if eid not in running]
-    _until("the survivor ran the pending ones", lambda: rec.count() >= 2)
+    poll_until("the survivor ran the pending ones", lambda: rec.count() >= 2)
     assert sorted(rec.ids()) == sorted(pending)
     assert _node_rows(pg_url)["child-1"] == (1, False)
     survivor.close()
@@ -210,7 +197,7 @@ def test_a_node_paused_past_its_lease_writes_nothing_after(make_engine: Any, pg_
         os.kill(child.proc.pid, signal.SIGSTOP)
         lost = "interrupted: node child-2 lost"
         try:
-            _until("the reaper finished the paused node's running executions", lambda: all(
+            poll_until("the reaper finished the paused node's running executions", lambda: all(
                 _stored(pg_url, "t")[eid].error == lost for eid in running))
             before = _stored(pg_url, "t")
         finally:
@@ -288,7 +275,7 @@ def test_a_task_deleted_and_created_again_by_another_node(make_engine: Any, pg_u
 
     waiter = threading.Thread(target=wait_pending)
     waiter.start()
-    _until("the waiter waits", lambda: b.stats().waiters >= 2)
+    poll_until("the waiter waits", lambda: b.stats().waiters >= 2)
     for _ in range(3):
         a.trigger("t")
     a.delete_task("t")
@@ -437,10 +424,10 @@ def test_the_reaper_waits_for_a_lost_nodes_transaction_in_flight(make_engine: An
                         "AND query LIKE '%%FROM taskengine.nodes%%FOR UPDATE%%'").fetchone()
                     return bool(row and row[0])
 
-            _until("the reaper waits for the ghost's transaction", reaper_waits)
+            poll_until("the reaper waits for the ghost's transaction", reaper_waits)
             assert _node_rows(pg_url)["ghost"] == (1, True)
     lost = "interrupted: node ghost lost"
-    _until("the reaper finished the claim it waited for", lambda: _stored(pg_url, "t")[pending.id].error == lost)
+    poll_until("the reaper finished the claim it waited for", lambda: _stored(pg_url, "t")[pending.id].error == lost)
     assert _node_rows(pg_url)["ghost"] == (1, False)
     survivor.close()
     check_db(pg_url, allow_live=False)

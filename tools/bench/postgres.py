@@ -25,7 +25,7 @@ import urllib.parse
 from typing import Any
 
 from taskengine.storage import codec
-from taskengine.storage.interface import redact
+from taskengine.storage.interface import redact, scrub
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Server:
                     "current_setting('wal_level'), current_setting('commit_delay')"
                 ).fetchone()
         except psycopg.Error as e:
-            raise RuntimeError(f"cannot connect to {redact(url)}: {str(e).strip()}") from None
+            raise RuntimeError(f"cannot connect to {redact(url)}: {scrub(str(e).strip(), url)}") from None
         assert row is not None
         self.settings = dict(zip(("version", "synchronous_commit", "fsync", "shared_buffers", "max_connections",
                                   "wal_level", "commit_delay"), row, strict=True))
