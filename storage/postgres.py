@@ -432,6 +432,7 @@ class PostgresStore(Store):
         shown = redact(url)
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+                _check_encoding(conn, shown)
                 schema = _check_schema(conn, shown, create)
         except psycopg.Error as e:
             raise StorageError(f"cannot open {shown}: {scrub(_message(e), url)}") from None
@@ -657,6 +658,19 @@ class PostgresStore(Store):
 
     def backup(self, dest: str) -> int:
         raise StorageError(f"Engine.backup copies a LevelDB database; back up {self.path} with pg_dump")
+
+
+def _check_encoding(conn: Any, shown: str) -> None:
+    """Task ids, job names and keys are any Unicode text: a database (or a client encoding set by
+    the URL or PGCLIENTENCODING) in another encoding cannot store them all, and psycopg gives
+    bytes, not text, for SQL_ASCII; refused before anything is written."""
+    row = conn.execute("SELECT current_setting('server_encoding'), current_setting('client_encoding')").fetchone()
+    server, client = (v.decode("ascii", "replace") if isinstance(v, bytes) else str(v) for v in row)
+    if server != "UTF8" or client != "UTF8":
+        raise StorageError(
+            f"cannot open {shown}: its encoding is {server} (client encoding {client}); taskengine stores ids "
+            "and data as Unicode text and needs both to be UTF8: create the database with ENCODING 'UTF8' "
+            "(TEMPLATE template0), and leave client_encoding unset or UTF8")
 
 
 def _check_schema(conn: Any, shown: str, create: bool) -> int:

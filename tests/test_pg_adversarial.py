@@ -290,6 +290,55 @@ def test_cancel_elsewhere_of_a_running_execution_and_a_wait_for_a_cancel_elsewhe
     assert gate.count() == 1
 
 
+@pytest.mark.timeout(90)
+def test_cancels_on_one_node_race_starts_on_another(make_engine: Any, pg_url: str) -> None:
+    """Node a triggers executions and starts them at once (8 workers) while node b cancels each
+    as soon as it is acknowledged: each is either cancelled and never runs, or runs exactly once
+    and b's cancel returns it RUNNING or finished; what b was told is what is stored."""
+    import queue
+
+    rec = Recorder()
+    a = make_engine(pg_url, jobs={"rec": rec}, workers=8, node_id="a", node_lease=LEASE)
+    b = make_engine(pg_url, node_id="b", node_lease=LEASE)
+    a.create_task("t", job="rec")
+    acked: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+    n = 150
+
+    def role(i: int) -> list[Any]:
+        if i == 0:
+            for _ in range(n):
+                acked.put(a.trigger("t").id)
+            for _ in range(3):
+                acked.put(None)
+            return []
+        answers = []
+        while (eid := acked.get(timeout=WAIT)) is not None:
+            answers.append(b.cancel("t", eid))
+        return answers
+
+    results = run_threads(4, role)
+    results.raise_unexpected()
+    answers = {ex.id: ex for out in results.results for ex in out}
+    assert len(answers) == n
+    for eid, told in answers.items():
+        final = a.wait("t", eid, timeout=WAIT)
+        if told.status is ExecutionStatus.CANCELLED:
+            assert final == told, (told, final)
+        else:
+            assert told.status in (ExecutionStatus.RUNNING, ExecutionStatus.SUCCESS), told
+            assert final.status is ExecutionStatus.SUCCESS, final
+    poll_until("a let go of every execution", lambda: a.stats().pending == 0)
+    ran = rec.ids()
+    # (here about half are cancelled first, the rest started first: the race was run)
+    assert any(told.status is ExecutionStatus.CANCELLED for told in answers.values())
+    assert len(ran) == len(set(ran)), "an execution ran twice"
+    assert set(ran) == {eid for eid, told in answers.items() if told.status is not ExecutionStatus.CANCELLED}
+    a.close()
+    b.close()
+    disk = check_db(pg_url, allow_live=False)["t"]
+    assert disk.counter == n
+
+
 # -- close of a node others wait on -----------------------------------------------------------
 
 
@@ -402,11 +451,12 @@ HOSTILE = ["it's", 'say "hi"', "back\\slash\\", "100%", "%s", "%(x)s", "$1", "a:
 
 @pytest.mark.timeout(60)
 def test_hostile_ids_across_nodes(make_engine: Any, pg_url: str) -> None:
-    """Ids that quote, escape or format, created on one node, triggered on another with hostile
-    keys and data, run on either, waited for on a third; NUL in any id is InvalidArgument on
+    """Ids that quote, escape or format, created on one node (nodes with such ids too), triggered
+    on another with hostile keys and data, run on either, waited for on a third; NUL in any id is InvalidArgument on
     every node, before anything reaches the database (so no writer is ever failed by one)."""
     rec = Recorder(lambda ctx: {"data": ctx.data, "task": ctx.task_id})
-    nodes = _nodes(make_engine, pg_url, 3, jobs={"rec": rec})
+    nodes = [make_engine(pg_url, jobs={"rec": rec}, node_id=node_id, node_lease=LEASE)
+             for node_id in ("it's %s", 'back\\slash "%(x)s"', "ünï ✓ 日本 '); --")]
     for k, tid in enumerate(HOSTILE):
         nodes[k % 3].create_task(tid, job="rec", config={"id": tid})
     for k, tid in enumerate(HOSTILE):
@@ -474,3 +524,171 @@ def test_a_malformed_url_is_refused_without_its_password(url: str, caplog: pytes
         Engine.open(url)
     assert SECRET not in str(refused.value), refused.value
     assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize("password", [f"pa#{SECRET}", f"pa?{SECRET}"])
+def test_the_tools_never_show_a_password_with_url_delimiters(
+    make_engine: Any, pg_server: PgServer, pg_url: str, password: str, tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """inspect, replay and copy on a URL whose password holds ``#`` or ``?``; and a URL libpq
+    cannot parse: one line on stderr, no password in any output."""
+    from taskengine.tools.cli import main
+
+    url = pg_url.replace(f"{pg_server.user}@", f"{pg_server.user}:{password}@", 1)
+    engine = make_engine(url, jobs={"rec": Recorder()}, node_id="tools", node_lease=LEASE)
+    engine.create_task("t", job="rec")
+    engine.trigger("t", blocking=True, timeout=WAIT)
+    make_engine.close(engine)
+    assert main(["inspect", url]) == 0
+    assert main(["replay", url]) == 0
+    assert main(["inspect", url, "--task", "nope"]) == 1
+    assert main(["copy", url, str(tmp_path / "copy")]) == 0
+    assert main(["replay", f"postgresql://u:{password}@127.0.0.1:1/none?connect_timeout=2"]) == 2
+    assert main(["replay", f"postgresql://u:{SECRET}@[::1/none"]) == 2
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err, out + err
+    assert "***" in out + err
+
+
+# -- a node killed with PENDING executions another node cancels --------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_nodes_pending_executions_cancelled_from_another_node(make_engine: Any, pg_url: str) -> None:
+    """A node process makes four executions (two RUNNING, two PENDING) and is SIGKILLed. Another
+    node (without the job: it runs nothing) cancels the PENDING ones, before and after the kill,
+    and gets them CANCELLED; its cancel of a RUNNING one returns it unchanged. A third node with
+    the job then runs none of the cancelled ones, and the RUNNING ones are reaped as lost."""
+    from engine_helpers import Child
+
+    canceller = make_engine(pg_url, node_id="canceller", node_lease=LEASE)
+    child = Child("node_child.py", pg_url, "doomed", "t", "4")
+    try:
+        acked: list[str] = []
+        running: set[str] = set()
+        while len(acked) < 4 or len(running) < 2:
+            word, *rest = child.readline().split()
+            if word == "ACK":
+                acked.append(rest[0])
+            elif word == "RUNNING":
+                running.add(rest[0])
+        pending = [eid for eid in acked if eid not in running]
+        first = canceller.cancel("t", pending[0])  # the node that holds it to run is alive
+        assert first.status is ExecutionStatus.CANCELLED, first
+        for eid in running:
+            assert canceller.cancel("t", eid).status is ExecutionStatus.RUNNING
+        child.kill9()
+    finally:
+        child.finish()
+    second = canceller.cancel("t", pending[1])  # its node is dead: it belongs to no node
+    assert second.status is ExecutionStatus.CANCELLED, second
+    rec = Recorder()
+    survivor = make_engine(pg_url, jobs={"hold": rec}, node_id="survivor", node_lease=LEASE)
+    lost = "interrupted: node doomed lost"
+    poll_until("the killed node's running executions were reaped", lambda: all(
+        survivor.get_execution("t", eid).error == lost for eid in running))
+    for eid in pending:
+        assert survivor.wait("t", eid, timeout=WAIT).status is ExecutionStatus.CANCELLED
+    assert survivor.stats().pending == 0 and rec.count() == 0, rec.ids()
+    survivor.close()
+    canceller.close()
+    disk = check_db(pg_url, allow_live=False)["t"]
+    assert disk.counter == 4
+
+
+# -- a node paused in the middle of a turn ------------------------------------------------------
+
+#: the server processes holding a per-task advisory lock (a turn's, storage/postgres.py)
+_TASK_LOCK_HOLDERS = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                      "AND classid::bigint = %s AND objsubid = 2")
+
+
+@pytest.mark.timeout(90)
+def test_a_node_paused_inside_a_turn_holds_nobody_up_and_acknowledges_nothing_after(
+    make_engine: Any, pg_url: str
+) -> None:
+    """A node process triggering one task from four threads is SIGSTOPped while its writer is
+    inside a turn's transaction (holding the task's lock). The server ends that session after the
+    lease (idle_in_transaction_session_timeout), so another node's trigger of the task goes on,
+    and the paused node is reaped. After SIGCONT, every trigger of the paused node fails with
+    WriteFailed (the one whose transaction was ended: rolled back, nothing acknowledged), and
+    every execution it acknowledged, before or after the pause, is stored at its index."""
+    import os
+    import signal
+
+    import psycopg
+
+    from engine_helpers import Child
+    from taskengine.storage.postgres import TASK_LOCKS
+
+    child = Child("trigger_child.py", pg_url, "paused", "t", "4", "2")
+    pid = child.proc.pid
+    try:
+        child.expect("READY")
+        with psycopg.connect(pg_url, autocommit=True) as look:
+            for _ in range(500):
+                child.expect("ACK")  # it is triggering
+                os.kill(pid, signal.SIGSTOP)
+                if look.execute(_TASK_LOCK_HOLDERS, (TASK_LOCKS,)).fetchone() != (0,):
+                    break
+                os.kill(pid, signal.SIGCONT)
+            else:
+                raise AssertionError("never caught the node inside a turn")
+            try:
+                other = make_engine(pg_url, jobs={"noop": Recorder()}, node_id="other", node_lease=LEASE)
+                mine = [other.trigger("t") for _ in range(3)]  # the first waits for the server to end the turn
+                poll_until("the paused node was reaped", lambda: look.execute(
+                    "SELECT NOT alive FROM taskengine.nodes WHERE id = 'paused'").fetchone() == (True,))
+                mine += [other.trigger("t") for _ in range(3)]
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        refusals = [child.expect("ERR") for _ in range(4)]
+        child.expect("DONE")
+    finally:
+        child.finish()
+    assert all(r.startswith("ERR WriteFailed") and "lost its lease" in r for r in refusals), refusals
+    acked = dict(line.split()[1:] for line in child.seen if line.startswith("ACK "))
+    assert acked, "the paused node acknowledged nothing"
+    other.close()
+    disk = check_db(pg_url, allow_live=False)["t"]
+    for eid, index in acked.items():
+        assert disk.records[int(index)].id == eid, f"acknowledged execution {eid} is not stored at {index}"
+    for ex in mine:
+        assert disk.records[ex.index].id == ex.id
+    assert disk.counter == len(acked) + len(mine)
+
+
+# -- a database that cannot store every task id -------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["LATIN1", "SQL_ASCII", "client LATIN1"])
+def test_a_database_not_in_utf8_is_refused_at_open(
+    pg_server: PgServer, encoding: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a LATIN1 database a task id such as "日本" killed the counter actor (a raw
+    UnicodeEncodeError in pykka: every task of that actor hung), and on SQL_ASCII psycopg reads
+    text as bytes (a raw AttributeError reached the caller). Such a database, or a client encoding
+    other than UTF8 set by the URL, is refused at open with a StorageError saying what to do;
+    nothing is created in it, and the tools refuse it in one line."""
+    import psycopg
+
+    from taskengine import Engine, storage
+    from taskengine.tools.cli import main
+
+    client = encoding.startswith("client")
+    name = f"enc_{encoding.replace(' ', '_').lower()}"
+    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING '{'UTF8' if client else encoding}' "
+                     "LC_COLLATE 'C' LC_CTYPE 'C'")
+    url = pg_server.url(name) + ("?client_encoding=LATIN1" if client else "")
+    with pytest.raises(errors.StorageError, match="needs both to be UTF8"):
+        Engine.open(url, jobs={"j": Recorder()}, node_id="enc", node_lease=LEASE)
+    with pytest.raises(storage.errors.StorageError, match="UTF8"):
+        storage.open_store(url)
+    assert main(["replay", url]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "UTF8" in err, err
+    with psycopg.connect(pg_server.url(name)) as conn:
+        assert conn.execute("SELECT to_regclass('taskengine.meta')").fetchone() == (None,)
