@@ -14,8 +14,11 @@ from taskengine.storage.interface import default_node_id
 from .errors import InvalidArgument
 
 MAX_TASK_ID = 256
-#: idempotency keys are part of a LevelDB key
+#: idempotency keys are part of a LevelDB key, and PostgreSQL indexes them with their task's id: an
+#: index entry holds at most 2,704 bytes and a task id takes up to 1,024, so a key is bounded in
+#: UTF-8 bytes as well as in characters (one bound for both backends: a database can be copied)
 MAX_IDEMPOTENCY_KEY = 1024
+MAX_IDEMPOTENCY_KEY_BYTES = 1024
 
 
 def _plain(value: str) -> str:
@@ -58,7 +61,8 @@ def json_value(value: Any, what: str) -> Any:
         raise InvalidArgument(str(e)) from None
 
 
-def text(value: Any, what: str, limit: int = MAX_IDEMPOTENCY_KEY) -> str | None:
+def text(value: Any, what: str, limit: int = MAX_IDEMPOTENCY_KEY,
+         byte_limit: int = MAX_IDEMPOTENCY_KEY_BYTES) -> str | None:
     if value is None:
         return None
     value = _plain(value) if isinstance(value, str) else value
@@ -67,9 +71,11 @@ def text(value: Any, what: str, limit: int = MAX_IDEMPOTENCY_KEY) -> str | None:
     if len(value) > limit:
         raise InvalidArgument(f"{what} is {len(value)} characters long; the limit is {limit}")
     try:
-        value.encode()  # lone surrogates (e.g. from os.fsdecode) make a str UTF-8 cannot store
+        size = len(value.encode())  # lone surrogates (e.g. from os.fsdecode) make a str UTF-8 cannot store
     except UnicodeEncodeError:
         raise InvalidArgument(f"{what} {value!r} cannot be stored as UTF-8") from None
+    if size > byte_limit:
+        raise InvalidArgument(f"{what} is {size} bytes long in UTF-8; the limit is {byte_limit} bytes")
     return value
 
 

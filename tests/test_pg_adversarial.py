@@ -692,3 +692,41 @@ def test_a_database_not_in_utf8_is_refused_at_open(
     assert len(err.strip().splitlines()) == 1 and "UTF8" in err, err
     with psycopg.connect(pg_server.url(name)) as conn:
         assert conn.execute("SELECT to_regclass('taskengine.meta')").fetchone() == (None,)
+
+
+# -- an idempotency key too big for the database's index ----------------------------------------
+
+
+def _cjk(rnd: Any, n: int) -> str:
+    """``n`` random CJK characters (3 bytes each in UTF-8; random, so an index cannot compress them)."""
+    return "".join(chr(rnd.randrange(0x4E00, 0x9FFF)) for _ in range(n))
+
+
+@pytest.mark.timeout(60)
+def test_a_key_of_many_bytes_is_refused_and_the_node_writes_on(make_engine: Any, pg_url: str) -> None:
+    """A key of 1,024 characters was allowed, but PostgreSQL indexes it with the task id, and an
+    index entry is limited to 2,704 bytes: a key of 1,024 random CJK characters (3,072 bytes)
+    failed the node's writer for good (every later write of every task refused until reopened).
+    A key is now also at most 1,024 bytes of UTF-8: a longer one is InvalidArgument before
+    anything is sent, nothing is consumed, and the node writes on; a key of 1,024 bytes next to a
+    task id of 256 four-byte characters (1,024 bytes) fits, blocking or not."""
+    import random
+
+    rnd = random.Random(7)
+    nodes = _nodes(make_engine, pg_url, 2, jobs={"rec": Recorder()})
+    tid = "\U0001f600" * 256
+    nodes[0].create_task(tid, job="rec")
+    for blocking in (False, True):
+        with pytest.raises(errors.InvalidArgument, match="1024 bytes"):
+            nodes[0].trigger(tid, idempotency_key=_cjk(rnd, 1024), blocking=blocking, timeout=WAIT)
+        with pytest.raises(errors.InvalidArgument, match="1024 bytes"):
+            nodes[1].trigger(tid, idempotency_key=_cjk(rnd, 341) + "éé", blocking=blocking, timeout=WAIT)
+    assert nodes[1].next_index(tid) == 0
+    for k, node in enumerate(nodes):
+        key = _cjk(rnd, 341) + "a"  # 1,024 bytes
+        ex = node.trigger(tid, idempotency_key=key, blocking=k == 1, timeout=WAIT)
+        assert ex.index == k
+        assert nodes[1 - k].trigger(tid, idempotency_key=key).id == ex.id
+    for node in nodes:
+        assert node.stats().write_failure is None
+        assert node.trigger(tid).index is not None
