@@ -87,6 +87,16 @@ class TaskState:
     def exhausted(self) -> bool:
         return self.task.max_executions is not None and self.counter >= self.task.max_executions
 
+    def saved(self) -> tuple[Any, ...]:
+        """What handling a message may change of it, its collections copied (for ``put_back``:
+        a turn decided again)."""
+        return (self.task, self.counter, self.stored, self.mark, self.prune_wait, self.deleted,
+                dict(self.running), dict(self.queued), dict(self.idem))
+
+    def put_back(self, saved: tuple[Any, ...]) -> None:
+        (self.task, self.counter, self.stored, self.mark, self.prune_wait, self.deleted,
+         self.running, self.queued, self.idem) = saved
+
     def view(self) -> Task:
         """The task as callers see it: with its counter and prune mark as they stand."""
         return attrs.evolve(self.task, execution_count=self.counter, prune_mark=self.mark)
@@ -130,7 +140,8 @@ class _Turn:
 class _Saved:
     """The counter actor's own state a shared turn's handling may change, as it began."""
 
-    states: dict[str, TaskState | None]  # the turn's tasks' cached states (copies; None: not cached)
+    #: the turn's tasks' cached states and what they held (TaskState.saved), None if not cached
+    states: dict[str, tuple[TaskState, tuple[Any, ...]] | None]
     triggered: int
     pruned: int
     ended: dict[ExecutionStatus, int]
@@ -273,12 +284,11 @@ class CounterActor(EngineActor):
             turn.undo = []
 
     def _save(self, ids: list[str]) -> _Saved:
-        """The turn's tasks' states as they stand (copies: handling changes the cached ones)."""
-        states: dict[str, TaskState | None] = {}
+        """The turn's tasks' states as they stand (handling changes them in place)."""
+        states: dict[str, tuple[TaskState, tuple[Any, ...]] | None] = {}
         for task_id in ids:
             st = self._cache.get(task_id)
-            states[task_id] = None if st is None else attrs.evolve(
-                st, running=dict(st.running), queued=dict(st.queued), idem=dict(st.idem))
+            states[task_id] = None if st is None else (st, st.saved())
         return _Saved(states, self.triggered, self.pruned, dict(self._ended))
 
     def _decide_again(self, turn: _Turn) -> None:
@@ -287,10 +297,12 @@ class CounterActor(EngineActor):
         assert turn.saved is not None and turn.undo is not None
         for action in reversed(turn.undo):
             action()
-        for task_id, st in turn.saved.states.items():
-            if st is None:
+        for task_id, saved in turn.saved.states.items():
+            if saved is None:
                 self._cache.pop(task_id, None)
             else:
+                st, fields = saved
+                st.put_back(fields)
                 self._cache[task_id] = st
         self.triggered, self.pruned = turn.saved.triggered, turn.saved.pruned
         self._ended = dict(turn.saved.ended)
