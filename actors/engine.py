@@ -253,7 +253,13 @@ class Engine:
         self._refs.pending.tell(m.AddPending(pending))  # before the pool can claim them
         self._refs.pool.tell(m.Submit(items))
         for reply in replies:
-            reply.get()
+            try:
+                reply.get()
+            except (TaskNotFound, ExecutionNotFound):
+                if self._committer.node is None:
+                    raise
+                # several nodes: another one deleted the task since the scan, as above
+                log.debug("an interrupted execution went with its task meanwhile")
         if items or replies:
             log.info("recovered %d pending executions; %d interrupted ones finished as FAILED",
                      len(items), len(replies))

@@ -431,3 +431,50 @@ def test_the_reaper_waits_for_a_lost_nodes_transaction_in_flight(make_engine: An
     assert _node_rows(pg_url)["ghost"] == (1, False)
     survivor.close()
     check_db(pg_url, allow_live=False)
+
+
+def test_open_recovers_although_another_node_deletes_a_task_meanwhile(make_engine: Any, pg_url: str) -> None:
+    """Recovery at open finds a RUNNING execution of a node that died (no runner: played by SQL),
+    and another node deletes its task between the scan and the turn that would finish it as
+    interrupted (held here by that node's lock on the task's row): the open goes on, the task is
+    simply gone. (It raised TaskNotFound out of Engine.open, and a stress node ended so.)"""
+    make_engine(pg_url, node_id="first").close()  # the schema
+    other = OtherNode(pg_url)
+    try:
+        other.create_task("t", "elsewhere")
+        running = records.started(other.trigger("t"), time.time())
+        other.conn.execute("UPDATE taskengine.executions SET status = 'R', record = %s WHERE task_id = 't'",
+                           (codec.encode_execution(running),))
+        opened: list[Any] = []
+        with other.conn.transaction():
+            other.conn.execute("SELECT 1 FROM taskengine.tasks WHERE id = 't' FOR UPDATE")
+            opener = threading.Thread(target=lambda: opened.append(_open_or_error(make_engine, pg_url)))
+            opener.start()
+
+            def turn_waits() -> bool:
+                with psycopg.connect(pg_url, autocommit=True) as look:
+                    row = look.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE '%%FROM taskengine.tasks%%FOR UPDATE%%' AND pid <> pg_backend_pid()"
+                    ).fetchone()
+                    return bool(row and row[0])
+
+            poll_until("the recovery's turn waits for the task's row", turn_waits)
+            other.conn.execute("DELETE FROM taskengine.tasks WHERE id = 't'")
+        opener.join(WAIT)
+        assert not opener.is_alive()
+    finally:
+        other.close()
+    engine = opened[0]
+    assert not isinstance(engine, BaseException), engine
+    with pytest.raises(errors.TaskNotFound):
+        engine.get_task("t")
+    engine.close()
+    check_db(pg_url, allow_live=False)
+
+
+def _open_or_error(make_engine: Any, url: str) -> Any:
+    try:
+        return make_engine(url, node_id="second")
+    except Exception as e:  # noqa: BLE001 - the test looks at it
+        return e

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -52,6 +53,8 @@ AIM_SECONDS = 2.0
 POLL_SECONDS = 0.1
 #: starts in a row that may fail to reach the server (it is being restarted) before that is a violation
 START_TRIES = 5
+#: seconds the end of a run gives nodes let back after losing their lease to be refused and end
+REFUSAL_SECONDS = 30.0
 
 
 def node_id_of(slot: int, generation: int) -> str:
@@ -386,7 +389,23 @@ class NodeSupervisor:
         os.kill(node.child.proc.pid, signal.SIGCONT)
         log.info("resumed node %s", node.instance)
 
+    def _await_refusals(self, nodes: list[_Node]) -> None:
+        """A node let back after losing its lease ends by itself once a write of it is refused;
+        the run's end must not cut that short, or the report cannot tell a fenced node from one
+        that was never refused. After a network cut that may take a few seconds: its connections
+        wait for TCP to send again. Bounded: a node still running at the deadline is stopped as
+        any other, and the checks judge what it wrote."""
+        deadline = time.monotonic() + REFUSAL_SECONDS
+        for node in nodes:
+            if node.lost_lease and node.paused_at is None and node.aiming_until is None:
+                try:
+                    node.child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.info("node %s was not refused within %.0f s of the run's end", node.instance,
+                             REFUSAL_SECONDS)
+
     def _stop_all(self, nodes: list[_Node]) -> None:
+        self._await_refusals(nodes)
         for node in nodes:
             node.aiming_until = None
             if node.paused_at is not None:
