@@ -782,8 +782,7 @@ class PostgresWriter:
             except psycopg.Error as e:
                 conn.close()
                 raise StorageError(f"cannot join {store.path} as node {store.node_id!r}: {_message(e)}") from None
-            finally:
-                conn.autocommit = False
+            conn.autocommit = False  # (not on the connection closed above: that raises, hiding why)
         self._heartbeat = pg_nodes.Heartbeat(self._heartbeat_connection, self.node, self._lease, self._lost)
         self._heartbeat.start()
 

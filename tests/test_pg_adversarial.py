@@ -733,3 +733,33 @@ def test_a_key_of_many_bytes_is_refused_and_the_node_writes_on(make_engine: Any,
     for node in nodes:
         assert node.stats().write_failure is None
         assert node.trigger(tid).index is not None
+
+
+# -- a role that may read but not write ---------------------------------------------------------
+
+
+def test_a_role_that_cannot_write_is_refused_at_open_with_a_storage_error(pg_server: PgServer, pg_url: str) -> None:
+    """A role with USAGE and SELECT only (no INSERT or UPDATE on taskengine.nodes): its node cannot
+    join. That used to reach the caller as a raw psycopg OperationalError ("the connection is
+    closed": the join's error was replaced by a setting made on the connection it had closed);
+    it is a StorageError naming the refusal. The tools, which only read, still read it."""
+    import psycopg
+
+    from taskengine import Engine
+    from taskengine.tools.cli import main
+
+    owner = Engine.open(pg_url, jobs={"rec": Recorder()}, node_id="owner", node_lease=LEASE)
+    try:
+        owner.create_task("t", job="rec")
+    finally:
+        owner.close()
+    name = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DO $$ BEGIN CREATE ROLE reader LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        conn.execute(f'GRANT CONNECT ON DATABASE "{name}" TO reader')
+        conn.execute("GRANT USAGE ON SCHEMA taskengine TO reader")
+        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA taskengine TO reader")
+    url = pg_url.replace(f"{pg_server.user}@", "reader@", 1)
+    with pytest.raises(errors.StorageError, match="cannot join .*permission denied"):
+        Engine.open(url, node_id="reader-node", node_lease=LEASE)
+    assert main(["replay", url]) == 0
