@@ -28,6 +28,7 @@ import psycopg
 from . import codec, keys, records
 from .errors import CorruptRecord
 from .interface import FINISHED, Node
+from .pg_common import message
 from .pgfeed import notify
 from .records import Execution, ExecutionStatus
 
@@ -210,7 +211,7 @@ class Heartbeat:
             reap(self._conn, min(REAP_LOCK_TIMEOUT_MS, max(50, int(self._lease * 250))))
         except psycopg.Error as e:
             log.warning("node %r: heartbeat failed (%s); trying again", self._node.id,
-                        (str(e).strip().splitlines() or [type(e).__name__])[0])
+                        message(e))
             if time.monotonic() - self._renewed > self._lease:
                 return lease_lost(self._node) + " (no contact with it for longer than the lease)"
         return None

@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 
 from .interface import ALL_CHANGES, PENDING_CREATED
+from .pg_common import message
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class PostgresFeed:
             return {kind for n in conn.notifies(timeout=0) if n.pid not in own for kind in n.payload}
         except (psycopg.Error, OSError, ValueError) as e:
             log.warning("the listening connection to %s was lost (%s); polling until it is back",
-                        self._shown, (str(e).strip().splitlines() or [type(e).__name__])[0])
+                        self._shown, message(e))
             self._lost = True
             self._drop()
             return set(ALL_CHANGES)

@@ -599,7 +599,7 @@ def test_a_killed_nodes_pending_executions_cancelled_from_another_node(make_engi
 
 # -- a node paused in the middle of a turn ------------------------------------------------------
 
-#: the server processes holding a per-task advisory lock (a turn's, storage/postgres.py)
+#: the server processes holding a per-task advisory lock (a turn's, storage/pg_writer.py)
 _TASK_LOCK_HOLDERS = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
                       "AND classid::bigint = %s AND objsubid = 2")
 
@@ -620,7 +620,7 @@ def test_a_node_paused_inside_a_turn_holds_nobody_up_and_acknowledges_nothing_af
     import psycopg
 
     from engine_helpers import Child
-    from taskengine.storage.postgres import TASK_LOCKS
+    from taskengine.storage.pg_writer import TASK_LOCKS
 
     child = Child("trigger_child.py", pg_url, "paused", "t", "4", "2")
     pid = child.proc.pid

@@ -18,7 +18,7 @@ import pytest
 from engine_helpers import WAIT, Child, Gate, Recorder, check_db, poll_until, run_threads
 from pg_other import OtherNode
 from taskengine import ExecutionStatus, errors, storage
-from taskengine.storage import codec, pg_nodes, postgres, records
+from taskengine.storage import codec, pg_nodes, pg_schema, postgres, records
 from taskengine.storage.records import Execution, Task
 
 pytestmark = pytest.mark.timeout(120)
@@ -328,7 +328,7 @@ def test_schema_1_is_upgraded_at_open(make_engine: Any, pg_url: str) -> None:
     runs its PENDING ones."""
     task = Task(id="old", job="rec", incarnation="inc-old", created_at=1.0)
     with psycopg.connect(pg_url) as conn:
-        for ddl in postgres._DDL:
+        for ddl in pg_schema._DDL:
             conn.execute(ddl)
         conn.execute("INSERT INTO taskengine.meta VALUES ('schema_version', '1')")
         conn.execute("INSERT INTO taskengine.tasks (id, record, counter) VALUES ('old', %s, 2)",

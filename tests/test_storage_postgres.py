@@ -187,7 +187,7 @@ def test_a_commit_in_doubt_is_settled_before_the_answer(
     """The connection is cut at COMMIT: before it reaches the server (rolled back) or after the
     server committed (the answer lost). Either way the trigger is answered with its index once,
     the execution exists exactly once, and no index is issued twice or skipped."""
-    caplog.set_level(logging.WARNING, logger="taskengine.storage.postgres")
+    caplog.set_level(logging.WARNING, logger="taskengine.storage.pg_writer")
     dbname = pg_url.rsplit("/", 1)[1]
     engine = make_engine(cutter.url(pg_server.user, dbname), jobs={"rec": Recorder()})
     engine.create_task("t", job="rec")
@@ -301,7 +301,7 @@ def _with_tasks(store: Any, n: int) -> tuple[Any, Any, list[str]]:
 def _plan(turn: list[Any]) -> list[list[int]]:
     """The turn's statements as the writer sends them: each statement it sends, as the positions
     of the changes it holds."""
-    from taskengine.storage.postgres import _plan as plan
+    from taskengine.storage.pg_changes import plan
 
     return [[position for position, _ in group]
             for group in plan([(position, stmt) for position, change in enumerate(turn) for stmt in change])]

@@ -94,10 +94,10 @@ def _instrument_postgres() -> str | None:
     """Time the PostgreSQL writer's transactions (``PostgresWriter._write``: the fence and task
     locks, the statements, the commit)."""
     try:
-        from taskengine.storage import postgres
+        from taskengine.storage import pg_writer
     except ImportError as e:
         return f"no PostgreSQL backend ({e}): transaction timing skipped"
-    original = getattr(postgres.PostgresWriter, "_write", None)
+    original = getattr(pg_writer.PostgresWriter, "_write", None)
     if original is None:
         return "no PostgresWriter._write: transaction timing skipped"
 
@@ -115,9 +115,9 @@ def _instrument_postgres() -> str | None:
                 _stats["pg_sent"] += getattr(self, "sent", 0) - sent
                 _times["pg_transaction"] += took
 
-    postgres.PostgresWriter._write = transaction  # type: ignore[method-assign,assignment]
+    pg_writer.PostgresWriter._write = transaction  # type: ignore[method-assign,assignment]
     for name, key in (("begin", "pg_begin"), ("_statements", "pg_statements_time")):
-        _time_method(postgres.PostgresWriter, name, key)
+        _time_method(pg_writer.PostgresWriter, name, key)
     return None
 
 

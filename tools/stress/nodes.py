@@ -42,7 +42,7 @@ from .workload import task_ids
 log = logging.getLogger(__name__)
 
 #: what a node's writer says when a server restart kept it away longer than its reconnect deadline
-#: (storage.postgres.RECONNECT_SECONDS): the one way a restart still stops a writer (a write the
+#: (storage.pg_common.RECONNECT_SECONDS): the one way a restart still stops a writer (a write the
 #: restart cut is settled and made again, or its turn decided again, once the server is back)
 RESTART_GAVE_UP = ("connection lost and not made again", "its outcome cannot be read")
 #: seconds the supervisor waits for a dead node's connections to leave the server

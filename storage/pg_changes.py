@@ -1,0 +1,256 @@
+"""The changes as PostgreSQL statements (:class:`PostgresChanges`), and the order a write sends
+them in (:func:`plan`): one set-based statement per kind where no two of them conflict."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from . import codec
+from .interface import FINISHED, PENDING_CREATED, Change
+from .records import Execution, ExecutionStatus, Task
+
+if TYPE_CHECKING:
+    from .postgres import PostgresStore
+
+
+@attrs.frozen
+class Stmt:
+    """One statement of a change. ``expect``: the row count it must affect, or the transaction
+    is rolled back (a counter that moved under us, a limit reached), unless it is ``soft``: then
+    a count of 0 is a *miss* the writer reports (another node claimed the execution first, or it
+    is gone), and the rest of the transaction applies."""
+
+    sql: str
+    params: tuple[Any, ...]
+    expect: int | None = None
+    soft: bool = False
+    #: the kind of change other nodes are told of (interface.PENDING_CREATED, FINISHED), if any:
+    #: the transaction sends one notification for all its statements that applied (pgfeed.py)
+    notify: str = ""
+    #: the row it picks, if it picks at most one by its key: several of it are checked by their
+    #: total (a soft one: by the keys its set-based form returns), and a group never holds one key
+    #: twice (one statement after another sees the one before; one set-based statement does not)
+    key: tuple[Any, ...] = ()
+    #: the same change for many rows as one statement: one array per parameter of ``params``, in
+    #: their order, joined as rows by ``unnest``; a soft one returns the keys of the rows it changed
+    batch: str = ""
+    #: what it reads and writes, for the order a write sends its statements in (see ``plan``):
+    #: (task id, index) one execution row of the task; (task id, None) the task as a whole (its
+    #: row, or every execution of it); None: not declared, kept in place among all the others
+    touches: tuple[str, int | None] | None = None
+
+
+_STATUS = {status: status.code.decode() for status in ExecutionStatus}
+
+
+def _groups(stmt: Stmt) -> bool:
+    """Whether ``stmt`` can go in a group made one set-based statement: it has that form, and it
+    expects nothing, or one row it picks by its key (so the group's row count is the number of
+    its statements exactly when each touched its row; a soft one's returned keys say which did)."""
+    return bool(stmt.batch) and (stmt.expect is None or (stmt.expect == 1 and bool(stmt.key)))
+
+
+Flat = Sequence[tuple[int, Stmt]]
+
+
+def plan(flat: Flat) -> list[list[tuple[int, Stmt]]]:
+    """A write's statements (``flat``: each with its change's position, in the order the changes
+    came) as groups, in the order they go to the server: each group is one statement, one
+    set-based statement where it holds several of one kind. Grouping by kind, not only
+    consecutive statements, is what makes a turn's INSERTs, starts, finishes and counters one
+    statement each, whatever the order of the messages that made them.
+
+    Why the result is the same as the statements one after another, in their order: two
+    statements *conflict* when they belong to one change, when either has no footprint
+    (``Stmt.touches`` is None), when both concern one task and either concerns the whole task
+    (its row, or all its executions: create, counter, prune, delete), or when both concern one
+    execution row. The plan keeps every two conflicting statements in their order, in different
+    groups (a statement goes to the first group of its kind after every group holding a statement
+    it conflicts with, else to a new group at the end). Two statements that do not conflict read
+    and write disjoint rows (an execution's statement reads only its row and, through its foreign
+    key, the existence of its task's row, which only whole-task statements change), so swapping
+    two neighbours that do not conflict changes neither's row count nor the end state; the plan
+    is such swaps away from the original order, and so gives every statement the row count it had
+    there and the transaction the same end state. A group holds no two conflicting statements, so
+    its set-based form changes each of its rows once, as its statements one after another would.
+    A change whose soft statement missed is cancelled exactly as before: the rest of that change
+    comes after it (one change: conflict), so ``_statements`` leaves it out when its group is sent.
+    A failure (a row count not as expected, a constraint) rolls everything back in any order."""
+    groups: list[list[tuple[int, Stmt]]] = []
+    of_kind: dict[tuple[str, int | None, bool], list[int]] = {}  # a kind's groups, in order
+    last = -1  # the last group of any statement
+    barrier = -1  # the last group of a statement with no footprint
+    change_at: dict[int, int] = {}  # a change's last group
+    task_at: dict[str, int] = {}  # the last group of any statement of a task
+    whole_at: dict[str, int] = {}  # the last group of a whole-task statement of a task
+    row_at: dict[tuple[str, int], int] = {}  # the last group of an execution's statement
+    for position, stmt in flat:
+        touches = stmt.touches
+        after = max(barrier, change_at.get(position, -1))
+        if touches is None:
+            after = last
+        elif touches[1] is None:
+            after = max(after, task_at.get(touches[0], -1))
+        else:
+            after = max(after, whole_at.get(touches[0], -1), row_at.get((touches[0], touches[1]), -1))
+        at = len(groups)
+        if _groups(stmt):
+            kind = (stmt.batch, stmt.expect, stmt.soft)
+            same = of_kind.setdefault(kind, [])
+            found = bisect.bisect_right(same, after)
+            if found < len(same):
+                at = same[found]
+            else:
+                same.append(at)
+        if at == len(groups):
+            groups.append([])
+        groups[at].append((position, stmt))
+        last = max(last, at)
+        change_at[position] = at
+        if touches is None:
+            barrier = at
+        else:
+            task_at[touches[0]] = max(task_at.get(touches[0], -1), at)
+            if touches[1] is None:
+                whole_at[touches[0]] = at
+            else:
+                row_at[(touches[0], touches[1])] = at
+    return groups
+
+
+def _rows_of(*columns: str) -> str:
+    """``unnest`` of one array parameter per column (``name type``), as rows named ``v``."""
+    arrays = ", ".join(f"%s::{c.split()[1]}[]" for c in columns)
+    names = ", ".join(c.split()[0] for c in columns)
+    return f"unnest({arrays}) AS v ({names})"
+
+
+_EXECUTION_KEY = "e.task_id = v.task_id AND e.idx = v.idx AND e.id = v.id"
+
+
+#: the set-based forms (Stmt.batch) of the statements PostgresChanges makes, parameter for parameter
+_INSERT_EXECUTIONS = (
+    "INSERT INTO taskengine.executions (task_id, idx, id, status, idempotency_key, record, runner, runner_epoch) "
+    "SELECT task_id, idx, id, status::\"char\", idempotency_key, record, runner, runner_epoch FROM "
+    + _rows_of("task_id text", "idx bigint", "id text", "status text", "idempotency_key bytea", "record bytea",
+               "runner text", "runner_epoch bigint"))
+_RAISE_COUNTERS = ("UPDATE taskengine.tasks AS t SET counter = greatest(t.counter, v.value) FROM "
+                   + _rows_of("value bigint", "id text") + " WHERE t.id = v.id")
+_MOVE_COUNTERS = ("UPDATE taskengine.tasks AS t SET counter = v.value FROM "
+                  + _rows_of("value bigint", "id text", "was bigint", "top bigint")
+                  + " WHERE t.id = v.id AND t.counter = v.was "
+                  "AND (t.max_executions IS NULL OR v.top <= t.max_executions)")
+_START = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record, runner = v.runner, "
+          "runner_epoch = v.runner_epoch FROM "
+          + _rows_of("status text", "record bytea", "runner text", "runner_epoch bigint", "task_id text", "idx bigint",
+                     "id text")
+          + f" WHERE {_EXECUTION_KEY} AND e.status = 'P' RETURNING e.task_id, e.idx")
+_END_PENDING = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record FROM "
+                + _rows_of("status text", "record bytea", "task_id text", "idx bigint", "id text")
+                + f" WHERE {_EXECUTION_KEY} AND e.status = 'P' RETURNING e.task_id, e.idx")
+_FINISH = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record FROM "
+           + _rows_of("status text", "record bytea", "task_id text", "idx bigint", "id text", "node text")
+           + f" WHERE {_EXECUTION_KEY} AND e.status = 'R' AND (e.runner IS NULL OR e.runner = v.node) "
+           "RETURNING e.task_id, e.idx")
+
+
+class PostgresChanges:
+    """The changes as statements (the PostgreSQL :class:`Changes`), made as the store's node
+    (``store.node``: the runner a start records, the runner a finish must match)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+
+    def create_task(self, task: Task) -> Change:
+        record = codec.encode_task(task)
+        return [Stmt(
+            "INSERT INTO taskengine.tasks (id, record, max_executions, job, incarnation) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (id) DO NOTHING",
+            (task.id, record, task.max_executions, task.job, task.incarnation), expect=1,
+            touches=(task.id, None),
+        )]
+
+    def _runner(self, ex: Execution) -> tuple[str | None, int | None]:
+        node = self._store.node
+        if ex.status is not ExecutionStatus.RUNNING or node is None:
+            return None, None
+        return node.id, node.epoch
+
+    def assign(self, execution: Execution, *, with_counter: bool = True, started: bool = False) -> Change:
+        assert execution.index is not None
+        ex = execution
+        key = None if ex.idempotency_key is None else ex.idempotency_key.encode()
+        out: Change = [Stmt(
+            "INSERT INTO taskengine.executions (task_id, idx, id, status, idempotency_key, record, runner, "
+            "runner_epoch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (ex.task_id, ex.index, ex.id, _STATUS[ex.status], key, codec.encode_execution(ex),
+             *(self._runner(ex) if started else (None, None))),
+            notify=_notice(ex),
+            batch=_INSERT_EXECUTIONS,
+            touches=(ex.task_id, ex.index),
+        )]
+        if with_counter:
+            out += self.counter(ex.task_id, execution.index + 1, None)
+        return out
+
+    def counter(self, task_id: str, value: int, was: int | None = None) -> Change:
+        if was is None:
+            return [Stmt("UPDATE taskengine.tasks SET counter = greatest(counter, %s) WHERE id = %s",
+                         (value, task_id), expect=1, key=(task_id,), batch=_RAISE_COUNTERS, touches=(task_id, None))]
+        # the counter moves only from the value this writer knows, and never past the limit
+        return [Stmt(
+            "UPDATE taskengine.tasks SET counter = %s WHERE id = %s AND counter = %s "
+            "AND (max_executions IS NULL OR %s <= max_executions)",
+            (value, task_id, was, value), expect=1, key=(task_id,), batch=_MOVE_COUNTERS, touches=(task_id, None),
+        )]
+
+    def update(self, execution: Execution) -> Change:
+        ex = execution
+        record = codec.encode_execution(ex)
+        where = "task_id = %s AND idx = %s AND id = %s"
+        params: tuple[Any, ...] = (_STATUS[ex.status], record, ex.task_id, ex.index, ex.id)
+        if ex.status is ExecutionStatus.RUNNING:  # a start is a claim: of a PENDING one, once
+            sql = (f"UPDATE taskengine.executions SET status = %s, record = %s, runner = %s, runner_epoch = %s "
+                   f"WHERE {where} AND status = 'P'")
+            params = (params[0], params[1], *self._runner(ex), *params[2:])
+            batch = _START
+        elif ex.started_at is None:  # cancelled or failed before it started: still PENDING
+            sql = f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'P'"
+            batch = _END_PENDING
+        else:  # a finish: of one this node runs (or ran in an earlier epoch, or a version-1 one)
+            node = self._store.node
+            sql = (f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'R' "
+                   "AND (runner IS NULL OR runner = %s)")
+            params = (*params, None if node is None else node.id)
+            batch = _FINISH
+        return [Stmt(
+            sql, params, expect=1, soft=True,
+            notify=_notice(ex), key=(ex.task_id, ex.index), batch=batch, touches=(ex.task_id, ex.index),
+        )]
+
+    def prune(self, task_id: str, executions: Sequence[Execution], mark: int) -> Change:
+        low = min((ex.index for ex in executions if ex.index is not None), default=mark)
+        return [
+            Stmt("DELETE FROM taskengine.executions WHERE task_id = %s AND idx >= %s AND idx < %s "
+                 "AND status NOT IN ('P', 'R')", (task_id, low, mark), expect=len(executions),
+                 touches=(task_id, None)),
+            Stmt("UPDATE taskengine.tasks SET prune_mark = %s WHERE id = %s", (mark, task_id), expect=1,
+                 touches=(task_id, None)),
+        ]
+
+    def delete_task(self, task_id: str) -> Change:
+        # its unfinished executions end with it: their waiters on other nodes are told
+        return [Stmt("DELETE FROM taskengine.tasks WHERE id = %s", (task_id,), notify=FINISHED,
+                     batch="DELETE FROM taskengine.tasks WHERE id = ANY(%s::text[])", touches=(task_id, None))]
+
+
+def _notice(ex: Execution) -> str:
+    """What other nodes are told of a write of ``ex``: a new PENDING one may be theirs to run,
+    a finished one may be waited for there; a start concerns nobody else."""
+    if ex.status is ExecutionStatus.PENDING:
+        return PENDING_CREATED
+    return FINISHED if ex.status.is_finished else ""

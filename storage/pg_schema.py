@@ -1,0 +1,140 @@
+"""The PostgreSQL schema: its tables (FORMAT.md), its version in ``taskengine.meta``, the check a
+store makes at open, and the upgrades an engine makes (one node at a time)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from . import codec, keys
+from .errors import CorruptRecord, NotADatabase, StorageError, StorageLocked, UnknownSchema
+from .pg_common import PAGE
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 3
+KNOWN_SCHEMAS = (1, 2, 3)
+#: the session advisory lock a version-1 engine's writer holds: no upgrade while one writes
+LEGACY_WRITER_LOCK = 0x74_61_73_6B_65_6E_67  # "taskeng"
+
+_DDL = (
+    "CREATE SCHEMA IF NOT EXISTS taskengine",
+    "CREATE TABLE taskengine.meta (name text PRIMARY KEY, value text NOT NULL)",
+    """CREATE TABLE taskengine.tasks (
+        id text PRIMARY KEY COLLATE "C",
+        record bytea NOT NULL,
+        max_executions bigint,
+        counter bigint NOT NULL DEFAULT 0,
+        prune_mark bigint NOT NULL DEFAULT 0,
+        CHECK (counter >= 0 AND (max_executions IS NULL OR counter <= max_executions)),
+        CHECK (prune_mark >= 0 AND prune_mark <= counter))""",
+    """CREATE TABLE taskengine.executions (
+        task_id text NOT NULL COLLATE "C" REFERENCES taskengine.tasks (id) ON DELETE CASCADE,
+        idx bigint NOT NULL,
+        id text NOT NULL,
+        status "char" NOT NULL,
+        idempotency_key bytea,
+        record bytea NOT NULL,
+        PRIMARY KEY (task_id, idx),
+        UNIQUE (task_id, id),
+        UNIQUE (task_id, idempotency_key))""",
+    "CREATE INDEX executions_live ON taskengine.executions (task_id, idx) WHERE status IN ('P', 'R')",
+)
+#: version 1 -> 2: several nodes (FORMAT.md)
+_UPGRADE_2 = (
+    """CREATE TABLE taskengine.nodes (
+        id text PRIMARY KEY COLLATE "C",
+        epoch bigint NOT NULL,
+        lease_until timestamptz NOT NULL,
+        alive boolean NOT NULL)""",
+    "ALTER TABLE taskengine.tasks ADD COLUMN job text, ADD COLUMN incarnation text",
+    "ALTER TABLE taskengine.executions ADD COLUMN runner text, ADD COLUMN runner_epoch bigint",
+    "CREATE INDEX executions_runner ON taskengine.executions (runner, runner_epoch) WHERE status = 'R'",
+)
+#: version 2 -> 3: each node's write mark, which settles a commit in doubt (FORMAT.md)
+_UPGRADE_3 = (
+    """CREATE TABLE taskengine.write_marks (
+        node text PRIMARY KEY COLLATE "C",
+        epoch bigint NOT NULL,
+        seq bigint NOT NULL,
+        missed bigint[] NOT NULL DEFAULT '{}')""",
+)
+
+
+def check_encoding(conn: Any, shown: str) -> None:
+    """Task ids, job names and keys are any Unicode text: a database (or a client encoding set by
+    the URL or PGCLIENTENCODING) in another encoding cannot store them all, and psycopg gives
+    bytes, not text, for SQL_ASCII; refused before anything is written."""
+    row = conn.execute("SELECT current_setting('server_encoding'), current_setting('client_encoding')").fetchone()
+    server, client = (v.decode("ascii", "replace") if isinstance(v, bytes) else str(v) for v in row)
+    if server != "UTF8" or client != "UTF8":
+        raise StorageError(
+            f"cannot open {shown}: its encoding is {server} (client encoding {client}); taskengine stores ids "
+            "and data as Unicode text and needs both to be UTF8: create the database with ENCODING 'UTF8' "
+            "(TEMPLATE template0), and leave client_encoding unset or UTF8")
+
+
+def check_schema(conn: Any, shown: str, create: bool) -> int:
+    """The stored schema version; with ``create``, the schema made if missing or upgraded to
+    this version (one node at a time, under an advisory lock)."""
+    with conn.transaction():
+        if create:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('taskengine.schema'))")
+        exists = conn.execute("SELECT to_regclass('taskengine.meta') IS NOT NULL").fetchone()[0]
+        if not exists:
+            if not create:
+                raise NotADatabase(f"{shown} holds no taskengine schema (no table taskengine.meta)")
+            for ddl in (*_DDL, *_UPGRADE_2, *_UPGRADE_3):
+                conn.execute(ddl)
+            conn.execute("INSERT INTO taskengine.meta (name, value) VALUES ('schema_version', %s)",
+                         (str(SCHEMA_VERSION),))
+            log.info("created the taskengine schema in %s (version %d)", shown, SCHEMA_VERSION)
+            return SCHEMA_VERSION
+        row = conn.execute("SELECT value FROM taskengine.meta WHERE name = 'schema_version'").fetchone()
+        try:
+            version = int(row[0]) if row is not None else None
+        except ValueError:
+            version = None
+        if version is None:
+            raise UnknownSchema(f"{shown} has no readable taskengine schema version")
+        if version not in KNOWN_SCHEMAS:
+            known = " and ".join(str(v) for v in KNOWN_SCHEMAS)
+            raise UnknownSchema(f"{shown} has schema version {version}; this taskengine knows versions {known}")
+        if create and version == 1:
+            _upgrade_to_2(conn, shown)
+            version = 2
+        if create and version == 2:
+            for ddl in _UPGRADE_3:
+                conn.execute(ddl)
+            conn.execute("UPDATE taskengine.meta SET value = '3' WHERE name = 'schema_version'")
+            log.info("upgraded the taskengine schema in %s from version 2 to 3", shown)
+            version = 3
+    return version
+
+
+def _upgrade_to_2(conn: Any, shown: str) -> None:
+    """Version 1 -> 2 in the caller's transaction: the nodes table, and the columns filled from
+    each task's record. Refused while a version-1 engine writes (it holds its writer lock)."""
+    if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LEGACY_WRITER_LOCK,)).fetchone()[0]:
+        raise StorageLocked(shown, "an engine of an earlier taskengine version writes to it; stop it, then open "
+                            "this one (which upgrades the database's schema to version 2)")
+    for ddl in _UPGRADE_2:
+        conn.execute(ddl)
+    after = ""
+    filled = 0
+    while rows := conn.execute("SELECT id, record FROM taskengine.tasks WHERE id > %s ORDER BY id LIMIT %s",
+                               (after, PAGE)).fetchall():
+        updates = []
+        for task_id, record in rows:
+            try:
+                task = codec.decode_task(keys.task_key(task_id), bytes(record))
+            except CorruptRecord as e:
+                log.error("schema upgrade leaves the job and incarnation of a task unset: %s", e)
+                continue
+            updates.append((task.job, task.incarnation, task_id))
+        with conn.cursor() as cur:
+            cur.executemany("UPDATE taskengine.tasks SET job = %s, incarnation = %s WHERE id = %s", updates)
+        filled += len(updates)
+        after = rows[-1][0]
+    conn.execute("UPDATE taskengine.meta SET value = '2' WHERE name = 'schema_version'")
+    log.info("upgraded the taskengine schema in %s from version 1 to 2 (%d tasks)", shown, filled)

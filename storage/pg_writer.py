@@ -1,0 +1,396 @@
+"""The PostgreSQL :class:`~taskengine.storage.interface.Writer`: one transaction per group of
+changes on a connection of its own, fenced by its node's lease, settled by its write mark when a
+commit is in doubt (see ``postgres``'s docstring), a turn handed back when its tasks changed."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import attrs
+import psycopg
+
+from . import pg_nodes, pgarrays
+from .errors import StorageError, TasksChanged, WriteFailed
+from .interface import Change, StoredTask
+from .pg_changes import plan
+from .pg_common import RECONNECT_SECONDS, message
+from .pgfeed import notify
+from .records import INTERRUPTED
+
+if TYPE_CHECKING:
+    from .postgres import PostgresStore
+
+log = logging.getLogger(__name__)
+
+#: how many times in a row a turn may be handed back (TasksChanged) before the writer gives up
+STALE_TURNS = 10
+#: the namespace (first key) of the per-task advisory locks a turn takes (see PostgresWriter.begin)
+TASK_LOCKS = 0x7461_736B  # "task"
+
+#: the first statement of every write transaction: the write mark (``postgres``'s docstring), the
+#: fence (pg_nodes.FENCE), then the advisory lock of each task the turn touches, in the order of
+#: their keys (every node takes them in that order: no deadlock). One round trip for the three.
+_FENCE_AND_LOCK = (
+    "WITH mark AS (UPDATE taskengine.write_marks SET seq = %s, missed = '{}' WHERE node = %s AND epoch = %s) "
+    "SELECT (SELECT count(pg_advisory_xact_lock(%s, k)) FROM (SELECT DISTINCT hashtext(i) AS k "
+    "FROM unnest(%s::text[]) AS i ORDER BY k) AS s) FROM taskengine.nodes WHERE id = %s AND epoch = %s AND alive "
+    "AND lease_until > clock_timestamp() FOR KEY SHARE"
+)
+#: the write mark as it stands: (epoch, seq, missed) of the node's row
+_READ_MARK = "SELECT epoch, seq, missed FROM taskengine.write_marks WHERE node = %s"
+#: a transaction's changes that missed, kept with its mark: known again if its commit is in doubt
+_MARK_MISSED = "UPDATE taskengine.write_marks SET missed = %s WHERE node = %s AND epoch = %s"
+#: then the tasks' rows, locked and read as they now stand (a statement of its own: a snapshot
+#: taken after the advisory locks, so it sees what their previous holder committed)
+_LOCK_ROWS = ("SELECT id, counter, prune_mark, incarnation FROM taskengine.tasks WHERE id = ANY(%s) "
+              "ORDER BY id FOR UPDATE")
+
+
+class _Conflict(Exception):
+    """A statement affected another number of rows than it must: the transaction is rolled back."""
+
+
+class _Stale(Exception):
+    """A turn's transaction was lost before it committed, and its tasks' rows changed meanwhile."""
+
+
+class _InDoubt(Exception):
+    """The connection was lost during a write and its outcome could not be settled."""
+
+
+@attrs.define
+class _OpenTurn:
+    """A turn's transaction, begun by PostgresWriter.begin and ended by its next write."""
+
+    ids: list[str]
+    rows: list[StoredTask]
+    begun: bool = True  # False once the transaction it began is gone (a lost connection)
+
+
+class _Lost(Exception):
+    """The fence found no row: this node no longer holds its lease."""
+
+
+class PostgresWriter:
+    """Applies groups of changes, each group one transaction, one at a time on one connection
+    (the PostgreSQL :class:`Writer`), as the node it joined when made (see ``pg_nodes``)."""
+
+    def __init__(self, store: PostgresStore, *, sync: bool) -> None:
+        self._store = store
+        self.sync = sync
+        self.failure: str | None = None
+        self.writes = 0
+        self.changes = 0
+        #: statements sent to the server by writes (a group made one set-based statement counts once)
+        self.sent = 0
+        self.on_write: Callable[[int, float], None] | None = None
+        self.on_failure: Callable[[], None] | None = None
+        self._lease = store.node_lease
+        self._lock = threading.Lock()
+        self._conn: Any = None  # set by _connect
+        self.closed = False
+        self._turn: _OpenTurn | None = None
+        #: the write mark of the newest transaction begun (the module's docstring)
+        self._mark = 0
+        self._stale = 0  # turns handed back in a row (TasksChanged)
+        with self._lock:
+            conn = self._connect(deadline=time.monotonic() + 10)
+            try:
+                conn.autocommit = True
+                self.node = pg_nodes.join(conn, store.node_id, self._lease)
+            except psycopg.Error as e:
+                conn.close()
+                raise StorageError(f"cannot join {store.path} as node {store.node_id!r}: {message(e)}") from None
+            conn.autocommit = False  # (not on the connection closed above: that raises, hiding why)
+        self._heartbeat = pg_nodes.Heartbeat(self._heartbeat_connection, self.node, self._lease, self._lost)
+        self._heartbeat.start()
+
+    def _connect(self, deadline: float) -> Any:
+        """A new connection (also returned), retried until ``deadline`` (a server restarting
+        refuses for a while). A session idle in a transaction for longer than the lease is
+        ended by the server: a node paused inside a transaction cannot hold the reaper off."""
+        idle_ms = max(1000, int(self._lease * 1000))
+        while True:
+            try:
+                conn = psycopg.connect(self._store.url, autocommit=True, connect_timeout=5)
+                conn.execute("SET synchronous_commit = " + ("on" if self.sync else "off"))
+                conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+                conn.autocommit = False
+                self._conn = conn
+                return conn
+            except psycopg.Error as e:
+                if time.monotonic() >= deadline:
+                    raise StorageError(f"cannot connect to {self._store.path}: {message(e)}") from None
+                time.sleep(0.2)  # a server that is restarting: try again shortly
+
+    def _heartbeat_connection(self) -> Any:
+        conn = psycopg.connect(self._store.url, autocommit=True, connect_timeout=max(1, int(self._lease)))
+        conn.execute(f"SET statement_timeout = {max(100, int(self._lease * 500))}")
+        return conn
+
+    def _lost(self, why: str) -> None:
+        """The heartbeat found the lease lost: writes stop here (a turn in flight was fenced when
+        it began, and the reaper waits for it), and the engine answers its waiters."""
+        if self.failure is None:
+            self.failure = why
+            log.critical("%s", why)
+        if self.on_failure is not None:
+            self.on_failure()
+
+    def close(self) -> None:
+        self._heartbeat.stop()
+        with self._lock:
+            self.closed = True
+            if self._conn is None or self._conn.closed:
+                return
+            if not self._conn.broken:  # fenced: nothing if the node lost its lease
+                try:
+                    left = pg_nodes.leave(self._conn, self.node, INTERRUPTED)
+                    if left:
+                        log.warning("node %r: %d execution(s) still running at close finished as FAILED (%s)",
+                                    self.node.id, len(left), INTERRUPTED)
+                except psycopg.Error as e:
+                    log.warning("node %r could not leave cleanly (%s); another node reaps it once its lease "
+                                "expires", self.node.id, message(e))
+            self._conn.close()
+
+    def backend_pid(self) -> int | None:
+        """The server process of the writer's connection (None while it has none)."""
+        conn = self._conn
+        try:
+            return None if conn is None or conn.closed else int(conn.info.backend_pid)
+        except psycopg.Error:
+            return None
+
+    def refusal(self) -> WriteFailed | None:
+        if self.failure is None:
+            return None
+        return WriteFailed(
+            f"refused: an earlier write to {self._store.path} failed ({self.failure}); nothing is "
+            "written until the engine is reopened, and this call changed nothing",
+            outcome_unknown=False,
+        )
+
+    def _check(self) -> None:
+        refused = self.refusal()
+        if refused is not None:
+            raise refused
+        if self.closed:
+            raise WriteFailed(f"the database {self._store.path} is closed", outcome_unknown=False)
+
+    def begin(self, task_ids: Callable[[], Collection[str]]) -> list[StoredTask] | None:
+        """Lock the turn's tasks (their advisory locks and rows) in a fenced transaction and read
+        their rows; the writer stays locked until the turn's write commits it."""
+        ids = sorted(set(task_ids()))
+        if not ids:  # nothing to lock or read (a stats request): no transaction
+            return []
+        self._lock.acquire()
+        try:
+            self._check()
+            rows = self._begin_turn(ids)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._turn = _OpenTurn(ids, rows)
+        return rows
+
+    def _begin_turn(self, ids: list[str]) -> list[StoredTask]:
+        """Nothing is written yet, so a connection lost here is simply made again."""
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        while True:
+            conn = self._conn
+            backend = conn.info.backend_pid
+            try:
+                return self._open(conn, ids)
+            except _Lost:
+                self._rollback()
+                self._fail(pg_nodes.lease_lost(self.node), outcome_unknown=False)
+            except psycopg.OperationalError as e:
+                if not conn.closed and not conn.broken:
+                    self._rollback()
+                    self._fail(message(e), outcome_unknown=False)
+                log.warning("connection to %s lost at the start of a turn (%s); connecting again",
+                            self._store.path, message(e))
+            except psycopg.Error as e:
+                self._rollback()
+                self._fail(message(e), outcome_unknown=False)
+            try:
+                self._reconnect(backend, deadline)
+            except (psycopg.Error, StorageError) as e:
+                self._fail(f"connection lost and not made again: {message(e)}", outcome_unknown=False)
+
+    def _open(self, conn: Any, ids: list[str]) -> list[StoredTask]:
+        """Begin a transaction on ``conn``: its write mark, the fence and the tasks' locks, then
+        their rows."""
+        node = self.node
+        self._mark += 1  # before it is sent: a connection lost on the way leaves it in doubt too
+        fenced = conn.execute(_FENCE_AND_LOCK, (self._mark, node.id, node.epoch, TASK_LOCKS, ids, node.id,
+                                                node.epoch)).fetchone()
+        if fenced is None:
+            raise _Lost()
+        if not ids:
+            return []
+        return [StoredTask(str(i), int(c), int(p), inc)
+                for i, c, p, inc in conn.execute(_LOCK_ROWS, (ids,)).fetchall()]
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._conn.rollback()
+
+    def write(self, changes: Sequence[Change]) -> Collection[int]:
+        observe = self.on_write
+        began = time.perf_counter()
+        turn = self._turn
+        if turn is None:
+            if not changes:
+                return ()
+            self._lock.acquire()
+        try:
+            if turn is None:
+                self._check()
+            elif not changes and self._conn is not None and not self._conn.broken:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.commit()  # a turn that only read: its locks go
+                return ()
+            try:
+                missed = self._write(changes, turn)
+            except _Lost:
+                self._rollback()
+                self._fail(pg_nodes.lease_lost(self.node), outcome_unknown=False)
+            except _Conflict as e:
+                self._rollback()
+                self._fail(str(e), outcome_unknown=False)
+            except _Stale:
+                self._rollback()
+                self._stale += 1
+                why = "the turn's tasks changed while its connection was lost; nothing of it was written"
+                if self._stale >= STALE_TURNS:
+                    self._fail(f"{why} ({self._stale} times in a row)", outcome_unknown=False)
+                log.warning("%s: the turn is decided again", why)
+                raise TasksChanged(f"{why}; the turn is decided again") from None
+            except _InDoubt as e:
+                self._fail(str(e), outcome_unknown=True)
+            except psycopg.Error as e:
+                self._rollback()
+                self._fail(message(e), outcome_unknown=False)
+            self.writes += 1
+            self.changes += len(changes)
+            self._stale = 0
+        finally:
+            self._turn = None
+            self._lock.release()
+        if observe is not None:
+            observe(len(changes), time.perf_counter() - began)
+        return missed
+
+    def _fail(self, why: str, *, outcome_unknown: bool) -> NoReturn:
+        self.failure = why
+        # a writer that stopped cannot finish what its node runs: its lease is left to expire, and
+        # another node's reaper finishes those executions (or this node's close, if it can)
+        self._heartbeat.halt()
+        log.critical("write to %s failed: %s; no more writes until it is reopened", self._store.path, why)
+        raise WriteFailed(
+            f"database write failed ({why}): "
+            + ("the outcome is unknown" if outcome_unknown else "it was rolled back, nothing of it was written")
+            + "; nothing more is written until the engine is reopened, and a retry with the same "
+            "idempotency key is then safe",
+            outcome_unknown=outcome_unknown,
+        ) from None
+
+    def _write(self, changes: Sequence[Change], turn: _OpenTurn | None) -> list[int]:
+        """One transaction (the turn's, if one is open); a connection lost on the way is settled
+        (see the module's docstring) and, if it did not commit, the transaction made again:
+        fenced, the turn's tasks locked again and found as the turn found them (else _Stale)."""
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        while True:
+            conn = self._conn
+            backend = conn.info.backend_pid
+            try:
+                if turn is None or not turn.begun:
+                    rows = self._open(conn, [] if turn is None else turn.ids)
+                    if turn is not None and rows != turn.rows:
+                        raise _Stale()
+                missed = self._statements(conn, changes)
+                conn.commit()
+                return missed
+            except psycopg.OperationalError as e:
+                if not conn.closed and not conn.broken:
+                    raise  # the server refused the statement: rolled back below, the connection lives
+                log.warning("connection to %s lost during a write (%s); settling its outcome",
+                            self._store.path, message(e))
+            if turn is not None:
+                turn.begun = False
+            try:
+                committed = self._reconnect(backend, deadline, changes)
+            except (psycopg.Error, StorageError) as e:
+                why = f"connection lost during a commit, and its outcome cannot be read: {message(e)}"
+                raise _InDoubt(why) from None
+            if committed is not None:
+                log.warning("the write in doubt had committed")
+                return committed
+            log.warning("the write in doubt had not committed; writing it again")
+
+    def _statements(self, conn: Any, changes: Sequence[Change]) -> list[int]:
+        missed: set[int] = set()
+        notices: set[str] = set()
+        with conn.cursor() as cur:
+            for group in plan([(position, stmt) for position, change in enumerate(changes) for stmt in change]):
+                run = [(p, s) for p, s in group if p not in missed]  # not the rest of a change that missed
+                if not run:
+                    continue
+                stmt = run[0][1]
+                self.sent += 1
+                if len(run) == 1:
+                    cur.execute(stmt.sql, stmt.params)
+                    applied = [stmt] if cur.rowcount else []
+                else:  # one set-based statement: one array per parameter
+                    cur.execute(stmt.batch, pgarrays.columns(stmt.batch, [s.params for _, s in run]))
+                    applied = [s for _, s in run] if cur.rowcount else []
+                if stmt.soft:  # each its own: the rows the group changed are those whose keys came back
+                    changed = {(str(t), int(i)) for t, i in cur.fetchall()} if len(run) > 1 else \
+                        {stmt.key} if cur.rowcount == 1 else set()
+                    missed.update(p for p, s in run if s.key not in changed)
+                    applied = [s for _, s in run if s.key in changed]
+                elif stmt.expect is not None and cur.rowcount != stmt.expect * len(run):
+                    raise _Conflict(
+                        f"a change did not apply as expected ({cur.rowcount} rows, not {stmt.expect * len(run)}): "
+                        "another writer changed the task, or it reached max_executions"
+                    )
+                notices.update(s.notify for s in applied if s.notify)
+            if missed:  # rare (a claim another node won): one more statement, for a commit in doubt
+                cur.execute(_MARK_MISSED, (sorted(missed), self.node.id, self.node.epoch))
+            notify(cur, "".join(sorted(notices)))
+        return sorted(missed)
+
+    def _reconnect(self, backend: int, deadline: float, changes: Sequence[Change] = ()) -> list[int] | None:
+        """A new connection, once the server process ``backend`` of the lost one is gone (so its
+        transaction is decided and its locks released); if that transaction committed (its write
+        mark, the module's docstring, is stored exactly when it did), the positions of its changes
+        that missed (stored with the mark), else None."""
+        with contextlib.suppress(psycopg.Error):
+            self._conn.close()
+        conn = self._connect(deadline)
+        conn.autocommit = True
+        try:
+            while time.monotonic() < deadline:
+                conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
+                alive = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone()
+                if not alive[0]:
+                    break
+                time.sleep(0.05)  # the old process is finishing: its commit is decided when it exits
+            else:
+                raise StorageError(f"the server process {backend} of a lost connection did not exit")
+            if not changes:
+                return None
+            row = conn.execute(_READ_MARK, (self.node.id,)).fetchone()
+            if row is None or int(row[0]) != self.node.epoch:
+                raise StorageError(f"node {self.node.id!r} (epoch {self.node.epoch}) was taken over: its write "
+                                   "mark is gone")
+            return [int(p) for p in row[2]] if int(row[1]) == self._mark else None
+        finally:
+            conn.autocommit = False
