@@ -1,12 +1,13 @@
 """One-dimensional arrays as parameters of the PostgreSQL writer's set-based statements, in
 PostgreSQL's binary array format.
 
-A set-based statement (``postgres.Stmt.batch``) takes one array per column of the rows it joins
+A set-based statement (``pg_changes.Stmt.batch``) takes one array per column of the rows it joins
 through ``unnest``. psycopg adapts a Python list element by element in Python, finding each
 element's type as it goes; here each column's element type is known (``text``, ``bytea``,
 ``bigint``), so the whole array is packed in one pass: the header (one dimension, a NULL flag, the
 element type, the length, lower bound 1), then each element as its length (-1 for NULL) and its
-bytes (text in the connection's encoding; bytea as is; bigint as 8 bytes, big-endian).
+bytes (text in UTF-8, the only encoding a store opens with: ``pg_schema.check_encoding``; bytea
+as is; bigint as 8 bytes, big-endian).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from psycopg import adapters
-from psycopg._encodings import conn_encoding
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
@@ -48,7 +48,7 @@ class BigintArray(_Array):
     element = "bigint"
 
 
-def _pack(values: _Array, encoding: str) -> bytes:
+def _pack(values: _Array) -> bytes:
     """``values`` in the binary array format (see the module's docstring)."""
     element_oid = _OIDS[values.element][0]
     has_null = None in values
@@ -60,7 +60,7 @@ def _pack(values: _Array, encoding: str) -> bytes:
             if v is None:
                 parts.append(_NULL)
                 continue
-            data = v.encode(encoding) if values.element == "text" else bytes(v)
+            data = v.encode() if values.element == "text" else bytes(v)
             parts.append(_LENGTH.pack(len(data)))
             parts.append(data)
     return b"".join(parts)
@@ -71,12 +71,8 @@ def _dumper(kind: type[_Array]) -> type[Dumper]:
         format = Format.BINARY
         oid = _OIDS[kind.element][1]
 
-        def __init__(self, cls: type, context: Any = None) -> None:
-            super().__init__(cls, context)
-            self._encoding = conn_encoding(self.connection)  # text as the server expects it
-
         def dump(self, obj: Any) -> bytes:
-            return _pack(obj, self._encoding)
+            return _pack(obj)
 
     ArrayDumper.__name__ = f"{kind.__name__}Dumper"
     return ArrayDumper
