@@ -9,8 +9,10 @@ of what was acknowledged lives outside the file system under test):
     ACK <task> <execution id> <index> <blocking 0|1>
 
 Kinds of job (tests/crash_child.py's): ``fast`` returns at once, ``block`` never returns (so
-RUNNING executions are left at a kill; only the first two triggers of a run ask for it, so workers
-stay free), ``slow`` takes a moment. A thread stops at its first error and prints
+RUNNING executions are left at a kill; only the first two triggers of a run ask for it), ``slow``
+takes a moment. 8 workers: a run's own two blocked jobs and the two an earlier run on the same
+database may have left PENDING (recovered, they block too) still leave workers free; with 4, all
+four could block and every later execution waited for ever. A thread stops at its first error and prints
 ``ERR <thread> <exception type> <message>``; ``OPENFAIL <type> <message>`` if the open failed.
 Once every thread stopped or ``acks`` executions were acknowledged it prints ``DONE`` and waits
 to be killed (a clean close would wait for the blocked jobs).
@@ -68,7 +70,7 @@ def main() -> None:
         durable.SYNC_DIRECTORIES = False
     try:
         engine = Engine.open(
-            path, jobs={"faultjob": job}, workers=4, sync=cfg.get("sync", True),
+            path, jobs={"faultjob": job}, workers=8, sync=cfg.get("sync", True),
             counter_actors=cfg.get("counter_actors", 1),
         )
         tasks = task_ids(cfg.get("tasks", 2), cfg.get("counter_actors", 1))
