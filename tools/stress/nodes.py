@@ -295,7 +295,11 @@ class NodeSupervisor:
             return
         node = self.rng.choice(awake)
         if self.rng.random() < self.cfg.pause_share:
-            if not any(n.busy for n in nodes):  # one pause at a time
+            # one pause at a time, and never again of a node let back after losing its lease (it is
+            # on its way out, refused): each pause or cut counted is then one node's, fenced once
+            fresh = [n for n in awake if not n.lost_lease]
+            if fresh and not any(n.busy for n in nodes):
+                node = self.rng.choice(fresh)
                 node.aiming_until = time.monotonic() + AIM_SECONDS
                 node.cutting = self.cfg.netns and self.rng.random() < self.cfg.cut_share
             return
