@@ -83,6 +83,9 @@ class TaskState:
     # idempotency keys not (yet) on disk: key -> (execution id, the turn whose write stores the key,
     # or None while its blocking execution is queued and has no record)
     idem: dict[str, tuple[str, int | None]] = attrs.Factory(dict)
+    # non-blocking idempotent repeats of a queued blocking execution, by its id: handled again
+    # once it leaves the queue (README: they wait until the first one has an index)
+    parked: dict[str, tuple[m.Trigger, ...]] = attrs.Factory(dict)
 
     def exhausted(self) -> bool:
         return self.task.max_executions is not None and self.counter >= self.task.max_executions
@@ -91,11 +94,11 @@ class TaskState:
         """What handling a message may change of it, its collections copied (for ``put_back``:
         a turn decided again)."""
         return (self.task, self.counter, self.stored, self.mark, self.prune_wait, self.deleted,
-                dict(self.running), dict(self.queued), dict(self.idem))
+                dict(self.running), dict(self.queued), dict(self.idem), dict(self.parked))
 
     def put_back(self, saved: tuple[Any, ...]) -> None:
         (self.task, self.counter, self.stored, self.mark, self.prune_wait, self.deleted,
-         self.running, self.queued, self.idem) = saved
+         self.running, self.queued, self.idem, self.parked) = saved
 
     def view(self) -> Task:
         """The task as callers see it: with its counter and prune mark as they stand."""
@@ -178,6 +181,7 @@ class CounterActor(EngineActor):
         self._turn_no = 0
         self._leftover: Any = None  # an envelope taken from the inbox, handled after the turn's write
         self._abandoned: set[int] = set()  # tokens whose executor was given up on before it started
+        self._unparked: list[m.Trigger] = []  # parked repeats to handle again after this message
         self.triggered = 0
         self._ended: dict[ExecutionStatus, int] = dict.fromkeys(
             (ExecutionStatus.SUCCESS, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED), 0
@@ -261,6 +265,7 @@ class CounterActor(EngineActor):
         the rows it read; LevelDB's writer does nothing. A writer that fails here fails the turn:
         every message is then refused."""
         if self._committer.failure is not None:
+            self._fail_parked(self._refusal)  # writes stopped between turns (a lost lease)
             return
         ids: list[str] = []
 
@@ -351,6 +356,7 @@ class CounterActor(EngineActor):
         cancelled += [_finished(r, ExecutionStatus.CANCELLED, error=TASK_DELETED) for _, r in st.running.values()]
         for execution_id in [*st.queued, *dropped]:
             self._release(execution_id)
+        self._unqueue_all(st)
         del self._cache[task_id]
         for ex in cancelled:
             self._board.publish(ex)
@@ -386,6 +392,10 @@ class CounterActor(EngineActor):
                 log.exception("counter actor failed on %r", message)
             blocking_id = message.execution_id if isinstance(message, m.Trigger) and message.blocking else None
             self._after_write(reply, _rejection(e, self._board, blocking_id))
+        if self._unparked:  # once the message that took their execution out of the queue is done
+            ready, self._unparked = self._unparked, []
+            for trigger in ready:
+                self._handle(trigger)
 
     def _commit(self, turn: _Turn) -> bool:
         """Write the turn and answer it; False if the write failed (every reply has the failure)."""
@@ -454,6 +464,23 @@ class CounterActor(EngineActor):
     def _stop_everything(self) -> None:
         """After a failed write: answer every waiter of the engine and stop the pool's queue."""
         writes_stopped(self._db.path, self._committer, self._board, self._refs)
+        self._fail_parked(self._refusal)
+
+    def _refusal(self) -> BaseException:
+        return translate(cast(WriteFailed, self._committer.refusal()))
+
+    def _fail_parked(self, error: Callable[[], BaseException]) -> None:
+        """Parked repeats whose execution will now never leave the queue (writes stopped, or
+        the engine stops): each is answered with a fresh ``error()``."""
+        if not self._unparked and not any(st.parked for st in self._cache.values()):
+            return
+        parked = [t for st in self._cache.values() for ts in st.parked.values() for t in ts]
+        parked += self._unparked
+        self._unparked = []
+        for st in self._cache.values():
+            st.parked.clear()
+        for trigger in parked:
+            m.fail(trigger.reply, error())
 
     def _forget_written(self, turn: _Turn) -> None:
         """What memory held only until this turn's write: its idempotency keys, its tombstones."""
@@ -484,6 +511,7 @@ class CounterActor(EngineActor):
 
     def on_stop(self) -> None:
         self._refs.on_stop()
+        self._fail_parked(EngineClosed)
         # our messages that raced with close: answer them rather than leave callers hanging;
         # anything else goes back for pykka's own teardown to answer
         inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
@@ -577,6 +605,11 @@ class CounterActor(EngineActor):
         key = msg.idempotency_key
         if key is not None:
             existing = self._execution_with_key(st, key)
+            if existing is not None and not msg.blocking and existing in st.queued:
+                # its id may never be stored (cancelled, refused, or its key stored first by
+                # another node): the repeat waits until it leaves the queue, then is handled again
+                st.parked[existing] = (*st.parked.get(existing, ()), msg)
+                return
             if existing is not None:
                 self._after_write(msg.reply, self._repeat(st, msg, existing))
                 return
@@ -708,7 +741,7 @@ class CounterActor(EngineActor):
                 self._after_write(msg.reply, _refused)
                 return
             if st.exhausted():
-                del st.queued[queued.id]
+                self._unqueue(st, queued.id)
                 self._forget_key(st, queued)
                 error = TaskNotRunnable(
                     f"task {ex.task_id!r} became COMPLETED ({st.task.max_executions} executions) "
@@ -723,7 +756,7 @@ class CounterActor(EngineActor):
                 return
             running = records.started(queued, time.time(), st.counter)
             ops = self._changes.assign(running, with_counter=False, started=True)
-            del st.queued[queued.id]
+            self._unqueue(st, queued.id)
             self._advance(st)
             if queued.idempotency_key is not None:
                 self._remember_key(st, queued.idempotency_key, queued.id)
@@ -763,7 +796,7 @@ class CounterActor(EngineActor):
         existing = self._db.find_idempotent(st.task.id, key)
         if existing is None or existing == queued.id:
             return False
-        del st.queued[queued.id]
+        self._unqueue(st, queued.id)
         self._forget_key(st, queued)
         board, read = self._board, self._reread_outcome(st.task.id, existing)
 
@@ -783,6 +816,16 @@ class CounterActor(EngineActor):
         log.info("task %r: idempotency key of queued execution %s was stored by another node (execution %s)",
                  st.task.id, queued.id, existing)
         return True
+
+    def _unqueue(self, st: TaskState, execution_id: str) -> Execution | None:
+        """Take a blocking execution out of the queue (started, refused, cancelled, dropped);
+        the repeats parked on it are handled again once the current message is."""
+        self._unparked += st.parked.pop(execution_id, ())
+        return st.queued.pop(execution_id, None)
+
+    def _unqueue_all(self, st: TaskState) -> None:
+        for execution_id in list(st.queued):
+            self._unqueue(st, execution_id)
 
     def _forget_key(self, st: TaskState, ex: Execution) -> None:
         if ex.idempotency_key is not None and st.idem.get(ex.idempotency_key, ("",))[0] == ex.id:
@@ -873,7 +916,7 @@ class CounterActor(EngineActor):
 
     def _cancel(self, msg: m.Cancel) -> None:
         st = self._require(msg.task_id)
-        queued = st.queued.pop(msg.execution_id, None)
+        queued = self._unqueue(st, msg.execution_id)
         if queued is not None:
             self._release(queued.id)
             self._forget_key(st, queued)
@@ -938,7 +981,7 @@ class CounterActor(EngineActor):
         for ex in cancelled:
             self._ended_now(ex)
         self._turn.deleted.append(msg.task_id)
-        st.queued.clear()
+        self._unqueue_all(st)
         st.running.clear()
         st.idem.clear()
 

@@ -72,9 +72,12 @@ class ExecutionTimeout(EngineError, TimeoutError):
     def __init__(self, execution_id: str, index: int | None, timeout: float | None) -> None:
         self.execution_id = execution_id
         self.index = index
-        super().__init__(
-            f"execution {execution_id} (index {index}) did not finish within {timeout} s; it goes on running"
-        )
+        if index is None:  # queued: no record yet (README: it may never have one)
+            detail = ("it goes on, but had not started: it has no record until it does (cancelled, refused, "
+                      "or its idempotency key stored first by another node, it never will)")
+        else:
+            detail = "it goes on running"
+        super().__init__(f"execution {execution_id} (index {index}) did not finish within {timeout} s; {detail}")
 
 
 class EngineClosed(EngineError):

@@ -12,6 +12,7 @@ import logging
 import threading
 from typing import Any
 
+import pykka
 import pytest
 
 from engine_helpers import WAIT, Gate, Recorder, check_db, poll_until, run_threads
@@ -152,21 +153,24 @@ def test_a_blocking_repeat_of_a_queued_key_that_another_node_stores_first(make_e
     assert gate.count() == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a non-blocking repeat of a blocking execution queued on this node is "
-                   "answered with the queued one's id (index None); when another node stores the key first, "
-                   "the queued one is dropped and that id never exists: get_execution/wait of it raise "
-                   "ExecutionNotFound (invariant 3, stable ids)")
 @pytest.mark.timeout(60)
 def test_a_non_blocking_repeat_of_a_queued_key_that_another_node_stores_first(make_engine: Any, pg_url: str) -> None:
-    """The id a non-blocking repeat was answered with must stay readable and come to an outcome."""
+    """A non-blocking repeat of a's queued execution waits until it leaves the queue (README);
+    b stores "k" first, so a's queued one is dropped and never stored, and the repeat is
+    answered with b's execution: an id that exists, with its index, and comes to an outcome."""
     a, b, gate, queued = _queued_with_key(make_engine, pg_url)
-    repeat = a.trigger("t", idempotency_key="k")
-    assert repeat.index is None  # README: a non-blocking repeat of a queued blocking one returns it so
+    repeat = a.trigger_future("t", idempotency_key="k")
+    assert a.stats().queued_blocking == 1  # both triggers handled (one counter actor, in order)
+    with pytest.raises(pykka.Timeout):
+        repeat.get(timeout=0)
     stored = b.trigger("t", idempotency_key="k")
     gate.release()
     assert queued.get(timeout=WAIT).id == stored.id
-    done = a.wait("t", repeat.id, timeout=WAIT)
-    assert done.status is ExecutionStatus.SUCCESS
+    answer = repeat.get(timeout=WAIT)
+    assert (answer.id, answer.index) == (stored.id, stored.index) == (stored.id, 1)
+    for engine in (a, b):
+        done = engine.wait("t", answer.id, timeout=WAIT)
+        assert (done.id, done.index, done.status) == (stored.id, 1, ExecutionStatus.SUCCESS)
 
 
 # -- prune while other nodes trigger and run --------------------------------------------------
