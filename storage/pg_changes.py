@@ -71,8 +71,8 @@ def plan(flat: Flat) -> list[list[tuple[int, Stmt]]]:
     execution row. The plan keeps every two conflicting statements in their order, in different
     groups (a statement goes to the first group of its kind after every group holding a statement
     it conflicts with, else to a new group at the end). Two statements that do not conflict read
-    and write disjoint rows (an execution's statement reads only its row and, through its foreign
-    key, the existence of its task's row, which only whole-task statements change), so swapping
+    and write disjoint rows (an execution's statement reads and writes only its row and its live
+    row), so swapping
     two neighbours that do not conflict changes neither's row count nor the end state; the plan
     is such swaps away from the original order, and so gives every statement the row count it had
     there and the transaction the same end state. A group holds no two conflicting statements, so
@@ -132,9 +132,24 @@ def _rows_of(*columns: str) -> str:
 _EXECUTION_KEY = "e.task_id = v.task_id AND e.idx = v.idx AND e.id = v.id"
 
 
+def _with_live(insert: str) -> str:
+    """An INSERT of execution rows (``RETURNING task_id, idx, status``) and the live rows of the
+    PENDING and RUNNING ones, as one statement."""
+    return (f"WITH e AS ({insert} RETURNING task_id, idx, status) INSERT INTO taskengine.live (task_id, idx) "
+            "SELECT task_id, idx FROM e WHERE status IN ('P', 'R')")
+
+
+def _ending(update: str) -> str:
+    """An UPDATE that finishes execution rows (``RETURNING`` their task_id, idx) and the removal
+    of their live rows, as one statement that returns the keys of the rows it finished."""
+    return (f"WITH u AS ({update}), gone AS (DELETE FROM taskengine.live AS l USING u "
+            "WHERE l.task_id = u.task_id AND l.idx = u.idx) SELECT task_id, idx FROM u")
+
+
+_COLUMNS = "task_id, idx, id, status, idempotency_key, record, runner, runner_epoch"
 #: the set-based forms (Stmt.batch) of the statements PostgresChanges makes, parameter for parameter
-_INSERT_EXECUTIONS = (
-    "INSERT INTO taskengine.executions (task_id, idx, id, status, idempotency_key, record, runner, runner_epoch) "
+_INSERT_EXECUTIONS = _with_live(
+    f"INSERT INTO taskengine.executions ({_COLUMNS}) "
     "SELECT task_id, idx, id, status::\"char\", idempotency_key, record, runner, runner_epoch FROM "
     + _rows_of("task_id text", "idx bigint", "id text", "status text", "idempotency_key bytea", "record bytea",
                "runner text", "runner_epoch bigint"))
@@ -149,13 +164,21 @@ _START = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", re
           + _rows_of("status text", "record bytea", "runner text", "runner_epoch bigint", "task_id text", "idx bigint",
                      "id text")
           + f" WHERE {_EXECUTION_KEY} AND e.status = 'P' RETURNING e.task_id, e.idx")
-_END_PENDING = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record FROM "
-                + _rows_of("status text", "record bytea", "task_id text", "idx bigint", "id text")
-                + f" WHERE {_EXECUTION_KEY} AND e.status = 'P' RETURNING e.task_id, e.idx")
-_FINISH = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record FROM "
-           + _rows_of("status text", "record bytea", "task_id text", "idx bigint", "id text", "node text")
-           + f" WHERE {_EXECUTION_KEY} AND e.status = 'R' AND (e.runner IS NULL OR e.runner = v.node) "
-           "RETURNING e.task_id, e.idx")
+_END_PENDING = _ending(
+    "UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record FROM "
+    + _rows_of("status text", "record bytea", "task_id text", "idx bigint", "id text")
+    + f" WHERE {_EXECUTION_KEY} AND e.status = 'P' RETURNING e.task_id, e.idx")
+_FINISH = _ending(
+    "UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record FROM "
+    + _rows_of("status text", "record bytea", "task_id text", "idx bigint", "id text", "node text")
+    + f" WHERE {_EXECUTION_KEY} AND e.status = 'R' AND (e.runner IS NULL OR e.runner = v.node) "
+    "RETURNING e.task_id, e.idx")
+_DELETE_TASKS = ("WITH l AS (DELETE FROM taskengine.live WHERE task_id = ANY(%s::text[])), "
+                 "x AS (DELETE FROM taskengine.executions WHERE task_id = ANY(%s::text[])) "
+                 "DELETE FROM taskengine.tasks WHERE id = ANY(%s::text[])")
+#: a RUNNING execution finished by its node's reaper or at its node's leave: status, record, task_id, idx
+END_ONE = _ending("UPDATE taskengine.executions SET status = %s, record = %s WHERE task_id = %s AND idx = %s "
+                  "AND status = 'R' RETURNING task_id, idx")
 
 
 class PostgresChanges:
@@ -185,8 +208,7 @@ class PostgresChanges:
         ex = execution
         key = None if ex.idempotency_key is None else ex.idempotency_key.encode()
         out: Change = [Stmt(
-            "INSERT INTO taskengine.executions (task_id, idx, id, status, idempotency_key, record, runner, "
-            "runner_epoch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            _with_live(f"INSERT INTO taskengine.executions ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"),
             (ex.task_id, ex.index, ex.id, _STATUS[ex.status], key, codec.encode_execution(ex),
              *(self._runner(ex) if started else (None, None))),
             notify=_notice(ex),
@@ -219,12 +241,13 @@ class PostgresChanges:
             params = (params[0], params[1], *self._runner(ex), *params[2:])
             batch = _START
         elif ex.started_at is None:  # cancelled or failed before it started: still PENDING
-            sql = f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'P'"
+            sql = _ending(f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'P' "
+                          "RETURNING task_id, idx")
             batch = _END_PENDING
         else:  # a finish: of one this node runs (or ran in an earlier epoch, or a version-1 one)
             node = self._store.node
-            sql = (f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'R' "
-                   "AND (runner IS NULL OR runner = %s)")
+            sql = _ending(f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'R' "
+                          "AND (runner IS NULL OR runner = %s) RETURNING task_id, idx")
             params = (*params, None if node is None else node.id)
             batch = _FINISH
         return [Stmt(
@@ -244,8 +267,8 @@ class PostgresChanges:
 
     def delete_task(self, task_id: str) -> Change:
         # its unfinished executions end with it: their waiters on other nodes are told
-        return [Stmt("DELETE FROM taskengine.tasks WHERE id = %s", (task_id,), notify=FINISHED,
-                     batch="DELETE FROM taskengine.tasks WHERE id = ANY(%s::text[])", touches=(task_id, None))]
+        return [Stmt(_DELETE_TASKS.replace("ANY(%s::text[])", "%s"), (task_id, task_id, task_id), notify=FINISHED,
+                     batch=_DELETE_TASKS, touches=(task_id, None))]
 
 
 def _notice(ex: Execution) -> str:

@@ -25,10 +25,11 @@ from typing import Any
 
 import psycopg
 
-from . import codec, keys, records
+from . import codec, keys, pg_changes, records
 from .errors import CorruptRecord
 from .interface import FINISHED, Node
 from .pg_common import message
+from .pg_schema import SCHEMA_VERSION
 from .pgfeed import notify
 from .records import Execution, ExecutionStatus
 
@@ -64,10 +65,10 @@ def join(conn: Any, node_id: str, lease: float) -> Node:
     with conn.transaction():
         conn.execute("SELECT 1 FROM taskengine.nodes WHERE id = %s FOR UPDATE", (node_id,))
         row = conn.execute(
-            "INSERT INTO taskengine.nodes AS n (id, epoch, lease_until, alive) "
-            "VALUES (%s, 1, clock_timestamp() + make_interval(secs => %s), true) "
-            "ON CONFLICT (id) DO UPDATE SET epoch = n.epoch + 1, lease_until = excluded.lease_until, alive = true "
-            "RETURNING epoch", (node_id, lease)).fetchone()
+            "INSERT INTO taskengine.nodes AS n (id, epoch, lease_until, alive, version) "
+            "VALUES (%s, 1, clock_timestamp() + make_interval(secs => %s), true, %s) "
+            "ON CONFLICT (id) DO UPDATE SET epoch = n.epoch + 1, lease_until = excluded.lease_until, alive = true, "
+            "version = excluded.version RETURNING epoch", (node_id, lease, SCHEMA_VERSION)).fetchone()
         conn.execute("INSERT INTO taskengine.write_marks (node, epoch, seq) VALUES (%s, %s, 0) "
                      "ON CONFLICT (node) DO UPDATE SET epoch = excluded.epoch, seq = 0", (node_id, row[0]))
     node = Node(node_id, int(row[0]))
@@ -103,8 +104,9 @@ def finish_running(conn: Any, node: Node, error: str) -> list[Execution]:
     FAILED with ``error``; the finished records. A record that does not decode is left RUNNING
     (logged; replay reports it)."""
     rows = conn.execute(
-        "SELECT task_id, idx, record FROM taskengine.executions WHERE runner = %s AND runner_epoch = %s "
-        "AND status = 'R' FOR UPDATE", (node.id, node.epoch)).fetchall()
+        "SELECT e.task_id, e.idx, e.record FROM taskengine.live l JOIN taskengine.executions e "
+        "ON e.task_id = l.task_id AND e.idx = l.idx WHERE e.runner = %s AND e.runner_epoch = %s "
+        "AND e.status = 'R' FOR UPDATE OF e", (node.id, node.epoch)).fetchall()
     now = time.time()
     done: list[Execution] = []
     updates: list[tuple[Any, ...]] = []
@@ -119,8 +121,7 @@ def finish_running(conn: Any, node: Node, error: str) -> list[Execution]:
         done.append(failed)
     if updates:
         with conn.cursor() as cur:
-            cur.executemany("UPDATE taskengine.executions SET status = %s, record = %s "
-                            "WHERE task_id = %s AND idx = %s AND status = 'R'", updates)
+            cur.executemany(pg_changes.END_ONE, updates)
     return done
 
 

@@ -12,8 +12,8 @@ from .pg_common import PAGE
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
-KNOWN_SCHEMAS = (1, 2, 3)
+SCHEMA_VERSION = 4
+KNOWN_SCHEMAS = (1, 2, 3, 4)
 #: the session advisory lock a version-1 engine's writer holds: no upgrade while one writes
 LEGACY_WRITER_LOCK = 0x74_61_73_6B_65_6E_67  # "taskeng"
 
@@ -59,6 +59,32 @@ _UPGRADE_3 = (
         seq bigint NOT NULL,
         missed bigint[] NOT NULL DEFAULT '{}')""",
 )
+#: version 3 -> 4: a start or a finish is a HOT update of its row (no index names its columns),
+#: the live set is a table of its own, no foreign key, no index entry for a row without an
+#: idempotency key; ``nodes.version`` says which engine joined, and one that does not set it (an
+#: earlier version) cannot join (FORMAT.md)
+_UPGRADE_4 = (
+    "ALTER TABLE taskengine.nodes ADD COLUMN version smallint NOT NULL DEFAULT 3",
+    "ALTER TABLE taskengine.nodes ALTER COLUMN version DROP DEFAULT",
+    """CREATE TABLE taskengine.live (
+        task_id text NOT NULL COLLATE "C",
+        idx bigint NOT NULL,
+        PRIMARY KEY (task_id, idx))""",
+    "INSERT INTO taskengine.live (task_id, idx) SELECT task_id, idx FROM taskengine.executions "
+    "WHERE status IN ('P', 'R')",
+    "ALTER TABLE taskengine.executions DROP CONSTRAINT executions_task_id_fkey",
+    "ALTER TABLE taskengine.executions DROP CONSTRAINT executions_task_id_idempotency_key_key",
+    "CREATE UNIQUE INDEX executions_idempotency ON taskengine.executions (task_id, idempotency_key) "
+    "WHERE idempotency_key IS NOT NULL",
+    "DROP INDEX taskengine.executions_live",
+    "DROP INDEX taskengine.executions_runner",
+    # room in each page for the new versions of its rows' start and finish (HOT updates)
+    "ALTER TABLE taskengine.executions SET (fillfactor = 50)",
+)
+
+#: what each version adds to the one before (version 1: the first tables); a new database runs
+#: them all, so it is what an upgraded one is
+STEPS = {1: _DDL, 2: _UPGRADE_2, 3: _UPGRADE_3, 4: _UPGRADE_4}
 
 
 def check_encoding(conn: Any, shown: str) -> None:
@@ -84,8 +110,9 @@ def check_schema(conn: Any, shown: str, create: bool) -> int:
         if not exists:
             if not create:
                 raise NotADatabase(f"{shown} holds no taskengine schema (no table taskengine.meta)")
-            for ddl in (*_DDL, *_UPGRADE_2, *_UPGRADE_3):
-                conn.execute(ddl)
+            for step in KNOWN_SCHEMAS:
+                for ddl in STEPS[step]:
+                    conn.execute(ddl)
             conn.execute("INSERT INTO taskengine.meta (name, value) VALUES ('schema_version', %s)",
                          (str(SCHEMA_VERSION),))
             log.info("created the taskengine schema in %s (version %d)", shown, SCHEMA_VERSION)
@@ -109,7 +136,29 @@ def check_schema(conn: Any, shown: str, create: bool) -> int:
             conn.execute("UPDATE taskengine.meta SET value = '3' WHERE name = 'schema_version'")
             log.info("upgraded the taskengine schema in %s from version 2 to 3", shown)
             version = 3
+        if create and version == 3:
+            _upgrade_to_4(conn, shown)
+            version = 4
     return version
+
+
+def _upgrade_to_4(conn: Any, shown: str) -> None:
+    """Version 3 -> 4 in the caller's transaction. An engine of an earlier version writes rows
+    this version would not find (no live row), and deletes tasks relying on the foreign key: so
+    the upgrade is refused while any node holds a lease (its row locked first: a transaction of it
+    in flight ends before), and such an engine cannot join afterwards (it sets no
+    ``nodes.version``)."""
+    held = conn.execute("SELECT id FROM taskengine.nodes WHERE alive AND lease_until > clock_timestamp() "
+                        "ORDER BY id FOR UPDATE").fetchall()
+    if held:
+        names = ", ".join(repr(str(r[0])) for r in held[:5]) + (" ..." if len(held) > 5 else "")
+        raise StorageLocked(shown, f"node(s) {names} hold a lease on it: an engine of an earlier taskengine version "
+                            "may write to it; stop them (or wait until their lease runs out), then open this one "
+                            "(which upgrades the database's schema to version 4)")
+    for ddl in _UPGRADE_4:
+        conn.execute(ddl)
+    conn.execute("UPDATE taskengine.meta SET value = '4' WHERE name = 'schema_version'")
+    log.info("upgraded the taskengine schema in %s from version 3 to 4", shown)
 
 
 def _upgrade_to_2(conn: Any, shown: str) -> None:

@@ -9,7 +9,11 @@ Layout (schema ``taskengine``, version in ``taskengine.meta``; see FORMAT.md):
   ``max_executions``: no index past the limit can be stored, whoever writes.
 - ``executions``: one row per execution (index, id, status, idempotency key, the record in
   LevelDB's record bytes, decoded by the same codec); unique per task by index, by id and by
-  idempotency key; deleted with their task by ``ON DELETE CASCADE``.
+  idempotency key; deleted with their task, by the same statement. No index names the status, the
+  record or the runner, so a start and a finish are HOT updates (the row's new version in its page,
+  no index entry).
+- ``live``: the key of each PENDING or RUNNING execution, inserted with its row and deleted by
+  the statement that finishes it: what recovery, the reaper and other nodes' discovery read.
 
 One group of changes is one transaction. With ``sync`` it commits with ``synchronous_commit``
 on, so an index is acknowledged only once its commit is durable. If the connection is lost
@@ -241,18 +245,26 @@ class PostgresStore(Store):
             if left is not None:
                 left -= len(rows)
 
+    def _live(self) -> str:
+        """What a read of the unfinished executions (``e``) goes through: the live table (version 4),
+        else every execution row (an older database, which a tool reads as it is)."""
+        if self.schema >= 4:
+            return "taskengine.live l JOIN taskengine.executions e ON e.task_id = l.task_id AND e.idx = l.idx"
+        return "taskengine.executions e"
+
     def iter_live(self, on_corrupt: OnCorrupt | None = None) -> Iterator[tuple[str, int, str | None]]:
         """Every PENDING execution, and the RUNNING ones recovery must finish: with a node joined,
         only those of this node id's earlier epochs (and those of no node: a version-1 database);
         a live node's are its own, a lost node's the reaper's."""
         node = self.node
+        live = self._live()
         if node is None:
-            rows = self._rows("SELECT task_id, idx, id FROM taskengine.executions WHERE status IN ('P', 'R') "
-                              "ORDER BY task_id, idx", ())
+            rows = self._rows(f"SELECT e.task_id, e.idx, e.id FROM {live} WHERE e.status IN ('P', 'R') "
+                              "ORDER BY e.task_id, e.idx", ())
         else:
             rows = self._rows(
-                "SELECT task_id, idx, id FROM taskengine.executions WHERE status = 'P' OR (status = 'R' "
-                "AND (runner IS NULL OR (runner = %s AND runner_epoch < %s))) ORDER BY task_id, idx",
+                f"SELECT e.task_id, e.idx, e.id FROM {live} WHERE e.status = 'P' OR (e.status = 'R' "
+                "AND (e.runner IS NULL OR (e.runner = %s AND e.runner_epoch < %s))) ORDER BY e.task_id, e.idx",
                 (node.id, node.epoch))
         for task_id, index, execution_id in rows:
             yield str(task_id), int(index), str(execution_id)
@@ -276,8 +288,8 @@ class PostgresStore(Store):
         # a window of the PENDING rows of these jobs in the live index's order, from the first task
         # after ``after`` and around to the start (a look costs about the same whatever the
         # backlog, and successive looks go round every task), shuffled by the caller's salt
-        part = ("(SELECT e.task_id, e.idx, e.id, e.record, {n} AS part FROM taskengine.executions e"
-                " JOIN taskengine.tasks t ON t.id = e.task_id"
+        part = ("(SELECT e.task_id, e.idx, e.id, e.record, {n} AS part FROM " + self._live()
+                + " JOIN taskengine.tasks t ON t.id = e.task_id"
                 " WHERE e.status = 'P' AND t.job = ANY(%s) AND e.task_id {cmp} %s"
                 " ORDER BY e.task_id, e.idx LIMIT %s)")
         rows = self._rows(
@@ -298,7 +310,7 @@ class PostgresStore(Store):
         return out, after
 
     def first_live(self, task_id: str) -> int | None:
-        row = self._one("SELECT min(idx) FROM taskengine.executions WHERE task_id = %s AND status IN ('P', 'R')",
+        row = self._one(f"SELECT min(e.idx) FROM {self._live()} WHERE e.task_id = %s AND e.status IN ('P', 'R')",
                         (task_id,))
         return None if row is None or row[0] is None else int(row[0])
 

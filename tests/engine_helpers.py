@@ -309,6 +309,12 @@ def read_postgres(url: str) -> tuple[dict[str, TaskOnDisk], dict[tuple[str, int]
                 t.idempotency[bytes(key).decode()] = eid
             if status in ("P", "R"):
                 live[(tid, idx)] = eid
+        if conn.execute("SELECT to_regclass('taskengine.live') IS NOT NULL").fetchone()[0]:  # version 4
+            rows = {(tid, idx) for tid, idx in conn.execute("SELECT task_id, idx FROM taskengine.live")}
+            for tid, idx in sorted(rows ^ set(live)):
+                problems.append(f"{tid!r}: execution {idx} is " + ("in the live table, but not PENDING or RUNNING"
+                                                                   if (tid, idx) in rows else
+                                                                   "PENDING or RUNNING, but not in the live table"))
     return tasks, live, problems
 
 

@@ -45,6 +45,7 @@ class OtherNode:
                         "VALUES (%s, %s, %s, 'P', %s, %s)",
                         (task_id, index, execution_id, None if key is None else key.encode(),
                          codec.encode_execution(ex)))
+            cur.execute("INSERT INTO taskengine.live (task_id, idx) VALUES (%s, %s)", (task_id, index))
             self._notify(cur, "p" if notify else None)
         return ex
 
@@ -56,10 +57,12 @@ class OtherNode:
             cur.execute("UPDATE taskengine.executions SET status = 'S', record = %s WHERE task_id = %s AND id = %s",
                         (codec.encode_execution(done), ex.task_id, ex.id))
             assert cur.rowcount == 1
+            cur.execute("DELETE FROM taskengine.live WHERE task_id = %s AND idx = %s", (ex.task_id, ex.index))
             self._notify(cur, "f" if notify else None)
         return done
 
     def delete_task(self, task_id: str) -> None:
         with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.execute("DELETE FROM taskengine.tasks WHERE id = %s", (task_id,))
+            for table, column in (("live", "task_id"), ("executions", "task_id"), ("tasks", "id")):
+                cur.execute(f"DELETE FROM taskengine.{table} WHERE {column} = %s", (task_id,))
             self._notify(cur, "f")

@@ -324,13 +324,11 @@ def test_two_nodes_create_one_task_id_at_once(make_engine: Any, pg_url: str) -> 
 
 def test_schema_1_is_upgraded_at_open(make_engine: Any, pg_url: str) -> None:
     """A version-1 database (no node columns): the tools read it as it is; an engine upgrades it to
-    version 3 (by way of 2), fills each task's job and incarnation, finishes its RUNNING ones as interrupted and
-    runs its PENDING ones."""
+    version 4 (by way of 2 and 3), fills each task's job and incarnation, finishes its RUNNING ones as
+    interrupted and runs its PENDING ones."""
     task = Task(id="old", job="rec", incarnation="inc-old", created_at=1.0)
     with psycopg.connect(pg_url) as conn:
-        for ddl in pg_schema._DDL:
-            conn.execute(ddl)
-        conn.execute("INSERT INTO taskengine.meta VALUES ('schema_version', '1')")
+        _schema_at(conn, 1)
         conn.execute("INSERT INTO taskengine.tasks (id, record, counter) VALUES ('old', %s, 2)",
                      (codec.encode_task(task),))
         for i, status in enumerate((ExecutionStatus.RUNNING, ExecutionStatus.PENDING)):
@@ -347,9 +345,92 @@ def test_schema_1_is_upgraded_at_open(make_engine: Any, pg_url: str) -> None:
     assert engine.get_execution("old", "01J" + "0" * 23).error.startswith("interrupted")
     engine.close()
     with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT value FROM taskengine.meta").fetchone() == ("3",)
+        assert conn.execute("SELECT value FROM taskengine.meta").fetchone() == ("4",)
         assert conn.execute("SELECT node, epoch FROM taskengine.write_marks").fetchall() == [("n", 1)]
         assert conn.execute("SELECT job, incarnation FROM taskengine.tasks").fetchone() == ("rec", "inc-old")
+    check_db(pg_url, allow_live=False)
+
+
+def _schema_at(conn: Any, version: int) -> None:
+    """The tables of ``version`` (empty), as that version's engine made them."""
+    for step in range(1, version + 1):
+        for ddl in pg_schema.STEPS[step]:
+            conn.execute(ddl)
+    conn.execute("INSERT INTO taskengine.meta VALUES ('schema_version', %s)", (str(version),))
+
+
+#: how an engine of version 2 or 3 joined (it sets no nodes.version)
+_OLD_JOIN = ("INSERT INTO taskengine.nodes AS n (id, epoch, lease_until, alive) VALUES (%s, 1, "
+             "clock_timestamp() + interval '1 hour', true) ON CONFLICT (id) DO UPDATE SET epoch = n.epoch + 1")
+
+
+@pytest.mark.timeout(60)
+def test_schema_3_with_rows_is_upgraded_at_open_and_only_when_no_node_holds_a_lease(
+        make_engine: Any, pg_url: str) -> None:
+    """A version-3 database with a finished, a RUNNING (of a node that is gone) and a PENDING
+    execution, two of them with idempotency keys. While a node holds a lease (an engine of version
+    3 may write) an engine refuses to upgrade it and changes nothing; once the lease ran out it
+    upgrades it: the live table holds the unfinished ones, so the RUNNING one is reaped as
+    interrupted and the PENDING one runs; keys are still unique; an engine of version 3 can no
+    longer join; and no index of executions names a column a start or a finish changes (HOT)."""
+    task = Task(id="old", job="rec", incarnation="inc-old", created_at=1.0)
+    statuses = (ExecutionStatus.SUCCESS, ExecutionStatus.RUNNING, ExecutionStatus.PENDING)
+    with psycopg.connect(pg_url) as conn:
+        _schema_at(conn, 3)
+        conn.execute("INSERT INTO taskengine.tasks (id, record, counter, job, incarnation) "
+                     "VALUES ('old', %s, 3, 'rec', 'inc-old')", (codec.encode_task(task),))
+        conn.execute(_OLD_JOIN, ("gone",))
+        for i, status in enumerate(statuses):
+            key = None if i == 1 else f"k{i}"
+            ex = Execution(id=f"01J{i:023d}", task_id="old", index=i, status=status, blocking=False,
+                           created_at=1.0, started_at=None if status is ExecutionStatus.PENDING else 2.0,
+                           finished_at=3.0 if status.is_finished else None, idempotency_key=key)
+            conn.execute("INSERT INTO taskengine.executions (task_id, idx, id, status, idempotency_key, record, "
+                         "runner, runner_epoch) VALUES ('old', %s, %s, %s, %s, %s, %s, %s)",
+                         (i, ex.id, status.code.decode(), None if key is None else key.encode(),
+                          codec.encode_execution(ex), *(("gone", 1) if i == 1 else (None, None))))
+    rec = Recorder()
+    with pytest.raises(errors.StorageLocked, match="'gone' hold a lease"):
+        make_engine(pg_url, jobs={"rec": rec}, node_id="n", node_lease=LEASE)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT value FROM taskengine.meta").fetchone() == ("3",)
+        assert conn.execute("SELECT to_regclass('taskengine.live')").fetchone() == (None,)
+        conn.execute("UPDATE taskengine.nodes SET lease_until = clock_timestamp() - interval '1 second'")
+    engine = make_engine(pg_url, jobs={"rec": rec}, node_id="n", node_lease=LEASE)
+    running, pending = (f"01J{i:023d}" for i in (1, 2))
+    assert rec.wait_calls(1) and rec.ids() == [pending]
+    assert engine.wait("old", pending, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    poll_until("the RUNNING one reaped", lambda: engine.get_execution("old", running).status.is_finished)
+    assert engine.get_execution("old", running).error == pg_nodes.lost_error("gone")
+    assert engine.trigger("old", idempotency_key="k0").index == 0  # the keys are found as before
+    assert engine.trigger("old", idempotency_key="k2").index == 2
+    assert engine.trigger("old", idempotency_key="k3").index == 3
+    assert engine.wait("old", engine.trigger("old").id, timeout=WAIT).index == 4
+    engine.close()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT value FROM taskengine.meta").fetchone() == ("4",)
+        for node_id in ("new", "gone"):  # an engine of version 3 joining, under a new id and an old one
+            with pytest.raises(psycopg.errors.NotNullViolation), conn.transaction():
+                conn.execute(_OLD_JOIN, (node_id,))
+        with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+            conn.execute("INSERT INTO taskengine.executions (task_id, idx, id, status, idempotency_key, record) "
+                         "VALUES ('old', 9, 'x', 'S', 'k0', '')")
+        indexes = [r[0] for r in conn.execute("SELECT pg_get_indexdef(indexrelid) FROM pg_index "
+                                              "WHERE indrelid = 'taskengine.executions'::regclass")]
+        assert len(indexes) == 3 and not [i for i in indexes if any(c in i for c in ("status", "record", "runner"))]
+    check_db(pg_url, allow_live=False)
+
+
+def test_schema_2_is_upgraded_at_open(make_engine: Any, pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:
+        _schema_at(conn, 2)
+    engine = make_engine(pg_url, jobs={"rec": Recorder()}, node_id="n", node_lease=LEASE)
+    engine.create_task("t", job="rec")
+    engine.wait("t", engine.trigger("t").id, timeout=WAIT)
+    engine.close()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT value FROM taskengine.meta").fetchone() == ("4",)
+        assert conn.execute("SELECT node, epoch FROM taskengine.write_marks").fetchall() == [("n", 1)]
     check_db(pg_url, allow_live=False)
 
 
@@ -407,8 +488,9 @@ def test_the_reaper_waits_for_a_lost_nodes_transaction_in_flight(make_engine: An
     finally:
         other.close()
     with psycopg.connect(pg_url, autocommit=True) as ghost:
-        ghost.execute("INSERT INTO taskengine.nodes (id, epoch, lease_until, alive) "
-                      "VALUES ('ghost', 1, clock_timestamp() + interval '1 second', true)")
+        ghost.execute("INSERT INTO taskengine.nodes (id, epoch, lease_until, alive, version) "
+                      "VALUES ('ghost', 1, clock_timestamp() + interval '1 second', true, %s)",
+                      (pg_schema.SCHEMA_VERSION,))
         with ghost.transaction():
             assert ghost.execute(pg_nodes.FENCE, ("ghost", 1)).fetchone() is not None
             running = records.started(pending, time.time())
@@ -460,7 +542,7 @@ def test_open_recovers_although_another_node_deletes_a_task_meanwhile(make_engin
                     return bool(row and row[0])
 
             poll_until("the recovery's turn waits for the task's row", turn_waits)
-            other.conn.execute("DELETE FROM taskengine.tasks WHERE id = 't'")
+            other.delete_task("t")
         opener.join(WAIT)
         assert not opener.is_alive()
     finally:

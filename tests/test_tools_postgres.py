@@ -46,11 +46,15 @@ def test_replay_finds_what_is_wrong_in_the_tables(pg_url: str, capsys: pytest.Ca
     with psycopg.connect(pg_url) as conn:
         conn.execute("DELETE FROM taskengine.executions WHERE task_id = 'alpha' AND idx = 2")
         conn.execute("UPDATE taskengine.executions SET status = 'S' WHERE task_id = 'beta' AND idx = 1")
+        conn.execute("DELETE FROM taskengine.live WHERE task_id = 'beta' AND idx = 1")
+        conn.execute("INSERT INTO taskengine.live VALUES ('gone', 0)")
         conn.execute("UPDATE taskengine.tasks SET counter = 1 WHERE id = 'beta'")
     assert main(["replay", pg_url]) == 1
     err = capsys.readouterr().err
     assert "task 'alpha': gap at index 2" in err
+    assert "task 'beta': execution at index 1 has status 'S' in its row, but its record is PENDING" in err
     assert "task 'beta': PENDING execution at index 1" in err and "has no live key" in err
+    assert "task 'gone': 1 live row(s) of a task that does not exist" in err
     assert "task 'beta': counter 1 is behind its records" in err
 
 

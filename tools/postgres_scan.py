@@ -4,7 +4,8 @@ One REPEATABLE READ transaction is the snapshot: every task row in id order, and
 execution rows in index order through a server-side cursor (so memory holds one task's ids,
 not the database). What LevelDB keeps as separate keys are columns here: a row's ``id`` column
 is the execution's id entry, its ``idempotency_key`` column its idempotency entry, and a
-``status`` of ``P`` or ``R`` its live entry; the record in the row says what is really stored,
+``status`` of ``P`` or ``R`` its live entry (version 4: a row of the ``live`` table is, and the
+``status`` column must agree with the record); the record in the row says what is really stored,
 and the check compares the two as it compares LevelDB's keys with their records.
 """
 
@@ -33,24 +34,30 @@ def scan(store: Store, task: str | None, emit: Callable[[Execution], None] | Non
             "WHERE %s::text IS NULL OR id = %s ORDER BY id",
             (task, task),
         ).fetchall()
+        with_live = store.schema >= 4
         for task_id, record, counter, mark in tasks:
-            _TaskScan(conn, findings, str(task_id), emit).check(bytes(record), int(counter), int(mark))
-        # rows of tasks that do not exist cannot be stored (a foreign key), but say so if they are
-        orphans = conn.execute(
-            "SELECT e.task_id, count(*) FROM taskengine.executions e LEFT JOIN taskengine.tasks t "
-            "ON t.id = e.task_id WHERE t.id IS NULL AND (%s::text IS NULL OR e.task_id = %s) GROUP BY e.task_id",
-            (task, task),
-        ).fetchall()
-        for task_id, n in orphans:
-            findings.add(str(task_id), f"{n} execution row(s) of a task that does not exist")
+            _TaskScan(conn, findings, str(task_id), emit, with_live).check(bytes(record), int(counter), int(mark))
+        # rows of tasks that do not exist (a deletion leaves none: its statement deletes them all)
+        for table in ("executions", "live") if with_live else ("executions",):
+            orphans = conn.execute(
+                f"SELECT e.task_id, count(*) FROM taskengine.{table} e LEFT JOIN taskengine.tasks t "
+                "ON t.id = e.task_id WHERE t.id IS NULL AND (%s::text IS NULL OR e.task_id = %s) GROUP BY e.task_id",
+                (task, task),
+            ).fetchall()
+            for task_id, n in orphans:
+                what = "execution row(s)" if table == "executions" else "live row(s)"
+                findings.add(str(task_id), f"{n} {what} of a task that does not exist")
 
 
 class _TaskScan(TaskInvariants):
-    def __init__(self, conn: Any, findings: Findings, task_id: str, emit: Callable[[Execution], None] | None) -> None:
+    def __init__(self, conn: Any, findings: Findings, task_id: str, emit: Callable[[Execution], None] | None,
+                 with_live: bool) -> None:
         super().__init__(findings, task_id, {})
         self.conn = conn
         self.emit = emit
+        self.with_live = with_live
         self.keys: list[tuple[bytes, bytes]] = []
+        self.status: dict[int, str] = {}  # an execution row's status column, checked against its record
 
     def check(self, task_record: bytes, counter: int, mark: int) -> None:
         row = self.row
@@ -63,10 +70,17 @@ class _TaskScan(TaskInvariants):
         for index, eid, status, key in rows:
             raw_id = str(eid).encode()
             self.id_values[raw_id] = str(index).encode()
-            if status in _LIVE:
+            if self.with_live:
+                self.status[int(index)] = str(status)
+            elif status in _LIVE:
                 self.live[int(index)] = raw_id
             if key is not None:
                 self.keys.append((bytes(key), raw_id))
+        if self.with_live:  # version 4: the live table's rows are the live entries
+            for index, eid in self.conn.execute(
+                    "SELECT l.idx, e.id FROM taskengine.live l LEFT JOIN taskengine.executions e "
+                    "ON e.task_id = l.task_id AND e.idx = l.idx WHERE l.task_id = %s", (self.task_id,)).fetchall():
+                self.live[int(index)] = b"" if eid is None else str(eid).encode()
         self.live_entries = len(self.live)
         for key, eid in self.keys:
             self.idempotency_entry(key, eid)
@@ -92,6 +106,9 @@ class _TaskScan(TaskInvariants):
             self.unreadable(index, str(e))
             return
         eid = value[1 : value.index(keys.SEP, 1)]
+        column = self.status.pop(index, None)
+        if column is not None and column != status.code.decode():
+            self.add(f"execution at index {index} has status {column!r} in its row, but its record is {status.value}")
         self.record(index, status, eid)
         if self.emit is not None or not status.is_finished:
             try:
