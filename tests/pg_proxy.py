@@ -9,6 +9,14 @@ looks like to the client; the engine must find out which happened before it answ
 
 ``hold()`` keeps new connections waiting (accepted, not yet relayed) until ``admit()``: a client
 whose connection was cut cannot reconnect meanwhile, so a test can have another node write first.
+``arm("before", meanwhile=fn)`` does that in one step: the server's side of the connection is
+closed (the server rolls back and lets the transaction's locks go), ``fn()`` runs, and only then
+is the client's side dropped, so the client cannot reconnect before ``fn`` has returned (``fn``
+may arm the next cut).
+
+``stall(pattern)`` holds back the next message from a client that contains ``pattern`` (the
+other direction still relays), so the server sees that session idle in its transaction: with
+``idle_in_transaction_session_timeout`` it ends the session, and the client gets its error.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import contextlib
 import select
 import socket
 import threading
+from collections.abc import Callable
 from typing import Literal
 
 COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
@@ -28,6 +37,10 @@ class CommitCutter:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self._armed: Literal["before", "after"] | None = None
+        self._meanwhile: Callable[[], None] | None = None
+        self.failures: list[BaseException] = []  # raised by a ``meanwhile``
+        self._stall: bytes | None = None
+        self.stalled = threading.Event()
         self._lock = threading.Lock()
         self.cut = threading.Event()
         self._stop = threading.Event()
@@ -43,10 +56,16 @@ class CommitCutter:
         auth = user if password is None else f"{user}:{password}"
         return f"postgresql://{auth}@127.0.0.1:{self.port}/{dbname}"
 
-    def arm(self, when: Literal["before", "after"]) -> None:
+    def arm(self, when: Literal["before", "after"], meanwhile: Callable[[], None] | None = None) -> None:
         with self._lock:
             self._armed = when
+            self._meanwhile = meanwhile
             self.cut.clear()
+
+    def stall(self, pattern: bytes) -> None:
+        with self._lock:
+            self._stall = pattern
+            self.stalled.clear()
 
     def hold(self) -> None:
         self._admitted.clear()
@@ -54,10 +73,19 @@ class CommitCutter:
     def admit(self) -> None:
         self._admitted.set()
 
-    def _take(self) -> Literal["before", "after"] | None:
+    def _take(self) -> tuple[Literal["before", "after"] | None, Callable[[], None] | None]:
         with self._lock:
             when, self._armed = self._armed, None
-            return when
+            meanwhile, self._meanwhile = self._meanwhile, None
+            return when, meanwhile
+
+    def _stall_here(self, data: bytes) -> bool:
+        with self._lock:
+            if self._stall is None or self._stall not in data:
+                return False
+            self._stall = None
+        self.stalled.set()
+        return True
 
     def _accept(self) -> None:
         self._listener.settimeout(0.2)
@@ -82,14 +110,18 @@ class CommitCutter:
         self._relay(client, server)
 
     def _relay(self, client: socket.socket, server: socket.socket) -> None:
+        stalled = False  # a stalled message is never sent on: its client waits for the server
         try:
             while not self._stop.is_set():
-                ready, _, _ = select.select([client, server], [], [], 0.2)
+                ready, _, _ = select.select([server] if stalled else [client, server], [], [], 0.2)
                 for sock in ready:
                     data = sock.recv(65536)
                     if not data:
                         return
                     if sock is client:
+                        if self._stall_here(data):
+                            stalled = True
+                            continue
                         if COMMIT in data and self._cut_here(data, server):
                             return
                         server.sendall(data)
@@ -104,9 +136,16 @@ class CommitCutter:
                 s.close()
 
     def _cut_here(self, data: bytes, server: socket.socket) -> bool:
-        when = self._take()
+        when, meanwhile = self._take()
         if when is None:
             return False
+        if when == "before" and meanwhile is not None:
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)
+            try:
+                meanwhile()
+            except BaseException as e:  # noqa: BLE001  (the test asserts there are none)
+                self.failures.append(e)
         if when == "after":
             server.sendall(data)
             answer = b""

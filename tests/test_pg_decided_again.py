@@ -19,7 +19,8 @@ import pytest
 from engine_helpers import WAIT, Gate, Recorder, check_db
 from pg import PgServer
 from pg_proxy import CommitCutter
-from taskengine import Execution, ExecutionStatus
+from taskengine import Execution, ExecutionStatus, errors
+from taskengine.storage.pg_writer import STALE_TURNS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -111,3 +112,58 @@ def test_a_finish_whose_task_another_node_wrote_meanwhile_is_stored(
     make_engine.close(b)
     disk = check_db(pg_url, allow_live=False)["t"]
     assert disk.counter == 3 and disk.records[0].status is ExecutionStatus.SUCCESS
+
+
+def test_a_writer_stops_after_stale_turns_decided_again_in_a_row(
+    make_engine: Any, pg_server: PgServer, pg_url: str, cutter: CommitCutter,
+) -> None:
+    """A's trigger is cut at COMMIT again and again, and each time B triggers the task before A
+    can reconnect: every try of A's turn finds the task changed, and is decided again. One fewer
+    than ``STALE_TURNS`` in a row is carried: A's trigger is answered, with the index after B's,
+    and A writes on. The count starts again after a write: ``STALE_TURNS`` in a row then stop A's
+    writer, its caller gets ``WriteFailed`` saying so, nothing of that turn is written, and B
+    carries on."""
+    dbname = pg_url.rsplit("/", 1)[1]
+    rec = Recorder()
+    a = make_engine(cutter.url(pg_server.user, dbname), jobs={"rec": rec}, node_id="a")
+    b = make_engine(pg_url, jobs={"rec": rec}, node_id="b")
+    a.create_task("t", job="rec")
+    by_b: list[Execution] = []
+
+    def cut(times: int) -> list[int]:
+        """A's next ``times`` COMMITs cut, B's blocking trigger (it runs on B: A claims nothing)
+        between each and A's reconnection; the count of cuts made."""
+        cuts = [0]
+
+        def meanwhile() -> None:
+            cuts[0] += 1
+            by_b.append(b.trigger("t", blocking=True, timeout=WAIT))
+            if cuts[0] < times:
+                cutter.arm("before", meanwhile)
+
+        cutter.arm("before", meanwhile)
+        return cuts
+
+    cuts = cut(STALE_TURNS - 1)
+    carried = a.trigger("t", {"a": 1})
+    assert cuts[0] == STALE_TURNS - 1 and not cutter.failures
+    assert carried.index == STALE_TURNS - 1  # after B's
+    assert a.wait("t", carried.id, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    assert a.stats().write_failure is None
+    cuts = cut(STALE_TURNS)
+    with pytest.raises(errors.WriteFailed) as failed:
+        a.trigger("t", {"a": 2})
+    assert cuts[0] == STALE_TURNS and not cutter.failures
+    assert f"{STALE_TURNS} times in a row" in str(failed.value), failed.value
+    assert "nothing of it was written" in str(failed.value)
+    assert a.stats().write_failure is not None
+    with pytest.raises(errors.WriteFailed):
+        a.trigger("t")
+    after = b.trigger("t", blocking=True, timeout=WAIT)
+    assert after.index == 2 * STALE_TURNS
+    assert [ex.index for ex in by_b] == [*range(STALE_TURNS - 1), *range(STALE_TURNS, 2 * STALE_TURNS)]
+    make_engine.close(a)
+    make_engine.close(b)
+    disk = check_db(pg_url, allow_live=False)["t"]
+    assert disk.counter == 2 * STALE_TURNS + 1
+    assert sorted(ex.data for ex in disk.records.values() if ex.data) == [{"a": 1}]
