@@ -8,6 +8,18 @@ RECONNECT_SECONDS = 30.0
 PAGE = 1000
 
 
+#: the server ended a session that sat idle inside a transaction for too long
+IDLE_IN_TRANSACTION = "25P03"
+
+
 def message(e: BaseException) -> str:
-    """psycopg's message, first line: it never carries the connection's password."""
+    """psycopg's message, first line: it never carries the connection's password. The server's
+    own words for an idle session it ended do not name the setting that ended it: this does
+    (also when the error is the context of another, raised while giving up the connection)."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if getattr(cause, "sqlstate", None) == IDLE_IN_TRANSACTION:
+            return ("the server ended the session: it sat idle inside a transaction for longer than "
+                    f"idle_in_transaction_session_timeout (SQLSTATE {IDLE_IN_TRANSACTION})")
+        cause = cause.__cause__ or cause.__context__
     return (str(e).strip().splitlines() or [type(e).__name__])[0]

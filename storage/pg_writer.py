@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: a connection gone: also a session the server ended as idle in its transaction (pg_common), which
+#: had not received its COMMIT, so it is settled and made again like any connection lost
+_LOST = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout)
 #: how many times in a row a turn may be handed back (TasksChanged) before the writer gives up
 STALE_TURNS = 10
 #: the namespace (first key) of the per-task advisory locks a turn takes (see PostgresWriter.begin)
@@ -210,7 +213,7 @@ class PostgresWriter:
             except _Lost:
                 self._rollback()
                 self._fail(pg_nodes.lease_lost(self.node), outcome_unknown=False)
-            except psycopg.OperationalError as e:
+            except _LOST as e:
                 if not conn.closed and not conn.broken:
                     self._rollback()
                     self._fail(message(e), outcome_unknown=False)
@@ -318,7 +321,7 @@ class PostgresWriter:
                 missed = self._statements(conn, changes)
                 conn.commit()
                 return missed
-            except psycopg.OperationalError as e:
+            except _LOST as e:
                 if not conn.closed and not conn.broken:
                     raise  # the server refused the statement: rolled back below, the connection lives
                 log.warning("connection to %s lost during a write (%s); settling its outcome",

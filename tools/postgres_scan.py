@@ -16,7 +16,9 @@ from typing import Any
 
 import psycopg
 
-from taskengine.storage import CorruptRecord, Execution, Store, Task, codec, keys
+from taskengine.storage import CorruptRecord, Execution, StorageError, Store, Task, codec, keys
+from taskengine.storage.interface import scrub
+from taskengine.storage.pg_common import message
 from taskengine.storage.postgres import PostgresStore
 
 from .invariants import Findings, TaskInvariants
@@ -27,6 +29,14 @@ _LIVE = ("P", "R")
 def scan(store: Store, task: str | None, emit: Callable[[Execution], None] | None, findings: Findings) -> None:
     """Check every task (or only ``task``) of ``store`` (a PostgreSQL one) on one snapshot."""
     assert isinstance(store, PostgresStore)
+    try:
+        _scan(store, task, emit, findings)
+    except psycopg.Error as e:  # the server went away, or ended the session: no snapshot to finish
+        raise StorageError(f"cannot read {store.path}: {scrub(message(e), store.url)}") from None
+
+
+def _scan(store: PostgresStore, task: str | None, emit: Callable[[Execution], None] | None,
+          findings: Findings) -> None:
     with psycopg.connect(store.url) as conn, conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         tasks = conn.execute(
