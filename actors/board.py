@@ -99,6 +99,10 @@ class CompletionBoard:
         return futs
 
     def publish(self, execution: Execution) -> None:
+        if not self._watchers and not self._followers:
+            # nobody waits (the common case: one publish per execution). A waiter that registers
+            # after this look reads the record afterwards, and the record is durable already
+            return
         with self._lock:
             futs = self._take(execution.id)
         for fut in futs:

@@ -170,6 +170,8 @@ class CounterActor(EngineActor):
         self._db = db
         self._changes = db.changes
         self._committer = committer
+        # a writer that does not say (PostgreSQL's: other nodes write too) may miss
+        self._may_miss: bool = getattr(committer, "may_miss", True)
         self._board = board
         self._refs = refs
         self._jobs = jobs
@@ -499,10 +501,14 @@ class CounterActor(EngineActor):
 
     def _write_soft(self, ops: Change, execution_id: str, reply: Reply[Any] | None, outcome: Outcome,
                     on_miss: Outcome) -> None:
-        """``_write`` of a change that may miss (``Changes.update``): ``on_miss`` answers then."""
+        """``_write`` of a change that may miss (``Changes.update``): ``on_miss`` answers then.
+        A writer whose changes all apply (``may_miss`` False: LevelDB's, the database's one writer)
+        needs no note of them (two per execution)."""
         turn = self._turn
-        turn.soft[len(turn.changes)] = (len(turn.answers), execution_id, on_miss)
-        self._write(ops, reply, outcome)
+        if self._may_miss:
+            turn.soft[len(turn.changes)] = (len(turn.answers), execution_id, on_miss)
+        turn.changes.append(ops)
+        turn.answers.append((reply, outcome))
 
     def _after_write(self, reply: Reply[Any] | None, outcome: Outcome) -> None:
         """Answer ``reply`` with ``outcome()`` once this turn's write is durable (or fail it with

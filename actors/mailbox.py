@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
 import pykka
+from pykka._future import _Unset
 from pykka._threading import ThreadingFutureResult
 
 T = TypeVar("T")
@@ -44,17 +45,19 @@ class Reply(pykka.ThreadingFuture[T]):
     its ``Condition``. Awaiting it in a coroutine does not block the event loop: the setter
     wakes the loop through ``call_soon_threadsafe`` (pykka's own ``__await__`` calls ``get``)."""
 
-    # class-level defaults: a reply that nobody awaits pays nothing for them
+    # class-level defaults: a reply that nobody awaits, or that has no get hook (almost every
+    # one: two are made per execution), pays nothing for them
     _callbacks: list[Callable[[Reply[Any]], None]] | None = None
     #: for a reply resolved by a get hook (a blocking trigger's): how to await it without blocking
     _await_hook: Callable[[], Awaitable[T]] | None = None
+    _result: ThreadingFutureResult | None = None
+    _hook_lock: threading.Lock | None = None
+    _get_hook: Any = None  # pykka.Future's, set by set_get_hook (with its _get_hook_result)
 
     def __init__(self) -> None:
-        pykka.Future.__init__(self)  # not ThreadingFuture's: no Condition
-        self._result: ThreadingFutureResult | None = None
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._hook_lock: threading.Lock | None = None
+        # neither ThreadingFuture's __init__ (a Condition) nor pykka.Future's (set_get_hook does its part)
+        self._done = done = threading.Lock()
+        done.acquire()
 
     def get(self, *, timeout: float | None = None) -> Any:
         if self._result is None and self._get_hook is None:
@@ -90,6 +93,7 @@ class Reply(pykka.ThreadingFuture[T]):
             first = self._hook_lock is None
             if first:
                 self._hook_lock = threading.Lock()
+                self._get_hook_result = _Unset()  # what pykka.Future.__init__ would have set
             self._get_hook = func  # a later hook replaces it, as with ThreadingFuture
             if first:
                 self._done.release()

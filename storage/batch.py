@@ -49,6 +49,9 @@ class Committer:
     the refusal, and ``Database.close`` never frees the handle under a write.
     """
 
+    #: the database's one writer: every change applies, ``write`` never reports a miss
+    may_miss = False
+
     def __init__(self, db: Database, *, sync: bool = True) -> None:
         self._database = db
         self._db = db.raw

@@ -144,3 +144,28 @@ def test_bench_refuses_leveldb_only_figures_with_a_backend(tmp_path: Path) -> No
     assert proc.stderr.strip().splitlines() == [
         "taskengine bench: error: soak: LevelDB only; with --backend: pykka, floor, naive, acks, e2e, peer, nodes"
     ]
+
+
+def test_probe_turn_drives_the_real_counter_actor_and_executor_from_one_thread(tmp_path: Path) -> None:
+    """The one-thread drivers behind ``probe turn``: a counter actor's turns (triggers alone, then
+    triggers with starts carrying finishes) and an executor's loop run to the end and give a CPU
+    figure each (not judged: a figure, not a test of speed)."""
+    from taskengine.tools.bench import turns
+
+    acks = turns.counter_turns(str(tmp_path), e2e=False, batch=5, turns=20, sync=False)
+    e2e = turns.counter_turns(str(tmp_path), e2e=True, batch=5, turns=20, sync=False)
+    loop = turns.executor_loop(200)
+    assert acks > 0 and e2e > 0 and loop > 0
+
+
+def test_probe_e2e_counts_every_kind_of_thread(tmp_path: Path) -> None:
+    """The probe's CPU table has the executors, whose short runs clock ticks miss (the callers may end
+    before the probe looks)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "taskengine.tools.bench.probe", "e2e", "--burst", "--executions", "2000"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = proc.stdout.split("CPU per operation by thread", 1)[1].split("thread hand-offs", 1)[0]
+    for kind in ("CounterActor", "Executor", "PendingStore", "all threads"):
+        assert kind in table, proc.stdout

@@ -11,6 +11,7 @@ Not part of ``taskengine bench`` (its figures stay free of instrumentation). Run
     python -m taskengine.tools.bench.probe e2e --cprofile                 # function by function
     python -m taskengine.tools.bench.probe floor                          # an ack's round trip and fsync, no engine
     python -m taskengine.tools.bench.probe gil                            # plyvel puts with and without GIL contention
+    python -m taskengine.tools.bench.probe turn                           # an execution's Python, on one thread
 
 It instruments the engine from outside, by wrapping (never editing) a few of its methods:
 ``storage.batch.Committer.write`` (time per LevelDB write, split into building the batch and
@@ -260,8 +261,15 @@ def _instrument_messages() -> None:
     _ref.ActorRef.ask = counted_ask  # type: ignore[method-assign]
 
 
-def _thread_cpu() -> dict[int, tuple[str, float, float]]:
-    """Each live thread's name, CPU time and the kernel's part of it (system calls, page faults)."""
+#: a thread's name, CPU seconds, and the CPU and kernel seconds of its clock-tick samples
+ThreadCPU = tuple[str, float, float, float]
+
+
+def _thread_cpu() -> dict[int, ThreadCPU]:
+    """Each live thread's name and CPU time, with the clock-tick samples that split it into the
+    kernel's part (system calls, page faults) and the rest. The CPU time is the scheduler's own
+    count (``schedstat``, in ns) where there is one: ticks miss most of 64 executors that each run
+    for microseconds at a time, so the split is taken over a kind of thread, not one."""
     tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for t in threading.enumerate():
@@ -270,9 +278,16 @@ def _thread_cpu() -> dict[int, tuple[str, float, float]]:
         try:
             with open(f"/proc/self/task/{t.native_id}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            user, kernel = int(fields[11]) / tick, int(fields[12]) / tick
+            cpu = user + kernel
+            try:
+                with open(f"/proc/self/task/{t.native_id}/schedstat") as f:
+                    cpu = int(f.read().split()[0]) / 1e9
+            except (OSError, ValueError, IndexError):
+                pass
         except OSError:
             continue
-        out[t.native_id] = (t.name, (int(fields[11]) + int(fields[12])) / tick, int(fields[12]) / tick)
+        out[t.native_id] = (t.name, cpu, user + kernel, kernel)
     return out
 
 
@@ -297,25 +312,30 @@ def _group(name: str) -> str:
     return "caller threads" if name.startswith(("bench-caller", "soak-caller")) else name
 
 
-def _cpu_table(before: dict[int, tuple[str, float, float]], after: dict[int, tuple[str, float, float]],
-               ops: float, wall: float, exclude: tuple[str, ...] = ()) -> list[str]:
+def _cpu_table(before: dict[int, ThreadCPU], after: dict[int, ThreadCPU], ops: float, wall: float,
+               exclude: tuple[str, ...] = ()) -> list[str]:
     """CPU per operation by kind of thread; a thread started after ``before`` counts from 0.
     The kernel's part runs without the GIL; the rest is mostly Python holding it."""
-    per: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
-    for tid, (name, cpu, sys_cpu) in after.items():
+    per: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
+    for tid, (name, cpu, ticked, kernel) in after.items():
         if _group(name) not in exclude:
-            _, cpu0, sys0 = before.get(tid, (name, 0.0, 0.0))
-            per[_group(name)][0] += cpu - cpu0
-            per[_group(name)][1] += sys_cpu - sys0
+            _, cpu0, ticked0, kernel0 = before.get(tid, (name, 0.0, 0.0, 0.0))
+            group = per[_group(name)]
+            group[0] += cpu - cpu0
+            group[1] += ticked - ticked0
+            group[2] += kernel - kernel0
     lines = [f"  CPU per operation by thread (from /proc; {ops:.0f} operations in {wall:.1f} s):"]
-    for g, (c, k) in sorted(per.items(), key=lambda kv: -kv[1][0]):
+    total = kernel_total = 0.0
+    for g, (c, ticked, kernel) in sorted(per.items(), key=lambda kv: -kv[1][0]):
         if c > 0:
+            k = c * kernel / ticked if ticked else 0.0
+            total, kernel_total = total + c, kernel_total + k
+            split = f"{1e6 * k / ops:6.1f}" if ticked else "     ?"  # no tick fell in its runs
             lines.append(
-                f"    {g:24s} {1e6 * c / ops:7.1f} us, {1e6 * k / ops:6.1f} of it in the kernel"
-                f"   ({100 * c / wall:4.0f}% of a core)"
+                f"    {g:24s} {1e6 * c / ops:7.1f} us, {split} of it in the kernel   ({100 * c / wall:4.0f}% of a core)"
             )
-    total, kernel = (sum(v[i] for v in per.values()) for i in (0, 1))
-    lines.append(f"    {'all threads':24s} {1e6 * total / ops:7.1f} us, {1e6 * kernel / ops:6.1f} of it in the kernel")
+    lines.append(f"    {'all threads':24s} {1e6 * total / ops:7.1f} us, "
+                 f"{1e6 * kernel_total / ops:6.1f} of it in the kernel (of the threads ticks fell in)")
     return lines
 
 
@@ -496,7 +516,7 @@ def probe_e2e(args: argparse.Namespace) -> list[str]:
     before, t0 = _thread_cpu(), time.perf_counter()
     holder: dict[str, Any] = {}
 
-    seen: dict[int, tuple[str, float, float]] = {}
+    seen: dict[int, ThreadCPU] = {}
 
     def sampler() -> None:  # threads end before child_soak returns: keep each one's last figure
         while "done" not in holder:
@@ -566,6 +586,13 @@ def _burst(args: argparse.Namespace, path: str) -> dict[str, Any]:
     return {"executions": done[0], "rate": done[0] / elapsed, "cpu_percent": round(100 * cpu / elapsed)}
 
 
+def probe_turn(args: argparse.Namespace) -> list[str]:
+    """A counter actor's turns and an executor's loop driven from one thread (``turns.py``)."""
+    from . import turns
+
+    return turns.lines(args.workdir, executions=args.executions)
+
+
 def probe_gil(args: argparse.Namespace) -> list[str]:
     """A plyvel WriteBatch.put releases and retakes the GIL; with other Python threads runnable,
     retaking it costs a thread switch."""
@@ -603,7 +630,7 @@ def probe_gil(args: argparse.Namespace) -> list[str]:
 
 
 PROBES: dict[str, Callable[[argparse.Namespace], list[str]]] = {
-    "acks": probe_acks, "e2e": probe_e2e, "floor": probe_floor, "gil": probe_gil,
+    "acks": probe_acks, "e2e": probe_e2e, "floor": probe_floor, "gil": probe_gil, "turn": probe_turn,
 }
 
 
