@@ -806,7 +806,9 @@ class CounterActor(EngineActor):
         self._forget_key(st, queued)
         board, read = self._board, self._reread_outcome(st.task.id, existing)
 
-        def follow() -> None:
+        def follow() -> None:  # logged once written: a turn decided again does not log it twice
+            log.info("task %r: idempotency key of queued execution %s was stored by another node (execution %s)",
+                     st.task.id, queued.id, existing)
             board.follow(existing, queued.id, st.task.id)  # run by another node, most likely
             try:
                 stored = read()
@@ -819,8 +821,6 @@ class CounterActor(EngineActor):
                 board.seen(stored)
 
         self._after_write(None, follow)
-        log.info("task %r: idempotency key of queued execution %s was stored by another node (execution %s)",
-                 st.task.id, queued.id, existing)
         return True
 
     def _unqueue(self, st: TaskState, execution_id: str) -> Execution | None:
@@ -991,12 +991,12 @@ class CounterActor(EngineActor):
         st.running.clear()
         st.idem.clear()
 
-        def published() -> None:
+        def published() -> None:  # logged once written: a turn decided again does not log it twice
+            log.info("task %r deleted (%d unfinished executions cancelled)", msg.task_id, len(cancelled))
             for ex in cancelled:
                 self._board.publish(ex)
 
         self._write(self._changes.delete_task(msg.task_id), msg.reply, published)
-        log.info("task %r deleted (%d unfinished executions cancelled)", msg.task_id, len(cancelled))
 
     def _delete_unreadable(self, msg: m.DeleteTask) -> None:
         """A task whose record cannot be read is still deleted (the way out of a damaged task
@@ -1091,7 +1091,9 @@ class CounterActor(EngineActor):
 
     def _schedule_prune(self, st: TaskState) -> None:
         st.prune_wait = PRUNE_SCHEDULED
-        tell_if_alive(self.actor_ref, m.Prune(st.task.id, self._keep_last, None, None))
+        prune = m.Prune(st.task.id, self._keep_last, None, None)
+        # sent once the turn is written: a turn decided again schedules it again (one Prune, not two)
+        self._after_write(None, lambda: tell_if_alive(self.actor_ref, prune))
 
     def _stats(self, msg: m.CounterStats) -> None:
         figures = {
