@@ -274,6 +274,10 @@ class PostgresWriter:
                 why = "the turn's tasks changed while its connection was lost; nothing of it was written"
                 if self._stale >= STALE_TURNS:
                     self._fail(f"{why} ({self._stale} times in a row)", outcome_unknown=False)
+                if self.failure is not None:
+                    # writes stopped while the turn was handled (its lease judged lost): the turn
+                    # refused its later messages already, and deciding it again would refuse them twice
+                    self._fail(f"{why}, and {self.failure}", outcome_unknown=False)
                 log.warning("%s: the turn is decided again", why)
                 raise TasksChanged(f"{why}; the turn is decided again") from None
             except _InDoubt as e:

@@ -484,3 +484,35 @@ def test_a_turn_decided_again_ends_as_a_turn_never_cut(
     assert cut == never_cut
 
 
+
+def test_a_turn_whose_writer_stopped_while_it_was_handled_is_not_decided_again(
+    make_engine: Any, pg_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The heartbeat judges the lease lost (the writer's ``failure``) while a turn is handled: the
+    turn's later messages are refused at once. If its write is then cut and the task changed,
+    the turn must not be decided again: that would refuse the same messages a second time (a
+    second answer to one reply raises in the counter actor, which then dies)."""
+    run = _open(make_engine, pg_url, monkeypatch)
+    handlers = run.watch.actor._handlers
+    trigger = handlers[m.Trigger]
+
+    def trigger_then_lose_the_lease(msg: Any) -> None:
+        trigger(msg)
+        if msg.data == {"n": 1}:  # as the heartbeat does, between two messages of the turn
+            run.engine._committer._lost("the test judged the lease lost")
+
+    handlers[m.Trigger] = trigger_then_lose_the_lease
+    try:
+        answers = run.watch.turn([
+            ("first", lambda: run.engine.trigger("t", {"n": 1})),
+            ("second", lambda: run.engine.trigger("t", {"n": 2})),
+        ], 2, lambda: run.other.trigger("t"), cut=True)
+    finally:
+        run.watch.close()
+        run.other.close()
+    assert run.watch.cuts == 1
+    assert all(isinstance(answer, Exception) for answer in answers.values()), answers
+    # the counter actor lives on and answers (a dead one makes the engine close itself)
+    assert run.engine.stats().write_failure is not None
+    assert run.engine._refs.counters[0].is_alive()
+    make_engine.close(run.engine)
