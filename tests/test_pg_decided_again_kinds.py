@@ -60,6 +60,7 @@ class _Watch:
         self.held = threading.Event()
         self.cut: Callable[[], None] | None = None
         self.cuts = 0
+        self.foreign: set[str] = set()  # the ids of the executions the other node made
         self._wrap_writer()
         self._wrap_actor()
         self._wrap_effects(monkeypatch)
@@ -159,8 +160,9 @@ class _Watch:
             "figures": (actor.triggered, actor.pruned, dict(actor._ended)),
             "abandoned": set(actor._abandoned),
             "backlog": None if backlog is None else set(backlog._ids),
-            "pending": dict(store._claimed),
-            "pending by task": {tid: set(ids) for tid, ids in store._by_task.items()},
+            # (not the other node's executions: A's remote.py may add them at any time)
+            "pending": {key: claimed for key, claimed in store._claimed.items() if key[1] not in self.foreign},
+            "pending by task": {tid: set(ids) - self.foreign for tid, ids in store._by_task.items()},
             # (not its _tasks: remote.py drops those no longer watched, on a thread of its own)
             "board": ({e: len(f) for e, f in board._watchers.items()},
                       {e: list(f) for e, f in board._followers.items()}),
@@ -169,19 +171,21 @@ class _Watch:
 
     # -- one turn -------------------------------------------------------------------------------
 
-    def turn(self, calls: list[tuple[str, Callable[[], Any]]], arrive: int, meanwhile: Callable[[], None],
-             cut: bool, after: Callable[[], None] = lambda: None) -> dict[str, Any]:
-        """Hold A's counter actor (in a turn of its own), make ``calls`` on threads of their own,
-        do ``after()`` (what makes messages come from A's executors), wait for ``arrive`` messages
-        in its inbox, then let it go: the next turn takes them all. With ``cut`` that turn's write
-        is cut and ``meanwhile()`` writes before A reconnects; without, ``meanwhile()`` writes
-        first. Each call's answer (or exception), once all returned."""
+    def turn(self, calls: list[tuple[str, Callable[[], Any]]], meanwhile: Callable[[], None], cut: bool,
+             after: Callable[[], None] = lambda: None, arrive: int = 0) -> dict[str, Any]:
+        """Hold A's counter actor (in a turn of its own), make ``calls`` on threads of their own, one
+        after another (each once its message is in the actor's inbox: the turn takes them in that
+        order), do ``after()`` and wait for ``arrive`` more messages (from A's executors), then let
+        it go: the next turn takes them all. With ``cut`` that turn's write is cut and
+        ``meanwhile()`` writes before A reconnects; without, ``meanwhile()`` writes first. Each
+        call's answer (or exception), once all returned."""
         hold = self.hold = threading.Event()
         self.held.clear()
         holder = threading.Thread(target=lambda: self.engine.get_task("hold"))
         holder.start()
         assert self.held.wait(WAIT)
         inbox = self.actor.actor_inbox
+        waiting = inbox.qsize()
         answers: dict[str, Any] = {}
 
         def call(name: str, fn: Callable[[], Any]) -> None:
@@ -190,11 +194,15 @@ class _Watch:
             except Exception as e:  # an answer like another
                 answers[name] = e
 
-        threads = [threading.Thread(target=call, args=(name, fn)) for name, fn in calls]
-        for t in threads:
-            t.start()
+        threads = []
+        for name, fn in calls:
+            threads.append(threading.Thread(target=call, args=(name, fn)))
+            threads[-1].start()
+            waiting += 1
+            poll_until(f"{name}: its message in A's counter actor's inbox",
+                       lambda n=waiting: inbox.qsize() >= n)  # type: ignore[misc]
         after()
-        poll_until(f"{arrive} messages wait in A's counter actor's inbox", lambda: inbox.qsize() >= arrive)
+        poll_until(f"{arrive} more messages in A's counter actor's inbox", lambda: inbox.qsize() >= waiting + arrive)
         if cut:
             self.cut = meanwhile
         else:
@@ -268,7 +276,16 @@ def _open(make_engine: Any, url: str, monkeypatch: pytest.MonkeyPatch, **kwargs:
     engine = make_engine(url, jobs={"g": gate}, node_id="a", poll_interval=0.2, **kwargs)
     engine.create_task("hold", job="g")
     engine.create_task("t", job="g")
-    return Run(engine, OtherNode(url), _Watch(engine, url, monkeypatch), gate, url)
+    other, watch = OtherNode(url), _Watch(engine, url, monkeypatch)
+    trigger = other.trigger
+
+    def noted(*args: Any, **kwargs: Any) -> Execution:
+        ex = trigger(*args, **kwargs)
+        watch.foreign.add(ex.id)
+        return ex
+
+    other.trigger = noted  # type: ignore[method-assign]
+    return Run(engine, other, watch, gate, url)
 
 
 def _running(run: Run) -> Execution:
@@ -316,7 +333,7 @@ def triggers(run: Run, cut: bool) -> dict[str, Any]:
         ("task", lambda: e.get_task("t")),
         ("stats", lambda: e.stats().triggered),
         ("lookup", lambda: e.get_execution("t", queued_id)),
-    ], 7, lambda: run.other.trigger("t"), cut)
+    ], lambda: run.other.trigger("t"), cut)
     return {"answers": answers}
 
 
@@ -324,7 +341,7 @@ def starts(run: Run, cut: bool) -> dict[str, Any]:
     """A Start of a non-blocking execution that carries its executor's previous Finish."""
     _running(run)
     later = run.engine.trigger("t", {"n": "later"})
-    answers = run.watch.turn([], 1, lambda: run.other.trigger("t"), cut, after=run.gate.release)
+    answers = run.watch.turn([], lambda: run.other.trigger("t"), cut, after=run.gate.release, arrive=1)
     return {"answers": answers, "later": _outcome(run.engine.wait("t", later.id, timeout=WAIT))}
 
 
@@ -333,7 +350,7 @@ def blocking_starts(run: Run, cut: bool) -> dict[str, Any]:
     _running(run)
     _blocking(run, "blocking", {"n": "blocking"}, key="b")
     _queued(run, 1)
-    answers = run.watch.turn([], 1, lambda: run.other.trigger("t"), cut, after=run.gate.release)
+    answers = run.watch.turn([], lambda: run.other.trigger("t"), cut, after=run.gate.release, arrive=1)
     return {"answers": answers}
 
 
@@ -342,7 +359,7 @@ def finishes(run: Run, cut: bool) -> dict[str, Any]:
     _running(run)
     for n in range(16):
         run.engine.trigger("t", {"n": n})
-    answers = run.watch.turn([], 1, lambda: run.other.trigger("t"), cut, after=run.gate.release)
+    answers = run.watch.turn([], lambda: run.other.trigger("t"), cut, after=run.gate.release, arrive=1)
     return {"answers": answers}
 
 
@@ -359,7 +376,7 @@ def cancels(run: Run, cut: bool) -> dict[str, Any]:
         ("pending", lambda: e.cancel("t", pending.id)),
         ("queued", lambda: e.cancel("t", queued_id)),
         ("elsewhere", lambda: e.cancel("t", elsewhere.id)),
-    ], 3, lambda: run.other.trigger("t"), cut)
+    ], lambda: run.other.trigger("t"), cut)
     return {"answers": answers}
 
 
@@ -375,7 +392,7 @@ def delete_and_create(run: Run, cut: bool) -> dict[str, Any]:
         ("delete", lambda: e.delete_task("t")),
         ("create", lambda: e.create_task("t", job="g")),
         ("trigger", lambda: e.trigger("t", {"n": "new"})),
-    ], 3, lambda: run.other.trigger("t"), cut)
+    ], lambda: run.other.trigger("t"), cut)
     return {"answers": answers}
 
 
@@ -384,7 +401,7 @@ def creates(run: Run, cut: bool) -> dict[str, Any]:
     e = run.engine
     answers = run.watch.turn([
         ("create", lambda: e.create_task("u", job="g", exist_ok=True)),
-    ], 1, lambda: run.other.create_task("u", "g"), cut)
+    ], lambda: run.other.create_task("u", "g"), cut)
     answers["trigger"] = e.trigger("u", {"n": "u"})
     return {"answers": answers}
 
@@ -401,28 +418,27 @@ def prunes(run: Run, cut: bool) -> dict[str, Any]:
     run.engine.create_task("busy", job="busy")
     run.engine.trigger("busy")
     assert busy.wait_calls(1)
-    answers = run.watch.turn([("prune", lambda: run.engine.prune("t", keep_last=1))], 1,
+    answers = run.watch.turn([("prune", lambda: run.engine.prune("t", keep_last=1))],
                              lambda: run.other.trigger("t"), cut)
     return {"answers": answers}
 
 
 def deleted_elsewhere(run: Run, cut: bool) -> dict[str, Any]:
     """Triggers, a cancel and a Start with a Finish, of a task another node deletes meanwhile."""
-    running = _running(run)
+    _running(run)
     e = run.engine
     pending = e.trigger("t", {"n": "pending"})
     answers = run.watch.turn([
         ("trigger", lambda: e.trigger("t", {"n": 1})),
         ("cancel", lambda: e.cancel("t", pending.id)),
-        ("wait", lambda: e.wait("t", running.id, timeout=WAIT)),
-    ], 3, lambda: run.other.delete_task("t"), cut, after=run.gate.release)
+    ], lambda: run.other.delete_task("t"), cut, after=run.gate.release, arrive=1)
     return {"answers": answers}
 
 
 def abandons(run: Run, cut: bool) -> dict[str, Any]:
     """An Abandon: the job of a running execution ran past ``job_timeout``."""
     _running(run)
-    answers = run.watch.turn([], 1, lambda: run.other.trigger("t"), cut)
+    answers = run.watch.turn([], lambda: run.other.trigger("t"), cut, arrive=1)
     return {"answers": answers}
 
 
@@ -434,7 +450,7 @@ def key_stored_elsewhere(run: Run, cut: bool) -> dict[str, Any]:
     _queued(run, 1)
     stored = run.other.trigger("t", key="b", notify=False)
     run.held["stored"] = run.other.finish(stored, notify=False)
-    answers = run.watch.turn([], 1, lambda: run.other.trigger("t"), cut, after=run.gate.release)
+    answers = run.watch.turn([], lambda: run.other.trigger("t"), cut, after=run.gate.release, arrive=1)
     return {"answers": answers}
 
 
@@ -506,7 +522,7 @@ def test_a_turn_whose_writer_stopped_while_it_was_handled_is_not_decided_again(
         answers = run.watch.turn([
             ("first", lambda: run.engine.trigger("t", {"n": 1})),
             ("second", lambda: run.engine.trigger("t", {"n": 2})),
-        ], 2, lambda: run.other.trigger("t"), cut=True)
+        ], lambda: run.other.trigger("t"), cut=True)
     finally:
         run.watch.close()
         run.other.close()
