@@ -72,10 +72,11 @@ def plan(flat: Flat) -> list[list[tuple[int, Stmt]]]:
     groups (a statement goes to the first group of its kind after every group holding a statement
     it conflicts with, else to a new group at the end). Two statements that do not conflict read
     and write disjoint rows (an execution's statement reads and writes only its row and its live
-    row), so swapping
-    two neighbours that do not conflict changes neither's row count nor the end state; the plan
-    is such swaps away from the original order, and so gives every statement the row count it had
-    there and the transaction the same end state. A group holds no two conflicting statements, so
+    row; an INSERT also meets the task's other rows through its unique execution id and
+    idempotency key, but only INSERTs set those, and two INSERTs that collide fail in either
+    order), so swapping two neighbours that do not conflict changes neither's row count nor the
+    end state; the plan is such swaps away from the original order, and so gives every statement
+    the row count it had there and the transaction the same end state. A group holds no two conflicting statements, so
     its set-based form changes each of its rows once, as its statements one after another would.
     A change whose soft statement missed is cancelled exactly as before: the rest of that change
     comes after it (one change: conflict), so ``_statements`` leaves it out when its group is sent.
