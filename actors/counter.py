@@ -148,6 +148,8 @@ class _Saved:
     triggered: int
     pruned: int
     ended: dict[ExecutionStatus, int]
+    #: parked repeats handed on by the turn's begin (a task another node deleted), not yet handled
+    unparked: tuple[m.Trigger, ...]
 
 
 class CounterActor(EngineActor):
@@ -296,7 +298,7 @@ class CounterActor(EngineActor):
         for task_id in ids:
             st = self._cache.get(task_id)
             states[task_id] = None if st is None else (st, st.saved())
-        return _Saved(states, self.triggered, self.pruned, dict(self._ended))
+        return _Saved(states, self.triggered, self.pruned, dict(self._ended), tuple(self._unparked))
 
     def _decide_again(self, turn: _Turn) -> None:
         """Put back what the turn's handling changed (its write changed nothing), so it can be
@@ -313,6 +315,7 @@ class CounterActor(EngineActor):
                 self._cache[task_id] = st
         self.triggered, self.pruned = turn.saved.triggered, turn.saved.pruned
         self._ended = dict(turn.saved.ended)
+        self._unparked = list(turn.saved.unparked)
         log.info("a turn of %d change(s) is decided again: its tasks changed while its write's connection "
                  "was lost", len(turn.changes))
 

@@ -159,6 +159,7 @@ class _Watch:
             "tasks": {tid: (id(st), st.saved()) for tid, st in actor._cache.items()},
             "figures": (actor.triggered, actor.pruned, dict(actor._ended)),
             "abandoned": set(actor._abandoned),
+            "unparked": list(actor._unparked),
             "backlog": None if backlog is None else set(backlog._ids),
             # (not the other node's executions: A's remote.py may add them at any time)
             "pending": {key: claimed for key, claimed in store._claimed.items() if key[1] not in self.foreign},
@@ -181,7 +182,7 @@ class _Watch:
         call's answer (or exception), once all returned."""
         hold = self.hold = threading.Event()
         self.held.clear()
-        holder = threading.Thread(target=lambda: self.engine.get_task("hold"))
+        holder = threading.Thread(target=lambda: self.engine.get_task("hold"), daemon=True)
         holder.start()
         assert self.held.wait(WAIT)
         inbox = self.actor.actor_inbox
@@ -196,7 +197,7 @@ class _Watch:
 
         threads = []
         for name, fn in calls:
-            threads.append(threading.Thread(target=call, args=(name, fn)))
+            threads.append(threading.Thread(target=call, args=(name, fn), daemon=True))
             threads[-1].start()
             waiting += 1
             poll_until(f"{name}: its message in A's counter actor's inbox",
@@ -304,7 +305,7 @@ def _blocking(run: Run, name: str, data: Any = None, key: str | None = None) -> 
         except Exception as e:  # its answer
             run.held[name] = e
 
-    thread = threading.Thread(target=call)
+    thread = threading.Thread(target=call, daemon=True)  # daemon: a caller never answered fails the test, not the run
     thread.start()
     run.threads.append(thread)
     return thread
@@ -454,6 +455,27 @@ def key_stored_elsewhere(run: Run, cut: bool) -> dict[str, Any]:
     return {"answers": answers}
 
 
+def parked_repeat_deleted_elsewhere(run: Run, cut: bool) -> dict[str, Any]:
+    """A non-blocking repeat waits (parked) for a queued blocking execution with its key; another
+    node deletes the task. The turn that finds the task deleted hands the repeat on to be
+    handled again; the other node creates the task again while that turn's write is cut. The
+    repeat is handled in the turn decided again too: answered, as a trigger of the new task."""
+    _running(run)
+    _blocking(run, "queued", {"n": "queued"}, key="k")
+    _queued(run, 1)
+    repeat = threading.Thread(target=lambda: run.held.update(
+        repeat=run.engine.trigger("t", {"n": "repeat"}, idempotency_key="k")), daemon=True)
+    repeat.start()
+    run.threads.append(repeat)
+    poll_until("the repeat is parked", lambda: run.watch.actor._cache["t"].parked)
+    run.other.delete_task("t")
+    answers = run.watch.turn([
+        ("other task", lambda: run.engine.trigger("hold", {"n": "other"})),  # the turn writes
+        ("trigger", lambda: run.engine.trigger("t", {"n": "new"})),
+    ], lambda: run.other.create_task("t", "g"), cut)
+    return {"answers": answers}
+
+
 SCENARIOS: dict[str, tuple[Scenario, dict[str, Any]]] = {
     "triggers": (triggers, {"max_queued": 4}),
     "starts": (starts, {}),
@@ -466,6 +488,7 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, Any]]] = {
     "deleted elsewhere": (deleted_elsewhere, {}),
     "abandons": (abandons, {"job_timeout": 0.5}),
     "key stored elsewhere": (key_stored_elsewhere, {}),
+    "parked repeat deleted elsewhere": (parked_repeat_deleted_elsewhere, {}),
 }
 
 
