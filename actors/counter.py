@@ -1007,8 +1007,11 @@ class CounterActor(EngineActor):
         here, and what the pending store held of it (recovered from intact live entries) goes."""
         for execution_id in self._drop_entries(msg.task_id):
             self._release(execution_id)
-        self._write(self._changes.delete_task(msg.task_id), msg.reply)
-        log.warning("task %r deleted although its record could not be read", msg.task_id)
+
+        def logged() -> None:  # once written: a turn decided again does not log it twice
+            log.warning("task %r deleted although its record could not be read", msg.task_id)
+
+        self._write(self._changes.delete_task(msg.task_id), msg.reply, logged)
 
     def _get_task(self, msg: m.GetTask) -> None:
         task = self._require(msg.task_id).view()

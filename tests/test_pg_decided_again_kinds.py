@@ -476,6 +476,15 @@ def parked_repeat_deleted_elsewhere(run: Run, cut: bool) -> dict[str, Any]:
     return {"answers": answers}
 
 
+def deletes_unreadable(run: Run, cut: bool) -> dict[str, Any]:
+    """A deletion of a task whose record cannot be read (one A never loaded)."""
+    run.other.create_task("u", "g")
+    run.other.conn.execute("UPDATE taskengine.tasks SET record = %s WHERE id = 'u'", (b"not a record",))
+    answers = run.watch.turn([("delete", lambda: run.engine.delete_task("u"))],
+                             lambda: run.other.trigger("u"), cut)
+    return {"answers": answers}
+
+
 SCENARIOS: dict[str, tuple[Scenario, dict[str, Any]]] = {
     "triggers": (triggers, {"max_queued": 4}),
     "starts": (starts, {}),
@@ -489,6 +498,7 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, Any]]] = {
     "abandons": (abandons, {"job_timeout": 0.5}),
     "key stored elsewhere": (key_stored_elsewhere, {}),
     "parked repeat deleted elsewhere": (parked_repeat_deleted_elsewhere, {}),
+    "deletes unreadable": (deletes_unreadable, {}),
 }
 
 
