@@ -111,7 +111,7 @@ class _AnswersAtOnce:
 
 def executor_loop(executions: int) -> float:
     """CPU (us) per execution of an executor's loop over ``executions`` queued no-op executions
-    (the stand-in's answers included: ``records.started`` and a reply, ~1.3 us)."""
+    (the stand-in's answers included: ``records.started`` and a reply)."""
     task = Task("t", "noop", incarnation="i")
     other = _AnswersAtOnce(task)
     stand_in: Any = other
