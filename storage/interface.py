@@ -17,13 +17,14 @@ import abc
 import logging
 import os
 import socket
-import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import attrs
 
 from .errors import CorruptRecord, WriteFailed
+from .pgurl import redact as redact  # re-exported: shown() and the tools use it
+from .pgurl import scrub as scrub
 from .records import Execution, Task
 
 log = logging.getLogger(__name__)
@@ -277,60 +278,6 @@ def finished_run(task_id: str, start: int, records: Iterable[tuple[int, Callable
             break
         out.append(ex)
     return out
-
-
-def _user_info_end(rest: str) -> int:
-    """Where the user info of a URL's part after ``scheme://`` ends (its ``@``), or -1. libpq
-    takes the first ``@`` before any ``/``, so a password may hold ``#``, ``?`` or ``:``; the
-    last ``@`` before that ``/`` is taken here, to hide more rather than less."""
-    slash = rest.find("/")
-    return rest.rfind("@", 0, len(rest) if slash == -1 else slash)
-
-
-def _passwords(url: str) -> list[str]:
-    """The password(s) a URL holds, as written and percent-decoded (user info, ``password=``)."""
-    rest = url.partition("://")[2]
-    found: list[str] = []
-    at = _user_info_end(rest)
-    if at != -1 and ":" in rest[:at]:
-        found.append(rest[:at].partition(":")[2])
-    for param in rest[max(at, 0):].partition("?")[2].split("&"):
-        key, eq, value = param.partition("=")
-        if eq and urllib.parse.unquote(key) == "password":
-            found.append(value)
-    return [p for secret in found for p in {secret, urllib.parse.unquote(secret)} if p]
-
-
-def redact(url: str) -> str:
-    """The URL without its password: what messages and logs show. It is cut as libpq cuts it
-    (not as ``urllib`` would: a ``#`` or ``?`` in a password would end its netloc there and
-    leave the rest of the password in sight): the user info runs to the ``@`` before the first
-    ``/``, the query from the first ``?`` after it, its parameters split at ``&``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "postgresql://(unparsable URL)"
-    at = _user_info_end(rest)
-    user_info = ""
-    if at != -1:
-        user, colon, _ = rest[:at].partition(":")
-        user_info, rest = user + (":***" if colon else "") + "@", rest[at + 1:]
-    head, question, query = rest.partition("?")
-    if question:
-        params = []
-        for param in query.split("&"):
-            key, eq, _ = param.partition("=")
-            params.append(f"{key}=***" if eq and urllib.parse.unquote(key) == "password" else param)
-        head += "?" + "&".join(params)
-    return f"{scheme}://{user_info}{head}"
-
-
-def scrub(message: str, url: str) -> str:
-    """``message`` (a driver's error about ``url``) without the URL's password: libpq quotes the
-    whole URL, or a token of it, when it cannot parse it."""
-    message = message.replace(url, redact(url))
-    for secret in sorted(_passwords(url), key=len, reverse=True):
-        message = message.replace(secret, "***")
-    return message
 
 
 def shown(target: str) -> str:

@@ -53,12 +53,13 @@ import psycopg_pool
 
 from . import codec, interface, keys
 from .errors import CorruptRecord, StorageError
-from .interface import Changes, ChangesFeed, Node, OnCorrupt, Store, Writer, redact, scrub
+from .interface import Changes, ChangesFeed, Node, OnCorrupt, Store, Writer
 from .pg_changes import PostgresChanges
 from .pg_common import PAGE, RECONNECT_SECONDS, message
 from .pg_schema import check_encoding, check_schema
 from .pg_writer import PostgresWriter
 from .pgfeed import PostgresFeed
+from .pgurl import redact, scrub, stray_at
 from .records import Execution, Task
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ class PostgresStore(Store):
     def open(cls, url: str, *, create: bool = False, node_id: str | None = None,
              node_lease: float = interface.DEFAULT_LEASE) -> PostgresStore:
         shown = redact(url)
+        if stray_at(url):  # before any driver sees it: its errors would quote the rest of the password
+            raise StorageError(f"cannot open {shown}: an '@' in the URL's user name or password must be written "
+                               "%40 (libpq ends the user info at the first '@' and takes the rest for the host)")
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
                 check_encoding(conn, shown)

@@ -18,7 +18,7 @@ import pytest
 from engine_helpers import WAIT, Gate, Recorder, check_db, poll_until, run_threads
 from pg import PgServer
 from taskengine import ExecutionStatus, errors
-from taskengine.storage.interface import redact
+from taskengine.storage.interface import redact, scrub
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -767,3 +767,80 @@ def test_a_role_that_cannot_write_is_refused_at_open_with_a_storage_error(pg_ser
     with pytest.raises(errors.StorageError, match="cannot join .*permission denied"):
         Engine.open(url, node_id="reader-node", node_lease=LEASE)
     assert main(["replay", url]) == 0
+
+
+# a password with an "@" left unescaped, and a password parameter holding one
+
+AT_URLS = [
+    f"postgresql://u:pa@{SECRET}@127.0.0.1:1/db",  # libpq: password "pa", host "s3cr3t@127.0.0.1"
+    f"postgresql://u:{SECRET}@x@h/db",
+    f"postgresql://u@127.0.0.1:1?password=pa@{SECRET}",  # libpq: password "pa@s3cr3t"
+    f"postgresql://127.0.0.1:1?password=pa@{SECRET}",  # libpq: user info "127.0.0.1:1?password=pa"
+    f"postgresql://h?password=pa@{SECRET}&dbname=d",
+    f"postgresql://u@h/db?password=pa@{SECRET}",
+]
+
+
+@pytest.mark.parametrize("url", AT_URLS)
+def test_a_password_holding_an_at_is_hidden_however_the_url_reads(url: str) -> None:
+    """Hidden as libpq reads the URL and as its writer may have meant it; a driver's message
+    quoting what libpq took for the host (the rest of a password) is scrubbed too."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    assert SECRET not in redact(url), redact(url)
+    assert "***" in redact(url)
+    host = conninfo_to_dict(url).get("host")  # libpq's reading
+    assert SECRET not in scrub(f"failed to resolve host '{host}' ({url})", url)
+
+
+@pytest.mark.parametrize("password", [f"pa@{SECRET}", f"{SECRET}@x"])
+def test_an_unescaped_at_in_a_password_is_refused_and_never_shown(
+    make_engine: Any, pg_server: PgServer, pg_url: str, password: str, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """libpq ends the user info at the first ``@`` and takes the rest of the password for the
+    host (and psycopg's error quotes it): such a URL, which cannot connect as meant, is refused
+    before any driver sees it, saying to write the ``@`` as ``%40``, by the engine and the
+    tools, and nothing shows the password. Written so, it works."""
+    from taskengine.tools.cli import main
+
+    caplog.set_level(logging.DEBUG)
+    url = pg_url.replace(f"{pg_server.user}@", f"{pg_server.user}:{password}@", 1)
+    with pytest.raises(errors.StorageError) as refused:
+        make_engine(url)
+    assert "%40" in str(refused.value) and SECRET not in str(refused.value), refused.value
+    assert main(["inspect", url]) == 2
+    assert main(["replay", url]) == 2
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err and err.count("%40") == 2 and len(err.strip().splitlines()) == 2, err
+    escaped = pg_url.replace(f"{pg_server.user}@", f"{pg_server.user}:{password.replace('@', '%40')}@", 1)
+    engine = make_engine(escaped, jobs={"rec": Recorder()}, node_id="pw", node_lease=LEASE)
+    engine.create_task("t", job="rec")
+    engine.trigger("t", blocking=True, timeout=WAIT)
+    assert SECRET not in engine.path
+    make_engine.close(engine)
+    assert SECRET not in caplog.text
+
+
+def test_a_password_parameter_holding_an_at_works_and_is_never_shown(
+    make_engine: Any, pg_server: PgServer, pg_url: str, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``?password=`` with an ``@`` in a URL with no path: libpq reads the user info up to the
+    URL's first ``@``, so the parameter is a parameter, and the engine and the tools connect; no
+    path, stats, log line or output shows any of the password."""
+    from taskengine.tools.cli import main
+
+    caplog.set_level(logging.DEBUG)
+    dbname = pg_url.rsplit("/", 1)[1]
+    url = f"postgresql://{pg_server.user}@127.0.0.1:{pg_server.port}?dbname={dbname}&password=pa@{SECRET}"
+    engine = make_engine(url, jobs={"rec": Recorder()}, node_id="q", node_lease=LEASE)
+    engine.create_task("t", job="rec")
+    engine.trigger("t", blocking=True, timeout=WAIT)
+    assert SECRET not in engine.path and SECRET not in str(engine.stats().to_json())
+    make_engine.close(engine)
+    assert main(["inspect", url]) == 0
+    assert main(["replay", url]) == 0
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err and "***" in out + err, out + err
+    assert SECRET not in caplog.text

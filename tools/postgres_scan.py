@@ -17,8 +17,8 @@ from typing import Any
 import psycopg
 
 from taskengine.storage import CorruptRecord, Execution, StorageError, Store, Task, codec, keys
-from taskengine.storage.interface import scrub
 from taskengine.storage.pg_common import message
+from taskengine.storage.pgurl import scrub
 from taskengine.storage.postgres import PostgresStore
 
 from .invariants import Findings, TaskInvariants

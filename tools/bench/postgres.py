@@ -25,7 +25,7 @@ import urllib.parse
 from typing import Any
 
 from taskengine.storage import codec
-from taskengine.storage.interface import redact, scrub
+from taskengine.storage.pgurl import redact, scrub
 
 log = logging.getLogger(__name__)
 
