@@ -21,8 +21,10 @@ run: $(STAMP)
 ## several nodes on one PostgreSQL: a throwaway server, 3 node processes triggering for about a
 ## minute while nodes are SIGKILLed, replaced and paused past their lease and the server is killed
 ## and restarted once; then the replay check; non-zero exit on any violation
+## CLUSTER_ARGS: more options of python -m taskengine.tools.cluster (e.g. --netns, as root)
+CLUSTER_ARGS ?=
 cluster: $(STAMP)
-	$(BIN)/python -m taskengine.tools.cluster --duration 60 --server-restarts 1
+	$(BIN)/python -m taskengine.tools.cluster --duration 60 --server-restarts 1 $(CLUSTER_ARGS)
 
 ## the test suite (what .ci/run calls); the engine tests run a second time on plyvel's write
 ## batches, the path taken where LevelDB's C API cannot be used (storage/capi.py); their PostgreSQL

@@ -133,6 +133,21 @@ def test_in_process_run_with_frequent_deletions(tmp_path: Path) -> None:
     assert report.replay["ok"]
 
 
+@pytest.mark.parametrize("crash_every", [None, 0.5])
+def test_a_run_with_backpressure_counts_refusals_and_checks_the_rest(tmp_path: Path, crash_every: float | None) -> None:
+    """--max-queued: the workload's engine (in process, or each child of crash mode) refuses
+    triggers over the bound with QueueFull; they are counted, never violations, and every
+    acknowledged execution is checked as usual."""
+    cfg = StressConfig(db=str(tmp_path / "db"), clients=16, tasks=2, count=400, duration=None, seed=11,
+                       crash_every=crash_every, max_queued=1)
+    report = execute(cfg)
+    assert report.violations == []
+    assert report.queue_full > 0
+    assert report.final.checked == report.acknowledged > 0
+    assert report.replay["ok"]
+    assert any("QueueFull" in line for line in report.render())
+
+
 def test_crash_injected_run_survives_kills(tmp_path: Path, capsys: Any) -> None:
     db, out = str(tmp_path / "db"), tmp_path / "crash.json"
     # three counter actors: tasks of one actor keep running while another is mid-turn at the kill
@@ -221,6 +236,7 @@ def test_progress_line_is_shown_unless_disabled(tmp_path: Path, capsys: Any) -> 
         (["--crash-every", "0.01"], "--crash-every"),
         (["--crash-every", "soon"], "--crash-every"),
         (["--counter-actors", "0"], "--counter-actors"),
+        (["--max-queued", "0"], "--max-queued"),
         (["--seed", "x"], "--seed"),
         (["--json", "/nonexistent-dir-for-stress/r.json"], "does not exist"),
         (["--plot", "/nonexistent-dir-for-stress/r.png"], "--plot"),

@@ -71,6 +71,7 @@ class Ledger:
         self.acknowledged_by_repeat = 0
         self.retries = 0
         self.rejected = 0
+        self.queue_full = 0
         self.blocking_timeouts = 0
         self._violations: Bounded[str] = Bounded(MAX_VIOLATIONS)
 
@@ -101,6 +102,8 @@ class Ledger:
                 self.retries += 1
             elif kind == "rejected":
                 self.rejected += 1
+            elif kind == "queue_full":
+                self.queue_full += 1
             elif kind == "blocking_timeout":
                 self.blocking_timeouts += 1
             elif kind == "violation":

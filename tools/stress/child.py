@@ -79,6 +79,8 @@ def _open(args: argparse.Namespace, jobs: Any) -> Engine:
     kwargs: dict[str, Any] = {"node_id": NODE_ID}
     if args.node_id is not None:
         kwargs = {"node_id": args.node_id, "node_lease": args.lease}
+    if args.max_queued is not None:
+        kwargs["max_queued"] = args.max_queued
     return Engine.open(args.db, jobs=jobs, workers=args.workers, counter_actors=args.counter_actors, **kwargs)
 
 
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markers", default=None, help="the file this node's jobs mark their runs in")
     parser.add_argument("--first-client", type=int, default=0)
     parser.add_argument("--delete-probability", type=float, default=None)
+    parser.add_argument("--max-queued", type=int, default=None, help="the engine's backpressure bound")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="stress-child: %(levelname)s %(message)s")
     HidePlannedFailures().__enter__()  # for the life of the process

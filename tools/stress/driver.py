@@ -84,6 +84,8 @@ class StressConfig:
     netns: bool = False
     #: with ``netns``: the share of pauses that are cuts
     cut_share: float = 0.5
+    #: the workload's engines' backpressure bound (Engine.open(max_queued=...)); None: none
+    max_queued: int | None = None
 
 
 @attrs.frozen
@@ -109,11 +111,15 @@ def reached(cfg: StressConfig, ledger: Ledger, started: float) -> bool:
     return time.monotonic() - started >= cfg.duration
 
 
-def _open_engine(cfg: StressConfig, jobs: Mapping[str, Job] = JOBS, node_id: str | None = None) -> Engine:
-    """The driver's own engine (setting up, the final check); in node mode a node of its own."""
+def _open_engine(cfg: StressConfig, jobs: Mapping[str, Job] = JOBS, node_id: str | None = None,
+                 workload: bool = False) -> Engine:
+    """The driver's own engine (setting up, the final check); in node mode a node of its own.
+    ``workload``: it runs the workload too (in process), with the run's backpressure bound."""
     kwargs: dict[str, Any] = {"node_id": NODE_ID}
     if node_id is not None and cfg.nodes is not None:
         kwargs = {"node_id": node_id, "node_lease": cfg.lease}
+    if workload and cfg.max_queued is not None:
+        kwargs["max_queued"] = cfg.max_queued
     try:
         return Engine.open(cfg.db, jobs=jobs, workers=cfg.workers, counter_actors=cfg.counter_actors, **kwargs)
     except StorageLocked:
@@ -141,7 +147,7 @@ def execute(
 def _execute(cfg: StressConfig, on_progress: ProgressCallback | None, tick: float,
              after_workload: Callable[[], None] | None, workdir: str | None) -> StressReport:
     ids = task_ids(cfg.tasks)
-    engine = _open_engine(cfg, node_id="stress-setup")
+    engine = _open_engine(cfg, node_id="stress-setup", workload=not cfg.nodes and not cfg.crash_every)
     try:
         ensure_tasks(engine, ids)
     except WorkloadError as e:
@@ -157,6 +163,7 @@ def _execute(cfg: StressConfig, on_progress: ProgressCallback | None, tick: floa
         counter_actors=cfg.counter_actors,
         seed=cfg.seed,
         crash_every=cfg.crash_every,
+        max_queued=cfg.max_queued,
     )
     from .nodes import NodeSupervisor
 
@@ -209,6 +216,7 @@ def _execute(cfg: StressConfig, on_progress: ProgressCallback | None, tick: floa
     report.deletions = ledger.deletions
     report.idempotent_retries = ledger.retries
     report.rejected = ledger.rejected
+    report.queue_full = ledger.queue_full
     report.blocking_timeouts = ledger.blocking_timeouts
     report.violations = ledger.violations
     return report
@@ -315,6 +323,7 @@ class Child:
             "--counter-actors", str(cfg.counter_actors),
             "--seed", str(seed),
             "--generations", json.dumps(ledger.base_generations(), separators=(",", ":")),
+            *([] if cfg.max_queued is None else ["--max-queued", str(cfg.max_queued)]),
             *extra,
         ]
         self.started_at = time.monotonic()

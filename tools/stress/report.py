@@ -172,6 +172,9 @@ class StressReport:
     idempotent_retries: int = 0
     #: triggers refused with TaskNotFound while their task was being deleted
     rejected: int = 0
+    #: the workload's engines' backpressure bound (--max-queued), and the triggers it refused
+    max_queued: int | None = None
+    queue_full: int = 0
     #: blocking triggers that timed out on the client side (not violations by themselves:
     #: the final check decides whether the execution finished)
     blocking_timeouts: int = 0
@@ -256,6 +259,9 @@ class StressReport:
             f"  blocking timeouts        {self.blocking_timeouts:,} blocking triggers or waits gave up on the "
             "client side (not a violation by itself: the final check decides)",
         ]
+        if self.max_queued is not None:
+            lines.append(f"  backpressure             {self.queue_full:,} triggers refused with QueueFull (max_queued "
+                         f"{self.max_queued:,} per engine), as allowed: they changed nothing")
         lines += self._render_final(pad)
         lines += [
             f"  replay check             {self._render_replay()}",

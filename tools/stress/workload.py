@@ -43,6 +43,7 @@ from taskengine.actors.errors import (
     EngineError,
     ExecutionNotFound,
     ExecutionTimeout,
+    QueueFull,
     StorageError,
     TaskAlreadyExists,
     TaskNotFound,
@@ -425,6 +426,9 @@ class StressClient(pykka.ThreadingActor):
         except ExecutionTimeout as e:
             self._timed_out(sent, e)
             return None
+        except QueueFull:
+            self.sink({"ev": "queue_full", "t": task})
+            return None
         return self._acked(sent, ex, time.perf_counter() - t0)
 
     def _collect(self, sent: _Sent, retry: bool = False) -> Execution | None:
@@ -437,6 +441,9 @@ class StressClient(pykka.ThreadingActor):
             return None
         except ExecutionTimeout as e:
             self._timed_out(sent, e)
+            return None
+        except QueueFull:  # --max-queued: refused, changing nothing
+            self.sink({"ev": "queue_full", "t": sent.task})
             return None
         except pykka.Timeout:
             self._violation(
