@@ -2,23 +2,9 @@
 
 Every change to a task goes through the counter actor the task is hashed to, so
 index assignment, starts, finishes, cancels and deletion of one task are
-serialised without locks. Group commit happens here: pykka hands an actor one
-message at a time, so a counter actor takes every message already waiting in its
-inbox, handles them all, writes all their changes in one synced write (a LevelDB batch, a
-PostgreSQL transaction), and only then answers. An index is never acknowledged before the write that holds it.
-
-With several nodes on one PostgreSQL database, a turn first has the writer lock the tasks its
-messages touch (``Writer.begin``), so nodes are serialised per task by the database's locks,
-and refreshes its cached states from the rows it locked before it decides anything: another
-node may have handed out indexes, pruned, or deleted the task. A change that misses (a claim
-another node won) is answered as such after the write. On LevelDB ``begin`` does nothing.
-
-A shared turn whose write did not commit because its connection was lost, and whose tasks
-another node wrote before the writer got them locked again (``TasksChanged``: common after a
-server restart, when every node reconnects and the first one back writes), is decided again:
-what its handling changed here is put back as it was when the turn began, and the same messages
-are handled against the rows as they now stand. Nobody was answered, so nobody sees the first
-decision (an index it chose was never acknowledged, and is chosen again from the new counter).
+serialised without locks. Its turns (group commit: one synced write for every message
+waiting, answers only after it; with several nodes, tasks locked and turns decided again)
+are turn.py's; this module holds its message handlers and the task state they keep.
 """
 
 from __future__ import annotations
@@ -28,131 +14,40 @@ import functools
 import itertools
 import json
 import logging
-import queue
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any, cast
 
-import attrs
-
 from taskengine.storage import Execution, ExecutionStatus, Task, records
-from taskengine.storage.errors import CorruptRecord, TasksChanged, WriteFailed
-from taskengine.storage.errors import StorageError as _StorageError
-from taskengine.storage.interface import Change, Store, StoredTask, Writer
+from taskengine.storage.errors import CorruptRecord
+from taskengine.storage.interface import Store, StoredTask, Writer
 
 from . import hooks, retention
 from . import messages as m
 from .backlog import Backlog
 from .board import CompletionBoard
 from .errors import (
-    EngineClosed,
-    EngineError,
     ExecutionNotFound,
     QueueFull,
     TaskAlreadyExists,
     TaskNotFound,
     TaskNotRunnable,
     UnknownJob,
-    translate,
 )
 from .hooks import HookSet
 from .jobs import JobRegistry
-from .mailbox import EngineActor, Reply
+from .mailbox import Reply
 from .refs import ActorRefs, tell_if_alive
-from .workqueue import wake
+from .taskstate import PRUNE_SCHEDULED, TaskState
+from .turn import Outcome, Turn, TurnActor
 
 log = logging.getLogger(__name__)
 
 TASK_DELETED = "cancelled: the task was deleted"
 INTERRUPTED = records.INTERRUPTED
-MAX_CHANGES_PER_TURN = 1024  # one turn, one write: bounds its size and its wait (in messages)
 
 
-@attrs.define
-class TaskState:
-    task: Task
-    counter: int
-    stored: int = 0  # the counter as the last write stored it
-    mark: int = 0  # the prune mark: the lowest stored index
-    #: the retention policy's state: None idle, PRUNE_SCHEDULED while a Prune is on its way, or the
-    #: index of the unfinished execution the last prune stopped at (pruning waits for it to finish)
-    prune_wait: int | None = None
-    deleted: bool = False  # a tombstone, so the id reads as absent until the entry is dropped
-    running: dict[str, tuple[int, Execution]] = attrs.Factory(dict)  # id -> (token, RUNNING record)
-    queued: dict[str, Execution] = attrs.Factory(dict)  # blocking executions not started yet
-    # idempotency keys not (yet) on disk: key -> (execution id, the turn whose write stores the key,
-    # or None while its blocking execution is queued and has no record)
-    idem: dict[str, tuple[str, int | None]] = attrs.Factory(dict)
-    # non-blocking idempotent repeats of a queued blocking execution, by its id: handled again
-    # once it leaves the queue (README: they wait until the first one has an index)
-    parked: dict[str, tuple[m.Trigger, ...]] = attrs.Factory(dict)
-
-    def exhausted(self) -> bool:
-        return self.task.max_executions is not None and self.counter >= self.task.max_executions
-
-    def saved(self) -> tuple[Any, ...]:
-        """What handling a message may change of it, its collections copied (for ``put_back``:
-        a turn decided again)."""
-        return (self.task, self.counter, self.stored, self.mark, self.prune_wait, self.deleted,
-                dict(self.running), dict(self.queued), dict(self.idem), dict(self.parked))
-
-    def put_back(self, saved: tuple[Any, ...]) -> None:
-        (self.task, self.counter, self.stored, self.mark, self.prune_wait, self.deleted,
-         self.running, self.queued, self.idem, self.parked) = saved
-
-    def view(self) -> Task:
-        """The task as callers see it: with its counter and prune mark as they stand."""
-        return attrs.evolve(self.task, execution_count=self.counter, prune_mark=self.mark)
-
-
-PRUNE_SCHEDULED = -1
-
-
-#: run after the turn's write: its value answers the message (its exception fails it)
-Outcome = Callable[[], Any]
-
-
-class _Turn:
-    """What one turn of the actor will write, and what it does once the write is durable."""
-
-    __slots__ = ("changes", "answers", "pending", "removed", "submits", "deleted", "keys", "counted", "events",
-                 "soft", "shared", "saved", "undo", "again")
-
-    def __init__(self) -> None:
-        self.changes: list[Change] = []
-        self.answers: list[tuple[Reply[Any] | None, Outcome]] = []  # in the order the messages came
-        self.pending: list[tuple[str, str, int]] = []
-        self.removed: list[tuple[str, str]] = []  # pending entries whose execution finished
-        self.submits: list[m.WorkItem] = []
-        self.deleted: list[str] = []  # tombstones to drop once their deletion is written
-        self.keys: list[tuple[TaskState, str]] = []  # idempotency keys to forget once written
-        self.counted: dict[int, TaskState] = {}  # tasks that handed out indexes: one counter put each
-        self.events: list[tuple[str, Execution]] | None = None  # for the hooks, only when there are some
-        # changes that may miss (Changes.update): position -> (its answer's position, execution id,
-        # the outcome that answers instead if it missed)
-        self.soft: dict[int, tuple[int, str, Outcome]] = {}
-        self.shared = False  # the writer locked this turn's tasks: other nodes share the database
-        # a shared turn's state as it began, and what puts back what its handling did elsewhere
-        # (the backlog, the pending store), newest last: for a turn decided again (_decide_again)
-        self.saved: _Saved | None = None
-        self.undo: list[Callable[[], object]] | None = None
-        self.again = False  # its write was handed back (TasksChanged): decide it again
-
-
-@attrs.frozen
-class _Saved:
-    """The counter actor's own state a shared turn's handling may change, as it began."""
-
-    #: the turn's tasks' cached states and what they held (TaskState.saved), None if not cached
-    states: dict[str, tuple[TaskState, tuple[Any, ...]] | None]
-    triggered: int
-    pruned: int
-    ended: dict[ExecutionStatus, int]
-    #: parked repeats handed on by the turn's begin (a task another node deleted), not yet handled
-    unparked: tuple[m.Trigger, ...]
-
-
-class CounterActor(EngineActor):
+class CounterActor(TurnActor):
 
     def __init__(
         self,
@@ -181,7 +76,7 @@ class CounterActor(EngineActor):
         self._backlog = backlog
         self._keep_last = keep_last
         self._cache: collections.OrderedDict[str, TaskState] = collections.OrderedDict()
-        self._turn = _Turn()
+        self._turn = Turn()
         self._turn_no = 0
         self._leftover: Any = None  # an envelope taken from the inbox, handled after the turn's write
         self._abandoned: set[int] = set()  # tokens whose executor was given up on before it started
@@ -206,125 +101,6 @@ class CounterActor(EngineActor):
             m.Prune: self._prune,
             m.RemoteOutcomes: self._remote_outcomes,
         }
-
-    # -- the turn: take what waits, write once, answer ------------------------------------
-
-    def on_receive(self, message: Any) -> Any:
-        if type(message) not in self._handlers:
-            return super().on_receive(message)
-        self._turn_no += 1
-        self._turn = turn = _Turn()
-        # a Prune has a turn of its own, so it reads a disk that holds all this actor has done
-        alone = type(message) is m.Prune
-        batch = [message]
-        while not alone and self._leftover is None and len(batch) < MAX_CHANGES_PER_TURN:
-            more = self._take()
-            if more is None:
-                break
-            batch.append(more)
-        while True:
-            try:
-                self._begin(batch)  # inside: whatever happens, the turn's write ends what begin began
-                for msg in batch:
-                    self._handle(msg)
-                # a turn whose tasks the writer did not lock (one writer: LevelDB) also takes what
-                # arrives while it is handled, as long as it is not written: a bigger group commit
-                taken = len(batch)
-                while not alone and not turn.shared and self._leftover is None and taken < MAX_CHANGES_PER_TURN:
-                    more = self._take()
-                    if more is None:
-                        break
-                    self._handle(more)
-                    taken += 1
-            finally:
-                written = self._commit(turn)
-            if not turn.again:
-                break
-            self._decide_again(turn)
-            self._turn = turn = _Turn()
-        if written:
-            self._forget_written(turn)
-        self._evict()
-        leftover, self._leftover = self._leftover, None
-        if leftover is not None:
-            self._handle_envelope(leftover)
-        return None
-
-    def _take(self) -> Any:
-        """The next message waiting in the inbox for this turn, or None: none waits, or the next
-        is a stop, an ask or a Prune, kept in ``_leftover`` for after this turn's write (pykka's order)."""
-        inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
-        try:
-            envelope = inbox.get_nowait()
-        except queue.Empty:
-            return None
-        kind = type(envelope.message)
-        if envelope.reply_to is None and kind in self._handlers and kind is not m.Prune:
-            return envelope.message
-        self._leftover = envelope
-        return None
-
-    def _begin(self, batch: list[Any]) -> None:
-        """Have the writer lock the turn's tasks (PostgreSQL) and refresh their cached states from
-        the rows it read; LevelDB's writer does nothing. A writer that fails here fails the turn:
-        every message is then refused."""
-        if self._committer.failure is not None:
-            self._fail_parked(self._refusal)  # writes stopped between turns (a lost lease)
-            return
-        ids: list[str] = []
-
-        def task_ids() -> Collection[str]:
-            for msg in batch:
-                of = _task_of.get(type(msg))
-                if of is not None:
-                    ids.extend(of(msg))
-            return ids
-
-        try:
-            rows = self._committer.begin(task_ids)
-        except _StorageError:
-            self._stop_everything()
-            return
-        if rows is not None:
-            turn = self._turn
-            turn.shared = True
-            self._refresh(ids, rows)
-            turn.saved = self._save(ids)
-            turn.undo = []
-
-    def _save(self, ids: list[str]) -> _Saved:
-        """The turn's tasks' states as they stand (handling changes them in place)."""
-        states: dict[str, tuple[TaskState, tuple[Any, ...]] | None] = {}
-        for task_id in ids:
-            st = self._cache.get(task_id)
-            states[task_id] = None if st is None else (st, st.saved())
-        return _Saved(states, self.triggered, self.pruned, dict(self._ended), tuple(self._unparked))
-
-    def _decide_again(self, turn: _Turn) -> None:
-        """Put back what the turn's handling changed (its write changed nothing), so it can be
-        handled again from the state it began with."""
-        assert turn.saved is not None and turn.undo is not None
-        for action in reversed(turn.undo):
-            action()
-        for task_id, saved in turn.saved.states.items():
-            if saved is None:
-                self._cache.pop(task_id, None)
-            else:
-                st, fields = saved
-                st.put_back(fields)
-                self._cache[task_id] = st
-        self.triggered, self.pruned = turn.saved.triggered, turn.saved.pruned
-        self._ended = dict(turn.saved.ended)
-        self._unparked = list(turn.saved.unparked)
-        log.info("a turn of %d change(s) is decided again: its tasks changed while its write's connection "
-                 "was lost", len(turn.changes))
-
-    def _undo(self, action: Callable[[], object]) -> None:
-        """``action`` puts back a change this handling made outside the actor's own state, should
-        the turn be decided again (a shared turn only)."""
-        undo = self._turn.undo
-        if undo is not None:
-            undo.append(action)
 
     def _drop_entries(self, task_id: str) -> dict[str, bool]:
         """The pending store's entries of the task, taken from it (execution id -> claimed yet)."""
@@ -366,173 +142,6 @@ class CounterActor(EngineActor):
         for ex in cancelled:
             self._board.publish(ex)
         log.info("task %r was deleted by another node (%d executions held here cancelled)", task_id, len(cancelled))
-
-    def _handle_envelope(self, envelope: Any) -> None:
-        try:
-            response = self._handle_receive(envelope.message)
-        except Exception:
-            if envelope.reply_to is None:
-                raise
-            envelope.reply_to.set_exception()
-        else:
-            if envelope.reply_to is not None:
-                envelope.reply_to.set(response)
-
-    def _handle(self, message: Any) -> None:
-        reply = getattr(message, "reply", None)
-        if self._committer.failure is not None and type(message) is not m.CounterStats:
-            # writes have stopped engine-wide after a failed one: refuse, cheaply and quietly
-            refused = self._committer.refusal()
-            assert refused is not None
-            m.fail(reply, translate(refused))
-            return
-        try:
-            self._handlers[type(message)](message)
-        except Exception as e:
-            # a rejection changed nothing, but it was judged on this turn's state: answer it
-            # after the turn's write, like everything else (a failed write fails it instead)
-            if isinstance(e, _StorageError):
-                e = translate(e)
-            elif not isinstance(e, EngineError):
-                log.exception("counter actor failed on %r", message)
-            blocking_id = message.execution_id if isinstance(message, m.Trigger) and message.blocking else None
-            self._after_write(reply, _rejection(e, self._board, blocking_id))
-        if self._unparked:  # once the message that took their execution out of the queue is done
-            ready, self._unparked = self._unparked, []
-            for trigger in ready:
-                self._handle(trigger)
-
-    def _commit(self, turn: _Turn) -> bool:
-        """Write the turn and answer it; False if the write failed (every reply has the failure)."""
-        # each task's counter once, after its records (and after a deletion of the task this turn)
-        counted = [st for st in turn.counted.values() if not st.deleted]
-        turn.changes += [self._changes.counter(st.task.id, st.counter, st.stored) for st in counted]
-        if turn.changes or turn.shared:  # a shared turn's write (even of nothing) ends its transaction
-            try:
-                missed = self._committer.write(turn.changes)
-                if missed:
-                    self._missed(turn, missed)
-            except TasksChanged:
-                turn.again = True  # nothing of it was written, nobody is answered yet
-                return False
-            except _StorageError as e:
-                # the in-memory counters are now ahead of the disk; the committer writes nothing
-                # more, and every caller of this turn and every waiter is told so
-                for reply, _ in turn.answers:
-                    m.fail(reply, _fresh(e))
-                self._stop_everything()
-                return False
-        for st in counted:
-            st.stored = st.counter
-        if turn.events is not None:  # durable now; before anyone hears of it
-            self._hooks.run(turn.events)
-        refs = self._refs
-        if turn.pending:  # before any answer, so a cancel can always claim what it was told of
-            tell_if_alive(refs.pending, m.AddPending(turn.pending))
-        if turn.removed:
-            tell_if_alive(refs.pending, m.RemovePending(turn.removed))
-        if turn.submits:
-            self._submit(turn.submits)
-        for reply, outcome in turn.answers:
-            try:
-                value = outcome()
-            except Exception as e:
-                if not isinstance(e, EngineError | _StorageError):
-                    log.exception("counter actor failed after a write")
-                m.fail(reply, translate(e) if isinstance(e, _StorageError) else e)
-            else:
-                m.answer(reply, value)
-        return True
-
-    def _submit(self, items: list[m.WorkItem]) -> None:
-        """Ready work goes straight to the pool's queue, waking idle executors from this thread;
-        work whose job is not registered goes to the pool, which parks it."""
-        work = self._refs.work
-        jobs = self._jobs
-        unknown = [item for item in items if item.job not in jobs] if work is not None else items
-        if unknown:
-            tell_if_alive(self._refs.pool, m.Submit(unknown))
-        if work is not None:
-            wake(work, items if not unknown else [item for item in items if item.job in jobs])
-
-    def _missed(self, turn: _Turn, missed: Collection[int]) -> None:
-        """Changes that applied to nothing (another node claimed the execution first, or it is
-        gone): their messages are answered by their miss outcomes, and no hook hears of them."""
-        ids = set()
-        for position in missed:
-            at, execution_id, on_miss = turn.soft[position]
-            turn.answers[at] = (turn.answers[at][0], on_miss)
-            ids.add(execution_id)
-        if turn.events is not None:
-            turn.events = [(kind, ex) for kind, ex in turn.events if ex.id not in ids]
-
-    def _stop_everything(self) -> None:
-        """After a failed write: answer every waiter of the engine and stop the pool's queue."""
-        writes_stopped(self._db.path, self._committer, self._board, self._refs)
-        self._fail_parked(self._refusal)
-
-    def _refusal(self) -> BaseException:
-        return translate(cast(WriteFailed, self._committer.refusal()))
-
-    def _fail_parked(self, error: Callable[[], BaseException]) -> None:
-        """Parked repeats whose execution will now never leave the queue (writes stopped, or
-        the engine stops): each is answered with a fresh ``error()``."""
-        if not self._unparked and not any(st.parked for st in self._cache.values()):
-            return
-        parked = [t for st in self._cache.values() for ts in st.parked.values() for t in ts]
-        parked += self._unparked
-        self._unparked = []
-        for st in self._cache.values():
-            st.parked.clear()
-        for trigger in parked:
-            m.fail(trigger.reply, error())
-
-    def _forget_written(self, turn: _Turn) -> None:
-        """What memory held only until this turn's write: its idempotency keys, its tombstones."""
-        for st, key in turn.keys:
-            hit = st.idem.get(key)
-            if hit is not None and hit[1] == self._turn_no:
-                del st.idem[key]
-        for task_id in turn.deleted:
-            held = self._cache.get(task_id)
-            if held is not None and held.deleted:  # not if re-created in the same turn
-                del self._cache[task_id]
-
-    def _write(self, ops: Change, reply: Reply[Any] | None = None, outcome: Outcome = lambda: None) -> None:
-        self._turn.changes.append(ops)
-        self._after_write(reply, outcome)
-
-    def _write_soft(self, ops: Change, execution_id: str, reply: Reply[Any] | None, outcome: Outcome,
-                    on_miss: Outcome) -> None:
-        """``_write`` of a change that may miss (``Changes.update``): ``on_miss`` answers then.
-        A writer whose changes all apply (``may_miss`` False: LevelDB's, the database's one writer)
-        needs no note of them (two per execution)."""
-        turn = self._turn
-        if self._may_miss:
-            turn.soft[len(turn.changes)] = (len(turn.answers), execution_id, on_miss)
-        turn.changes.append(ops)
-        turn.answers.append((reply, outcome))
-
-    def _after_write(self, reply: Reply[Any] | None, outcome: Outcome) -> None:
-        """Answer ``reply`` with ``outcome()`` once this turn's write is durable (or fail it with
-        the write's error): no message is answered before the write that holds its change."""
-        self._turn.answers.append((reply, outcome))
-
-    def on_stop(self) -> None:
-        self._refs.on_stop()
-        self._fail_parked(EngineClosed)
-        # our messages that raced with close: answer them rather than leave callers hanging;
-        # anything else goes back for pykka's own teardown to answer
-        inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
-        others = []
-        while not inbox.empty():
-            envelope = inbox.get_nowait()
-            if envelope.reply_to is None and type(envelope.message) in self._handlers:
-                m.fail(getattr(envelope.message, "reply", None), EngineClosed())
-            else:
-                others.append(envelope)
-        for envelope in others:
-            inbox.put(envelope)
 
     # -- task state ----------------------------------------------------------------------
 
@@ -1114,40 +723,6 @@ class CounterActor(EngineActor):
         self._after_write(msg.reply, lambda: figures)
 
 
-def writes_stopped(path: str, committer: Writer, board: CompletionBoard, refs: ActorRefs) -> None:
-    """After the writer failed (a failed write, or a node that lost its lease): answer every
-    waiter of the engine and stop the pool's queue."""
-    failure = committer.failure
-
-    def waiter_error() -> Exception:
-        return translate(WriteFailed(
-            f"the engine stopped writing after a failed write to the database at {path} ({failure}); "
-            "this execution's outcome is not known here: reopen the engine and read it (an "
-            "acknowledged execution that had not started runs after reopening)",
-            outcome_unknown=True,
-        ))
-
-    board.close(waiter_error)
-    tell_if_alive(refs.pool, m.StorageFailed())
-
-
-#: the tasks a counter actor's message is about (CounterStats and RemoteOutcomes: none to lock)
-_task_of: dict[type, Callable[[Any], tuple[str, ...]]] = {
-    m.Trigger: lambda msg: (msg.task_id,),
-    # with the executor's previous run, finished, of another task perhaps
-    m.Start: lambda msg: (msg.item.execution.task_id,) + (
-        () if msg.finished is None else (msg.finished.execution.task_id,)),
-    m.Finish: lambda msg: (msg.execution.task_id,),
-    m.Abandon: lambda msg: (msg.item.execution.task_id,),
-    m.Cancel: lambda msg: (msg.task_id,),
-    m.CreateTask: lambda msg: (msg.task.id,),
-    m.DeleteTask: lambda msg: (msg.task_id,),
-    m.GetTask: lambda msg: (msg.task_id,),
-    m.Lookup: lambda msg: (msg.task_id,),
-    m.Interrupted: lambda msg: (msg.execution.task_id,),
-    m.Prune: lambda msg: (msg.task_id,),
-}
-
 
 def _difference(existing: Task, wanted: Task) -> str | None:
     """How ``wanted`` differs from the ``existing`` task of the same id, for get-or-create: job,
@@ -1168,21 +743,6 @@ def _short(value: Any, width: int = 60) -> str:
 
 def _refused() -> m.NotStarted:
     return m.NotStarted.REFUSED
-
-
-def _fresh(error: _StorageError) -> Exception:
-    """One caller's own copy of a write's failure (a shared instance would carry every
-    caller's traceback)."""
-    return translate(WriteFailed(str(error), outcome_unknown=getattr(error, "outcome_unknown", True)))
-
-
-def _rejection(error: Exception, board: CompletionBoard, watched: str | None) -> Callable[[], Any]:
-    def reject() -> Any:
-        if watched is not None:  # the blocking caller's watcher is registered before it sends
-            board.fail(watched, error)
-        raise error
-
-    return reject
 
 
 def _finished(ex: Execution, status: ExecutionStatus, *, error: str | None = None, result: Any = None) -> Execution:

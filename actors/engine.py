@@ -28,7 +28,7 @@ from . import aio, lifecycle, retention, validate
 from . import messages as m
 from .backlog import Backlog
 from .board import CompletionBoard
-from .counter import CounterActor, writes_stopped
+from .counter import CounterActor
 from .errors import (
     EngineClosed,
     ExecutionNotFound,
@@ -48,6 +48,7 @@ from .pool import ExecutorPool
 from .refs import ActorRefs, ask, await_reply, in_job, tell_if_alive
 from .remote import POLL_SECONDS, RemoteChanges
 from .stats import EngineStats
+from .turn import writes_stopped
 
 if TYPE_CHECKING:
     from taskengine.status import StatusServer

@@ -1,7 +1,7 @@
 """Every kind of message a counter actor's turn carries, in a turn decided again (PostgreSQL).
 
 A turn whose write did not commit (its connection lost) while another node wrote its tasks is
-handled again from the state it began with (counter.py's ``_decide_again``). That is safe only
+handled again from the state it began with (turn.py's ``_decide_again``). That is safe only
 if handling a message changes nothing outside what the turn puts back: an answer sent early, a
 message told, a waiter woken, a pending-store entry claimed or a backlog place taken without an
 undo would leave the turn decided again on a half-restored state.
@@ -38,6 +38,7 @@ from pg_other import OtherNode
 from taskengine import Execution, Task
 from taskengine.actors import counter as counter_module
 from taskengine.actors import messages as m
+from taskengine.actors import turn as turn_module
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -114,7 +115,7 @@ class _Watch:
 
     def _wrap_effects(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Count what the counter actor's thread sends out: tells, wakes, answers, the board's
-        publications, hooks, log lines of the counter module."""
+        publications, hooks, log lines of the counter and turn modules."""
 
         def counted(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             def call(*args: Any, **kwargs: Any) -> Any:
@@ -123,8 +124,9 @@ class _Watch:
                 return fn(*args, **kwargs)
             return call
 
-        monkeypatch.setattr(counter_module, "tell_if_alive", counted("tell", counter_module.tell_if_alive))
-        monkeypatch.setattr(counter_module, "wake", counted("wake", counter_module.wake))
+        for module in (counter_module, turn_module):
+            monkeypatch.setattr(module, "tell_if_alive", counted("tell", module.tell_if_alive))
+        monkeypatch.setattr(turn_module, "wake", counted("wake", turn_module.wake))
         monkeypatch.setattr(m, "answer", counted("answer", m.answer))
         monkeypatch.setattr(m, "fail", counted("fail", m.fail))
         board = self.engine._board
@@ -140,13 +142,15 @@ class _Watch:
                     watch.effects.append(f"log: {record.getMessage()}")
 
         handler = Lines(logging.INFO)
-        logger = logging.getLogger(counter_module.__name__)
-        monkeypatch.setattr(logger, "level", logging.INFO)
-        logger.addHandler(handler)
+        for module in (counter_module, turn_module):
+            logger = logging.getLogger(module.__name__)
+            monkeypatch.setattr(logger, "level", logging.INFO)
+            logger.addHandler(handler)
         self._handler = handler
 
     def close(self) -> None:
-        logging.getLogger(counter_module.__name__).removeHandler(self._handler)
+        for module in (counter_module, turn_module):
+            logging.getLogger(module.__name__).removeHandler(self._handler)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything of the engine a turn's handling may change (taken on the actor's thread)."""
