@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, cast
 import pykka
 
 from taskengine.storage import CorruptRecord as StorageCorrupt
-from taskengine.storage import Execution, ExecutionStatus, Task
+from taskengine.storage import Execution, Task
 from taskengine.storage.interface import DEFAULT_LEASE, Store, Writer, is_url, open_store
 
-from . import aio, lifecycle, retention, validate
+from . import aio, lifecycle, recovery, retention, validate
 from . import messages as m
 from .backlog import Backlog
 from .board import CompletionBoard
@@ -194,7 +194,7 @@ class Engine:
             ]
             refs.pool = ExecutorPool.start(workers, registry, refs, engine._board, job_timeout)
             ask(refs.pool, m.PoolStats())  # answered once every executor has started (the pool's on_start)
-            engine._recover()
+            recovery.recover(db, committer, refs, backlog)
             engine._follow_others(poll_interval)
             if keep_last is not None:
                 engine._start_sweep(keep_last)
@@ -206,64 +206,6 @@ class Engine:
         log.info("engine open at %s as node %r%s (%d workers, %d counter actors, sync=%s)", db.path, node_id,
                  "" if node is None else f" (epoch {node.epoch})", workers, counter_actors, sync)
         return engine
-
-    def _recover(self) -> None:
-        """Nothing lost (README): queue every acknowledged PENDING execution again and finish every
-        RUNNING one as FAILED (its process died). Reads only the live set, never history."""
-        tasks: dict[str, Task | None] = {}
-        unreadable: set[str] = set()
-        replies: list[Reply[Any]] = []
-        pending: list[tuple[str, str, int]] = []
-        items: list[m.WorkItem] = []
-        with storage_errors():
-            for task_id, index, execution_id in self._db.iter_live(on_corrupt=_log_corrupt_live):
-                if task_id in unreadable:
-                    continue
-                try:
-                    if task_id not in tasks:
-                        tasks[task_id] = self._db.get_task(task_id)
-                    task = tasks[task_id]
-                    record = self._db.get_execution_at(task_id, index)
-                except StorageCorrupt as e:  # one bad record must not keep a node from starting
-                    if task_id not in tasks:
-                        unreadable.add(task_id)  # its task record: said once for all its entries
-                    log.error("recovery skips %r/%d: %s", task_id, index, e)
-                    continue
-                if execution_id is None and record is not None:
-                    execution_id = record.id  # the live entry is damaged; its record says what is there
-                if task is None or record is None or record.id != execution_id:
-                    if self._committer.node is not None:
-                        # several nodes: another one deleted the task (and maybe made it again)
-                        # between the scan and this read; nothing is left to recover of it here
-                        log.debug("live entry %r/%d (%s) went with its task meanwhile", task_id, index,
-                                  execution_id)
-                        continue
-                    log.error("live entry %r/%d (%s) has no matching record; left for replay to report",
-                              task_id, index, execution_id)
-                    continue
-                if record.status is ExecutionStatus.RUNNING:
-                    reply: Reply[Any] = Reply()
-                    self._refs.counter_for(task_id).tell(m.Interrupted(record, reply))
-                    replies.append(reply)
-                elif record.status is ExecutionStatus.PENDING:
-                    pending.append((task_id, record.id, index))
-                    items.append(m.WorkItem(record, task.job, task.incarnation))
-        assert self._refs.pending is not None and self._refs.pool is not None
-        if self._backlog is not None:
-            self._backlog.add(execution_id for _, execution_id, _ in pending)
-        self._refs.pending.tell(m.AddPending(pending))  # before the pool can claim them
-        self._refs.pool.tell(m.Submit(items))
-        for reply in replies:
-            try:
-                reply.get()
-            except (TaskNotFound, ExecutionNotFound):
-                if self._committer.node is None:
-                    raise
-                # several nodes: another one deleted the task since the scan, as above
-                log.debug("an interrupted execution went with its task meanwhile")
-        if items or replies:
-            log.info("recovered %d pending executions; %d interrupted ones finished as FAILED",
-                     len(items), len(replies))
 
     def _follow_others(self, poll: float) -> None:
         """On a database other nodes share: a thread that follows their changes (remote.py)."""
@@ -900,10 +842,6 @@ class Engine:
             backlog=None if backlog is None else len(backlog),
             backlog_peak=None if backlog is None else backlog.peak,
         )
-
-
-def _log_corrupt_live(e: StorageCorrupt) -> None:
-    log.error("recovery: %s; the record at its index is recovered if it is unfinished", e)
 
 
 def _log_corrupt(e: StorageCorrupt) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from engine_helpers import HERE, REPO, WAIT, Gate, Recorder
 from taskengine import Engine, ExecutionStatus, errors, storage
+from taskengine.actors import recovery
 from taskengine.storage import Committer, Database, capi
 
 # -- one writer ------------------------------------------------------------------
@@ -270,10 +271,10 @@ def test_backup_to_a_path_with_nul_creates_nothing(make_engine, tmp_path, monkey
 
 
 def test_failed_open_logs_no_close_warning(db_path, caplog, monkeypatch):
-    def fail(engine: Engine) -> None:  # the last step of open, after every actor has started
+    def fail(*args: object) -> None:  # the last step of open, after every actor has started
         raise errors.StorageError("recovery failed")
 
-    monkeypatch.setattr(Engine, "_recover", fail)
+    monkeypatch.setattr(recovery, "recover", fail)
     with caplog.at_level(logging.WARNING, logger="taskengine"), pytest.raises(errors.StorageError):
         Engine.open(db_path)
     assert "still running" not in caplog.text
