@@ -17,7 +17,7 @@ import psycopg
 from . import pg_nodes, pgarrays
 from .errors import StorageError, TasksChanged, WriteFailed
 from .interface import Change, StoredTask
-from .pg_changes import plan
+from .pg_changes import Stmt, plan
 from .pg_common import RECONNECT_SECONDS, message
 from .pgfeed import notify
 from .records import INTERRUPTED
@@ -52,6 +52,12 @@ _MARK_MISSED = "UPDATE taskengine.write_marks SET missed = %s WHERE node = %s AN
 #: taken after the advisory locks, so it sees what their previous holder committed)
 _LOCK_ROWS = ("SELECT id, counter, prune_mark, incarnation FROM taskengine.tasks WHERE id = ANY(%s) "
               "ORDER BY id FOR UPDATE")
+
+
+#: a transaction's first round trip: BEGIN, the write mark and fence, and (a turn) its tasks' rows;
+#: each statement has a snapshot of its own, so the rows are read after the locks are held
+_BEGIN = "BEGIN; " + _FENCE_AND_LOCK
+_BEGIN_AND_LOCK = _BEGIN + "; " + _LOCK_ROWS
 
 
 class _Conflict(Exception):
@@ -104,26 +110,27 @@ class PostgresWriter:
         with self._lock:
             conn = self._connect(deadline=time.monotonic() + 10)
             try:
-                conn.autocommit = True
                 self.node = pg_nodes.join(conn, store.node_id, self._lease)
             except psycopg.Error as e:
                 conn.close()
                 raise StorageError(f"cannot join {store.path} as node {store.node_id!r}: {message(e)}") from None
-            conn.autocommit = False  # (not on the connection closed above: that raises, hiding why)
         self._heartbeat = pg_nodes.Heartbeat(self._heartbeat_connection, self.node, self._lease, self._lost)
         self._heartbeat.start()
 
     def _connect(self, deadline: float) -> Any:
         """A new connection (also returned), retried until ``deadline`` (a server restarting
         refuses for a while). A session idle in a transaction for longer than the lease is
-        ended by the server: a node paused inside a transaction cannot hold the reaper off."""
+        ended by the server: a node paused inside a transaction cannot hold the reaper off.
+
+        It stays in autocommit mode: a write transaction is begun by its first round trip
+        (``_open``: ``BEGIN`` sent with the fence and the rows), not by a ``BEGIN`` of psycopg's of its
+        own; ``commit`` and ``rollback`` act on the server's transaction all the same."""
         idle_ms = max(1000, int(self._lease * 1000))
         while True:
             try:
                 conn = psycopg.connect(self._store.url, autocommit=True, connect_timeout=5)
                 conn.execute("SET synchronous_commit = " + ("on" if self.sync else "off"))
                 conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
-                conn.autocommit = False
                 self._conn = conn
                 return conn
             except psycopg.Error as e:
@@ -232,14 +239,17 @@ class PostgresWriter:
         their rows."""
         node = self.node
         self._mark += 1  # before it is sent: a connection lost on the way leaves it in doubt too
-        fenced = conn.execute(_FENCE_AND_LOCK, (self._mark, node.id, node.epoch, TASK_LOCKS, ids, node.id,
-                                                node.epoch)).fetchone()
-        if fenced is None:
-            raise _Lost()
-        if not ids:
-            return []
-        return [StoredTask(str(i), int(c), int(p), inc)
-                for i, c, p, inc in conn.execute(_LOCK_ROWS, (ids,)).fetchall()]
+        params: tuple[Any, ...] = (self._mark, node.id, node.epoch, TASK_LOCKS, ids, node.id, node.epoch)
+        with psycopg.ClientCursor(conn) as cur:  # several statements, one round trip: values bound here
+            cur.execute(_BEGIN_AND_LOCK if ids else _BEGIN, (*params, ids) if ids else params)
+            cur.nextset()  # past BEGIN's
+            fenced = cur.fetchone()
+            if fenced is None:
+                raise _Lost()
+            if not ids:
+                return []
+            cur.nextset()
+            return [StoredTask(str(i), int(c), int(p), inc) for i, c, p, inc in cur.fetchall()]
 
     def _rollback(self) -> None:
         with contextlib.suppress(psycopg.Error):
@@ -343,36 +353,52 @@ class PostgresWriter:
             log.warning("the write in doubt had not committed; writing it again")
 
     def _statements(self, conn: Any, changes: Sequence[Change]) -> list[int]:
+        """Send the write's statements in the plan's order, one group at a time, each judged by its
+        row count before the next is sent; the positions of the changes that missed.
+
+        Not in a pipeline: a server process waiting for the rest of a pipeline (no Sync yet) is not
+        "idle in transaction", so a node cut off from the network in the middle of one would keep
+        its transaction, and its locks, open past its lease (the reaper waits for it) until TCP
+        gives up; after each statement's Sync the session's idle timeout ends it within the lease."""
         missed: set[int] = set()
         notices: set[str] = set()
-        with conn.cursor() as cur:
-            for group in plan([(position, stmt) for position, change in enumerate(changes) for stmt in change]):
-                run = [(p, s) for p, s in group if p not in missed]  # not the rest of a change that missed
-                if not run:
-                    continue
-                stmt = run[0][1]
-                self.sent += 1
-                if len(run) == 1:
-                    cur.execute(stmt.sql, stmt.params)
-                    applied = [stmt] if cur.rowcount else []
-                else:  # one set-based statement: one array per parameter
-                    cur.execute(stmt.batch, pgarrays.columns(stmt.batch, [s.params for _, s in run]))
-                    applied = [s for _, s in run] if cur.rowcount else []
-                if stmt.soft:  # each its own: the rows the group changed are those whose keys came back
-                    changed = {(str(t), int(i)) for t, i in cur.fetchall()} if len(run) > 1 else \
-                        {stmt.key} if cur.rowcount == 1 else set()
-                    missed.update(p for p, s in run if s.key not in changed)
-                    applied = [s for _, s in run if s.key in changed]
-                elif stmt.expect is not None and cur.rowcount != stmt.expect * len(run):
-                    raise _Conflict(
-                        f"a change did not apply as expected ({cur.rowcount} rows, not {stmt.expect * len(run)}): "
-                        "another writer changed the task, or it reached max_executions"
-                    )
-                notices.update(s.notify for s in applied if s.notify)
-            if missed:  # rare (a claim another node won): one more statement, for a commit in doubt
-                cur.execute(_MARK_MISSED, (sorted(missed), self.node.id, self.node.epoch))
-            notify(cur, "".join(sorted(notices)))
+        for group in plan([(position, stmt) for position, change in enumerate(changes) for stmt in change]):
+            run = [(p, s) for p, s in group if p not in missed]  # not the rest of a change that missed
+            if run:
+                notices.update(self._judge(self._send(conn.cursor(), run), run, missed))
+        if missed:  # rare (a claim another node won): one more statement, for a commit in doubt
+            conn.execute(_MARK_MISSED, (sorted(missed), self.node.id, self.node.epoch))
+        notify(conn.cursor(), "".join(sorted(notices)))
         return sorted(missed)
+
+    def _send(self, cur: Any, run: list[tuple[int, Stmt]]) -> Any:
+        """One group as one statement (set-based: one array per parameter); ``cur`` returned."""
+        stmt = run[0][1]
+        self.sent += 1
+        if len(run) == 1:
+            cur.execute(stmt.sql, stmt.params)
+        else:
+            cur.execute(stmt.batch, pgarrays.columns(stmt.batch, [s.params for _, s in run]))
+        return cur
+
+    @staticmethod
+    def _judge(cur: Any, run: list[tuple[int, Stmt]], missed: set[int]) -> set[str]:
+        """A group's outcome from its row count (a soft one: from the keys it returned): the
+        positions that missed go in ``missed``; a count not as expected is a _Conflict. The kinds
+        of change to notify of, of the statements that applied."""
+        stmt = run[0][1]
+        applied = [s for _, s in run] if cur.rowcount else []
+        if stmt.soft:  # each its own: the rows the group changed are those whose keys came back
+            changed = {(str(t), int(i)) for t, i in cur.fetchall()} if len(run) > 1 else \
+                {stmt.key} if cur.rowcount == 1 else set()
+            missed.update(p for p, s in run if s.key not in changed)
+            applied = [s for _, s in run if s.key in changed]
+        elif stmt.expect is not None and cur.rowcount != stmt.expect * len(run):
+            raise _Conflict(
+                f"a change did not apply as expected ({cur.rowcount} rows, not {stmt.expect * len(run)}): "
+                "another writer changed the task, or it reached max_executions"
+            )
+        return {s.notify for s in applied if s.notify}
 
     def _reconnect(self, backend: int, deadline: float, changes: Sequence[Change] = ()) -> list[int] | None:
         """A new connection, once the server process ``backend`` of the lost one is gone (so its
@@ -382,22 +408,18 @@ class PostgresWriter:
         with contextlib.suppress(psycopg.Error):
             self._conn.close()
         conn = self._connect(deadline)
-        conn.autocommit = True
-        try:
-            while time.monotonic() < deadline:
-                conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
-                alive = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone()
-                if not alive[0]:
-                    break
-                time.sleep(0.05)  # the old process is finishing: its commit is decided when it exits
-            else:
-                raise StorageError(f"the server process {backend} of a lost connection did not exit")
-            if not changes:
-                return None
-            row = conn.execute(_READ_MARK, (self.node.id,)).fetchone()
-            if row is None or int(row[0]) != self.node.epoch:
-                raise StorageError(f"node {self.node.id!r} (epoch {self.node.epoch}) was taken over: its write "
-                                   "mark is gone")
-            return [int(p) for p in row[2]] if int(row[1]) == self._mark else None
-        finally:
-            conn.autocommit = False
+        while time.monotonic() < deadline:
+            conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
+            alive = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone()
+            if not alive[0]:
+                break
+            time.sleep(0.05)  # the old process is finishing: its commit is decided when it exits
+        else:
+            raise StorageError(f"the server process {backend} of a lost connection did not exit")
+        if not changes:
+            return None
+        row = conn.execute(_READ_MARK, (self.node.id,)).fetchone()
+        if row is None or int(row[0]) != self.node.epoch:
+            raise StorageError(f"node {self.node.id!r} (epoch {self.node.epoch}) was taken over: its write "
+                               "mark is gone")
+        return [int(p) for p in row[2]] if int(row[1]) == self._mark else None

@@ -379,8 +379,8 @@ def _write_lines(n_ops: float, label: str, frozen: tuple[Any, Any] | None = None
                 f"commit, and the fence when no turn began it) {1e6 * rest / n:.0f} us")
         if s["pg_begin"]:
             lines.append(
-                f"  a turn's start (PostgresWriter.begin: the fence, the tasks' locks and rows, one round trip "
-                f"each): {1e6 * t['pg_begin'] / s['pg_begin']:.0f} us, {s['pg_begin'] / n:.2f} per transaction"
+                f"  a turn's start (PostgresWriter.begin: BEGIN, the fence and the tasks' locks, their rows, in one "
+                f"round trip): {1e6 * t['pg_begin'] / s['pg_begin']:.0f} us, {s['pg_begin'] / n:.2f} per transaction"
                 + (f", {100 * t['pg_begin'] / t['turn']:.0f}% of turn time" if s["turns"] else ""))
     if s["dir_checks"]:
         lines.append(
