@@ -12,15 +12,21 @@ class StorageError(Exception):
 
 
 class StorageLocked(StorageError):
-    """The database directory is held by another process or another engine."""
+    """The database directory is held by another process or another engine; or, on a server,
+    the database is in use in a way that forbids what was asked (``shared``: ``detail`` names who
+    holds it and what to do, since closing "that engine" or taking a backup of it is no remedy
+    there)."""
 
-    def __init__(self, path: str, detail: str = "") -> None:
+    def __init__(self, path: str, detail: str = "", *, shared: bool = False) -> None:
         self.path = path
-        msg = (
-            f"database {path!r} is locked by another process or engine in this process"
-            f"{': ' + detail if detail else ''}; close that engine (or stop that process) first,"
-            " or have it copy the database with Engine.backup(dest) and use the copy"
-        )
+        if shared:
+            msg = f"database {path!r} is in use: {detail}"
+        else:
+            msg = (
+                f"database {path!r} is locked by another process or engine in this process"
+                f"{': ' + detail if detail else ''}; close that engine (or stop that process) first,"
+                " or have it copy the database with Engine.backup(dest) and use the copy"
+            )
         super().__init__(msg)
 
 

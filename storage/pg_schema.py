@@ -154,7 +154,7 @@ def _upgrade_to_4(conn: Any, shown: str) -> None:
         names = ", ".join(repr(str(r[0])) for r in held[:5]) + (" ..." if len(held) > 5 else "")
         raise StorageLocked(shown, f"node(s) {names} hold a lease on it: an engine of an earlier taskengine version "
                             "may write to it; stop them (or wait until their lease runs out), then open this one "
-                            "(which upgrades the database's schema to version 4)")
+                            "(which upgrades the database's schema to version 4)", shared=True)
     for ddl in _UPGRADE_4:
         conn.execute(ddl)
     conn.execute("UPDATE taskengine.meta SET value = '4' WHERE name = 'schema_version'")
@@ -166,7 +166,7 @@ def _upgrade_to_2(conn: Any, shown: str) -> None:
     each task's record. Refused while a version-1 engine writes (it holds its writer lock)."""
     if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LEGACY_WRITER_LOCK,)).fetchone()[0]:
         raise StorageLocked(shown, "an engine of an earlier taskengine version writes to it; stop it, then open "
-                            "this one (which upgrades the database's schema to version 2)")
+                            "this one (which upgrades the database's schema to version 2)", shared=True)
     for ddl in _UPGRADE_2:
         conn.execute(ddl)
     after = ""
