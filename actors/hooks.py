@@ -6,9 +6,10 @@ OpenTelemetry) or a program's own metrics see the engine without patching it; th
 metrics (``taskengine.prometheus``) are one such hook.
 
 An engine with no hooks pays one attribute test per state change and per write. Hooks run on
-the engine's own threads, after the change they report is durable and before any caller hears of
-it, so a caller that gets an answer knows its hooks have run; a slow hook therefore slows the
-engine. A hook that raises (anything, ``SystemExit`` included) is logged and otherwise ignored: it
+the engine's own threads, after the change they report is durable and before any caller is
+answered about it, so a caller the engine answers knows its hooks have run (a read of the durable
+record, by ``get_execution`` or a ``wait`` called after it, may come before them); a slow hook
+therefore slows the engine. A hook that raises (anything, ``SystemExit`` included) is logged and otherwise ignored: it
 never breaks the engine. For the same reason a hook must not wait for the engine: a call from a
 hook that would wait for an answer (``trigger``, ``get_task``, ``wait``, ``stats``, ``close``...)
 raises InvalidArgument at once instead of waiting for itself forever; ``trigger_future`` sends

@@ -528,7 +528,7 @@ def probe_e2e(args: argparse.Namespace) -> list[str]:
     switched = handoffs()
     try:
         if args.burst:
-            result = _burst(args, path)
+            result = _burst(args, path, before_close=lambda: seen.update(_thread_cpu()))
             driver = "64 callers trigger them all at once, as taskengine bench's e2e does"
         else:
             result = child_soak({
@@ -556,9 +556,10 @@ def probe_e2e(args: argparse.Namespace) -> list[str]:
     return notes + lines
 
 
-def _burst(args: argparse.Namespace, path: str) -> dict[str, Any]:
+def _burst(args: argparse.Namespace, path: str, before_close: Callable[[], None]) -> dict[str, Any]:
     """``args.executions`` no-op executions over 100 tasks, triggered by 64 callers at once; done
-    when the last one has run."""
+    when the last one has run. ``before_close`` runs while the engine's threads still live (a short
+    burst can start and end them between two of the sampler's looks)."""
     from taskengine import Engine
 
     from .measure import run_fixed
@@ -581,6 +582,7 @@ def _burst(args: argparse.Namespace, path: str) -> dict[str, Any]:
         run_fixed(64, total, lambda k, i: engine.trigger(ids[(k * 31 + i) % 100]))
         finished.wait(max(60.0, total / 50))
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        before_close()
     finally:
         engine.close()
     return {"executions": done[0], "rate": done[0] / elapsed, "cpu_percent": round(100 * cpu / elapsed)}
