@@ -148,6 +148,24 @@ def test_a_run_with_backpressure_counts_refusals_and_checks_the_rest(tmp_path: P
     assert any("QueueFull" in line for line in report.render())
 
 
+@pytest.mark.parametrize(("crash_every", "count"), [(None, 500), (0.5, 4000)])
+def test_a_run_with_retention_checks_pruned_executions_by_the_prune_mark(
+    tmp_path: Path, crash_every: float | None, count: int
+) -> None:
+    """--keep-last: the workload's engines prune finished executions as they go; an acknowledged
+    execution the workload or the final check finds gone is held to the task's prune mark
+    (above its index), and its idempotency key is not repeated after the run."""
+    cfg = StressConfig(db=str(tmp_path / "db"), clients=8, tasks=2, count=count, duration=None, seed=13,
+                       crash_every=crash_every, keep_last=0)
+    report = execute(cfg)
+    assert report.violations == []
+    assert report.final.pruned > 0
+    assert report.crashes >= (1 if crash_every else 0)
+    assert report.final.checked == report.acknowledged
+    assert report.replay["ok"]
+    assert any("pruned after they finished" in line for line in report.render())
+
+
 def test_crash_injected_run_survives_kills(tmp_path: Path, capsys: Any) -> None:
     db, out = str(tmp_path / "db"), tmp_path / "crash.json"
     # three counter actors: tasks of one actor keep running while another is mid-turn at the kill
@@ -237,6 +255,7 @@ def test_progress_line_is_shown_unless_disabled(tmp_path: Path, capsys: Any) -> 
         (["--crash-every", "soon"], "--crash-every"),
         (["--counter-actors", "0"], "--counter-actors"),
         (["--max-queued", "0"], "--max-queued"),
+        (["--keep-last", "-1"], "--keep-last"),
         (["--seed", "x"], "--seed"),
         (["--json", "/nonexistent-dir-for-stress/r.json"], "does not exist"),
         (["--plot", "/nonexistent-dir-for-stress/r.png"], "--plot"),

@@ -195,8 +195,9 @@ def final_check(
     started = time.monotonic()
     deadline = started + timeout
     counts: dict[str, int] = dict.fromkeys(
-        ("checked", "success", "failed", "interrupted", "deleted", "waited", "idempotent_rechecked"), 0
+        ("checked", "success", "failed", "interrupted", "deleted", "pruned", "waited", "idempotent_rechecked"), 0
     )
+    pruned: set[str] = set()
     violation = ledger.add_violation
     acks = sorted(ledger.acks.values(), key=lambda a: (a.task, a.index))
     by_index: dict[tuple[str, int], str] = {}
@@ -220,6 +221,9 @@ def final_check(
         except (TaskNotFound, ExecutionNotFound) as e:
             if exempt:
                 counts["deleted"] += 1
+            elif isinstance(e, ExecutionNotFound) and pruned_past(engine, ack.task, ack.index):
+                counts["pruned"] += 1  # retention (--keep-last) removed it, once it had finished
+                pruned.add(ack.id)
             else:
                 violation(f"{where}: lost after the run ({e})")
             continue
@@ -245,8 +249,8 @@ def final_check(
             counts["failed"] += 1
     # idempotency keys survive restarts: a repeat answers the first execution, never a new one
     for ack in acks:
-        if ack.key is None or ledger.exempt(ack):
-            continue
+        if ack.key is None or ledger.exempt(ack) or ack.id in pruned:
+            continue  # a pruned execution's key is forgotten with it
         try:
             again = engine.trigger(ack.task, {"recheck": True}, idempotency_key=ack.key)
         except EngineError as e:
@@ -262,6 +266,14 @@ def final_check(
     return FinalCheck(
         **counts, unacknowledged_waited=unacked, seconds=time.monotonic() - started
     )
+
+
+def pruned_past(engine: Engine, task: str, index: int) -> bool:
+    """Is ``index`` below the task's prune mark (retention removed it; it had finished)?"""
+    try:
+        return engine.get_task(task).prune_mark > index
+    except EngineError:
+        return False
 
 
 def _finish_live(engine: Engine, tasks: list[str], deadline: float, timeout: float, violation: Any) -> int:

@@ -81,6 +81,8 @@ def _open(args: argparse.Namespace, jobs: Any) -> Engine:
         kwargs = {"node_id": args.node_id, "node_lease": args.lease}
     if args.max_queued is not None:
         kwargs["max_queued"] = args.max_queued
+    if args.keep_last is not None:
+        kwargs["keep_last"] = args.keep_last
     return Engine.open(args.db, jobs=jobs, workers=args.workers, counter_actors=args.counter_actors, **kwargs)
 
 
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-client", type=int, default=0)
     parser.add_argument("--delete-probability", type=float, default=None)
     parser.add_argument("--max-queued", type=int, default=None, help="the engine's backpressure bound")
+    parser.add_argument("--keep-last", type=int, default=None, help="the engine's retention policy")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="stress-child: %(levelname)s %(message)s")
     HidePlannedFailures().__enter__()  # for the life of the process

@@ -76,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "joined to the host by a veth pair, and make half the pauses cuts off the network (its "
                         "link down until it lost its lease) instead of SIGSTOPs; the server must take connections "
                         "from 10.231.0.0/16 at the host's ends (10.231.K.1)")
+    parser.add_argument("--keep-last", metavar="N", default=None,
+                        help="open the workload's engines with keep_last=N (retention): an acknowledged execution "
+                        "found pruned is checked by the task's prune mark (above its index: it had finished)")
     parser.add_argument("--max-queued", metavar="N", default=None,
                         help="open the workload's engines with max_queued=N (backpressure): triggers over the bound "
                         "are refused with QueueFull, which is counted, not a violation")
@@ -189,6 +192,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         if nodes is None:
             raise ToolError("--pause-share is a setting of --nodes", EXIT_USAGE)
         pause_share = _fraction(args.pause_share, "--pause-share")
+    keep_last = None
+    if getattr(args, "keep_last", None) is not None:
+        keep_last = _int(args.keep_last, "--keep-last", 0, 10**9)
     max_queued = None
     if getattr(args, "max_queued", None) is not None:
         max_queued = _int(args.max_queued, "--max-queued", 1, 10**9)
@@ -205,7 +211,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return StressConfig(
         db=db, clients=clients, tasks=tasks, count=count, duration=duration, crash_every=crash_every,
         workers=workers, counter_actors=counter_actors, seed=seed, nodes=nodes, lease=lease,
-        pause_share=pause_share, netns=netns, max_queued=max_queued,
+        pause_share=pause_share, netns=netns, max_queued=max_queued, keep_last=keep_last,
     )
 
 

@@ -86,6 +86,8 @@ class StressConfig:
     cut_share: float = 0.5
     #: the workload's engines' backpressure bound (Engine.open(max_queued=...)); None: none
     max_queued: int | None = None
+    #: the workload's engines' retention policy (Engine.open(keep_last=...)); None: none
+    keep_last: int | None = None
 
 
 @attrs.frozen
@@ -120,6 +122,8 @@ def _open_engine(cfg: StressConfig, jobs: Mapping[str, Job] = JOBS, node_id: str
         kwargs = {"node_id": node_id, "node_lease": cfg.lease}
     if workload and cfg.max_queued is not None:
         kwargs["max_queued"] = cfg.max_queued
+    if workload and cfg.keep_last is not None:
+        kwargs["keep_last"] = cfg.keep_last
     try:
         return Engine.open(cfg.db, jobs=jobs, workers=cfg.workers, counter_actors=cfg.counter_actors, **kwargs)
     except StorageLocked:
@@ -164,6 +168,7 @@ def _execute(cfg: StressConfig, on_progress: ProgressCallback | None, tick: floa
         seed=cfg.seed,
         crash_every=cfg.crash_every,
         max_queued=cfg.max_queued,
+        keep_last=cfg.keep_last,
     )
     from .nodes import NodeSupervisor
 
@@ -324,6 +329,7 @@ class Child:
             "--seed", str(seed),
             "--generations", json.dumps(ledger.base_generations(), separators=(",", ":")),
             *([] if cfg.max_queued is None else ["--max-queued", str(cfg.max_queued)]),
+            *([] if cfg.keep_last is None else ["--keep-last", str(cfg.keep_last)]),
             *extra,
         ]
         self.started_at = time.monotonic()

@@ -71,6 +71,8 @@ class FinalCheck:
     interrupted: int = 0
     #: of a task deleted after the acknowledgement: gone (or CANCELLED), as allowed
     deleted: int = 0
+    #: removed by retention (--keep-last): below the task's prune mark, so they had finished
+    pruned: int = 0
     #: executions left PENDING or RUNNING on disk by the last stop, recovered by the reopened engine
     live_at_reopen: int = 0
     #: acknowledged executions that had not finished when the check looked them up (waited for)
@@ -175,6 +177,8 @@ class StressReport:
     #: the workload's engines' backpressure bound (--max-queued), and the triggers it refused
     max_queued: int | None = None
     queue_full: int = 0
+    #: the workload's engines' retention policy (--keep-last)
+    keep_last: int | None = None
     #: blocking triggers that timed out on the client side (not violations by themselves:
     #: the final check decides whether the execution finished)
     blocking_timeouts: int = 0
@@ -305,6 +309,7 @@ class StressReport:
             (f.failed, "FAILED as the workload planned"),
             (f.interrupted, "FAILED as interrupted by a kill"),
             (f.deleted, "gone or CANCELLED with their deleted task"),
+            (f.pruned, f"pruned after they finished (keep_last {self.keep_last})"),
         ]
         other = f.checked - sum(n for n, _ in outcomes)
         if other:

@@ -546,7 +546,7 @@ class StressClient(pykka.ThreadingActor):
         try:
             ex = self.engine.wait(held.task, held.id, timeout=self.s.blocking_timeout)
         except (TaskNotFound, ExecutionNotFound) as e:
-            if not self.book.deleted_since(held.task, held.gen):
+            if not self.book.deleted_since(held.task, held.gen) and not self._pruned(held.task, held.index):
                 self._violation(f"acknowledged execution {held.id} of {held.task!r} vanished: {e}")
             return
         except ExecutionTimeout:
@@ -660,13 +660,19 @@ class StressClient(pykka.ThreadingActor):
             return
         if self.book.deleted_since(task, first_sent.gen):
             return  # a retry after a deletion may make a new execution of the new task
-        if retry.id != first.id or (
+        if (retry.id != first.id or (
             retry.index is not None and first.index is not None and retry.index != first.index
-        ):
+        )) and not self._pruned(task, first.index):  # a pruned execution's key is forgotten with it
             self._violation(
                 f"idempotency key {key!r} of {task!r}: first answer {first.id} (index {first.index}), "
                 f"retry answer {retry.id} (index {retry.index})"
             )
+
+    def _pruned(self, task: str, index: int | None) -> bool:
+        """Retention (--keep-last) removed the execution of ``index``: it is below the prune mark."""
+        from .check import pruned_past
+
+        return index is not None and pruned_past(self.engine, task, index)
 
     def _op_read(self) -> None:
         """Reads never assign: re-read one of this client's executions and the counter."""
@@ -678,7 +684,7 @@ class StressClient(pykka.ThreadingActor):
             ex = self.engine.get_execution(held.task, held.id)
             counter = self.engine.next_index(held.task)
         except (TaskNotFound, ExecutionNotFound) as e:
-            if not self.book.deleted_since(held.task, held.gen):
+            if not self.book.deleted_since(held.task, held.gen) and not self._pruned(held.task, held.index):
                 self._violation(f"acknowledged execution {held.id} of {held.task!r} vanished: {e}")
             return
         if self.book.deleted_since(held.task, held.gen):
