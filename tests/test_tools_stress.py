@@ -17,7 +17,7 @@ import pytest
 
 from taskengine.tools.histogram import Histogram
 from taskengine.tools.stress import command as stress
-from taskengine.tools.stress.check import Ledger, final_check
+from taskengine.tools.stress.check import Ledger, final_check, pruned_past
 from taskengine.tools.stress.driver import StressConfig, execute
 from taskengine.tools.stress.report import FinalCheck, Latency, StressReport
 from taskengine.tools.stress.workload import JOB_NAME, JOBS, Settings
@@ -403,6 +403,29 @@ def test_final_check_flags_lost_and_moved_executions(tmp_path: Path) -> None:
     assert any("later as index 5" in v for v in violations), violations
     assert any("01ARZ3NDEKTSV4RRFFQ69G5FAV" in v and "lost" in v for v in violations), violations
     assert len(violations) == 2, violations
+
+
+@pytest.mark.timeout(30)
+def test_the_prune_mark_check_answers_only_what_it_read(tmp_path: Path) -> None:
+    """pruned_past: True below the mark, False above it or for a task that is gone; an engine
+    closed under the read (a workload stopping while a client checks an execution it just found
+    pruned) raises, as on_receive expects, rather than answering "not pruned", which reported
+    pruned executions as vanished."""
+    from taskengine import Engine
+    from taskengine.actors.errors import EngineClosed
+
+    engine = Engine.open(str(tmp_path / "db"), jobs=JOBS)
+    try:
+        engine.create_task("t", job=JOB_NAME)
+        for c in range(3):
+            engine.trigger("t", {"c": c}, blocking=True)
+        assert engine.prune("t", before_index=2) == 2
+        assert pruned_past(engine, "t", 1) and not pruned_past(engine, "t", 2)
+        assert not pruned_past(engine, "gone", 0)
+    finally:
+        engine.close()
+    with pytest.raises(EngineClosed):
+        pruned_past(engine, "t", 1)
 
 
 # -- report pieces ----------------------------------------------------------------------------

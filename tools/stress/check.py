@@ -269,10 +269,13 @@ def final_check(
 
 
 def pruned_past(engine: Engine, task: str, index: int) -> bool:
-    """Is ``index`` below the task's prune mark (retention removed it; it had finished)?"""
+    """Is ``index`` below the task's prune mark (retention removed it; it had finished)? A task
+    that is gone has no mark to pass (a deletion explains the execution, or nothing does). Any
+    other error propagates: an engine closed under a client's read (the workload stopping) is no
+    answer, and taken as "not pruned" it would report a pruned execution as vanished."""
     try:
         return engine.get_task(task).prune_mark > index
-    except EngineError:
+    except TaskNotFound:
         return False
 
 

@@ -546,7 +546,8 @@ class StressClient(pykka.ThreadingActor):
         try:
             ex = self.engine.wait(held.task, held.id, timeout=self.s.blocking_timeout)
         except (TaskNotFound, ExecutionNotFound) as e:
-            if not self.book.deleted_since(held.task, held.gen) and not self._pruned(held.task, held.index):
+            # the prune mark first: a deletion begun while it is read leaves the mark of a new task
+            if not self._pruned(held.task, held.index) and not self.book.deleted_since(held.task, held.gen):
                 self._violation(f"acknowledged execution {held.id} of {held.task!r} vanished: {e}")
             return
         except ExecutionTimeout:
@@ -662,7 +663,8 @@ class StressClient(pykka.ThreadingActor):
             return  # a retry after a deletion may make a new execution of the new task
         if (retry.id != first.id or (
             retry.index is not None and first.index is not None and retry.index != first.index
-        )) and not self._pruned(task, first.index):  # a pruned execution's key is forgotten with it
+        )) and not self._pruned(task, first.index) and not self.book.deleted_since(task, first_sent.gen):
+            # a pruned execution's key is forgotten with it (a deletion may begin while the mark is read)
             self._violation(
                 f"idempotency key {key!r} of {task!r}: first answer {first.id} (index {first.index}), "
                 f"retry answer {retry.id} (index {retry.index})"
@@ -684,7 +686,8 @@ class StressClient(pykka.ThreadingActor):
             ex = self.engine.get_execution(held.task, held.id)
             counter = self.engine.next_index(held.task)
         except (TaskNotFound, ExecutionNotFound) as e:
-            if not self.book.deleted_since(held.task, held.gen) and not self._pruned(held.task, held.index):
+            # the prune mark first: a deletion begun while it is read leaves the mark of a new task
+            if not self._pruned(held.task, held.index) and not self.book.deleted_since(held.task, held.gen):
                 self._violation(f"acknowledged execution {held.id} of {held.task!r} vanished: {e}")
             return
         if self.book.deleted_since(held.task, held.gen):
