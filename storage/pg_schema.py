@@ -145,9 +145,12 @@ def check_schema(conn: Any, shown: str, create: bool) -> int:
 def _upgrade_to_4(conn: Any, shown: str) -> None:
     """Version 3 -> 4 in the caller's transaction. An engine of an earlier version writes rows
     this version would not find (no live row), and deletes tasks relying on the foreign key: so
-    the upgrade is refused while any node holds a lease (its row locked first: a transaction of it
-    in flight ends before), and such an engine cannot join afterwards (it sets no
-    ``nodes.version``)."""
+    the upgrade is refused while any node holds a lease (the table locked against joins first,
+    then each row: a join or a transaction in flight ends before the look), and such an engine
+    cannot join afterwards (it sets no ``nodes.version``)."""
+    # no join or heartbeat commits between the look and the upgrade: a join in flight ends first
+    # (and is seen), a later one waits for the upgrade (and, of an earlier version, then fails)
+    conn.execute("LOCK TABLE taskengine.nodes IN SHARE ROW EXCLUSIVE MODE")
     held = conn.execute("SELECT id FROM taskengine.nodes WHERE alive AND lease_until > clock_timestamp() "
                         "ORDER BY id FOR UPDATE").fetchall()
     if held:
