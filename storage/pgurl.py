@@ -23,13 +23,11 @@ def _hidden(url: str) -> list[tuple[int, int]]:
         return [(0, len(url))]
     start += 3
     spans: list[tuple[int, int]] = []
-    slash = url.find("/", start)
-    first = url.find("@", start, len(url) if slash == -1 else slash)
-    if first != -1:
-        last = url.rfind("@", first, _host_end(url, first))  # an unescaped "@" of the password
-        colon = url.find(":", start, last)
+    ats = _user_info_ats(url, start)
+    if ats is not None:
+        colon = url.find(":", start, ats[1])
         if colon != -1:
-            spans.append((colon + 1, last))
+            spans.append((colon + 1, ats[1]))
     for i, c in enumerate(url):
         if c in "?&" and i >= start:
             end = url.find("&", i + 1)
@@ -38,6 +36,17 @@ def _hidden(url: str) -> list[tuple[int, int]]:
             if eq and urllib.parse.unquote(key) == "password":
                 spans.append((i + 2 + len(key), end))
     return _merged([(a, b) for a, b in spans if b > a])
+
+
+def _user_info_ats(url: str, start: int) -> tuple[int, int] | None:
+    """The first and the last ``@`` of the user info beginning at ``start`` (after ``://``), or
+    None without one: libpq ends the user info at the first; an ``@`` after it, before the end of
+    the host libpq would then read, was meant as part of the password."""
+    slash = url.find("/", start)
+    first = url.find("@", start, len(url) if slash == -1 else slash)
+    if first == -1:
+        return None
+    return first, url.rfind("@", first, _host_end(url, first))
 
 
 def _host_end(url: str, at: int) -> int:
@@ -94,7 +103,5 @@ def stray_at(url: str) -> bool:
     start = url.find("://")
     if start == -1:
         return False
-    start += 3
-    slash = url.find("/", start)
-    first = url.find("@", start, len(url) if slash == -1 else slash)
-    return first != -1 and url.rfind("@", first, _host_end(url, first)) != first
+    ats = _user_info_ats(url, start + 3)
+    return ats is not None and ats[0] != ats[1]
