@@ -4,7 +4,10 @@ store makes at open, and the upgrades an engine makes (one node at a time)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
+
+import attrs
 
 from . import codec, keys
 from .errors import CorruptRecord, NotADatabase, StorageError, StorageLocked, UnknownSchema
@@ -102,7 +105,8 @@ def check_encoding(conn: Any, shown: str) -> None:
 
 def check_schema(conn: Any, shown: str, create: bool) -> int:
     """The stored schema version; with ``create``, the schema made if missing or upgraded to
-    this version (one node at a time, under an advisory lock)."""
+    this version (one node at a time, under an advisory lock; every step in one transaction, so a
+    refused one leaves the database as it was)."""
     with conn.transaction():
         if create:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('taskengine.schema'))")
@@ -111,8 +115,7 @@ def check_schema(conn: Any, shown: str, create: bool) -> int:
             if not create:
                 raise NotADatabase(f"{shown} holds no taskengine schema (no table taskengine.meta)")
             for step in KNOWN_SCHEMAS:
-                for ddl in STEPS[step]:
-                    conn.execute(ddl)
+                _run_steps(conn, step)
             conn.execute("INSERT INTO taskengine.meta (name, value) VALUES ('schema_version', %s)",
                          (str(SCHEMA_VERSION),))
             log.info("created the taskengine schema in %s (version %d)", shown, SCHEMA_VERSION)
@@ -127,27 +130,21 @@ def check_schema(conn: Any, shown: str, create: bool) -> int:
         if version not in KNOWN_SCHEMAS:
             known = " and ".join(str(v) for v in KNOWN_SCHEMAS)
             raise UnknownSchema(f"{shown} has schema version {version}; this taskengine knows versions {known}")
-        if create and version == 1:
-            _upgrade_to_2(conn, shown)
-            version = 2
-        if create and version == 2:
-            for ddl in _UPGRADE_3:
-                conn.execute(ddl)
-            conn.execute("UPDATE taskengine.meta SET value = '3' WHERE name = 'schema_version'")
-            log.info("upgraded the taskengine schema in %s from version 2 to 3", shown)
-            version = 3
-        if create and version == 3:
-            _upgrade_to_4(conn, shown)
-            version = 4
+        while create and version < SCHEMA_VERSION:
+            version += 1
+            upgrade = UPGRADES[version]
+            if upgrade.refused_while_leased:
+                _refuse_while_leased(conn, shown, version)
+            upgrade.run(conn, shown)
+            conn.execute("UPDATE taskengine.meta SET value = %s WHERE name = 'schema_version'", (str(version),))
+            log.info("upgraded the taskengine schema in %s from version %d to %d", shown, version - 1, version)
     return version
 
 
-def _upgrade_to_4(conn: Any, shown: str) -> None:
-    """Version 3 -> 4 in the caller's transaction. An engine of an earlier version writes rows
-    this version would not find (no live row), and deletes tasks relying on the foreign key: so
-    the upgrade is refused while any node holds a lease (the table locked against joins first,
-    then each row: a join or a transaction in flight ends before the look), and such an engine
-    cannot join afterwards (it sets no ``nodes.version``)."""
+def _refuse_while_leased(conn: Any, shown: str, version: int) -> None:
+    """Refused (StorageLocked, in the caller's transaction) while any node holds a lease: the
+    table locked against joins first, then each row, so a join or a transaction in flight ends
+    before the look."""
     # no join or heartbeat commits between the look and the upgrade: a join in flight ends first
     # (and is seen), a later one waits for the upgrade (and, of an earlier version, then fails)
     conn.execute("LOCK TABLE taskengine.nodes IN SHARE ROW EXCLUSIVE MODE")
@@ -157,21 +154,23 @@ def _upgrade_to_4(conn: Any, shown: str) -> None:
         names = ", ".join(repr(str(r[0])) for r in held[:5]) + (" ..." if len(held) > 5 else "")
         raise StorageLocked(shown, f"node(s) {names} hold a lease on it: an engine of an earlier taskengine version "
                             "may write to it; stop them (or wait until their lease runs out), then open this one "
-                            "(which upgrades the database's schema to version 4)", shared=True)
-    for ddl in _UPGRADE_4:
+                            f"(which upgrades the database's schema to version {version})", shared=True)
+
+
+def _run_steps(conn: Any, version: int) -> None:
+    for ddl in STEPS[version]:
         conn.execute(ddl)
-    conn.execute("UPDATE taskengine.meta SET value = '4' WHERE name = 'schema_version'")
-    log.info("upgraded the taskengine schema in %s from version 3 to 4", shown)
 
 
 def _upgrade_to_2(conn: Any, shown: str) -> None:
-    """Version 1 -> 2 in the caller's transaction: the nodes table, and the columns filled from
-    each task's record. Refused while a version-1 engine writes (it holds its writer lock)."""
+    """Version 1 -> 2: the nodes table, and the columns filled from each task's record. Refused
+    while a version-1 engine writes (it holds its writer lock, a session advisory lock: taken at
+    once, outside any transaction, so no join in flight can be missed; and there are no leases
+    yet)."""
     if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (LEGACY_WRITER_LOCK,)).fetchone()[0]:
         raise StorageLocked(shown, "an engine of an earlier taskengine version writes to it; stop it, then open "
                             "this one (which upgrades the database's schema to version 2)", shared=True)
-    for ddl in _UPGRADE_2:
-        conn.execute(ddl)
+    _run_steps(conn, 2)
     after = ""
     filled = 0
     while rows := conn.execute("SELECT id, record FROM taskengine.tasks WHERE id > %s ORDER BY id LIMIT %s",
@@ -188,5 +187,36 @@ def _upgrade_to_2(conn: Any, shown: str) -> None:
             cur.executemany("UPDATE taskengine.tasks SET job = %s, incarnation = %s WHERE id = %s", updates)
         filled += len(updates)
         after = rows[-1][0]
-    conn.execute("UPDATE taskengine.meta SET value = '2' WHERE name = 'schema_version'")
-    log.info("upgraded the taskengine schema in %s from version 1 to 2 (%d tasks)", shown, filled)
+    log.info("filled the job and incarnation of %d tasks in %s", filled, shown)
+
+
+def _upgrade_to_3(conn: Any, shown: str) -> None:
+    """Version 2 -> 3: the write marks. Nothing is refused: an engine of version 2 does not use
+    the new table, and its writes are the same."""
+    _run_steps(conn, 3)
+
+
+def _upgrade_to_4(conn: Any, shown: str) -> None:
+    """Version 3 -> 4. An engine of an earlier version writes rows this version would not find (no
+    live row), and deletes tasks relying on the foreign key: so the upgrade is refused while any
+    node holds a lease, and such an engine cannot join afterwards (it sets no ``nodes.version``)."""
+    _run_steps(conn, 4)
+
+
+@attrs.frozen
+class Upgrade:
+    """One step of the upgrade chain, run in the transaction of the schema check."""
+
+    #: the step's work (a guard of its own, its tables, what it fills)
+    run: Callable[[Any, str], None]
+    #: refused while any node holds a lease (an engine of an earlier version may write); the
+    #: look is made, with the nodes table locked, before the step's work
+    refused_while_leased: bool = False
+
+
+#: the version each step upgrades to -> the step; run in order from the stored version's next
+UPGRADES = {
+    2: Upgrade(_upgrade_to_2),
+    3: Upgrade(_upgrade_to_3),
+    4: Upgrade(_upgrade_to_4, refused_while_leased=True),
+}
