@@ -1,7 +1,8 @@
 """Schema version 4 and the one-round-trip turn start, attacked against a real server: the live
 table against the execution rows under races between nodes and deletions, a copy, a turn's first
 query cut or failing while it waits for a task's lock, ids an array literal could misread, two
-engines upgrading one version-3 database at once, and an upgrade racing an old engine's join."""
+engines upgrading one version-3 database at once, an upgrade racing an old engine's join, and one
+refused while a version-1 engine writes."""
 
 from __future__ import annotations
 
@@ -261,18 +262,20 @@ def test_awkward_task_ids_through_the_one_query_turn_start(make_engine: Any, pg_
     assert _disagreements(pg_url) == []
 
 
-def test_an_upgrade_to_4_racing_a_version_3_engine_joining_is_refused(make_engine: Any, pg_url: str) -> None:
-    """An engine of version 3 joins (its INSERT of its node row not yet committed) while an
-    engine opens the version-3 database to upgrade it: the upgrade must see that join once it
-    commits and refuse (that node holds a lease and writes rows without live rows), not go on and
-    give the version-3 node ``version = 3`` and a database of version 4."""
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_upgrade_racing_an_older_engine_joining_is_refused(make_engine: Any, pg_url: str, version: int) -> None:
+    """An engine of version 2 or 3 joins (its INSERT of its node row not yet committed) while an
+    engine opens the database of that version to upgrade it: the upgrade must see that join once
+    it commits and refuse (that node holds a lease and writes rows without live rows), not go on
+    and give the older node ``version = 3`` and a database of version 4. From version 2 the chain
+    runs 2 -> 3 first: the lease look of 3 -> 4 still comes before anything is committed."""
     with psycopg.connect(pg_url) as conn:
-        for step in range(1, 4):
+        for step in range(1, version + 1):
             for ddl in pg_schema.STEPS[step]:
                 conn.execute(ddl)
-        conn.execute("INSERT INTO taskengine.meta VALUES ('schema_version', '3')")
+        conn.execute("INSERT INTO taskengine.meta VALUES ('schema_version', %s)", (str(version),))
     joining = psycopg.connect(pg_url)
-    joining.execute("INSERT INTO taskengine.nodes AS n (id, epoch, lease_until, alive) VALUES ('v3', 1, "
+    joining.execute("INSERT INTO taskengine.nodes AS n (id, epoch, lease_until, alive) VALUES ('old', 1, "
                     "clock_timestamp() + interval '1 hour', true) ON CONFLICT (id) DO UPDATE SET epoch = n.epoch + 1")
     out: list[Any] = []
 
@@ -292,5 +295,31 @@ def test_an_upgrade_to_4_racing_a_version_3_engine_joining_is_refused(make_engin
     joining.close()
     thread.join(WAIT)
     assert len(out) == 1 and isinstance(out[0], errors.StorageLocked), out
+    assert "'old' hold a lease" in str(out[0])
     with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT value FROM taskengine.meta").fetchone() == ("3",)
+        assert conn.execute("SELECT value FROM taskengine.meta").fetchone() == (str(version),)
+        assert conn.execute("SELECT to_regclass('taskengine.live')").fetchone() == (None,)
+        if version == 2:  # the 2 -> 3 step went with the refusal
+            assert conn.execute("SELECT to_regclass('taskengine.write_marks')").fetchone() == (None,)
+
+
+def test_an_upgrade_from_1_is_refused_while_a_version_1_engine_writes(make_engine: Any, pg_url: str) -> None:
+    """A version-1 engine's writer holds its session advisory lock: the upgrade (taking that lock
+    for its transaction) is refused and changes nothing; once that session ends, it upgrades. No
+    join in flight can be missed here: an advisory lock is taken at once, outside any transaction,
+    and there is no nodes table yet."""
+    with psycopg.connect(pg_url) as conn:
+        for ddl in pg_schema.STEPS[1]:
+            conn.execute(ddl)
+        conn.execute("INSERT INTO taskengine.meta VALUES ('schema_version', '1')")
+    writer = psycopg.connect(pg_url, autocommit=True)
+    writer.execute("SELECT pg_advisory_lock(%s)", (pg_schema.LEGACY_WRITER_LOCK,))
+    with pytest.raises(errors.StorageLocked, match="earlier taskengine version writes to it"):
+        make_engine(pg_url, jobs={"rec": Recorder()}, node_id="n", node_lease=LEASE)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT value FROM taskengine.meta").fetchone() == ("1",)
+        assert conn.execute("SELECT to_regclass('taskengine.nodes')").fetchone() == (None,)
+    writer.close()
+    make_engine(pg_url, jobs={"rec": Recorder()}, node_id="n", node_lease=LEASE).close()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT value FROM taskengine.meta").fetchone() == ("4",)
