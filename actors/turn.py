@@ -24,6 +24,7 @@ message handlers and sets the state both work on.
 
 from __future__ import annotations
 
+import abc
 import collections
 import logging
 import queue
@@ -118,13 +119,16 @@ class TurnActor(EngineActor):
     _ended: dict[ExecutionStatus, int]
     _handlers: dict[type, Callable[[Any], None]]
 
-    def _refresh(self, ids: list[str], rows: list[StoredTask]) -> None:
-        """Cached states as the rows a shared turn locked say (the subclass's)."""
-        raise NotImplementedError
+    # what the subclass must define: abstract, so an actor without them cannot start (pykka's
+    # actors are ABCs) and mypy holds the subclass's to these signatures
 
+    @abc.abstractmethod
+    def _refresh(self, ids: list[str], rows: list[StoredTask]) -> None:
+        """Cached states as the rows a shared turn locked say."""
+
+    @abc.abstractmethod
     def _evict(self) -> None:
-        """Forget idle tasks between turns (the subclass's)."""
-        raise NotImplementedError
+        """Forget idle tasks between turns."""
 
     # -- the turn: take what waits, write once, answer ------------------------------------
 
