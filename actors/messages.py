@@ -308,8 +308,9 @@ class PoolStats:
 
 @attrs.define
 class StorageFailed:
-    """A write failed: the pool drops its queue and runs nothing more (waiters are answered by
-    the completion board; non-blocking executions stay PENDING on disk for the next open)."""
+    """A write failed (or the node lost its lease): the pool drops its queue and runs nothing
+    more (waiters are answered by the completion board; non-blocking executions stay PENDING on
+    disk for the next open); a counter actor answers its parked repeats with the writer's refusal."""
 
 
 @attrs.define

@@ -134,6 +134,9 @@ class TurnActor(EngineActor):
 
     def on_receive(self, message: Any) -> Any:
         if type(message) not in self._handlers:
+            if type(message) is m.StorageFailed:  # writes stopped engine-wide, perhaps not by us
+                self._fail_parked(self._refusal)
+                return None
             return super().on_receive(message)
         self._turn_no += 1
         self._turn = turn = Turn()
@@ -420,7 +423,9 @@ class TurnActor(EngineActor):
 
 def writes_stopped(path: str, committer: Writer, board: CompletionBoard, refs: ActorRefs) -> None:
     """After the writer failed (a failed write, or a node that lost its lease): answer every
-    waiter of the engine and stop the pool's queue."""
+    waiter of the engine, stop the pool's queue, and have every counter actor answer its parked
+    repeats (their executions will never leave the queue, and their actor may get no other
+    message to notice it by)."""
     failure = committer.failure
 
     def waiter_error() -> Exception:
@@ -432,7 +437,8 @@ def writes_stopped(path: str, committer: Writer, board: CompletionBoard, refs: A
         ))
 
     board.close(waiter_error)
-    tell_if_alive(refs.pool, m.StorageFailed())
+    for ref in (refs.pool, *refs.counters):
+        tell_if_alive(ref, m.StorageFailed())
 
 
 #: the tasks a counter actor's message is about (CounterStats and RemoteOutcomes: none to lock)

@@ -8,8 +8,10 @@ node storing the key first is in test_pg_adversarial.py."""
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
+import psycopg
 import pykka
 import pytest
 
@@ -21,11 +23,12 @@ S = ExecutionStatus
 pytestmark = pytest.mark.timeout(60)
 
 
-def _queued(make_engine: Any, store: str, max_executions: int | None = None) -> tuple[Any, Gate, Any, Any, str]:
+def _queued(make_engine: Any, store: str, max_executions: int | None = None,
+            **options: Any) -> tuple[Any, Gate, Any, Any, str]:
     """One worker held by a gate (index 0), a blocking trigger queued behind it under key "k"
     (and its id), and a non-blocking repeat of "k", which must not be answered yet."""
     gate = Gate()
-    engine = make_engine(store, jobs={"g": gate}, workers=1)
+    engine = make_engine(store, jobs={"g": gate}, workers=1, **options)
     engine.create_task("t", job="g", max_executions=max_executions)
     engine.trigger("t")
     assert gate.wait_calls(1)
@@ -108,5 +111,42 @@ def test_a_repeat_of_a_queued_execution_is_answered_at_close(make_engine: Any, s
     engine.close(timeout=0.2)
     for fut in (repeat, first):
         with pytest.raises(errors.EngineClosed):
+            fut.get(timeout=WAIT)
+    gate.release()
+
+
+def test_a_repeat_of_a_queued_execution_is_refused_when_the_node_loses_its_lease(make_engine: Any, pg_url: str) -> None:
+    """PostgreSQL: the node's lease runs out (its row expired, as for a node paused past it)
+    while the repeat waits and the worker is still held, so no message reaches the repeat's
+    counter actor; the heartbeat finds the lease lost. The writer refuses everything from then on
+    and the queued execution can never be stored: the repeat is answered at once with WriteFailed
+    naming the lost lease (not left waiting for a turn that may never come), as is the blocking
+    trigger; nothing more was stored."""
+    engine, gate, first, repeat, queued_id = _queued(make_engine, pg_url, node_id="n", node_lease=1.0)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE taskengine.nodes SET lease_until = clock_timestamp() - interval '1 second'")
+    for fut in (repeat, first):
+        with pytest.raises(errors.WriteFailed, match="lost its lease"):
+            fut.get(timeout=WAIT)
+    gate.release()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT idx FROM taskengine.executions").fetchall() == [(0,)]
+
+
+def test_a_repeat_of_a_queued_execution_is_refused_when_another_actors_write_is_fenced(
+        make_engine: Any, pg_url: str) -> None:
+    """PostgreSQL, two counter actors: the node is taken over (another engine joins under its
+    id) long before its heartbeat would notice; a trigger of a task of the other counter actor
+    is the write the fence refuses. Writes stop engine-wide there, and the repeat parked in the
+    first actor is answered with that refusal, though its own actor handled nothing since."""
+    engine, gate, first, repeat, queued_id = _queued(make_engine, pg_url, node_id="n", node_lease=60.0,
+                                                     counter_actors=2)
+    other = next(f"u{i}" for i in range(100) if zlib.crc32(f"u{i}".encode()) % 2 != zlib.crc32(b"t") % 2)
+    engine.create_task(other, job="g")
+    make_engine(pg_url, jobs={"g": Gate()}, node_id="n", node_lease=60.0)  # the next epoch of "n"
+    with pytest.raises(errors.WriteFailed, match="lost its lease"):
+        engine.trigger(other)
+    for fut in (repeat, first):
+        with pytest.raises(errors.WriteFailed, match="lost its lease"):
             fut.get(timeout=WAIT)
     gate.release()
