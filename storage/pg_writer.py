@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 #: a connection gone: also a session the server ended as idle in its transaction (pg_common), which
 #: had not received its COMMIT, so it is settled and made again like any connection lost
 _LOST = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout)
-#: how many times in a row a turn may be handed back (TasksChanged) before the writer gives up
+#: how many times in a row a turn may be handed back (TasksChanged) before the writer gives up;
+#: any turn that goes through, one that only read too, ends the row
 STALE_TURNS = 10
 #: the namespace (first key) of the per-task advisory locks a turn takes (see PostgresWriter.begin)
 TASK_LOCKS = 0x7461_736B  # "task"
@@ -269,6 +270,9 @@ class PostgresWriter:
             elif not changes and self._conn is not None and not self._conn.broken:
                 with contextlib.suppress(psycopg.Error):
                     self._conn.commit()  # a turn that only read: its locks go
+                    # it went through (maybe as a turn handed back, decided again to write
+                    # nothing): the turns handed back before it are not in a row with later ones
+                    self._stale = 0
                 return ()
             try:
                 missed = self._write(changes, turn)

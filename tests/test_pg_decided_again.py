@@ -167,3 +167,42 @@ def test_a_writer_stops_after_stale_turns_decided_again_in_a_row(
     disk = check_db(pg_url, allow_live=False)["t"]
     assert disk.counter == 2 * STALE_TURNS + 1
     assert sorted(ex.data for ex in disk.records.values() if ex.data) == [{"a": 1}]
+
+
+def test_a_turn_that_only_reads_ends_the_stale_turns_in_a_row(
+    make_engine: Any, pg_server: PgServer, pg_url: str, cutter: CommitCutter,
+) -> None:
+    """A's trigger is cut at COMMIT one fewer than ``STALE_TURNS`` times, B triggering the task in
+    between, and before the last try B deletes it: decided again, the turn finds no task (TaskNotFound)
+    and writes nothing, so it ends as a turn that only read. It went through, so the turns handed
+    back before it are not in a row with the next: one more turn handed back (another task) is
+    carried, not the writer's stop."""
+    dbname = pg_url.rsplit("/", 1)[1]
+    rec = Recorder()
+    a = make_engine(cutter.url(pg_server.user, dbname), jobs={"rec": rec}, node_id="a")
+    b = make_engine(pg_url, jobs={"rec": rec}, node_id="b")
+    a.create_task("t", job="rec")
+    a.create_task("u", job="rec")
+    cuts = [0]
+
+    def meanwhile() -> None:
+        cuts[0] += 1
+        if cuts[0] < STALE_TURNS - 1:
+            b.trigger("t", blocking=True, timeout=WAIT)
+            cutter.arm("before", meanwhile)
+        else:
+            b.delete_task("t")
+
+    cutter.arm("before", meanwhile)
+    with pytest.raises(errors.TaskNotFound):
+        a.trigger("t")
+    assert cuts[0] == STALE_TURNS - 1 and not cutter.failures
+    by_b: list[Execution] = []
+    carried = _cut_then(cutter, lambda: a.trigger("u"), lambda: by_b.append(b.trigger("u", blocking=True,
+                                                                                   timeout=WAIT)))
+    assert (by_b[0].index, carried.index) == (0, 1)
+    assert a.wait("u", carried.id, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    assert a.stats().write_failure is None
+    make_engine.close(a)
+    make_engine.close(b)
+    assert check_db(pg_url, allow_live=False)["u"].counter == 2
