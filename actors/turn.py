@@ -60,7 +60,7 @@ class Turn:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
     __slots__ = ("changes", "answers", "pending", "removed", "submits", "deleted", "keys", "counted", "events",
-                 "soft", "shared", "saved", "undo", "again")
+                 "soft", "shared", "locked", "saved", "undo", "again")
 
     def __init__(self) -> None:
         self.changes: list[Change] = []
@@ -76,6 +76,7 @@ class Turn:
         # the outcome that answers instead if it missed)
         self.soft: dict[int, tuple[int, str, Outcome]] = {}
         self.shared = False  # the writer locked this turn's tasks: other nodes share the database
+        self.locked: frozenset[str] | None = None  # those tasks (a shared turn's)
         # a shared turn's state as it began, and what puts back what its handling did elsewhere
         # (the backlog, the pending store), newest last: for a turn decided again (_decide_again)
         self.saved: Saved | None = None
@@ -138,6 +139,20 @@ class TurnActor(EngineActor):
                 self._fail_parked(self._refusal)
                 return None
             return super().on_receive(message)
+        while message is not None:
+            self._turn_of(message)
+            leftover, self._leftover = self._leftover, None
+            message = None
+            if leftover is None:
+                pass
+            elif leftover.reply_to is None and type(leftover.message) in self._handlers:
+                message = leftover.message  # a message about a task this turn did not lock: the next turn's
+            else:
+                self._handle_envelope(leftover)
+        return None
+
+    def _turn_of(self, message: Any) -> None:
+        """One turn: ``message`` and what waits behind it, handled, written once, answered."""
         self._turn_no += 1
         self._turn = turn = Turn()
         # a Prune has a turn of its own, so it reads a disk that holds all this actor has done
@@ -153,13 +168,18 @@ class TurnActor(EngineActor):
                 self._begin(batch)  # inside: whatever happens, the turn's write ends what begin began
                 for msg in batch:
                     self._handle(msg)
-                # a turn whose tasks the writer did not lock (one writer: LevelDB) also takes what
-                # arrives while it is handled, as long as it is not written: a bigger group commit
+                # a turn also takes what arrives while it is handled, as long as it is not written:
+                # a bigger group commit. A turn whose tasks the writer locked (several nodes) takes
+                # only messages about those tasks, and hands them to a turn decided again: it
+                # waited for the locks while other nodes' turns held them, and what its callers
+                # sent meanwhile joins it rather than waiting for another turn's locks
                 taken = len(batch)
-                while not alone and not turn.shared and self._leftover is None and taken < MAX_CHANGES_PER_TURN:
-                    more = self._take()
+                while not alone and self._leftover is None and taken < MAX_CHANGES_PER_TURN:
+                    more = self._take(turn.locked)
                     if more is None:
                         break
+                    if turn.shared:
+                        batch.append(more)
                     self._handle(more)
                     taken += 1
             finally:
@@ -171,22 +191,21 @@ class TurnActor(EngineActor):
         if written:
             self._forget_written(turn)
         self._evict()
-        leftover, self._leftover = self._leftover, None
-        if leftover is not None:
-            self._handle_envelope(leftover)
-        return None
 
-    def _take(self) -> Any:
+    def _take(self, locked: frozenset[str] | None = None) -> Any:
         """The next message waiting in the inbox for this turn, or None: none waits, or the next
-        is a stop, an ask or a Prune, kept in ``_leftover`` for after this turn's write (pykka's order)."""
+        is a stop, an ask, a Prune or (``locked``: the tasks a shared turn holds) about another
+        task, kept in ``_leftover`` for after this turn's write (pykka's order)."""
         inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
         try:
             envelope = inbox.get_nowait()
         except queue.Empty:
             return None
-        kind = type(envelope.message)
-        if envelope.reply_to is None and kind in self._handlers and kind is not m.Prune:
-            return envelope.message
+        message = envelope.message
+        kind = type(message)
+        if envelope.reply_to is None and kind in self._handlers and kind is not m.Prune and (
+                locked is None or locked.issuperset(_task_of.get(kind, _none)(message))):
+            return message
         self._leftover = envelope
         return None
 
@@ -214,6 +233,7 @@ class TurnActor(EngineActor):
         if rows is not None:
             turn = self._turn
             turn.shared = True
+            turn.locked = frozenset(ids)
             self._refresh(ids, rows)
             turn.saved = self._save(ids)
             turn.undo = []
@@ -457,6 +477,10 @@ _task_of: dict[type, Callable[[Any], tuple[str, ...]]] = {
     m.Interrupted: lambda msg: (msg.execution.task_id,),
     m.Prune: lambda msg: (msg.task_id,),
 }
+
+
+def _none(msg: Any) -> tuple[str, ...]:
+    return ()
 
 
 def _fresh(error: _StorageError) -> Exception:

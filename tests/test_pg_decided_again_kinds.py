@@ -187,7 +187,9 @@ class _Watch:
         call's answer (or exception), once all returned."""
         hold = self.hold = threading.Event()
         self.held.clear()
-        holder = threading.Thread(target=lambda: self.engine.get_task("hold"), daemon=True)
+        # a task of its own: a turn takes what arrives about the tasks it locked, and the calls'
+        # messages must wait for the next turn
+        holder = threading.Thread(target=lambda: self.engine.get_task("holder"), daemon=True)
         holder.start()
         assert self.held.wait(WAIT)
         inbox = self.actor.actor_inbox
@@ -285,6 +287,7 @@ def _open(make_engine: Any, url: str, monkeypatch: pytest.MonkeyPatch, **kwargs:
     kwargs.setdefault("workers", 1)  # held by a Gate: nothing else starts, nothing claims meanwhile
     kwargs.setdefault("max_queued", 100)  # places in the backlog are taken and released
     engine = make_engine(url, jobs={"g": gate}, node_id="a", poll_interval=0.2, **kwargs)
+    engine.create_task("holder", job="g")
     engine.create_task("hold", job="g")
     engine.create_task("t", job="g")
     other, watch = OtherNode(url), _Watch(engine, url, monkeypatch)
