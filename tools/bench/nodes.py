@@ -37,8 +37,10 @@ def spread(callers: int, nodes: int) -> list[int]:
     return [callers // nodes + (1 if k < callers % nodes else 0) for k in range(nodes)]
 
 
-def _round(path: str, nodes: int, opts: Any) -> dict[str, Any]:
-    """One round: ``nodes`` child processes on ``path``, measured together; their summed rate."""
+def measure_round(path: str, nodes: int, opts: Any, module: str = "taskengine.tools.bench.nodes") -> dict[str, Any]:
+    """One round: ``nodes`` child processes on ``path``, measured together; their summed rate, and
+    each node's own result (``nodes``). ``module`` runs a child (``python -m MODULE child``): the
+    probe's instruments one."""
     from .engine_figures import engine_kwargs
 
     procs = []
@@ -47,7 +49,7 @@ def _round(path: str, nodes: int, opts: Any) -> dict[str, Any]:
             params = {"path": path, "node": f"bench-node-{k}", "callers": callers, "duration": opts.duration,
                       "warmup": opts.warmup, **engine_kwargs(opts)}
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "taskengine.tools.bench.nodes", "child", json.dumps(params)],
+                [sys.executable, "-m", module, "child", json.dumps(params)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         for p in procs:  # every node open, the task there: then all start at once
             assert p.stdout is not None
@@ -76,6 +78,7 @@ def _round(path: str, nodes: int, opts: Any) -> dict[str, Any]:
         "cpu_us_per_op": 1e6 * sum(r["cpu_seconds"] for r in results) / ops if ops else None,
         "errors": sum(r["errors"] for r in results),
         "first_error": next((r["first_error"] for r in results if r["first_error"]), None),
+        "nodes": results,
     }
 
 
@@ -89,7 +92,7 @@ def nodes_on_one_task(opts: Any, out: dict[str, Any], invariants: dict[str, Any]
         for nodes in NODE_COUNTS:
             name = f"nodes_acks_64c_1t_{nodes}n"
             path = location(opts, f"{name}_r{r}")
-            rounds[nodes].append(_round(path, nodes, opts))
+            rounds[nodes].append(measure_round(path, nodes, opts))
             check = _replay_ok(path)
             if name not in invariants or not check.get("ok"):
                 invariants[name] = check

@@ -12,6 +12,7 @@ Not part of ``taskengine bench`` (its figures stay free of instrumentation). Run
     python -m taskengine.tools.bench.probe floor                          # an ack's round trip and fsync, no engine
     python -m taskengine.tools.bench.probe gil                            # plyvel puts with and without GIL contention
     python -m taskengine.tools.bench.probe turn                           # an execution's Python, on one thread
+    python -m taskengine.tools.bench.probe nodes --backend postgresql://...  # one hot task on one node and on three
 
 It instruments the engine from outside, by wrapping (never editing) a few of its methods:
 ``storage.batch.Committer.write`` (time per LevelDB write, split into building the batch and
@@ -172,7 +173,9 @@ def _instrument_turns() -> str | None:
         from taskengine.actors import counter as ac
     except ImportError as e:
         return f"no actors.counter ({e}): counter-actor turn timing skipped"
-    original = ac.CounterActor.on_receive
+    # one turn (on_receive handles a turn, then those of the messages it left for later)
+    name = "_turn_of" if hasattr(ac.CounterActor, "_turn_of") else "on_receive"
+    original = getattr(ac.CounterActor, name)
 
     def on_receive(self: Any, message: Any) -> Any:
         t0 = time.perf_counter()
@@ -184,7 +187,7 @@ def _instrument_turns() -> str | None:
                 _stats["turns"] += 1
                 _times["turn"] += dt
 
-    ac.CounterActor.on_receive = on_receive  # type: ignore[method-assign]
+    setattr(ac.CounterActor, name, on_receive)
     return None
 
 
@@ -631,12 +634,147 @@ def probe_gil(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def probe_nodes(args: argparse.Namespace) -> list[str]:
+    """The bench's ``nodes`` figure (64 callers on one task, on one node, then spread over three),
+    each node a child process with its writer and counter actor timed (``nodes_child``): where a
+    turn's wall time goes (its start, which waits for the task's lock while another node holds it;
+    the counter actor's handling; the statements; the commit), how much each turn carries, and the
+    CPU per ack of the nodes and of the whole server."""
+    from .nodes import measure_round
+    from .postgres import Server
+
+    if not args.backend:
+        raise SystemExit("probe nodes needs --backend URL (a PostgreSQL server)")
+    server = Server(args.backend)
+    opts = argparse.Namespace(duration=args.duration, warmup=0.5, workers=args.workers,
+                              counter_actors=args.counter_actors, backend=args.backend)
+    postmaster = _postmaster(args.backend)
+    lines = [] if postmaster else ["(the server's processes cannot be read here: no server CPU figures)"]
+    try:
+        for r in range(args.rounds):
+            for nodes in (1, 3):
+                path = server.database(f"nodes_{nodes}n_r{r}")
+                cpu0 = _tree_cpu(postmaster)
+                res = measure_round(path, nodes, opts, module="taskengine.tools.bench.probe")
+                cpu1 = _tree_cpu(postmaster)
+                lines += _nodes_lines(r, nodes, res, None if cpu0 is None or cpu1 is None else cpu1 - cpu0)
+    finally:
+        server.drop_all()
+    return lines
+
+
+def _nodes_lines(r: int, nodes: int, res: dict[str, Any], server_cpu: float | None) -> list[str]:
+    ops = sum(n["ops"] for n in res["nodes"])
+    lines = [f"round {r}, {nodes} node(s): {res['rate']:.0f} acks/s, nodes' CPU {res['cpu_us_per_op']:.1f} us per ack"
+             + ("" if server_cpu is None or not ops else
+                f", the server's {1e6 * server_cpu / ops:.1f} us per ack (every process, the window and around it)")]
+    for k, n in enumerate(res["nodes"]):
+        s, t = n["stats"], n["times"]
+        turns = max(1, s.get("pg_transactions", 0))
+        begun = max(1, s.get("pg_begin", 0))
+
+        def us(key: str, per: int = turns, t: dict[str, float] = t) -> float:
+            return 1e6 * t.get(key, 0.0) / per
+
+        rate = n["ops"] / max(n["seconds"], 1e-9)
+        commit = us("pg_transaction") - us("pg_statements_time")
+        answers = us("commit_total", begun) - us("pg_write", begun)
+        lines.append(
+            f"  node {k}: {rate:.0f} acks/s, {s.get('pg_changes', 0) / turns:.1f} changes per turn; a turn "
+            f"{us('turn', max(1, s.get('turns', 0))):.0f} us: its start (round trip and the wait for the task's "
+            f"lock) {us('pg_begin', begun):.0f}, handling {us('handling', begun):.0f}, statements "
+            f"{us('pg_statements_time'):.0f}, commit {commit:.0f}, after the write (answers) {answers:.0f}; "
+            f"process CPU {1e6 * n['cpu_seconds'] / max(1, n['ops']):.1f} us per ack")
+    return lines
+
+
+def _postmaster(url: str) -> int | None:
+    """The pid of the server's postmaster, if it runs on this machine and its files can be read."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT current_setting('data_directory')").fetchone()
+        with open(os.path.join(row[0] if row else "", "postmaster.pid")) as f:
+            return int(f.readline())
+    except (psycopg.Error, OSError, ValueError):
+        return None
+
+
+def _tree_cpu(pid: int | None) -> float | None:
+    """CPU seconds of ``pid``, of its children that exited (reaped) and of those alive."""
+    if pid is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(entry) == pid:
+                total += sum(int(x) for x in fields[11:15]) / tick  # its own and its reaped children's
+            elif int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / tick
+    except OSError:
+        return None
+    return total
+
+
+def nodes_child(params: dict[str, Any]) -> dict[str, Any]:
+    """One node of ``probe nodes``: the bench's node with its writer and counter actor timed."""
+    from taskengine.actors import turn as at
+    from taskengine.storage import pg_writer
+
+    from .nodes import child
+
+    _instrument_postgres()
+    _instrument_turns()
+    _time_method(pg_writer.PostgresWriter, "write", "pg_write")
+    # handling: from the end of the turn's start to its write; answering: after the write
+    clock = time.perf_counter
+    mark = threading.local()
+    begin, commit = at.TurnActor._begin, at.TurnActor._commit
+
+    def timed_begin(self: Any, batch: Any) -> None:
+        begin(self, batch)
+        mark.t = clock()
+
+    def timed_commit(self: Any, turn: Any) -> bool:
+        t0 = clock()
+        start = getattr(mark, "t", t0)
+        try:
+            return commit(self, turn)
+        finally:
+            with _lock:
+                _times["handling"] += t0 - start
+                _times["commit_total"] += clock() - t0
+
+    at.TurnActor._begin = timed_begin  # type: ignore[method-assign]
+    at.TurnActor._commit = timed_commit  # type: ignore[method-assign]
+    result = child(params)
+    with _lock:
+        result["stats"], result["times"] = dict(_stats), dict(_times)
+    return result
+
+
 PROBES: dict[str, Callable[[argparse.Namespace], list[str]]] = {
     "acks": probe_acks, "e2e": probe_e2e, "floor": probe_floor, "gil": probe_gil, "turn": probe_turn,
+    "nodes": probe_nodes,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["child"]:  # a node of probe nodes (see nodes.py's child)
+        import json
+
+        sys.stdout.write(json.dumps(nodes_child(json.loads(argv[1]))) + "\n")
+        return 0
     parser = argparse.ArgumentParser(
         prog="python -m taskengine.tools.bench.probe", description=__doc__.split("\n\n")[0]
     )
@@ -646,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counter-actors", type=int, default=1)
     parser.add_argument("--workers", type=int, default=None, help="executors (default: the engine's default)")
     parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=2, help="nodes: rounds of one node and of three")
     parser.add_argument("--executions", type=int, default=20_000)
     parser.add_argument("--backend", metavar="URL",
                         help="acks, e2e: on this PostgreSQL server (a database of its own, dropped after), "
