@@ -153,7 +153,10 @@ def test_inspect_one_execution(tmp_path: Path, capsys: pytest.CaptureFixture[str
         (["--task", "alpha", "--index", "5"], 1, "no execution at index 5 in task 'alpha'"),
         (["--execution", "X"], 2, "--execution and --index need --task"),
         (["--task", "alpha", "--limit", "-1"], 2, "--limit must be 0 (all) or more"),
-        (["--task", "alpha", "--index", "-1"], 2, "--index must be 0 or more"),
+        (["--task", "alpha", "--index", "-1"], 2, "--index must be an index from 0 to 9223372036854775807"),
+        # past the largest index an 8-byte key holds: once an OverflowError with a traceback
+        (["--task", "alpha", "--index", str(2**64)], 2, "--index must be an index from 0 to 9223372036854775807"),
+        (["--task", "alpha", "--after", str(2**64 - 1)], 2, "--after must be an index from 0 to 9223372036854775807"),
     ],
 )  # fmt: skip
 def test_inspect_mistakes_are_one_line(

@@ -24,6 +24,7 @@ import sys
 from collections import Counter
 
 from taskengine.storage import CorruptRecord, Execution, ExecutionStatus, Store, Task
+from taskengine.storage.keys import MAX_INDEX
 
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, format_table, format_time, one_line, open_database
 
@@ -77,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError("--traceback needs --task and --execution or --index", EXIT_USAGE)
     if args.limit < 0:
         raise ToolError(f"--limit must be 0 (all) or more, not {args.limit}", EXIT_USAGE)
-    if args.index is not None and args.index < 0:
-        raise ToolError(f"--index must be 0 or more, not {args.index}", EXIT_USAGE)
+    if args.index is not None and not 0 <= args.index <= MAX_INDEX:
+        raise ToolError(f"--index must be an index from 0 to {MAX_INDEX}, not {args.index}", EXIT_USAGE)
     after_index = None
     if args.task is not None and args.after is not None:
         if args.execution is not None or args.index is not None:
@@ -87,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
             after_index = int(args.after)
         except ValueError:
             after_index = -1
-        if after_index < 0:
-            raise ToolError(f"with --task, --after must be an index (0 or more), not {args.after!r}", EXIT_USAGE)
+        if not 0 <= after_index <= MAX_INDEX:
+            raise ToolError(f"with --task, --after must be an index from 0 to {MAX_INDEX}, not {args.after!r}",
+                            EXIT_USAGE)
     with open_database(args.db) as db:
         if args.task is None:
             lines = task_lines(db, args.after, args.limit or None)
