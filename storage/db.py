@@ -11,6 +11,7 @@ import errno
 import functools
 import logging
 import os
+import shlex
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
@@ -39,10 +40,13 @@ def plyvel_message(e: BaseException) -> str:
     return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
 
 
-RECOVER_HINT = (
-    "to open it anyway, accepting the loss of what LevelDB cannot read, run "
-    "`taskengine recover PATH --accept-loss` (then `taskengine replay PATH`), or restore a backup"
-)
+def recover_hint(path: str) -> str:
+    """The way out of damage, with the command written for this database."""
+    where = shlex.quote(path)
+    return (
+        "to open it anyway, accepting the loss of what LevelDB cannot read, run "
+        f"`taskengine recover {where} --accept-loss` (then `taskengine replay {where}`), or restore a backup"
+    )
 
 
 def path_problem(path: str) -> str | None:
@@ -56,21 +60,40 @@ def path_problem(path: str) -> str | None:
     return None
 
 
-def _check_path(path: str, create: bool) -> None:
+def _check_path(path: str, create: bool, *, repairing: bool = False) -> None:
+    """Refuse what is not a database before LevelDB is touched: LevelDB writes its LOCK and LOG
+    files into a directory even when it then refuses to open it, so a mistyped path would be left
+    with files that later opens take for a database. A LevelDB directory whose CURRENT file is
+    gone is damaged, not foreign: its repairer rebuilds it from the tables (``repairing``)."""
     problem = path_problem(path)
     if problem is not None:
         raise NotADatabase(f"{path!r} {problem}")
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADatabase(f"{path!r} is a file, not a database directory")
-    if create:
-        if os.path.isdir(path) and set(os.listdir(path)) - {LOCK_FILE} and not os.path.exists(
-            os.path.join(path, "CURRENT")
-        ):
-            raise NotADatabase(f"{path!r} is a non-empty directory that is not a LevelDB database")
-        if not os.path.isdir(path) or not set(os.listdir(path)) - {LOCK_FILE}:
+    if not os.path.isdir(path):
+        if create:
             _create(path)
-    elif not os.path.isdir(path):
+            return
         raise NotADatabase(f"no database at {path!r}")
+    names = _names(path)
+    if "CURRENT" in names:
+        return
+    if any(n.startswith("MANIFEST-") or n.endswith((".ldb", ".sst", ".log")) for n in names):
+        if repairing:
+            return
+        raise DatabaseDamaged(f"{path!r} is damaged: its CURRENT file is missing; {recover_hint(path)}")
+    if not create:
+        raise NotADatabase(f"{path!r} is not a database: the directory holds no LevelDB (no CURRENT file)")
+    if names - {LOCK_FILE}:
+        raise NotADatabase(f"{path!r} is a non-empty directory that is not a LevelDB database")
+    _create(path)
+
+
+def _names(path: str) -> set[str]:
+    try:
+        return set(os.listdir(path))
+    except OSError as e:
+        raise StorageError(f"cannot read the directory {path!r}: {e.strerror}") from None
 
 
 def _create(path: str) -> None:
@@ -110,7 +133,7 @@ def _open_leveldb(path: str, create: bool, paranoid: bool) -> Any:
             raise StorageLocked(path, msg) from None
         raise StorageError(f"cannot open {path!r}: {msg}") from None
     except plyvel.CorruptionError as e:
-        raise DatabaseDamaged(f"{path!r} is damaged: {plyvel_message(e)}; {RECOVER_HINT}") from None
+        raise DatabaseDamaged(f"{path!r} is damaged: {plyvel_message(e)}; {recover_hint(path)}") from None
     except plyvel.Error as e:
         raise NotADatabase(f"{path!r} is not a LevelDB database: {plyvel_message(e)}") from None
 
@@ -128,7 +151,7 @@ def recover(path: str) -> list[str]:
     """Make a damaged database open again, accepting the loss of what LevelDB cannot read: open it
     without paranoid checks (recovery drops unreadable log records and rewrites the rest), or, if
     that fails too, run LevelDB's repairer. Returns what was dropped, from LevelDB's info log."""
-    _check_path(path, create=False)
+    _check_path(path, create=False, repairing=True)
     lock = DirectoryLock.acquire(path)
     try:
         try:
@@ -223,7 +246,7 @@ class Database(Store):
                 dropped = dropped_by_recovery(path)
                 if dropped and not accept_loss:
                     raise DatabaseDamaged(f"{path!r}: LevelDB dropped data while opening it ({dropped[0]}); "
-                                          f"{RECOVER_HINT}")
+                                          f"{recover_hint(path)}")
                 for line in dropped:
                     log.error("%s: recovery accepted a loss: %s", path, line)
                 schema = cls._check_schema(raw, path, create)
@@ -240,7 +263,7 @@ class Database(Store):
         try:
             return cls._check_schema_version(raw, path, create)
         except plyvel.CorruptionError as e:
-            raise DatabaseDamaged(f"{path!r} is damaged: {plyvel_message(e)}; {RECOVER_HINT}") from None
+            raise DatabaseDamaged(f"{path!r} is damaged: {plyvel_message(e)}; {recover_hint(path)}") from None
         except plyvel.Error as e:  # an unreadable table file, or a full disk writing a new schema
             raise StorageError(f"cannot open {path!r}: {plyvel_message(e)}") from None
 

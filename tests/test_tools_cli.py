@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import json
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 import plyvel
 import pytest
 
-from taskengine.storage import keys
+from taskengine.storage import Database, DatabaseDamaged, keys
 from taskengine.tools import cli
 from taskengine.tools.cli import main
 from tools_dbs import DbBuilder, run_cli, standard_db
@@ -103,6 +104,39 @@ def test_a_tool_never_creates_a_database(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["inspect", str(tmp_path / "typo")]) == 2
     capsys.readouterr()
     assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("argv", [["replay"], ["inspect"], ["backup", "COPY"], ["recover"], ["recover", "--accept-loss"]])
+def test_an_empty_directory_is_refused_and_left_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    empty = _empty_dir(tmp_path)
+    rest = [str(tmp_path / "copy") if a == "COPY" else a for a in argv[1:]]
+    assert main([argv[0], empty, *rest]) == 2
+    line = _one_error_line(capsys.readouterr().err, argv[0])
+    assert "is not a database: the directory holds no LevelDB (no CURRENT file)" in line
+    # LevelDB writes LOCK and LOG before it refuses a directory; recover --accept-loss made a database
+    assert os.listdir(empty) == []
+    assert not (tmp_path / "copy").exists()
+
+
+def test_a_database_without_its_current_file_is_damaged_and_recover_rebuilds_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    standard_db(tmp_path / "db")
+    db = str(tmp_path / "db")
+    os.unlink(os.path.join(db, "CURRENT"))
+    with pytest.raises(DatabaseDamaged):
+        Database.open(db, create=True)  # the engine's mode: not "a directory that is not a database"
+    for command in ("replay", "recover"):
+        assert main([command, db]) == 2
+        line = _one_error_line(capsys.readouterr().err, command)
+        assert "is damaged: its CURRENT file is missing" in line
+        assert f"`taskengine recover {db} --accept-loss`" in line  # the command for this database
+    assert main(["recover", db, "--accept-loss"]) == 0
+    capsys.readouterr()
+    assert main(["replay", db]) == 0
+    assert "OK: 3 task(s), 8 execution(s)" in capsys.readouterr().out
 
 
 def test_locked_database_in_another_process(tmp_path: Path) -> None:

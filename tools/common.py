@@ -71,8 +71,6 @@ def open_database(path: str) -> Iterator[Store]:
         raise ToolError(f"no database at {path!r}: the path does not exist", EXIT_USAGE)
     if not os.path.isdir(path):
         raise ToolError(f"{path!r} is a file, not a database directory", EXIT_USAGE)
-    if not os.path.exists(os.path.join(path, "CURRENT")):  # what LevelDB opens first
-        raise ToolError(f"{path!r} is not a database: the directory holds no LevelDB (no CURRENT file)", EXIT_USAGE)
     try:
         db = Database.open(path, create=False)
     except StorageLocked:
