@@ -139,6 +139,32 @@ def test_a_database_without_its_current_file_is_damaged_and_recover_rebuilds_it(
     assert "OK: 3 task(s), 8 execution(s)" in capsys.readouterr().out
 
 
+SECRET_URL = "postgresql://app:s3cret-pw@127.0.0.1:1/tasks"
+
+
+@pytest.mark.parametrize(
+    ("argv", "instead"),
+    [
+        (["recover", SECRET_URL], "a PostgreSQL server recovers its own database"),
+        (["recover", SECRET_URL, "--accept-loss"], "a PostgreSQL server recovers its own database"),
+        (["backup", SECRET_URL, "COPY"], "`taskengine copy URL DIR`"),
+        (["backup", "DB", SECRET_URL], "`taskengine copy SRC URL`"),
+    ],
+)
+def test_leveldb_only_commands_refuse_a_url_and_hide_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], instead: str
+) -> None:
+    standard_db(tmp_path / "db")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = [{"COPY": str(tmp_path / "copy"), "DB": str(tmp_path / "db")}.get(a, a) for a in argv]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    line = _one_error_line(err, argv[0])
+    assert "s3cret" not in out + err  # the URL was taken for a path and shown whole
+    assert "postgresql://app:***@127.0.0.1:1/tasks is a PostgreSQL database" in line and instead in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_locked_database_in_another_process(tmp_path: Path) -> None:
     standard_db(tmp_path / "db")
     holder = plyvel.DB(str(tmp_path / "db"))  # what a running engine does: hold the LevelDB lock

@@ -15,7 +15,7 @@ import os
 from taskengine.storage import NotADatabase
 
 from . import replay
-from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, open_database
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, open_database, refuse_url
 
 SUMMARY = "Copy a stopped database to a new directory"
 DESCRIPTION = (
@@ -45,6 +45,9 @@ def _check_destination(src: str, dest: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_url(args.src, "backup copies a LevelDB directory; copy a stopped PostgreSQL database with "
+               "`taskengine copy URL DIR`, or back it up with pg_dump")
+    refuse_url(args.dest, "backup writes a new LevelDB directory; copy into PostgreSQL with `taskengine copy SRC URL`")
     _check_destination(args.src, args.dest)  # before opening, so a refused copy touches nothing
     with open_database(args.src) as db:
         try:

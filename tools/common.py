@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
-from taskengine.storage import Database, StorageError, StorageLocked, Store, is_url, open_store
+from taskengine.storage import Database, StorageError, StorageLocked, Store, is_url, open_store, shown
 
 #: everything fine (replay: no violation)
 EXIT_OK = 0
@@ -47,6 +47,13 @@ def locked_message(path: str) -> str:
         "look inside it through its status server (engine.serve_status()), or take a copy with "
         "Engine.backup(dest) from the process that holds it and use the copy"
     )
+
+
+def refuse_url(path: str, why: str) -> None:
+    """A command that works on LevelDB directories only, given a PostgreSQL URL: one line that says
+    what to use instead, the URL's password hidden (taken as a path, it was shown as it is)."""
+    if is_url(path):
+        raise ToolError(f"{shown(path)} is a PostgreSQL database: {why}", EXIT_USAGE)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import argparse
 from taskengine.storage import Database, DatabaseDamaged, StorageError, StorageLocked
 from taskengine.storage.db import recover
 
-from .common import EXIT_OK, EXIT_USAGE, ToolError, locked_message
+from .common import EXIT_OK, EXIT_USAGE, ToolError, locked_message, refuse_url
 
 SUMMARY = "Open a damaged database again, accepting the loss of what cannot be read"
 DESCRIPTION = (
@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_url(args.path, "recover repairs a LevelDB directory; a PostgreSQL server recovers its own database "
+               "from its write-ahead log (check it with `taskengine replay`)")
     try:
         if not args.accept_loss:
             try:
