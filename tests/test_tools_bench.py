@@ -11,7 +11,39 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from taskengine.tools.cli import main
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--only", ""], "--only needs one or more benchmark names"),  # ran every benchmark
+        (["--duration", "nan"], "--duration must be a number of seconds between"),  # measured nothing
+        (["--duration", "-1"], "--duration must be a number of seconds between"),
+        (["--warmup", "-1"], "--warmup must be a number of seconds between 0 and"),
+        (["--rounds", "0"], "--rounds must be between 1 and"),  # StatisticsError traceback
+        (["--tasks", "-1"], "--tasks must be between 1 and"),  # "-1 tasks created"
+        (["--workers", "0"], "--workers must be between 1 and 1024"),  # InvalidArgument traceback
+        (["--soak-window", "0"], "--soak-window must be between 1 and"),
+        (["--json", "NODIR/x.json"], "the directory"),  # a traceback once every benchmark had run
+        (["--workdir", "FILE"], "must be a directory"),  # FileExistsError traceback
+        (["--workdir", "FILE/under"], "cannot be made"),  # NotADirectoryError traceback
+    ],
+)
+def test_bad_options_are_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    argv = [a.replace("NODIR", str(tmp_path / "missing")).replace("FILE", str(tmp_path / "a-file")) for a in argv]
+    assert main(["bench", "--only", "pykka", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("taskengine bench: error: ") and expected in lines[0], err
 
 
 def test_bench_quick_subset_writes_expected_json(tmp_path: Path) -> None:

@@ -106,7 +106,9 @@ def test_a_tool_never_creates_a_database(tmp_path: Path, capsys: pytest.CaptureF
     assert not (tmp_path / "typo").exists()
 
 
-@pytest.mark.parametrize("argv", [["replay"], ["inspect"], ["backup", "COPY"], ["recover"], ["recover", "--accept-loss"]])
+@pytest.mark.parametrize(
+    "argv", [["replay"], ["inspect"], ["backup", "COPY"], ["recover"], ["recover", "--accept-loss"]]
+)
 def test_an_empty_directory_is_refused_and_left_empty(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:

@@ -10,10 +10,11 @@ failures by raising :class:`ToolError`; ``taskengine.tools.cli`` turns it into
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from taskengine.storage import Database, StorageError, StorageLocked, Store, is_url, open_store, shown
 
@@ -88,6 +89,49 @@ def open_database(path: str) -> Iterator[Store]:
         yield db
     finally:
         db.close()
+
+
+def whole_number(value: Any, flag: str, lo: int, hi: int) -> int:
+    """An option's whole number from ``lo`` to ``hi``, or ToolError (exit 2) naming the option."""
+    try:
+        n = int(str(value).strip(), 10)
+    except ValueError:
+        raise ToolError(f"{flag} must be a whole number, not {value!r}", EXIT_USAGE) from None
+    if not lo <= n <= hi:
+        raise ToolError(f"{flag} must be between {lo} and {hi}, not {n}", EXIT_USAGE)
+    return n
+
+
+def seconds(value: Any, flag: str, lo: float, hi: float) -> float:
+    """An option's finite number of seconds from ``lo`` to ``hi``, or ToolError (exit 2)."""
+    try:
+        x = float(str(value).strip())
+    except ValueError:
+        raise ToolError(f"{flag} must be a number of seconds, not {value!r}", EXIT_USAGE) from None
+    if not math.isfinite(x) or not lo <= x <= hi:
+        raise ToolError(f"{flag} must be a number of seconds between {lo:g} and {hi:g}, not {value}", EXIT_USAGE)
+    return x
+
+
+def output_path(flag: str, path: str) -> str:
+    """A file an option names for the run's output, checked before the run: a run of minutes must
+    not end in a traceback, its figures lost, because the file cannot be written."""
+    if not path:
+        raise ToolError(f"{flag} needs a file path", EXIT_USAGE)
+    if os.path.isdir(path):
+        raise ToolError(f"{flag} {path!r} is a directory, not a file path", EXIT_USAGE)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ToolError(f"{flag} {path!r}: the directory {parent!r} does not exist", EXIT_USAGE)
+    existed = os.path.exists(path)
+    try:  # really open it: permission bits say nothing to root, nor of a read-only file system
+        with open(path, "a", encoding="utf-8"):
+            pass
+        if not existed:
+            os.unlink(path)
+    except OSError as e:
+        raise ToolError(f"{flag} {path!r} is not writable: {e.strerror}", EXIT_USAGE) from None
+    return path
 
 
 def format_time(t: float | None) -> str:

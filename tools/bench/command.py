@@ -121,10 +121,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="executions in flight at most during the soak (default 1000)")
 
 
+#: engine settings -> their largest value (each at least 1; --workers may be left to the engine)
+SETTINGS = {"workers": 1024, "counter_actors": 64, "soak_workers": 1024, "soak_counter_actors": 64,
+            "soak_callers": 1024, "soak_window": 10**9}
+#: the largest count a size option takes
+MAX_SIZE = 10**9
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Every number and path checked before anything runs: one line (exit 2), not a traceback
+    minutes into a run, nor figures of nothing (a negative count, a NaN duration)."""
+    from ..common import EXIT_USAGE, ToolError, output_path, seconds, whole_number
+
+    for name in SIZES:
+        flag = "--" + name.replace("_", "-")
+        value = getattr(args, name)
+        if name in ("duration", "warmup"):
+            setattr(args, name, seconds(value, flag, 0.01 if name == "duration" else 0.0, 86400))
+        else:
+            setattr(args, name, whole_number(value, flag, 1, MAX_SIZE))
+    for name, most in SETTINGS.items():
+        if getattr(args, name, None) is not None:
+            setattr(args, name, whole_number(getattr(args, name), "--" + name.replace("_", "-"), 1, most))
+    if getattr(args, "only", None) is not None and not args.only.replace(",", "").strip():
+        raise ToolError(f"--only needs one or more benchmark names, of: {', '.join(BENCHMARKS)}", EXIT_USAGE)
+    workdir = getattr(args, "workdir", None)
+    if workdir is not None and (not workdir or (os.path.exists(workdir) and not os.path.isdir(workdir))):
+        raise ToolError(f"--workdir {workdir!r} must be a directory (it is made if missing)", EXIT_USAGE)
+    if getattr(args, "json", None) is not None:
+        output_path("--json", args.json)
+
+
 def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     for name, (full, quick) in SIZES.items():
         if getattr(args, name, None) is None:
             setattr(args, name, quick if args.quick else full)
+    _check_options(args)
     from ..common import EXIT_USAGE, ToolError
 
     backend = getattr(args, "backend", None)
@@ -168,7 +200,12 @@ def run(args: argparse.Namespace) -> int:
             raise ToolError(f"--backend: {e}", EXIT_FAILED) from None
     own_workdir = opts.workdir is None
     opts.workdir = tempfile.mkdtemp(prefix="taskengine-bench-") if own_workdir else os.path.abspath(opts.workdir)
-    os.makedirs(opts.workdir, exist_ok=True)
+    try:
+        os.makedirs(opts.workdir, exist_ok=True)
+    except OSError as e:
+        from ..common import EXIT_USAGE, ToolError
+
+        raise ToolError(f"--workdir {opts.workdir!r} cannot be made: {e.strerror}", EXIT_USAGE) from None
     logging.getLogger("taskengine").setLevel(logging.ERROR)  # close(timeout) warnings are expected here
     results: dict[str, Any] = {}
     invariants: dict[str, Any] = {}

@@ -22,7 +22,9 @@ from typing import Any, TextIO
 
 from taskengine.storage import is_url
 
-from ..common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError
+from ..common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, output_path
+from ..common import seconds as _seconds
+from ..common import whole_number as _int
 
 DEFAULT_CLIENTS = 48
 DEFAULT_TASKS = 16
@@ -96,26 +98,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
-def _int(value: Any, flag: str, lo: int, hi: int) -> int:
-    try:
-        n = int(str(value).strip(), 10)
-    except ValueError:
-        raise ToolError(f"{flag} must be a whole number, not {value!r}", EXIT_USAGE) from None
-    if not lo <= n <= hi:
-        raise ToolError(f"{flag} must be between {lo} and {hi}, not {n}", EXIT_USAGE)
-    return n
-
-
-def _seconds(value: Any, flag: str, lo: float, hi: float) -> float:
-    try:
-        x = float(str(value).strip())
-    except ValueError:
-        raise ToolError(f"{flag} must be a number of seconds, not {value!r}", EXIT_USAGE) from None
-    if not math.isfinite(x) or not lo <= x <= hi:
-        raise ToolError(f"{flag} must be a number of seconds between {lo:g} and {hi:g}, not {value}", EXIT_USAGE)
-    return x
-
-
 def _fraction(value: Any, flag: str) -> float:
     try:
         x = float(str(value).strip())
@@ -124,25 +106,6 @@ def _fraction(value: Any, flag: str) -> float:
     if not math.isfinite(x) or not 0.0 <= x <= 1.0:
         raise ToolError(f"{flag} must be a number from 0 to 1, not {value!r}", EXIT_USAGE)
     return x
-
-
-def _check_json_path(path: str) -> str:
-    if not path:
-        raise ToolError("--json needs a file path", EXIT_USAGE)
-    if os.path.isdir(path):
-        raise ToolError(f"--json {path!r} is a directory, not a file path", EXIT_USAGE)
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise ToolError(f"--json {path!r}: the directory {parent!r} does not exist", EXIT_USAGE)
-    existed = os.path.exists(path)
-    try:  # really open it: permission bits say nothing to root, nor of a read-only file system
-        with open(path, "a", encoding="utf-8"):
-            pass
-        if not existed:
-            os.unlink(path)
-    except OSError as e:
-        raise ToolError(f"--json {path!r} is not writable: {e.strerror}", EXIT_USAGE) from None
-    return path
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -203,7 +166,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     else:
         seed = _int(args.seed, "--seed", 0, 2**31 - 1)
     if args.json is not None:
-        _check_json_path(args.json)
+        output_path("--json", args.json)
     if getattr(args, "plot", None) is not None:
         from ..plots import require
 
