@@ -36,6 +36,7 @@ from .errors import (
     InvalidArgument,
     TaskNotFound,
     UnknownJob,
+    no_thread_left,
     storage_errors,
 )
 from .hooks import Hooks, HookSet, hooks_of
@@ -187,19 +188,20 @@ class Engine:
         try:
             refs.pending = PendingStore.start(refs)
             per_actor = max(1, max_cached_tasks // counter_actors)
-            refs.counters = [
-                CounterActor.start(db, committer, engine._board, refs, registry, per_actor, engine._hooks, backlog,
-                                   keep_last)
-                for _ in range(counter_actors)
-            ]
+            for _ in range(counter_actors):  # one by one: a failed open stops those that started
+                refs.counters.append(CounterActor.start(db, committer, engine._board, refs, registry, per_actor,
+                                                        engine._hooks, backlog, keep_last))
             refs.pool = ExecutorPool.start(workers, registry, refs, engine._board, job_timeout)
             ask(refs.pool, m.PoolStats())  # answered once every executor has started (the pool's on_start)
             recovery.recover(db, committer, refs, backlog)
             engine._follow_others(poll_interval)
             if keep_last is not None:
                 engine._start_sweep(keep_last)
-        except BaseException:
+        except BaseException as e:
             engine._shutdown(timeout=0, failed_open=True)
+            refused = no_thread_left(e, f"the engine's threads ({workers} workers, {counter_actors} counter actors)")
+            if refused is not None:
+                raise refused from None
             raise
         lifecycle.opened(engine)
         node = committer.node

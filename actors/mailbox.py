@@ -140,6 +140,15 @@ class EngineActor(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
+    def _start_actor_loop(self) -> None:
+        try:
+            super()._start_actor_loop()
+        except BaseException:  # no thread (the process is at its limit): pykka registered the actor
+            # before starting its thread; a ref left there would make ActorRegistry.stop_all() wait for ever
+            pykka.ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+            raise
+
     @staticmethod
     def _create_actor_inbox() -> Any:
         return queue.SimpleQueue()

@@ -20,7 +20,7 @@ from taskengine.storage import ExecutionStatus, records
 
 from . import messages as m
 from .board import CompletionBoard
-from .errors import EngineClosed, EngineError
+from .errors import EngineClosed, EngineError, no_thread_left
 from .jobloop import timeout_reason
 from .jobrun import run_job
 from .jobs import JobContext, JobRegistry
@@ -53,10 +53,20 @@ class ExecutorPool(EngineActor):
         self._failed = False
         self._drain_reply: Reply[Any] | None = None
         self.replaced = 0
+        self._start_failure: EngineError | None = None
 
     def on_start(self) -> None:
-        for _ in range(self._size):
-            self._new_executor()
+        try:
+            for _ in range(self._size):
+                self._new_executor()
+        except RuntimeError as e:  # no thread left: the open fails at its PoolStats, nothing left running
+            self._start_failure = no_thread_left(e, f"{self._size} executors ({len(self._executors)} started)")
+            if self._start_failure is None:
+                raise
+            for urn, ref in self._executors.items():  # abandoned: their stops do not read as stop_all()'s
+                self._abandoned[urn] = ref
+                ref.stop(block=False)
+            self._executors.clear()
 
     def _new_executor(self) -> None:
         ref = Executor.start(self.actor_ref, self._refs, self._jobs, self._board, self._work)
@@ -88,6 +98,8 @@ class ExecutorPool(EngineActor):
             others = [r for r in self._executors.values() if r not in idle]
             return idle, others + list(self._abandoned.values())
         elif isinstance(message, m.PoolStats):
+            if self._start_failure is not None:
+                raise self._start_failure
             return {
                 "queued": len(self._work),
                 "running": self._work.busy(),

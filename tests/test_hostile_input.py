@@ -406,3 +406,49 @@ def test_a_record_stored_with_a_raised_recursion_limit_does_not_stop_the_engine(
         db.close()
     assert any(repr(record_key) in v for v in found), found
     assert any(repr(keys.task_key("deep-config")) in v for v in found), found
+
+
+THREAD_LIMIT_CHILD = r"""
+import resource, sys, threading
+import pykka
+from taskengine import Engine, errors
+
+path = sys.argv[1]
+Engine.open(path).close()  # everything imported and mapped before the limit
+with open("/proc/self/status") as f:
+    size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+# room for a few dozen threads' stacks: the open below asks for a thousand
+resource.setrlimit(resource.RLIMIT_AS, (size + 400 * 2**20, resource.RLIM_INFINITY))
+baseline = set(threading.enumerate())
+for kwargs in ({"workers": 1000}, {"counter_actors": 1000}):
+    try:
+        Engine.open(path, **kwargs).close()
+    except errors.InvalidArgument as e:
+        print("refused:", e)
+    started = [t for t in threading.enumerate() if t not in baseline]
+    for t in started:  # stopped, some without waiting: each ends once it has handled its stop
+        t.join(timeout=30)
+    alive = [ref for ref in pykka.ActorRegistry.get_all() if ref.is_alive()]
+    print("left:", sum(t.is_alive() for t in started), len(pykka.ActorRegistry.get_all()), len(alive))
+pykka.ActorRegistry.stop_all()  # returns: no actor left registered without a thread
+with Engine.open(path, workers=2, jobs={"j": lambda ctx: ctx.index}) as engine:
+    engine.create_task("t", job="j")
+    print("after:", engine.trigger("t", blocking=True, timeout=30).result)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_an_open_asking_for_more_threads_than_the_process_can_start_is_refused_and_leaves_none(
+    tmp_path: Path,
+) -> None:
+    """The threads the open started are stopped (a failed open left thousands, and the process could
+    start none after), and the error is InvalidArgument, not threading's RuntimeError."""
+    done = subprocess.run([sys.executable, "-c", THREAD_LIMIT_CHILD, str(tmp_path / "db")], capture_output=True,
+                          text=True, timeout=100)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("refused: cannot start 1000 executors (") and "can't start new thread" in lines[0]
+    assert lines[2].startswith("refused: cannot start the engine's threads (") and "1000 counter actors" in lines[2]
+    assert lines[1] == lines[3] == "left: 0 0 0", lines
+    assert lines[4] == "after: 0"
+    assert "Traceback" not in done.stderr, done.stderr
