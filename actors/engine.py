@@ -154,6 +154,7 @@ class Engine:
         finding PENDING executions a dead node left.
         """
         path = validate.path(path)
+        sync = validate.flag(sync, "sync")
         workers = validate.count(default_workers(path) if workers is None else workers, "workers")
         counter_actors = validate.count(counter_actors, "counter_actors")
         max_cached_tasks = validate.count(max_cached_tasks, "max_cached_tasks")
@@ -437,8 +438,7 @@ class Engine:
         and max_executions is returned as it stands; one that differs raises TaskAlreadyExists,
         which names the difference."""
         task_id = new_id() if task_id is None else validate.task_id(task_id)
-        if not isinstance(exist_ok, bool):
-            raise InvalidArgument("exist_ok must be True or False")
+        exist_ok = validate.flag(exist_ok, "exist_ok")
         job = validate.job_name(job)
         config = validate.json_value(config, "config")
         max_executions = validate.positive_int(max_executions, "max_executions")
@@ -489,8 +489,7 @@ class Engine:
         task_id = validate.task_id(task_id)
         data = validate.json_value(data, "data")
         key = validate.text(key, "idempotency_key")
-        if not isinstance(blocking, bool):
-            raise InvalidArgument("blocking must be True or False")
+        blocking = validate.flag(blocking, "blocking")
         return m.Trigger(new_id(), task_id, data, blocking, time.time(), key, reply)
 
     def trigger_future(
@@ -731,6 +730,7 @@ class Engine:
         task_id = validate.task_id(task_id)
         limit = validate.list_limit(limit, MAX_LIST_LIMIT)
         after = validate.positive_int(after, "after", minimum=0)
+        newest_first = validate.flag(newest_first, "newest_first")
         with self._reading():
             if self._db.get_task(task_id) is None:
                 raise TaskNotFound(task_id)
@@ -781,12 +781,9 @@ class Engine:
     def backup(self, dest_path: str | os.PathLike[str]) -> int:
         """Copy a consistent snapshot of the database (taken while running) to a new directory;
         returns the number of keys copied."""
-        if not isinstance(dest_path, str | os.PathLike) or not os.fspath(dest_path):
-            raise InvalidArgument("dest_path must be a non-empty string or path")
-        if "\x00" in str(os.fspath(dest_path)):
-            raise InvalidArgument("dest_path must not contain a NUL character")
+        dest = validate.path(dest_path, "dest_path")
         with self._reading():
-            return self._db.backup(str(os.fspath(dest_path)))
+            return self._db.backup(dest)
 
     def serve_status(
         self, port: int = 0, *, host: str = "127.0.0.1", token: str | None = None, metrics: MetricsSource | None = None

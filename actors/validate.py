@@ -108,6 +108,13 @@ def jobs(value: Any) -> dict[str, Any]:
         raise InvalidArgument(f"jobs cannot be read: {values.describe(e)}") from None
 
 
+def flag(value: Any, what: str) -> bool:
+    """A yes/no setting: only True or False (a truthy string such as "no" would read as yes)."""
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{what} must be True or False, not {_shown(value)}")
+    return value
+
+
 MAX_INT = keys.MAX_INDEX
 
 

@@ -27,7 +27,7 @@ from .errors import (
     StorageLocked,
     UnknownSchema,
 )
-from .interface import Changes, OnCorrupt, Store, Writer
+from .interface import Changes, OnCorrupt, Store, Writer, is_url, shown
 from .lock import LOCK_FILE, DirectoryLock, read_only_error
 from .records import Execution, Task
 
@@ -57,6 +57,21 @@ def path_problem(path: str) -> str | None:
         path.encode()
     except UnicodeEncodeError:
         return "is not valid UTF-8 (LevelDB takes UTF-8 names only)"
+    return None
+
+
+def backup_problem(src: str, dest: str) -> str | None:
+    """Why ``dest`` cannot take a backup of the database at ``src``, or None: it must be a new or
+    empty directory outside ``src`` (a copy inside the database would be copied with it, and the
+    live directory would hold a second LevelDB)."""
+    if is_url(dest):
+        return (f"backup destination {shown(dest)} is a PostgreSQL database: a backup is a new LevelDB "
+                "directory; copy into PostgreSQL with `taskengine copy SRC URL`")
+    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+        return f"backup destination {dest!r} exists and is not empty; choose a new directory"
+    real_src, real_dest = os.path.realpath(src), os.path.realpath(dest)
+    if real_dest == real_src or real_dest.startswith(real_src + os.sep):
+        return f"backup destination {dest!r} is inside the source database {src!r}"
     return None
 
 
@@ -493,8 +508,9 @@ class Database(Store):
 
     def backup(self, dest: str, batch_size: int = 10_000) -> int:
         """Copy a consistent snapshot into a new database at ``dest``; returns keys copied."""
-        if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
-            raise StorageError(f"backup destination {dest!r} exists and is not empty")
+        problem = backup_problem(self.path, dest)
+        if problem is not None:
+            raise StorageError(problem)
         try:
             out = plyvel.DB(dest, create_if_missing=True, error_if_exists=True)
         except plyvel.Error as e:

@@ -3,6 +3,7 @@ consumes no index. Also engine life cycle: close, two engines in one process, lo
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -110,6 +111,7 @@ def test_bad_arguments_rejected_and_consume_nothing(engine_t):
         raises(errors.InvalidArgument, engine.trigger, "t", blocking=True, timeout=timeout)
         raises(errors.InvalidArgument, engine.wait, "t", first.id, timeout=timeout)
     raises(errors.InvalidArgument, lambda: engine.trigger("t", blocking="yes"))
+    raises(errors.InvalidArgument, lambda: engine.list_executions("t", newest_first="yes"))  # plyvel's TypeError
     raises(errors.InvalidArgument, lambda: engine.trigger("t", idempotency_key=5))
     for max_ex in (-1, "x", 1.5):
         raises(errors.InvalidArgument, engine.create_task, "m", job="rec", max_executions=max_ex)
@@ -395,3 +397,31 @@ def test_close_stops_replaced_executors_once_their_job_returns(make_engine, db_p
     close_bounded(engine)
     leftover = [ref for ref in pykka.ActorRegistry.get_all()][baseline:]
     assert len(pykka.ActorRegistry.get_all()) == baseline, f"actors left after close: {leftover}"
+
+
+def test_a_setting_that_is_not_true_or_false_is_refused_at_open(db_path):
+    with pytest.raises(errors.InvalidArgument, match="sync must be True or False, not 'no'"):
+        Engine.open(db_path, sync="no")  # was taken as true: synced writes for a caller who asked for none
+    assert not os.path.exists(db_path)
+
+
+def test_backup_into_its_own_database_or_a_url_is_refused(make_engine, db_path, tmp_path):
+    engine = make_engine(db_path, jobs={"rec": Recorder()})
+    engine.create_task("t", job="rec")
+    before = sorted(os.listdir(db_path))
+    with pytest.raises(errors.StorageError, match="is inside the source database"):
+        engine.backup(os.path.join(db_path, "copy"))  # once a second LevelDB inside the live directory
+    url = "postgresql://app:s3cret-pw@127.0.0.1:1/tasks"
+    with pytest.raises(errors.StorageError) as info:
+        engine.backup(url)  # once "cannot create backup at 'postgresql://app:s3cret-pw@...'"
+    assert "s3cret" not in str(info.value) and "taskengine copy" in str(info.value)
+    assert sorted(os.listdir(db_path)) == before
+    assert not os.path.exists("postgresql:")
+
+    class Broken(os.PathLike):  # type: ignore[type-arg]
+        def __fspath__(self) -> str:
+            raise RuntimeError("no path")
+
+    with pytest.raises(errors.InvalidArgument, match="dest_path cannot be read: RuntimeError: no path"):
+        engine.backup(Broken())
+    assert engine.backup(tmp_path / "copy") > 0

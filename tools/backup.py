@@ -13,6 +13,7 @@ import argparse
 import os
 
 from taskengine.storage import NotADatabase
+from taskengine.storage.db import backup_problem
 
 from . import replay
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, open_database, refuse_url
@@ -34,20 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_destination(src: str, dest: str) -> None:
-    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
-        raise ToolError(f"backup destination {dest!r} exists and is not empty; choose a new directory", EXIT_USAGE)
+    problem = backup_problem(src, dest)
+    if problem is not None:
+        raise ToolError(problem, EXIT_USAGE)
     parent = os.path.dirname(os.path.abspath(dest))
     if not os.path.isdir(parent):
         raise ToolError(f"cannot create the backup {dest!r}: {parent!r} is not a directory", EXIT_USAGE)
-    real_src, real_dest = os.path.realpath(src), os.path.realpath(dest)
-    if real_dest == real_src or real_dest.startswith(real_src + os.sep):
-        raise ToolError(f"backup destination {dest!r} is inside the source database {src!r}", EXIT_USAGE)
 
 
 def run(args: argparse.Namespace) -> int:
     refuse_url(args.src, "backup copies a LevelDB directory; copy a stopped PostgreSQL database with "
                "`taskengine copy URL DIR`, or back it up with pg_dump")
-    refuse_url(args.dest, "backup writes a new LevelDB directory; copy into PostgreSQL with `taskengine copy SRC URL`")
     _check_destination(args.src, args.dest)  # before opening, so a refused copy touches nothing
     with open_database(args.src) as db:
         try:
