@@ -181,3 +181,7 @@ __all__ = [
     "UnknownSchema",
     "WriteFailed",
 ]
+
+# a traceback names each error where users import it from (README: "Errors live in taskengine.errors")
+for _name in __all__:
+    globals()[_name].__module__ = "taskengine.errors"

@@ -60,6 +60,9 @@ def test_errors_hierarchy():
         assert getattr(taskengine, name) is cls
     assert issubclass(errors.StorageLocked, storage.StorageLocked)
     assert issubclass(errors.CorruptRecord, storage.CorruptRecord)
+    for name in errors.__all__:  # a traceback said taskengine.actors.errors.TaskAlreadyExists
+        cls = getattr(errors, name)
+        assert f"{cls.__module__}.{cls.__qualname__}" == f"taskengine.errors.{name}"
 
 
 @pytest.mark.parametrize("bad", BAD_TASK_IDS, ids=repr)

@@ -225,11 +225,14 @@ def test_help_explains_each_tool(capsys: pytest.CaptureFixture[str], command: st
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("replay", "inspect", "backup"):
+    for name in ("replay", "inspect", "backup", "recover", "copy"):
         assert f"\n    {name} " in out
     for name in cli.PLUGINS:
         if cli._plugin_exists(name):
             assert f"\n    {name} " in out
+    description = " ".join(out.split("\n\n")[1].split())
+    for name in ("replay", "inspect", "backup", "recover", "copy", *cli.PLUGINS):  # recover was left out
+        assert f"({name}" in description or f" {name}," in description or f" {name})" in description, name
 
 
 def test_console_script_in_a_real_process(tmp_path: Path) -> None:

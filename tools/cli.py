@@ -107,7 +107,8 @@ def build_parser(argv: Sequence[str] = ()) -> _Parser:
         prog=PROG,
         description=(
             "Tools for taskengine databases: check the invariants of a database (replay), look "
-            "inside it (inspect), copy it (backup), and drive or measure an engine (stress, bench)."
+            "inside it (inspect), copy it (backup; copy, to another backend), open a damaged one again "
+            "(recover), and drive or measure an engine (stress, bench)."
         ),
         epilog="Exit status: 0 fine, 1 a problem found (e.g. a replay violation), 2 a usage or open error.",
     )
