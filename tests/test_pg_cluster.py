@@ -56,6 +56,25 @@ def own_server() -> Iterator[PgServer]:
         yield server
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--seed", "abc"], "--seed must be a whole number, not 'abc'"),  # a ValueError traceback
+        (["--duration", "abc"], "--duration must be a number of seconds, not 'abc'"),  # the same
+        (["--duration", "-1"], "--duration must be a number of seconds between 0.1 and 86400, not -1"),
+        (["--nodes", "0"], "--nodes must be between 1 and 32, not 0"),
+    ],
+)
+def test_cluster_options_are_checked_before_a_server_is_made(argv: list[str], expected: str) -> None:
+    """Refused in one line, without a server (it was made, the run refused, and replay run on the
+    empty database added a second error)."""
+    done = subprocess.run([sys.executable, "-m", "taskengine.tools.cluster", *argv], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"cluster: error: {expected}"], done.stderr
+    assert done.stdout == ""  # no "throwaway server on port ..."
+
+
 def test_nodes_needs_a_postgresql_url(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "taskengine", "stress", str(tmp_path / "db"), "--nodes", "2"],
                           capture_output=True, text=True, timeout=60)

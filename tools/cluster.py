@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import pgserver
-from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError
 from .stress import command as stress_command
 
 DEFAULTS = {"nodes": "3", "duration": "60", "crash_every": "4", "clients": "8", "tasks": "16", "lease": "2"}
@@ -100,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.count is not None:
         args.duration = None
+    args.db = "postgresql://throwaway-server"  # checked as the run will be, before a server is made for it
+    try:
+        cfg = stress_command.config_from_args(args)
+    except ToolError as e:
+        print(f"cluster: error: {e.message}", file=sys.stderr)
+        return e.exit_code
     try:
         server = pgserver.start_server(netns=bool(args.netns))
     except (pgserver.ServerUnavailable, RuntimeError) as e:
@@ -109,10 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.db = server.create_database()
         say = _say
         say(f"throwaway server on port {server.port} ({server.directory}); database {args.db}")
-        duration = float(args.duration) if args.duration is not None else 60.0
-        seed = int(args.seed) if args.seed is not None else random.randrange(1_000_000)
-        args.seed = str(seed)
-        restarts = ServerRestarts(server, restart_moments(random.Random(seed), args.server_restarts, duration), say)
+        duration = cfg.duration if cfg.duration is not None else 60.0
+        args.seed = str(cfg.seed)
+        restarts = ServerRestarts(server, restart_moments(random.Random(cfg.seed), args.server_restarts, duration),
+                                  say)
         status = stress_command.run(args, observe=restarts.observe, after_workload=restarts.join)
         for failure in restarts.failures:
             print(f"cluster: violation: a server restart failed: {failure}", file=sys.stderr)
