@@ -167,6 +167,32 @@ def test_leveldb_only_commands_refuse_a_url_and_hide_its_password(
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [b"inspect", b"DB", b"--after", b"\xff"],
+        [b"inspect", b"DB", b"--task", b"t\xff"],
+        [b"replay", b"DB", b"--task", b"t\xff"],
+        [b"backup", b"DB", b"COPY\xff"],
+        [b"replay", b"postgresql://app:s3cret@127.0.0.1:1/tasks\xff"],
+    ],
+)
+def test_arguments_that_are_not_utf8_are_one_line(tmp_path: Path, argv: list[bytes]) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates, which no key or URL can hold: they
+    ended in a UnicodeEncodeError traceback (plyvel's, psycopg's or the key encoder's)."""
+    standard_db(tmp_path / "db")
+    db, copy = os.fsencode(tmp_path / "db"), os.fsencode(tmp_path / "copy")
+    args = [a.replace(b"DB", db).replace(b"COPY", copy) for a in argv]
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "taskengine.tools.cli", *args], capture_output=True, timeout=60)
+    err = done.stderr.decode(errors="replace")
+    assert done.returncode == 2, err
+    line = _one_error_line(err, argv[0].decode())
+    assert "is not valid UTF-8" in line and "s3cret" not in err
+    assert sorted(os.listdir(tmp_path)) == ["db"]
+
+
 def test_locked_database_in_another_process(tmp_path: Path) -> None:
     standard_db(tmp_path / "db")
     holder = plyvel.DB(str(tmp_path / "db"))  # what a running engine does: hold the LevelDB lock

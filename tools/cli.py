@@ -28,7 +28,7 @@ from typing import NoReturn
 import plyvel
 
 from taskengine import __version__
-from taskengine.storage import CorruptRecord, StorageError
+from taskengine.storage import CorruptRecord, StorageError, shown
 from taskengine.storage.db import plyvel_message
 
 from . import backup, recover, replay
@@ -136,6 +136,16 @@ def build_parser(argv: Sequence[str] = ()) -> _Parser:
     return parser
 
 
+def _is_utf8(arg: str) -> bool:
+    """Python hands bytes that are not UTF-8 over as lone surrogates, which no database can store
+    or look up (LevelDB keys and names are UTF-8, PostgreSQL text too)."""
+    try:
+        arg.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _fail(command: str | None, message: str, code: int) -> int:
     prog = f"{PROG} {command}" if command else PROG
     print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
@@ -146,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (the console script exits with it)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     command = _chosen(args_list)
+    for arg in args_list:
+        if not _is_utf8(arg):
+            return _fail(command, f"argument {shown(arg)!r} is not valid UTF-8: task ids, paths and URLs are text",
+                         EXIT_USAGE)
     try:
         parser = build_parser(args_list)
     except ToolError as e:
