@@ -68,3 +68,24 @@ def test_the_contract_numbers_what_the_code_cites() -> None:
         top, _, sub = ref.partition(".")
         assert top in sections, ref
         assert not sub or (top == "3" and sub in invariants), ref
+
+
+def test_the_readme_states_the_limits_the_code_enforces() -> None:
+    """Each figure a user reads in the README is the one the code holds (the list limit was missing)."""
+    from taskengine.actors import engine, jobrun, validate
+    from taskengine.storage import values
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    stated = [
+        f"up to {validate.MAX_TASK_ID} characters",
+        f"at most {validate.MAX_NODE_ID} characters",
+        f"from {validate.MIN_LEASE:g} to {validate.MAX_LEASE:g})",
+        f"at most {validate.MAX_IDEMPOTENCY_KEY:,} characters and {validate.MAX_IDEMPOTENCY_KEY_BYTES:,} bytes",
+        f"**{values.MAX_DEPTH} levels**",
+        f"{values.MAX_BYTES:,} bytes",
+        f"`limit` (1 to {engine.MAX_LIST_LIMIT:,})",
+        f"(default {engine.DEFAULT_WORKERS}:",
+        f"at most {jobrun.MAX_TRACEBACK:,} characters",
+    ]
+    missing = [text for text in stated if text not in readme]
+    assert not missing, missing
