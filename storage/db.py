@@ -181,9 +181,47 @@ def recover(path: str) -> list[str]:
             except plyvel.Error as e2:
                 raise StorageError(f"cannot repair {path!r}: {plyvel_message(e2)}") from None
             dropped = [f"repaired by LevelDB's repairer after: {e}"]
+            restored = _restore_schema_key(path)
+            if restored is not None:
+                dropped.append(restored)
     finally:
         lock.release()
     return dropped
+
+
+#: what follows a task's id and its NUL in each of its keys (FORMAT.md)
+_TASK_KINDS = frozenset(b"".join((keys.COUNTER, keys.EXEC_ID, keys.IDEMPOTENCY, keys.PRUNE_MARK, keys.TASK,
+                                  keys.EXECUTION)))
+
+
+def _restore_schema_key(path: str) -> str | None:
+    """The repairer keeps the tables it can read; the schema key, written first, sits alone in the
+    oldest table, so a damaged or missing first table leaves every task with no schema key and the
+    database refused as foreign. Written again (this version) only when every key left is a
+    taskengine key: a version-1 database is version 2 without prune marks, read the same."""
+    raw = _open_leveldb(path, create=False, paranoid=False)
+    try:
+        with _reading(f"the repaired {path!r}"):
+            if raw.get(keys.SCHEMA_KEY) is not None:
+                return None
+            seen = False
+            with raw.iterator(include_value=False) as it:
+                for key in it:
+                    tag, sep, rest = key[:1], key.find(keys.SEP), b""
+                    if sep > 0:
+                        rest = key[sep + 1:]
+                    ours = (tag == keys.TASK_TAG and rest[:1] != b"" and rest[0] in _TASK_KINDS) or (
+                        tag == keys.LIVE_TAG and len(rest) == 8)
+                    if not ours:
+                        return None
+                    seen = True
+            if not seen:
+                return None
+            raw.put(keys.SCHEMA_KEY, codec.encode_int(keys.SCHEMA_VERSION), sync=True)
+    finally:
+        raw.close()
+    return (f"the schema version key went with the damage; written again (version {keys.SCHEMA_VERSION}), "
+            "since every key left is taskengine's")
 
 
 def _read_everything(raw: Any, path: str) -> None:

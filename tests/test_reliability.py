@@ -23,6 +23,7 @@ from engine_helpers import HERE, REPO, WAIT, Gate, Recorder
 from taskengine import Engine, ExecutionStatus, errors, storage
 from taskengine.actors import recovery
 from taskengine.storage import Committer, Database, capi
+from taskengine.tools import cli
 
 # -- one writer ------------------------------------------------------------------
 
@@ -163,6 +164,50 @@ def test_damaged_table_gives_a_taskengine_error(db_path, damage, capsys):
     # every table is damaged: LevelDB's repairer saves nothing, and the tool says so
     assert cli.main(["recover", db_path, "--accept-loss"]) == 2
     assert "restore a backup" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "remove"])
+def test_recover_keeps_the_tasks_when_the_table_of_the_schema_key_is_lost(db_path, damage, capsys):
+    """The schema key, written at creation, ends up alone in the oldest table. The repairer saved
+    every other table, but the database was then refused as "not one of taskengine (no schema key)"
+    and recover told the user to restore a backup."""
+    Engine.open(db_path).close()
+    with Engine.open(db_path, jobs={"rec": Recorder()}) as engine:  # this open moved the schema key to a table
+        engine.create_task("t", job="rec")
+        for i in range(3):
+            engine.trigger("t", data={"i": i}, blocking=True, timeout=WAIT)
+    Database.open(db_path).close()  # and this one the tasks, to a table of their own
+    oldest = _table_files(db_path)[0]
+    with open(oldest, "rb") as f:
+        content = f.read()
+    assert b"Mschema" in content and b"Tt\x00" not in content, "the oldest table holds the schema key alone"
+    if damage == "truncate":
+        os.truncate(oldest, 40)
+    elif damage == "garble":
+        with open(oldest, "r+b") as f:
+            f.seek(10)
+            f.write(b"\xff" * 40)
+    else:
+        os.unlink(oldest)
+    assert cli.main(["recover", db_path, "--accept-loss"]) == 0, capsys.readouterr().err
+    assert "the schema version key went with the damage; written again" in capsys.readouterr().out
+    assert cli.main(["replay", db_path]) == 0
+    with Engine.open(db_path, jobs={"rec": Recorder()}) as engine:
+        assert engine.next_index("t") == 3
+        assert [ex.index for ex in engine.list_executions("t")] == [0, 1, 2]
+
+
+def test_recover_writes_no_schema_key_into_a_foreign_database(tmp_path, capsys):
+    raw = plyvel.DB(str(tmp_path / "foreign"), create_if_missing=True)
+    raw.put(b"Tlooks-like\x00t-but-is-not", b"x")
+    raw.put(b"some-other-program", b"its data")
+    raw.close()
+    os.unlink(os.path.join(tmp_path / "foreign", "CURRENT"))  # damaged: the repairer runs
+    assert cli.main(["recover", str(tmp_path / "foreign"), "--accept-loss"]) == 2
+    assert "not one of taskengine (no schema key)" in capsys.readouterr().err
+    raw = plyvel.DB(str(tmp_path / "foreign"))
+    assert raw.get(storage.keys.SCHEMA_KEY) is None
+    raw.close()
 
 
 def test_damaged_log_is_not_opened_silently_and_recover_accepts_the_loss(db_path, capsys):
