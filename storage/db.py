@@ -60,19 +60,25 @@ def path_problem(path: str) -> str | None:
     return None
 
 
+def new_directory_problem(dest: str, what: str, src: str) -> str | None:
+    """Why ``dest`` cannot become a copy of the database at ``src`` (a directory or a URL), or
+    None: it must be a new or empty directory outside ``src`` (a copy inside the database would be
+    copied with it, and the database's directory would hold a second LevelDB)."""
+    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+        return f"{what} {dest!r} exists and is not empty; choose a new directory"
+    if not is_url(src):
+        real_src, real_dest = os.path.realpath(src), os.path.realpath(dest)
+        if real_dest == real_src or real_dest.startswith(real_src + os.sep):
+            return f"{what} {dest!r} is inside the source database {src!r}"
+    return None
+
+
 def backup_problem(src: str, dest: str) -> str | None:
-    """Why ``dest`` cannot take a backup of the database at ``src``, or None: it must be a new or
-    empty directory outside ``src`` (a copy inside the database would be copied with it, and the
-    live directory would hold a second LevelDB)."""
+    """Why ``dest`` cannot take a backup of the database at ``src``, or None."""
     if is_url(dest):
         return (f"backup destination {shown(dest)} is a PostgreSQL database: a backup is a new LevelDB "
                 "directory; copy into PostgreSQL with `taskengine copy SRC URL`")
-    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
-        return f"backup destination {dest!r} exists and is not empty; choose a new directory"
-    real_src, real_dest = os.path.realpath(src), os.path.realpath(dest)
-    if real_dest == real_src or real_dest.startswith(real_src + os.sep):
-        return f"backup destination {dest!r} is inside the source database {src!r}"
-    return None
+    return new_directory_problem(dest, "backup destination", src)
 
 
 def _check_path(path: str, create: bool, *, repairing: bool = False) -> None:

@@ -193,6 +193,16 @@ def test_arguments_that_are_not_utf8_are_one_line(tmp_path: Path, argv: list[byt
     assert sorted(os.listdir(tmp_path)) == ["db"]
 
 
+@pytest.mark.parametrize("command", ["copy", "backup"])
+def test_a_copy_into_its_own_database_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    standard_db(tmp_path / "db")
+    assert main([command, str(tmp_path / "db"), str(tmp_path / "db" / "copy")]) == 2  # copy made it, exit 0
+    assert "is inside the source database" in _one_error_line(capsys.readouterr().err, command)
+    assert not (tmp_path / "db" / "copy").exists()
+
+
 def test_locked_database_in_another_process(tmp_path: Path) -> None:
     standard_db(tmp_path / "db")
     holder = plyvel.DB(str(tmp_path / "db"))  # what a running engine does: hold the LevelDB lock

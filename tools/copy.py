@@ -19,9 +19,9 @@ partial DEST: remove it (or drop its schema) and copy again.
 from __future__ import annotations
 
 import argparse
-import os
 
 from taskengine.storage import StorageError, Store, is_url, open_store
+from taskengine.storage.db import new_directory_problem
 
 from . import replay
 from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, open_database
@@ -42,9 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "without tasks")
 
 
-def _open_destination(dest: str) -> Store:
-    if not is_url(dest) and os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
-        raise ToolError(f"copy destination {dest!r} exists and is not empty; choose a new directory", EXIT_USAGE)
+def _open_destination(src: str, dest: str) -> Store:
+    problem = None if is_url(dest) else new_directory_problem(dest, "copy destination", src)
+    if problem is not None:
+        raise ToolError(problem, EXIT_USAGE)
     try:
         store = open_store(dest, create=True)
     except StorageError as e:
@@ -81,7 +82,7 @@ def copy(src: Store, dest: Store) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     with open_database(args.src) as src:
-        dest = _open_destination(args.dest)
+        dest = _open_destination(args.src, args.dest)
         try:
             tasks, executions = copy(src, dest)
             report = replay.check(dest)
