@@ -155,6 +155,8 @@ def test_inspect_one_execution(tmp_path: Path, capsys: pytest.CaptureFixture[str
         (["--task", "alpha", "--limit", "-1"], 2, "--limit must be 0 (all) or more"),
         (["--task", "alpha", "--index", "-1"], 2, "--index must be an index from 0 to 9223372036854775807"),
         # past the largest index an 8-byte key holds: once an OverflowError with a traceback
+        (["--newest-first"], 2, "--newest-first orders a task's executions: it needs --task"),  # was ignored
+        (["--task", "alpha", "--index", "1", "--newest-first"], 2, "without --execution or --index"),
         (["--task", "alpha", "--index", str(2**64)], 2, "--index must be an index from 0 to 9223372036854775807"),
         (["--task", "alpha", "--after", str(2**64 - 1)], 2, "--after must be an index from 0 to 9223372036854775807"),
     ],

@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         raise ToolError("--execution and --index need --task", EXIT_USAGE)
     if args.traceback and args.execution is None and args.index is None:
         raise ToolError("--traceback needs --task and --execution or --index", EXIT_USAGE)
+    if args.newest_first and (args.task is None or args.execution is not None or args.index is not None):
+        raise ToolError("--newest-first orders a task's executions: it needs --task, without --execution or --index",
+                        EXIT_USAGE)
     if args.limit < 0:
         raise ToolError(f"--limit must be 0 (all) or more, not {args.limit}", EXIT_USAGE)
     if args.index is not None and not 0 <= args.index <= MAX_INDEX:
