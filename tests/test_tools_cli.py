@@ -203,6 +203,15 @@ def test_a_copy_into_its_own_database_is_refused(
     assert not (tmp_path / "db" / "copy").exists()
 
 
+@pytest.mark.parametrize("argv", [["-v", "replay", "DB"], ["replay", "-v", "DB"], ["replay", "DB", "--verbose"]])
+def test_verbose_before_or_after_the_command(tmp_path: Path, argv: list[str]) -> None:
+    """After the command it was "unrecognized arguments: -v"."""
+    standard_db(tmp_path / "db")
+    proc = run_cli(*[str(tmp_path / "db") if a == "DB" else a for a in argv])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("taskengine: INFO: replay checked 8 executions"), proc.stderr
+
+
 def test_locked_database_in_another_process(tmp_path: Path) -> None:
     standard_db(tmp_path / "db")
     holder = plyvel.DB(str(tmp_path / "db"))  # what a running engine does: hold the LevelDB lock

@@ -93,9 +93,15 @@ def _chosen(argv: Sequence[str]) -> str | None:
     return None
 
 
+VERBOSE_HELP = "log more (twice for debug)"
+
+
 def _add_command(sub: argparse._SubParsersAction[_Parser], name: str, module: ModuleType) -> None:
     description = getattr(module, "DESCRIPTION", None) or module.__doc__
     parser = sub.add_parser(name, help=_summary(module), description=description)
+    # also after the command (taskengine replay -v DB), where a user puts it; SUPPRESS keeps the count
+    # given before the command when none is given after it
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     module.add_arguments(parser)
     parser.set_defaults(run=module.run)
 
@@ -112,7 +118,7 @@ def build_parser(argv: Sequence[str] = ()) -> _Parser:
         ),
         epilog="Exit status: 0 fine, 1 a problem found (e.g. a replay violation), 2 a usage or open error.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (twice for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, module in BUILTIN.items():
