@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol
 
 import attrs
 
-from .errors import CorruptRecord, WriteFailed
+from .errors import CorruptRecord, StorageError, WriteFailed
 from .pgurl import redact as redact  # re-exported: shown() and the tools use it
 from .pgurl import scrub as scrub
 from .records import Execution, Task
@@ -307,8 +307,11 @@ def open_store(target: str, *, create: bool = False, node_id: str | None = None,
     what the store's writer joins a PostgreSQL database as (see ``pg_nodes``); LevelDB has one
     writer and no nodes."""
     if is_url(target):
-        from .postgres import PostgresStore  # psycopg is an optional dependency
-
+        try:
+            from .postgres import PostgresStore  # psycopg is an optional dependency
+        except ImportError as e:
+            raise StorageError(f"cannot open {shown(target)}: PostgreSQL needs the psycopg driver, which is not "
+                               f"installed ({e}): pip install 'taskengine[postgres]'") from None
         return PostgresStore.open(target, create=create, node_id=node_id, node_lease=node_lease)
     from .db import Database
 

@@ -139,3 +139,43 @@ def test_the_wheel_holds_one_package_and_no_tests(tmp_path: Path) -> None:
         assert f"Classifier: Programming Language :: Python :: {version}" in metadata.splitlines(), version
     licence = [n for n in names if n.endswith("LICENSE") and ".dist-info/" in n]
     assert licence and b"MIT License" in zipfile.ZipFile(wheel).read(licence[0])
+
+
+WITHOUT_EXTRAS = textwrap.dedent(
+    """
+    import importlib.util, sys
+    from taskengine import Engine, errors
+    from taskengine.tools.cli import main
+
+    assert importlib.util.find_spec("psycopg") is None
+    Engine.open("db").close()  # LevelDB needs no extra
+    try:
+        Engine.open("postgresql://app:s3cret@127.0.0.1:1/tasks")
+    except errors.StorageError as e:
+        print(e)
+    sys.exit(main(["replay", "postgresql://app:s3cret@127.0.0.1:1/tasks"]))
+    """
+)
+
+
+def test_a_url_without_the_postgres_extra_is_a_storage_error(tmp_path: Path) -> None:
+    """The base install (pykka, plyvel, attrs) and nothing else on the path: a postgresql:// URL
+    was a ModuleNotFoundError from Engine.open, and a traceback from the tools."""
+    import attr
+    import plyvel
+    import pykka
+
+    site = tmp_path / "site"
+    site.mkdir()
+    for module in (pykka, plyvel, attr):
+        package = Path(module.__file__).parent
+        (site / package.name).symlink_to(package)
+    (site / "attrs").symlink_to(Path(attr.__file__).parent.parent / "attrs")
+    script = f"import sys; sys.path[:0] = [{str(site)!r}, {str(REPO / 'src')!r}]\n" + WITHOUT_EXTRAS
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    needs = "PostgreSQL needs the psycopg driver, which is not installed"
+    assert needs in done.stdout and "pip install 'taskengine[postgres]'" in done.stdout
+    assert done.stderr.count("\n") == 1 and needs in done.stderr, done.stderr
+    assert "s3cret" not in done.stdout + done.stderr
