@@ -153,12 +153,16 @@ WITHOUT_EXTRAS = textwrap.dedent(
         Engine.open("postgresql://app:s3cret@127.0.0.1:1/tasks")
     except errors.StorageError as e:
         print(e)
+    try:
+        import taskengine.prometheus
+    except ImportError as e:
+        print(e)
     sys.exit(main(["replay", "postgresql://app:s3cret@127.0.0.1:1/tasks"]))
     """
 )
 
 
-def test_a_url_without_the_postgres_extra_is_a_storage_error(tmp_path: Path) -> None:
+def test_without_the_extras_a_url_and_the_metrics_say_what_to_install(tmp_path: Path) -> None:
     """The base install (pykka, plyvel, attrs) and nothing else on the path: a postgresql:// URL
     was a ModuleNotFoundError from Engine.open, and a traceback from the tools."""
     import attr
@@ -179,3 +183,4 @@ def test_a_url_without_the_postgres_extra_is_a_storage_error(tmp_path: Path) -> 
     assert needs in done.stdout and "pip install 'taskengine[postgres]'" in done.stdout
     assert done.stderr.count("\n") == 1 and needs in done.stderr, done.stderr
     assert "s3cret" not in done.stdout + done.stderr
+    assert "taskengine.prometheus needs prometheus_client" in done.stdout  # was: No module named 'prometheus_client'

@@ -26,10 +26,14 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import Collector
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Histogram, start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client.registry import Collector
+except ImportError as e:  # an optional extra: say which
+    raise ImportError(f"taskengine.prometheus needs prometheus_client ({e}): pip install 'taskengine[prometheus]'",
+                      name=e.name) from None
 
 from taskengine.actors.errors import EngineError, InvalidArgument
 from taskengine.actors.hooks import Hooks
