@@ -428,3 +428,12 @@ def test_backup_into_its_own_database_or_a_url_is_refused(make_engine, db_path, 
     with pytest.raises(errors.InvalidArgument, match="dest_path cannot be read: RuntimeError: no path"):
         engine.backup(Broken())
     assert engine.backup(tmp_path / "copy") > 0
+
+
+def test_a_job_registered_again_runs_its_new_function_from_then_on(make_engine, db_path):
+    """README, the API table: registering a name again is not an error; it replaces the function."""
+    engine = make_engine(db_path, jobs={"j": lambda ctx: "first"})
+    engine.create_task("t", job="j")
+    assert engine.trigger("t", blocking=True, timeout=WAIT).result == "first"
+    engine.register_job("j", lambda ctx: "second")
+    assert engine.trigger("t", blocking=True, timeout=WAIT).result == "second"
