@@ -17,6 +17,8 @@ def send_report(ctx: JobContext) -> dict[str, object]:
 
 
 def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: python examples/get_or_create.py DB")
     with Engine.open(sys.argv[1], jobs={"send_report": send_report}) as engine:
         engine.create_task("daily-report", job="send_report", config={"region": "eu"}, exist_ok=True)
         queued = engine.trigger("daily-report", data={"to": "ops"})  # PENDING, index assigned

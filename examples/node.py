@@ -19,6 +19,8 @@ def heartbeat(ctx: JobContext) -> dict[str, float]:
 
 
 def main() -> None:
+    if not 2 <= len(sys.argv) <= 3:
+        sys.exit("usage: python examples/node.py DB [INTERVAL]")
     path = sys.argv[1]
     interval = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(name)s %(levelname)s %(message)s")

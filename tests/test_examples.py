@@ -31,6 +31,14 @@ def run_example(*args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.parametrize("example", ["get_or_create.py", "node.py"])
+def test_an_example_run_without_its_database_prints_its_usage(example: str) -> None:
+    done = subprocess.run([sys.executable, str(EXAMPLES / example)], capture_output=True, text=True, timeout=WAIT,
+                          cwd=REPO)
+    assert done.returncode == 1
+    assert done.stderr == f"usage: python examples/{example} DB{' [INTERVAL]' if example == 'node.py' else ''}\n"
+
+
 @pytest.mark.timeout(60)
 def test_get_or_create_runs_again_and_goes_on(db_path: str) -> None:
     first = run_example("get_or_create.py", db_path)
