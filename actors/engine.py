@@ -227,6 +227,10 @@ class Engine:
         timeout = lifecycle.bounded(validate.timeout(timeout), self._stop_deadline)
         if getattr(in_job, "refs", None) is self._refs:
             raise InvalidArgument("close() called from one of this engine's jobs would wait for that job forever")
+        if self._jobs.loop is not None and self._jobs.loop.runs_here():
+            raise InvalidArgument("close() on the event loop that runs this engine's async jobs would wait for them "
+                                  "forever (they need this loop): close it off the loop, e.g. "
+                                  "await asyncio.to_thread(engine.close)")
         self._not_in_hook("close()")
         with self._gate:
             if self._closed:

@@ -92,6 +92,14 @@ class JobLoop:
                 self._loop = loop
             return self._loop
 
+    def runs_here(self) -> bool:
+        """Whether the calling thread is running this loop (an async job, or the user's coroutines
+        on the loop given to Engine.open): it cannot wait for an async job, which needs the loop."""
+        try:
+            return self._loop is not None and asyncio.get_running_loop() is self._loop
+        except RuntimeError:  # no loop runs here
+            return False
+
     def close(self) -> None:
         """Cancel async jobs still running (close() gave up waiting for them: they are finished as
         interrupted at the next open) and stop the engine's own loop. A user's loop is left running."""

@@ -335,3 +335,47 @@ def test_async_jobs_run_on_the_users_loop(tmp_path):
 def test_open_refuses_a_loop_that_is_not_one(tmp_path):
     with pytest.raises(errors.InvalidArgument):
         Engine.open(str(tmp_path / "db"), loop="loop")  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_close_on_the_loop_of_its_async_jobs_is_refused_not_a_deadlock(tmp_path):
+    """close() waits for running jobs, and an async job needs the loop that close() would block:
+    called on that loop it waited for ever."""
+    started = asyncio.Event()
+
+    async def job(ctx: JobContext) -> int:
+        started.set()
+        await asyncio.sleep(0.2)
+        return ctx.index
+
+    async def main() -> ExecutionStatus:
+        engine = Engine.open(str(tmp_path / "db"), jobs={"job": job}, loop=asyncio.get_running_loop())
+        try:
+            engine.create_task("t", job="job")
+            ex = await engine.atrigger("t")
+            await started.wait()  # the job is running on this loop
+            with pytest.raises(errors.InvalidArgument, match=r"close\(\) on the event loop that runs"):
+                engine.close()
+            return (await engine.await_execution("t", ex.id, timeout=WAIT)).status
+        finally:
+            await asyncio.to_thread(engine.close)
+
+    assert run(main) is ExecutionStatus.SUCCESS
+
+
+@pytest.mark.timeout(60)
+def test_close_from_an_async_job_on_the_engines_own_loop_is_refused(make_engine, tmp_path):
+    box: list[Engine] = []
+
+    async def closer(ctx: JobContext) -> str:
+        try:
+            box[0].close()
+        except errors.InvalidArgument as e:
+            return str(e)
+        return "closed"
+
+    engine = make_engine(str(tmp_path / "db"), jobs={"closer": closer})
+    box.append(engine)
+    engine.create_task("c", job="closer")
+    done = engine.trigger("c", blocking=True, timeout=WAIT)  # it timed out: the close waited for its own job
+    assert done.result.startswith("close() on the event loop that runs this engine's async jobs")
