@@ -181,12 +181,13 @@ def recover(path: str) -> list[str]:
         except StorageError as e:
             if isinstance(e, StorageLocked):
                 raise
-            log.error("%s: LevelDB cannot read it (%s); running its repairer", path, e)
+            why = str(e).replace(f"; {recover_hint(path)}", "")  # not "run taskengine recover" to its user
+            log.warning("%s: LevelDB cannot read it (%s); running its repairer", path, why)
             try:
                 plyvel.repair_db(path)
             except plyvel.Error as e2:
                 raise StorageError(f"cannot repair {path!r}: {plyvel_message(e2)}") from None
-            dropped = [f"repaired by LevelDB's repairer after: {e}"]
+            dropped = [f"repaired by LevelDB's repairer after: {why}"]
             restored = _restore_schema_key(path)
             if restored is not None:
                 dropped.append(restored)
