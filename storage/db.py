@@ -152,11 +152,19 @@ def _open_leveldb(path: str, create: bool, paranoid: bool) -> Any:
             raise read_only_error(path, OSError(errno.EACCES, msg)) from None
         if "lock" in msg.lower():  # another program holds LevelDB's own lock
             raise StorageLocked(path, msg) from None
-        raise StorageError(f"cannot open {path!r}: {msg}") from None
+        raise _cannot_open(path, msg) from None
     except plyvel.CorruptionError as e:
         raise DatabaseDamaged(f"{path!r} is damaged: {plyvel_message(e)}; {recover_hint(path)}") from None
     except plyvel.Error as e:
         raise NotADatabase(f"{path!r} is not a LevelDB database: {plyvel_message(e)}") from None
+
+
+def _cannot_open(path: str, msg: str) -> StorageError:
+    """LevelDB's I/O error at open; one that names a table file is a table cut short (its footer is
+    gone), which is damage the way out of which is ``taskengine recover``."""
+    if ".ldb:" in msg or ".sst:" in msg:
+        return DatabaseDamaged(f"{path!r} is damaged: {msg}; {recover_hint(path)}")
+    return StorageError(f"cannot open {path!r}: {msg}")
 
 
 def dropped_by_recovery(path: str) -> list[str]:
@@ -325,7 +333,7 @@ class Database(Store):
         except plyvel.CorruptionError as e:
             raise DatabaseDamaged(f"{path!r} is damaged: {plyvel_message(e)}; {recover_hint(path)}") from None
         except plyvel.Error as e:  # an unreadable table file, or a full disk writing a new schema
-            raise StorageError(f"cannot open {path!r}: {plyvel_message(e)}") from None
+            raise _cannot_open(path, plyvel_message(e)) from None
 
     @staticmethod
     def _check_schema_version(raw: Any, path: str, create: bool) -> int:

@@ -159,6 +159,8 @@ def test_damaged_table_gives_a_taskengine_error(db_path, damage, capsys):
     with pytest.raises(errors.StorageError) as info:
         Engine.open(db_path).close()
     assert not re.search(r"(^|[\s:(])b'", str(info.value)), str(info.value)  # no bytes repr
+    # damage, with the way out (a table cut short was "cannot open ...: IO error", with none)
+    assert isinstance(info.value, errors.DatabaseDamaged) and "taskengine recover" in str(info.value), info.value
     from taskengine.tools import cli
 
     # every table is damaged: LevelDB's repairer saves nothing, and the tool says so
