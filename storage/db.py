@@ -64,7 +64,9 @@ def new_directory_problem(dest: str, what: str, src: str) -> str | None:
     """Why ``dest`` cannot become a copy of the database at ``src`` (a directory or a URL), or
     None: it must be a new or empty directory outside ``src`` (a copy inside the database would be
     copied with it, and the database's directory would hold a second LevelDB)."""
-    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        return f"{what} {dest!r} is a file; choose a new directory"
+    if os.path.exists(dest) and os.listdir(dest):
         return f"{what} {dest!r} exists and is not empty; choose a new directory"
     if not is_url(src):
         real_src, real_dest = os.path.realpath(src), os.path.realpath(dest)
