@@ -243,15 +243,20 @@ def _restore_schema_key(path: str) -> str | None:
 
 def _read_everything(raw: Any, path: str) -> None:
     """Read every key and value with checksums verified (a damaged table shows only when read),
-    then close ``raw``; StorageError if anything cannot be read."""
+    then close ``raw``; DatabaseDamaged if anything cannot be read."""
+    try:
+        _verify(raw, path)
+    finally:
+        raw.close()
+
+
+def _verify(raw: Any, path: str) -> None:
     try:
         with raw.iterator(verify_checksums=True) as it:
             for _ in it:
                 pass
     except plyvel.Error as e:
-        raise StorageError(f"cannot read {path!r}: {plyvel_message(e)}") from None
-    finally:
-        raw.close()
+        raise DatabaseDamaged(f"{path!r} is damaged: {plyvel_message(e)}; {recover_hint(path)}") from None
 
 
 @contextlib.contextmanager
@@ -373,6 +378,11 @@ class Database(Store):
         from .batch import Committer
 
         return Committer(self, sync=sync)
+
+    def verify(self) -> None:
+        """Read every key and value with checksums verified: a damaged table shows only when it is
+        read, which an open does not do. DatabaseDamaged (with the way out) if anything fails."""
+        _verify(self.raw, self.path)
 
     def close(self) -> None:
         """Idempotent; waits for a write in progress, then releases the database's lock."""

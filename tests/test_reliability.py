@@ -201,6 +201,27 @@ def test_recover_keeps_the_tasks_when_the_table_of_the_schema_key_is_lost(db_pat
         assert [ex.index for ex in engine.list_executions("t")] == [0, 1, 2]
 
 
+def test_recover_without_accept_loss_reads_every_table(db_path, capsys):
+    """A damaged table shows only when it is read, which an open does not do: the check said
+    "opens without loss; nothing to recover" of a database whose tasks could not be read."""
+    Engine.open(db_path).close()
+    with Engine.open(db_path, jobs={"rec": Recorder()}) as engine:
+        engine.create_task("t", job="rec")
+        for i in range(100):
+            engine.trigger("t", data={"i": i, "pad": os.urandom(100).hex()}, blocking=True, timeout=WAIT)
+    Database.open(db_path).close()  # the tasks in a table of their own, in many blocks
+    newest = _table_files(db_path)[-1]
+    with open(newest, "r+b") as f:  # a bad block amid its data (the open reads only the first ones)
+        f.seek(os.path.getsize(newest) * 2 // 3)
+        f.write(b"\xff" * 64)
+    Database.open(db_path).close()  # it opens
+    assert cli.main(["recover", db_path]) == 2
+    err = capsys.readouterr().err
+    assert "is damaged" in err and "nothing was changed (add --accept-loss" in err, err
+    assert cli.main(["recover", db_path, "--accept-loss"]) == 0
+    assert "dropped: " in capsys.readouterr().out
+
+
 def test_recover_writes_no_schema_key_into_a_foreign_database(tmp_path, capsys):
     raw = plyvel.DB(str(tmp_path / "foreign"), create_if_missing=True)
     raw.put(b"Tlooks-like\x00t-but-is-not", b"x")
@@ -209,6 +230,14 @@ def test_recover_writes_no_schema_key_into_a_foreign_database(tmp_path, capsys):
     os.unlink(os.path.join(tmp_path / "foreign", "CURRENT"))  # damaged: the repairer runs
     assert cli.main(["recover", str(tmp_path / "foreign"), "--accept-loss"]) == 2
     assert "not one of taskengine (no schema key)" in capsys.readouterr().err
+    # undamaged, it is left alone: the repairer ran over it, then "restore a backup"
+    healthy = tmp_path / "healthy-foreign"
+    raw = plyvel.DB(str(healthy), create_if_missing=True)
+    raw.put(b"some-other-program", b"its data")
+    raw.close()
+    assert cli.main(["recover", str(healthy), "--accept-loss"]) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("not one of taskengine (no schema key); nothing was changed"), err
     raw = plyvel.DB(str(tmp_path / "foreign"))
     assert raw.get(storage.keys.SCHEMA_KEY) is None
     raw.close()

@@ -11,8 +11,9 @@ leaves a database that opens. Run ``taskengine replay`` on it afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 
-from taskengine.storage import Database, DatabaseDamaged, StorageError, StorageLocked
+from taskengine.storage import Database, DatabaseDamaged, NotADatabase, StorageError, StorageLocked
 from taskengine.storage.db import recover
 
 from .common import EXIT_OK, EXIT_USAGE, ToolError, locked_message, refuse_url
@@ -37,13 +38,17 @@ def run(args: argparse.Namespace) -> int:
     refuse_url(args.path, "recover repairs a LevelDB directory; a PostgreSQL server recovers its own database "
                "from its write-ahead log (check it with `taskengine replay`)")
     try:
-        if not args.accept_loss:
-            try:
-                Database.open(args.path).close()
-            except DatabaseDamaged as e:
+        try:
+            with contextlib.closing(Database.open(args.path)) as db:
+                db.verify()  # a damaged table shows only when read
+        except DatabaseDamaged as e:
+            if not args.accept_loss:
                 raise ToolError(f"{e}; nothing was changed (add --accept-loss to drop the damage)", EXIT_USAGE) \
                     from None
-            print(f"{args.path}: opens without loss; nothing to recover")
+        except NotADatabase as e:  # no damage to drop: --accept-loss would only run the repairer over it
+            raise ToolError(f"{e}; nothing was changed", EXIT_USAGE) from None
+        else:
+            print(f"{args.path}: opens and reads without loss; nothing to recover")
             return EXIT_OK
         dropped = recover(args.path)
         try:
