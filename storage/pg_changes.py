@@ -38,6 +38,11 @@ class Stmt:
     #: the same change for many rows as one statement: one array per parameter of ``params``, in
     #: their order, joined as rows by ``unnest``; a soft one returns the keys of the rows it changed
     batch: str = ""
+    #: a soft one's ``batch`` as a write sent as one query sends it (``pg_query``): it also adds its
+    #: ``notify`` kind to the transaction's (:data:`KINDS`) for the rows it changed, and appends the
+    #: positions of the rows it missed to the write mark's ``missed``. Its parameters: ``batch``'s,
+    #: the kind, the rows' positions, task ids and indexes, the node and its epoch, the rows' number
+    marked: str = ""
     #: what it reads and writes, for the order a write sends its statements in (see ``plan``):
     #: (task id, index) one execution row of the task; (task id, None) the task as a whole (its
     #: row, or every execution of it); None: not declared, kept in place among all the others
@@ -79,7 +84,8 @@ def plan(flat: Flat) -> list[list[tuple[int, Stmt]]]:
     the row count it had there and the transaction the same end state. A group holds no two conflicting statements, so
     its set-based form changes each of its rows once, as its statements one after another would.
     A change whose soft statement missed is cancelled exactly as before: the rest of that change
-    comes after it (one change: conflict), so ``_statements`` leaves it out when its group is sent.
+    comes after it (one change: conflict), so the writer leaves it out when its group is sent (such
+    a write goes one group at a time: ``pg_query.fits``).
     A failure (a row count not as expected, a constraint) rolls everything back in any order."""
     groups: list[list[tuple[int, Stmt]]] = []
     of_kind: dict[tuple[str, int | None, bool], list[int]] = {}  # a kind's groups, in order
@@ -140,11 +146,36 @@ def _with_live(insert: str) -> str:
             "SELECT task_id, idx FROM e WHERE status IN ('P', 'R')")
 
 
-def _ending(update: str) -> str:
+def _ending(update: str, *more: str) -> str:
     """An UPDATE that finishes execution rows (``RETURNING`` their task_id, idx) and the removal
-    of their live rows, as one statement that returns the keys of the rows it finished."""
+    of their live rows, as one statement that returns the keys of the rows it finished (``more``:
+    other parts of its ``WITH``)."""
     return (f"WITH u AS ({update}), gone AS (DELETE FROM taskengine.live AS l USING u "
-            "WHERE l.task_id = u.task_id AND l.idx = u.idx) SELECT task_id, idx FROM u")
+            "WHERE l.task_id = u.task_id AND l.idx = u.idx)" + "".join(", " + m for m in more)
+            + " SELECT task_id, idx FROM u")
+
+
+#: the setting, local to a transaction, that the soft statements of a write sent as one query add
+#: the notification kinds of the rows they changed to (``Stmt.marked``; read by ``pg_query``)
+KINDS = "taskengine.kinds"
+#: the positions of a soft statement's rows it missed (not among its ``u``), appended to the write
+#: mark's ``missed`` when there are any (see ``Stmt.marked``)
+_MISSES = ("m AS (UPDATE taskengine.write_marks SET missed = missed || ARRAY(SELECT w.p FROM "
+           "unnest(%s::bigint[], %s::text[], %s::bigint[]) AS w (p, task_id, idx) WHERE NOT EXISTS "
+           "(SELECT FROM u WHERE u.task_id = w.task_id AND u.idx = w.idx)) "
+           "WHERE node = %s AND epoch = %s AND (SELECT count(*) FROM u) < %s)")
+
+
+def _soft(update: str, *, ends: bool, marked: bool = False) -> str:
+    """A soft set-based statement: ``update`` (an UPDATE of execution rows ``e``, without its
+    ``RETURNING``), returning the keys of the rows it changed; ``ends``: with the removal of their
+    live rows; ``marked``: its ``Stmt.marked`` form."""
+    returning = f"{update} RETURNING e.task_id, e.idx"
+    if marked:
+        returning += f", set_config('{KINDS}', coalesce(current_setting('{KINDS}', true), '') || %s, true)"
+    if ends:
+        return _ending(returning, *([_MISSES] if marked else []))
+    return f"WITH u AS ({returning}), {_MISSES} SELECT task_id, idx FROM u" if marked else returning
 
 
 _COLUMNS = "task_id, idx, id, status, idempotency_key, record, runner, runner_epoch"
@@ -160,20 +191,21 @@ _MOVE_COUNTERS = ("UPDATE taskengine.tasks AS t SET counter = v.value FROM "
                   + _rows_of("value bigint", "id text", "was bigint", "top bigint")
                   + " WHERE t.id = v.id AND t.counter = v.was "
                   "AND (t.max_executions IS NULL OR v.top <= t.max_executions)")
-_START = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record, runner = v.runner, "
+_CLAIM = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record, runner = v.runner, "
           "runner_epoch = v.runner_epoch FROM "
           + _rows_of("status text", "record bytea", "runner text", "runner_epoch bigint", "task_id text", "idx bigint",
                      "id text")
-          + f" WHERE {_EXECUTION_KEY} AND e.status = 'P' RETURNING e.task_id, e.idx")
-_END_PENDING = _ending(
-    "UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record FROM "
-    + _rows_of("status text", "record bytea", "task_id text", "idx bigint", "id text")
-    + f" WHERE {_EXECUTION_KEY} AND e.status = 'P' RETURNING e.task_id, e.idx")
-_FINISH = _ending(
-    "UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record FROM "
-    + _rows_of("status text", "record bytea", "task_id text", "idx bigint", "id text", "node text")
-    + f" WHERE {_EXECUTION_KEY} AND e.status = 'R' AND (e.runner IS NULL OR e.runner = v.node) "
-    "RETURNING e.task_id, e.idx")
+          + f" WHERE {_EXECUTION_KEY} AND e.status = 'P'")
+_CANCEL = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record FROM "
+           + _rows_of("status text", "record bytea", "task_id text", "idx bigint", "id text")
+           + f" WHERE {_EXECUTION_KEY} AND e.status = 'P'")
+_COMPLETE = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record FROM "
+             + _rows_of("status text", "record bytea", "task_id text", "idx bigint", "id text", "node text")
+             + f" WHERE {_EXECUTION_KEY} AND e.status = 'R' AND (e.runner IS NULL OR e.runner = v.node)")
+#: (batch, marked) of a start, of an end of a PENDING one, of a finish
+_START = (_soft(_CLAIM, ends=False), _soft(_CLAIM, ends=False, marked=True))
+_END_PENDING = (_soft(_CANCEL, ends=True), _soft(_CANCEL, ends=True, marked=True))
+_FINISH = (_soft(_COMPLETE, ends=True), _soft(_COMPLETE, ends=True, marked=True))
 _DELETE_TASKS = ("WITH l AS (DELETE FROM taskengine.live WHERE task_id = ANY(%s::text[])), "
                  "x AS (DELETE FROM taskengine.executions WHERE task_id = ANY(%s::text[])) "
                  "DELETE FROM taskengine.tasks WHERE id = ANY(%s::text[])")
@@ -240,20 +272,21 @@ class PostgresChanges:
             sql = (f"UPDATE taskengine.executions SET status = %s, record = %s, runner = %s, runner_epoch = %s "
                    f"WHERE {where} AND status = 'P'")
             params = (params[0], params[1], *self._runner(ex), *params[2:])
-            batch = _START
+            forms = _START
         elif ex.started_at is None:  # cancelled or failed before it started: still PENDING
             sql = _ending(f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'P' "
                           "RETURNING task_id, idx")
-            batch = _END_PENDING
+            forms = _END_PENDING
         else:  # a finish: of one this node runs (or ran in an earlier epoch, or a version-1 one)
             node = self._store.node
             sql = _ending(f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'R' "
                           "AND (runner IS NULL OR runner = %s) RETURNING task_id, idx")
             params = (*params, None if node is None else node.id)
-            batch = _FINISH
+            forms = _FINISH
         return [Stmt(
             sql, params, expect=1, soft=True,
-            notify=_notice(ex), key=(ex.task_id, ex.index), batch=batch, touches=(ex.task_id, ex.index),
+            notify=_notice(ex), key=(ex.task_id, ex.index), batch=forms[0], marked=forms[1],
+            touches=(ex.task_id, ex.index),
         )]
 
     def prune(self, task_id: str, executions: Sequence[Execution], mark: int) -> Change:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import attrs
 import psycopg
 
-from . import pg_nodes, pgarrays
+from . import pg_nodes, pg_query, pgarrays
 from .errors import StorageError, TasksChanged, WriteFailed
 from .interface import Change, StoredTask
 from .pg_changes import Stmt, plan
@@ -63,6 +63,11 @@ _BEGIN_AND_LOCK = _BEGIN + "; " + _LOCK_ROWS
 
 class _Conflict(Exception):
     """A statement affected another number of rows than it must: the transaction is rolled back."""
+
+    @classmethod
+    def of(cls, counted: str) -> _Conflict:
+        """``counted``: which rows, how many against how many."""
+        return cls(f"{counted}: another writer changed the task, or it reached max_executions")
 
 
 class _Stale(Exception):
@@ -336,9 +341,7 @@ class PostgresWriter:
                     rows = self._open(conn, [] if turn is None else turn.ids)
                     if turn is not None and rows != turn.rows:
                         raise _Stale()
-                missed = self._statements(conn, changes)
-                conn.commit()
-                return missed
+                return self._statements(conn, changes, commit=True)
             except _LOST as e:
                 if not conn.closed and not conn.broken:
                     raise  # the server refused the statement: rolled back below, the connection lives
@@ -356,21 +359,43 @@ class PostgresWriter:
                 return committed
             log.warning("the write in doubt had not committed; writing it again")
 
-    def _statements(self, conn: Any, changes: Sequence[Change]) -> list[int]:
-        """Send the write's statements in the plan's order, one group at a time, each judged by its
-        row count before the next is sent; the positions of the changes that missed.
+    def _statements(self, conn: Any, changes: Sequence[Change], *, commit: bool = False) -> list[int]:
+        """Send the write's statements in the plan's order, then its notification (and, with
+        ``commit``, commit it); the positions of the changes that missed.
 
-        Not in a pipeline: a server process waiting for the rest of a pipeline (no Sync yet) is not
-        "idle in transaction", so a node cut off from the network in the middle of one would keep
-        its transaction, and its locks, open past its lease (the reaper waits for it) until TCP
-        gives up; after each statement's Sync the session's idle timeout ends it within the lease."""
+        One query of the simple protocol for all of it (``pg_query``), unless a change goes on after
+        a soft statement: then one group at a time, each judged by its row count before the next is
+        sent. Not in a pipeline: a server process waiting for the rest of a pipeline (no Sync yet)
+        is not "idle in transaction", so a node cut off from the network in the middle of one would
+        keep its transaction, and its locks, open past its lease (the reaper waits for it) until TCP
+        gives up; after a query's Sync the session's idle timeout ends it within the lease."""
+        groups = plan([(position, stmt) for position, change in enumerate(changes) for stmt in change])
+        if not pg_query.fits(changes):
+            missed = self._group_by_group(conn, groups)
+            if commit:
+                conn.commit()
+            return missed
+        sql, params = pg_query.compose(groups, self.node, commit=commit)
+        self.sent += len(groups)
+        with psycopg.ClientCursor(conn) as cur:  # several statements, one round trip: values bound here
+            try:
+                cur.execute(sql, params)
+            except psycopg.errors.InvalidTextRepresentation as e:
+                why = pg_query.conflict(e)
+                if why is None:
+                    raise
+                raise _Conflict.of(why) from None
+            return sorted(pg_query.read(cur, groups))
+
+    def _group_by_group(self, conn: Any, groups: list[list[tuple[int, Stmt]]]) -> list[int]:
+        """The groups one at a time (``_statements``), each judged before the next is sent."""
         missed: set[int] = set()
         notices: set[str] = set()
-        for group in plan([(position, stmt) for position, change in enumerate(changes) for stmt in change]):
+        for group in groups:
             run = [(p, s) for p, s in group if p not in missed]  # not the rest of a change that missed
             if run:
                 notices.update(self._judge(self._send(conn.cursor(), run), run, missed))
-        if missed:  # rare (a claim another node won): one more statement, for a commit in doubt
+        if missed:  # one more statement, for a commit in doubt
             conn.execute(_MARK_MISSED, (sorted(missed), self.node.id, self.node.epoch))
         notify(conn.cursor(), "".join(sorted(notices)))
         return sorted(missed)
@@ -398,10 +423,8 @@ class PostgresWriter:
             missed.update(p for p, s in run if s.key not in changed)
             applied = [s for _, s in run if s.key in changed]
         elif stmt.expect is not None and cur.rowcount != stmt.expect * len(run):
-            raise _Conflict(
-                f"a change did not apply as expected ({cur.rowcount} rows, not {stmt.expect * len(run)}): "
-                "another writer changed the task, or it reached max_executions"
-            )
+            wanted = stmt.expect * len(run)
+            raise _Conflict.of(f"a change did not apply as expected ({cur.rowcount} rows, not {wanted})")
         return {s.notify for s in applied if s.notify}
 
     def _reconnect(self, backend: int, deadline: float, changes: Sequence[Change] = ()) -> list[int] | None:
@@ -426,4 +449,4 @@ class PostgresWriter:
         if row is None or int(row[0]) != self.node.epoch:
             raise StorageError(f"node {self.node.id!r} (epoch {self.node.epoch}) was taken over: its write "
                                "mark is gone")
-        return [int(p) for p in row[2]] if int(row[1]) == self._mark else None
+        return sorted(int(p) for p in row[2]) if int(row[1]) == self._mark else None

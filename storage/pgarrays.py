@@ -1,5 +1,5 @@
 """One-dimensional arrays as parameters of the PostgreSQL writer's set-based statements, in
-PostgreSQL's binary array format.
+PostgreSQL's binary array format, or as array literals where the client binds the values.
 
 A set-based statement (``pg_changes.Stmt.batch``) takes one array per column of the rows it joins
 through ``unnest``. psycopg adapts a Python list element by element in Python, finding each
@@ -8,6 +8,13 @@ element's type as it goes; here each column's element type is known (``text``, `
 element type, the length, lower bound 1), then each element as its length (-1 for NULL) and its
 bytes (text in UTF-8, the only encoding a store opens with: ``pg_schema.check_encoding``; bytea
 as is; bigint as 8 bytes, big-endian).
+
+A write sent as one query of several statements (``pg_query``) has its values bound by the client
+(``psycopg.ClientCursor``), as text: there each column is an array literal, ``{...}`` with every
+element double-quoted (a backslash and a double quote escaped with a backslash) or ``NULL``, bytea
+in its hex form, and the literal then quoted for SQL by libpq (``Dumper.quote``). A NUL in a text
+value is refused (``psycopg.DataError``, as psycopg refuses it in a text parameter): libpq's quoting
+would end the value there.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg import adapters
+from psycopg import DataError, adapters
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
@@ -66,21 +73,40 @@ def _pack(values: _Array) -> bytes:
     return b"".join(parts)
 
 
-def _dumper(kind: type[_Array]) -> type[Dumper]:
+def _quoted(value: str) -> str:
+    if "\x00" in value:
+        raise DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _literal(values: _Array) -> bytes:
+    """``values`` as an array literal (see the module's docstring)."""
+    if values.element == "bigint":
+        items = ["NULL" if v is None else str(int(v)) for v in values]
+    elif values.element == "text":
+        items = ["NULL" if v is None else _quoted(v) for v in values]
+    else:  # bytea: its hex form, whose backslash is escaped in the literal
+        items = ["NULL" if v is None else '"\\\\x' + bytes(v).hex() + '"' for v in values]
+    return ("{" + ",".join(items) + "}").encode()
+
+
+def _dumper(kind: type[_Array], fmt: Format) -> type[Dumper]:
     class ArrayDumper(Dumper):
-        format = Format.BINARY
+        format = fmt
         oid = _OIDS[kind.element][1]
 
         def dump(self, obj: Any) -> bytes:
-            return _pack(obj)
+            return _pack(obj) if fmt is Format.BINARY else _literal(obj)
 
-    ArrayDumper.__name__ = f"{kind.__name__}Dumper"
+    ArrayDumper.__name__ = f"{kind.__name__}{fmt.name.title()}Dumper"
     return ArrayDumper
 
 
-# on psycopg's global adapters, for these three classes only: nothing else a user adapts changes
+# on psycopg's global adapters, for these three classes only: nothing else a user adapts changes.
+# The binary one last: a parameter the server binds (``%s``) takes it, a client cursor the text one
 for _kind in (TextArray, ByteaArray, BigintArray):
-    adapters.register_dumper(_kind, _dumper(_kind))
+    adapters.register_dumper(_kind, _dumper(_kind, Format.TEXT))
+    adapters.register_dumper(_kind, _dumper(_kind, Format.BINARY))
 
 _KINDS: dict[str, type[_Array]] = {"text": TextArray, "bytea": ByteaArray, "bigint": BigintArray}
 

@@ -37,7 +37,19 @@ def notify(cur: Any, kinds: str) -> None:
     Once per transaction at most: NOTIFY takes a lock at commit that serialises the commits of
     every transaction that notifies."""
     if kinds:
-        cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, kinds))
+        cur.execute(*notification(kinds))
+
+
+def notification(kinds: str, setting: str = "") -> tuple[str, tuple[str, ...]]:
+    """The statement that tells the other nodes, at its transaction's commit, of ``kinds`` of change
+    and of those the transaction's earlier statements added to the transaction's own ``setting``
+    (a custom setting, see ``pg_changes.KINDS``), if one is named: one notification, each kind once
+    and in order, or none if there are none (as :func:`notify`'s). The statement and its values."""
+    if not setting:
+        return "SELECT pg_notify(%s, %s)", (CHANNEL, kinds)
+    return ("SELECT pg_notify(%s, k) FROM (SELECT string_agg(DISTINCT c, '' ORDER BY c) AS k FROM "
+            "regexp_split_to_table(%s || coalesce(current_setting(%s, true), ''), '') AS c) AS n WHERE k <> ''",
+            (CHANNEL, kinds, setting))
 
 
 class PostgresFeed:

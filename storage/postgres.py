@@ -36,7 +36,8 @@ Every statement takes its values as parameters; a password in a URL is never log
 
 This module holds the store and its readers; the rest is in modules of their own: ``pg_schema``
 (tables, version, upgrades), ``pg_changes`` (the changes as statements, and the order a write
-sends them in), ``pg_writer`` (transactions, fence, write marks), ``pg_nodes`` (membership,
+sends them in), ``pg_writer`` (transactions, fence, write marks), ``pg_query`` (a write's
+statements, notification and commit as one query), ``pg_nodes`` (membership,
 heartbeat, reaper), ``pgfeed`` (notifications), ``pgarrays`` (array parameters).
 """
 

@@ -1,11 +1,13 @@
 """A TCP proxy between the engine and the test server that can cut a connection at COMMIT.
 
-It relays bytes both ways. Armed, the next ``COMMIT`` a client sends (psycopg sends it as a
-simple-protocol query) cuts that connection: ``before`` drops it without sending the COMMIT on
-(the server rolls the transaction back when it sees the connection gone), ``after`` sends it on,
-waits for the server's answer, then drops the connection without passing the answer back (the
-transaction committed, the client cannot know). Both are what a network failure during COMMIT
-looks like to the client; the engine must find out which happened before it answers.
+It relays bytes both ways. Armed, the next ``COMMIT`` a client sends cuts that connection: a
+simple-protocol query that ends with ``COMMIT``, on its own (psycopg's) or last of several (the
+writer sends a turn's statements, its notification and its COMMIT as one query). ``before`` drops
+it without sending the query on (the server rolls the transaction back when it sees the connection
+gone), ``after`` sends it on, waits for the server's answer to all of it, then drops the
+connection without passing the answer back (the transaction committed, the client cannot know).
+Both are what a network failure during COMMIT looks like to the client; the engine must find out
+which happened before it answers.
 
 ``hold()`` keeps new connections waiting (accepted, not yet relayed) until ``admit()``: a client
 whose connection was cut cannot reconnect meanwhile, so a test can have another node write first.
@@ -13,6 +15,10 @@ whose connection was cut cannot reconnect meanwhile, so a test can have another 
 closed (the server rolls back and lets the transaction's locks go), ``fn()`` runs, and only then
 is the client's side dropped, so the client cannot reconnect before ``fn`` has returned (``fn``
 may arm the next cut).
+
+``queries`` counts the simple-protocol queries each client sent (each a round trip), for tests
+that a write takes as many as it should: by the port the proxy's connection to the server comes
+from (the session's ``client_port`` in ``pg_stat_activity``).
 
 ``stall(pattern)`` holds back the next message from a client that contains ``pattern`` (the
 other direction still relays), so the server sees that session idle in its transaction: with
@@ -28,7 +34,8 @@ import threading
 from collections.abc import Callable
 from typing import Literal
 
-COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
+#: how a query that commits ends (the last bytes of a chunk the client sent)
+COMMIT = b"COMMIT\x00"
 
 
 class CommitCutter:
@@ -39,6 +46,7 @@ class CommitCutter:
         self._armed: Literal["before", "after"] | None = None
         self._meanwhile: Callable[[], None] | None = None
         self.failures: list[BaseException] = []  # raised by a ``meanwhile``
+        self.queries: dict[int, int] = {}  # chunks from a client that begin a simple-protocol query ('Q')
         self._stall: bytes | None = None
         self.stalled = threading.Event()
         self._lock = threading.Lock()
@@ -111,6 +119,7 @@ class CommitCutter:
 
     def _relay(self, client: socket.socket, server: socket.socket) -> None:
         stalled = False  # a stalled message is never sent on: its client waits for the server
+        port = int(server.getsockname()[1])
         try:
             while not self._stop.is_set():
                 ready, _, _ = select.select([server] if stalled else [client, server], [], [], 0.2)
@@ -119,10 +128,13 @@ class CommitCutter:
                     if not data:
                         return
                     if sock is client:
+                        if data.startswith(b"Q"):
+                            with self._lock:
+                                self.queries[port] = self.queries.get(port, 0) + 1
                         if self._stall_here(data):
                             stalled = True
                             continue
-                        if COMMIT in data and self._cut_here(data, server):
+                        if data.endswith(COMMIT) and self._cut_here(data, server):
                             return
                         server.sendall(data)
                     else:

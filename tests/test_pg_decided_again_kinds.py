@@ -7,8 +7,9 @@ message told, a waiter woken, a pending-store entry claimed or a backlog place t
 undo would leave the turn decided again on a half-restored state.
 
 Each scenario below makes node A's counter actor take one turn holding chosen messages (its
-actor is held in the turn before, while the test queues them), has that turn's write cut after
-its statements (its server process terminated, as a server restart does) and another node
+actor is held in the turn before, while the test queues them), has that turn's write cut (its
+server process terminated, as a server restart does, just before the query that holds its
+statements and its COMMIT is sent: the writer cannot know whether it committed) and another node
 (``OtherNode``, SQL on a connection of its own) write the same task before A reconnects; A then
 decides the turn again. The test checks, inside A's counter actor:
 
@@ -80,10 +81,9 @@ class _Watch:
                 assert hold.wait(WAIT)
             return begin(task_ids)
 
-        def cut_statements(conn: Any, changes: Any) -> Any:
-            missed = statements(conn, changes)
+        def cut_statements(conn: Any, changes: Any, **kwargs: Any) -> Any:
             meanwhile, self.cut = self.cut, None
-            if meanwhile is not None:  # its COMMIT is lost: the server process ends first
+            if meanwhile is not None:  # its statements and COMMIT are lost: the server process ends first
                 backend = conn.info.backend_pid
                 with psycopg.connect(self.url, autocommit=True) as side:
                     side.execute("SELECT pg_terminate_backend(%s)", (backend,))
@@ -91,7 +91,7 @@ class _Watch:
                         "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone()[0])
                 meanwhile()
                 self.cuts += 1
-            return missed
+            return statements(conn, changes, **kwargs)  # on the lost connection: the writer settles it
 
         writer.begin = held_begin
         writer._statements = cut_statements

@@ -114,9 +114,10 @@ def test_hostile_task_ids_are_parameters_never_sql(make_engine: Any, pg_url: str
 
 
 def test_hostile_values_in_set_based_statements_arrive_as_they_were(pg_url: str) -> None:
-    """A turn's statements of one kind go as one statement with one binary array per column
-    (storage/pgarrays.py): hostile ids, idempotency keys, NULLs, empty and large values arrive as
-    they were, and a whole turn of them is written as three statements."""
+    """A turn's statements of one kind go as one statement with one array per column
+    (storage/pgarrays.py), binary or a literal the client binds: hostile ids, idempotency keys,
+    NULLs, empty and large values arrive as they were (a NUL is refused, never cut off), a whole
+    turn of them is written as three statements, and claims of them that miss are known by id."""
     import attrs
 
     from taskengine.storage import pgarrays
@@ -131,6 +132,17 @@ def test_hostile_values_in_set_based_statements_arrive_as_they_were(pg_url: str)
         got = conn.execute("SELECT i, b FROM unnest(%s::bigint[], %s::bytea[]) AS v (i, b)",
                            [pgarrays.BigintArray(ints), pgarrays.ByteaArray(blobs)]).fetchall()
         assert got == list(zip(ints, blobs, strict=True))
+        # the same as array literals the client binds (a write sent as one query: pg_query)
+        texts += ["a,b", " padded ", "{", "}", "\\", '\\"', "x\ty", "é\u2028"]
+        with psycopg.ClientCursor(conn) as cur:
+            cur.execute("SELECT array_agg(t ORDER BY n) FROM unnest(%s::text[]) WITH ORDINALITY AS v (t, n); "
+                        "SELECT i, b FROM unnest(%s::bigint[], %s::bytea[]) AS v (i, b)",
+                        [pgarrays.TextArray(texts), pgarrays.BigintArray(ints), pgarrays.ByteaArray(blobs)])
+            assert cur.fetchone() == (texts,)
+            cur.nextset()
+            assert cur.fetchall() == list(zip(ints, blobs, strict=True))
+            with pytest.raises(psycopg.DataError, match="NUL"):  # libpq's quoting would end the value there
+                cur.execute("SELECT %s::text[]", [pgarrays.TextArray(["a", "b\x00c"])])
     store = storage.open_store(pg_url, create=True)
     try:
         ch, writer = store.changes, store.writer()
@@ -146,6 +158,10 @@ def test_hostile_values_in_set_based_statements_arrive_as_they_were(pg_url: str)
             assert store.find_idempotent(ex.task_id, ex.task_id + "'%") == ex.id
         assert _statuses(store, made[:4]) == ["CANCELLED"] * 3 + ["PENDING"]
         assert [store.read_counter(t) for t in HOSTILE_IDS] == [1] * len(HOSTILE_IDS)
+        # claims of every id, one of them twice: the misses come back by the ids the server returns
+        again = [ch.update(attrs.evolve(ex, status=ExecutionStatus.CANCELLED, finished_at=3.0)) for ex in made[2:]]
+        assert _sent(writer, again + again[-1:]) == ([0, len(again)], 2)  # made[2] was cancelled already
+        assert _statuses(store, made) == ["CANCELLED"] * len(made)
         writer.close()
     finally:
         store.close()
@@ -219,6 +235,7 @@ def test_statements_sent_together_are_each_checked(pg_url: str) -> None:
         with pytest.raises(storage.WriteFailed) as failed:
             writer.write(bad)
         assert failed.value.outcome_unknown is False
+        assert "a change did not apply as expected (4 rows, not 5)" in str(failed.value)
         assert [store.read_counter(t) for t in tasks] == [1] * 5
         assert [store.last_index(t) for t in tasks] == [0] * 5
         writer.close()
@@ -420,8 +437,70 @@ def test_a_commit_in_doubt_that_committed_reports_its_misses(pg_server: PgServer
         assert cutter.cut.is_set()
         assert list(missed) == [0]  # t0's claim missed, t1's applied
         assert store.get_execution("t1", started[1].id).status is ExecutionStatus.RUNNING  # type: ignore[union-attr]
+        # misses of two statements (finishes and cancels), among changes that apply, known again
+        done = [attrs.evolve(ex, status=ExecutionStatus.SUCCESS, finished_at=3.0) for ex in started]
+        fresh = [attrs.evolve(_execution(t, 1), status=ExecutionStatus.PENDING) for t in tasks]
+        cancelled = attrs.evolve(fresh[1], status=ExecutionStatus.CANCELLED, finished_at=3.0)
+        gone = attrs.evolve(pending[0], status=ExecutionStatus.CANCELLED, finished_at=3.0)  # b runs it
+        turn = [ch.update(done[0]), ch.assign(fresh[0]), ch.update(done[1]), ch.update(gone),
+                ch.assign(fresh[1]), ch.update(cancelled), ch.update(gone)]
+        cutter.arm("after")
+        assert sorted(writer.write(turn)) == [0, 3, 6]  # t0's finish and cancels are b's to make
+        assert cutter.cut.is_set()
+        assert _statuses(store, [started[0], started[1], fresh[0], fresh[1]]) == [
+            "RUNNING", "SUCCESS", "PENDING", "CANCELLED"]
         theirs.close()
         writer.close()
     finally:
         other.close()
         store.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_turn_is_two_round_trips(pg_server: PgServer, pg_url: str, cutter: CommitCutter) -> None:
+    """A turn's start (BEGIN, the fence, the tasks' locks and rows) is one query, and its write
+    (INSERTs, counters, starts, finishes, the notification, COMMIT) one more, whatever its kinds;
+    other nodes are told once, of what applied (a finish that missed counts for nothing)."""
+    import attrs
+
+    from taskengine.storage.pgfeed import CHANNEL
+
+    dbname = pg_url.rsplit("/", 1)[1]
+    store = storage.open_store(cutter.url(pg_server.user, dbname), create=True, node_id="a")
+    listener = psycopg.connect(pg_url, autocommit=True)
+    try:
+        ch, writer, tasks = _with_tasks(store, 3)
+        old = [_pending(t, 0) for t in tasks]
+        writer.write([ch.assign(ex, with_counter=False) for ex in old] + [ch.counter(t, 1, 0) for t in tasks])
+        writer.write([ch.update(attrs.evolve(old[0], status=ExecutionStatus.RUNNING, started_at=2.0))])
+        listener.execute(f"LISTEN {CHANNEL}")
+        port = listener.execute("SELECT client_port FROM pg_stat_activity WHERE pid = %s",
+                                (writer.backend_pid(),)).fetchone()[0]
+
+        def queries() -> int:  # the writer's
+            return cutter.queries.get(port, 0)
+
+        before = queries()
+        assert [row.counter for row in writer.begin(lambda: tasks)] == [1, 1, 1]
+        new = [_pending(t, 1) for t in tasks]
+        turn = [ch.assign(ex, with_counter=False) for ex in new] + [ch.counter(t, 2, 1) for t in tasks]
+        turn.append(ch.update(attrs.evolve(old[0], status=ExecutionStatus.SUCCESS, started_at=2.0, finished_at=3.0)))
+        turn.append(ch.update(attrs.evolve(old[1], status=ExecutionStatus.SUCCESS, started_at=2.0, finished_at=3.0)))
+        turn.append(ch.update(attrs.evolve(old[2], status=ExecutionStatus.RUNNING, started_at=2.0)))
+        assert sorted(writer.write(turn)) == [7]  # old[1] never started: its finish misses
+        assert queries() - before == 2
+        assert [n.payload for n in listener.notifies(timeout=WAIT, stop_after=1)] == ["fp"]
+        assert _statuses(store, old + new) == ["SUCCESS", "PENDING", "RUNNING"] + ["PENDING"] * 3
+        before = queries()
+        writer.begin(lambda: tasks[1:])
+        assert sorted(writer.write([turn[7], ch.update(attrs.evolve(old[2], status=ExecutionStatus.RUNNING,
+                                                                    started_at=4.0))])) == [0, 1]
+        assert queries() - before == 2
+        writer.write([ch.assign(_pending("t0", 2))])
+        # nothing for the turn whose claims all missed; the next write's
+        assert [n.payload for n in listener.notifies(timeout=WAIT, stop_after=1)] == ["p"]
+        writer.close()
+    finally:
+        listener.close()
+        store.close()
+    check_db(pg_url)

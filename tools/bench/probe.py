@@ -378,8 +378,9 @@ def _write_lines(n_ops: float, label: str, frozen: tuple[Any, Any] | None = None
         if s["pg_statements_time"]:
             rest = t["pg_transaction"] - t["pg_statements_time"]
             lines.append(
-                f"    of a transaction: its statements {1e6 * t['pg_statements_time'] / n:.0f} us, the rest (the "
-                f"commit, and the fence when no turn began it) {1e6 * rest / n:.0f} us")
+                f"    of a transaction: its statements, notification and commit "
+                f"(PostgresWriter._statements) {1e6 * t['pg_statements_time'] / n:.0f} us, the rest (the fence "
+                f"when no turn began it) {1e6 * rest / n:.0f} us")
         if s["pg_begin"]:
             lines.append(
                 f"  a turn's start (PostgresWriter.begin: BEGIN, the fence and the tasks' locks, their rows, in one "
@@ -638,7 +639,7 @@ def probe_nodes(args: argparse.Namespace) -> list[str]:
     """The bench's ``nodes`` figure (64 callers on one task, on one node, then spread over three),
     each node a child process with its writer and counter actor timed (``nodes_child``): where a
     turn's wall time goes (its start, which waits for the task's lock while another node holds it;
-    the counter actor's handling; the statements; the commit), how much each turn carries, and the
+    the counter actor's handling; the statements and the commit), how much each turn carries, and the
     CPU per ack of the nodes and of the whole server."""
     from .nodes import measure_round
     from .postgres import Server
@@ -677,13 +678,14 @@ def _nodes_lines(r: int, nodes: int, res: dict[str, Any], server_cpu: float | No
             return 1e6 * t.get(key, 0.0) / per
 
         rate = n["ops"] / max(n["seconds"], 1e-9)
-        commit = us("pg_transaction") - us("pg_statements_time")
+        rest = us("pg_transaction") - us("pg_statements_time")
         answers = us("commit_total", begun) - us("pg_write", begun)
         lines.append(
             f"  node {k}: {rate:.0f} acks/s, {s.get('pg_changes', 0) / turns:.1f} changes per turn; a turn "
             f"{us('turn', max(1, s.get('turns', 0))):.0f} us: its start (round trip and the wait for the task's "
-            f"lock) {us('pg_begin', begun):.0f}, handling {us('handling', begun):.0f}, statements "
-            f"{us('pg_statements_time'):.0f}, commit {commit:.0f}, after the write (answers) {answers:.0f}; "
+            f"lock) {us('pg_begin', begun):.0f}, handling {us('handling', begun):.0f}, statements, notification "
+            f"and commit (one query) {us('pg_statements_time'):.0f}, the rest of the write {rest:.0f}, after the "
+            f"write (answers) {answers:.0f}; "
             f"process CPU {1e6 * n['cpu_seconds'] / max(1, n['ops']):.1f} us per ack")
     return lines
 

@@ -1,0 +1,119 @@
+"""A write's statements, its notification and its ``COMMIT`` as one query of the simple protocol
+(what ``PostgresWriter._statements`` sends when the changes allow it: :func:`fits`).
+
+Why one query: every round trip of a turn waits for the writer's server process to wake and
+answer, and then for the client's thread; a turn's statements sent one group at a time, then the
+notification, then the commit, paid that once each. Why not a pipeline: see ``_statements``. One
+query is one message with one Sync: the server runs its statements in order, each with a snapshot
+of its own (as if sent one by one), and at the first error skips the rest, ``COMMIT`` included.
+
+Nothing can be looked at between two statements of one query, so each statement judges itself:
+
+- a statement that must change a number of rows (``Stmt.expect``, not soft) raises an error when
+  it changed another number (:func:`_checked`): the server skips the rest, the writer rolls back
+  and reports the conflict (:func:`conflict`), as it did when it judged the row count itself;
+- a soft statement (a claim that another node may have won) is sent in its ``Stmt.marked`` form:
+  it returns the keys of the rows it changed, as before, so the writer knows its misses after the
+  query; it also appends the positions of those it missed to the write mark's ``missed`` (so a
+  commit in doubt knows them again), and its notification kind to a setting local to the
+  transaction (``pg_changes.KINDS``) if it changed a row;
+- the notification, last, tells the kinds of the statements that cannot miss and those that setting
+  holds: one notification, nothing for a claim or finish that missed (``pgfeed.notification``).
+
+A change that goes on after a soft statement of its own must lose that rest when the claim misses,
+which one query cannot do: such writes (the engine makes none) go group by group (:func:`fits`).
+
+The values are bound by the client (``psycopg.ClientCursor``): array parameters go as literals
+(``pgarrays``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from . import pgarrays
+from .interface import Change, Node
+from .pg_changes import KINDS, Stmt
+from .pgfeed import notification
+
+Group = list[tuple[int, Stmt]]
+
+#: what the error of a statement that changed another number of rows than it must says
+_CONFLICT = "taskengine: a change did not apply as expected"
+_CONFLICT_RE = re.compile(re.escape(_CONFLICT) + r"[^\"]*")
+
+
+def fits(changes: Sequence[Change]) -> bool:
+    """Whether ``changes`` can go as one query: no change goes on after a soft statement."""
+    return not any(stmt.soft for change in changes for stmt in change[:-1])
+
+
+def _checked(sql: str) -> str:
+    """``sql`` (one INSERT, UPDATE or DELETE without a RETURNING of its own) as a statement that
+    fails when it changed another number of rows than its last two parameters (the same number,
+    twice) say. The error is a cast of the message to an integer: plain SQL has no ``RAISE``, and
+    its text comes back in the server's message."""
+    assert not sql.startswith("WITH") and "RETURNING" not in sql, sql
+    return (f"WITH r AS ({sql} RETURNING 1) SELECT CASE count(*) WHEN %s THEN 0 "
+            f"ELSE ('{_CONFLICT} (' || count(*) || ' rows, not ' || %s || ')')::int END FROM r")
+
+
+def compose(groups: Sequence[Group], node: Node, *, commit: bool) -> tuple[str, list[Any]]:
+    """The groups (``pg_changes.plan``'s, none left out) as one query: each group one statement,
+    then the notification, then (``commit``) ``COMMIT``. The query and its values."""
+    parts: list[str] = []
+    params: list[Any] = []
+    kinds: set[str] = set()  # of the statements that cannot miss
+    recorded = False  # whether a soft statement adds kinds to the transaction's setting
+    for run in groups:
+        stmt = run[0][1]
+        if stmt.soft:
+            parts.append(stmt.marked)
+            params += pgarrays.columns(stmt.batch, [s.params for _, s in run])
+            kind = "".join(sorted({s.notify for _, s in run}))
+            recorded = recorded or bool(kind)
+            params += [kind, pgarrays.BigintArray(p for p, _ in run), pgarrays.TextArray(s.key[0] for _, s in run),
+                       pgarrays.BigintArray(s.key[1] for _, s in run), node.id, node.epoch, len(run)]
+            continue
+        kinds.update(s.notify for _, s in run if s.notify)
+        if len(run) == 1:
+            sql, values = stmt.sql, list(stmt.params)
+        else:
+            sql, values = stmt.batch, list(pgarrays.columns(stmt.batch, [s.params for _, s in run]))
+        if stmt.expect is not None:
+            sql = _checked(sql)
+            values += [stmt.expect * len(run)] * 2
+        parts.append(sql)
+        params += values
+    if kinds or recorded:
+        notice, notice_values = notification("".join(sorted(kinds)), KINDS if recorded else "")
+        parts.append(notice)
+        params += notice_values
+    if commit:
+        parts.append("COMMIT")
+    return "; ".join(parts), params
+
+
+def read(cur: Any, groups: Sequence[Group]) -> set[int]:
+    """The positions of the changes that missed, from the results of :func:`compose`'s query on
+    ``cur`` (positioned at its first): the changes of a soft group whose keys did not come back."""
+    missed: set[int] = set()
+    for i, run in enumerate(groups):
+        if i:
+            cur.nextset()
+        if run[0][1].soft:
+            changed = {(str(t), int(x)) for t, x in cur.fetchall()}
+            missed.update(p for p, s in run if s.key not in changed)
+    return missed
+
+
+def conflict(e: psycopg.Error) -> str | None:
+    """What a statement of :func:`_checked` that failed says, if ``e`` is its error."""
+    if not isinstance(e, psycopg.errors.InvalidTextRepresentation):
+        return None
+    found = _CONFLICT_RE.search(str(e))
+    return None if found is None else found.group(0).removeprefix("taskengine: ")
