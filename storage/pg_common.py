@@ -12,6 +12,13 @@ PAGE = 1000
 IDLE_IN_TRANSACTION = "25P03"
 
 
+def idle_in_transaction_ms(lease: float) -> int:
+    """The ``idle_in_transaction_session_timeout`` of a node's sessions that take locks: a node
+    stopped or cut off inside a transaction loses it, and its locks, within its lease (the server
+    would otherwise keep them until TCP gives up on the connection, hours by default)."""
+    return max(1000, int(lease * 1000))
+
+
 def message(e: BaseException) -> str:
     """psycopg's message, first line: it never carries the connection's password. The server's
     own words for an idle session it ended do not name the setting that ended it: this does

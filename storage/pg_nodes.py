@@ -28,7 +28,7 @@ import psycopg
 from . import codec, keys, pg_changes, records
 from .errors import CorruptRecord
 from .interface import FINISHED, Node
-from .pg_common import message
+from .pg_common import idle_in_transaction_ms, message
 from .pg_schema import SCHEMA_VERSION
 from .pgfeed import notify
 from .records import Execution, ExecutionStatus
@@ -53,6 +53,18 @@ def lease_lost(node: Node) -> str:
     """Why a node's writer failed after it lost its lease (the message users see)."""
     return (f"node {node.id!r} (epoch {node.epoch}) lost its lease on the database: another node may have "
             "finished its running executions as interrupted, so it writes nothing more; reopen the engine")
+
+
+def connect(url: str, lease: float) -> Any:
+    """The heartbeat's connection (autocommit). Its statements time out within half a lease, and
+    a session idle inside a transaction is ended by the server within a lease: a node stopped or
+    cut off from the network in the middle of a reaper pass would otherwise hold the reaper's lock
+    (and the rows it locked) until TCP gives up on the connection, and no node would reap any
+    other meanwhile, however long their leases had expired."""
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(lease)))
+    conn.execute(f"SET statement_timeout = {max(100, int(lease * 500))}")
+    conn.execute(f"SET idle_in_transaction_session_timeout = {idle_in_transaction_ms(lease)}")
+    return conn
 
 
 def join(conn: Any, node_id: str, lease: float) -> Node:
@@ -100,12 +112,15 @@ def leave(conn: Any, node: Node, error: str) -> list[Execution]:
 
 
 def finish_running(conn: Any, node: Node, error: str) -> list[Execution]:
-    """In the caller's transaction: every RUNNING execution of ``node`` (its epoch) finished as
-    FAILED with ``error``; the finished records. A record that does not decode is left RUNNING
-    (logged; replay reports it)."""
+    """In the caller's transaction: every RUNNING execution of ``node``'s id, of its epoch and of
+    the id's earlier ones, finished as FAILED with ``error``; the finished records. Earlier epochs
+    are fenced, and only this epoch's recovery would finish theirs: a life of the id that ends
+    (killed, cut off, or closed) before that recovery did leaves them to whoever ends it, or they
+    would stay RUNNING for ever once the row is not alive. A record that does not decode is left
+    RUNNING (logged; replay reports it)."""
     rows = conn.execute(
         "SELECT e.task_id, e.idx, e.record FROM taskengine.live l JOIN taskengine.executions e "
-        "ON e.task_id = l.task_id AND e.idx = l.idx WHERE e.runner = %s AND e.runner_epoch = %s "
+        "ON e.task_id = l.task_id AND e.idx = l.idx WHERE e.runner = %s AND e.runner_epoch <= %s "
         "AND e.status = 'R' FOR UPDATE OF e", (node.id, node.epoch)).fetchall()
     now = time.time()
     done: list[Execution] = []

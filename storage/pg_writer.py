@@ -5,6 +5,7 @@ commit is in doubt (see ``postgres``'s docstring), a turn handed back when its t
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from . import pg_nodes, pg_query, pgarrays
 from .errors import StorageError, TasksChanged, WriteFailed
 from .interface import Change, StoredTask
 from .pg_changes import Stmt, plan
-from .pg_common import RECONNECT_SECONDS, message
+from .pg_common import RECONNECT_SECONDS, idle_in_transaction_ms, message
 from .pgfeed import notify
 from .records import INTERRUPTED
 
@@ -120,7 +121,8 @@ class PostgresWriter:
             except psycopg.Error as e:
                 conn.close()
                 raise StorageError(f"cannot join {store.path} as node {store.node_id!r}: {message(e)}") from None
-        self._heartbeat = pg_nodes.Heartbeat(self._heartbeat_connection, self.node, self._lease, self._lost)
+        self._heartbeat = pg_nodes.Heartbeat(functools.partial(pg_nodes.connect, store.url, self._lease), self.node,
+                                             self._lease, self._lost)
         self._heartbeat.start()
 
     def _connect(self, deadline: float) -> Any:
@@ -131,7 +133,7 @@ class PostgresWriter:
         It stays in autocommit mode: a write transaction is begun by its first round trip
         (``_open``: ``BEGIN`` sent with the fence and the rows), not by a ``BEGIN`` of psycopg's of its
         own; ``commit`` and ``rollback`` act on the server's transaction all the same."""
-        idle_ms = max(1000, int(self._lease * 1000))
+        idle_ms = idle_in_transaction_ms(self._lease)
         while True:
             try:
                 conn = psycopg.connect(self._store.url, autocommit=True, connect_timeout=5)
@@ -143,11 +145,6 @@ class PostgresWriter:
                 if time.monotonic() >= deadline:
                     raise StorageError(f"cannot connect to {self._store.path}: {message(e)}") from None
                 time.sleep(0.2)  # a server that is restarting: try again shortly
-
-    def _heartbeat_connection(self) -> Any:
-        conn = psycopg.connect(self._store.url, autocommit=True, connect_timeout=max(1, int(self._lease)))
-        conn.execute(f"SET statement_timeout = {max(100, int(self._lease * 500))}")
-        return conn
 
     def _lost(self, why: str) -> None:
         """The heartbeat found the lease lost: writes stop here (a turn in flight was fenced when

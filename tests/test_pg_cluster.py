@@ -14,6 +14,7 @@ clients per node.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -184,3 +185,42 @@ def test_a_node_cut_off_by_a_network_namespace() -> None:
     assert report.nodes is not None and report.nodes.cuts >= 1
     assert report.markers is not None and report.markers.running_at_cut >= 1
     assert report.nodes.fenced >= report.nodes.cuts
+
+
+def test_places_of_runs_at_once_each_reach_the_host() -> None:
+    """Two runs at once on one machine (two suites) each make a place for slot 1: each gets a
+    subnet of its own, so each reaches the host, and a cut of one leaves the other's link alone.
+    (Both had 10.231.1.0/30: the host sent the replies to both through one of the two links, the
+    other place was cut off from its start, and nodes of one run lost their leases to the other's
+    cuts: failures of every kind, none of the engine's.)"""
+    import socket
+
+    from taskengine.tools.stress import netns
+
+    try:
+        netns.check()
+    except netns.NetnsUnavailable as e:
+        pytest.skip(f"network namespaces cannot be made here: {e}")
+
+    def reaches(place: netns.Place, port: int) -> bool:
+        probe = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()"
+        done = subprocess.run([*place.prefix(), sys.executable, "-c", probe, place.host_addr, str(port)],
+                              capture_output=True, timeout=30)
+        return done.returncode == 0
+
+    places = [netns.Place(1, tag=f"t{os.getpid() % 10000}x{i}") for i in range(2)]
+    with socket.create_server(("0.0.0.0", 0), backlog=16) as listener:
+        port = listener.getsockname()[1]
+        try:
+            for place in places:
+                place.create()
+            assert places[0].host_addr != places[1].host_addr
+            assert [reaches(p, port) for p in places] == [True, True]
+            places[0].cut()
+            assert [reaches(p, port) for p in places] == [False, True]
+            places[0].restore()
+            places[1].cut()
+            assert [reaches(p, port) for p in places] == [True, False]
+        finally:
+            for place in places:
+                place.remove()

@@ -19,6 +19,7 @@ from engine_helpers import WAIT, Child, Gate, Recorder, check_db, poll_until, ru
 from pg_other import OtherNode
 from taskengine import ExecutionStatus, errors, storage
 from taskengine.storage import codec, pg_nodes, pg_schema, postgres, records
+from taskengine.storage.interface import Node
 from taskengine.storage.records import Execution, Task
 
 pytestmark = pytest.mark.timeout(120)
@@ -511,6 +512,93 @@ def test_the_reaper_waits_for_a_lost_nodes_transaction_in_flight(make_engine: An
             assert _node_rows(pg_url)["ghost"] == (1, True)
     lost = "interrupted: node ghost lost"
     poll_until("the reaper finished the claim it waited for", lambda: _stored(pg_url, "t")[pending.id].error == lost)
+    assert _node_rows(pg_url)["ghost"] == (1, False)
+    survivor.close()
+    check_db(pg_url, allow_live=False)
+
+
+def _claimed_by_an_earlier_epoch(url: str) -> Execution:
+    """A RUNNING execution of node "ghost" epoch 1 (played by SQL, its lease long), then "ghost"
+    joined again (epoch 2, a lease of LEASE): a node restarted under its id that has not yet
+    recovered its earlier life's executions."""
+    other = OtherNode(url)
+    try:
+        other.create_task("t", "elsewhere")
+        running = records.started(other.trigger("t"), time.time())
+        other.conn.execute("INSERT INTO taskengine.nodes (id, epoch, lease_until, alive, version) "
+                           "VALUES ('ghost', 1, clock_timestamp() + interval '1 hour', true, %s)",
+                           (pg_schema.SCHEMA_VERSION,))
+        claimed = other.conn.execute(
+            "UPDATE taskengine.executions SET status = 'R', runner = 'ghost', runner_epoch = 1, record = %s "
+            "WHERE task_id = 't' AND id = %s AND status = 'P'", (codec.encode_execution(running), running.id))
+        assert claimed.rowcount == 1
+        assert pg_nodes.join(other.conn, "ghost", LEASE).epoch == 2
+    finally:
+        other.close()
+    return running
+
+
+def test_the_reaper_finishes_what_an_earlier_epoch_of_the_node_left_running(make_engine: Any, pg_url: str) -> None:
+    """A node restarted under its id (epoch 2) dies before its recovery has finished epoch 1's
+    RUNNING executions (a SIGKILL during its start-up): when epoch 2's lease runs out, the reaper
+    finishes epoch 1's too. (It finished epoch 2's only, and the row is then not alive: nobody
+    looked at epoch 1's again, they stayed RUNNING for ever unless the id joined once more.)"""
+    make_engine(pg_url, node_id="first").close()  # the schema
+    running = _claimed_by_an_earlier_epoch(pg_url)
+    survivor = make_engine(pg_url, node_id="survivor", node_lease=LEASE)  # without the job: it reaps only
+    poll_until("the reaper took epoch 2's lease", lambda: _node_rows(pg_url)["ghost"] == (2, False))
+    stored = _stored(pg_url, "t")[running.id]
+    assert stored.status is ExecutionStatus.FAILED, stored
+    assert stored.error == "interrupted: node ghost lost"
+    survivor.close()
+    check_db(pg_url, allow_live=False)
+
+
+def test_a_clean_leave_finishes_what_an_earlier_epoch_of_the_node_left_running(make_engine: Any,
+                                                                               pg_url: str) -> None:
+    """The same through a clean stop: a node that leaves (its close) before its recovery finished
+    an earlier epoch's RUNNING executions finishes them as it leaves, or nobody would."""
+    make_engine(pg_url, node_id="first").close()  # the schema
+    running = _claimed_by_an_earlier_epoch(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        left = pg_nodes.leave(conn, Node("ghost", 2), records.INTERRUPTED)
+    assert [ex.id for ex in left] == [running.id]
+    stored = _stored(pg_url, "t")[running.id]
+    assert stored.status is ExecutionStatus.FAILED and stored.error == records.INTERRUPTED, stored
+    assert _node_rows(pg_url)["ghost"] == (2, False)
+    check_db(pg_url, allow_live=False)
+
+
+def test_a_node_cut_off_inside_a_reaper_pass_does_not_stop_the_reaping(make_engine: Any, pg_url: str) -> None:
+    """A node cut off from the network in the middle of a reaper pass: played by a heartbeat
+    connection (pg_nodes.connect) that took the reaper's lock and then says nothing more, which is
+    all the server sees of a client whose link went down. The server ends that session within a
+    lease, and another node's reaper finishes a lost node's RUNNING execution. (The heartbeat's
+    session had no idle timeout: the server kept it, and the reaper's lock, until TCP gave up on it,
+    hours by default, and no node reaped any other meanwhile.)"""
+    make_engine(pg_url, node_id="first").close()  # the schema
+    other = OtherNode(pg_url)
+    try:
+        other.create_task("t", "elsewhere")
+        running = records.started(other.trigger("t"), time.time())
+        other.conn.execute("INSERT INTO taskengine.nodes (id, epoch, lease_until, alive, version) "
+                           "VALUES ('ghost', 1, clock_timestamp(), true, %s)", (pg_schema.SCHEMA_VERSION,))
+        other.conn.execute(
+            "UPDATE taskengine.executions SET status = 'R', runner = 'ghost', runner_epoch = 1, record = %s "
+            "WHERE task_id = 't' AND id = %s", (codec.encode_execution(running), running.id))
+    finally:
+        other.close()
+    cut = pg_nodes.connect(pg_url, LEASE)
+    try:
+        cut.execute("BEGIN")
+        assert cut.execute("SELECT pg_try_advisory_xact_lock(%s)", (pg_nodes.REAPER_LOCK,)).fetchone() == (True,)
+        survivor = make_engine(pg_url, node_id="survivor", node_lease=LEASE)  # without the job: it reaps only
+        lost = "interrupted: node ghost lost"
+        poll_until("another node reaped the lost one", lambda: _stored(pg_url, "t")[running.id].error == lost)
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+            cut.execute("SELECT 1")  # the server ended it
+    finally:
+        cut.close()
     assert _node_rows(pg_url)["ghost"] == (1, False)
     survivor.close()
     check_db(pg_url, allow_live=False)

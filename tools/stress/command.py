@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --nodes (root, iproute2): run each node place in a network namespace of its own, "
                         "joined to the host by a veth pair, and make half the pauses cuts off the network (its "
                         "link down until it lost its lease) instead of SIGSTOPs; the server must take connections "
-                        "from 10.231.0.0/16 at the host's ends (10.231.K.1)")
+                        "from 10.231.0.0/16 at the host's ends (each place a /30 of it that the host does not use yet)")
     parser.add_argument("--keep-last", metavar="N", default=None,
                         help="open the workload's engines with keep_last=N (retention): an acknowledged execution "
                         "found pruned is checked by the task's prune mark (above its index: it had finished)")

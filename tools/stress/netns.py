@@ -1,7 +1,11 @@
 """A node cut off from the database by a network namespace (``stress --nodes N --netns``).
 
-Each node place gets a network namespace of its own joined to the host by a veth pair
-(``10.231.K.2`` in the namespace, ``10.231.K.1`` on the host); its node processes run in it
+Each node place gets a network namespace of its own joined to the host by a veth pair, and a
+``/30`` of ``10.231.0.0/16`` that no interface of the host has yet (its second address in the
+namespace, its first on the host), chosen under a lock file: runs at once on one machine (several
+test suites) never share a subnet. Two host interfaces with one subnet would send every reply of
+the server to one of them: the other place cut off from the start, and a cut of one letting the
+other through. Its node processes run in it
 (``ip netns exec``) and reach the server at the host's end of their pair. Cutting a node off is
 taking the host's end down: its packets are dropped, no connection is reset, the process runs on
 (unlike a SIGSTOP, its jobs finish) and can write nothing; bringing the link up again lets its
@@ -16,12 +20,19 @@ server of ``taskengine.tools.pgserver`` does that when asked, ``netns=True``).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import ipaddress
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 SUBNET = "10.231.0.0/16"
+#: held while a place chooses its subnet and puts its host address on: one chooser at a time
+LOCK_FILE = os.path.join(tempfile.gettempdir(), "taskengine-netns.lock")
 #: libpq settings of a node's connections: a stuck write fails, a dead peer is found, in seconds
 TCP_SETTINGS = "tcp_user_timeout=2000&keepalives=1&keepalives_idle=1&keepalives_interval=1&keepalives_count=2"
 
@@ -49,8 +60,32 @@ def check() -> None:
         probe.remove()
 
 
+@contextlib.contextmanager
+def _choosing() -> Iterator[None]:
+    with open(LOCK_FILE, "a", encoding="ascii") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    """The first /30 of SUBNET none of whose addresses an interface of the host has."""
+    done = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise NetnsUnavailable(f"ip -4 -o addr show: {done.stderr.strip() or done.returncode}")
+    used = set()
+    for line in done.stdout.splitlines():
+        words = line.split()
+        if "inet" in words:
+            used.add(ipaddress.IPv4Interface(words[words.index("inet") + 1]).ip)
+    for subnet in ipaddress.IPv4Network(SUBNET).subnets(new_prefix=30):
+        if not used.intersection(subnet):
+            return subnet
+    raise NetnsUnavailable(f"every /30 of {SUBNET} is in use on this host")
+
+
 class Place:
-    """The namespace of node place ``slot`` (1..200) and its veth pair."""
+    """The namespace of node place ``slot`` and its veth pair; its addresses are chosen by
+    :meth:`create`."""
 
     def __init__(self, slot: int, tag: str | None = None) -> None:
         self.slot = slot
@@ -58,15 +93,18 @@ class Place:
         self.ns = f"te{tag}"
         self.host_if = f"te{tag}h"[:15]
         self.node_if = f"te{tag}n"[:15]
-        self.host_addr = f"10.231.{slot}.1"
-        self.node_addr = f"10.231.{slot}.2"
+        self.host_addr = ""
+        self.node_addr = ""
         self.cut_off = False
 
     def create(self) -> None:
         _ip("netns", "add", self.ns)
         _ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.node_if)
         _ip("link", "set", self.node_if, "netns", self.ns)
-        _ip("addr", "add", f"{self.host_addr}/30", "dev", self.host_if)
+        with _choosing():  # the host address is on before another run looks
+            host, node = list(_free_subnet().hosts())
+            self.host_addr, self.node_addr = str(host), str(node)
+            _ip("addr", "add", f"{self.host_addr}/30", "dev", self.host_if)
         _ip("link", "set", self.host_if, "up")
         _ip("-n", self.ns, "addr", "add", f"{self.node_addr}/30", "dev", self.node_if)
         _ip("-n", self.ns, "link", "set", self.node_if, "up")
