@@ -134,6 +134,9 @@ class Place:
 
     def restore(self) -> None:
         _ip("link", "set", self.host_if, "up")
+        # what the namespace learnt of the host's address while cut off (a neighbour entry that
+        # failed) would answer its next connections "no route to host" for a while
+        _ip("-n", self.ns, "neigh", "flush", "dev", self.node_if)
         self.cut_off = False
 
 
