@@ -13,6 +13,7 @@ import pytest
 from engine_helpers import WAIT, Recorder, check_db
 from pg import PgServer
 from taskengine import ExecutionStatus, storage
+from taskengine.tools import replay
 from taskengine.tools.cli import main
 from tools_dbs import DbBuilder, standard_db
 
@@ -56,6 +57,25 @@ def test_replay_finds_what_is_wrong_in_the_tables(pg_url: str, capsys: pytest.Ca
     assert "task 'beta': PENDING execution at index 1" in err and "has no live key" in err
     assert "task 'gone': 1 live row(s) of a task that does not exist" in err
     assert "task 'beta': counter 1 is behind its records" in err
+
+
+def test_replay_asks_the_tables_where_a_record_is(pg_url: str) -> None:
+    """A record holding another execution's id: the check asks the PostgreSQL reader which
+    record the other id is at (TaskInvariants.record_holds), and names a duplicate id."""
+    made = standard_db(pg_url)
+    a0, a1 = made["alpha"][0].id, made["alpha"][1].id
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("UPDATE taskengine.executions SET record = (SELECT record FROM taskengine.executions "
+                     "WHERE task_id = 'alpha' AND idx = 0) WHERE task_id = 'alpha' AND idx = 1")
+    store = storage.open_store(pg_url)
+    try:
+        found = [str(v) for v in replay.check(store).violations]
+    finally:
+        store.close()
+    assert found == [
+        f"task 'alpha': id key of execution {a1} points at index 1, which holds {a0}",
+        f"task 'alpha': execution id {a0} appears twice: at index 0 and at index 1",
+    ]
 
 
 def test_copy_moves_a_database_both_ways(

@@ -29,6 +29,7 @@ one run reports everything that is wrong.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
@@ -142,19 +143,20 @@ class Findings:
         return Report(tasks, self.violations.items, self.violations.omitted)
 
 
-class TaskInvariants:
+class TaskInvariants(ABC):
     """One task's invariants, checked from its parts as a reader hands them over.
 
     A reader of one backend subclasses it for each task it walks (one object per task: a
-    database may hold a great many small ones), and answers the three questions at the end
-    (:meth:`stored_index`, :meth:`record_holds`, :meth:`idempotency_entries`), which are only
-    asked when something is wrong. While it reads the parts stored before the records it
-    fills ``id_values``, sets ``row.counter``/``counter_seen`` and ``row.prune_mark``/``mark_seen``
-    (both before the records), and reports each idempotency
-    entry; then it either calls :meth:`proven` or hands the records over in index order
-    (:meth:`begin_records`, then :meth:`record` or :meth:`unreadable` for each, then
-    :meth:`end_records`); then :meth:`finish`. Execution ids stay bytes as stored (decoded
-    only for messages).
+    database may hold a great many small ones), and answers three questions
+    (:meth:`stored_index`, :meth:`record_holds`, :meth:`idempotency_entries`); the last two
+    are only asked when something is wrong. They are abstract so that a reader lacking one is
+    refused when it is made (and by mypy), not halfway through reporting a damaged database.
+    While it reads the parts stored before the records it fills ``id_values``, sets
+    ``row.counter``/``counter_seen`` and ``row.prune_mark``/``mark_seen`` (both before the
+    records), and reports each idempotency entry; then it either calls :meth:`proven` or hands
+    the records over in index order (:meth:`begin_records`, then :meth:`record` or
+    :meth:`unreadable` for each, then :meth:`end_records`); then :meth:`finish`. Execution
+    ids stay bytes as stored (decoded only for messages).
     """
 
     def __init__(self, findings: Findings, task_id: str, live: dict[int, bytes]) -> None:
@@ -182,18 +184,18 @@ class TaskInvariants:
 
     # -- what the reader answers ---------------------------------------------------------------
 
+    @abstractmethod
     def stored_index(self, execution_id: bytes, stored: bytes) -> int:
         """The index an id entry's stored value names; CorruptRecord (naming where it is
         stored) if it is not a decimal integer."""
-        raise NotImplementedError
 
+    @abstractmethod
     def record_holds(self, index: int, execution_id: bytes) -> bool:
         """Whether the record at ``index`` exists and is of ``execution_id``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def idempotency_entries(self) -> Iterator[tuple[bytes, bytes]]:
         """The task's idempotency entries again, as (key, execution id)."""
-        raise NotImplementedError
 
     # -- what it finds -----------------------------------------------------------------------
 
