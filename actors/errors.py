@@ -69,7 +69,7 @@ class InvalidArgument(EngineError, ValueError):
 def no_thread_left(e: BaseException, what: str) -> InvalidArgument | None:
     """The engine's actors are threads: an open that asks for more than the process can start
     (its thread limit, or memory for their stacks) fails with this, not threading's RuntimeError."""
-    if isinstance(e, RuntimeError) and "can't start new thread" in str(e):
+    if _st.thread_refused(e):
         return InvalidArgument(f"cannot start {what}: {e} (the process is at its limit of threads); "
                                "open the engine with fewer workers or counter_actors")
     return None

@@ -11,6 +11,22 @@ class StorageError(Exception):
     """Base of every error the storage layer raises."""
 
 
+def thread_refused(e: BaseException) -> bool:
+    """Whether ``e`` is threading's refusal to start a thread (the process is at its limit of
+    threads, or of memory for their stacks): the stores and the engine turn it into an error of
+    their own, since a raw RuntimeError tells a user nothing of what was being opened."""
+    return isinstance(e, RuntimeError) and "can't start new thread" in str(e)
+
+
+def thread_refusal(e: BaseException, shown: str, what: str) -> StorageError | None:
+    """The error an open of ``shown`` raises when ``what`` (a thread of the store) could not start;
+    None if ``e`` is something else. The caller has stopped what the open had started."""
+    if not thread_refused(e):
+        return None
+    return StorageError(f"cannot open {shown}: cannot start {what}: {e} (the process is at its limit of "
+                        "threads); nothing of the open is left running")
+
+
 class StorageLocked(StorageError):
     """The database directory is held by another process or another engine; or, on a server,
     the database is in use in a way that forbids what was asked (``shared``: ``detail`` names who

@@ -16,7 +16,7 @@ import attrs
 import psycopg
 
 from . import pg_nodes, pg_query, pgarrays
-from .errors import StorageError, TasksChanged, WriteFailed
+from .errors import StorageError, TasksChanged, WriteFailed, thread_refusal
 from .interface import Change, StoredTask
 from .pg_changes import Stmt, plan
 from .pg_common import RECONNECT_SECONDS, idle_in_transaction_ms, message
@@ -123,7 +123,14 @@ class PostgresWriter:
                 raise StorageError(f"cannot join {store.path} as node {store.node_id!r}: {message(e)}") from None
         self._heartbeat = pg_nodes.Heartbeat(functools.partial(pg_nodes.connect, store.url, self._lease), self.node,
                                              self._lease, self._lost)
-        self._heartbeat.start()
+        try:
+            self._heartbeat.start()
+        except BaseException as e:
+            self.close()  # the node leaves (its lease ends now, not when it expires) and its connection closes
+            refused = thread_refusal(e, store.path, f"the heartbeat thread of node {self.node.id!r}")
+            if refused is not None:
+                raise refused from None
+            raise
 
     def _connect(self, deadline: float) -> Any:
         """A new connection (also returned), retried until ``deadline`` (a server restarting

@@ -53,7 +53,7 @@ import psycopg  # the optional extra taskengine[postgres]; storage.open_store im
 import psycopg_pool
 
 from . import codec, interface, keys
-from .errors import CorruptRecord, StorageError
+from .errors import CorruptRecord, StorageError, thread_refusal
 from .interface import Changes, ChangesFeed, Node, OnCorrupt, Store, Writer
 from .pg_changes import PostgresChanges
 from .pg_common import PAGE, RECONNECT_SECONDS, message
@@ -105,8 +105,14 @@ class PostgresStore(Store):
         )
         try:
             pool.open(wait=True, timeout=10)
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
-            raise StorageError(f"cannot open {shown}: {scrub(message(e), url)}") from None
+        except BaseException as e:
+            pool.close()  # stops the pool's threads that did start, and its connection retries
+            refused = thread_refusal(e, shown, "the threads of its connection pool")
+            if refused is not None:
+                raise refused from None
+            if isinstance(e, (psycopg.Error, psycopg_pool.PoolTimeout)):
+                raise StorageError(f"cannot open {shown}: {scrub(message(e), url)}") from None
+            raise
         log.info("opened taskengine database %s (schema %d)", shown, schema)
         return cls(url, pool, schema, node_id, node_lease)
 

@@ -6,14 +6,18 @@ parts only PostgreSQL has."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
 import psycopg
 import pytest
 
-from engine_helpers import WAIT, Recorder, check_db
+from engine_helpers import HERE, WAIT, Recorder, check_db
 from pg import PgServer
 from pg_proxy import CommitCutter
 from taskengine import ExecutionStatus, errors, storage
@@ -504,3 +508,32 @@ def test_a_turn_is_two_round_trips(pg_server: PgServer, pg_url: str, cutter: Com
         listener.close()
         store.close()
     check_db(pg_url)
+
+
+@pytest.mark.timeout(60)
+def test_an_open_in_a_process_out_of_threads_is_refused_and_leaves_nothing(pg_url: str) -> None:
+    """A child process opens an engine with room for 0, 1, 2, ... more threads
+    (thread_budget_child.py) until it opens: each refusal is a taskengine.errors exception that
+    names what could not start (the store's connection pool, then its node's heartbeat, then the
+    engine's actors), not threading's RuntimeError, and leaves no thread, no open file or
+    connection and no lease (the node left: its row is not alive)."""
+    done = subprocess.run([sys.executable, str(HERE / "thread_budget_child.py"), pg_url], capture_output=True,
+                          text=True, timeout=50, env={**os.environ, "MALLOC_ARENA_MAX": "1"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    attempts = [json.loads(line) for line in done.stdout.splitlines()]
+    *refused, opened = attempts
+    assert opened["outcome"] == "opened" and opened["result"] == 0 and opened["alive"] is False, attempts
+    kinds = []
+    for a in refused:
+        assert "can't start new thread" in a["outcome"] and "(the process is at its limit of threads)" in a["outcome"]
+        assert (a["threads"], a["fds"]) == (0, 0) and a["alive"] is not True, a
+        if a["outcome"].startswith("StorageError: cannot open") and "connection pool" in a["outcome"]:
+            kind = "pool"
+        elif a["outcome"].startswith("StorageError: cannot open") and "heartbeat thread of node" in a["outcome"]:
+            kind = "heartbeat"
+        else:
+            assert a["outcome"].startswith("InvalidArgument: cannot start "), a
+            kind = "engine"
+        if not kinds or kinds[-1] != kind:
+            kinds.append(kind)
+    assert kinds == ["pool", "heartbeat", "engine"], attempts
