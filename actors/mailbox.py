@@ -12,7 +12,11 @@ use), so the engine's actors take:
   ``empty`` on it, and the counter actor's ``get_nowait`` is there too;
 - :class:`Reply`, a ``ThreadingFuture`` whose waiting is one C-level lock.
 
-BENCHMARKS.md has what this buys.
+BENCHMARKS.md has what this buys. :class:`EngineActor` also overrides the third such hook,
+``_start_actor_loop``, for a thread that cannot start (see there). The three are pykka's
+"internal methods for implementors of new actor types", not its public API: setup.cfg pins
+``pykka<5`` for them, and tests/test_pykka_contract.py checks that pykka still calls them as
+this module expects.
 """
 
 from __future__ import annotations
@@ -141,10 +145,13 @@ class EngineActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
     def _start_actor_loop(self) -> None:
+        """pykka's ``Actor.start`` registers the actor, then calls this to start its thread, and
+        has no public hook in between: a start that fails here (the process is at its limit of
+        threads) would leave a registered actor that never runs, which ``ActorRegistry.stop_all()``
+        (and the engine's own clean-up) would wait for for ever."""
         try:
             super()._start_actor_loop()
-        except BaseException:  # no thread (the process is at its limit): pykka registered the actor
-            # before starting its thread; a ref left there would make ActorRegistry.stop_all() wait for ever
+        except BaseException:
             pykka.ActorRegistry.unregister(self.actor_ref)
             self.actor_stopped.set()
             raise
