@@ -6,8 +6,12 @@ writer sends a turn's statements, its notification and its COMMIT as one query).
 it without sending the query on (the server rolls the transaction back when it sees the connection
 gone), ``after`` sends it on, waits for the server's answer to all of it, then drops the
 connection without passing the answer back (the transaction committed, the client cannot know).
-Both are what a network failure during COMMIT looks like to the client; the engine must find out
-which happened before it answers.
+``during`` sends it on and drops the connection at once, the server's answer not awaited: a server
+process still at work on the query (waiting for a lock) finds the connection gone only when it
+answers, after its COMMIT. All are what a network failure during COMMIT looks like to the client;
+the engine must find out which happened before it answers. ``arm("after", meanwhile=fn)`` runs
+``fn()`` once the server has answered, before the client's side is dropped (a server restarted
+between a COMMIT and its answer).
 
 ``hold()`` keeps new connections waiting (accepted, not yet relayed) until ``admit()``: a client
 whose connection was cut cannot reconnect meanwhile, so a test can have another node write first.
@@ -43,7 +47,7 @@ class CommitCutter:
         self._target = ("127.0.0.1", target_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
-        self._armed: Literal["before", "after"] | None = None
+        self._armed: Literal["before", "after", "during"] | None = None
         self._meanwhile: Callable[[], None] | None = None
         self.failures: list[BaseException] = []  # raised by a ``meanwhile``
         self.queries: dict[int, int] = {}  # chunks from a client that begin a simple-protocol query ('Q')
@@ -64,7 +68,7 @@ class CommitCutter:
         auth = user if password is None else f"{user}:{password}"
         return f"postgresql://{auth}@127.0.0.1:{self.port}/{dbname}"
 
-    def arm(self, when: Literal["before", "after"], meanwhile: Callable[[], None] | None = None) -> None:
+    def arm(self, when: Literal["before", "after", "during"], meanwhile: Callable[[], None] | None = None) -> None:
         with self._lock:
             self._armed = when
             self._meanwhile = meanwhile
@@ -81,7 +85,7 @@ class CommitCutter:
     def admit(self) -> None:
         self._admitted.set()
 
-    def _take(self) -> tuple[Literal["before", "after"] | None, Callable[[], None] | None]:
+    def _take(self) -> tuple[Literal["before", "after", "during"] | None, Callable[[], None] | None]:
         with self._lock:
             when, self._armed = self._armed, None
             meanwhile, self._meanwhile = self._meanwhile, None
@@ -158,6 +162,8 @@ class CommitCutter:
                 meanwhile()
             except BaseException as e:  # noqa: BLE001  (the test asserts there are none)
                 self.failures.append(e)
+        if when == "during":
+            server.sendall(data)
         if when == "after":
             server.sendall(data)
             answer = b""
@@ -166,6 +172,11 @@ class CommitCutter:
                 if not chunk:
                     break
                 answer += chunk
+            if meanwhile is not None:
+                try:
+                    meanwhile()
+                except BaseException as e:  # noqa: BLE001  (the test asserts there are none)
+                    self.failures.append(e)
         self.cut.set()
         return True
 
