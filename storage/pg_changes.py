@@ -52,6 +52,12 @@ class Stmt:
 _STATUS = {status: status.code.decode() for status in ExecutionStatus}
 
 
+def size(stmt: Stmt) -> int:
+    """About how many bytes ``stmt``'s values take: its text (a character for a byte) and binary
+    ones; the rest are numbers and NULLs."""
+    return sum(len(v) for v in stmt.params if isinstance(v, str | bytes))
+
+
 def _groups(stmt: Stmt) -> bool:
     """Whether ``stmt`` can go in a group made one set-based statement: it has that form, and it
     expects nothing, or one row it picks by its key (so the group's row count is the number of

@@ -21,7 +21,8 @@ Nothing can be looked at between two statements of one query, so each statement 
   holds: one notification, nothing for a claim or finish that missed (``pgfeed.notification``).
 
 A change that goes on after a soft statement of its own must lose that rest when the claim misses,
-which one query cannot do: such writes (the engine makes none) go group by group (:func:`fits`).
+which one query cannot do: such writes (the engine makes none) go group by group (:func:`fits`), as
+do writes of too many bytes for one query (:data:`MAX_VALUES`).
 
 The values are bound by the client (``psycopg.ClientCursor``): array parameters go as literals
 (``pgarrays``).
@@ -37,7 +38,7 @@ import psycopg
 
 from . import pgarrays
 from .interface import Change, Node
-from .pg_changes import KINDS, Stmt
+from .pg_changes import KINDS, Stmt, size
 from .pgfeed import notification
 
 Group = list[tuple[int, Stmt]]
@@ -47,9 +48,41 @@ _CONFLICT = "taskengine: a change did not apply as expected"
 _CONFLICT_RE = re.compile(re.escape(_CONFLICT) + r"[^\"]*")
 
 
+#: the most bytes of values (text and binary, see ``pg_changes.size``) a write sends as one query.
+#: There binary values go as hex text, twice their size, and the server copies each literal into a
+#: buffer that doubles as it grows, up to one allocation of 1 GB: a turn of a few hundred
+#: executions of a megabyte of data each was refused ("invalid memory alloc request size"). A write
+#: of more goes group by group, its values bound by the server, each group in parts of this size;
+#: next to the time such a write takes to send, its round trips are nothing
+MAX_VALUES = 32 << 20
+
+
 def fits(changes: Sequence[Change]) -> bool:
-    """Whether ``changes`` can go as one query: no change goes on after a soft statement."""
-    return not any(stmt.soft for change in changes for stmt in change[:-1])
+    """Whether ``changes`` can go as one query: no change goes on after a soft statement, and
+    their values are at most :data:`MAX_VALUES` bytes."""
+    total = 0
+    for change in changes:
+        for stmt in change[:-1]:
+            if stmt.soft:
+                return False
+        total += sum(size(stmt) for stmt in change)
+    return total <= MAX_VALUES
+
+
+def parts(run: Group) -> list[Group]:
+    """A group (``pg_changes.plan``'s) as consecutive parts of at most :data:`MAX_VALUES` bytes of
+    values each (at least one statement each). Its statements do not conflict, so its parts one
+    after another do what the group as one statement does."""
+    out: list[Group] = [[]]
+    total = 0
+    for position, stmt in run:
+        weight = size(stmt)
+        if out[-1] and total + weight > MAX_VALUES:
+            out.append([])
+            total = 0
+        out[-1].append((position, stmt))
+        total += weight
+    return out
 
 
 def _checked(sql: str) -> str:

@@ -368,11 +368,12 @@ class PostgresWriter:
         ``commit``, commit it); the positions of the changes that missed.
 
         One query of the simple protocol for all of it (``pg_query``), unless a change goes on after
-        a soft statement: then one group at a time, each judged by its row count before the next is
-        sent. Not in a pipeline: a server process waiting for the rest of a pipeline (no Sync yet)
-        is not "idle in transaction", so a node cut off from the network in the middle of one would
-        keep its transaction, and its locks, open past its lease (the reaper waits for it) until TCP
-        gives up; after a query's Sync the session's idle timeout ends it within the lease."""
+        a soft statement, or the values are too many bytes for one query: then one group at a time
+        (a big one in parts), each judged by its row count before the next is sent. Not in a
+        pipeline: a server process waiting for the rest of a pipeline (no Sync yet) is not "idle in
+        transaction", so a node cut off from the network in the middle of one would keep its
+        transaction, and its locks, open past its lease (the reaper waits for it) until TCP gives
+        up; after a query's Sync the session's idle timeout ends it within the lease."""
         groups = plan([(position, stmt) for position, change in enumerate(changes) for stmt in change])
         if not pg_query.fits(changes):
             missed = self._group_by_group(conn, groups)
@@ -397,8 +398,8 @@ class PostgresWriter:
         notices: set[str] = set()
         for group in groups:
             run = [(p, s) for p, s in group if p not in missed]  # not the rest of a change that missed
-            if run:
-                notices.update(self._judge(self._send(conn.cursor(), run), run, missed))
+            for part in pg_query.parts(run) if run else ():
+                notices.update(self._judge(self._send(conn.cursor(), part), part, missed))
         if missed:  # one more statement, for a commit in doubt
             conn.execute(_MARK_MISSED, (sorted(missed), self.node.id, self.node.epoch))
         notify(conn.cursor(), "".join(sorted(notices)))
