@@ -117,7 +117,11 @@ class CommitCutter:
         while not self._admitted.wait(0.2):
             if self._stop.is_set():
                 return
-        server = socket.create_connection(self._target)
+        try:
+            server = socket.create_connection(self._target)
+        except OSError:  # the server is down (restarting): the client sees its connection refused
+            client.close()
+            return
         self._socks.append(server)
         self._relay(client, server)
 
