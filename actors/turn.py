@@ -60,7 +60,7 @@ class Turn:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
     __slots__ = ("changes", "answers", "pending", "removed", "submits", "deleted", "keys", "counted", "events",
-                 "soft", "shared", "locked", "saved", "undo", "again")
+                 "soft", "locked", "saved", "undo", "again")
 
     def __init__(self) -> None:
         self.changes: list[Change] = []
@@ -75,13 +75,17 @@ class Turn:
         # changes that may miss (Changes.update): position -> (its answer's position, execution id,
         # the outcome that answers instead if it missed)
         self.soft: dict[int, tuple[int, str, Outcome]] = {}
-        self.shared = False  # the writer locked this turn's tasks: other nodes share the database
-        self.locked: frozenset[str] | None = None  # those tasks (a shared turn's)
+        self.locked: frozenset[str] | None = None  # the tasks the writer locked (a shared turn's)
         # a shared turn's state as it began, and what puts back what its handling did elsewhere
         # (the backlog, the pending store), newest last: for a turn decided again (_decide_again)
         self.saved: Saved | None = None
         self.undo: list[Callable[[], object]] | None = None
         self.again = False  # its write was handed back (TasksChanged): decide it again
+
+    @property
+    def shared(self) -> bool:
+        """The writer locked this turn's tasks: other nodes share the database."""
+        return self.locked is not None
 
 
 @attrs.frozen
@@ -232,7 +236,6 @@ class TurnActor(EngineActor):
             return
         if rows is not None:
             turn = self._turn
-            turn.shared = True
             turn.locked = frozenset(ids)
             self._refresh(ids, rows)
             turn.saved = self._save(ids)
