@@ -55,16 +55,29 @@ def lease_lost(node: Node) -> str:
             "finished its running executions as interrupted, so it writes nothing more; reopen the engine")
 
 
-def connect(url: str, lease: float) -> Any:
-    """The heartbeat's connection (autocommit). Its statements time out within half a lease, and
-    a session idle inside a transaction is ended by the server within a lease: a node stopped or
-    cut off from the network in the middle of a reaper pass would otherwise hold the reaper's lock
-    (and the rows it locked) until TCP gives up on the connection, and no node would reap any
-    other meanwhile, however long their leases had expired."""
-    conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(lease)))
-    conn.execute(f"SET statement_timeout = {max(100, int(lease * 500))}")
-    conn.execute(f"SET idle_in_transaction_session_timeout = {idle_in_transaction_ms(lease)}")
+def session(url: str, lease: float, connect_timeout: int, settings: dict[str, str]) -> Any:
+    """A connection (autocommit) of a node that holds a lease of ``lease`` seconds, for work that
+    takes locks: the server ends the session if it sits idle inside a transaction for longer than
+    the lease (pg_common), so a node stopped or cut off from the network there lets its locks go;
+    then each of ``settings`` (name: value) set for the session."""
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout)
+    try:
+        for name, value in {"idle_in_transaction_session_timeout": str(idle_in_transaction_ms(lease)),
+                            **settings}.items():
+            conn.execute(f"SET {name} = {value}")
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def connect(url: str, lease: float) -> Any:
+    """The heartbeat's connection (a :func:`session`). Its statements time out within half a
+    lease: a node stopped or cut off from the network in the middle of a reaper pass would
+    otherwise hold the reaper's lock (and the rows it locked) until TCP gives up on the
+    connection, and no node would reap any other meanwhile, however long their leases had
+    expired."""
+    return session(url, lease, max(1, int(lease)), {"statement_timeout": str(max(100, int(lease * 500)))})
 
 
 def join(conn: Any, node_id: str, lease: float) -> Node:

@@ -19,7 +19,7 @@ from . import pg_nodes, pg_query, pgarrays
 from .errors import StorageError, TasksChanged, WriteFailed, thread_refusal
 from .interface import Change, StoredTask
 from .pg_changes import Stmt, plan
-from .pg_common import RECONNECT_SECONDS, idle_in_transaction_ms, message
+from .pg_common import RECONNECT_SECONDS, message
 from .pgfeed import notify
 from .records import INTERRUPTED
 
@@ -134,18 +134,16 @@ class PostgresWriter:
 
     def _connect(self, deadline: float) -> Any:
         """A new connection (also returned), retried until ``deadline`` (a server restarting
-        refuses for a while). A session idle in a transaction for longer than the lease is
-        ended by the server: a node paused inside a transaction cannot hold the reaper off.
+        refuses for a while): a node's session (``pg_nodes.session``), so a node paused inside a
+        transaction cannot hold the reaper off.
 
         It stays in autocommit mode: a write transaction is begun by its first round trip
         (``_open``: ``BEGIN`` sent with the fence and the rows), not by a ``BEGIN`` of psycopg's of its
         own; ``commit`` and ``rollback`` act on the server's transaction all the same."""
-        idle_ms = idle_in_transaction_ms(self._lease)
+        settings = {"synchronous_commit": "on" if self.sync else "off"}
         while True:
             try:
-                conn = psycopg.connect(self._store.url, autocommit=True, connect_timeout=5)
-                conn.execute("SET synchronous_commit = " + ("on" if self.sync else "off"))
-                conn.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+                conn = pg_nodes.session(self._store.url, self._lease, 5, settings)
                 self._conn = conn
                 return conn
             except psycopg.Error as e:
