@@ -215,6 +215,18 @@ _FINISH = (_soft(_COMPLETE, ends=True), _soft(_COMPLETE, ends=True, marked=True)
 _DELETE_TASKS = ("WITH l AS (DELETE FROM taskengine.live WHERE task_id = ANY(%s::text[])), "
                  "x AS (DELETE FROM taskengine.executions WHERE task_id = ANY(%s::text[])) "
                  "DELETE FROM taskengine.tasks WHERE id = ANY(%s::text[])")
+_CREATE_TASK = ("INSERT INTO taskengine.tasks (id, record, max_executions, job, incarnation) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING")
+_RAISE_COUNTER = "UPDATE taskengine.tasks SET counter = greatest(counter, %s) WHERE id = %s"
+#: the counter moves only from the value the writer knows, and never past the limit
+_MOVE_COUNTER = ("UPDATE taskengine.tasks SET counter = %s WHERE id = %s AND counter = %s "
+                 "AND (max_executions IS NULL OR %s <= max_executions)")
+_PRUNE_ROWS = ("DELETE FROM taskengine.executions WHERE task_id = %s AND idx >= %s AND idx < %s "
+               "AND status NOT IN ('P', 'R')")
+_PRUNE_MARK = "UPDATE taskengine.tasks SET prune_mark = %s WHERE id = %s"
+#: every statement, in each of its forms, that a change sends with a row count it must change
+#: (``Stmt.expect``, not soft): a write sent as one query checks that count in SQL (``pg_query``)
+COUNTED = (_CREATE_TASK, _RAISE_COUNTER, _RAISE_COUNTERS, _MOVE_COUNTER, _MOVE_COUNTERS, _PRUNE_ROWS, _PRUNE_MARK)
 #: a RUNNING execution finished by its node's reaper or at its node's leave: status, record, task_id, idx
 END_ONE = _ending("UPDATE taskengine.executions SET status = %s, record = %s WHERE task_id = %s AND idx = %s "
                   "AND status = 'R' RETURNING task_id, idx")
@@ -230,9 +242,7 @@ class PostgresChanges:
     def create_task(self, task: Task) -> Change:
         record = codec.encode_task(task)
         return [Stmt(
-            "INSERT INTO taskengine.tasks (id, record, max_executions, job, incarnation) VALUES (%s, %s, %s, %s, %s) "
-            "ON CONFLICT (id) DO NOTHING",
-            (task.id, record, task.max_executions, task.job, task.incarnation), expect=1,
+            _CREATE_TASK, (task.id, record, task.max_executions, task.job, task.incarnation), expect=1,
             touches=(task.id, None),
         )]
 
@@ -260,14 +270,10 @@ class PostgresChanges:
 
     def counter(self, task_id: str, value: int, was: int | None = None) -> Change:
         if was is None:
-            return [Stmt("UPDATE taskengine.tasks SET counter = greatest(counter, %s) WHERE id = %s",
-                         (value, task_id), expect=1, key=(task_id,), batch=_RAISE_COUNTERS, touches=(task_id, None))]
-        # the counter moves only from the value this writer knows, and never past the limit
-        return [Stmt(
-            "UPDATE taskengine.tasks SET counter = %s WHERE id = %s AND counter = %s "
-            "AND (max_executions IS NULL OR %s <= max_executions)",
-            (value, task_id, was, value), expect=1, key=(task_id,), batch=_MOVE_COUNTERS, touches=(task_id, None),
-        )]
+            return [Stmt(_RAISE_COUNTER, (value, task_id), expect=1, key=(task_id,), batch=_RAISE_COUNTERS,
+                         touches=(task_id, None))]
+        return [Stmt(_MOVE_COUNTER, (value, task_id, was, value), expect=1, key=(task_id,), batch=_MOVE_COUNTERS,
+                     touches=(task_id, None))]
 
     def update(self, execution: Execution) -> Change:
         ex = execution
@@ -298,11 +304,8 @@ class PostgresChanges:
     def prune(self, task_id: str, executions: Sequence[Execution], mark: int) -> Change:
         low = min((ex.index for ex in executions if ex.index is not None), default=mark)
         return [
-            Stmt("DELETE FROM taskengine.executions WHERE task_id = %s AND idx >= %s AND idx < %s "
-                 "AND status NOT IN ('P', 'R')", (task_id, low, mark), expect=len(executions),
-                 touches=(task_id, None)),
-            Stmt("UPDATE taskengine.tasks SET prune_mark = %s WHERE id = %s", (mark, task_id), expect=1,
-                 touches=(task_id, None)),
+            Stmt(_PRUNE_ROWS, (task_id, low, mark), expect=len(executions), touches=(task_id, None)),
+            Stmt(_PRUNE_MARK, (mark, task_id), expect=1, touches=(task_id, None)),
         ]
 
     def delete_task(self, task_id: str) -> Change:

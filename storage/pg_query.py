@@ -38,7 +38,7 @@ import psycopg
 
 from . import pgarrays
 from .interface import Change, Node
-from .pg_changes import KINDS, Stmt, size
+from .pg_changes import COUNTED, KINDS, Stmt, size
 from .pgfeed import notification
 
 Group = list[tuple[int, Stmt]]
@@ -89,10 +89,17 @@ def _checked(sql: str) -> str:
     """``sql`` (one INSERT, UPDATE or DELETE without a RETURNING of its own) as a statement that
     fails when it changed another number of rows than its last two parameters (the same number,
     twice) say. The error is a cast of the message to an integer: plain SQL has no ``RAISE``, and
-    its text comes back in the server's message."""
-    assert not sql.startswith("WITH") and "RETURNING" not in sql, sql
+    its text comes back in the server's message. ValueError for another statement: it would be
+    sent unchecked, or not run."""
+    if sql.lstrip().upper().startswith("WITH") or "RETURNING" in sql.upper():
+        raise ValueError(f"the row count of this statement cannot be checked in SQL: {sql}")
     return (f"WITH r AS ({sql} RETURNING 1) SELECT CASE count(*) WHEN %s THEN 0 "
             f"ELSE ('{_CONFLICT} (' || count(*) || ' rows, not ' || %s || ')')::int END FROM r")
+
+
+#: each statement of ``pg_changes.COUNTED`` as :func:`_checked` makes it: made as this module is
+#: imported, so a statement that cannot be checked so fails the import
+_CHECKED = {sql: _checked(sql) for sql in COUNTED}
 
 
 def compose(groups: Sequence[Group], node: Node, *, commit: bool) -> tuple[str, list[Any]]:
@@ -118,7 +125,7 @@ def compose(groups: Sequence[Group], node: Node, *, commit: bool) -> tuple[str, 
         else:
             sql, values = stmt.batch, list(pgarrays.columns(stmt.batch, [s.params for _, s in run]))
         if stmt.expect is not None:
-            sql = _checked(sql)
+            sql = _CHECKED.get(sql) or _checked(sql)
             values += [stmt.expect * len(run)] * 2
         parts.append(sql)
         params += values

@@ -279,3 +279,31 @@ def test_the_sequences_mostly_apply() -> None:
     assert _seen.get("applied", 0) + _seen.get("missed", 0) >= sum(_seen.values()) // 2, _seen
     assert _seen.get("missed", 0) > 0, _seen
     assert _grouped, "no write went group by group"
+
+
+def test_every_statement_with_a_row_count_is_checked_as_made_at_import() -> None:
+    """A write sent as one query checks each row count in SQL (pg_query._checked), each counted
+    statement made so once, when the module is imported (pg_changes.COUNTED): every statement a
+    change must change a number of rows with is among them, in each of its forms, and a statement
+    that cannot be checked so is refused, never sent unchecked."""
+    from taskengine.storage import pg_changes, pg_query
+
+    class _Store:
+        node = None
+
+    changes = pg_changes.PostgresChanges(_Store())  # type: ignore[arg-type]
+    task = Task(id="t", job="j", created_at=NOW, incarnation="i")
+    ex = _pending("t", 0, _id(1))
+    made = [changes.create_task(task), changes.assign(ex), changes.counter("t", 1, 0), changes.counter("t", 1),
+            changes.prune("t", [records.finished(records.started(ex, NOW), ExecutionStatus.SUCCESS, NOW)], 1),
+            changes.update(records.started(ex, NOW)), changes.delete_task("t")]
+    counted = [stmt for change in made for stmt in change if stmt.expect is not None and not stmt.soft]
+    assert len(counted) == 6
+    for stmt in counted:
+        assert stmt.sql in pg_changes.COUNTED
+        assert not stmt.batch or stmt.batch in pg_changes.COUNTED
+    assert set(pg_query._CHECKED) == set(pg_changes.COUNTED)
+    for sql in ("WITH x AS (SELECT 1) UPDATE taskengine.tasks SET counter = 1",
+                "UPDATE taskengine.tasks SET counter = 1 RETURNING id", " with x AS (SELECT 1) DELETE FROM t"):
+        with pytest.raises(ValueError, match="cannot be checked"):
+            pg_query._checked(sql)
