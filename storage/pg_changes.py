@@ -47,15 +47,12 @@ class Stmt:
     #: (task id, index) one execution row of the task; (task id, None) the task as a whole (its
     #: row, or every execution of it); None: not declared, kept in place among all the others
     touches: tuple[str, int | None] | None = None
+    #: about how many bytes its values take, where they can be large (a record, a job's name):
+    #: a write of too many goes group by group (``pg_query.fits``); ids and numbers are not counted
+    size: int = 0
 
 
 _STATUS = {status: status.code.decode() for status in ExecutionStatus}
-
-
-def size(stmt: Stmt) -> int:
-    """About how many bytes ``stmt``'s values take: its text (a character for a byte) and binary
-    ones; the rest are numbers and NULLs."""
-    return sum(len(v) for v in stmt.params if isinstance(v, str | bytes))
 
 
 def _groups(stmt: Stmt) -> bool:
@@ -243,7 +240,7 @@ class PostgresChanges:
         record = codec.encode_task(task)
         return [Stmt(
             _CREATE_TASK, (task.id, record, task.max_executions, task.job, task.incarnation), expect=1,
-            touches=(task.id, None),
+            touches=(task.id, None), size=len(record) + len(task.job),
         )]
 
     def _runner(self, ex: Execution) -> tuple[str | None, int | None]:
@@ -256,13 +253,15 @@ class PostgresChanges:
         assert execution.index is not None
         ex = execution
         key = None if ex.idempotency_key is None else ex.idempotency_key.encode()
+        record = codec.encode_execution(ex)
         out: Change = [Stmt(
             _with_live(f"INSERT INTO taskengine.executions ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"),
-            (ex.task_id, ex.index, ex.id, _STATUS[ex.status], key, codec.encode_execution(ex),
+            (ex.task_id, ex.index, ex.id, _STATUS[ex.status], key, record,
              *(self._runner(ex) if started else (None, None))),
             notify=_notice(ex),
             batch=_INSERT_EXECUTIONS,
             touches=(ex.task_id, ex.index),
+            size=len(record),
         )]
         if with_counter:
             out += self.counter(ex.task_id, execution.index + 1, None)
@@ -298,7 +297,7 @@ class PostgresChanges:
         return [Stmt(
             sql, params, expect=1, soft=True,
             notify=_notice(ex), key=(ex.task_id, ex.index), batch=forms[0], marked=forms[1],
-            touches=(ex.task_id, ex.index),
+            touches=(ex.task_id, ex.index), size=len(record),
         )]
 
     def prune(self, task_id: str, executions: Sequence[Execution], mark: int) -> Change:

@@ -38,7 +38,7 @@ import psycopg
 
 from . import pgarrays
 from .interface import Change, Node
-from .pg_changes import COUNTED, KINDS, Stmt, size
+from .pg_changes import COUNTED, KINDS, Stmt
 from .pgfeed import notification
 
 Group = list[tuple[int, Stmt]]
@@ -48,7 +48,7 @@ _CONFLICT = "taskengine: a change did not apply as expected"
 _CONFLICT_RE = re.compile(re.escape(_CONFLICT) + r"[^\"]*")
 
 
-#: the most bytes of values (text and binary, see ``pg_changes.size``) a write sends as one query.
+#: the most bytes of values (``Stmt.size``) a write sends as one query.
 #: There binary values go as hex text, twice their size, and the server copies each literal into a
 #: buffer that doubles as it grows, up to one allocation of 1 GB: a turn of a few hundred
 #: executions of a megabyte of data each was refused ("invalid memory alloc request size"). A write
@@ -65,7 +65,9 @@ def fits(changes: Sequence[Change]) -> bool:
         for stmt in change[:-1]:
             if stmt.soft:
                 return False
-        total += sum(size(stmt) for stmt in change)
+            total += stmt.size
+        if change:
+            total += change[-1].size
     return total <= MAX_VALUES
 
 
@@ -76,7 +78,7 @@ def parts(run: Group) -> list[Group]:
     out: list[Group] = [[]]
     total = 0
     for position, stmt in run:
-        weight = size(stmt)
+        weight = stmt.size
         if out[-1] and total + weight > MAX_VALUES:
             out.append([])
             total = 0

@@ -15,7 +15,7 @@ import pytest
 from engine_helpers import WAIT, Recorder, check_db
 from pg import PgServer
 from taskengine import ExecutionStatus, storage
-from taskengine.storage import Execution, Task, pg_changes
+from taskengine.storage import Execution, Task
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -137,7 +137,7 @@ def test_a_write_in_parts_reports_exactly_its_misses(pg_url: str, monkeypatch: p
         made = [_pending(t, 0) for t in tasks]
         writer.write([ch.assign(ex) for ex in made])
         writer.write([ch.update(_started(made[1]))])
-        monkeypatch.setattr(pg_query, "MAX_VALUES", 2 * pg_changes.size(ch.update(_started(made[0]))[0]))
+        monkeypatch.setattr(pg_query, "MAX_VALUES", 2 * ch.update(_started(made[0]))[0].size)
         assert not pg_query.fits([ch.update(_started(ex)) for ex in made])
         before = writer.sent
         assert sorted(writer.write([ch.update(_started(ex)) for ex in made[:5]])) == [1]
