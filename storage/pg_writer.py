@@ -438,14 +438,14 @@ class PostgresWriter:
         with contextlib.suppress(psycopg.Error):
             self._conn.close()
         conn = self._connect(deadline)
-        while time.monotonic() < deadline:
+        while True:  # looked at once at least: a connection made at the deadline reads the outcome too
             conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
             alive = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone()
             if not alive[0]:
                 break
+            if time.monotonic() >= deadline:
+                raise StorageError(f"the server process {backend} of a lost connection did not exit")
             time.sleep(0.05)  # the old process is finishing: its commit is decided when it exits
-        else:
-            raise StorageError(f"the server process {backend} of a lost connection did not exit")
         if not changes:
             return None
         row = conn.execute(_READ_MARK, (self.node.id,)).fetchone()

@@ -8,6 +8,7 @@ once, its claim that another node won is known as a miss, and the writer writes 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -203,3 +204,29 @@ def test_the_server_killed_during_the_query(own_server: PgServer, when: str) -> 
             blocker.close()
         setup.close()
         proxy.close()
+
+
+def test_a_commit_in_doubt_settled_when_the_server_answers_only_at_the_deadline(
+        pg_server: PgServer, pg_url: str, cutter: CommitCutter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer to a COMMIT is lost, and the writer's new connection gets through only once the
+    time it has to connect again (RECONNECT_SECONDS, here 1 s) is over: the outcome is read all
+    the same (it was taken for unknown, without a look, and the writer stopped)."""
+    from taskengine.storage import pg_writer
+
+    monkeypatch.setattr(pg_writer, "RECONNECT_SECONDS", 1.0)
+    dbname = pg_url.rsplit("/", 1)[1]
+    setup = _Setup(cutter.url(pg_server.user, dbname), pg_url)
+    try:
+        turn = setup.turn()
+        cutter.arm("after")
+        cutter.hold()
+        began = time.monotonic()
+        write = _Write(setup.writer, turn)
+        until(lambda: time.monotonic() > began + 1.5, "the time to connect again to be over")
+        cutter.admit()
+        assert write.result() == [0]
+        assert cutter.cut.is_set()
+        setup.check()
+    finally:
+        cutter.admit()
+        setup.close()
