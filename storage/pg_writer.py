@@ -46,6 +46,11 @@ _FENCE_AND_LOCK = (
     "FROM unnest(%s::text[]) AS i ORDER BY k) AS s) FROM taskengine.nodes WHERE id = %s AND epoch = %s AND alive "
     "AND lease_until > clock_timestamp() FOR KEY SHARE"
 )
+#: the session's server process: its pid and start time (one process's, where a pid comes round again)
+_BACKEND = "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+#: that process ended, if it still runs; then whether it still does
+_END_BACKEND = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
+_BACKEND_RUNS = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
 #: the write mark as it stands: (epoch, seq, missed) of the node's row
 _READ_MARK = "SELECT epoch, seq, missed FROM taskengine.write_marks WHERE node = %s"
 #: a transaction's changes that missed, kept with its mark: known again if its commit is in doubt
@@ -109,6 +114,8 @@ class PostgresWriter:
         self._lease = store.node_lease
         self._lock = threading.Lock()
         self._conn: Any = None  # set by _connect
+        #: its server process: (pid, start time), set by _connect (a pid alone may name another later)
+        self._backend: tuple[int, Any] = (0, None)
         self.closed = False
         self._turn: _OpenTurn | None = None
         #: the write mark of the newest transaction begun (the module's docstring)
@@ -144,6 +151,7 @@ class PostgresWriter:
         while True:
             try:
                 conn = pg_nodes.session(self._store.url, self._lease, 5, settings)
+                self._backend = conn.execute(_BACKEND).fetchone()
                 self._conn = conn
                 return conn
             except psycopg.Error as e:
@@ -221,8 +229,7 @@ class PostgresWriter:
         """Nothing is written yet, so a connection lost here is simply made again."""
         deadline = time.monotonic() + RECONNECT_SECONDS
         while True:
-            conn = self._conn
-            backend = conn.info.backend_pid
+            conn, backend = self._conn, self._backend
             try:
                 return self._open(conn, ids)
             except _Lost:
@@ -336,8 +343,7 @@ class PostgresWriter:
         fenced, the turn's tasks locked again and found as the turn found them (else _Stale)."""
         deadline = time.monotonic() + RECONNECT_SECONDS
         while True:
-            conn = self._conn
-            backend = conn.info.backend_pid
+            conn, backend = self._conn, self._backend
             try:
                 if turn is None or not turn.begun:
                     rows = self._open(conn, [] if turn is None else turn.ids)
@@ -430,21 +436,23 @@ class PostgresWriter:
             raise _Conflict.of(f"a change did not apply as expected ({cur.rowcount} rows, not {wanted})")
         return {s.notify for s in applied if s.notify}
 
-    def _reconnect(self, backend: int, deadline: float, changes: Sequence[Change] = ()) -> list[int] | None:
-        """A new connection, once the server process ``backend`` of the lost one is gone (so its
-        transaction is decided and its locks released); if that transaction committed (its write
-        mark, the module's docstring, is stored exactly when it did), the positions of its changes
-        that missed (stored with the mark), else None."""
+    def _reconnect(self, backend: tuple[int, Any], deadline: float,
+                   changes: Sequence[Change] = ()) -> list[int] | None:
+        """A new connection, once the server process ``backend`` (its pid and start time: the pid
+        may be another process's by now) of the lost one is gone (so its transaction is decided
+        and its locks released); if that transaction committed (its write mark, the module's
+        docstring, is stored exactly when it did), the positions of its changes that missed
+        (stored with the mark), else None."""
         with contextlib.suppress(psycopg.Error):
             self._conn.close()
         conn = self._connect(deadline)
         while True:  # looked at once at least: a connection made at the deadline reads the outcome too
-            conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
-            alive = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone()
+            conn.execute(_END_BACKEND, backend)
+            alive = conn.execute(_BACKEND_RUNS, backend).fetchone()
             if not alive[0]:
                 break
             if time.monotonic() >= deadline:
-                raise StorageError(f"the server process {backend} of a lost connection did not exit")
+                raise StorageError(f"the server process {backend[0]} of a lost connection did not exit")
             time.sleep(0.05)  # the old process is finishing: its commit is decided when it exits
         if not changes:
             return None

@@ -7,6 +7,7 @@ once, its claim that another node won is known as a miss, and the writer writes 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -229,4 +230,53 @@ def test_a_commit_in_doubt_settled_when_the_server_answers_only_at_the_deadline(
         setup.check()
     finally:
         cutter.admit()
+        setup.close()
+
+
+NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
+
+
+def _session_with_pid(url: str, pid: int) -> Any:
+    """A new session of the server whose process has ``pid`` (free now): the kernel hands out the
+    pid after the one ``ns_last_pid`` holds, so that is set just before the server forks the
+    session's process (again, should another process take the pid first)."""
+    for _ in range(200):
+        with open(NS_LAST_PID, "w", encoding="ascii") as f:
+            f.write(str(pid - 1))
+        conn = psycopg.connect(url, autocommit=True)
+        if conn.info.backend_pid == pid:
+            return conn
+        conn.close()
+    raise AssertionError(f"no session got pid {pid}")
+
+
+@pytest.mark.skipif(not os.access(NS_LAST_PID, os.W_OK), reason="needs root to choose a pid (ns_last_pid)")
+def test_a_commit_in_doubt_spares_a_session_that_took_the_lost_ones_pid(
+        pg_server: PgServer, pg_url: str, cutter: CommitCutter) -> None:
+    """Process ids come round again (pid_max is 32768 on many machines): by the time the writer
+    connects again to settle a commit in doubt, the lost connection's server process may be gone
+    and its pid another session's, another node's writer, say. The writer ended that session
+    (pg_terminate_backend of the pid); it tells them apart by the process's start time."""
+    dbname = pg_url.rsplit("/", 1)[1]
+    setup = _Setup(cutter.url(pg_server.user, dbname), pg_url)
+    admin = psycopg.connect(pg_url, autocommit=True)
+    stranger = None
+    try:
+        turn = setup.turn()
+        old = setup.writer.backend_pid()
+        cutter.arm("after")
+        cutter.hold()
+        write = _Write(setup.writer, turn)
+        until(cutter.cut.is_set, "the cut")
+        until(lambda: _gone(admin, old), "the lost connection's server process to go")
+        stranger = _session_with_pid(pg_url, old)
+        cutter.admit()
+        assert write.result() == [0]
+        assert stranger.execute("SELECT 1").fetchone() == (1,)  # not ended
+        setup.check()
+    finally:
+        cutter.admit()
+        if stranger is not None:
+            stranger.close()
+        admin.close()
         setup.close()
