@@ -41,7 +41,7 @@ class Stmt:
     #: a soft one's ``batch`` as a write sent as one query sends it (``pg_query``): it also adds its
     #: ``notify`` kind to the transaction's (:data:`KINDS`) for the rows it changed, and appends the
     #: positions of the rows it missed to the write mark's ``missed``. Its parameters: ``batch``'s,
-    #: the kind, the rows' positions, task ids and indexes, the node and its epoch, the rows' number
+    #: the kind, the rows' positions, task ids and indexes, the write mark's key and epoch, the number of rows
     marked: str = ""
     #: what it reads and writes, for the order a write sends its statements in (see ``plan``):
     #: (task id, index) one execution row of the task; (task id, None) the task as a whole (its

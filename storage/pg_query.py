@@ -26,18 +26,26 @@ do writes of too many bytes for one query (:data:`MAX_VALUES`).
 
 The values are bound by the client (``psycopg.ClientCursor``): array parameters go as literals
 (``pgarrays``).
+
+Each statement is prepared once per session (:class:`Prepared`: ``PREPARE``, in the query that first
+sends it) and then sent as ``EXECUTE name(values)``: the server parses, analyses and plans it once,
+not at every write (most of the server's work for a statement of a few dozen rows besides running
+it). A prepared statement outlives the transaction that made it, aborted or not (``PREPARE`` is not
+transactional), and dies with its session: a writer keeps the :class:`Prepared` of its connection.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import psycopg
 
 from . import pgarrays
-from .interface import Change, Node
+from .interface import Change
 from .pg_changes import COUNTED, KINDS, Stmt
 from .pgfeed import notification
 
@@ -104,9 +112,45 @@ def _checked(sql: str) -> str:
 _CHECKED = {sql: _checked(sql) for sql in COUNTED}
 
 
-def compose(groups: Sequence[Group], node: Node, *, commit: bool) -> tuple[str, list[Any]]:
+@attrs.define
+class Prepared:
+    """The statements prepared on the session of ``conn``, by their SQL (``%s`` placeholders)."""
+
+    conn: Any = None
+    names: dict[str, str] = attrs.Factory(dict)
+
+    def of(self, conn: Any) -> Prepared:
+        """What is prepared on ``conn``: this, or nothing yet if it is another connection."""
+        return self if conn is self.conn else Prepared(conn)
+
+    def run(self, sql: str, prepare: list[str]) -> str:
+        """``sql`` as an ``EXECUTE`` of its prepared form (same values, same order); its ``PREPARE``
+        is added to ``prepare`` the first time, to be sent before it."""
+        name = self.names.get(sql)
+        count = sql.count("%s")
+        if name is None:
+            if "%%" in sql:
+                raise ValueError(f"a statement to prepare has a literal %: {sql}")
+            name = self.names[sql] = f"taskengine_{len(self.names)}"
+            numbers = itertools.count(1)
+            prepare.append(f"PREPARE {name} AS " + re.sub("%s", lambda _: f"${next(numbers)}", sql))
+        return f"EXECUTE {name}(" + ", ".join(["%s"] * count) + ")" if count else f"EXECUTE {name}"
+
+
+@attrs.frozen
+class Query:
+    """A write as one query: its text and values, and how many results its ``PREPARE``s come first with."""
+
+    sql: str
+    params: list[Any]
+    prepares: int
+
+
+def compose(groups: Sequence[Group], mark: tuple[str, int], prepared: Prepared, *, commit: bool) -> Query:
     """The groups (``pg_changes.plan``'s, none left out) as one query: each group one statement,
-    then the notification, then (``commit``) ``COMMIT``. The query and its values."""
+    then the notification, then (``commit``) ``COMMIT``; the statements ``prepared`` has not
+    prepared yet are prepared first, in it. ``mark``: the key and epoch of the writer's write
+    mark row."""
     parts: list[str] = []
     params: list[Any] = []
     kinds: set[str] = set()  # of the statements that cannot miss
@@ -119,7 +163,7 @@ def compose(groups: Sequence[Group], node: Node, *, commit: bool) -> tuple[str, 
             kind = "".join(sorted({s.notify for _, s in run}))
             recorded = recorded or bool(kind)
             params += [kind, pgarrays.BigintArray(p for p, _ in run), pgarrays.TextArray(s.key[0] for _, s in run),
-                       pgarrays.BigintArray(s.key[1] for _, s in run), node.id, node.epoch, len(run)]
+                       pgarrays.BigintArray(s.key[1] for _, s in run), *mark, len(run)]
             continue
         kinds.update(s.notify for _, s in run if s.notify)
         if len(run) == 1:
@@ -135,14 +179,18 @@ def compose(groups: Sequence[Group], node: Node, *, commit: bool) -> tuple[str, 
         notice, notice_values = notification("".join(sorted(kinds)), KINDS if recorded else "")
         parts.append(notice)
         params += notice_values
+    prepare: list[str] = []
+    parts = [prepared.run(sql, prepare) for sql in parts]
     if commit:
         parts.append("COMMIT")
-    return "; ".join(parts), params
+    return Query("; ".join(prepare + parts), params, len(prepare))
 
 
-def read(cur: Any, groups: Sequence[Group]) -> set[int]:
-    """The positions of the changes that missed, from the results of :func:`compose`'s query on
-    ``cur`` (positioned at its first): the changes of a soft group whose keys did not come back."""
+def read(cur: Any, query: Query, groups: Sequence[Group]) -> set[int]:
+    """The positions of the changes that missed, from the results of ``query`` (:func:`compose`'s)
+    on ``cur`` (positioned at its first): the changes of a soft group whose keys did not come back."""
+    for _ in range(query.prepares):
+        cur.nextset()
     missed: set[int] = set()
     for i, run in enumerate(groups):
         if i:

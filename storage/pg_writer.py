@@ -61,11 +61,6 @@ _LOCK_ROWS = ("SELECT id, counter, prune_mark, incarnation FROM taskengine.tasks
               "ORDER BY id FOR UPDATE")
 
 
-#: a transaction's first round trip: BEGIN, the write mark and fence, and (a turn) its tasks' rows;
-#: each statement has a snapshot of its own, so the rows are read after the locks are held
-_BEGIN = "BEGIN; " + _FENCE_AND_LOCK
-_BEGIN_AND_LOCK = _BEGIN + "; " + _LOCK_ROWS
-
 
 class _Conflict(Exception):
     """A statement affected another number of rows than it must: the transaction is rolled back."""
@@ -116,6 +111,7 @@ class PostgresWriter:
         self._conn: Any = None  # set by _connect
         #: its server process: (pid, start time), set by _connect (a pid alone may name another later)
         self._backend: tuple[int, Any] = (0, None)
+        self._prepared = pg_query.Prepared()  # the statements prepared on a connection (_session)
         self.closed = False
         self._turn: _OpenTurn | None = None
         #: the write mark of the newest transaction begun (the module's docstring)
@@ -147,7 +143,8 @@ class PostgresWriter:
         It stays in autocommit mode: a write transaction is begun by its first round trip
         (``_open``: ``BEGIN`` sent with the fence and the rows), not by a ``BEGIN`` of psycopg's of its
         own; ``commit`` and ``rollback`` act on the server's transaction all the same."""
-        settings = {"synchronous_commit": "on" if self.sync else "off"}
+        # its statements are prepared (pg_query.Prepared): one plan, for any values
+        settings = {"synchronous_commit": "on" if self.sync else "off", "plan_cache_mode": "force_generic_plan"}
         while True:
             try:
                 conn = pg_nodes.session(self._store.url, self._lease, 5, settings)
@@ -251,13 +248,22 @@ class PostgresWriter:
 
     def _open(self, conn: Any, ids: list[str]) -> list[StoredTask]:
         """Begin a transaction on ``conn``: its write mark, the fence and the tasks' locks, then
-        their rows."""
+        their rows. One round trip: ``BEGIN`` and the statements (prepared, ``pg_query.Prepared``)
+        as one query; each statement has a snapshot of its own, so the rows are read after the
+        locks are held."""
         node = self.node
         self._mark += 1  # before it is sent: a connection lost on the way leaves it in doubt too
-        params: tuple[Any, ...] = (self._mark, node.id, node.epoch, TASK_LOCKS, ids, node.id, node.epoch)
+        params: list[Any] = [self._mark, node.id, node.epoch, TASK_LOCKS, ids, node.id, node.epoch]
+        prepare: list[str] = []
+        prepared = self._session(conn)
+        parts = [prepared.run(_FENCE_AND_LOCK, prepare)]
+        if ids:
+            parts.append(prepared.run(_LOCK_ROWS, prepare))
+            params.append(ids)
         with psycopg.ClientCursor(conn) as cur:  # several statements, one round trip: values bound here
-            cur.execute(_BEGIN_AND_LOCK if ids else _BEGIN, (*params, ids) if ids else params)
-            cur.nextset()  # past BEGIN's
+            cur.execute("; ".join(["BEGIN", *prepare, *parts]), params)
+            for _ in range(1 + len(prepare)):
+                cur.nextset()  # past BEGIN's and the PREPAREs'
             fenced = cur.fetchone()
             if fenced is None:
                 raise _Lost()
@@ -265,6 +271,11 @@ class PostgresWriter:
                 return []
             cur.nextset()
             return [StoredTask(str(i), int(c), int(p), inc) for i, c, p, inc in cur.fetchall()]
+
+    def _session(self, conn: Any) -> pg_query.Prepared:
+        """The statements prepared on ``conn`` (a new connection, after a lost one, has none)."""
+        self._prepared = self._prepared.of(conn)
+        return self._prepared
 
     def _rollback(self) -> None:
         with contextlib.suppress(psycopg.Error):
@@ -384,17 +395,17 @@ class PostgresWriter:
             if commit:
                 conn.commit()
             return missed
-        sql, params = pg_query.compose(groups, self.node, commit=commit)
+        query = pg_query.compose(groups, (self.node.id, self.node.epoch), self._session(conn), commit=commit)
         self.sent += len(groups)
         with psycopg.ClientCursor(conn) as cur:  # several statements, one round trip: values bound here
             try:
-                cur.execute(sql, params)
+                cur.execute(query.sql, query.params)
             except psycopg.errors.InvalidTextRepresentation as e:
                 why = pg_query.conflict(e)
                 if why is None:
                     raise
                 raise _Conflict.of(why) from None
-            return sorted(pg_query.read(cur, groups))
+            return sorted(pg_query.read(cur, query, groups))
 
     def _group_by_group(self, conn: Any, groups: list[list[tuple[int, Stmt]]]) -> list[int]:
         """The groups one at a time (``_statements``), each judged before the next is sent."""

@@ -190,7 +190,6 @@ def test_a_password_is_never_logged_or_shown(
     assert secret not in caplog.text
 
 
-
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_commit_in_doubt_is_settled_before_the_answer(
     make_engine: Any, pg_server: PgServer, pg_url: str, cutter: CommitCutter, when: Any,
@@ -246,7 +245,6 @@ def test_statements_sent_together_are_each_checked(pg_url: str) -> None:
     finally:
         store.close()
     check_db(pg_url)
-
 
 
 @pytest.mark.timeout(60)
@@ -537,3 +535,39 @@ def test_an_open_in_a_process_out_of_threads_is_refused_and_leaves_nothing(pg_ur
         if not kinds or kinds[-1] != kind:
             kinds.append(kind)
     assert kinds == ["pool", "heartbeat", "engine"], attempts
+
+
+@pytest.mark.timeout(60)
+def test_a_writers_statements_are_prepared_once_per_connection(pg_url: str) -> None:
+    """The writer sends its statements as ``EXECUTE`` of what it prepared on its session, in the
+    query that first sent each (pg_query.Prepared); a connection lost between turns leaves a new
+    session that has none, and the next turn prepares them again and writes as before."""
+    store = storage.open_store(pg_url, create=True, node_id="a")
+    side = psycopg.connect(pg_url, autocommit=True)
+    try:
+        ch, writer, tasks = _with_tasks(store, 2)
+
+        def turn(index: int) -> str:
+            """A turn of one trigger per task at ``index``; the text of its write's query."""
+            writer.begin(lambda: tasks)
+            writer.write([ch.assign(_pending(t, index), with_counter=False) for t in tasks]
+                         + [ch.counter(t, index + 1, index) for t in tasks])
+            row = side.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (writer.backend_pid(),)).fetchone()
+            return str(row[0])
+
+        sent = [turn(i) for i in range(3)]
+        assert sent[0].startswith("PREPARE taskengine_")  # (the server keeps the first 1024 characters)
+        assert all(s.startswith("EXECUTE taskengine_") and "PREPARE" not in s for s in sent[1:])
+        lost = writer.backend_pid()
+        side.execute("SELECT pg_terminate_backend(%s)", (lost,))
+        again = turn(3)
+        assert writer.backend_pid() != lost
+        assert again.startswith("PREPARE taskengine_")
+        assert turn(4).startswith("EXECUTE taskengine_")
+        assert [store.read_counter(t) for t in tasks] == [5, 5]
+        assert _statuses(store, [_pending(t, i) for t in tasks for i in range(5)]) == ["PENDING"] * 10
+        writer.close()
+    finally:
+        side.close()
+        store.close()
+    check_db(pg_url)
