@@ -62,6 +62,10 @@ MAX_LIST_LIMIT = 10_000
 #: where a counter actor's turn costs round trips to the server, so more starts should share one
 DEFAULT_WORKERS = 64
 DEFAULT_WORKERS_POSTGRES = 64
+#: counter actors on PostgreSQL unless told otherwise: each writes through a connection of its own
+#: (a writer lane), so their turns are in flight at once (README, "Two counter actors by default on
+#: PostgreSQL"); on LevelDB one, whose writes are serial anyway
+DEFAULT_COUNTER_ACTORS_POSTGRES = 2
 
 
 def default_workers(path: str | os.PathLike[str]) -> int:
@@ -70,6 +74,11 @@ def default_workers(path: str | os.PathLike[str]) -> int:
     turn's starts; a PostgreSQL turn is a transaction of several round trips, which many more
     starts can share."""
     return DEFAULT_WORKERS_POSTGRES if is_url(os.fspath(path)) else DEFAULT_WORKERS
+
+
+def default_counter_actors(path: str | os.PathLike[str]) -> int:
+    """The counter actors an engine opened on ``path`` (a directory or a URL) runs unless told otherwise."""
+    return DEFAULT_COUNTER_ACTORS_POSTGRES if is_url(os.fspath(path)) else 1
 
 
 class Engine:
@@ -115,7 +124,7 @@ class Engine:
         *,
         workers: int | None = None,
         sync: bool = True,
-        counter_actors: int = 1,
+        counter_actors: int | None = None,
         job_timeout: float | None = None,
         max_cached_tasks: int = 100_000,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -128,7 +137,8 @@ class Engine:
     ) -> Engine:
         """Open (or create) the database at ``path`` and start the engine.
 
-        ``workers``: jobs run at once (default 64, see :func:`default_workers`).
+        ``workers``: jobs run at once (default 64, see :func:`default_workers`); ``counter_actors``:
+        see :func:`default_counter_actors`.
         ``sync=False`` acknowledges an index once LevelDB has applied its write but before the
         write reaches the disk: a crash of the machine (not of the process) can then lose
         acknowledged indexes. ``counter_actors`` bounds the threads that serve tasks, whatever
@@ -156,7 +166,8 @@ class Engine:
         path = validate.path(path)
         sync = validate.flag(sync, "sync")
         workers = validate.count(default_workers(path) if workers is None else workers, "workers")
-        counter_actors = validate.count(counter_actors, "counter_actors")
+        counter_actors = validate.count(default_counter_actors(path) if counter_actors is None else counter_actors,
+                                        "counter_actors")
         max_cached_tasks = validate.count(max_cached_tasks, "max_cached_tasks")
         max_queued = validate.positive_int(max_queued, "max_queued")
         keep_last = validate.positive_int(keep_last, "keep_last", minimum=0)
@@ -189,8 +200,10 @@ class Engine:
         try:
             refs.pending = PendingStore.start(refs)
             per_actor = max(1, max_cached_tasks // counter_actors)
-            for _ in range(counter_actors):  # one by one: a failed open stops those that started
-                refs.counters.append(CounterActor.start(db, committer, engine._board, refs, registry, per_actor,
+            for n in range(counter_actors):  # one by one: a failed open stops those that started
+                with storage_errors():  # a lane's connection (PostgreSQL) may be refused
+                    lane = committer.lane(n)
+                refs.counters.append(CounterActor.start(db, lane, engine._board, refs, registry, per_actor,
                                                         engine._hooks, backlog, keep_last))
             refs.pool = ExecutorPool.start(workers, registry, refs, engine._board, job_timeout)
             ask(refs.pool, m.PoolStats())  # answered once every executor has started (the pool's on_start)

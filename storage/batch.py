@@ -75,6 +75,10 @@ class Committer:
         authoritative."""
         return None
 
+    def lane(self, number: int) -> Committer:
+        """Itself: LevelDB's writes are serial (one write lock), so every counter actor shares it."""
+        return self
+
     def write(self, changes: Sequence[Sequence[Op]]) -> Collection[int]:
         """Apply ``changes`` (each atomic, all in order) durably if ``sync``; raises WriteFailed:
         with ``outcome_unknown`` if this write failed, without if it was refused unwritten.

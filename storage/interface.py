@@ -100,11 +100,19 @@ class Writer(Protocol):
 
     sync: bool
     failure: str | None
-    writes: int
-    changes: int
     on_write: Callable[[int, float], None] | None
     #: called (from any thread) when the writer fails outside a write
     on_failure: Callable[[], None] | None
+
+    @property
+    def writes(self) -> int:
+        """Writes made (transactions, batches)."""
+        ...
+
+    @property
+    def changes(self) -> int:
+        """Changes written by those writes."""
+        ...
 
     @property
     def node(self) -> Node | None:
@@ -116,6 +124,13 @@ class Writer(Protocol):
         with other writers locks them and returns their rows as they now stand (a task missing
         from the list has no row), and the turn's next ``write`` (even of no change) ends it.
         A backend with one writer returns None and never calls ``task_ids``."""
+        ...
+
+    def lane(self, number: int) -> Writer:
+        """The writer counter actor ``number`` writes through: a backend whose writes can be in
+        flight at once (PostgreSQL: a connection each, for tasks no other lane's turns hold) gives
+        each number a lane of its own, sharing this writer's node and failure; one whose writes
+        are serial returns itself."""
         ...
 
     def write(self, changes: Sequence[Change]) -> Collection[int]:

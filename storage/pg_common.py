@@ -6,6 +6,9 @@ from __future__ import annotations
 #: how long a lost connection is retried before a write gives up (and the writer fails)
 RECONNECT_SECONDS = 30.0
 PAGE = 1000
+#: between a node id and a writer lane's number in that lane's write mark key (pg_writer); a
+#: node id is printable, so it holds none
+LANE_SEPARATOR = "\x1f"
 
 
 #: the server ended a session that sat idle inside a transaction for too long

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -28,7 +28,7 @@ import psycopg
 from . import codec, keys, pg_changes, records
 from .errors import CorruptRecord
 from .interface import FINISHED, Node
-from .pg_common import idle_in_transaction_ms, message
+from .pg_common import LANE_SEPARATOR, idle_in_transaction_ms, message
 from .pg_schema import SCHEMA_VERSION
 from .pgfeed import notify
 from .records import Execution, ExecutionStatus
@@ -86,7 +86,7 @@ def join(conn: Any, node_id: str, lease: float) -> Node:
     The row is locked ``FOR UPDATE`` first: a write of the id's previous epoch still in flight
     commits before the takeover, so the recovery that follows (this node's earlier RUNNING
     executions) sees it, and nothing of that epoch can commit afterwards. The id's write mark
-    (postgres.py) starts again at 0 for the new epoch, under the same lock."""
+    (postgres.py) starts again at 0 for the new epoch, under the same lock; its lanes' marks go."""
     with conn.transaction():
         conn.execute("SELECT 1 FROM taskengine.nodes WHERE id = %s FOR UPDATE", (node_id,))
         row = conn.execute(
@@ -96,6 +96,8 @@ def join(conn: Any, node_id: str, lease: float) -> Node:
             "version = excluded.version RETURNING epoch", (node_id, lease, SCHEMA_VERSION)).fetchone()
         conn.execute("INSERT INTO taskengine.write_marks (node, epoch, seq) VALUES (%s, %s, 0) "
                      "ON CONFLICT (node) DO UPDATE SET epoch = excluded.epoch, seq = 0", (node_id, row[0]))
+        # the marks of the id's other lanes (pg_writer): each lane of this epoch makes its own
+        conn.execute("DELETE FROM taskengine.write_marks WHERE starts_with(node, %s)", (node_id + LANE_SEPARATOR,))
     node = Node(node_id, int(row[0]))
     if node.epoch > 1:
         log.info("node %r joins with epoch %d: its earlier epochs are fenced off", node_id, node.epoch)
@@ -111,12 +113,16 @@ def renew(conn: Any, node: Node, lease: float) -> bool:
     return bool(cur.rowcount == 1)
 
 
-def leave(conn: Any, node: Node, error: str) -> list[Execution]:
+def leave(conn: Any, node: Node, error: str, lanes: Sequence[str] = ()) -> list[Execution]:
     """A clean stop: finish what this node still runs (a job that outlived close) with ``error``
-    and mark it not alive, in one fenced transaction; nothing if it no longer holds its lease."""
+    and mark it not alive, in one fenced transaction; nothing if it no longer holds its lease.
+    ``lanes``: the keys of its writer's other lanes' write marks, which go."""
     with conn.transaction():
         if conn.execute(FENCE, (node.id, node.epoch)).fetchone() is None:
             return []
+        if lanes:
+            conn.execute("DELETE FROM taskengine.write_marks WHERE node = ANY(%s) AND epoch = %s",
+                         (list(lanes), node.epoch))
         finished = finish_running(conn, node, error)
         conn.execute("UPDATE taskengine.nodes SET alive = false WHERE id = %s AND epoch = %s", (node.id, node.epoch))
         if finished:  # their waiters on other nodes

@@ -1,6 +1,15 @@
 """The PostgreSQL :class:`~taskengine.storage.interface.Writer`: one transaction per group of
 changes on a connection of its own, fenced by its node's lease, settled by its write mark when a
-commit is in doubt (see ``postgres``'s docstring), a turn handed back when its tasks changed."""
+commit is in doubt (see ``postgres``'s docstring), a turn handed back when its tasks changed.
+
+A node's writer has *lanes* (:meth:`PostgresWriter.lane`, one per counter actor): each a connection
+of its own with a write mark of its own, so the turns of several counter actors (whose tasks are
+disjoint; a task shared by two turns is serialised by its advisory lock) are in flight at once and
+the server groups their commits' WAL flushes. Lane 0 is the writer itself, its mark keyed by the node
+id; lane ``k``'s mark is keyed by the node id, U+001F and ``k`` (a node id is printable, so it is no
+other node's key). Every lane's transaction is fenced as lane 0's; a commit in doubt is settled by
+its own lane's mark. The lanes share the node, its heartbeat and a failure: a lane that fails stops
+them all."""
 
 from __future__ import annotations
 
@@ -17,9 +26,9 @@ import psycopg
 
 from . import pg_nodes, pg_query, pgarrays
 from .errors import StorageError, TasksChanged, WriteFailed, thread_refusal
-from .interface import Change, StoredTask
+from .interface import Change, Node, StoredTask
 from .pg_changes import Stmt, plan
-from .pg_common import RECONNECT_SECONDS, message
+from .pg_common import LANE_SEPARATOR, RECONNECT_SECONDS, message
 from .pgfeed import notify
 from .records import INTERRUPTED
 
@@ -51,7 +60,14 @@ _BACKEND = "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backe
 #: that process ended, if it still runs; then whether it still does
 _END_BACKEND = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
 _BACKEND_RUNS = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
-#: the write mark as it stands: (epoch, seq, missed) of the node's row
+#: a lane's write mark row (lane 0's is made by pg_nodes.join), made or taken over for this epoch
+#: under the fence: nothing if the node no longer holds its lease
+_LANE_MARK = (
+    "INSERT INTO taskengine.write_marks (node, epoch, seq) SELECT %s, epoch, 0 FROM taskengine.nodes "
+    "WHERE id = %s AND epoch = %s AND alive AND lease_until > clock_timestamp() FOR KEY SHARE "
+    "ON CONFLICT (node) DO UPDATE SET epoch = excluded.epoch, seq = 0, missed = '{}'"
+)
+#: the write mark as it stands: (epoch, seq, missed) of the lane's row
 _READ_MARK = "SELECT epoch, seq, missed FROM taskengine.write_marks WHERE node = %s"
 #: a transaction's changes that missed, kept with its mark: known again if its commit is in doubt
 _MARK_MISSED = "UPDATE taskengine.write_marks SET missed = %s WHERE node = %s AND epoch = %s"
@@ -94,29 +110,42 @@ class _Lost(Exception):
 
 class PostgresWriter:
     """Applies groups of changes, each group one transaction, one at a time on one connection
-    (the PostgreSQL :class:`Writer`), as the node it joined when made (see ``pg_nodes``)."""
+    (the PostgreSQL :class:`Writer`), as the node it joined when made (see ``pg_nodes``); its other
+    lanes (:meth:`lane`, the module's docstring) each on a connection of their own."""
 
-    def __init__(self, store: PostgresStore, *, sync: bool) -> None:
+    def __init__(self, store: PostgresStore, *, sync: bool, root: PostgresWriter | None = None) -> None:
         self._store = store
         self.sync = sync
-        self.failure: str | None = None
-        self.writes = 0
-        self.changes = 0
+        #: lane 0, which holds what the lanes share (this writer, unless it is another lane)
+        self._root: PostgresWriter = self if root is None else root
+        self._lanes: list[PostgresWriter] = [self] if root is None else root._lanes
+        self._writes = 0
+        self._changes = 0
         #: statements sent to the server by writes (a group made one set-based statement counts once)
         self.sent = 0
-        self.on_write: Callable[[int, float], None] | None = None
-        self.on_failure: Callable[[], None] | None = None
         self._lease = store.node_lease
         self._lock = threading.Lock()
         self._conn: Any = None  # set by _connect
         #: its server process: (pid, start time), set by _connect (a pid alone may name another later)
         self._backend: tuple[int, Any] = (0, None)
         self._prepared = pg_query.Prepared()  # the statements prepared on a connection (_session)
-        self.closed = False
         self._turn: _OpenTurn | None = None
         #: the write mark of the newest transaction begun (the module's docstring)
         self._mark = 0
         self._stale = 0  # turns handed back in a row (TasksChanged)
+        self.node: Node
+        self._heartbeat: pg_nodes.Heartbeat
+        if root is not None:
+            self.node = root.node
+            self._heartbeat = root._heartbeat
+            self._mark_key = f"{self.node.id}{LANE_SEPARATOR}{len(self._lanes)}"
+            with self._lock:
+                self._join_lane(self._connect(deadline=time.monotonic() + 10))
+            return
+        self._failure: str | None = None
+        self._closed = False
+        self._on_write: Callable[[int, float], None] | None = None
+        self._on_failure: Callable[[], None] | None = None
         with self._lock:
             conn = self._connect(deadline=time.monotonic() + 10)
             try:
@@ -124,6 +153,7 @@ class PostgresWriter:
             except psycopg.Error as e:
                 conn.close()
                 raise StorageError(f"cannot join {store.path} as node {store.node_id!r}: {message(e)}") from None
+        self._mark_key = self.node.id
         self._heartbeat = pg_nodes.Heartbeat(functools.partial(pg_nodes.connect, store.url, self._lease), self.node,
                                              self._lease, self._lost)
         try:
@@ -134,6 +164,67 @@ class PostgresWriter:
             if refused is not None:
                 raise refused from None
             raise
+
+    def _join_lane(self, conn: Any) -> None:
+        """This lane's write mark row, for this epoch (fenced: none if the node lost its lease)."""
+        node = self.node
+        try:
+            made = conn.execute(_LANE_MARK, (self._mark_key, node.id, node.epoch)).rowcount
+        except psycopg.Error as e:
+            conn.close()
+            raise StorageError(f"cannot open a writer connection to {self._store.path}: {message(e)}") from None
+        if made != 1:
+            conn.close()
+            raise StorageError(pg_nodes.lease_lost(node))
+
+    def lane(self, number: int) -> PostgresWriter:
+        """Lane ``number`` of the node's writer (0: the writer itself), made on first use: a
+        connection of its own, whose turns are in flight while other lanes' are."""
+        root = self._root
+        while len(root._lanes) <= number:
+            root._check()
+            root._lanes.append(PostgresWriter(root._store, sync=root.sync, root=root))
+        return root._lanes[number]
+
+    # what the lanes share, held by lane 0
+
+    @property
+    def failure(self) -> str | None:
+        return self._root._failure
+
+    @failure.setter
+    def failure(self, why: str | None) -> None:
+        self._root._failure = why
+
+    @property
+    def closed(self) -> bool:
+        return self._root._closed
+
+    @property
+    def on_write(self) -> Callable[[int, float], None] | None:
+        return self._root._on_write
+
+    @on_write.setter
+    def on_write(self, observe: Callable[[int, float], None] | None) -> None:
+        self._root._on_write = observe
+
+    @property
+    def on_failure(self) -> Callable[[], None] | None:
+        return self._root._on_failure
+
+    @on_failure.setter
+    def on_failure(self, call: Callable[[], None] | None) -> None:
+        self._root._on_failure = call
+
+    @property
+    def writes(self) -> int:
+        """Transactions written, by every lane."""
+        return sum(lane._writes for lane in self._lanes)
+
+    @property
+    def changes(self) -> int:
+        """Changes written, by every lane."""
+        return sum(lane._changes for lane in self._lanes)
 
     def _connect(self, deadline: float) -> Any:
         """A new connection (also returned), retried until ``deadline`` (a server restarting
@@ -166,21 +257,33 @@ class PostgresWriter:
             self.on_failure()
 
     def close(self) -> None:
-        self._heartbeat.stop()
-        with self._lock:
-            self.closed = True
-            if self._conn is None or self._conn.closed:
-                return
-            if not self._conn.broken:  # fenced: nothing if the node lost its lease
-                try:
-                    left = pg_nodes.leave(self._conn, self.node, INTERRUPTED)
-                    if left:
-                        log.warning("node %r: %d execution(s) still running at close finished as FAILED (%s)",
-                                    self.node.id, len(left), INTERRUPTED)
-                except psycopg.Error as e:
-                    log.warning("node %r could not leave cleanly (%s); another node reaps it once its lease "
-                                "expires", self.node.id, message(e))
-            self._conn.close()
+        """Close every lane (each once its turn in flight is written), then leave the database."""
+        root = self._root
+        root._heartbeat.stop()
+        with contextlib.ExitStack() as held:
+            for lane in root._lanes:
+                held.enter_context(lane._lock)
+            root._closed = True
+            for lane in root._lanes[1:]:
+                if lane._conn is not None:
+                    lane._conn.close()
+            root._leave()
+
+    def _leave(self) -> None:
+        """Lane 0, every lane locked: the node leaves, and its other lanes' marks go."""
+        if self._conn is None or self._conn.closed:
+            return
+        if not self._conn.broken:  # fenced: nothing if the node lost its lease
+            try:
+                lanes = [lane._mark_key for lane in self._lanes[1:]]
+                left = pg_nodes.leave(self._conn, self.node, INTERRUPTED, lanes)
+                if left:
+                    log.warning("node %r: %d execution(s) still running at close finished as FAILED (%s)",
+                                self.node.id, len(left), INTERRUPTED)
+            except psycopg.Error as e:
+                log.warning("node %r could not leave cleanly (%s); another node reaps it once its lease "
+                            "expires", self.node.id, message(e))
+        self._conn.close()
 
     def backend_pid(self) -> int | None:
         """The server process of the writer's connection (None while it has none)."""
@@ -189,6 +292,10 @@ class PostgresWriter:
             return None if conn is None or conn.closed else int(conn.info.backend_pid)
         except psycopg.Error:
             return None
+
+    def backend_pids(self) -> set[int]:
+        """The server processes of every lane's connection (those that have one)."""
+        return {pid for pid in (lane.backend_pid() for lane in self._lanes) if pid is not None}
 
     def refusal(self) -> WriteFailed | None:
         if self.failure is None:
@@ -253,7 +360,7 @@ class PostgresWriter:
         locks are held."""
         node = self.node
         self._mark += 1  # before it is sent: a connection lost on the way leaves it in doubt too
-        params: list[Any] = [self._mark, node.id, node.epoch, TASK_LOCKS, ids, node.id, node.epoch]
+        params: list[Any] = [self._mark, self._mark_key, node.epoch, TASK_LOCKS, ids, node.id, node.epoch]
         prepare: list[str] = []
         prepared = self._session(conn)
         parts = [prepared.run(_FENCE_AND_LOCK, prepare)]
@@ -324,8 +431,8 @@ class PostgresWriter:
             except psycopg.Error as e:
                 self._rollback()
                 self._fail(message(e), outcome_unknown=False)
-            self.writes += 1
-            self.changes += len(changes)
+            self._writes += 1
+            self._changes += len(changes)
             self._stale = 0
         finally:
             self._turn = None
@@ -395,7 +502,7 @@ class PostgresWriter:
             if commit:
                 conn.commit()
             return missed
-        query = pg_query.compose(groups, (self.node.id, self.node.epoch), self._session(conn), commit=commit)
+        query = pg_query.compose(groups, (self._mark_key, self.node.epoch), self._session(conn), commit=commit)
         self.sent += len(groups)
         with psycopg.ClientCursor(conn) as cur:  # several statements, one round trip: values bound here
             try:
@@ -416,7 +523,7 @@ class PostgresWriter:
             for part in pg_query.parts(run) if run else ():
                 notices.update(self._judge(self._send(conn.cursor(), part), part, missed))
         if missed:  # one more statement, for a commit in doubt
-            conn.execute(_MARK_MISSED, (sorted(missed), self.node.id, self.node.epoch))
+            conn.execute(_MARK_MISSED, (sorted(missed), self._mark_key, self.node.epoch))
         notify(conn.cursor(), "".join(sorted(notices)))
         return sorted(missed)
 
@@ -467,7 +574,7 @@ class PostgresWriter:
             time.sleep(0.05)  # the old process is finishing: its commit is decided when it exits
         if not changes:
             return None
-        row = conn.execute(_READ_MARK, (self.node.id,)).fetchone()
+        row = conn.execute(_READ_MARK, (self._mark_key,)).fetchone()
         if row is None or int(row[0]) != self.node.epoch:
             raise StorageError(f"node {self.node.id!r} (epoch {self.node.epoch}) was taken over: its write "
                                "mark is gone")

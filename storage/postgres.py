@@ -133,9 +133,8 @@ class PostgresStore(Store):
         return PostgresFeed(self.url, self.path, self._own_backends)
 
     def _own_backends(self) -> set[int]:
-        """The server process of this store's writer: a feed leaves its notifications out."""
-        pid = None if self._writer is None else self._writer.backend_pid()
-        return set() if pid is None else {pid}
+        """The server processes of this store's writer's lanes: a feed leaves their notifications out."""
+        return set() if self._writer is None else self._writer.backend_pids()
 
     def close(self) -> None:
         if self._closed:

@@ -286,6 +286,8 @@ def _open(make_engine: Any, url: str, monkeypatch: pytest.MonkeyPatch, **kwargs:
     gate = Gate()
     kwargs.setdefault("workers", 1)  # held by a Gate: nothing else starts, nothing claims meanwhile
     kwargs.setdefault("max_queued", 100)  # places in the backlog are taken and released
+    # one counter actor (PostgreSQL's default is two): the one _Watch holds and whose writer it cuts
+    kwargs.setdefault("counter_actors", 1)
     engine = make_engine(url, jobs={"g": gate}, node_id="a", poll_interval=0.2, **kwargs)
     engine.create_task("holder", job="g")
     engine.create_task("hold", job="g")

@@ -571,3 +571,76 @@ def test_a_writers_statements_are_prepared_once_per_connection(pg_url: str) -> N
         side.close()
         store.close()
     check_db(pg_url)
+
+
+@pytest.mark.timeout(60)
+def test_a_writers_lanes_write_at_once_each_with_its_own_write_mark(pg_url: str) -> None:
+    """Lane 1 of a node's writer (the second counter actor's: a connection of its own) writes and
+    commits while lane 0's turn holds its transaction open on another task: each lane's
+    transaction sets a write mark of its own (one shared row would hold lane 1 at its first
+    statement until lane 0 commits). Both are fenced as the node; the other lanes' marks go when
+    the node leaves."""
+    import threading
+
+    store = storage.open_store(pg_url, create=True, node_id="a")
+    side = psycopg.connect(pg_url, autocommit=True)
+    try:
+        ch, writer, tasks = _with_tasks(store, 2)
+        lane = writer.lane(1)
+        assert writer.lane(1) is lane and writer.lane(0) is writer and lane.node == writer.node
+        assert lane.backend_pid() not in (None, writer.backend_pid())
+        writer.begin(lambda: ["t0"])
+        wrote = threading.Event()
+
+        def other_lane() -> None:
+            lane.begin(lambda: ["t1"])
+            lane.write([ch.assign(_pending("t1", 0))])
+            wrote.set()
+
+        thread = threading.Thread(target=other_lane)
+        thread.start()
+        assert wrote.wait(WAIT), "lane 1 waited for lane 0's open transaction"
+        thread.join(WAIT)
+        writer.write([ch.assign(_pending("t0", 0))])
+        marks = side.execute("SELECT node, epoch, seq FROM taskengine.write_marks ORDER BY node").fetchall()
+        assert marks == [("a", 1, 2), ("a\x1f1", 1, 1)]
+        assert (writer.writes, writer.changes) == (3, 4)  # every lane's
+        writer.close()
+        assert lane.closed and lane.backend_pid() is None
+        assert side.execute("SELECT node, epoch FROM taskengine.write_marks").fetchall() == [("a", 1)]
+    finally:
+        side.close()
+        store.close()
+    disk = check_db(pg_url)
+    assert [disk[t].counter for t in tasks] == [1, 1]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_lanes_commit_in_doubt_is_settled_by_its_own_write_mark(
+    pg_server: PgServer, pg_url: str, cutter: CommitCutter, when: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Lane 1's second transaction is cut at COMMIT (before the server has it, or after it
+    committed) while lane 0's mark holds the same number (each lane has written two): the
+    settlement reads lane 1's own mark, so the write is made again exactly when it did not commit,
+    and the execution exists once."""
+    caplog.set_level(logging.WARNING, logger="taskengine.storage.pg_writer")
+    dbname = pg_url.rsplit("/", 1)[1]
+    store = storage.open_store(cutter.url(pg_server.user, dbname), create=True, node_id="a")
+    try:
+        ch, writer, tasks = _with_tasks(store, 2)
+        lane = writer.lane(1)
+        lane.write([ch.assign(_pending("t1", 0))])
+        writer.write([ch.assign(_pending("t0", 0))])
+        cutter.arm("after" if when == "after" else "before")
+        assert list(lane.write([ch.assign(_pending("t1", 1))])) == []
+        assert cutter.cut.is_set()
+        settled = "had committed" if when == "after" else "had not committed; writing it again"
+        assert settled in caplog.text
+        assert list(lane.write([ch.assign(_pending("t1", 2))])) == []
+        assert _statuses(store, [_pending("t1", i) for i in range(3)]) == ["PENDING"] * 3
+        writer.close()
+    finally:
+        store.close()
+    disk = check_db(pg_url)
+    assert disk["t1"].counter == 3 and sorted(disk["t1"].records) == [0, 1, 2]

@@ -110,7 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e = parser.add_argument_group("engine settings")
     e.add_argument("--workers", type=int, default=None, metavar="N",
                    help="executors (default: the engine's default, as a user gets it)")
-    e.add_argument("--counter-actors", type=int, default=1, metavar="N", help="counter actors (default 1)")
+    e.add_argument("--counter-actors", type=int, default=None, metavar="N",
+                   help="counter actors (default: the engine's own, 1 on LevelDB, 2 on PostgreSQL)")
     e.add_argument("--metrics", action="store_true",
                    help="observe the acks and e2e engines with the Prometheus metrics (the prometheus extra), "
                         "to see what they cost")
@@ -339,7 +340,7 @@ def _step_tasks(opts: Any, out: dict[str, Any], inv: dict[str, Any], dbs: dict[s
 
     params = {"path": os.path.join(opts.workdir, "tasks"), "tasks": opts.tasks,
               "workers": engine_figures.engine_kwargs(opts)["workers"],
-              "counter_actors": opts.counter_actors}
+              "counter_actors": engine_figures.engine_kwargs(opts)["counter_actors"]}
     shutil.rmtree(params["path"], ignore_errors=True)
     res = engine_figures.run_child("tasks", params)
     inv["tasks"] = res.pop("invariants")

@@ -34,10 +34,12 @@ TASK_COUNTS = (1, 100)
 
 def engine_kwargs(opts: Any) -> dict[str, Any]:
     """The engine's settings: its own defaults unless the command line names them."""
-    from taskengine.actors.engine import default_workers
+    from taskengine.actors.engine import default_counter_actors, default_workers
 
-    workers = default_workers(getattr(opts, "backend", None) or "") if opts.workers is None else opts.workers
-    return {"workers": workers, "counter_actors": opts.counter_actors, "sync": True}
+    target = getattr(opts, "backend", None) or ""
+    workers = default_workers(target) if opts.workers is None else opts.workers
+    counters = default_counter_actors(target) if opts.counter_actors is None else opts.counter_actors
+    return {"workers": workers, "counter_actors": counters, "sync": True}
 
 
 def _open(path: str, jobs: dict[str, Any], opts: Any) -> Any:

@@ -429,17 +429,20 @@ def _window(args: argparse.Namespace, op: Callable[[int, int], Any]) -> tuple[An
 
 
 def _server_cpu(args: argparse.Namespace) -> float | None:
-    """CPU seconds of the writer's server process so far (``args.backend_pid``, set by a probe on a
-    PostgreSQL server this machine runs; None where it cannot be read)."""
-    pid = getattr(args, "backend_pid", None)
-    if pid is None:
+    """CPU seconds so far of the writer's server processes, one per lane (``args.backend_pids``, set
+    by a probe on a PostgreSQL server this machine runs; None where they cannot be read)."""
+    pids = getattr(args, "backend_pids", None)
+    if not pids:
         return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _switch_line(switches: list[int], ops: float, label: str) -> str:
@@ -475,8 +478,8 @@ def probe_acks(args: argparse.Namespace) -> list[str]:
     ids = [f"t{i}" for i in range(args.tasks)]
     for tid in ids:
         engine.create_task(tid, job="held")
-    backend_pid = getattr(engine._committer, "backend_pid", None)
-    args.backend_pid = backend_pid() if backend_pid is not None else None
+    backend_pids = getattr(engine._committer, "backend_pids", None)
+    args.backend_pids = backend_pids() if backend_pids is not None else None
     run, before, after, wall, switches, frozen = _window(
         args, lambda k, i: engine.trigger(ids[(k * 31 + i) % args.tasks])
     )
@@ -783,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("probe", choices=sorted(PROBES))
     parser.add_argument("--tasks", type=int, default=1)
     parser.add_argument("--callers", type=int, default=64)
-    parser.add_argument("--counter-actors", type=int, default=1)
+    parser.add_argument("--counter-actors", type=int, default=None, help="(default: the engine's default)")
     parser.add_argument("--workers", type=int, default=None, help="executors (default: the engine's default)")
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2, help="nodes: rounds of one node and of three")
@@ -798,10 +801,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-directory-watch", action="store_true",
                         help="acks: skip the directory check before each acknowledgement (to measure its cost)")
     args = parser.parse_args(argv)
-    if args.workers is None:
-        from taskengine.actors.engine import default_workers
+    from taskengine.actors.engine import default_counter_actors, default_workers
 
+    if args.workers is None:
         args.workers = default_workers(args.backend or "")
+    if args.counter_actors is None:
+        args.counter_actors = default_counter_actors(args.backend or "")
     args.workdir = tempfile.mkdtemp(prefix="taskengine-probe-")
     try:
         for line in PROBES[args.probe](args):
