@@ -122,6 +122,8 @@ class NodeSupervisor:
         #: with ``netns``: each place's network namespace
         self.places: dict[int, Place] = {}
         self.started = 0.0
+        #: when the run's duration started (``_clock``)
+        self.clock_from: float | None = None
         self._server_started: object = None
         self._runs = 0
         self._logs: list[tuple[_Node, IO[bytes]]] = []
@@ -130,8 +132,20 @@ class NodeSupervisor:
 
     # -- the run -------------------------------------------------------------------------
 
-    def finished(self) -> bool:
-        return reached(self.cfg, self.ledger, self.started)
+    def finished(self, nodes: list[_Node]) -> bool:
+        return reached(self.cfg, self.ledger, self._clock(nodes))
+
+    def _clock(self, nodes: list[_Node]) -> float:
+        """When a run's duration starts: once the first node is ready (at the latest a duration
+        after the start). The nodes' opening is no part of the chaos: on a loaded machine it can
+        take most of a short run, which then ends before the one pause it should show."""
+        if self.clock_from is None:
+            ready = [n.child.ready_at for n in nodes if n.child.ready_at is not None]
+            if ready:
+                self.clock_from = min(ready)
+            elif self.cfg.duration is not None and time.monotonic() >= self.started + self.cfg.duration:
+                self.clock_from = self.started + self.cfg.duration
+        return self.started if self.clock_from is None else self.clock_from
 
     def run(self) -> float:
         assert self.cfg.nodes is not None
@@ -146,6 +160,7 @@ class NodeSupervisor:
                     self.places[slot].create()
             nodes += [self._start(slot, 0) for slot in range(1, self.cfg.nodes + 1)]
             self._loop(nodes)
+            self._finish_pauses(nodes)
         except NetnsUnavailable as e:
             raise ToolError(f"--netns: {e}", EXIT_USAGE) from None
         finally:
@@ -160,14 +175,11 @@ class NodeSupervisor:
         every = self.cfg.crash_every
         next_chaos = None if every is None else time.monotonic() + self.rng.uniform(0.5, 1.5) * every
         next_tick = time.monotonic() + self.tick
-        while not self.finished():
+        while not self.finished(nodes):
             self.wake.clear()  # before looking, so a wake-up while we look is not lost
             now = time.monotonic()
             for i, node in enumerate(nodes):
-                if node.aiming_until is not None:
-                    self._aim(node, now)
-                elif node.paused_at is not None and self._paused_enough(node, now, nodes):
-                    self._resume(node)
+                self._pause_step(node, now, nodes)
                 if not node.busy and not node.child.alive():
                     replacement = self._ended(node)
                     if replacement is None:
@@ -187,8 +199,28 @@ class NodeSupervisor:
             if next_chaos is not None:
                 waits.append(next_chaos - now)
             if self.cfg.duration is not None:
-                waits.append(self.started + self.cfg.duration - now)
+                waits.append(self._clock(nodes) + self.cfg.duration - now)
             self.wake.wait(max(0.001, min(waits)))
+
+    def _pause_step(self, node: _Node, now: float, nodes: list[_Node]) -> None:
+        """One look at a pause aimed at or under way: stop (or cut) the node, or let it back once
+        the server shows it lost."""
+        if node.aiming_until is not None:
+            self._aim(node, now)
+        elif node.paused_at is not None and self._paused_enough(node, now, nodes):
+            self._resume(node)
+
+    def _finish_pauses(self, nodes: list[_Node]) -> None:
+        """At the run's end, a pause aimed at or under way is carried through as in the run (the
+        node let back once the server shows it lost, then counted), not cut short: on a loaded
+        machine the one pause of a short run can begin just before its end, and a pause cut short
+        is neither counted nor held to its checks. Bounded by ``_aim`` and ``_paused_enough``."""
+        while any(n.busy for n in nodes):
+            now = time.monotonic()
+            for node in nodes:
+                self._pause_step(node, now, nodes)
+            aiming = any(n.aiming_until is not None for n in nodes)
+            time.sleep(0.01 if aiming else POLL_SECONDS)  # marker files and the server, polled: nothing to wait on
 
     def _progress(self) -> None:
         if self.on_progress is not None:
@@ -296,8 +328,10 @@ class NodeSupervisor:
         node = self.rng.choice(awake)
         if self.rng.random() < self.cfg.pause_share:
             # one pause at a time, and never again of a node let back after losing its lease (it is
-            # on its way out, refused): each pause or cut counted is then one node's, fenced once
-            fresh = [n for n in awake if not n.lost_lease]
+            # on its way out, refused): each pause or cut counted is then one node's, fenced once.
+            # Nor of a node still opening: a pause there fails its Engine.open, which the node can
+            # only report as a failure to start (exit status 2), not as a refusal the run judges
+            fresh = [n for n in awake if not n.lost_lease and n.child.ready_at is not None]
             if fresh and not any(n.busy for n in nodes):
                 node = self.rng.choice(fresh)
                 node.aiming_until = time.monotonic() + AIM_SECONDS
@@ -426,7 +460,7 @@ class NodeSupervisor:
             elif node.child.proc.returncode != 0 or not node.child.closed:
                 self.ledger.add_violation(
                     f"node {node.instance} did not close cleanly (exit status {node.child.proc.returncode}; "
-                    f"{node.child.refused or tail(node.stderr)})")
+                    f"{node.child.refused or node.child.error or tail(node.stderr)})")
 
     def _read_logs(self) -> None:
         """Every ERROR or CRITICAL line a node logged is a violation, except from a node that
