@@ -603,9 +603,12 @@ def test_a_killed_nodes_pending_executions_cancelled_from_another_node(make_engi
 
 # -- a node paused in the middle of a turn ------------------------------------------------------
 
-#: the server processes holding a per-task advisory lock (a turn's, storage/pg_writer.py)
-_TASK_LOCK_HOLDERS = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                      "AND classid::bigint = %s AND objsubid = 2")
+#: the server processes holding a per-task advisory lock (a turn's, storage/pg_writer.py) idle in
+#: their transaction: the server has done all the node sent and waits for it. (One "active" may be
+#: running the turn's COMMIT, sent before the node stopped: the turn then ends all the same.)
+_TASK_LOCK_HOLDERS = ("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                      "WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = %s "
+                      "AND l.objsubid = 2 AND a.state = 'idle in transaction'")
 
 
 @pytest.mark.timeout(90)
@@ -625,6 +628,7 @@ def test_a_node_paused_inside_a_turn_holds_nobody_up_and_acknowledges_nothing_af
 
     from engine_helpers import Child
     from taskengine.storage.pg_writer import TASK_LOCKS
+    from taskengine.tools.stress.nodes import wait_stopped
 
     child = Child("trigger_child.py", pg_url, "paused", "t", "4", "2")
     pid = child.proc.pid
@@ -634,6 +638,7 @@ def test_a_node_paused_inside_a_turn_holds_nobody_up_and_acknowledges_nothing_af
             for _ in range(500):
                 child.expect("ACK")  # it is triggering
                 os.kill(pid, signal.SIGSTOP)
+                wait_stopped(pid)  # SIGSTOP reaches a thread running on another core a moment later
                 if look.execute(_TASK_LOCK_HOLDERS, (TASK_LOCKS,)).fetchone() != (0,):
                     break
                 os.kill(pid, signal.SIGCONT)

@@ -363,7 +363,7 @@ class NodeSupervisor:
             log.info("cut node %s off the network", node.instance)
             return
         os.kill(node.child.proc.pid, signal.SIGSTOP)
-        _wait_stopped(node.child.proc.pid)
+        wait_stopped(node.child.proc.pid)
         # the marker file is still while the process is stopped: what its jobs had begun and not ended
         if not read_marks(path).in_progress() and now < node.aiming_until:
             os.kill(node.child.proc.pid, signal.SIGCONT)
@@ -505,7 +505,7 @@ class NodeSupervisor:
             time.sleep(0.05)  # polling the server: it has nothing to wait on
 
 
-def _wait_stopped(pid: int, timeout: float = 2.0) -> None:
+def wait_stopped(pid: int, timeout: float = 2.0) -> None:
     """Until every thread of ``pid`` is stopped (SIGSTOP reaches threads running on another core
     a moment later), as /proc shows; bounded."""
     deadline = time.monotonic() + timeout
