@@ -97,8 +97,12 @@ def test_nodes_on_one_hot_task_and_on_many_tasks(pg_url: str, tasks: int) -> Non
 def test_nodes_killed_mid_run(pg_url: str) -> None:
     """SIGKILLed nodes: their running executions end FAILED interrupted (after their lease, on
     another node, or when their id restarts), their acknowledged PENDING ones run elsewhere, and
-    nothing runs twice; the killed nodes are replaced, with their id or a new one."""
+    nothing runs twice; the killed nodes are replaced, with their id or a new one. The nodes run
+    the engine's default counter actors: two lanes each, as a user's node does."""
+    from taskengine.actors.engine import DEFAULT_COUNTER_ACTORS_POSTGRES
+
     report = _run(pg_url, tasks=8, duration=6.0, crash_every=1.0, pause_share=0.0)
+    assert report.counter_actors == DEFAULT_COUNTER_ACTORS_POSTGRES > 1
     assert report.nodes is not None and report.nodes.kills >= 2
     assert report.nodes.restarts + report.nodes.new_nodes == report.nodes.kills
 

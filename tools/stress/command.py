@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from taskengine.actors.engine import DEFAULT_COUNTER_ACTORS_POSTGRES, default_counter_actors
 from taskengine.storage import is_url
 
 from ..common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError, output_path
@@ -86,8 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "are refused with QueueFull, which is counted, not a violation")
     parser.add_argument("--workers", metavar="W", default=str(DEFAULT_WORKERS),
                         help=f"executor actors of the engine (default {DEFAULT_WORKERS})")
-    parser.add_argument("--counter-actors", metavar="C", default="1",
-                        help="counter actors of the engine (default 1, the engine's default)")
+    parser.add_argument("--counter-actors", metavar="C", default=None,
+                        help="counter actors of the engine (default: the engine's, 1 on LevelDB and "
+                        f"{DEFAULT_COUNTER_ACTORS_POSTGRES} on PostgreSQL)")
     parser.add_argument("--seed", metavar="S", default=None,
                         help="seed of the workload's choices (default: a random one, shown in the report)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON to PATH")
@@ -120,7 +122,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     clients = _int(args.clients, "--clients", 1, 1024)
     tasks = _int(args.tasks, "--tasks", 1, 100_000)
     workers = _int(args.workers, "--workers", 1, 256)
-    counter_actors = _int(args.counter_actors, "--counter-actors", 1, 64)
+    counter_actors = (default_counter_actors(db) if args.counter_actors is None
+                      else _int(args.counter_actors, "--counter-actors", 1, 64))
     if args.count is not None and args.duration is not None:
         raise ToolError("give either --count or --duration, not both", EXIT_USAGE)
     count = None if args.count is None else _int(args.count, "--count", 1, 10**9)

@@ -24,6 +24,7 @@ from typing import IO, Any
 import attrs
 
 from taskengine import Engine
+from taskengine.actors.engine import default_counter_actors
 from taskengine.actors.errors import EngineError, StorageLocked
 from taskengine.actors.jobs import Job
 from taskengine.storage import is_url, shown
@@ -64,7 +65,9 @@ class StressConfig:
     #: mean seconds between SIGKILLs of the engine's process; None runs in process
     crash_every: float | None = None
     workers: int = 4
-    counter_actors: int = 1
+    #: the engine's default for ``db`` unless given (two lanes on PostgreSQL: what a node runs)
+    counter_actors: int = attrs.field(
+        default=attrs.Factory(lambda cfg: default_counter_actors(cfg.db), takes_self=True))
     seed: int = 0
     settings: Settings = attrs.Factory(Settings)
     #: the final check gives up waiting for executions after this many seconds
