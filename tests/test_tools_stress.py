@@ -488,3 +488,51 @@ def test_stress_modules_do_not_print() -> None:
         source = (REPO / "tools" / "stress" / f"{name}.py").read_text()
         assert "print(" not in source, name
     assert os.path.exists(REPO / "tools" / "stress" / "child.py")
+
+
+def test_a_gate_holds_a_nodes_jobs_until_the_supervisor_lets_go(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """What makes a pause or a network cut of ``stress --nodes`` catch a job running: a job that
+    comes to the gate while it is up is held (the supervisor sees it) until the gate closes; with
+    no gate a job goes straight on; a gate nobody closes holds a job for HOLD_SECONDS at most."""
+    import threading
+    import time
+
+    from taskengine.tools.stress import gate
+
+    marks = str(tmp_path / "stress-node-1.r1.marks")
+    began = time.monotonic()
+    gate.hold(gate.gate_path(marks))  # no gate up: no wait
+    assert time.monotonic() - began < 1.0
+    up = gate.Gate(marks)
+    assert not up.held()
+    passed = threading.Event()
+
+    def job() -> None:
+        gate.hold(gate.gate_path(marks))
+        passed.set()
+
+    jobs = [threading.Thread(target=job) for _ in range(2)]
+    for t in jobs:
+        t.start()
+    try:
+        assert up.held(timeout=30)
+        assert not passed.wait(0.5)  # held: it waits for the gate, not for a time
+    finally:
+        up.close()
+    assert passed.wait(30)
+    for t in jobs:
+        t.join(30)
+        assert not t.is_alive()
+    assert not os.path.exists(gate.gate_path(marks))
+    assert not up.held()
+
+    monkeypatch.setattr(gate, "HOLD_SECONDS", 0.3)
+    forgotten = gate.Gate(marks)
+    try:
+        began = time.monotonic()
+        gate.hold(forgotten.path)
+        assert forgotten.held()
+        assert 0.2 < time.monotonic() - began < 10
+    finally:
+        forgotten.close()

@@ -29,6 +29,7 @@ import attrs
 from taskengine import ExecutionStatus, JobContext
 from taskengine.storage.interface import Store
 
+from .gate import gate_path, hold
 from .report import MarkerReport
 from .workload import INTERRUPTED_PREFIX, JOB_NAME, stress_job
 
@@ -39,12 +40,14 @@ def marked_jobs(path: str, instance: str) -> dict[str, Callable[[JobContext], An
     """The workload's jobs, marking each run in ``path`` (see the module's docstring)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     lock = threading.Lock()  # one fsync at a time is enough, and keeps lines whole
+    gate = gate_path(path)
 
     def job(ctx: JobContext) -> Any:
         with lock:
             os.write(fd, f"S {ctx.execution_id}\n".encode())
             os.fsync(fd)
         try:
+            hold(gate)  # marked as started: a pause or a cut aimed at the node catches it running
             result = stress_job(ctx)
         finally:
             os.write(fd, f"E {ctx.execution_id}\n".encode())  # O_APPEND: one whole line

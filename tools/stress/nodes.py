@@ -33,6 +33,7 @@ import attrs
 from ..common import EXIT_USAGE, ToolError
 from .check import Ledger
 from .driver import Child, Progress, StressConfig, reached, read_log, tail
+from .gate import Gate
 from .markers import file_size, marker_path, read_marks
 from .netns import NetnsUnavailable, Place
 from .report import NodeCounts
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 RESTART_GAVE_UP = ("connection lost and not made again", "its outcome cannot be read")
 #: seconds the supervisor waits for a dead node's connections to leave the server
 GONE_TIMEOUT = 30.0
-#: seconds a pause may wait for a moment when the node runs a job (else it pauses anyway)
+#: seconds a pause may wait for a job of the node to start (else it pauses anyway)
 AIM_SECONDS = 2.0
 #: how often a paused node's row is looked at
 POLL_SECONDS = 0.1
@@ -75,6 +76,8 @@ class _Node:
     pause_size: int = 0
     #: the pause under way or aimed at is a cut off the network (its place's link down), not a SIGSTOP
     cutting: bool = False
+    #: while a pause is aimed at: the gate its jobs are held at when they start
+    gate: Gate | None = None
     #: it was paused past its lease: refusals from it are expected
     lost_lease: bool = False
     #: earlier starts in this slot that could not reach the server
@@ -336,6 +339,7 @@ class NodeSupervisor:
                 node = self.rng.choice(fresh)
                 node.aiming_until = time.monotonic() + AIM_SECONDS
                 node.cutting = self.cfg.netns and self.rng.random() < self.cfg.cut_share
+                self._hold_jobs(node)
             return
         node.child.kill()
         self.ledger.mark("killed")
@@ -345,33 +349,41 @@ class NodeSupervisor:
         nodes[nodes.index(node)] = self._replace(node)
 
     def _aim(self, node: _Node, now: float) -> None:
-        """Stop the node; keep it stopped if one of its jobs is running (so the pause cuts one),
-        else let it go on and try again shortly, until the aim's time is up. A cut: take its
-        link down once one of its jobs runs."""
+        """Once a job of the node is running (held at its gate, ``gate``), or the aim's time is
+        up, stop the node (SIGSTOP) or cut it off (its place's link down), note how far its marker
+        file went, and then let the held job go: it ends paused, or cut off."""
         if not node.child.alive():
             node.aiming_until = None
+            self._release_jobs(node)
             return
         path = marker_path(self.markers, node.instance)
         assert node.aiming_until is not None
+        running = node.gate.held() if node.gate is not None else bool(read_marks(path).in_progress())
+        if not running and now < node.aiming_until:
+            return
         if node.cutting:
-            if not read_marks(path).in_progress() and now < node.aiming_until:
-                return
             self.places[node.slot].cut()
-            node.aiming_until = None
-            node.paused_at = now
-            node.pause_size = file_size(path)  # after the cut: a job not ended by now ends cut off
-            log.info("cut node %s off the network", node.instance)
-            return
-        os.kill(node.child.proc.pid, signal.SIGSTOP)
-        wait_stopped(node.child.proc.pid)
-        # the marker file is still while the process is stopped: what its jobs had begun and not ended
-        if not read_marks(path).in_progress() and now < node.aiming_until:
-            os.kill(node.child.proc.pid, signal.SIGCONT)
-            return
+        else:
+            os.kill(node.child.proc.pid, signal.SIGSTOP)
+            wait_stopped(node.child.proc.pid)
         node.aiming_until = None
         node.paused_at = now
-        node.pause_size = file_size(path)
-        log.info("paused node %s", node.instance)
+        node.pause_size = file_size(path)  # a job not ended by now ends paused or cut off
+        self._release_jobs(node)
+        log.info("cut node %s off the network" if node.cutting else "paused node %s", node.instance)
+
+    def _hold_jobs(self, node: _Node) -> None:
+        """Hold the node's jobs at their start from now on (``gate``); where the gate cannot be
+        made (a marker path too long for a Unix socket), a job is looked for in the marker file."""
+        try:
+            node.gate = Gate(marker_path(self.markers, node.instance))
+        except OSError as e:
+            log.info("no gate for node %s (%s): a pause may miss its running jobs", node.instance, e)
+
+    def _release_jobs(self, node: _Node) -> None:
+        if node.gate is not None:
+            node.gate.close()
+            node.gate = None
 
     def _paused_enough(self, node: _Node, now: float, nodes: list[_Node]) -> bool:
         """Has the paused node lost its lease, and (with other nodes about) been reaped? Read
@@ -446,6 +458,7 @@ class NodeSupervisor:
         self._await_refusals(nodes)
         for node in nodes:
             node.aiming_until = None
+            self._release_jobs(node)
             if node.paused_at is not None:
                 self._resume(node, lost=False)
         for node in nodes:
