@@ -47,13 +47,13 @@ STALE_TURNS = 10
 TASK_LOCKS = 0x7461_736B  # "task"
 
 #: the first statement of every write transaction: the write mark (``postgres``'s docstring), the
-#: fence (pg_nodes.FENCE), then the advisory lock of each task the turn touches, in the order of
-#: their keys (every node takes them in that order: no deadlock). One round trip for the three.
+#: fence (pg_nodes.FENCE), then, only if the fence found the node's row, the advisory lock of each
+#: task the turn touches, in the order of their keys (every node takes them in that order: no
+#: deadlock). One round trip for the three; one row while the node may write, else none.
 _FENCE_AND_LOCK = (
     "WITH mark AS (UPDATE taskengine.write_marks SET seq = %s, missed = '{}' WHERE node = %s AND epoch = %s) "
     "SELECT (SELECT count(pg_advisory_xact_lock(%s, k)) FROM (SELECT DISTINCT hashtext(i) AS k "
-    "FROM unnest(%s::text[]) AS i ORDER BY k) AS s) FROM taskengine.nodes WHERE id = %s AND epoch = %s AND alive "
-    "AND lease_until > clock_timestamp() FOR KEY SHARE"
+    f"FROM unnest(%s::text[]) AS i ORDER BY k) AS s) WHERE EXISTS ({pg_nodes.FENCE})"
 )
 #: the session's server process: its pid and start time (one process's, where a pid comes round again)
 _BACKEND = "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
@@ -61,10 +61,9 @@ _BACKEND = "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backe
 _END_BACKEND = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
 _BACKEND_RUNS = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
 #: a lane's write mark row (lane 0's is made by pg_nodes.join), made or taken over for this epoch
-#: under the fence: nothing if the node no longer holds its lease
+#: under the fence (pg_nodes.FENCE): nothing if the node no longer holds its lease
 _LANE_MARK = (
-    "INSERT INTO taskengine.write_marks (node, epoch, seq) SELECT %s, epoch, 0 FROM taskengine.nodes "
-    "WHERE id = %s AND epoch = %s AND alive AND lease_until > clock_timestamp() FOR KEY SHARE "
+    f"INSERT INTO taskengine.write_marks (node, epoch, seq) SELECT %s, %s, 0 WHERE EXISTS ({pg_nodes.FENCE}) "
     "ON CONFLICT (node) DO UPDATE SET epoch = excluded.epoch, seq = 0, missed = '{}'"
 )
 #: the write mark as it stands: (epoch, seq, missed) of the lane's row
@@ -169,7 +168,7 @@ class PostgresWriter:
         """This lane's write mark row, for this epoch (fenced: none if the node lost its lease)."""
         node = self.node
         try:
-            made = conn.execute(_LANE_MARK, (self._mark_key, node.id, node.epoch)).rowcount
+            made = conn.execute(_LANE_MARK, (self._mark_key, node.epoch, node.id, node.epoch)).rowcount
         except psycopg.Error as e:
             conn.close()
             raise StorageError(f"cannot open a writer connection to {self._store.path}: {message(e)}") from None

@@ -6,12 +6,14 @@ parts only PostgreSQL has."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -44,6 +46,22 @@ def _execution(task_id: str, index: int, key: str | None = None) -> Execution:
                      blocking=False, created_at=1.0, idempotency_key=key)
 
 
+@contextlib.contextmanager
+def _store(url: str, *, create: bool = True, **node: Any) -> Iterator[Any]:
+    """The store at ``url`` (its schema made if missing, unless ``create`` is false) for the block;
+    ``node``: ``node_id`` and ``node_lease``, as ``storage.open_store`` takes them."""
+    store = storage.open_store(url, create=create, **node)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _cut(cutter: CommitCutter, pg_server: PgServer, pg_url: str) -> str:
+    """``pg_url``'s database reached through the commit cutter."""
+    return cutter.url(pg_server.user, pg_url.rsplit("/", 1)[1])
+
+
 def test_the_schema_version_is_stored_and_an_unknown_one_refused(make_engine: Any, pg_url: str) -> None:
     engine = make_engine(pg_url)
     make_engine.close(engine)
@@ -67,8 +85,7 @@ def test_a_tool_never_creates_the_schema(pg_url: str) -> None:
 def test_the_database_enforces_max_executions_and_unique_keys(pg_url: str) -> None:
     """What a writer asks beyond the limit, or a repeated idempotency key, is rolled back whole:
     no row of that write exists afterwards, and the writer refuses further writes."""
-    store = storage.open_store(pg_url, create=True)
-    try:
+    with _store(pg_url) as store:
         ch = store.changes
         writer = store.writer()
         writer.write([ch.create_task(Task(id="t", job="j", max_executions=2, incarnation="i"))])
@@ -94,8 +111,6 @@ def test_the_database_enforces_max_executions_and_unique_keys(pg_url: str) -> No
                                                       status=ExecutionStatus.SUCCESS, blocking=False,
                                                       idempotency_key="k"))])
         assert store.read_counter("u") == 1
-    finally:
-        store.close()
     check_db(pg_url)
 
 
@@ -147,8 +162,7 @@ def test_hostile_values_in_set_based_statements_arrive_as_they_were(pg_url: str)
             assert cur.fetchall() == list(zip(ints, blobs, strict=True))
             with pytest.raises(psycopg.DataError, match="NUL"):  # libpq's quoting would end the value there
                 cur.execute("SELECT %s::text[]", [pgarrays.TextArray(["a", "b\x00c"])])
-    store = storage.open_store(pg_url, create=True)
-    try:
+    with _store(pg_url) as store:
         ch, writer = store.changes, store.writer()
         writer.write([ch.create_task(Task(id=t, job="j", incarnation="i")) for t in HOSTILE_IDS])
         made = [attrs.evolve(_pending(t, 0), data={"id": t}, idempotency_key=t + "'%") for t in HOSTILE_IDS]
@@ -167,8 +181,6 @@ def test_hostile_values_in_set_based_statements_arrive_as_they_were(pg_url: str)
         assert _sent(writer, again + again[-1:]) == ([0, len(again)], 2)  # made[2] was cancelled already
         assert _statuses(store, made) == ["CANCELLED"] * len(made)
         writer.close()
-    finally:
-        store.close()
 
 
 def test_a_password_is_never_logged_or_shown(
@@ -199,8 +211,7 @@ def test_a_commit_in_doubt_is_settled_before_the_answer(
     server committed (the answer lost). Either way the trigger is answered with its index once,
     the execution exists exactly once, and no index is issued twice or skipped."""
     caplog.set_level(logging.WARNING, logger="taskengine.storage.pg_writer")
-    dbname = pg_url.rsplit("/", 1)[1]
-    engine = make_engine(cutter.url(pg_server.user, dbname), jobs={"rec": Recorder()})
+    engine = make_engine(_cut(cutter, pg_server, pg_url), jobs={"rec": Recorder()})
     engine.create_task("t", job="rec")
     first = engine.trigger("t")
     cutter.arm(when)
@@ -225,8 +236,7 @@ def test_statements_sent_together_are_each_checked(pg_url: str) -> None:
     """A turn's statements of one kind go to the server together (one set-based statement: its row
     count is their total); one of them that does not apply (a counter moved from a value it no longer
     has, among others that apply) still rolls the whole write back."""
-    store = storage.open_store(pg_url, create=True)
-    try:
+    with _store(pg_url) as store:
         ch, writer, tasks = _with_tasks(store, 5)
         turn = [ch.assign(_execution(t, 0), with_counter=False) for t in tasks]
         turn += [ch.counter(t, 1, 0) for t in tasks]
@@ -242,8 +252,6 @@ def test_statements_sent_together_are_each_checked(pg_url: str) -> None:
         assert [store.read_counter(t) for t in tasks] == [1] * 5
         assert [store.last_index(t) for t in tasks] == [0] * 5
         writer.close()
-    finally:
-        store.close()
     check_db(pg_url)
 
 
@@ -256,9 +264,7 @@ def test_starts_and_finishes_sent_as_one_report_exactly_their_misses(pg_url: str
 
     from taskengine.storage.pgfeed import CHANNEL
 
-    store = storage.open_store(pg_url, create=True)
-    listener = psycopg.connect(pg_url, autocommit=True)
-    try:
+    with _store(pg_url) as store, psycopg.connect(pg_url, autocommit=True) as listener:
         ch, writer, tasks = _with_tasks(store, 8)
         pending = {t: attrs.evolve(_execution(t, 0), status=ExecutionStatus.PENDING) for t in tasks}
         writer.write([ch.assign(ex, with_counter=False) for ex in pending.values()])
@@ -291,9 +297,6 @@ def test_starts_and_finishes_sent_as_one_report_exactly_their_misses(pg_url: str
         got = [n.payload for n in listener.notifies(timeout=WAIT, stop_after=2)]
         assert got == ["f", "p"]  # the finish that applied, then the next write's; none between
         writer.close()
-    finally:
-        listener.close()
-        store.close()
 
 
 def _pending(task_id: str, index: int) -> Execution:
@@ -345,8 +348,7 @@ def test_a_turns_statements_are_sent_by_kind_whatever_their_order(pg_url: str) -
     every change applies (or misses) as it would have one statement at a time, in order."""
     import attrs
 
-    store = storage.open_store(pg_url, create=True)
-    try:
+    with _store(pg_url) as store:
         ch, writer, tasks = _with_tasks(store, 4)
         old = [_pending(t, 0) for t in tasks] + [_pending(t, 1) for t in tasks]
         writer.write([ch.assign(ex, with_counter=False) for ex in old] + [ch.counter(t, 2, 0) for t in tasks])
@@ -364,8 +366,6 @@ def test_a_turns_statements_are_sent_by_kind_whatever_their_order(pg_url: str) -
         assert [store.read_counter(t) for t in tasks] == [3] * 4
         assert _group_sizes(turn) == [4, 4, 4, 1, 4]  # INSERTs, finishes, starts, the second start, counters
         writer.close()
-    finally:
-        store.close()
     check_db(pg_url)
 
 
@@ -377,8 +377,7 @@ def test_statements_that_touch_one_row_or_task_keep_their_order(pg_url: str) -> 
     statement missed (left out, though statements of its kind were sent before)."""
     import attrs
 
-    store = storage.open_store(pg_url, create=True)
-    try:
+    with _store(pg_url) as store:
         ch, writer, tasks = _with_tasks(store, 4)
         a, b = _pending("t0", 0), _pending("t1", 0)
         writer.write([ch.assign(a), ch.assign(b)])
@@ -412,8 +411,6 @@ def test_statements_that_touch_one_row_or_task_keep_their_order(pg_url: str) -> 
         assert _statuses(store, [*around, held]) == ["PENDING", "PENDING", "-"]
         assert _plan(turn) == [[0, 2], [1], [1]]
         writer.close()
-    finally:
-        store.close()
 
 
 @pytest.mark.timeout(60)
@@ -424,10 +421,8 @@ def test_a_commit_in_doubt_that_committed_reports_its_misses(pg_server: PgServer
     must not run an execution another node runs."""
     import attrs
 
-    dbname = pg_url.rsplit("/", 1)[1]
-    store = storage.open_store(cutter.url(pg_server.user, dbname), create=True, node_id="a")
-    other = storage.open_store(pg_url, node_id="b")
-    try:
+    with _store(_cut(cutter, pg_server, pg_url), node_id="a") as store, \
+            _store(pg_url, create=False, node_id="b") as other:
         ch, writer, tasks = _with_tasks(store, 2)
         pending = [attrs.evolve(_execution(t, 0), status=ExecutionStatus.PENDING) for t in tasks]
         writer.write([ch.assign(ex) for ex in pending])
@@ -453,9 +448,6 @@ def test_a_commit_in_doubt_that_committed_reports_its_misses(pg_server: PgServer
             "RUNNING", "SUCCESS", "PENDING", "CANCELLED"]
         theirs.close()
         writer.close()
-    finally:
-        other.close()
-        store.close()
 
 
 @pytest.mark.timeout(60)
@@ -467,10 +459,8 @@ def test_a_turn_is_two_round_trips(pg_server: PgServer, pg_url: str, cutter: Com
 
     from taskengine.storage.pgfeed import CHANNEL
 
-    dbname = pg_url.rsplit("/", 1)[1]
-    store = storage.open_store(cutter.url(pg_server.user, dbname), create=True, node_id="a")
-    listener = psycopg.connect(pg_url, autocommit=True)
-    try:
+    with _store(_cut(cutter, pg_server, pg_url), node_id="a") as store, \
+            psycopg.connect(pg_url, autocommit=True) as listener:
         ch, writer, tasks = _with_tasks(store, 3)
         old = [_pending(t, 0) for t in tasks]
         writer.write([ch.assign(ex, with_counter=False) for ex in old] + [ch.counter(t, 1, 0) for t in tasks])
@@ -502,9 +492,6 @@ def test_a_turn_is_two_round_trips(pg_server: PgServer, pg_url: str, cutter: Com
         # nothing for the turn whose claims all missed; the next write's
         assert [n.payload for n in listener.notifies(timeout=WAIT, stop_after=1)] == ["p"]
         writer.close()
-    finally:
-        listener.close()
-        store.close()
     check_db(pg_url)
 
 
@@ -542,9 +529,7 @@ def test_a_writers_statements_are_prepared_once_per_connection(pg_url: str) -> N
     """The writer sends its statements as ``EXECUTE`` of what it prepared on its session, in the
     query that first sent each (pg_query.Prepared); a connection lost between turns leaves a new
     session that has none, and the next turn prepares them again and writes as before."""
-    store = storage.open_store(pg_url, create=True, node_id="a")
-    side = psycopg.connect(pg_url, autocommit=True)
-    try:
+    with _store(pg_url, node_id="a") as store, psycopg.connect(pg_url, autocommit=True) as side:
         ch, writer, tasks = _with_tasks(store, 2)
 
         def turn(index: int) -> str:
@@ -567,9 +552,6 @@ def test_a_writers_statements_are_prepared_once_per_connection(pg_url: str) -> N
         assert [store.read_counter(t) for t in tasks] == [5, 5]
         assert _statuses(store, [_pending(t, i) for t in tasks for i in range(5)]) == ["PENDING"] * 10
         writer.close()
-    finally:
-        side.close()
-        store.close()
     check_db(pg_url)
 
 
@@ -582,9 +564,7 @@ def test_a_writers_lanes_write_at_once_each_with_its_own_write_mark(pg_url: str)
     the node leaves."""
     import threading
 
-    store = storage.open_store(pg_url, create=True, node_id="a")
-    side = psycopg.connect(pg_url, autocommit=True)
-    try:
+    with _store(pg_url, node_id="a") as store, psycopg.connect(pg_url, autocommit=True) as side:
         ch, writer, tasks = _with_tasks(store, 2)
         lane = writer.lane(1)
         assert writer.lane(1) is lane and writer.lane(0) is writer and lane.node == writer.node
@@ -608,9 +588,6 @@ def test_a_writers_lanes_write_at_once_each_with_its_own_write_mark(pg_url: str)
         writer.close()
         assert lane.closed and lane.backend_pid() is None
         assert side.execute("SELECT node, epoch FROM taskengine.write_marks").fetchall() == [("a", 1)]
-    finally:
-        side.close()
-        store.close()
     disk = check_db(pg_url)
     assert [disk[t].counter for t in tasks] == [1, 1]
 
@@ -625,9 +602,7 @@ def test_a_lanes_commit_in_doubt_is_settled_by_its_own_write_mark(
     settlement reads lane 1's own mark, so the write is made again exactly when it did not commit,
     and the execution exists once."""
     caplog.set_level(logging.WARNING, logger="taskengine.storage.pg_writer")
-    dbname = pg_url.rsplit("/", 1)[1]
-    store = storage.open_store(cutter.url(pg_server.user, dbname), create=True, node_id="a")
-    try:
+    with _store(_cut(cutter, pg_server, pg_url), node_id="a") as store:
         ch, writer, tasks = _with_tasks(store, 2)
         lane = writer.lane(1)
         lane.write([ch.assign(_pending("t1", 0))])
@@ -640,7 +615,23 @@ def test_a_lanes_commit_in_doubt_is_settled_by_its_own_write_mark(
         assert list(lane.write([ch.assign(_pending("t1", 2))])) == []
         assert _statuses(store, [_pending("t1", i) for i in range(3)]) == ["PENDING"] * 3
         writer.close()
-    finally:
-        store.close()
     disk = check_db(pg_url)
     assert disk["t1"].counter == 3 and sorted(disk["t1"].records) == [0, 1, 2]
+
+
+@pytest.mark.timeout(60)
+def test_a_node_that_lost_its_lease_opens_no_lane_and_writes_nothing(pg_url: str) -> None:
+    """The fence (pg_nodes.FENCE) of the two statements that carry it: once the node's row no longer
+    shows its lease (the reaper marked it not alive; its heartbeat, every quarter of a long lease,
+    has not noticed yet), a new lane makes no write mark and a turn is refused, writing nothing."""
+    with _store(pg_url, node_id="a", node_lease=60.0) as store, psycopg.connect(pg_url, autocommit=True) as side:
+        ch, writer, tasks = _with_tasks(store, 1)
+        side.execute("UPDATE taskengine.nodes SET alive = false WHERE id = 'a'")
+        with pytest.raises(storage.StorageError, match="lost its lease"):
+            writer.lane(1)
+        assert side.execute("SELECT node FROM taskengine.write_marks").fetchall() == [("a",)]
+        with pytest.raises(storage.StorageError, match="lost its lease") as refused:
+            writer.write([ch.assign(_pending("t0", 0))])
+        assert getattr(refused.value, "outcome_unknown", False) is False
+        assert store.read_counter("t0") == 0 and _statuses(store, [_pending("t0", 0)]) == ["-"]
+        writer.close()
