@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -130,16 +131,29 @@ def test_bench_reports_cpu_and_handoffs_per_operation_against_the_floor(tmp_path
     assert doc["invariants"]["e2e"]["ok"] is True
 
 
-def test_bench_on_postgresql_measures_the_engine_and_its_baselines_on_one_server(pg_url: str, tmp_path: Path) -> None:
+@pytest.fixture
+def own_pg_url() -> Iterator[str]:
+    """A database on a throwaway server of the test's own (tests/pg.py)."""
+    from pg import running_server
+
+    with running_server() as server:
+        yield server.create_database()
+
+
+def test_bench_on_postgresql_measures_the_engine_and_its_baselines_on_one_server(own_pg_url: str,
+                                                                                 tmp_path: Path) -> None:
     """``--backend URL``: durable acks (64 callers, 1 and 100 tasks), e2e, the naive design, the
     peer queue and three nodes on one task on the same server, each figure in a database of its own
-    that is dropped afterwards; every engine database passes the replay check."""
+    that is dropped afterwards; every engine database passes the replay check. On a server of its own:
+    each DROP DATABASE waits for a checkpoint, which on the session's server writes and fsyncs what
+    every earlier test left there (74,000 files at the end of a quiet run: a 10 s wait, not the
+    bench's, and far longer on a loaded machine)."""
     import psycopg
 
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [
-            sys.executable, "-m", "taskengine.tools.bench.command", "--quick", "--backend", pg_url,
+            sys.executable, "-m", "taskengine.tools.bench.command", "--quick", "--backend", own_pg_url,
             "--duration", "0.2", "--warmup", "0.05", "--rounds", "1", "--e2e-executions", "200",
             "--peer-jobs", "50", "--workdir", str(tmp_path / "work"), "--json", str(out),
         ],
@@ -161,7 +175,7 @@ def test_bench_on_postgresql_measures_the_engine_and_its_baselines_on_one_server
     assert set(targets) == {"acks-1-task", "acks-100-tasks-naive", "nodes-1-task", "e2e", "e2e-peer"}
     assert all(t["measured"] is not None for t in targets.values())
     assert "backend: postgresql://" in proc.stdout
-    with psycopg.connect(pg_url) as conn:  # nothing of the bench's is left on the server
+    with psycopg.connect(own_pg_url) as conn:  # nothing of the bench's is left on the server
         left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'taskengine_bench_%'").fetchall()
     assert left == []
 
