@@ -359,13 +359,15 @@ class PostgresWriter:
         locks are held."""
         node = self.node
         self._mark += 1  # before it is sent: a connection lost on the way leaves it in doubt too
-        params: list[Any] = [self._mark, self._mark_key, node.epoch, TASK_LOCKS, ids, node.id, node.epoch]
+        # the ids as one array literal (pgarrays), not a list psycopg adapts element by element
+        locked = pgarrays.TextArray(ids)
+        params: list[Any] = [self._mark, self._mark_key, node.epoch, TASK_LOCKS, locked, node.id, node.epoch]
         prepare: list[str] = []
         prepared = self._session(conn)
         parts = [prepared.run(_FENCE_AND_LOCK, prepare)]
         if ids:
             parts.append(prepared.run(_LOCK_ROWS, prepare))
-            params.append(ids)
+            params.append(locked)
         with psycopg.ClientCursor(conn) as cur:  # several statements, one round trip: values bound here
             cur.execute("; ".join(["BEGIN", *prepare, *parts]), params)
             for _ in range(1 + len(prepare)):
