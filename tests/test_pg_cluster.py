@@ -15,6 +15,7 @@ clients per node.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -130,6 +131,65 @@ def test_the_server_killed_and_restarted_mid_run(own_server: PgServer) -> None:
     assert restarts.done == 2
     assert report.violations == [], "\n".join(report.render())
     assert report.replay["ok"] and report.replay["pending"] == report.replay["running"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_an_execution_left_running_is_reported_with_what_explains_it(pg_url: str) -> None:
+    """The final check's failure is printed with what someone needs to find its cause: an
+    execution that another node (alive, its lease renewed) keeps RUNNING past the check's time is
+    reported with how long the check waited for it, its row (runner, epoch), its live row, the
+    nodes table with the server's clock, the sessions in a transaction, and what the supervisor
+    did to which node and when; never the URL's password."""
+    import threading
+
+    from taskengine import Engine, JobContext
+    from taskengine.tools.stress.workload import JOB_NAME, task_ids
+
+    secret = "pw-never-shown-7781"
+    url = pg_url.replace("@", f":{secret}@", 1)
+    release = threading.Event()
+    started = threading.Event()
+    holders: list[Engine] = []
+
+    def held(ctx: JobContext) -> dict[str, str]:
+        started.set()
+        release.wait(60)
+        return {"node": "holder"}
+
+    def hold_one() -> None:
+        # after the workload, before the checks: a node that keeps one execution running
+        holder = Engine.open(url, jobs={JOB_NAME: held}, node_id="holder", node_lease=30.0, workers=1)
+        holders.append(holder)
+        holder.trigger(task_ids(2)[0], {"held": True})
+        assert started.wait(30)
+
+    try:
+        report = execute(StressConfig(db=url, nodes=2, clients=2, workers=2, tasks=2, lease=1.0, seed=3,
+                                      duration=2.0, crash_every=0.7, pause_share=0.0, final_timeout=3.0,
+                                      settings=Settings(delete_probability=0.0)),
+                         after_workload=hold_one)
+    finally:
+        release.set()
+        for holder in holders:
+            holder.close()
+    text = "\n".join([*report.render(), *report.violations])
+    assert secret not in text
+    # the holder runs one execution, its own or one it recovered (then an acknowledged one: the
+    # check's first part gives up on it too, with the time it waited for it)
+    unfinished = [v for v in report.violations if "after the engine was reopened" in v]
+    assert unfinished and all("the check waited" in v for v in unfinished), text
+    assert len({v.split()[1] for v in unfinished}) == 1 and any("still RUNNING" in v for v in unfinished), text
+    diagnosis = "\n".join(report.diagnostics)
+    assert "unfinished execution" in diagnosis and "the engine reads it as RUNNING" in diagnosis, text
+    assert "runner 'holder', runner_epoch 1; its live row: present" in diagnosis, text
+    assert "the server's clock:" in diagnosis and "the nodes table" in diagnosis, text
+    assert "holder epoch 1 alive" in diagnosis and "stress-check epoch 1 alive" in diagnosis, text
+    assert "sessions in a transaction or waiting for a lock:" in diagnosis, text
+    assert "what the supervisor did to the nodes" in diagnosis, text
+    assert "started stress-node-1.r1" in diagnosis, text
+    assert re.search(r"stress-node-\S+ ready \(node 'stress-node-\S+' epoch 1\)", diagnosis), text
+    assert "killed stress-node-" in diagnosis and "asking every node to stop" in diagnosis, text
+    assert "diagnostics of the executions the final check found unfinished:" in text
 
 
 def test_tasks_deleted_and_recreated_while_other_nodes_trigger_them(pg_url: str) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
 
-from taskengine import Engine, ExecutionStatus
+from taskengine import Engine, Execution, ExecutionStatus
 from taskengine.actors.errors import EngineError, ExecutionNotFound, ExecutionTimeout, TaskNotFound
 
 from ..common import Bounded
@@ -181,8 +181,14 @@ class Ledger:
         return self.deletions_started.get(ack.task, 0) > ack.gen
 
 
+#: what the final check calls for each execution it gives up waiting for: (task id, execution id,
+#: the engine's record read then or None, seconds waited for it, seconds since the check began)
+Diagnose = Callable[[str, str, "Execution | None", float, float], None]
+
+
 def final_check(
-    engine: Engine, ledger: Ledger, tasks: list[str], timeout: float, *, crashes: bool = True
+    engine: Engine, ledger: Ledger, tasks: list[str], timeout: float, *, crashes: bool = True,
+    diagnose: Diagnose | None = None,
 ) -> FinalCheck:
     """Hold the engine to every acknowledged execution: it exists with the same index and
     finishes (SUCCESS, planned FAILED, or FAILED as interrupted), unless its task was deleted
@@ -191,9 +197,12 @@ def final_check(
     unfinished execution of the tasks, so nothing is left live. Violations go to the ledger.
 
     Without ``crashes`` (an in-process run, closed with ``engine.close()``, which waits for
-    running jobs) an execution finished as interrupted is a violation too."""
+    running jobs) an execution finished as interrupted is a violation too. ``diagnose`` is told
+    of each execution still unfinished when the check's time is up, at that moment (the waits
+    share one deadline: a message says how long the check waited for that execution itself)."""
     started = time.monotonic()
     deadline = started + timeout
+    gave_up = _GaveUp(engine, started, deadline, diagnose)
     counts: dict[str, int] = dict.fromkeys(
         ("checked", "success", "failed", "interrupted", "deleted", "pruned", "waited", "idempotent_rechecked"), 0
     )
@@ -205,6 +214,7 @@ def final_check(
         counts["checked"] += 1
         exempt = ledger.exempt(ack)
         where = f"execution {ack.id} of {ack.task!r} (acknowledged index {ack.index})"
+        began = time.monotonic()  # reset as its wait begins
         if not exempt:
             other = by_index.setdefault((ack.task, ack.index), ack.id)
             if other != ack.id:
@@ -215,7 +225,8 @@ def final_check(
                 violation(f"{where}: stored with index {ex.index}")
             if not ex.status.is_finished:
                 counts["waited"] += 1
-                ex = engine.wait(ack.task, ack.id, timeout=max(0.0, deadline - time.monotonic()))
+                began = time.monotonic()
+                ex = engine.wait(ack.task, ack.id, timeout=max(0.0, deadline - began))
                 if ex.index != ack.index:
                     violation(f"{where}: finished with index {ex.index}")
         except (TaskNotFound, ExecutionNotFound) as e:
@@ -228,7 +239,8 @@ def final_check(
                 violation(f"{where}: lost after the run ({e})")
             continue
         except ExecutionTimeout:
-            violation(f"{where}: still unfinished {timeout:.0f} s after the engine was reopened")
+            violation(f"{where}: still unfinished {timeout:.0f} s after the engine was reopened "
+                      f"({gave_up(ack.task, ack.id, began)})")
             continue
         if ex.status is ExecutionStatus.CANCELLED:
             if exempt:
@@ -262,7 +274,7 @@ def final_check(
                 f"idempotency key {ack.key!r} of {ack.task!r}: acknowledged execution {ack.id} (index "
                 f"{ack.index}), a repeat after the run answered {again.id} (index {again.index})"
             )
-    unacked = _finish_live(engine, tasks, deadline, timeout, violation)
+    unacked = _finish_live(engine, tasks, gave_up, timeout, violation)
     return FinalCheck(
         **counts, unacknowledged_waited=unacked, seconds=time.monotonic() - started
     )
@@ -279,9 +291,31 @@ def pruned_past(engine: Engine, task: str, index: int) -> bool:
         return False
 
 
-def _finish_live(engine: Engine, tasks: list[str], deadline: float, timeout: float, violation: Any) -> int:
+class _GaveUp:
+    """What the final check says of an execution it gave up waiting for, having told ``diagnose``."""
+
+    def __init__(self, engine: Engine, started: float, deadline: float, diagnose: Diagnose | None) -> None:
+        self.engine = engine
+        self.started = started
+        self.deadline = deadline
+        self.diagnose = diagnose
+
+    def __call__(self, task: str, execution_id: str, began: float) -> str:
+        now = time.monotonic()
+        if self.diagnose is not None:
+            try:
+                seen: Execution | None = self.engine.get_execution(task, execution_id)
+            except EngineError:
+                seen = None
+            self.diagnose(task, execution_id, seen, now - began, now - self.started)
+        said = f"the check waited {now - began:.1f} s for this one"
+        return f"{said}; diagnostics follow the report" if self.diagnose is not None else said
+
+
+def _finish_live(engine: Engine, tasks: list[str], gave_up: _GaveUp, timeout: float, violation: Any) -> int:
     """Wait for every unfinished execution of the workload's tasks (crashes cut triggers whose
     executions nobody was told about; they must finish too). Returns how many were waited for."""
+    deadline = gave_up.deadline
     waited = 0
     for task in tasks:
         after: int | None = None
@@ -294,12 +328,13 @@ def _finish_live(engine: Engine, tasks: list[str], deadline: float, timeout: flo
                 if ex.status.is_finished:
                     continue
                 waited += 1
+                began = time.monotonic()
                 try:
-                    engine.wait(task, ex.id, timeout=max(0.0, deadline - time.monotonic()))
+                    engine.wait(task, ex.id, timeout=max(0.0, deadline - began))
                 except ExecutionTimeout:
                     violation(
                         f"execution {ex.id} of {task!r} (index {ex.index}) still {ex.status} "
-                        f"{timeout:.0f} s after the engine was reopened"
+                        f"{timeout:.0f} s after the engine was reopened ({gave_up(task, ex.id, began)})"
                     )
                 except (TaskNotFound, ExecutionNotFound) as e:
                     violation(f"execution {ex.id} of {task!r} (index {ex.index}) vanished while waited for: {e}")

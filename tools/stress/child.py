@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             # a node paused past its lease before it was ready: the driver judges
             node_sink({"ev": "refused", "msg": f"creating the tasks: {type(e).__name__}: {e}"})
             return 3
-        sink({"ev": "ready", "open_s": round(time.perf_counter() - t0, 6)})
+        sink({"ev": "ready", "open_s": round(time.perf_counter() - t0, 6), "epoch": engine.stats().node_epoch})
         workload = Workload(engine, ids, args.clients, args.seed, node_sink, Control(None), book, settings,
                             first_client=args.first_client)
         workload.start()

@@ -32,6 +32,7 @@ from taskengine.storage import is_url, shown
 from .. import replay
 from ..common import EXIT_USAGE, ToolError, locked_message, open_database
 from .check import Ledger, final_check
+from .diagnose import Unfinished
 from .markers import check_marks, marked_jobs, marker_path
 from .report import Latency, StressReport
 from .workload import (
@@ -201,11 +202,14 @@ def _execute(cfg: StressConfig, on_progress: ProgressCallback | None, tick: floa
         live = sum(1 for _ in db.iter_live())
     # the final check: the engine once more, with the jobs registered
     engine = _open_engine(cfg, final_jobs, node_id="stress-check")
+    unfinished = Unfinished(cfg.db, None if supervisor is None else supervisor.history)
     try:
-        checked = final_check(engine, ledger, ids, cfg.final_timeout, crashes=bool(cfg.crash_every))
+        checked = final_check(engine, ledger, ids, cfg.final_timeout, crashes=bool(cfg.crash_every),
+                              diagnose=unfinished)
         report.final = attrs.evolve(checked, live_at_reopen=live)
     finally:
         engine.close()
+    report.diagnostics = unfinished.render()
     _replay(cfg.db, ids, report, ledger)
     if supervisor is not None:
         with open_database(cfg.db) as db:
@@ -316,6 +320,8 @@ class Child:
         self.wake = wake
         self.count = cfg.count
         self.ready_at: float | None = None
+        #: its node's epoch, as it said when ready (PostgreSQL)
+        self.epoch: int | None = None
         self.closed = False
         self.error: str | None = None
         #: the first write refusal its clients met (a node fenced after it lost its lease)
@@ -355,6 +361,7 @@ class Child:
                 kind = ev.get("ev")
                 if kind == "ready":
                     self.ready_at = time.monotonic()
+                    self.epoch = ev.get("epoch")
                     self.ledger.mark("ready")
                     self.wake.set()
                 elif kind == "closed":

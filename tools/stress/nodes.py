@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import IO
 
@@ -32,6 +33,7 @@ import attrs
 
 from ..common import EXIT_USAGE, ToolError
 from .check import Ledger
+from .diagnose import utc
 from .driver import Child, Progress, StressConfig, reached, read_log, tail
 from .gate import Gate
 from .markers import file_size, marker_path, read_marks
@@ -56,6 +58,9 @@ POLL_SECONDS = 0.1
 START_TRIES = 5
 #: seconds the end of a run gives nodes let back after losing their lease to be refused and end
 REFUSAL_SECONDS = 30.0
+#: events of the supervisor's record kept (the newest: the end of a run is what a failed final
+#: check is about); older ones only counted
+HISTORY = 500
 
 
 def node_id_of(slot: int, generation: int) -> str:
@@ -125,6 +130,11 @@ class NodeSupervisor:
         #: with ``netns``: each place's network namespace
         self.places: dict[int, Place] = {}
         self.started = 0.0
+        #: ``started`` on the wall clock (the record's times are shown in UTC too)
+        self.started_wall = 0.0
+        #: what the supervisor did to which node process, and when (``history``): (monotonic, what)
+        self._history: deque[tuple[float, str]] = deque(maxlen=HISTORY)
+        self._history_dropped = 0
         #: when the run's duration started (``_clock``)
         self.clock_from: float | None = None
         self._server_started: object = None
@@ -153,6 +163,7 @@ class NodeSupervisor:
     def run(self) -> float:
         assert self.cfg.nodes is not None
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self._server_started = self._postmaster_start()
         self.ledger.begin()
         nodes: list[_Node] = []
@@ -230,6 +241,30 @@ class NodeSupervisor:
             self.on_progress(Progress(time.monotonic() - self.started, self.ledger.acknowledged,
                                       self.counts.kills, self.ledger.violation_count))
 
+    # -- the record ----------------------------------------------------------------------
+
+    def _note(self, what: str) -> None:
+        """Add ``what`` (it happened now) to the record."""
+        if len(self._history) == self._history.maxlen:
+            self._history_dropped += 1
+        self._history.append((time.monotonic(), what))
+
+    def history(self) -> list[str]:
+        """The record, oldest first, each line with its time since the run began and in UTC:
+        node processes started (and when each was ready, with its epoch), killed, paused or cut
+        off (aimed at, stopped, let back), ended by themselves, and stopped at the end."""
+        events = list(self._history)
+        earliest = events[0][0] if events else float("-inf")
+        for node, _ in self._logs:
+            ready = node.child.ready_at
+            if ready is not None and ready >= earliest:
+                events.append((ready, f"{node.instance} ready (node {node.node_id!r} epoch {node.child.epoch})"))
+        events.sort(key=lambda e: e[0])
+        lines = [f"({self._history_dropped} earlier events not kept)"] if self._history_dropped else []
+        for at, what in events:
+            lines.append(f"{at - self.started:9.3f} s  {utc(self.started_wall + at - self.started)}  {what}")
+        return lines
+
     # -- nodes ---------------------------------------------------------------------------
 
     def _start(self, slot: int, generation: int) -> _Node:
@@ -254,6 +289,7 @@ class NodeSupervisor:
         node = _Node(slot, generation, instance, child, stderr)
         self._logs.append((node, stderr))
         self.counts.started += 1
+        self._note(f"started {instance} (pid {child.proc.pid})")
         log.info("started node %s (pid %d)", instance, child.proc.pid)
         return node
 
@@ -272,6 +308,8 @@ class NodeSupervisor:
         violation (replaced, unless it could not even start: then the run ends, None)."""
         node.child.proc.wait()
         node.child.reader.join()
+        self._note(f"{node.instance} ended by itself (exit status {node.child.proc.returncode}; "
+                   f"{node.child.refused or node.child.error or 'no refusal or error reported'})")
         if node.child.refused is not None and self._excused(node, [node.child.refused]):
             return self._replace(node)
         error = node.child.error or ""
@@ -340,11 +378,13 @@ class NodeSupervisor:
                 node.aiming_until = time.monotonic() + AIM_SECONDS
                 node.cutting = self.cfg.netns and self.rng.random() < self.cfg.cut_share
                 self._hold_jobs(node)
+                self._note(f"aiming a {'cut' if node.cutting else 'pause'} at {node.instance}")
             return
         node.child.kill()
         self.ledger.mark("killed")
         self.counts.kills += 1
         self.killed.append(node.instance)
+        self._note(f"killed {node.instance} (SIGKILL)")
         log.info("killed node %s", node.instance)
         nodes[nodes.index(node)] = self._replace(node)
 
@@ -355,6 +395,7 @@ class NodeSupervisor:
         if not node.child.alive():
             node.aiming_until = None
             self._release_jobs(node)
+            self._note(f"{node.instance} ended while a {'cut' if node.cutting else 'pause'} was aimed at it")
             return
         path = marker_path(self.markers, node.instance)
         assert node.aiming_until is not None
@@ -369,7 +410,10 @@ class NodeSupervisor:
         node.aiming_until = None
         node.paused_at = now
         node.pause_size = file_size(path)  # a job not ended by now ends paused or cut off
+        held = node.gate is not None and node.gate.held()
         self._release_jobs(node)
+        self._note(f"{'cut off the network' if node.cutting else 'paused (SIGSTOP)'} {node.instance}"
+                   + (", a job of it held at the gate" if held else ", no job held at the gate"))
         log.info("cut node %s off the network" if node.cutting else "paused node %s", node.instance)
 
     def _hold_jobs(self, node: _Node) -> None:
@@ -431,12 +475,14 @@ class NodeSupervisor:
             if lost:
                 self.cut.setdefault(node.instance, []).append(node.pause_size)
                 self.counts.cuts += 1
+            self._note(f"let {node.instance} back on the network" + ("" if lost else " (the run's end)"))
             log.info("let node %s back on the network", node.instance)
             return
         if lost:
             self.paused.setdefault(node.instance, []).append(node.pause_size)
             self.counts.pauses += 1
         os.kill(node.child.proc.pid, signal.SIGCONT)
+        self._note(f"resumed {node.instance} (SIGCONT)" + ("" if lost else " (the run's end)"))
         log.info("resumed node %s", node.instance)
 
     def _await_refusals(self, nodes: list[_Node]) -> None:
@@ -461,10 +507,14 @@ class NodeSupervisor:
             self._release_jobs(node)
             if node.paused_at is not None:
                 self._resume(node, lost=False)
+        self._note("asking every node to stop: " + ", ".join(n.instance for n in nodes))
         for node in nodes:
             node.child.close_stdin()
         for node in nodes:
-            if not node.child.stop(self.cfg.stop_timeout):
+            stopped = node.child.stop(self.cfg.stop_timeout)
+            self._note(f"{node.instance} ended (exit status {node.child.proc.returncode})" if stopped else
+                       f"{node.instance} did not stop within {self.cfg.stop_timeout:.0f} s: killed")
+            if not stopped:
                 self.ledger.add_violation(
                     f"node {node.instance} did not stop within {self.cfg.stop_timeout:.0f} s of being asked; "
                     "it was killed")

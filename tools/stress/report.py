@@ -192,6 +192,9 @@ class StressReport:
     #: node mode: what the chaos did, and what the marker files proved
     nodes: NodeCounts | None = None
     markers: MarkerReport | None = None
+    #: what the final check read about each execution it found unfinished when its time was up
+    #: (``taskengine.tools.stress.diagnose``), printed after the report
+    diagnostics: list[str] = attrs.Factory(list)
 
     @property
     def ok(self) -> bool:
@@ -275,6 +278,9 @@ class StressReport:
             lines.append(f"  engine log (stderr of the engine's process): {self.engine_log_lines} line(s), first ones:")
             lines.extend(f"    {line}" for line in self.engine_log)
         lines.append("OK: no violations" if self.ok else f"FAILED: {len(self.violations)} violation(s)")
+        if self.diagnostics:
+            lines.append("diagnostics of the executions the final check found unfinished:")
+            lines.extend(f"  {line}" for line in self.diagnostics)
         return lines
 
     def _render_nodes(self) -> list[str]:
