@@ -55,6 +55,14 @@ _FENCE_AND_LOCK = (
     "SELECT (SELECT count(pg_advisory_xact_lock(%s, k)) FROM (SELECT DISTINCT hashtext(i) AS k "
     f"FROM unnest(%s::text[]) AS i ORDER BY k) AS s) WHERE EXISTS ({pg_nodes.FENCE})"
 )
+#: how the writer's sessions plan. Its statements are prepared (pg_query.Prepared): one plan per
+#: session, for any values, often made on a table that is empty then and not analysed for a while
+#: (a new database: autovacuum's first look is a minute away). Every one of them finds its rows by
+#: key, a few dozen at a time, so scans of whole tables and hash or merge joins are ruled out: a
+#: plan made on an empty table reads it whole at every turn as it grows (PostgreSQL still uses them
+#: where nothing else can answer a statement)
+_PLANNER = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off", "enable_hashjoin": "off",
+            "enable_mergejoin": "off"}
 #: the session's server process: its pid and start time (one process's, where a pid comes round again)
 _BACKEND = "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
 #: that process ended, if it still runs; then whether it still does
@@ -233,8 +241,7 @@ class PostgresWriter:
         It stays in autocommit mode: a write transaction is begun by its first round trip
         (``_open``: ``BEGIN`` sent with the fence and the rows), not by a ``BEGIN`` of psycopg's of its
         own; ``commit`` and ``rollback`` act on the server's transaction all the same."""
-        # its statements are prepared (pg_query.Prepared): one plan, for any values
-        settings = {"synchronous_commit": "on" if self.sync else "off", "plan_cache_mode": "force_generic_plan"}
+        settings = {"synchronous_commit": "on" if self.sync else "off", **_PLANNER}
         while True:
             try:
                 conn = pg_nodes.session(self._store.url, self._lease, 5, settings)

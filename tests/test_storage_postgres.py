@@ -635,3 +635,48 @@ def test_a_node_that_lost_its_lease_opens_no_lane_and_writes_nothing(pg_url: str
         assert getattr(refused.value, "outcome_unknown", False) is False
         assert store.read_counter("t0") == 0 and _statuses(store, [_pending("t0", 0)]) == ["-"]
         writer.close()
+
+
+def _scans(side: Any, writer: Any) -> tuple[int, int]:
+    """The executions table's sequential scans and the rows its index scans fetched, so far, the
+    writer's included: its server process flushes its statistics before it answers
+    ``pg_stat_force_next_flush``."""
+    writer._conn.execute("SELECT pg_stat_force_next_flush()")
+    side.execute("SELECT pg_stat_clear_snapshot()")
+    row = side.execute("SELECT seq_scan, coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables "
+                       "WHERE relid = 'taskengine.executions'::regclass").fetchone()
+    return int(row[0]), int(row[1])
+
+
+@pytest.mark.timeout(60)
+def test_starts_and_finishes_find_their_rows_by_key_whatever_the_statistics(pg_url: str) -> None:
+    """A writer plans its statements once per session, on a table that may be empty then and
+    never analysed since (a new database, autovacuum not yet round): the plan of a start or a
+    finish must still find its rows through the key, not read the whole table at every turn as
+    the table grows."""
+    import attrs
+
+    with _store(pg_url) as store, psycopg.connect(pg_url, autocommit=True) as side:
+        side.execute("ALTER TABLE taskengine.executions SET (autovacuum_enabled = false)")
+        ch, writer, tasks = _with_tasks(store, 4)
+
+        def turn(index: int) -> None:
+            fresh = [_pending(t, index) for t in tasks]
+            writer.write([ch.assign(ex, with_counter=False) for ex in fresh])
+            started = [attrs.evolve(ex, status=ExecutionStatus.RUNNING, started_at=2.0) for ex in fresh]
+            writer.write([ch.update(ex) for ex in started])
+            writer.write([ch.update(attrs.evolve(ex, status=ExecutionStatus.SUCCESS, finished_at=3.0))
+                          for ex in started])
+
+        for index in range(3):  # the statements prepared (and planned) on a table of a few rows
+            turn(index)
+        side.execute("INSERT INTO taskengine.executions (task_id, idx, id, status, record) "
+                     "SELECT 'other', g, 'x' || g, 'S', '\\x00' FROM generate_series(0, 19999) AS g")
+        seq, fetched = _scans(side, writer)
+        turn(3)
+        seq_after, fetched_after = _scans(side, writer)
+        assert _statuses(store, [_pending(t, 3) for t in tasks]) == ["SUCCESS"] * 4
+        assert seq_after == seq, "a start or a finish read the whole executions table"
+        # each finds its row through the key (an index read whole would fetch every row)
+        assert 0 < fetched_after - fetched <= 100
+        writer.close()
