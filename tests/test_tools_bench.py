@@ -215,3 +215,33 @@ def test_probe_e2e_counts_every_kind_of_thread(tmp_path: Path) -> None:
     table = proc.stdout.split("CPU per operation by thread", 1)[1].split("thread hand-offs", 1)[0]
     for kind in ("CounterActor", "Executor", "PendingStore", "all threads"):
         assert kind in table, proc.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_node_that_never_opens_is_an_error_not_a_hang() -> None:
+    """The nodes figure waits for each node process to open its engine: a node whose server never
+    answers (a socket that takes the connection and says nothing) hung the bench in a readline
+    with no limit. Now a StorageError after the startup bound, and the node process is killed
+    (its end of the connection closes)."""
+    import socket
+    import time
+    import types
+
+    from taskengine.errors import StorageError
+    from taskengine.tools.bench.nodes import measure_round
+
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as mute:
+        url = f"postgresql://bench:pw-not-shown@127.0.0.1:{mute.getsockname()[1]}/none?connect_timeout=30"
+        opts = types.SimpleNamespace(duration=1.0, warmup=0.0, workers=1, counter_actors=1, backend=url)
+        began = time.monotonic()
+        with pytest.raises(StorageError) as caught:
+            measure_round(url, 1, opts, startup=2.0)
+        assert time.monotonic() - began < 20
+        assert "bench node 0 of 1 did not open its engine" in str(caught.value)
+        assert "within 2 s" in str(caught.value) and "pw-not-shown" not in str(caught.value)
+        mute.settimeout(10)
+        conn, _ = mute.accept()  # the node's connection, waiting in the backlog
+        with conn:
+            conn.settimeout(10)
+            while conn.recv(4096):  # what the node sent (its SSL request), then the end: it was killed
+                pass

@@ -16,11 +16,14 @@ rounds interleave, each on a new database, and every database gets the replay ch
 from __future__ import annotations
 
 import json
+import os
+import select
 import statistics
 import subprocess
 import sys
 import threading
-from typing import Any
+import time
+from typing import IO, Any
 
 from .baselines import _median_of
 from .measure import run_callers
@@ -37,10 +40,32 @@ def spread(callers: int, nodes: int) -> list[int]:
     return [callers // nodes + (1 if k < callers % nodes else 0) for k in range(nodes)]
 
 
-def measure_round(path: str, nodes: int, opts: Any, module: str = "taskengine.tools.bench.nodes") -> dict[str, Any]:
+def read_line(stream: IO[str], deadline: float) -> str | None:
+    """One line from a child's stdout pipe, or None if it has not said one by ``deadline``
+    (monotonic): read byte by byte from the descriptor, so nothing after the line is taken from
+    the pipe (the rest is read later through ``stream``, whose buffer this leaves empty). A child
+    that ends first gives what it said, maybe ``""``."""
+    fd = stream.fileno()
+    said = bytearray()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        byte = os.read(fd, 1)
+        if not byte or byte == b"\n":
+            return said.decode(errors="replace")
+        said += byte
+
+
+def measure_round(path: str, nodes: int, opts: Any, module: str = "taskengine.tools.bench.nodes",
+                  startup: float = STARTUP_SECONDS) -> dict[str, Any]:
     """One round: ``nodes`` child processes on ``path``, measured together; their summed rate, and
     each node's own result (``nodes``). ``module`` runs a child (``python -m MODULE child``): the
-    probe's instruments one."""
+    probe's instruments one. A node that has not opened its engine within ``startup`` seconds is a
+    ``StorageError`` (every node of the round killed), not a bench that hangs."""
+    from taskengine.errors import StorageError
+    from taskengine.storage import shown
+
     from .engine_figures import engine_kwargs
 
     procs = []
@@ -51,11 +76,15 @@ def measure_round(path: str, nodes: int, opts: Any, module: str = "taskengine.to
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", module, "child", json.dumps(params)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-        for p in procs:  # every node open, the task there: then all start at once
+        deadline = time.monotonic() + startup
+        for k, p in enumerate(procs):  # every node open, the task there: then all start at once
             assert p.stdout is not None
-            line = p.stdout.readline().strip()
-            if line != "ready":
-                raise RuntimeError(f"a bench node did not start (it said {line!r})")
+            line = read_line(p.stdout, deadline)
+            if line is None:
+                raise StorageError(f"bench node {k} of {nodes} did not open its engine on {shown(path)} within "
+                                   f"{startup:g} s; the round's node processes were killed")
+            if line.strip() != "ready":
+                raise RuntimeError(f"a bench node did not start (it said {line.strip()!r})")
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")
