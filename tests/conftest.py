@@ -85,4 +85,4 @@ def fresh_path(tmp_path: Any) -> Callable[[str], str]:
 
 
 # the throwaway PostgreSQL server and a database per test (tests/pg.py)
-from pg import cutter, pg_server, pg_url  # noqa: E402,F401
+from pg import cutter, pg_server, pg_url, pytest_runtest_teardown  # noqa: E402,F401

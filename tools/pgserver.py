@@ -80,6 +80,15 @@ class PgServer:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         return self.url(name)
 
+    def drop_database(self, name: str) -> None:
+        """Drop one of its databases, ending the sessions still on it first (``WITH (FORCE)``: an
+        engine a test left open must not keep its database, and its disk, for the whole session).
+        psycopg's error if it cannot be dropped."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
     def current_pid(self) -> int:
         """The postmaster's pid now (it changes with a restart)."""
         with contextlib.suppress(OSError, ValueError, IndexError):
