@@ -192,6 +192,44 @@ def test_an_execution_left_running_is_reported_with_what_explains_it(pg_url: str
     assert "diagnostics of the executions the final check found unfinished:" in text
 
 
+@pytest.mark.timeout(120)
+def test_the_chaos_begins_once_nodes_that_open_slowly_are_ready(pg_url: str, tmp_path: Path) -> None:
+    """On a loaded machine nodes can take longer to open than a short run lasts: the run's
+    duration counted from its start (or from the first node ready) and its chaos's events came
+    while no node could be paused, so it ended with no pause (or cut) at all. Here every node's
+    open waits for the schema's lock, held for longer than the run's duration: the duration and
+    the chaos begin once every node is ready, and the pause it was asked for happens."""
+    import threading
+
+    import psycopg
+
+    from taskengine import Engine
+    from taskengine.tools.stress.check import Ledger
+    from taskengine.tools.stress.nodes import NodeSupervisor
+    from taskengine.tools.stress.workload import JOBS, ensure_tasks, task_ids
+
+    ids = task_ids(2)
+    with Engine.open(pg_url, jobs=JOBS, node_id="setup") as engine:
+        ensure_tasks(engine, ids)
+    cfg = StressConfig(db=pg_url, nodes=2, clients=2, workers=2, tasks=2, lease=1.0, seed=1, duration=2.0,
+                       crash_every=0.5, pause_share=1.0, settings=Settings(delete_probability=0.0))
+    ledger = Ledger(ids)
+    supervisor = NodeSupervisor(cfg, ledger, str(tmp_path), None, 0.5)
+    opening = threading.Event()  # never set: the nodes' opening is slow by this long, not waiting for it
+    with psycopg.connect(pg_url) as lock:
+        lock.execute("SELECT pg_advisory_xact_lock(hashtext('taskengine.schema'))")  # what Engine.open takes
+        run = threading.Thread(target=supervisor.run)
+        run.start()
+        opening.wait(2 * 2.0 + 1.0)  # longer than the run's duration, and than the duration after it
+        lock.rollback()
+    run.join(100)
+    assert not run.is_alive()
+    history = "\n".join(supervisor.history())
+    assert supervisor.counts.pauses >= 1, history
+    assert ledger.violations == [], ledger.violations
+    assert history.index("every node ready: the run's duration and its chaos begin") < history.index("aiming a pause")
+
+
 def test_tasks_deleted_and_recreated_while_other_nodes_trigger_them(pg_url: str) -> None:
     """Two tasks, one of them deleted and re-created again and again by the clients of every node while
     every node triggers it and runs its jobs: what a deletion began after may be gone (or

@@ -536,3 +536,52 @@ def test_a_gate_holds_a_nodes_jobs_until_the_supervisor_lets_go(tmp_path: Path,
         assert 0.2 < time.monotonic() - began < 10
     finally:
         forgotten.close()
+
+
+#: a node's jobs as the marker files see them: short runs, one after another, as fast as they come
+_SHORT_JOBS = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+i = 0
+while True:
+    i += 1
+    os.write(fd, f"S {i}\\n".encode())
+    end = time.perf_counter() + 0.0005
+    while time.perf_counter() < end:
+        pass
+    os.write(fd, f"E {i}\\n".encode())
+    time.sleep(0.0005)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_pause_without_a_gate_reads_the_markers_once_the_node_is_stopped(tmp_path: Path) -> None:
+    """The pause of a node whose jobs cannot be held at a gate reads its marker file to see a
+    job running: read before the SIGSTOP, the job it saw had often ended by the time the node
+    stopped (the pause caught nothing running), and a job started after the read went unseen.
+    Stopped first, then read: each time it says a job runs, the node is stopped with one begun
+    and not ended in the file."""
+    import signal
+    import time
+
+    from taskengine.tools.stress.markers import file_size, read_marks
+    from taskengine.tools.stress.nodes import stopped_at_a_job
+
+    marks = str(tmp_path / "stress-node-1.r1.marks")
+    node = subprocess.Popen([sys.executable, "-c", _SHORT_JOBS, marks])
+    try:
+        deadline = time.monotonic() + 30
+        while file_size(marks) < 20_000:  # a file of some length: reading it takes a while, as in a run
+            assert node.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)  # the child writes as fast as it can: nothing to wait on
+        for _ in range(10):
+            deadline = time.monotonic() + 10
+            while not (read_marks(marks).in_progress() and stopped_at_a_job(node.pid, marks)):
+                assert time.monotonic() < deadline, "no job was ever found running"
+            with open(f"/proc/{node.pid}/stat", encoding="ascii") as f:
+                assert f.read().rsplit(")", 1)[1].split()[0] == "T"  # left stopped
+            assert read_marks(marks, file_size(marks)).in_progress(), "stopped with no job running"
+            os.kill(node.pid, signal.SIGCONT)
+    finally:
+        node.kill()
+        node.wait()

@@ -58,6 +58,8 @@ POLL_SECONDS = 0.1
 START_TRIES = 5
 #: seconds the end of a run gives nodes let back after losing their lease to be refused and end
 REFUSAL_SECONDS = 30.0
+#: seconds the run waits for every node of its start to be ready before its clock starts anyway
+READY_SECONDS = 300.0
 #: events of the supervisor's record kept (the newest: the end of a run is what a failed final
 #: check is about); older ones only counted
 HISTORY = 500
@@ -146,19 +148,28 @@ class NodeSupervisor:
     # -- the run -------------------------------------------------------------------------
 
     def finished(self, nodes: list[_Node]) -> bool:
-        return reached(self.cfg, self.ledger, self._clock(nodes))
+        clock = self._clock(nodes)
+        if clock is None and self.cfg.count is None:
+            return False  # the duration has not begun
+        return reached(self.cfg, self.ledger, self.started if clock is None else clock)
 
-    def _clock(self, nodes: list[_Node]) -> float:
-        """When a run's duration starts: once the first node is ready (at the latest a duration
-        after the start). The nodes' opening is no part of the chaos: on a loaded machine it can
-        take most of a short run, which then ends before the one pause it should show."""
+    def _clock(self, nodes: list[_Node]) -> float | None:
+        """When the run's duration and its chaos start: once every node of the start is ready
+        (its engine open; a node that could not start counts once its new start is ready), or
+        None before. The nodes' opening is no part of the chaos: on a loaded machine it can take
+        longer than a short run, which then ended (its duration counted from the start, or from
+        the first node ready while the others still opened) before the pause or cut it should
+        show. Bounded: a node not ready after READY_SECONDS no longer holds the run up."""
         if self.clock_from is None:
-            ready = [n.child.ready_at for n in nodes if n.child.ready_at is not None]
-            if ready:
-                self.clock_from = min(ready)
-            elif self.cfg.duration is not None and time.monotonic() >= self.started + self.cfg.duration:
-                self.clock_from = self.started + self.cfg.duration
-        return self.started if self.clock_from is None else self.clock_from
+            ready = [n.child.ready_at for n in nodes]
+            if all(at is not None for at in ready):
+                self.clock_from = max(at for at in ready if at is not None)
+                self._note("every node ready: the run's duration and its chaos begin", self.clock_from)
+            elif time.monotonic() >= self.started + READY_SECONDS:
+                self.clock_from = self.started + READY_SECONDS
+                self._note(f"not every node ready after {READY_SECONDS:.0f} s: the run's duration and its chaos "
+                           "begin all the same", self.clock_from)
+        return self.clock_from
 
     def run(self) -> float:
         assert self.cfg.nodes is not None
@@ -186,8 +197,11 @@ class NodeSupervisor:
         return elapsed
 
     def _loop(self, nodes: list[_Node]) -> None:
+        """The chaos's events come about every ``crash_every`` seconds from the clock's start
+        (``_clock``); one that finds no node it can act on (none alive and ready for a pause)
+        waits for one, woken by a node's "ready", rather than being lost."""
         every = self.cfg.crash_every
-        next_chaos = None if every is None else time.monotonic() + self.rng.uniform(0.5, 1.5) * every
+        next_chaos: float | None = None
         next_tick = time.monotonic() + self.tick
         while not self.finished(nodes):
             self.wake.clear()  # before looking, so a wake-up while we look is not lost
@@ -199,8 +213,10 @@ class NodeSupervisor:
                     if replacement is None:
                         return
                     nodes[i] = replacement
-            if next_chaos is not None and every is not None and now >= next_chaos:
-                self._chaos(nodes)
+            clock = self._clock(nodes)
+            if every is not None and next_chaos is None and clock is not None:
+                next_chaos = clock + self.rng.uniform(0.5, 1.5) * every
+            if every is not None and next_chaos is not None and now >= next_chaos and self._chaos(nodes):
                 next_chaos = time.monotonic() + self.rng.uniform(0.5, 1.5) * every
             if now >= next_tick:
                 self._progress()
@@ -210,10 +226,12 @@ class NodeSupervisor:
                 waits.append(0.01)
             if any(n.paused_at is not None for n in nodes):
                 waits.append(POLL_SECONDS)
-            if next_chaos is not None:
+            if next_chaos is not None and next_chaos > now:  # one due waits for a node's wake-up
                 waits.append(next_chaos - now)
-            if self.cfg.duration is not None:
-                waits.append(self._clock(nodes) + self.cfg.duration - now)
+            if clock is None:
+                waits.append(self.started + READY_SECONDS - now)
+            elif self.cfg.duration is not None:
+                waits.append(clock + self.cfg.duration - now)
             self.wake.wait(max(0.001, min(waits)))
 
     def _pause_step(self, node: _Node, now: float, nodes: list[_Node]) -> None:
@@ -243,18 +261,18 @@ class NodeSupervisor:
 
     # -- the record ----------------------------------------------------------------------
 
-    def _note(self, what: str) -> None:
-        """Add ``what`` (it happened now) to the record."""
+    def _note(self, what: str, at: float | None = None) -> None:
+        """Add ``what`` (it happened ``at``, monotonic, or now) to the record."""
         if len(self._history) == self._history.maxlen:
             self._history_dropped += 1
-        self._history.append((time.monotonic(), what))
+        self._history.append((time.monotonic() if at is None else at, what))
 
     def history(self) -> list[str]:
         """The record, oldest first, each line with its time since the run began and in UTC:
         node processes started (and when each was ready, with its epoch), killed, paused or cut
         off (aimed at, stopped, let back), ended by themselves, and stopped at the end."""
         events = list(self._history)
-        earliest = events[0][0] if events else float("-inf")
+        earliest = min((at for at, _ in events), default=float("-inf")) if self._history_dropped else float("-inf")
         for node, _ in self._logs:
             ready = node.child.ready_at
             if ready is not None and ready >= earliest:
@@ -362,10 +380,13 @@ class NodeSupervisor:
             return None
         return None if row is None else row[0]
 
-    def _chaos(self, nodes: list[_Node]) -> None:
+    def _chaos(self, nodes: list[_Node]) -> bool:
+        """One event of the chaos: a kill, or a pause (or cut) aimed at a node. False if no node
+        can take it now (none awake; for a pause, none ready that still holds its lease): it is
+        then made again later. A pause while another is under way is dropped (one at a time)."""
         awake = [n for n in nodes if not n.busy and n.child.alive()]
         if not awake:
-            return
+            return False
         node = self.rng.choice(awake)
         if self.rng.random() < self.cfg.pause_share:
             # one pause at a time, and never again of a node let back after losing its lease (it is
@@ -373,13 +394,15 @@ class NodeSupervisor:
             # Nor of a node still opening: a pause there fails its Engine.open, which the node can
             # only report as a failure to start (exit status 2), not as a refusal the run judges
             fresh = [n for n in awake if not n.lost_lease and n.child.ready_at is not None]
-            if fresh and not any(n.busy for n in nodes):
+            if not fresh:
+                return False
+            if not any(n.busy for n in nodes):
                 node = self.rng.choice(fresh)
                 node.aiming_until = time.monotonic() + AIM_SECONDS
                 node.cutting = self.cfg.netns and self.rng.random() < self.cfg.cut_share
                 self._hold_jobs(node)
                 self._note(f"aiming a {'cut' if node.cutting else 'pause'} at {node.instance}")
-            return
+            return True
         node.child.kill()
         self.ledger.mark("killed")
         self.counts.kills += 1
@@ -387,11 +410,15 @@ class NodeSupervisor:
         self._note(f"killed {node.instance} (SIGKILL)")
         log.info("killed node %s", node.instance)
         nodes[nodes.index(node)] = self._replace(node)
+        return True
 
     def _aim(self, node: _Node, now: float) -> None:
         """Once a job of the node is running (held at its gate, ``gate``), or the aim's time is
         up, stop the node (SIGSTOP) or cut it off (its place's link down), note how far its marker
-        file went, and then let the held job go: it ends paused, or cut off."""
+        file went, and then let the held job go: it ends paused, or cut off. Without a gate, a
+        pause stops the node before it reads the marker file (``stopped_at_a_job``): a job read
+        as running may otherwise end before the stop, and one that starts after the read be
+        missed; a cut cannot stop the node, so it reads and then cuts."""
         if not node.child.alive():
             node.aiming_until = None
             self._release_jobs(node)
@@ -399,12 +426,18 @@ class NodeSupervisor:
             return
         path = marker_path(self.markers, node.instance)
         assert node.aiming_until is not None
-        running = node.gate.held() if node.gate is not None else bool(read_marks(path).in_progress())
+        stopped = False
+        if node.gate is not None:
+            running = node.gate.held()
+        elif node.cutting:
+            running = bool(read_marks(path).in_progress())
+        else:  # a look without stopping it first: most looks find nothing, and need not stop it
+            running = stopped = bool(read_marks(path).in_progress()) and stopped_at_a_job(node.child.proc.pid, path)
         if not running and now < node.aiming_until:
             return
         if node.cutting:
             self.places[node.slot].cut()
-        else:
+        elif not stopped:
             os.kill(node.child.proc.pid, signal.SIGSTOP)
             wait_stopped(node.child.proc.pid)
         node.aiming_until = None
@@ -585,9 +618,21 @@ def wait_stopped(pid: int, timeout: float = 2.0) -> None:
         time.sleep(0.001)  # polling /proc: there is nothing to block on
 
 
+def stopped_at_a_job(pid: int, marks: str) -> bool:
+    """SIGSTOP the process ``pid``, and once it is stopped read its marker file ``marks``: True,
+    the process left stopped, if a job of it is running; else SIGCONT, False. Stopped first, so
+    what is read is what the pause holds."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_stopped(pid)
+    if read_marks(marks).in_progress():
+        return True
+    os.kill(pid, signal.SIGCONT)
+    return False
+
+
 def app_name(instance: str) -> str:
     """The ``application_name`` a node process connects with (libpq's ``PGAPPNAME``)."""
     return ("taskengine-stress-" + instance)[:63]
 
 
-__all__ = ["NodeSupervisor", "app_name"]
+__all__ = ["NodeSupervisor", "app_name", "stopped_at_a_job", "wait_stopped"]
