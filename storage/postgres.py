@@ -69,6 +69,15 @@ log = logging.getLogger(__name__)
 DISCOVERY_WINDOW = 1000
 
 
+def _reader_session(conn: Any) -> None:
+    """A reader's connection: each read planned for the tables as they now are. psycopg prepares a
+    statement it sends often, and PostgreSQL would then keep one plan for it, made perhaps on a table
+    of a few rows (a new database, not yet analysed by autovacuum) and reading the whole table once it
+    has grown. Reads are few next to writes, and planning one costs less than such a scan (the
+    writer plans once, differently: pg_writer)."""
+    conn.execute("SET plan_cache_mode = force_custom_plan")
+
+
 class PostgresStore(Store):
     """An open PostgreSQL database: a pool of connections for the readers; each writer has a
     connection of its own."""
@@ -101,7 +110,8 @@ class PostgresStore(Store):
         except psycopg.Error as e:
             raise StorageError(f"cannot open {shown}: {scrub(message(e), url)}") from None
         pool = psycopg_pool.ConnectionPool(
-            url, min_size=1, max_size=8, kwargs={"autocommit": True}, open=False, name="taskengine-readers"
+            url, min_size=1, max_size=8, kwargs={"autocommit": True}, open=False, name="taskengine-readers",
+            configure=_reader_session,
         )
         try:
             pool.open(wait=True, timeout=10)

@@ -680,3 +680,34 @@ def test_starts_and_finishes_find_their_rows_by_key_whatever_the_statistics(pg_u
         # each finds its row through the key (an index read whole would fetch every row)
         assert 0 < fetched_after - fetched <= 100
         writer.close()
+
+
+@pytest.mark.timeout(60)
+def test_reads_by_key_are_planned_for_the_table_as_it_now_is(pg_url: str) -> None:
+    """The readers' connections prepare what they read often (psycopg, after a few times), and a
+    plan PostgreSQL keeps for a statement made on a table of a few rows would go on reading the
+    whole table once it has grown (until autovacuum analyses it): every read is planned for the
+    table as it now is."""
+    with _store(pg_url) as store, psycopg.connect(pg_url, autocommit=True) as side:
+        side.execute("ALTER TABLE taskengine.executions SET (autovacuum_enabled = false)")
+        ch, writer, tasks = _with_tasks(store, 2)
+        fresh = [_pending(t, 0) for t in tasks]
+        writer.write([ch.assign(ex, with_counter=False) for ex in fresh])
+        keys = [(ex.task_id, ex.id) for ex in fresh]
+        for _ in range(20):  # prepared, and planned again and again, on a table of two rows
+            assert len(store.read_executions(keys)) == 2
+        side.execute("INSERT INTO taskengine.executions (task_id, idx, id, status, record) "
+                     "SELECT 'other', g, 'x' || g, 'S', '\\x00' FROM generate_series(0, 19999) AS g")
+
+        def scans() -> int:
+            with store._pool.connection() as conn:  # the pool's one connection: a single reader
+                conn.execute("SELECT pg_stat_force_next_flush()")
+            side.execute("SELECT pg_stat_clear_snapshot()")
+            row = side.execute("SELECT seq_scan FROM pg_stat_user_tables "
+                               "WHERE relid = 'taskengine.executions'::regclass").fetchone()
+            return int(row[0])
+
+        before = scans()
+        assert len(store.read_executions(keys)) == 2
+        assert scans() == before, "a read by key read the whole executions table"
+        writer.close()
