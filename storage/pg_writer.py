@@ -58,9 +58,9 @@ _FENCE_AND_LOCK = (
 #: how the writer's sessions plan. Its statements are prepared (pg_query.Prepared): one plan per
 #: session, for any values, often made on a table that is empty then and not analysed for a while
 #: (a new database: autovacuum's first look is a minute away). Every one of them finds its rows by
-#: key, a few dozen at a time, so scans of whole tables and hash or merge joins are ruled out: a
-#: plan made on an empty table reads it whole at every turn as it grows (PostgreSQL still uses them
-#: where nothing else can answer a statement)
+#: key, so scans of whole tables and hash or merge joins are ruled out: a plan made on an empty
+#: table reads it whole at every turn as it grows, until autovacuum analyses it (PostgreSQL still
+#: uses them where nothing else can answer a statement)
 _PLANNER = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off", "enable_hashjoin": "off",
             "enable_mergejoin": "off"}
 #: the session's server process: its pid and start time (one process's, where a pid comes round again)
