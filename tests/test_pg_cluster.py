@@ -326,3 +326,53 @@ def test_places_of_runs_at_once_each_reach_the_host() -> None:
         finally:
             for place in places:
                 place.remove()
+
+
+@pytest.mark.timeout(60)
+def test_the_final_check_reports_its_own_engine_losing_its_lease(pg_url: str) -> None:
+    """The check's engine is a node with the run's short lease: on a loaded machine it can lose it
+    too, and every wait then raises WriteFailed, which came out of the check (and out of
+    ``taskengine stress``) as a traceback. Now each execution it could not wait for is a violation
+    with its diagnostics, which show the check's node with its lease overdue."""
+    import threading
+    import time
+
+    import psycopg
+
+    from taskengine import Engine, JobContext
+    from taskengine.tools.stress.check import Ledger, final_check
+    from taskengine.tools.stress.diagnose import Unfinished
+
+    release = threading.Event()
+
+    def held(ctx: JobContext) -> dict[str, str]:
+        release.wait(30)
+        return {}
+
+    engine = Engine.open(pg_url, jobs={"held": held}, node_id="stress-check", node_lease=1.0, workers=1)
+    try:
+        engine.create_task("t", job="held")
+        ex = engine.trigger("t", {})
+        deadline = time.monotonic() + 30
+        while engine.get_execution("t", ex.id).status.name != "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # polling the engine's record: the job gives no other sign
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # its lease lapses, as on a stalled machine
+            conn.execute("UPDATE taskengine.nodes SET lease_until = clock_timestamp() - interval '1 second' "
+                         "WHERE id = 'stress-check'")
+        while engine.stats().write_failure is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # the heartbeat finds it at its next renewal
+        ledger = Ledger(["t"])
+        ledger.ingest({"ev": "ack", "t": "t", "g": 0, "id": ex.id, "i": 0, "b": False, "lat": 0.001, "k": None,
+                       "st": None, "f": False})
+        unfinished = Unfinished(pg_url)
+        final_check(engine, ledger, ["t"], timeout=5.0, diagnose=unfinished)
+    finally:
+        release.set()
+        engine.close()
+    assert ledger.violations and all("could not wait for it: WriteFailed" in v for v in ledger.violations), \
+        ledger.violations
+    diagnosis = "\n".join(unfinished.render())
+    assert "runner 'stress-check', runner_epoch 1" in diagnosis, diagnosis
+    assert re.search(r"stress-check epoch 1 alive, lease until \S+ \(-", diagnosis), diagnosis

@@ -199,7 +199,9 @@ def final_check(
     Without ``crashes`` (an in-process run, closed with ``engine.close()``, which waits for
     running jobs) an execution finished as interrupted is a violation too. ``diagnose`` is told
     of each execution still unfinished when the check's time is up, at that moment (the waits
-    share one deadline: a message says how long the check waited for that execution itself)."""
+    share one deadline: a message says how long the check waited for that execution itself), or
+    when the check's engine cannot wait for it (it stopped writing: on a loaded machine it can
+    lose its lease too), which is then a violation, not an exception out of the check."""
     started = time.monotonic()
     deadline = started + timeout
     gave_up = _GaveUp(engine, started, deadline, diagnose)
@@ -241,6 +243,10 @@ def final_check(
         except ExecutionTimeout:
             violation(f"{where}: still unfinished {timeout:.0f} s after the engine was reopened "
                       f"({gave_up(ack.task, ack.id, began)})")
+            continue
+        except EngineError as e:  # the check's own engine stopped (it lost its lease on a loaded machine)
+            violation(f"{where}: unfinished, and the check's engine could not wait for it: {type(e).__name__}: "
+                      f"{e} ({gave_up(ack.task, ack.id, began)})")
             continue
         if ex.status is ExecutionStatus.CANCELLED:
             if exempt:
@@ -338,6 +344,9 @@ def _finish_live(engine: Engine, tasks: list[str], gave_up: _GaveUp, timeout: fl
                     )
                 except (TaskNotFound, ExecutionNotFound) as e:
                     violation(f"execution {ex.id} of {task!r} (index {ex.index}) vanished while waited for: {e}")
+                except EngineError as e:
+                    violation(f"execution {ex.id} of {task!r} (index {ex.index}) still {ex.status}, and the check's "
+                              f"engine could not wait for it: {type(e).__name__}: {e} ({gave_up(task, ex.id, began)})")
             if len(page) < 5000:
                 break
             after = page[-1].index
