@@ -637,11 +637,18 @@ def test_a_node_that_lost_its_lease_opens_no_lane_and_writes_nothing(pg_url: str
         writer.close()
 
 
-def _scans(side: Any, writer: Any) -> tuple[int, int]:
-    """The executions table's sequential scans and the rows its index scans fetched, so far, the
-    writer's included: its server process flushes its statistics before it answers
+#: a new database's executions table, never analysed while a test runs (autovacuum would replan)
+_NO_AUTOVACUUM = "ALTER TABLE taskengine.executions SET (autovacuum_enabled = false)"
+#: 20,000 rows more in it (of a task of their own), after statements were planned on a few
+_GROW = ("INSERT INTO taskengine.executions (task_id, idx, id, status, record) "
+         "SELECT 'other', g, 'x' || g, 'S', '\\x00' FROM generate_series(0, 19999) AS g")
+
+
+def _scans(side: Any, conn: Any) -> tuple[int, int]:
+    """The executions table's sequential scans and the rows its index scans fetched, so far,
+    ``conn``'s included: its server process flushes its statistics before it answers
     ``pg_stat_force_next_flush``."""
-    writer._conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_force_next_flush()")
     side.execute("SELECT pg_stat_clear_snapshot()")
     row = side.execute("SELECT seq_scan, coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables "
                        "WHERE relid = 'taskengine.executions'::regclass").fetchone()
@@ -657,7 +664,7 @@ def test_starts_and_finishes_find_their_rows_by_key_whatever_the_statistics(pg_u
     import attrs
 
     with _store(pg_url) as store, psycopg.connect(pg_url, autocommit=True) as side:
-        side.execute("ALTER TABLE taskengine.executions SET (autovacuum_enabled = false)")
+        side.execute(_NO_AUTOVACUUM)
         ch, writer, tasks = _with_tasks(store, 4)
 
         def turn(index: int) -> None:
@@ -670,11 +677,10 @@ def test_starts_and_finishes_find_their_rows_by_key_whatever_the_statistics(pg_u
 
         for index in range(3):  # the statements prepared (and planned) on a table of a few rows
             turn(index)
-        side.execute("INSERT INTO taskengine.executions (task_id, idx, id, status, record) "
-                     "SELECT 'other', g, 'x' || g, 'S', '\\x00' FROM generate_series(0, 19999) AS g")
-        seq, fetched = _scans(side, writer)
+        side.execute(_GROW)
+        seq, fetched = _scans(side, writer._conn)
         turn(3)
-        seq_after, fetched_after = _scans(side, writer)
+        seq_after, fetched_after = _scans(side, writer._conn)
         assert _statuses(store, [_pending(t, 3) for t in tasks]) == ["SUCCESS"] * 4
         assert seq_after == seq, "a start or a finish read the whole executions table"
         # each finds its row through the key (an index read whole would fetch every row)
@@ -689,23 +695,18 @@ def test_reads_by_key_are_planned_for_the_table_as_it_now_is(pg_url: str) -> Non
     whole table once it has grown (until autovacuum analyses it): every read is planned for the
     table as it now is."""
     with _store(pg_url) as store, psycopg.connect(pg_url, autocommit=True) as side:
-        side.execute("ALTER TABLE taskengine.executions SET (autovacuum_enabled = false)")
+        side.execute(_NO_AUTOVACUUM)
         ch, writer, tasks = _with_tasks(store, 2)
         fresh = [_pending(t, 0) for t in tasks]
         writer.write([ch.assign(ex, with_counter=False) for ex in fresh])
         keys = [(ex.task_id, ex.id) for ex in fresh]
         for _ in range(20):  # prepared, and planned again and again, on a table of two rows
             assert len(store.read_executions(keys)) == 2
-        side.execute("INSERT INTO taskengine.executions (task_id, idx, id, status, record) "
-                     "SELECT 'other', g, 'x' || g, 'S', '\\x00' FROM generate_series(0, 19999) AS g")
+        side.execute(_GROW)
 
         def scans() -> int:
             with store._pool.connection() as conn:  # the pool's one connection: a single reader
-                conn.execute("SELECT pg_stat_force_next_flush()")
-            side.execute("SELECT pg_stat_clear_snapshot()")
-            row = side.execute("SELECT seq_scan FROM pg_stat_user_tables "
-                               "WHERE relid = 'taskengine.executions'::regclass").fetchone()
-            return int(row[0])
+                return _scans(side, conn)[0]
 
         before = scans()
         assert len(store.read_executions(keys)) == 2
