@@ -260,17 +260,49 @@ class CounterActor(TurnActor):
             if self._hooks.active:
                 self._note(hooks.TRIGGER, ex)
             return
-        ops = self._changes.assign(ex, with_counter=False)  # before any state changes
+        item = m.WorkItem(ex, st.task.job, st.task.incarnation)
+        work = self._refs.work
+        # an idle executor (so nothing is queued) and nothing queued ahead of it in this turn:
+        # started in this same write, see _start_now
+        running = records.started(ex, time.time()) if (
+            work is not None and work.any_idle and not self._turn.submits) else None
+        # before any state changes
+        ops = self._changes.assign(ex if running is None else running, with_counter=False, started=running is not None)
         self._reserve(ex.id)
+        if running is not None and not self._start_now(st, item, running):
+            ops = self._changes.assign(ex, with_counter=False)  # the executor was taken meanwhile
+            running = None
         self.triggered += 1
         self._advance(st)
-        self._turn.pending.append((ex.task_id, ex.id, index))
-        self._turn.submits.append(m.WorkItem(ex, st.task.job, st.task.incarnation))
+        if running is None:
+            self._turn.pending.append((ex.task_id, ex.id, index))
+            self._turn.submits.append(item)
         self._write(ops, msg.reply, lambda: ex)
         if self._hooks.active:
             self._note(hooks.TRIGGER, ex)
+            if running is not None:
+                self._note(hooks.START, running)
         if key is not None:
             self._remember_key(st, key, ex.id)
+
+    def _start_now(self, st: TaskState, item: m.WorkItem, running: Execution) -> bool:
+        """Start a non-blocking execution in its trigger's write, on an executor that waits for
+        work: it saves the execution the start's own write and round trip (the executor asks no
+        one: the pending store is told it is claimed, in the same message that lists it). Its
+        RUNNING record is durable when the executor is told to run it, as a start's is when
+        the start is answered. False if no executor is idle."""
+        work = self._refs.work
+        assert work is not None
+        reserved = work.reserve(item)
+        if reserved is None:
+            return False
+        ref, _, token = reserved
+        self._undo(functools.partial(work.release, ref, token))
+        self._release(running.id)  # it leaves the backlog as it starts
+        st.running[running.id] = (token, running)
+        self._turn.claimed.append((running.task_id, running.id, cast(int, running.index)))
+        self._turn.direct.append((st, ref, item, token, running))
+        return True
 
     def _repeat(self, st: TaskState, msg: m.Trigger, existing: str) -> Callable[[], Execution]:
         """The answer to an idempotent repeat. A blocking repeat's caller waits on its own id;

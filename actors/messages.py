@@ -199,6 +199,7 @@ class CounterStats:
 @attrs.define
 class AddPending:
     entries: list[tuple[str, str, int]]  # (task id, execution id, index), on disk already
+    claimed: bool = False  # started at their trigger (see Run.started): claimed already
 
 
 @attrs.define
@@ -266,8 +267,13 @@ class Submit:
 
 @attrs.define
 class Run:
+    """Run ``item``; ``started`` is set when the counter actor started it in its trigger's write
+    (an idle executor was waiting): its RUNNING record is durable, and the executor runs the job
+    without asking for a start."""
+
     item: WorkItem
     token: int
+    started: tuple[Execution, Task] | None = None
 
 
 @attrs.define

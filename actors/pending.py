@@ -33,7 +33,7 @@ class PendingStore(EngineActor):
         if type(message) is m.ClaimThenStart:  # one per execution: asked first
             self._claim_then_start(message)
         elif isinstance(message, m.AddPending):
-            self._add(message.entries)
+            self._add(message.entries, message.claimed)
         elif isinstance(message, m.AddUnknown):
             unknown = [e for e in message.entries if (e[0], e[1]) not in self._claimed]
             return self._add(unknown[:message.limit])
@@ -58,11 +58,11 @@ class PendingStore(EngineActor):
     def on_stop(self) -> None:
         self._refs.on_stop()
 
-    def _add(self, entries: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    def _add(self, entries: list[tuple[str, str, int]], claimed: bool = False) -> list[tuple[str, str, int]]:
         """An entry held already keeps its state: one found in the database (AddUnknown) and
-        added by its own trigger's turn too is claimed once."""
+        added by its own trigger's turn too is claimed once. ``claimed``: started by the trigger."""
         for task_id, execution_id, _ in entries:
-            self._claimed.setdefault((task_id, execution_id), False)
+            self._claimed.setdefault((task_id, execution_id), claimed)
             self._by_task.setdefault(task_id, set()).add(execution_id)
         return entries
 

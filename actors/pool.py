@@ -16,7 +16,7 @@ from typing import Any
 
 import pykka
 
-from taskengine.storage import ExecutionStatus, records
+from taskengine.storage import Execution, ExecutionStatus, Task, records
 
 from . import messages as m
 from .board import CompletionBoard
@@ -237,9 +237,15 @@ class Executor(EngineActor):
         urn = self.actor_urn
         run: tuple[m.WorkItem, int] | None = (message.item, message.token)
         finish: m.Finish | None = None
+        started = message.started
+        if started is not None and not self._work.holds(urn, message.token):
+            started, run = None, None  # given up on (a job timeout) before it could run: failed already
         while run is not None:
             item, token = run
-            finish = self._run(item, token, finish)
+            if started is not None:
+                finish, started = self._run_job(item, token, *started), None
+            else:
+                finish = self._run(item, token, finish)
             run = self._work.next_for(urn, token, only_if_any=finish is not None)
             if run is None and finish is not None:
                 self._send_finish(finish)
@@ -292,9 +298,14 @@ class Executor(EngineActor):
                 tell_if_alive(pending, m.RemovePending([(ex.task_id, ex.id)]))
             return None
         running, task = started
+        return self._run_job(item, token, running, task)
+
+    def _run_job(self, item: m.WorkItem, token: int, running: Execution, task: Task) -> m.Finish:
+        """Run the job of ``running``, whose RUNNING record is durable; returns its Finish."""
         fn = self._jobs.get(item.job)
         assert fn is not None  # the pool only dispatches registered jobs, and jobs are never removed
         # a blocking item is a ticket for the task's oldest queued blocking execution: run what started
+        assert running.index is not None  # a started execution has its index
         ctx = JobContext(
             task_id=running.task_id, execution_id=running.id, index=running.index, config=task.config,
             data=running.data,

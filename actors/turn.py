@@ -59,15 +59,18 @@ Outcome = Callable[[], Any]
 class Turn:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
-    __slots__ = ("changes", "answers", "pending", "removed", "submits", "deleted", "keys", "counted", "events",
-                 "soft", "locked", "saved", "undo", "again")
+    __slots__ = ("changes", "answers", "pending", "claimed", "removed", "submits", "direct", "deleted", "keys",
+                 "counted", "events", "soft", "locked", "saved", "undo", "again")
 
     def __init__(self) -> None:
         self.changes: list[Change] = []
         self.answers: list[tuple[Reply[Any] | None, Outcome]] = []  # in the order the messages came
         self.pending: list[tuple[str, str, int]] = []
+        self.claimed: list[tuple[str, str, int]] = []  # pending entries started by their trigger
         self.removed: list[tuple[str, str]] = []  # pending entries whose execution finished
         self.submits: list[m.WorkItem] = []
+        # started by their trigger, on an executor reserved for them (CounterActor._start_now)
+        self.direct: list[tuple[TaskState, Any, m.WorkItem, int, Execution]] = []
         self.deleted: list[str] = []  # tombstones to drop once their deletion is written
         self.keys: list[tuple[TaskState, str]] = []  # idempotency keys to forget once written
         self.counted: dict[int, TaskState] = {}  # tasks that handed out indexes: one counter put each
@@ -322,10 +325,11 @@ class TurnActor(EngineActor):
                     self._missed(turn, missed)
             except TasksChanged:
                 turn.again = True  # nothing of it was written, nobody is answered yet
-                return False
+                return False  # (its undo list gives its reserved executors back)
             except _StorageError as e:
                 # the in-memory counters are now ahead of the disk; the committer writes nothing
                 # more, and every caller of this turn and every waiter is told so
+                self._unreserve(turn.direct)
                 for reply, _ in turn.answers:
                     m.fail(reply, _fresh(e))
                 self._stop_everything()
@@ -337,8 +341,12 @@ class TurnActor(EngineActor):
         refs = self._refs
         if turn.pending:  # before any answer, so a cancel can always claim what it was told of
             tell_if_alive(refs.pending, m.AddPending(turn.pending))
+        if turn.claimed:  # before their runs, whose finishes remove them
+            tell_if_alive(refs.pending, m.AddPending(turn.claimed, claimed=True))
         if turn.removed:
             tell_if_alive(refs.pending, m.RemovePending(turn.removed))
+        if turn.direct:
+            self._run_started(turn.direct)
         if turn.submits:
             self._submit(turn.submits)
         for reply, outcome in turn.answers:
@@ -351,6 +359,22 @@ class TurnActor(EngineActor):
             else:
                 m.answer(reply, value)
         return True
+
+    def _run_started(self, direct: list[tuple[TaskState, Any, m.WorkItem, int, Execution]]) -> None:
+        """Executions started by their trigger's write, now durable: each reserved executor is
+        told to run its one (one whose task was deleted later in the turn gives its executor back;
+        one that died meanwhile is the pool's to replace, and its Abandon fails the execution)."""
+        for st, ref, item, token, running in direct:
+            if st.deleted:
+                self._unreserve([(st, ref, item, token, running)])
+            else:
+                tell_if_alive(ref, m.Run(item, token, (running, st.task)))
+
+    def _unreserve(self, direct: list[tuple[TaskState, Any, m.WorkItem, int, Execution]]) -> None:
+        work = self._refs.work
+        if work is not None:
+            for _, ref, _, token, _ in direct:
+                work.release(ref, token)
 
     def _submit(self, items: list[m.WorkItem]) -> None:
         """Ready work goes straight to the pool's queue, waking idle executors from this thread;

@@ -52,6 +52,7 @@ class WorkQueue:
         self._slots: dict[str, Slot] = {}
         self._tokens = itertools.count(1)
         self._closed = False
+        self._idle = 0  # slots idle and not abandoned: a hint read without the lock
         self._job_timeout = job_timeout
         self._on_expired = on_expired
         self._deadlines = Deadlines() if job_timeout is not None else None
@@ -60,6 +61,7 @@ class WorkQueue:
         """A new executor, idle until it is given a run."""
         with self._lock:
             self._slots[urn] = Slot(ref=ref)
+            self._idle += 1
 
     def offer(self, items: Iterable[m.WorkItem]) -> list[Wake]:
         """Queue ``items`` (nothing once closed) and hand what is queued to idle executors: the
@@ -76,6 +78,41 @@ class WorkQueue:
                     if not self._items:
                         break
             return wakes
+
+    @property
+    def any_idle(self) -> bool:
+        """An executor waits for work (read without the lock: a hint, :meth:`reserve` decides)."""
+        return self._idle > 0
+
+    def reserve(self, item: m.WorkItem) -> Wake | None:
+        """Hand ``item`` to an idle executor now, ahead of the queue (which is empty while an
+        executor is idle), or None if there is none: the caller starts it and tells the ref
+        ``Run(item, token, started)`` once the start is durable, or :meth:`release`\ s it."""
+        with self._lock:
+            if self._closed or self._idle == 0:
+                return None
+            for urn, slot in self._slots.items():
+                if slot.idle and not slot.abandoned:
+                    self._items.appendleft(item)
+                    return (slot.ref, *self._assign(urn, slot))
+            return None
+
+    def release(self, urn_ref: Any, token: int) -> None:
+        """A reservation whose start was not written: the executor turns idle again, and any
+        work queued meanwhile waits for the next wake-up."""
+        with self._lock:
+            for slot in self._slots.values():
+                if slot.ref is urn_ref and slot.token == token and slot.item is not None:
+                    self._clear(slot)
+                    slot.idle = True
+                    self._idle += 1
+                    return
+
+    def holds(self, urn: str, token: int) -> bool:
+        """The executor ``urn`` still holds the run ``token`` (not given up on meanwhile)."""
+        with self._lock:
+            slot = self._slots.get(urn)
+            return slot is not None and slot.token == token and not slot.abandoned
 
     def idle_refs(self) -> list[Any]:
         with self._lock:
@@ -94,6 +131,7 @@ class WorkQueue:
                 if not only_if_any:
                     self._clear(slot)
                     slot.idle = True
+                    self._idle += 1
                 return None
             self._clear(slot)
             return self._assign(urn, slot)
@@ -101,6 +139,8 @@ class WorkQueue:
     def _assign(self, urn: str, slot: Slot) -> tuple[m.WorkItem, int]:
         item = slot.item = self._items.popleft()
         slot.token = token = next(self._tokens)
+        if slot.idle:
+            self._idle -= 1
         slot.idle = False
         if self._deadlines is not None and self._job_timeout is not None:
             on_expired = self._on_expired
@@ -117,6 +157,8 @@ class WorkQueue:
             if token is not None and (slot.item is None or slot.token != token):
                 self._slots[urn] = slot  # a late timeout of a run that finished: nothing to do
                 return None
+            if slot.idle:
+                self._idle -= 1
             slot.abandoned = True
             running = (slot.item, slot.token) if slot.item is not None else None
             self._clear(slot)

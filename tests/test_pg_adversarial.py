@@ -298,19 +298,31 @@ def test_cancel_elsewhere_of_a_running_execution_and_a_wait_for_a_cancel_elsewhe
 def test_cancels_on_one_node_race_starts_on_another(make_engine: Any, pg_url: str) -> None:
     """Node a triggers executions and starts them at once (8 workers) while node b cancels each
     as soon as it is acknowledged: each is either cancelled and never runs, or runs exactly once
-    and b's cancel returns it RUNNING or finished; what b was told is what is stored."""
+    and b's cancel returns it RUNNING or finished; what b was told is what is stored. a's
+    executors are held at first, so its triggers make PENDING executions (an idle executor's
+    would start in the trigger's own write), and let go a third of the way: the queue they
+    then drain races b's cancels."""
     import queue
 
-    rec = Recorder()
-    a = make_engine(pg_url, jobs={"rec": rec}, workers=8, node_id="a", node_lease=LEASE)
+    from engine_helpers import Gate
+
+    rec, hold = Recorder(), Gate()
+    workers = 8
+    a = make_engine(pg_url, jobs={"rec": rec, "hold": hold}, workers=workers, node_id="a", node_lease=LEASE)
     b = make_engine(pg_url, node_id="b", node_lease=LEASE)
     a.create_task("t", job="rec")
+    a.create_task("busy", job="hold")
+    for _ in range(workers):
+        a.trigger("busy")
+    assert hold.wait_calls(workers)
     acked: queue.SimpleQueue[str | None] = queue.SimpleQueue()
     n = 150
 
     def role(i: int) -> list[Any]:
         if i == 0:
-            for _ in range(n):
+            for k in range(n):
+                if k == n // 3:
+                    hold.release()
                 acked.put(a.trigger("t").id)
             for _ in range(3):
                 acked.put(None)

@@ -157,6 +157,22 @@ def test_every_waiter_is_answered_after_a_failed_write(shim, tmp_path, fault):
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("fault", ["write:40:ENOSPC", "sync:40:EIO"])
+def test_executors_held_for_starts_in_a_failed_write_are_let_go(shim, tmp_path, fault):
+    """A trigger's write that would have started its execution on an idle executor fails: the
+    executor held for it runs nothing and is free again (a close waits for busy executors)."""
+    run = run_child(shim, tmp_path, "started", fault)
+    assert run.acks and len(run.failed) == 1, run.lines
+    assert run.stats["write_failure"] and run.stats["running"] == 0, run.stats
+    assert run.line("CLOSED"), run.lines
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    check_db(str(tmp_path / "db"))
+    with Engine.open(str(tmp_path / "db"), jobs={"j": lambda ctx: None}) as engine:
+        for task, eid, index in run.acks:  # started and finished, or interrupted: never lost
+            assert engine.get_execution(task, eid).index == index
+
+
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("fault", [f"write:{n}:ENOSPC" for n in range(1, 7)] + ["sync:1:EIO", "sync:2:ENOSPC"])
 def test_a_failed_write_while_creating_a_database_is_a_taskengine_error(shim, tmp_path, fault):
     run = run_child(shim, tmp_path, "open", fault)

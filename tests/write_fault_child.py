@@ -20,6 +20,10 @@ Scenarios:
   long timeout, and ``wait()`` with no timeout on an acknowledged PENDING execution, all
   queued behind it with more work; then triggers until a write fails. Every waiter must be
   answered; then the gate opens and the freed worker must not churn through the queued work.
+- ``started``: four idle workers and no-op jobs, one caller: each trigger's write starts its
+  execution on an idle executor (held for it until the write is durable); triggers until a write
+  fails. The executors held for the failed write must be let go: ``running`` falls to 0 and the
+  engine closes (``CLOSED``).
 - ``open``: create a new database (``OPENED``, or ``OPENFAIL <exception class> <message>``).
 """
 
@@ -143,6 +147,25 @@ def waiters(path: str) -> None:
     say("CLOSED")
 
 
+def started(path: str) -> None:
+    engine = Engine.open(path, jobs={"j": job}, workers=4)
+    engine.create_task("s", job="j")
+    say("READY")
+    try:
+        while True:
+            ex = engine.trigger("s")
+            say("ACK", "s", ex.id, ex.index)
+    except errors.StorageError as e:
+        say("FAILED", "s", "-", int(getattr(e, "outcome_unknown", False)), str(e).replace("\n", " "))
+    for _ in range(1000):
+        if not engine.stats().running:
+            break
+        threading.Event().wait(0.01)
+    say("STATS", json.dumps(engine.stats().to_json()))
+    engine.close(timeout=20)
+    say("CLOSED")
+
+
 def open_new(path: str) -> None:
     try:
         Engine.open(path).close()
@@ -155,7 +178,7 @@ def open_new(path: str) -> None:
 def main() -> None:
     scenario, path = sys.argv[1], sys.argv[2]
     try:
-        {"acks": acks, "waiters": waiters, "open": open_new}[scenario](path)
+        {"acks": acks, "waiters": waiters, "started": started, "open": open_new}[scenario](path)
     except Exception:  # noqa: BLE001 - the test shows it
         say("CRASH", traceback.format_exc().replace("\n", " | "))
     say("DONE")
