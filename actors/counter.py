@@ -40,6 +40,7 @@ from .mailbox import Reply
 from .refs import ActorRefs, tell_if_alive
 from .taskstate import PRUNE_SCHEDULED, TaskState
 from .turn import Outcome, Turn, TurnActor
+from .workqueue import give_back
 
 log = logging.getLogger(__name__)
 
@@ -297,10 +298,9 @@ class CounterActor(TurnActor):
         if reserved is None:
             return False
         ref, _, token = reserved
-        self._undo(functools.partial(work.release, ref, token))
+        self._undo(functools.partial(give_back, work, self._refs.pool, ref, token))
         self._release(running.id)  # it leaves the backlog as it starts
         st.running[running.id] = (token, running)
-        self._turn.claimed.append((running.task_id, running.id, cast(int, running.index)))
         self._turn.direct.append((st, ref, item, token, running))
         return True
 

@@ -46,7 +46,7 @@ from .jobs import JobRegistry
 from .mailbox import EngineActor, Reply
 from .refs import ActorRefs, tell_if_alive
 from .taskstate import TaskState
-from .workqueue import wake
+from .workqueue import give_back, wake
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,13 @@ Outcome = Callable[[], Any]
 class Turn:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
-    __slots__ = ("changes", "answers", "pending", "claimed", "removed", "submits", "direct", "deleted", "keys",
+    __slots__ = ("changes", "answers", "pending", "removed", "submits", "direct", "deleted", "keys",
                  "counted", "events", "soft", "locked", "saved", "undo", "again")
 
     def __init__(self) -> None:
         self.changes: list[Change] = []
         self.answers: list[tuple[Reply[Any] | None, Outcome]] = []  # in the order the messages came
         self.pending: list[tuple[str, str, int]] = []
-        self.claimed: list[tuple[str, str, int]] = []  # pending entries started by their trigger
         self.removed: list[tuple[str, str]] = []  # pending entries whose execution finished
         self.submits: list[m.WorkItem] = []
         # started by their trigger, on an executor reserved for them (CounterActor._start_now)
@@ -341,8 +340,11 @@ class TurnActor(EngineActor):
         refs = self._refs
         if turn.pending:  # before any answer, so a cancel can always claim what it was told of
             tell_if_alive(refs.pending, m.AddPending(turn.pending))
-        if turn.claimed:  # before their runs, whose finishes remove them
-            tell_if_alive(refs.pending, m.AddPending(turn.claimed, claimed=True))
+        # before their runs, whose finishes remove them; not those whose task this turn deleted
+        # (no run would ever remove their entries)
+        claimed = [(r.task_id, r.id, cast(int, r.index)) for st, _, _, _, r in turn.direct if not st.deleted]
+        if claimed:
+            tell_if_alive(refs.pending, m.AddPending(claimed, claimed=True))
         if turn.removed:
             tell_if_alive(refs.pending, m.RemovePending(turn.removed))
         if turn.direct:
@@ -374,7 +376,7 @@ class TurnActor(EngineActor):
         work = self._refs.work
         if work is not None:
             for _, ref, _, token, _ in direct:
-                work.release(ref, token)
+                give_back(work, self._refs.pool, ref, token)
 
     def _submit(self, items: list[m.WorkItem]) -> None:
         """Ready work goes straight to the pool's queue, waking idle executors from this thread;

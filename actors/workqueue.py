@@ -85,28 +85,35 @@ class WorkQueue:
         return self._idle > 0
 
     def reserve(self, item: m.WorkItem) -> Wake | None:
-        """Hand ``item`` to an idle executor now, ahead of the queue (which is empty while an
-        executor is idle), or None if there is none: the caller starts it and tells the ref
-        ``Run(item, token, started)`` once the start is durable, or :meth:`release`\ s it."""
+        """Hand ``item`` to an idle executor now, or None if there is none or something is
+        queued: the caller starts it and tells the ref ``Run(item, token, started)`` once the
+        start is durable, or gives it back (:func:`give_back`)."""
         with self._lock:
-            if self._closed or self._idle == 0:
+            # queued work with an executor idle (a new one the pool has not fed yet): the item
+            # goes behind it, so it never overtakes an execution queued earlier
+            if self._closed or self._idle == 0 or self._items:
                 return None
             for urn, slot in self._slots.items():
                 if slot.idle and not slot.abandoned:
-                    self._items.appendleft(item)
+                    self._items.append(item)
                     return (slot.ref, *self._assign(urn, slot))
             return None
 
-    def release(self, urn_ref: Any, token: int) -> None:
-        """A reservation whose start was not written: the executor turns idle again, and any
-        work queued meanwhile waits for the next wake-up."""
+    def release(self, ref: Any, token: int) -> tuple[str, Wake | None] | None:
+        """A reservation whose start was not written (or is not to run): the executor turns idle
+        again and takes what was queued while it was held (no one else wakes it for that), a Wake
+        for the caller to tell. Returns its urn and that Wake, or None if it no longer holds
+        ``token`` (given up on meanwhile). See :func:`give_back`."""
         with self._lock:
-            for slot in self._slots.values():
-                if slot.ref is urn_ref and slot.token == token and slot.item is not None:
+            for urn, slot in self._slots.items():
+                if slot.ref is ref and slot.token == token and slot.item is not None:
                     self._clear(slot)
                     slot.idle = True
                     self._idle += 1
-                    return
+                    if self._items and not self._closed:
+                        return urn, (slot.ref, *self._assign(urn, slot))
+                    return urn, None
+            return None
 
     def holds(self, urn: str, token: int) -> bool:
         """The executor ``urn`` still holds the run ``token`` (not given up on meanwhile)."""
@@ -199,3 +206,17 @@ def wake(work: WorkQueue, items: Iterable[m.WorkItem]) -> None:
     """Queue ``items`` on ``work`` and tell each idle executor it hands them to to run one."""
     for ref, item, token in work.offer(items):
         tell_if_alive(ref, m.Run(item, token))
+
+
+def give_back(work: WorkQueue, pool: Any, ref: Any, token: int) -> None:
+    """An executor held for a start (:meth:`WorkQueue.reserve`) that will not run it is free
+    again: it runs what was queued meanwhile, or, while the pool drains (it waits for busy
+    slots and hears of nothing else turning idle), the pool is told it is idle."""
+    released = work.release(ref, token)
+    if released is None:
+        return
+    urn, woken = released
+    if woken is not None:
+        tell_if_alive(ref, m.Run(woken[1], woken[2]))
+    elif work.closed:
+        tell_if_alive(pool, m.ExecutorIdle(urn))
