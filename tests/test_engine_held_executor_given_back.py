@@ -65,6 +65,29 @@ def _one_turn_trigger_and_delete(engine: Any, blocker: Blocker, x: str, blocked_
     return future, deleter
 
 
+def _queued_while_an_executor_is_held_then_given_back(engine: Any) -> tuple[str, Any]:
+    """One worker, two counter actors: a trigger of task x holds the only executor (its turn
+    written, its counter actor held in x's on_trigger hook) while the other counter actor queues
+    an execution of task y; then x's turn, which also deleted x, gives the executor back.
+    Returns y and its queued execution."""
+    c0 = engine._refs.counters[0]
+    x, blocked_on = _ids_on(engine, c0, other=False, n=2)
+    (y,) = _ids_on(engine, c0, other=True)
+    blocker = Blocker(hold_task=x)
+    engine.add_hooks(blocker)
+    for t in (x, y):
+        engine.create_task(t, job="j")
+    future, deleter = _one_turn_trigger_and_delete(engine, blocker, x, blocked_on)
+    assert blocker.in_trigger.wait(WAIT)
+    assert not engine._refs.work.any_idle
+    queued = engine.trigger(y)  # another counter actor: no executor idle, so it is queued
+    assert engine.get_execution(y, queued.id).status is ExecutionStatus.PENDING
+    blocker.trigger_go.set()
+    future.get(timeout=WAIT)
+    deleter.join(WAIT)
+    return y, queued
+
+
 @pytest.mark.timeout(60)
 def test_trigger_and_delete_in_one_turn_leave_no_pending_entry(make_engine: Any, store: str) -> None:
     """The execution started by its trigger is listed in the pending store as claimed; its task
@@ -96,22 +119,7 @@ def test_executor_given_back_after_same_turn_delete_takes_what_was_queued_meanwh
     executor back: it must take the queued execution, not sit idle beside it."""
     rec = Recorder()
     engine = make_engine(store, jobs={"j": rec}, workers=1, counter_actors=2, hooks=[])
-    c0 = engine._refs.counters[0]
-    x, blocked_on = _ids_on(engine, c0, other=False, n=2)
-    (y,) = _ids_on(engine, c0, other=True)
-    blocker = Blocker(hold_task=x)
-    engine.add_hooks(blocker)
-    for t in (x, y):
-        engine.create_task(t, job="j")
-    future, deleter = _one_turn_trigger_and_delete(engine, blocker, x, blocked_on)
-    # x's turn is written and its executor held; its counter waits in x's on_trigger hook
-    assert blocker.in_trigger.wait(WAIT)
-    assert not engine._refs.work.any_idle
-    queued = engine.trigger(y)  # another counter actor: no executor idle, so it is queued
-    assert engine.get_execution(y, queued.id).status is ExecutionStatus.PENDING
-    blocker.trigger_go.set()
-    future.get(timeout=WAIT)
-    deleter.join(WAIT)
+    y, queued = _queued_while_an_executor_is_held_then_given_back(engine)
     try:
         done = engine.wait(y, queued.id, timeout=5)
     except Exception as e:  # noqa: BLE001
@@ -127,25 +135,11 @@ def test_direct_start_does_not_overtake_an_execution_queued_earlier(make_engine:
     index) must run first (queued executions run in index order, tests/test_queue_order.py)."""
     rec = Recorder()
     engine = make_engine(db_path, jobs={"j": rec}, workers=1, counter_actors=2, hooks=[])
-    c0 = engine._refs.counters[0]
-    x, blocked_on = _ids_on(engine, c0, other=False, n=2)
-    (y,) = _ids_on(engine, c0, other=True)
-    blocker = Blocker(hold_task=x)
-    engine.add_hooks(blocker)
-    for t in (x, y):
-        engine.create_task(t, job="j")
-    future, deleter = _one_turn_trigger_and_delete(engine, blocker, x, blocked_on)
-    assert blocker.in_trigger.wait(WAIT)
-    first = engine.trigger(y)  # queued: the only executor is held
-    blocker.trigger_go.set()
-    future.get(timeout=WAIT)
-    deleter.join(WAIT)
+    y, first = _queued_while_an_executor_is_held_then_given_back(engine)
     second = engine.trigger(y)
     for ex in (first, second):
         engine.wait(y, ex.id, timeout=WAIT)
     assert rec.ids() == [first.id, second.id], "index 1 ran before index 0 of the same task"
-
-
 
 
 @pytest.mark.timeout(90)
