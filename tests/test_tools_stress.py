@@ -405,6 +405,43 @@ def test_final_check_flags_lost_and_moved_executions(tmp_path: Path) -> None:
     assert len(violations) == 2, violations
 
 
+@pytest.mark.timeout(60)
+def test_the_final_checks_deadline_is_renewed_while_the_engine_finishes_executions(make_engine: Any,
+                                                                                    tmp_path: Path) -> None:
+    """The check's deadline runs out while the engine still finishes executions: it is renewed
+    (the awaited one finishes in the renewed time), and again while the last renewal brought
+    progress; with no progress since, the wait gives up (ExecutionTimeout)."""
+    from engine_helpers import WAIT, Gate
+    from taskengine import ExecutionStatus
+    from taskengine.errors import ExecutionTimeout
+    from taskengine.tools.stress.check import _Deadline
+
+    gates = {name: Gate() for name in ("x", "y", "z")}
+    engine = make_engine(str(tmp_path / "db"), jobs=gates, workers=3)
+    held = {}
+    for name in gates:
+        engine.create_task(name, job=name)
+        held[name] = engine.trigger(name)
+        assert gates[name].wait_calls(1)
+    deadline = _Deadline(engine, timeout=1.0)
+    gates["y"].release()  # progress: y finishes while x is waited for
+    assert engine.wait("y", held["y"].id, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    renew = deadline._renew
+
+    def renew_then_let_x_go() -> bool:
+        renewed = renew()
+        if renewed:
+            gates["x"].release()
+        return renewed
+
+    deadline._renew = renew_then_let_x_go  # type: ignore[method-assign]
+    assert deadline.wait("x", held["x"].id).status is ExecutionStatus.SUCCESS  # in the renewed time
+    assert deadline.renewals == 1
+    with pytest.raises(ExecutionTimeout):  # renewed once more (x finished), then nothing finishes
+        deadline.wait("z", held["z"].id)
+    assert deadline.renewals == 2
+
+
 @pytest.mark.timeout(30)
 def test_the_prune_mark_check_answers_only_what_it_read(tmp_path: Path) -> None:
     """pruned_past: True below the mark, False above it or for a task that is gone; an engine

@@ -197,13 +197,15 @@ def final_check(
     unfinished execution of the tasks, so nothing is left live. Violations go to the ledger.
 
     Without ``crashes`` (an in-process run, closed with ``engine.close()``, which waits for
-    running jobs) an execution finished as interrupted is a violation too. ``diagnose`` is told
-    of each execution still unfinished when the check's time is up, at that moment (the waits
-    share one deadline: a message says how long the check waited for that execution itself), or
-    when the check's engine cannot wait for it (it stopped writing: on a loaded machine it can
-    lose its lease too), which is then a violation, not an exception out of the check."""
-    started = time.monotonic()
-    deadline = started + timeout
+    running jobs) an execution finished as interrupted is a violation too. The waits share one
+    deadline, ``timeout`` seconds, renewed while the engine goes on finishing executions (see
+    :class:`_Deadline`). ``diagnose`` is told of each execution still unfinished when the
+    check's time is up, at that moment (a message says how long the check waited for that
+    execution itself), or when the check's engine cannot wait for it (it stopped writing: on a
+    loaded machine it can lose its lease too), which is then a violation, not an exception out
+    of the check."""
+    deadline = _Deadline(engine, timeout)
+    started = deadline.started
     gave_up = _GaveUp(engine, started, deadline, diagnose)
     counts: dict[str, int] = dict.fromkeys(
         ("checked", "success", "failed", "interrupted", "deleted", "pruned", "waited", "idempotent_rechecked"), 0
@@ -228,7 +230,7 @@ def final_check(
             if not ex.status.is_finished:
                 counts["waited"] += 1
                 began = time.monotonic()
-                ex = engine.wait(ack.task, ack.id, timeout=max(0.0, deadline - began))
+                ex = deadline.wait(ack.task, ack.id)
                 if ex.index != ack.index:
                     violation(f"{where}: finished with index {ex.index}")
         except (TaskNotFound, ExecutionNotFound) as e:
@@ -241,7 +243,7 @@ def final_check(
                 violation(f"{where}: lost after the run ({e})")
             continue
         except ExecutionTimeout:
-            violation(f"{where}: still unfinished {timeout:.0f} s after the engine was reopened "
+            violation(f"{where}: still unfinished {deadline.spent():.0f} s after the engine was reopened "
                       f"({gave_up(ack.task, ack.id, began)})")
             continue
         except EngineError as e:  # the check's own engine stopped (it lost its lease on a loaded machine)
@@ -280,7 +282,7 @@ def final_check(
                 f"idempotency key {ack.key!r} of {ack.task!r}: acknowledged execution {ack.id} (index "
                 f"{ack.index}), a repeat after the run answered {again.id} (index {again.index})"
             )
-    unacked = _finish_live(engine, tasks, gave_up, timeout, violation)
+    unacked = _finish_live(engine, tasks, gave_up, violation)
     return FinalCheck(
         **counts, unacknowledged_waited=unacked, seconds=time.monotonic() - started
     )
@@ -297,10 +299,55 @@ def pruned_past(engine: Engine, task: str, index: int) -> bool:
         return False
 
 
+class _Deadline:
+    """The final check's time: ``timeout`` seconds, renewed for another ``timeout`` each time it
+    runs out while the engine has finished executions since the last renewal (a slow engine on a
+    loaded machine is still working through what the run left; a stuck one finishes nothing),
+    and never past ``RENEWALS`` renewals, so the check stays bounded."""
+
+    RENEWALS = 4
+
+    def __init__(self, engine: Engine, timeout: float) -> None:
+        self.engine = engine
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.at = self.started + timeout
+        self.renewals = 0
+        self.finished = self._finished()
+
+    def wait(self, task: str, execution_id: str) -> Execution:
+        """``engine.wait`` for the execution until the deadline, renewed while there is progress;
+        ExecutionTimeout once there is none."""
+        while True:
+            try:
+                return self.engine.wait(task, execution_id, timeout=max(0.0, self.at - time.monotonic()))
+            except ExecutionTimeout:
+                if not self._renew():
+                    raise
+
+    def spent(self) -> float:
+        return time.monotonic() - self.started
+
+    def _renew(self) -> bool:
+        finished = self._finished()
+        if self.renewals >= self.RENEWALS or finished <= self.finished:
+            return False
+        self.renewals += 1
+        self.finished = finished
+        self.at = time.monotonic() + self.timeout
+        return True
+
+    def _finished(self) -> int:
+        try:
+            return self.engine.stats().finished
+        except EngineError:
+            return -1
+
+
 class _GaveUp:
     """What the final check says of an execution it gave up waiting for, having told ``diagnose``."""
 
-    def __init__(self, engine: Engine, started: float, deadline: float, diagnose: Diagnose | None) -> None:
+    def __init__(self, engine: Engine, started: float, deadline: _Deadline, diagnose: Diagnose | None) -> None:
         self.engine = engine
         self.started = started
         self.deadline = deadline
@@ -318,7 +365,7 @@ class _GaveUp:
         return f"{said}; diagnostics follow the report" if self.diagnose is not None else said
 
 
-def _finish_live(engine: Engine, tasks: list[str], gave_up: _GaveUp, timeout: float, violation: Any) -> int:
+def _finish_live(engine: Engine, tasks: list[str], gave_up: _GaveUp, violation: Any) -> int:
     """Wait for every unfinished execution of the workload's tasks (crashes cut triggers whose
     executions nobody was told about; they must finish too). Returns how many were waited for."""
     deadline = gave_up.deadline
@@ -336,11 +383,11 @@ def _finish_live(engine: Engine, tasks: list[str], gave_up: _GaveUp, timeout: fl
                 waited += 1
                 began = time.monotonic()
                 try:
-                    engine.wait(task, ex.id, timeout=max(0.0, deadline - began))
+                    deadline.wait(task, ex.id)
                 except ExecutionTimeout:
                     violation(
                         f"execution {ex.id} of {task!r} (index {ex.index}) still {ex.status} "
-                        f"{timeout:.0f} s after the engine was reopened ({gave_up(task, ex.id, began)})"
+                        f"{deadline.spent():.0f} s after the engine was reopened ({gave_up(task, ex.id, began)})"
                     )
                 except (TaskNotFound, ExecutionNotFound) as e:
                     violation(f"execution {ex.id} of {task!r} (index {ex.index}) vanished while waited for: {e}")
