@@ -214,6 +214,7 @@ class ExecutorPool(EngineActor):
 class Executor(EngineActor):
     """Runs executions one at a time: claim its index, record it RUNNING, run the job, finish
     it; then takes the next one from the work queue itself, and tells the pool when there is none.
+    An execution its trigger started (``Run.started``) is RUNNING already: its job runs at once.
 
     A job's Finish goes with the Start of the executor's next run when there is one (one message
     and one turn of the counter actor for both); it is sent alone before the executor's slot

@@ -5,7 +5,9 @@ and only an executor that finds nothing is marked idle: a message to the pool an
 one back for every execution would be two thread wake-ups on top of the ones the
 work itself needs. A counter actor whose write made executions ready pushes them
 here and wakes idle executors itself (:meth:`WorkQueue.offer`), so ready work does
-not wait for the pool's thread either. The pool decides everything that is not the
+not wait for the pool's thread either; one that handles a trigger while an executor is
+idle holds that executor for it (:meth:`WorkQueue.reserve`) and starts the execution in
+the trigger's own write. The pool decides everything that is not the
 happy path (parking, timeouts, dead executors, draining), reading the same slots.
 
 A *slot* is what one executor is running: the item, the token that identifies
