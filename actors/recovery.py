@@ -14,7 +14,7 @@ from . import messages as m
 from .backlog import Backlog
 from .errors import ExecutionNotFound, TaskNotFound, storage_errors
 from .mailbox import Reply
-from .refs import ActorRefs
+from .refs import ActorRefs, ask
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ def recover(db: Store, committer: Writer, refs: ActorRefs, backlog: Backlog | No
         backlog.add(execution_id for _, execution_id, _ in pending)
     refs.pending.tell(m.AddPending(pending))  # before the pool can claim them
     refs.pool.tell(m.Submit(items))
+    # answered once the pool has queued them: they are ahead of any trigger made after open (a
+    # trigger on an idle executor would otherwise run first, started by its own write)
+    ask(refs.pool, m.PoolStats())
     for reply in replies:
         try:
             reply.get()

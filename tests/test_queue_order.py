@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from engine_helpers import poll_until
 from taskengine import Engine, JobContext
 
 
@@ -49,3 +50,26 @@ def test_recovered_executions_run_in_index_order(tmp_path: Path) -> None:
             e.wait("t", eid, timeout=10)
         assert e.get_execution("t", held.id).status.value == "FAILED"  # interrupted
     assert rec.order == list(range(1, 13))
+
+
+def test_recovered_executions_run_before_one_triggered_right_after_open(tmp_path: Path) -> None:
+    """What recovery queued at open is ahead of every trigger made after open returns: the new
+    execution (the highest index) runs last, not first on the idle executor."""
+    path = str(tmp_path / "db")
+    blocker = Recorder()
+    e = Engine.open(path, jobs={"job": blocker}, workers=1)
+    e.create_task("t", job="job")
+    e.trigger("t", "hold")
+    ids = [e.trigger("t", i).id for i in range(12)]
+    closer = threading.Thread(target=e.close, daemon=True)  # the held job finishes while it closes:
+    closer.start()  # nothing is left RUNNING, so the reopen waits for no interrupted one
+    # the pool drains: the queued ones stay PENDING on disk, then the held job may finish
+    poll_until("the pool drains", lambda: e._refs.work.closed)
+    blocker.hold.set()
+    closer.join(30)
+    rec = Recorder()
+    with Engine.open(path, jobs={"job": rec}, workers=1) as e:
+        new = e.trigger("t", 99)
+        for eid in [*ids, new.id]:
+            e.wait("t", eid, timeout=10)
+    assert rec.order == list(range(1, 14))
