@@ -217,6 +217,15 @@ def test_probe_e2e_counts_every_kind_of_thread(tmp_path: Path) -> None:
         assert kind in table, proc.stdout
 
 
+def test_probe_start_times_the_answer_and_the_jobs_first_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "taskengine.tools.bench.probe", "start", "--executions", "50"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "50 executions" in proc.stdout and "trigger to job's 1st line p50" in proc.stdout, proc.stdout
+
+
 @pytest.mark.timeout(60)
 def test_a_node_that_never_opens_is_an_error_not_a_hang() -> None:
     """The nodes figure waits for each node process to open its engine: a node whose server never

@@ -12,6 +12,7 @@ Not part of ``taskengine bench`` (its figures stay free of instrumentation). Run
     python -m taskengine.tools.bench.probe floor                          # an ack's round trip and fsync, no engine
     python -m taskengine.tools.bench.probe gil                            # plyvel puts with and without GIL contention
     python -m taskengine.tools.bench.probe turn                           # an execution's Python, on one thread
+    python -m taskengine.tools.bench.probe start --executions 2000        # trigger to the job's first line
     python -m taskengine.tools.bench.probe nodes --backend postgresql://...  # one hot task on one node and on three
 
 It instruments the engine from outside, by wrapping (never editing) a few of its methods:
@@ -595,6 +596,55 @@ def _burst(args: argparse.Namespace, path: str, before_close: Callable[[], None]
     return {"executions": done[0], "rate": done[0] / elapsed, "cpu_percent": round(100 * cpu / elapsed)}
 
 
+def probe_start(args: argparse.Namespace) -> list[str]:
+    """One caller triggering in a row on an idle engine, each execution waited for before the
+    next: the trigger's answer, and the time from ``trigger()`` to the job's first line (an
+    idle executor's execution starts in its trigger's own write). Nothing is instrumented."""
+    from taskengine import Engine
+
+    server = None
+    path = os.path.join(args.workdir, "start")
+    if args.backend:
+        from .postgres import Server
+
+        server = Server(args.backend)
+        path = server.database("probe_start")
+    first_line: dict[str, float] = {}
+    ran = threading.Event()
+
+    def job(ctx: Any) -> None:
+        first_line[ctx.execution_id] = time.perf_counter()
+        ran.set()
+
+    acks: list[float] = []
+    starts: list[float] = []
+    try:
+        engine = Engine.open(path, jobs={"j": job}, workers=args.workers, counter_actors=args.counter_actors)
+        try:
+            engine.create_task("t", job="j")
+            for _ in range(args.executions):
+                ran.clear()
+                t0 = time.perf_counter()
+                ex = engine.trigger("t")
+                acks.append(time.perf_counter() - t0)
+                if not ran.wait(60):
+                    raise RuntimeError(f"execution {ex.id} did not start within 60 s")
+                starts.append(first_line.pop(ex.id) - t0)
+                engine.wait("t", ex.id, timeout=60)
+        finally:
+            engine.close()
+    finally:
+        if server is not None:
+            server.drop_all()
+
+    def pct(values: list[float], q: float) -> float:
+        return sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1e6
+
+    return [f"one caller triggering in a row on an idle engine, {len(acks)} executions, {args.workers} workers:",
+            f"  trigger's answer          p50 {pct(acks, 0.5):8.0f} us   p90 {pct(acks, 0.9):8.0f} us",
+            f"  trigger to job's 1st line p50 {pct(starts, 0.5):8.0f} us   p90 {pct(starts, 0.9):8.0f} us"]
+
+
 def probe_turn(args: argparse.Namespace) -> list[str]:
     """A counter actor's turns and an executor's loop driven from one thread (``turns.py``)."""
     from . import turns
@@ -769,7 +819,7 @@ def nodes_child(params: dict[str, Any]) -> dict[str, Any]:
 
 PROBES: dict[str, Callable[[argparse.Namespace], list[str]]] = {
     "acks": probe_acks, "e2e": probe_e2e, "floor": probe_floor, "gil": probe_gil, "turn": probe_turn,
-    "nodes": probe_nodes,
+    "nodes": probe_nodes, "start": probe_start,
 }
 
 
@@ -792,8 +842,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="nodes: rounds of one node and of three")
     parser.add_argument("--executions", type=int, default=20_000)
     parser.add_argument("--backend", metavar="URL",
-                        help="acks, e2e: on this PostgreSQL server (a database of its own, dropped after), "
-                        "timing the writer's transactions")
+                        help="acks, e2e, start: on this PostgreSQL server (a database of its own, dropped after; "
+                        "acks and e2e time the writer's transactions)")
     parser.add_argument("--burst", action="store_true",
                         help="e2e: 64 callers trigger every execution at once (the bench's e2e), not the soak driver")
     parser.add_argument("--cprofile", action="store_true",
