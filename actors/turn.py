@@ -340,11 +340,6 @@ class TurnActor(EngineActor):
         refs = self._refs
         if turn.pending:  # before any answer, so a cancel can always claim what it was told of
             tell_if_alive(refs.pending, m.AddPending(turn.pending))
-        # before their runs, whose finishes remove them; not those whose task this turn deleted
-        # (no run would ever remove their entries)
-        claimed = [(r.task_id, r.id, cast(int, r.index)) for st, _, _, _, r in turn.direct if not st.deleted]
-        if claimed:
-            tell_if_alive(refs.pending, m.AddPending(claimed, claimed=True))
         if turn.removed:
             tell_if_alive(refs.pending, m.RemovePending(turn.removed))
         if turn.direct:
@@ -363,14 +358,19 @@ class TurnActor(EngineActor):
         return True
 
     def _run_started(self, direct: list[tuple[TaskState, Any, m.WorkItem, int, Execution]]) -> None:
-        """Executions started by their trigger's write, now durable: each reserved executor is
-        told to run its one (one whose task was deleted later in the turn gives its executor back;
-        one that died meanwhile is the pool's to replace, and its Abandon fails the execution)."""
-        for st, ref, item, token, running in direct:
-            if st.deleted:
-                self._unreserve([(st, ref, item, token, running)])
-            else:
-                tell_if_alive(ref, m.Run(item, token, (running, st.task)))
+        """Executions started by their trigger's write, now durable: the pending store lists them
+        as claimed (before their runs, whose finishes remove the entries), then each reserved
+        executor is told to run its one. One whose task was deleted later in the turn gets no
+        entry (no run would remove it) and gives its executor back; an executor that died
+        meanwhile is the pool's to replace, and its Abandon fails the execution."""
+        live = [d for d in direct if not d[0].deleted]
+        if live:
+            claimed = [(r.task_id, r.id, cast(int, r.index)) for _, _, _, _, r in live]
+            tell_if_alive(self._refs.pending, m.AddPending(claimed, claimed=True))
+        for st, ref, item, token, running in live:
+            tell_if_alive(ref, m.Run(item, token, (running, st.task)))
+        if len(live) < len(direct):
+            self._unreserve([d for d in direct if d[0].deleted])
 
     def _unreserve(self, direct: list[tuple[TaskState, Any, m.WorkItem, int, Execution]]) -> None:
         work = self._refs.work

@@ -450,15 +450,17 @@ def _switch_line(switches: list[int], ops: float, label: str) -> str:
     return f"  thread switches per {label}: {switches[0] / ops:.2f} voluntary, {switches[1] / ops:.2f} involuntary"
 
 
-def _database(args: argparse.Namespace, name: str, notes: list[str]) -> tuple[Any, str]:
+def _database(args: argparse.Namespace, name: str, notes: list[str] | None) -> tuple[Any, str]:
     """Where probe ``name`` runs its engine: a directory of the work directory, or with
     ``--backend`` a new database on that server (the server is returned: its ``drop_all``
-    removes it), the writer's transactions then timed (a note says if they cannot be)."""
+    removes it), the writer's transactions then timed unless ``notes`` is None (a note says if
+    they cannot be)."""
     if not args.backend:
         return None, os.path.join(args.workdir, name)
     from .postgres import Server
 
-    notes += [n for n in (_instrument_postgres(),) if n]
+    if notes is not None:
+        notes += [n for n in (_instrument_postgres(),) if n]
     server = Server(args.backend)
     return server, server.database(f"probe_{name}")
 
@@ -602,13 +604,7 @@ def probe_start(args: argparse.Namespace) -> list[str]:
     idle executor's execution starts in its trigger's own write). Nothing is instrumented."""
     from taskengine import Engine
 
-    server = None
-    path = os.path.join(args.workdir, "start")
-    if args.backend:
-        from .postgres import Server
-
-        server = Server(args.backend)
-        path = server.database("probe_start")
+    server, path = _database(args, "start", None)  # nothing timed
     first_line: dict[str, float] = {}
     ran = threading.Event()
 

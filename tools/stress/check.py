@@ -206,7 +206,7 @@ def final_check(
     of the check."""
     deadline = _Deadline(engine, timeout)
     started = deadline.started
-    gave_up = _GaveUp(engine, started, deadline, diagnose)
+    gave_up = _GaveUp(deadline, diagnose)
     counts: dict[str, int] = dict.fromkeys(
         ("checked", "success", "failed", "interrupted", "deleted", "pruned", "waited", "idempotent_rechecked"), 0
     )
@@ -347,9 +347,8 @@ class _Deadline:
 class _GaveUp:
     """What the final check says of an execution it gave up waiting for, having told ``diagnose``."""
 
-    def __init__(self, engine: Engine, started: float, deadline: _Deadline, diagnose: Diagnose | None) -> None:
-        self.engine = engine
-        self.started = started
+    def __init__(self, deadline: _Deadline, diagnose: Diagnose | None) -> None:
+        self.engine = deadline.engine
         self.deadline = deadline
         self.diagnose = diagnose
 
@@ -360,7 +359,7 @@ class _GaveUp:
                 seen: Execution | None = self.engine.get_execution(task, execution_id)
             except EngineError:
                 seen = None
-            self.diagnose(task, execution_id, seen, now - began, now - self.started)
+            self.diagnose(task, execution_id, seen, now - began, now - self.deadline.started)
         said = f"the check waited {now - began:.1f} s for this one"
         return f"{said}; diagnostics follow the report" if self.diagnose is not None else said
 
