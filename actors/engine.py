@@ -58,9 +58,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 10_000
-#: executors (jobs running at once) unless ``workers`` says otherwise: on LevelDB, and on PostgreSQL,
-#: where a counter actor's turn costs round trips to the server, so more starts should share one
-DEFAULT_WORKERS = 64
+#: executors (jobs running at once) unless ``workers`` says otherwise. On LevelDB enough that one
+#: usually waits for work when a trigger is handled, so the trigger's write starts the execution
+#: (README, "128 workers by default on LevelDB"); on PostgreSQL a turn waits for the server, and
+#: executors turn idle meanwhile: 64 are enough there
+DEFAULT_WORKERS = 128
 DEFAULT_WORKERS_POSTGRES = 64
 #: counter actors on PostgreSQL unless told otherwise: each writes through a connection of its own
 #: (a writer lane), so their turns are in flight at once (README, "Two counter actors by default on
@@ -71,8 +73,9 @@ DEFAULT_COUNTER_ACTORS_POSTGRES = 2
 def default_workers(path: str | os.PathLike[str]) -> int:
     """The executors an engine opened on ``path`` (a directory or a URL) runs unless told otherwise.
     Each executor has at most one start waiting for a counter actor's turn, so the workers bound a
-    turn's starts; a PostgreSQL turn is a transaction of several round trips, which many more
-    starts can share."""
+    turn's starts; and an execution is started by its trigger's own write only if an executor
+    waits for work as the trigger is handled, which on LevelDB's short turns takes about two
+    turns' worth of executors."""
     return DEFAULT_WORKERS_POSTGRES if is_url(os.fspath(path)) else DEFAULT_WORKERS
 
 
@@ -137,7 +140,8 @@ class Engine:
     ) -> Engine:
         """Open (or create) the database at ``path`` and start the engine.
 
-        ``workers``: jobs run at once (default 64, see :func:`default_workers`); ``counter_actors``:
+        ``workers``: jobs run at once (default 128 on LevelDB, 64 on PostgreSQL, see
+        :func:`default_workers`); ``counter_actors``:
         see :func:`default_counter_actors`.
         ``sync=False`` acknowledges an index once LevelDB has applied its write but before the
         write reaches the disk: a crash of the machine (not of the process) can then lose

@@ -54,7 +54,9 @@ class WorkQueue:
         self._slots: dict[str, Slot] = {}
         self._tokens = itertools.count(1)
         self._closed = False
-        self._idle = 0  # slots idle and not abandoned: a hint read without the lock
+        # the slots idle and not abandoned, the one idle last at the end: taken from there (its
+        # thread ran last, so it is warmest), found without a scan of every slot
+        self._idle: dict[str, None] = {}
         self._job_timeout = job_timeout
         self._on_expired = on_expired
         self._deadlines = Deadlines() if job_timeout is not None else None
@@ -63,7 +65,7 @@ class WorkQueue:
         """A new executor, idle until it is given a run."""
         with self._lock:
             self._slots[urn] = Slot(ref=ref)
-            self._idle += 1
+            self._idle[urn] = None
 
     def offer(self, items: Iterable[m.WorkItem]) -> list[Wake]:
         """Queue ``items`` (nothing once closed) and hand what is queued to idle executors: the
@@ -72,19 +74,17 @@ class WorkQueue:
             if not self._closed:
                 self._items.extend(items)
             wakes: list[Wake] = []
-            if not self._items:
-                return wakes
-            for urn, slot in self._slots.items():
-                if slot.idle and not slot.abandoned:
-                    wakes.append((slot.ref, *self._assign(urn, slot)))
-                    if not self._items:
-                        break
+            idle = self._idle
+            while self._items and idle:
+                urn = next(reversed(idle))
+                slot = self._slots[urn]
+                wakes.append((slot.ref, *self._assign(urn, slot)))
             return wakes
 
     @property
     def any_idle(self) -> bool:
         """An executor waits for work (read without the lock: a hint, :meth:`reserve` decides)."""
-        return self._idle > 0
+        return bool(self._idle)
 
     def reserve(self, item: m.WorkItem) -> Wake | None:
         """Hand ``item`` to an idle executor now, or None if there is none or something is
@@ -93,13 +93,12 @@ class WorkQueue:
         with self._lock:
             # queued work with an executor idle (a new one the pool has not fed yet): the item
             # goes behind it, so it never overtakes an execution queued earlier
-            if self._closed or self._idle == 0 or self._items:
+            if self._closed or not self._idle or self._items:
                 return None
-            for urn, slot in self._slots.items():
-                if slot.idle and not slot.abandoned:
-                    self._items.append(item)
-                    return (slot.ref, *self._assign(urn, slot))
-            return None
+            urn = next(reversed(self._idle))
+            slot = self._slots[urn]
+            self._items.append(item)
+            return (slot.ref, *self._assign(urn, slot))
 
     def release(self, ref: Any, token: int) -> tuple[str, Wake | None] | None:
         """A reservation whose start was not written (or is not to run): the executor turns idle
@@ -110,8 +109,7 @@ class WorkQueue:
             for urn, slot in self._slots.items():
                 if slot.ref is ref and slot.token == token and slot.item is not None:
                     self._clear(slot)
-                    slot.idle = True
-                    self._idle += 1
+                    self._turn_idle(urn, slot)
                     if self._items and not self._closed:
                         return urn, (slot.ref, *self._assign(urn, slot))
                     return urn, None
@@ -125,7 +123,7 @@ class WorkQueue:
 
     def idle_refs(self) -> list[Any]:
         with self._lock:
-            return [slot.ref for slot in self._slots.values() if slot.idle and not slot.abandoned]
+            return [self._slots[urn].ref for urn in self._idle]
 
     def next_for(self, urn: str, done_token: int, only_if_any: bool = False) -> tuple[m.WorkItem, int] | None:
         """The executor ``urn`` finished the run ``done_token``: give it the next item and a new
@@ -139,8 +137,7 @@ class WorkQueue:
             if self._closed or not self._items:
                 if not only_if_any:
                     self._clear(slot)
-                    slot.idle = True
-                    self._idle += 1
+                    self._turn_idle(urn, slot)
                 return None
             self._clear(slot)
             return self._assign(urn, slot)
@@ -149,7 +146,7 @@ class WorkQueue:
         item = slot.item = self._items.popleft()
         slot.token = token = next(self._tokens)
         if slot.idle:
-            self._idle -= 1
+            del self._idle[urn]
         slot.idle = False
         if self._deadlines is not None and self._job_timeout is not None:
             on_expired = self._on_expired
@@ -167,7 +164,7 @@ class WorkQueue:
                 self._slots[urn] = slot  # a late timeout of a run that finished: nothing to do
                 return None
             if slot.idle:
-                self._idle -= 1
+                del self._idle[urn]
             slot.abandoned = True
             running = (slot.item, slot.token) if slot.item is not None else None
             self._clear(slot)
@@ -197,6 +194,10 @@ class WorkQueue:
     def stop(self) -> None:
         if self._deadlines is not None:
             self._deadlines.stop()
+
+    def _turn_idle(self, urn: str, slot: Slot) -> None:
+        slot.idle = True
+        self._idle[urn] = None
 
     def _clear(self, slot: Slot) -> None:
         if slot.deadline is not None and self._deadlines is not None:

@@ -84,7 +84,7 @@ def test_the_readme_states_the_limits_the_code_enforces() -> None:
         f"**{values.MAX_DEPTH} levels**",
         f"{values.MAX_BYTES:,} bytes",
         f"`limit` (1 to {engine.MAX_LIST_LIMIT:,})",
-        f"(default {engine.DEFAULT_WORKERS}:",
+        f"(default {engine.DEFAULT_WORKERS} on LevelDB, {engine.DEFAULT_WORKERS_POSTGRES} on PostgreSQL:",
         f"at most {jobrun.MAX_TRACEBACK:,} characters",
     ]
     missing = [text for text in stated if text not in readme]
