@@ -38,7 +38,6 @@ class Slot:
     deadline: int | None = None
     abandoned: bool = False  # given up on (timeout, death): takes nothing more
     ref: Any = None  # the executor's actor ref: what a wake-up is told to
-    idle: bool = True  # found nothing to take: it waits for a Run
 
 
 #: what to tell to wake an idle executor: (its ref, the item, the run's token)
@@ -54,8 +53,9 @@ class WorkQueue:
         self._slots: dict[str, Slot] = {}
         self._tokens = itertools.count(1)
         self._closed = False
-        # the slots idle and not abandoned, the one idle last at the end: taken from there (its
-        # thread ran last, so it is warmest), found without a scan of every slot
+        # the slots that found nothing to take (they wait for a Run), not abandoned; the one idle
+        # last at the end: taken from there (its thread ran last, so it is warmest), found without
+        # a scan of every slot
         self._idle: dict[str, None] = {}
         self._job_timeout = job_timeout
         self._on_expired = on_expired
@@ -74,11 +74,8 @@ class WorkQueue:
             if not self._closed:
                 self._items.extend(items)
             wakes: list[Wake] = []
-            idle = self._idle
-            while self._items and idle:
-                urn = next(reversed(idle))
-                slot = self._slots[urn]
-                wakes.append((slot.ref, *self._assign(urn, slot)))
+            while self._items and self._idle:
+                wakes.append(self._assign_idle())
             return wakes
 
     @property
@@ -95,10 +92,8 @@ class WorkQueue:
             # goes behind it, so it never overtakes an execution queued earlier
             if self._closed or not self._idle or self._items:
                 return None
-            urn = next(reversed(self._idle))
-            slot = self._slots[urn]
             self._items.append(item)
-            return (slot.ref, *self._assign(urn, slot))
+            return self._assign_idle()
 
     def release(self, ref: Any, token: int) -> tuple[str, Wake | None] | None:
         """A reservation whose start was not written (or is not to run): the executor turns idle
@@ -109,7 +104,7 @@ class WorkQueue:
             for urn, slot in self._slots.items():
                 if slot.ref is ref and slot.token == token and slot.item is not None:
                     self._clear(slot)
-                    self._turn_idle(urn, slot)
+                    self._idle[urn] = None
                     if self._items and not self._closed:
                         return urn, (slot.ref, *self._assign(urn, slot))
                     return urn, None
@@ -137,7 +132,7 @@ class WorkQueue:
             if self._closed or not self._items:
                 if not only_if_any:
                     self._clear(slot)
-                    self._turn_idle(urn, slot)
+                    self._idle[urn] = None
                 return None
             self._clear(slot)
             return self._assign(urn, slot)
@@ -145,9 +140,7 @@ class WorkQueue:
     def _assign(self, urn: str, slot: Slot) -> tuple[m.WorkItem, int]:
         item = slot.item = self._items.popleft()
         slot.token = token = next(self._tokens)
-        if slot.idle:
-            del self._idle[urn]
-        slot.idle = False
+        self._idle.pop(urn, None)
         if self._deadlines is not None and self._job_timeout is not None:
             on_expired = self._on_expired
             slot.deadline = self._deadlines.schedule(self._job_timeout, lambda: on_expired(urn, token))
@@ -163,8 +156,7 @@ class WorkQueue:
             if token is not None and (slot.item is None or slot.token != token):
                 self._slots[urn] = slot  # a late timeout of a run that finished: nothing to do
                 return None
-            if slot.idle:
-                del self._idle[urn]
+            self._idle.pop(urn, None)
             slot.abandoned = True
             running = (slot.item, slot.token) if slot.item is not None else None
             self._clear(slot)
@@ -195,9 +187,11 @@ class WorkQueue:
         if self._deadlines is not None:
             self._deadlines.stop()
 
-    def _turn_idle(self, urn: str, slot: Slot) -> None:
-        slot.idle = True
-        self._idle[urn] = None
+    def _assign_idle(self) -> Wake:
+        """The next queued item, to the slot idle last (there is one: the caller checked)."""
+        urn = next(reversed(self._idle))
+        slot = self._slots[urn]
+        return (slot.ref, *self._assign(urn, slot))
 
     def _clear(self, slot: Slot) -> None:
         if slot.deadline is not None and self._deadlines is not None:

@@ -252,6 +252,22 @@ def test_deadlines_forget_what_is_cancelled() -> None:
         d.stop()
 
 
+def test_an_executor_given_up_while_idle_is_handed_nothing() -> None:
+    """An idle executor that died (or was given up on) leaves the work queue's idle executors:
+    neither a wake-up (offer) nor a trigger's start (reserve) goes to it, and none is counted."""
+    from taskengine.actors.workqueue import WorkQueue
+
+    work = WorkQueue(None, lambda urn, token: None)
+    alive, dead = object(), object()
+    work.add_slot("alive", alive)
+    work.add_slot("dead", dead)  # idle last: the one taken first, were it still there
+    assert work.give_up("dead") is None  # it ran nothing
+    items = [m.WorkItem(None, "job", "inc") for _ in range(3)]  # type: ignore[arg-type]
+    assert [ref for ref, _, _ in work.offer(items[:2])] == [alive]
+    assert len(work) == 1 and not work.any_idle and work.idle_refs() == []
+    assert work.reserve(items[2]) is None
+
+
 def test_a_timeout_that_loses_the_race_with_the_finish_changes_nothing(engine: Engine) -> None:
     """The watchdog can fire while a job's Finish is on its way: the Abandon then arrives after
     the execution finished, and must not turn its SUCCESS into FAILED (the record is final)."""
