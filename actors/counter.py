@@ -71,6 +71,8 @@ class CounterActor(TurnActor):
         self._committer = committer
         # a writer that does not say (PostgreSQL's: other nodes write too) may miss
         self._may_miss: bool = getattr(committer, "may_miss", True)
+        self._shares = committer.node is not None
+        self._gather = 0
         self._board = board
         self._refs = refs
         self._jobs = jobs
@@ -127,6 +129,15 @@ class CounterActor(TurnActor):
             elif row.counter != st.stored or row.prune_mark != st.mark:
                 st.counter = st.stored = row.counter
                 st.mark = row.prune_mark
+
+    def _stampable(self, message: Any) -> TaskState | None:
+        """A non-blocking trigger without an idempotency key, of a task cached here: all it reads of
+        the task's row is its counter (its limit and incarnation the stamped write checks), so its
+        index can be decided by the write (a key is looked for first, a blocking one has none yet)."""
+        if type(message) is not m.Trigger or message.blocking or message.idempotency_key is not None:
+            return None
+        st = self._cache.get(message.task_id)
+        return None if st is None or st.deleted else st
 
     def _deleted_elsewhere(self, st: TaskState) -> None:
         """Another node deleted the task: its executions are gone from the database, so what this
@@ -278,7 +289,7 @@ class CounterActor(TurnActor):
         if running is None:
             self._turn.pending.append((ex.task_id, ex.id, index))
             self._turn.submits.append(item)
-        self._write(ops, msg.reply, lambda: ex)
+        self._write(ops, msg.reply, functools.partial(self._turn.placed, ex) if self._turn.stamped else lambda: ex)
         if self._hooks.active:
             self._note(hooks.TRIGGER, ex)
             if running is not None:

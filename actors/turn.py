@@ -11,6 +11,15 @@ and refreshes its cached states from the rows it locked before it decides anythi
 node may have handed out indexes, pruned, or deleted the task. A change that misses (a claim
 another node won) is answered as such after the write. On LevelDB ``begin`` does nothing.
 
+A turn that only hands out indexes (keyless, non-blocking triggers of tasks cached here) is
+*stamped* instead (``Writer.begin_stamped``): nothing is locked or read before it is handled, and
+its one write moves each task's counter from the value the row holds then, so another node's turn
+waits for the task only while that write commits. Its indexes are decided assuming the cached
+counters; the write returns how far each counter had moved past that (its *shift*), and every
+index the turn handed out moves by as much before anyone is answered (``Turn.restamp``). A task
+another node deleted, made again or limited meanwhile fails the write, and the turn is decided
+again as below, locked first.
+
 A shared turn whose write did not commit because its connection was lost, and whose tasks
 another node wrote before the writer got them locked again (``TasksChanged``: common after a
 server restart, when every node reconnects and the first one back writes), is decided again:
@@ -28,6 +37,7 @@ import abc
 import collections
 import logging
 import queue
+import time
 from collections.abc import Callable, Collection
 from typing import Any, cast
 
@@ -51,6 +61,9 @@ from .workqueue import give_back, wake
 log = logging.getLogger(__name__)
 
 MAX_CHANGES_PER_TURN = 1024  # one turn, one write: bounds its size and its wait (in messages)
+#: how long a stamped turn may wait for more messages after one that found its task moved by
+#: another node (``_gather``): the bound on what that adds to a trigger's latency
+GATHER_SECONDS = 0.001
 
 #: run after the turn's write: its value answers the message (its exception fails it)
 Outcome = Callable[[], Any]
@@ -60,7 +73,7 @@ class Turn:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
     __slots__ = ("changes", "answers", "pending", "removed", "submits", "direct", "deleted", "keys",
-                 "counted", "events", "soft", "locked", "saved", "undo", "again")
+                 "counted", "events", "soft", "locked", "saved", "undo", "again", "stamped", "shifts")
 
     def __init__(self) -> None:
         self.changes: list[Change] = []
@@ -83,11 +96,38 @@ class Turn:
         self.saved: Saved | None = None
         self.undo: list[Callable[[], object]] | None = None
         self.again = False  # its write was handed back (TasksChanged): decide it again
+        # it only hands out indexes, which its write decides (Writer.begin_stamped): its tasks'
+        # counters were assumed, not read, and each task's indexes move by its shift once written
+        self.stamped = False
+        self.shifts: dict[str, int] = {}
 
     @property
     def shared(self) -> bool:
         """The writer locked this turn's tasks: other nodes share the database."""
         return self.locked is not None
+
+    def placed(self, ex: Execution) -> Execution:
+        """``ex`` at the index this turn's write gave it (a stamped turn's: moved by its task's shift)."""
+        shift = self.shifts.get(ex.task_id, 0) if self.shifts else 0
+        return ex if not shift or ex.index is None else attrs.evolve(ex, index=ex.index + shift)
+
+    def restamp(self, shifts: dict[str, int]) -> None:
+        """A stamped turn written: its tasks' counters, and the executions it made wherever they
+        wait to be told of (its answers read ``placed``), moved by their tasks' shifts."""
+        self.shifts = shifts
+        placed = self.placed
+        for st in self.counted.values():
+            st.counter += shifts.get(st.task.id, 0)
+        self.pending = [(task_id, ex_id, index + shifts.get(task_id, 0)) for task_id, ex_id, index in self.pending]
+        self.submits = [m.WorkItem(placed(w.execution), w.job, w.incarnation) for w in self.submits]
+        direct = []
+        for st, ref, item, token, running in self.direct:
+            running = placed(running)
+            st.running[running.id] = (token, running)
+            direct.append((st, ref, m.WorkItem(placed(item.execution), item.job, item.incarnation), token, running))
+        self.direct = direct
+        if self.events is not None:
+            self.events = [(kind, placed(ex)) for kind, ex in self.events]
 
 
 @attrs.frozen
@@ -113,6 +153,10 @@ class TurnActor(EngineActor):
     _changes: Changes
     _committer: Writer
     _may_miss: bool
+    #: the database is shared with other nodes (PostgreSQL): a turn may be stamped (_begin)
+    _shares: bool
+    #: how many messages the next turn waits for (_gather_more), 0 if none
+    _gather: int
     _board: CompletionBoard
     _refs: ActorRefs
     _jobs: JobRegistry
@@ -136,6 +180,11 @@ class TurnActor(EngineActor):
     @abc.abstractmethod
     def _evict(self) -> None:
         """Forget idle tasks between turns."""
+
+    @abc.abstractmethod
+    def _stampable(self, message: Any) -> TaskState | None:
+        """The task of ``message`` if a stamped turn can take it (it only hands out an index of a
+        task cached here), else None."""
 
     # -- the turn: take what waits, write once, answer ------------------------------------
 
@@ -169,9 +218,12 @@ class TurnActor(EngineActor):
             if more is None:
                 break
             batch.append(more)
+        stamp = self._shares  # a turn decided again is never stamped: its tasks changed under it
+        if stamp and self._gather and not alone:
+            self._gather_more(batch)
         while True:
             try:
-                self._begin(batch)  # inside: whatever happens, the turn's write ends what begin began
+                self._begin(batch, stamp)  # inside: whatever happens, the turn's write ends what begin began
                 for msg in batch:
                     self._handle(msg)
                 # a turn also takes what arrives while it is handled, as long as it is not written:
@@ -181,7 +233,7 @@ class TurnActor(EngineActor):
                 # sent meanwhile joins it rather than waiting for another turn's locks
                 taken = len(batch)
                 while not alone and self._leftover is None and taken < MAX_CHANGES_PER_TURN:
-                    more = self._take(turn.locked)
+                    more = self._take(turn.locked, turn.stamped)
                     if more is None:
                         break
                     if turn.shared:
@@ -193,35 +245,76 @@ class TurnActor(EngineActor):
             if not turn.again:
                 break
             self._decide_again(turn)
+            stamp = False
             self._turn = turn = Turn()
         if written:
             self._forget_written(turn)
         self._evict()
 
-    def _take(self, locked: frozenset[str] | None = None) -> Any:
-        """The next message waiting in the inbox for this turn, or None: none waits, or the next
-        is a stop, an ask, a Prune or (``locked``: the tasks a shared turn holds) about another
-        task, kept in ``_leftover`` for after this turn's write (pykka's order)."""
+    def _gather_more(self, batch: list[Any]) -> None:
+        """After a stamped turn that found its tasks moved by another node: wait, up to
+        GATHER_SECONDS, until as many messages as it answered are in ``batch``.
+
+        Why: a stamped turn cannot take what arrives while its write waits for the task's lock (a
+        turn that locks first does), so on a task other nodes trigger too, a node's callers split
+        into two halves that take turns, each turn with half of them, and each turn costs the node
+        and the server about as much whatever it carries. The callers that turn answered send
+        their next triggers within moments; waiting for them makes one turn of the two (group
+        commit's delay, as PostgreSQL's ``commit_delay``). A node alone never waits: nobody else
+        moves its counters."""
+        wanted, self._gather = min(self._gather, MAX_CHANGES_PER_TURN), 0
+        deadline = time.monotonic() + GATHER_SECONDS
+        while len(batch) < wanted and self._leftover is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            more = self._take(timeout=left)
+            if more is None:
+                return
+            batch.append(more)
+
+    def _take(self, locked: frozenset[str] | None = None, stamped: bool = False, timeout: float = 0.0) -> Any:
+        """The next message waiting in the inbox for this turn (``timeout``: the one that arrives
+        within that many seconds), or None: none waits, or the next is a stop, an ask, a Prune,
+        (``locked``: the tasks a shared turn holds) about another task, or (``stamped``) one a
+        stamped turn cannot take, kept in ``_leftover`` for after this turn's write (pykka's order)."""
         inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
         try:
-            envelope = inbox.get_nowait()
+            envelope = inbox.get(timeout=timeout) if timeout > 0 else inbox.get_nowait()
         except queue.Empty:
             return None
         message = envelope.message
         kind = type(message)
         if envelope.reply_to is None and kind in self._handlers and kind is not m.Prune and (
-                locked is None or locked.issuperset(_task_of.get(kind, _none)(message))):
+                locked is None or locked.issuperset(_task_of.get(kind, _none)(message))) and (
+                not stamped or self._stampable(message) is not None):
             return message
         self._leftover = envelope
         return None
 
-    def _begin(self, batch: list[Any]) -> None:
+    def _begin(self, batch: list[Any], stamp: bool) -> None:
         """Have the writer lock the turn's tasks (PostgreSQL) and refresh their cached states from
-        the rows it read; LevelDB's writer does nothing. A writer that fails here fails the turn:
+        the rows it read; LevelDB's writer does nothing. With ``stamp``, a turn whose messages only
+        hand out indexes of cached tasks is begun stamped instead (``Writer.begin_stamped``):
+        nothing is locked or read before its write. A writer that fails here fails the turn:
         every message is then refused."""
         if self._committer.failure is not None:
             self._fail_parked(self._refusal)  # writes stopped between turns (a lost lease)
             return
+        tasks = self._stamped_tasks(batch) if stamp else None
+        if tasks is not None:
+            try:
+                stamped = self._committer.begin_stamped(tasks)
+            except _StorageError:
+                self._stop_everything()
+                return
+            if stamped:
+                turn = self._turn
+                turn.locked = frozenset(tasks)
+                turn.stamped = True
+                turn.saved = self._save(list(tasks))
+                turn.undo = []
+                return
         ids: list[str] = []
 
         def task_ids() -> Collection[str]:
@@ -242,6 +335,16 @@ class TurnActor(EngineActor):
             self._refresh(ids, rows)
             turn.saved = self._save(ids)
             turn.undo = []
+
+    def _stamped_tasks(self, batch: list[Any]) -> dict[str, str | None] | None:
+        """The tasks of ``batch`` and their incarnations, if a stamped turn can take every message."""
+        tasks: dict[str, str | None] = {}
+        for msg in batch:
+            st = self._stampable(msg)
+            if st is None:
+                return None
+            tasks[st.task.id] = st.task.incarnation
+        return tasks
 
     def _save(self, ids: list[str]) -> Saved:
         """The turn's tasks' states as they stand (handling changes them in place)."""
@@ -267,8 +370,8 @@ class TurnActor(EngineActor):
         self.triggered, self.pruned = turn.saved.triggered, turn.saved.pruned
         self._ended = dict(turn.saved.ended)
         self._unparked = list(turn.saved.unparked)
-        log.info("a turn of %d change(s) is decided again: its tasks changed while its write's connection "
-                 "was lost", len(turn.changes))
+        log.info("a turn of %d change(s) is decided again: its tasks changed before its write committed",
+                 len(turn.changes))
 
     def _undo(self, action: Callable[[], object]) -> None:
         """``action`` puts back a change this handling made outside the actor's own state, should
@@ -319,9 +422,15 @@ class TurnActor(EngineActor):
         turn.changes += [self._changes.counter(st.task.id, st.counter, st.stored) for st in counted]
         if turn.changes or turn.shared:  # a shared turn's write (even of nothing) ends its transaction
             try:
-                missed = self._committer.write(turn.changes)
-                if missed:
-                    self._missed(turn, missed)
+                if turn.stamped:
+                    shifts = self._committer.write_stamped(turn.changes)
+                    if any(shifts.values()):  # another node moved a counter: gather the next turn
+                        turn.restamp(shifts)
+                        self._gather = len(turn.answers)
+                else:
+                    missed = self._committer.write(turn.changes)
+                    if missed:
+                        self._missed(turn, missed)
             except TasksChanged:
                 turn.again = True  # nothing of it was written, nobody is answered yet
                 return False  # (its undo list gives its reserved executors back)

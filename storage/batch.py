@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from . import capi, durable, keys
@@ -74,6 +74,16 @@ class Committer:
         """Nothing to lock: this is the database's one writer, and the counter actors' memory is
         authoritative."""
         return None
+
+    def begin_stamped(self, tasks: Mapping[str, str | None]) -> bool:
+        """No: the counter actors' counters are the database's (see ``begin``)."""
+        return False
+
+    def write_stamped(self, changes: Sequence[Sequence[Op]]) -> dict[str, int]:
+        """Never asked for (``begin_stamped`` says no); were it, nothing moves a counter but its
+        counter actor: no shift."""
+        self.write(changes)
+        return {}
 
     def lane(self, number: int) -> Committer:
         """Itself: LevelDB's writes are serial (one write lock), so every counter actor shares it."""

@@ -17,7 +17,7 @@ import abc
 import logging
 import os
 import socket
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import attrs
@@ -124,6 +124,21 @@ class Writer(Protocol):
         with other writers locks them and returns their rows as they now stand (a task missing
         from the list has no row), and the turn's next ``write`` (even of no change) ends it.
         A backend with one writer returns None and never calls ``task_ids``."""
+        ...
+
+    def begin_stamped(self, tasks: Mapping[str, str | None]) -> bool:
+        """Start a turn over ``tasks`` (id -> incarnation, as the caller knows them) that only hands
+        out indexes (new executions and their counters, written by ``write_stamped``), or say this
+        backend does not (False: ``begin`` starts the turn). One that shares its database locks
+        nothing yet: its write moves each counter, from the value it holds then, by the indexes
+        handed out, so a task is locked for the write's commit only."""
+        ...
+
+    def write_stamped(self, changes: Sequence[Change]) -> dict[str, int]:
+        """The write of a turn ``begin_stamped`` started: each task's *shift*, how far its counter
+        had moved past the value the turn assumed (the turn's indexes of it all moved by as much).
+        TasksChanged if a task was deleted, made again or would pass its limit: nothing was
+        written, and the turn is decided again (then started by ``begin``)."""
         ...
 
     def lane(self, number: int) -> Writer:

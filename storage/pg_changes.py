@@ -4,12 +4,12 @@ them in (:func:`plan`): one set-based statement per kind where no two of them co
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import codec
+from . import codec, pgarrays
 from .interface import FINISHED, PENDING_CREATED, Change
 from .records import Execution, ExecutionStatus, Task
 
@@ -227,6 +227,70 @@ COUNTED = (_CREATE_TASK, _RAISE_COUNTER, _RAISE_COUNTERS, _MOVE_COUNTER, _MOVE_C
 #: a RUNNING execution finished by its node's reaper or at its node's leave: status, record, task_id, idx
 END_ONE = _ending("UPDATE taskengine.executions SET status = %s, record = %s WHERE task_id = %s AND idx = %s "
                   "AND status = 'R' RETURNING task_id, idx")
+
+
+#: a turn that only hands out indexes (``stamped``), as one statement: each task's counter moved by
+#: as many indexes as the turn handed out, from the value its row holds now (the update locks it),
+#: not the one the turn assumed (``was``); the executions inserted each at its assumed index moved by
+#: its task's *shift* (the counter found, less the one assumed), with their live rows; each task's
+#: shift returned. A task gone, of another incarnation, or whose limit the moved counter would pass is
+#: not moved, and the statement fails (:data:`STAMP_CONFLICT`), as its executions must not be made
+#: (``k.ok`` is in the result so that the check is evaluated: a column nothing reads may not be)
+_STAMP_TASKS = _rows_of("id text", "n bigint", "was bigint", "incarnation text")
+_STAMP_ROWS = _rows_of("task_id text", "idx bigint", "id text", "status text", "idempotency_key bytea",
+                       "record bytea", "runner text", "runner_epoch bigint")
+_STAMP = (
+    f"WITH c AS (UPDATE taskengine.tasks AS t SET counter = t.counter + v.n FROM {_STAMP_TASKS} "
+    "WHERE t.id = v.id AND (t.incarnation IS NULL OR t.incarnation = v.incarnation) "
+    "AND (t.max_executions IS NULL OR t.counter + v.n <= t.max_executions) "
+    "RETURNING t.id, t.counter - v.n - v.was AS shift), "
+    f"e AS (INSERT INTO taskengine.executions ({_COLUMNS}) "
+    "SELECT v.task_id, v.idx + c.shift, v.id, v.status::\"char\", v.idempotency_key, v.record, v.runner, "
+    f"v.runner_epoch FROM {_STAMP_ROWS} JOIN c ON c.id = v.task_id RETURNING task_id, idx, status), "
+    "l AS (INSERT INTO taskengine.live (task_id, idx) SELECT task_id, idx FROM e WHERE status IN ('P', 'R')) "
+    "SELECT c.id, c.shift, k.ok FROM c RIGHT JOIN (SELECT CASE count(*) WHEN %s THEN 0 "
+    "ELSE ('taskengine: ' || (%s - count(*)) || ' task(s) changed under a stamped turn')::int END AS ok "
+    "FROM c) AS k ON true"
+)
+#: what the error of :data:`_STAMP` says when a task was not moved
+STAMP_CONFLICT = "task(s) changed under a stamped turn"
+
+
+@attrs.frozen
+class Stamp:
+    """A stamped turn's write as one statement (:func:`stamped`)."""
+
+    sql: str
+    params: list[Any]
+    #: the kinds of change to notify of
+    kinds: str
+    #: (task id, execution id, the index the turn assumed) of each execution it writes
+    assumed: list[tuple[str, str, int]]
+
+
+def stamped(changes: Sequence[Change], incarnations: Mapping[str, str | None]) -> Stamp:
+    """A stamped turn's changes (executions assigned, with the counters moved past them: nothing
+    else) as :data:`_STAMP`. ``incarnations``: each task's, as the turn knew it. ValueError for
+    any other change."""
+    executions: list[tuple[Any, ...]] = []
+    counters: list[tuple[Any, ...]] = []
+    kinds = set()
+    for change in changes:
+        for stmt in change:
+            if stmt.batch == _INSERT_EXECUTIONS:
+                executions.append(stmt.params)
+                if stmt.notify:
+                    kinds.add(stmt.notify)
+            elif stmt.sql == _MOVE_COUNTER:
+                value, task_id, was, _ = stmt.params
+                counters.append((task_id, value - was, was, incarnations[task_id]))
+            else:
+                raise ValueError(f"a stamped turn makes no such change: {stmt.sql}")
+    if not counters or not executions:
+        raise ValueError("a stamped turn's write hands out no index")
+    params = [*pgarrays.columns(_STAMP_TASKS, counters), *pgarrays.columns(_STAMP_ROWS, executions),
+              len(counters), len(counters)]
+    return Stamp(_STAMP, params, "".join(sorted(kinds)), [(row[0], row[2], row[1]) for row in executions])
 
 
 class PostgresChanges:

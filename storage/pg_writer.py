@@ -2,6 +2,14 @@
 changes on a connection of its own, fenced by its node's lease, settled by its write mark when a
 commit is in doubt (see ``postgres``'s docstring), a turn handed back when its tasks changed.
 
+A turn is two round trips (``begin``: the fence, the tasks' locks and their rows; ``write``: the
+statements, the notification and the commit), and holds its tasks' locks from the first one's
+answer to the second one's commit, its handling in between. A stamped turn (``begin_stamped``,
+``write_stamped``) is one: sent after its handling, it takes the locks and decides its indexes
+from the counters it finds (``pg_changes.stamped``), so it holds a hot task's lock only while the
+server runs it and commits: the turns of several nodes on one task follow each other that much
+closer.
+
 A node's writer has *lanes* (:meth:`PostgresWriter.lane`, one per counter actor): each a connection
 of its own with a write mark of its own, so the turns of several counter actors (whose tasks are
 disjoint; a task shared by two turns is serialised by its advisory lock) are in flight at once and
@@ -18,8 +26,8 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import attrs
 import psycopg
@@ -27,15 +35,16 @@ import psycopg
 from . import pg_nodes, pg_query, pgarrays
 from .errors import StorageError, TasksChanged, WriteFailed, thread_refusal
 from .interface import Change, Node, StoredTask
-from .pg_changes import Stmt, plan
+from .pg_changes import STAMP_CONFLICT, Stamp, Stmt, plan, stamped
 from .pg_common import LANE_SEPARATOR, RECONNECT_SECONDS, message
-from .pgfeed import notify
+from .pgfeed import notification, notify
 from .records import INTERRUPTED
 
 if TYPE_CHECKING:
     from .postgres import PostgresStore
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: a connection gone: also a session the server ended as idle in its transaction (pg_common), which
 #: had not received its COMMIT, so it is settled and made again like any connection lost
@@ -55,6 +64,19 @@ _FENCE_AND_LOCK = (
     "SELECT (SELECT count(pg_advisory_xact_lock(%s, k)) FROM (SELECT DISTINCT hashtext(i) AS k "
     f"FROM unnest(%s::text[]) AS i ORDER BY k) AS s) WHERE EXISTS ({pg_nodes.FENCE})"
 )
+#: _FENCE_AND_LOCK for a write sent in the one query that begins its transaction (a stamped turn's):
+#: nothing can be looked at before the query's later statements run, so a fence that finds no row
+#: fails the statement (:data:`_LEASE_LOST`; the query's ``COMMIT`` is then skipped)
+_FENCE_AND_LOCK_OR_FAIL = (
+    "WITH mark AS (UPDATE taskengine.write_marks SET seq = %s, missed = '{}' WHERE node = %s AND epoch = %s) "
+    "SELECT CASE WHEN EXISTS (" + pg_nodes.FENCE + ") THEN (SELECT count(pg_advisory_xact_lock(%s, k)) FROM "
+    "(SELECT DISTINCT hashtext(i) AS k FROM unnest(%s::text[]) AS i ORDER BY k) AS s) "
+    "ELSE ('taskengine: the lease of node ' || %s || ' is lost')::int END"
+)
+_LEASE_LOST = "taskengine: the lease of node"
+#: a stamped turn's executions as written, by their ids: where their indexes went (a commit in doubt)
+_PLACED = ("SELECT e.id, e.idx FROM taskengine.executions AS e JOIN unnest(%s::text[], %s::text[]) AS v (task_id, id) "
+           "ON e.task_id = v.task_id AND e.id = v.id")
 #: how the writer's sessions plan. Its statements are prepared (pg_query.Prepared): one plan per
 #: session, for any values, often made on a table that is empty then and not analysed for a while
 #: (a new database: autovacuum's first look is a minute away). Every one of them finds its rows by
@@ -109,6 +131,8 @@ class _OpenTurn:
     ids: list[str]
     rows: list[StoredTask]
     begun: bool = True  # False once the transaction it began is gone (a lost connection)
+    #: a stamped turn's tasks and their incarnations (begin_stamped): nothing begun before its write
+    stamped: dict[str, str | None] | None = None
 
 
 class _Lost(Exception):
@@ -128,6 +152,7 @@ class PostgresWriter:
         self._lanes: list[PostgresWriter] = [self] if root is None else root._lanes
         self._writes = 0
         self._changes = 0
+        self._stamped = 0
         #: statements sent to the server by writes (a group made one set-based statement counts once)
         self.sent = 0
         self._lease = store.node_lease
@@ -233,6 +258,11 @@ class PostgresWriter:
         """Changes written, by every lane."""
         return sum(lane._changes for lane in self._lanes)
 
+    @property
+    def stamped(self) -> int:
+        """Stamped turns written (``write_stamped``), by every lane."""
+        return sum(lane._stamped for lane in self._lanes)
+
     def _connect(self, deadline: float) -> Any:
         """A new connection (also returned), retried until ``deadline`` (a server restarting
         refuses for a while): a node's session (``pg_nodes.session``), so a node paused inside a
@@ -335,6 +365,19 @@ class PostgresWriter:
         self._turn = _OpenTurn(ids, rows)
         return rows
 
+    def begin_stamped(self, tasks: Mapping[str, str | None]) -> bool:
+        """A turn that only hands out indexes: nothing is sent now; its write locks the tasks and
+        decides the indexes from their counters as they stand then (``write_stamped``), so a task's
+        lock is held for that one round trip's commit only, not also while the turn is handled."""
+        self._lock.acquire()
+        try:
+            self._check()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._turn = _OpenTurn(sorted(tasks), [], begun=False, stamped=dict(tasks))
+        return True
+
     def _begin_turn(self, ids: list[str]) -> list[StoredTask]:
         """Nothing is written yet, so a connection lost here is simply made again."""
         deadline = time.monotonic() + RECONNECT_SECONDS
@@ -397,42 +440,67 @@ class PostgresWriter:
             self._conn.rollback()
 
     def write(self, changes: Sequence[Change]) -> Collection[int]:
-        observe = self.on_write
-        began = time.perf_counter()
         turn = self._turn
-        if turn is None:
-            if not changes:
-                return ()
-            self._lock.acquire()
-        try:
-            if turn is None:
-                self._check()
-            elif not changes and self._conn is not None and not self._conn.broken:
+        if turn is not None and not changes and self._conn is not None and not self._conn.broken:
+            try:
                 with contextlib.suppress(psycopg.Error):
                     self._conn.commit()  # a turn that only read: its locks go
                     # it went through (maybe as a turn handed back, decided again to write
                     # nothing): the turns handed back before it are not in a row with later ones
                     self._stale = 0
-                return ()
+            finally:
+                self._turn = None
+                self._lock.release()
+            return ()
+        if turn is None and not changes:
+            return ()
+        return self._apply(changes, lambda: self._write(changes, turn))
+
+    def write_stamped(self, changes: Sequence[Change]) -> dict[str, int]:
+        """The write of a stamped turn (``begin_stamped``): its executions, at the indexes it
+        assumed moved by their task's shift, and the counters; each task's shift (the counter its
+        row held, less the one the turn assumed). TasksChanged if a task was deleted, made again or
+        limited meanwhile: nothing was written, and the turn is decided again as ``begin``'s are."""
+        turn = self._turn
+        assert turn is not None and turn.stamped is not None
+        if not changes:  # nothing was begun
+            self._turn = None
+            self._lock.release()
+            return {}
+        shifts = self._apply(changes, lambda: self._write_stamped(changes, turn))
+        self._stamped += 1
+        return shifts
+
+    def _apply(self, changes: Sequence[Change], write: Callable[[], _T]) -> _T:
+        """``write()`` of ``changes``, the writer locked (here, unless a turn holds it already),
+        its failures made the writer's (``_fail``), or a turn handed back (TasksChanged)."""
+        observe = self.on_write
+        began = time.perf_counter()
+        turn = self._turn
+        if turn is None:
+            self._lock.acquire()
+        try:
+            if turn is None:
+                self._check()
             try:
-                missed = self._write(changes, turn)
+                done = write()
             except _Lost:
                 self._rollback()
                 self._fail(pg_nodes.lease_lost(self.node), outcome_unknown=False)
             except _Conflict as e:
                 self._rollback()
                 self._fail(str(e), outcome_unknown=False)
-            except _Stale:
+            except _Stale as e:
                 self._rollback()
                 self._stale += 1
-                why = "the turn's tasks changed while its connection was lost; nothing of it was written"
+                why = str(e) or "the turn's tasks changed while its connection was lost; nothing of it was written"
                 if self._stale >= STALE_TURNS:
                     self._fail(f"{why} ({self._stale} times in a row)", outcome_unknown=False)
                 if self.failure is not None:
                     # writes stopped while the turn was handled (its lease judged lost): the turn
                     # refused its later messages already, and deciding it again would refuse them twice
                     self._fail(f"{why}, and {self.failure}", outcome_unknown=False)
-                log.warning("%s: the turn is decided again", why)
+                log.log(logging.INFO if e.args else logging.WARNING, "%s: the turn is decided again", why)
                 raise TasksChanged(f"{why}; the turn is decided again") from None
             except _InDoubt as e:
                 self._fail(str(e), outcome_unknown=True)
@@ -447,7 +515,7 @@ class PostgresWriter:
             self._lock.release()
         if observe is not None:
             observe(len(changes), time.perf_counter() - began)
-        return missed
+        return done
 
     def _fail(self, why: str, *, outcome_unknown: bool) -> NoReturn:
         self.failure = why
@@ -467,31 +535,104 @@ class PostgresWriter:
         """One transaction (the turn's, if one is open); a connection lost on the way is settled
         (see the module's docstring) and, if it did not commit, the transaction made again:
         fenced, the turn's tasks locked again and found as the turn found them (else _Stale)."""
+
+        def send(conn: Any) -> list[int]:
+            if turn is None or not turn.begun:
+                rows = self._open(conn, [] if turn is None else turn.ids)
+                if turn is not None and rows != turn.rows:
+                    raise _Stale()
+            return self._statements(conn, changes, commit=True)
+
+        def lost() -> None:
+            if turn is not None:
+                turn.begun = False
+
+        return self._settled(changes, send, lambda missed: missed, lost)
+
+    def _write_stamped(self, changes: Sequence[Change], turn: _OpenTurn) -> dict[str, int]:
+        """A stamped turn's transaction as one query (``_stamp``). A connection lost on the way is
+        settled by the write mark, as ``_write``'s: if it committed, the shifts are read from
+        where its executions went; if not, the query is sent again (it assumed nothing of the
+        rows: the shifts are decided by the one that commits)."""
+        assert turn.stamped is not None
+        if not pg_query.fits(changes):  # too many bytes for one query: locked first, sent group by group
+            raise _Stale("the turn's values are too many bytes for one query; nothing of it was written")
+        stamp = stamped(changes, turn.stamped)
+        return self._settled(changes, lambda conn: self._stamp(conn, turn.ids, stamp), lambda _: self._placed(stamp))
+
+    def _settled(self, changes: Sequence[Change], send: Callable[[Any], _T], committed: Callable[[list[int]], _T],
+                 lost: Callable[[], None] = lambda: None) -> _T:
+        """``send(conn)``'s outcome, sent again on a new connection as long as the one it went on
+        was lost before it committed. A loss is settled by the write mark (``_reconnect``), after
+        ``lost()``: if the write committed, ``committed(missed)`` (the positions of its changes that
+        missed) is its outcome; if that cannot be read, the outcome is unknown (_InDoubt)."""
         deadline = time.monotonic() + RECONNECT_SECONDS
         while True:
             conn, backend = self._conn, self._backend
             try:
-                if turn is None or not turn.begun:
-                    rows = self._open(conn, [] if turn is None else turn.ids)
-                    if turn is not None and rows != turn.rows:
-                        raise _Stale()
-                return self._statements(conn, changes, commit=True)
+                return send(conn)
             except _LOST as e:
                 if not conn.closed and not conn.broken:
-                    raise  # the server refused the statement: rolled back below, the connection lives
+                    raise  # the server refused the statement: rolled back by _apply, the connection lives
                 log.warning("connection to %s lost during a write (%s); settling its outcome",
                             self._store.path, message(e))
-            if turn is not None:
-                turn.begun = False
+            lost()
             try:
-                committed = self._reconnect(backend, deadline, changes)
+                missed = self._reconnect(backend, deadline, changes)
+                outcome = None if missed is None else (committed(missed),)
             except (psycopg.Error, StorageError) as e:
                 why = f"connection lost during a commit, and its outcome cannot be read: {message(e)}"
                 raise _InDoubt(why) from None
-            if committed is not None:
+            if outcome is not None:
                 log.warning("the write in doubt had committed")
-                return committed
+                return outcome[0]
             log.warning("the write in doubt had not committed; writing it again")
+
+    def _stamp(self, conn: Any, ids: list[str], stamp: Stamp) -> dict[str, int]:
+        """``BEGIN``, the write mark, the fence and the tasks' locks (``_FENCE_AND_LOCK_OR_FAIL``),
+        the stamped statement, its notification and ``COMMIT``: one round trip. Each task's shift."""
+        node = self.node
+        self._mark += 1  # before it is sent: a connection lost on the way leaves it in doubt too
+        prepare: list[str] = []
+        prepared = self._session(conn)
+        parts = [prepared.run(_FENCE_AND_LOCK_OR_FAIL, prepare), prepared.run(stamp.sql, prepare)]
+        values: list[Any] = [self._mark, self._mark_key, node.epoch, node.id, node.epoch, TASK_LOCKS,
+                             pgarrays.TextArray(ids), node.id, *stamp.params]
+        if stamp.kinds:
+            notice, notice_values = notification(stamp.kinds)
+            parts.append(prepared.run(notice, prepare))
+            values += notice_values
+        self.sent += 1
+        with psycopg.ClientCursor(conn) as cur:  # several statements, one round trip: values bound here
+            try:
+                cur.execute("; ".join(["BEGIN", *prepare, *parts, "COMMIT"]), values)
+            except psycopg.errors.InvalidTextRepresentation as e:
+                if _LEASE_LOST in str(e):
+                    raise _Lost() from None
+                if STAMP_CONFLICT in str(e):
+                    raise _Stale("a task of the turn was deleted, made again or limited by another node before "
+                                 "its write; nothing of it was written") from None
+                raise
+            for _ in range(2 + len(prepare)):
+                cur.nextset()  # past BEGIN's, the PREPAREs' and the fence's
+            return {str(task_id): int(shift) for task_id, shift, _ in cur.fetchall() if task_id is not None}
+
+    def _placed(self, stamp: Stamp) -> dict[str, int]:
+        """Each task's shift, from where a stamped write that committed put its executions (one
+        of each task's is enough: they moved together)."""
+        first: dict[str, tuple[str, int]] = {}
+        for task_id, execution_id, index in stamp.assumed:
+            first.setdefault(task_id, (execution_id, index))
+        rows = self._conn.execute(_PLACED, (pgarrays.TextArray(first),
+                                            pgarrays.TextArray(i for i, _ in first.values()))).fetchall()
+        found = {str(i): int(x) for i, x in rows}
+        shifts = {}
+        for task_id, (execution_id, index) in first.items():
+            if execution_id not in found:
+                raise StorageError(f"the executions of task {task_id!r} that the write committed are gone (the "
+                                   "task was deleted since): where their indexes went is not known")
+            shifts[task_id] = found[execution_id] - index
+        return shifts
 
     def _statements(self, conn: Any, changes: Sequence[Change], *, commit: bool = False) -> list[int]:
         """Send the write's statements in the plan's order, then its notification (and, with

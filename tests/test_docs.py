@@ -72,7 +72,7 @@ def test_the_contract_numbers_what_the_code_cites() -> None:
 
 def test_the_readme_states_the_limits_the_code_enforces() -> None:
     """Each figure a user reads in the README is the one the code holds (the list limit was missing)."""
-    from taskengine.actors import engine, jobrun, validate
+    from taskengine.actors import engine, jobrun, turn, validate
     from taskengine.storage import values
 
     readme = " ".join((REPO / "README.md").read_text().split())
@@ -86,6 +86,7 @@ def test_the_readme_states_the_limits_the_code_enforces() -> None:
         f"`limit` (1 to {engine.MAX_LIST_LIMIT:,})",
         f"(default {engine.DEFAULT_WORKERS} on LevelDB, {engine.DEFAULT_WORKERS_POSTGRES} on PostgreSQL:",
         f"at most {jobrun.MAX_TRACEBACK:,} characters",
+        f"**at most {turn.GATHER_SECONDS * 1000:g} ms**",
     ]
     missing = [text for text in stated if text not in readme]
     assert not missing, missing

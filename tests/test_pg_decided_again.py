@@ -123,7 +123,8 @@ def test_a_writer_stops_after_stale_turns_decided_again_in_a_row(
     than ``STALE_TURNS`` in a row is carried: A's trigger is answered, with the index after B's,
     and A writes on. The count starts again after a write: ``STALE_TURNS`` in a row then stop A's
     writer, its caller gets ``WriteFailed`` saying so, nothing of that turn is written, and B
-    carries on."""
+    carries on. (A's triggers have keys: a turn of them locks its task before it is handled. A
+    stamped turn's write assumes nothing of the rows, so it is only sent again: test_pg_stamped.)"""
     dbname = pg_url.rsplit("/", 1)[1]
     rec = Recorder()
     a = make_engine(cutter.url(pg_server.user, dbname), jobs={"rec": rec}, node_id="a")
@@ -146,14 +147,14 @@ def test_a_writer_stops_after_stale_turns_decided_again_in_a_row(
         return cuts
 
     cuts = cut(STALE_TURNS - 1)
-    carried = a.trigger("t", {"a": 1})
+    carried = a.trigger("t", {"a": 1}, idempotency_key="a1")
     assert cuts[0] == STALE_TURNS - 1 and not cutter.failures
     assert carried.index == STALE_TURNS - 1  # after B's
     assert a.wait("t", carried.id, timeout=WAIT).status is ExecutionStatus.SUCCESS
     assert a.stats().write_failure is None
     cuts = cut(STALE_TURNS)
     with pytest.raises(errors.WriteFailed) as failed:
-        a.trigger("t", {"a": 2})
+        a.trigger("t", {"a": 2}, idempotency_key="a2")
     assert cuts[0] == STALE_TURNS and not cutter.failures
     assert f"{STALE_TURNS} times in a row" in str(failed.value), failed.value
     assert "nothing of it was written" in str(failed.value)

@@ -64,6 +64,9 @@ class _Watch:
         self.cut: Callable[[], None] | None = None
         self.cuts = 0
         self.foreign: set[str] = set()  # the ids of the executions the other node made
+        # its turns lock their tasks first, even those a stamped turn could take (test_pg_stamped):
+        # what is instrumented here is a turn begun by ``begin`` and decided again
+        self.actor._shares = False
         self._wrap_writer()
         self._wrap_actor()
         self._wrap_effects(monkeypatch)

@@ -30,7 +30,9 @@ def test_a_writer_whose_session_the_server_ends_as_idle_writes_its_turn_again(
     make_engine: Any, pg_server: PgServer, pg_url: str, cutter: CommitCutter, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The trigger's INSERT is held back: the writer's session sits idle in the turn's
-    transaction past the lease (1 s), and the server ends it. The trigger is answered, once,
+    transaction past the lease (1 s), and the server ends it. (The trigger has a key: its turn
+    begins its transaction a round trip before its INSERT. A stamped turn sends its transaction
+    whole, so one held back has begun nothing.) The trigger is answered, once,
     with index 0, the writer goes on, and the log names the setting."""
     caplog.set_level(logging.WARNING, logger="taskengine")
     dbname = pg_url.rsplit("/", 1)[1]
@@ -38,7 +40,7 @@ def test_a_writer_whose_session_the_server_ends_as_idle_writes_its_turn_again(
     a = make_engine(cutter.url(pg_server.user, dbname), jobs={"rec": rec}, node_id="a", node_lease=1.0)
     a.create_task("t", job="rec")
     cutter.stall(b"INSERT INTO taskengine.executions")
-    ex = a.trigger("t")
+    ex = a.trigger("t", idempotency_key="k")
     assert cutter.stalled.is_set(), "the INSERT was not held back"
     assert ex.index == 0
     assert a.wait("t", ex.id, timeout=WAIT).status is ExecutionStatus.SUCCESS

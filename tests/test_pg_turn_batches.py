@@ -4,6 +4,10 @@ With several nodes on one task, a turn waits for the task's lock while other nod
 What the node's callers send meanwhile joins that turn once it holds the lock (one transaction,
 one synced commit), rather than waiting for the lock again in a turn of its own; a message about
 a task the turn did not lock waits for the next turn, in the order it came.
+
+The triggers have idempotency keys, so their turns lock their tasks before they are handled. A
+stamped turn (test_pg_stamped) waits for the lock in its write, once handled: what arrives
+meanwhile makes the next turn.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ def test_what_arrives_while_a_turn_waits_for_its_task_joins_it(make_engine: Any,
     writer.write = counted
 
     def trigger(name: str, task_id: str) -> threading.Thread:
-        thread = threading.Thread(target=lambda: answers.update({name: engine.trigger(task_id)}), daemon=True)
+        thread = threading.Thread(target=lambda: answers.update({name: engine.trigger(task_id, idempotency_key=name)}),
+                                  daemon=True)
         thread.start()
         return thread
 

@@ -95,15 +95,22 @@ def _instrument_writes() -> str | None:
 
 def _instrument_postgres() -> str | None:
     """Time the PostgreSQL writer's transactions (``PostgresWriter._write``: the fence and task
-    locks, the statements, the commit)."""
+    locks, the statements, the commit; ``_write_stamped``: a stamped turn's one query)."""
     try:
         from taskengine.storage import pg_writer
     except ImportError as e:
         return f"no PostgreSQL backend ({e}): transaction timing skipped"
-    original = getattr(pg_writer.PostgresWriter, "_write", None)
-    if original is None:
-        return "no PostgresWriter._write: transaction timing skipped"
+    for name in ("_write", "_write_stamped"):
+        original = getattr(pg_writer.PostgresWriter, name, None)
+        if original is None:
+            return f"no PostgresWriter.{name}: transaction timing skipped"
+        setattr(pg_writer.PostgresWriter, name, _timed_transaction(original, stamped=name == "_write_stamped"))
+    for name, key in (("begin", "pg_begin"), ("_statements", "pg_statements_time")):
+        _time_method(pg_writer.PostgresWriter, name, key)
+    return None
 
+
+def _timed_transaction(original: Any, *, stamped: bool) -> Any:
     def transaction(self: Any, changes: Any, *rest: Any) -> Any:
         sent = getattr(self, "sent", 0)
         t0 = time.perf_counter()
@@ -113,15 +120,13 @@ def _instrument_postgres() -> str | None:
             took = time.perf_counter() - t0
             with _lock:
                 _stats["pg_transactions"] += 1
+                _stats["pg_stamped"] += int(stamped)
                 _stats["pg_changes"] += len(changes)
                 _stats["pg_statements"] += sum(len(c) for c in changes)
                 _stats["pg_sent"] += getattr(self, "sent", 0) - sent
                 _times["pg_transaction"] += took
 
-    pg_writer.PostgresWriter._write = transaction  # type: ignore[method-assign,assignment]
-    for name, key in (("begin", "pg_begin"), ("_statements", "pg_statements_time")):
-        _time_method(pg_writer.PostgresWriter, name, key)
-    return None
+    return transaction
 
 
 def _time_method(cls: Any, name: str, key: str) -> None:
@@ -720,21 +725,22 @@ def _nodes_lines(r: int, nodes: int, res: dict[str, Any], server_cpu: float | No
                 f", the server's {1e6 * server_cpu / ops:.1f} us per ack (every process, the window and around it)")]
     for k, n in enumerate(res["nodes"]):
         s, t = n["stats"], n["times"]
-        turns = max(1, s.get("pg_transactions", 0))
+        transactions = max(1, s.get("pg_transactions", 0))
+        turns = max(1, s.get("turns", 0))
         begun = max(1, s.get("pg_begin", 0))
 
-        def us(key: str, per: int = turns, t: dict[str, float] = t) -> float:
+        def us(key: str, per: int, t: dict[str, float] = t) -> float:
             return 1e6 * t.get(key, 0.0) / per
 
         rate = n["ops"] / max(n["seconds"], 1e-9)
-        rest = us("pg_transaction") - us("pg_statements_time")
-        answers = us("commit_total", begun) - us("pg_write", begun)
         lines.append(
-            f"  node {k}: {rate:.0f} acks/s, {s.get('pg_changes', 0) / turns:.1f} changes per turn; a turn "
-            f"{us('turn', max(1, s.get('turns', 0))):.0f} us: its start (round trip and the wait for the task's "
-            f"lock) {us('pg_begin', begun):.0f}, handling {us('handling', begun):.0f}, statements, notification "
-            f"and commit (one query) {us('pg_statements_time'):.0f}, the rest of the write {rest:.0f}, after the "
-            f"write (answers) {answers:.0f}; "
+            f"  node {k}: {rate:.0f} acks/s, {s.get('pg_changes', 0) / transactions:.1f} changes per transaction, "
+            f"{s.get('pg_stamped', 0)} of {s.get('pg_transactions', 0)} stamped (the task locked in the write); a "
+            f"turn {us('turn', turns):.0f} us: handling {us('handling', turns):.0f}, the write "
+            f"{us('pg_transaction', transactions):.0f} (statements, notification and commit as one query "
+            f"{us('pg_statements_time', transactions):.0f} of it in unstamped ones), after the write (answers) "
+            f"{(us('commit_total', turns) - us('pg_write', turns)):.0f}; an unstamped turn's start (round trip "
+            f"and the wait for the task's lock) {us('pg_begin', begun):.0f}; "
             f"process CPU {1e6 * n['cpu_seconds'] / max(1, n['ops']):.1f} us per ack")
     return lines
 
@@ -786,13 +792,14 @@ def nodes_child(params: dict[str, Any]) -> dict[str, Any]:
     _instrument_postgres()
     _instrument_turns()
     _time_method(pg_writer.PostgresWriter, "write", "pg_write")
+    _time_method(pg_writer.PostgresWriter, "write_stamped", "pg_write")
     # handling: from the end of the turn's start to its write; answering: after the write
     clock = time.perf_counter
     mark = threading.local()
     begin, commit = at.TurnActor._begin, at.TurnActor._commit
 
-    def timed_begin(self: Any, batch: Any) -> None:
-        begin(self, batch)
+    def timed_begin(self: Any, batch: Any, stamp: bool) -> None:
+        begin(self, batch, stamp)
         mark.t = clock()
 
     def timed_commit(self: Any, turn: Any) -> bool:
