@@ -155,9 +155,10 @@ def test_after_another_node_moved_its_task_a_turn_waits_for_as_many_triggers_as_
     a.trigger("t")
     b.trigger("t")
     writer, actor = a._committer, a._refs.counters[0]._actor_weakref()
-    begin, release = writer.begin_stamped, threading.Event()
+    begin, release, entered = writer.begin_stamped, threading.Event(), threading.Event()
 
-    def held(tasks: Any) -> Any:  # A's next turn is held until three triggers wait for it
+    def held(tasks: Any) -> Any:  # A's next turn is held until two more triggers wait behind it
+        entered.set()
         assert release.wait(WAIT)
         return begin(tasks)
 
@@ -169,7 +170,9 @@ def test_after_another_node_moved_its_task_a_turn_waits_for_as_many_triggers_as_
         thread.start()
         return thread
 
-    threads = [trigger(), trigger(), trigger()]
+    threads = [trigger()]
+    assert entered.wait(WAIT), "the first trigger's turn did not begin"
+    threads += [trigger(), trigger()]
     poll_until("two triggers wait behind the held turn", lambda: actor.actor_inbox.qsize() >= 2)
     release.set()
     for thread in threads:
