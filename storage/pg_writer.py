@@ -55,22 +55,21 @@ STALE_TURNS = 10
 #: the namespace (first key) of the per-task advisory locks a turn takes (see PostgresWriter.begin)
 TASK_LOCKS = 0x7461_736B  # "task"
 
+#: the two parts that statement shares with a stamped turn's (below): the write mark set
+#: (its values: seq, key, epoch), and each task's advisory lock (the namespace, the ids)
+_MARK = "WITH mark AS (UPDATE taskengine.write_marks SET seq = %s, missed = '{}' WHERE node = %s AND epoch = %s) "
+_TASK_LOCKS = ("(SELECT count(pg_advisory_xact_lock(%s, k)) FROM (SELECT DISTINCT hashtext(i) AS k "
+               "FROM unnest(%s::text[]) AS i ORDER BY k) AS s)")
 #: the first statement of every write transaction: the write mark (``postgres``'s docstring), the
 #: fence (pg_nodes.FENCE), then, only if the fence found the node's row, the advisory lock of each
 #: task the turn touches, in the order of their keys (every node takes them in that order: no
 #: deadlock). One round trip for the three; one row while the node may write, else none.
-_FENCE_AND_LOCK = (
-    "WITH mark AS (UPDATE taskengine.write_marks SET seq = %s, missed = '{}' WHERE node = %s AND epoch = %s) "
-    "SELECT (SELECT count(pg_advisory_xact_lock(%s, k)) FROM (SELECT DISTINCT hashtext(i) AS k "
-    f"FROM unnest(%s::text[]) AS i ORDER BY k) AS s) WHERE EXISTS ({pg_nodes.FENCE})"
-)
+_FENCE_AND_LOCK = f"{_MARK}SELECT {_TASK_LOCKS} WHERE EXISTS ({pg_nodes.FENCE})"
 #: _FENCE_AND_LOCK for a write sent in the one query that begins its transaction (a stamped turn's):
 #: nothing can be looked at before the query's later statements run, so a fence that finds no row
 #: fails the statement (:data:`_LEASE_LOST`; the query's ``COMMIT`` is then skipped)
 _FENCE_AND_LOCK_OR_FAIL = (
-    "WITH mark AS (UPDATE taskengine.write_marks SET seq = %s, missed = '{}' WHERE node = %s AND epoch = %s) "
-    "SELECT CASE WHEN EXISTS (" + pg_nodes.FENCE + ") THEN (SELECT count(pg_advisory_xact_lock(%s, k)) FROM "
-    "(SELECT DISTINCT hashtext(i) AS k FROM unnest(%s::text[]) AS i ORDER BY k) AS s) "
+    f"{_MARK}SELECT CASE WHEN EXISTS ({pg_nodes.FENCE}) THEN {_TASK_LOCKS} "
     "ELSE ('taskengine: the lease of node ' || %s || ' is lost')::int END"
 )
 _LEASE_LOST = "taskengine: the lease of node"
