@@ -8,7 +8,8 @@ read and the wait.
 A watch that names its task may be of an execution another node runs (the database is shared,
 PostgreSQL): :meth:`CompletionBoard.remote` lists those for remote.py to read again, with the
 record last seen of each, so an execution deleted with its task elsewhere is answered as a
-deletion here would answer it.
+deletion here would answer it. remote.py listens for other nodes' changes only while it has use
+for them: the first such watch after none calls ``on_remote`` (it wakes remote.py to listen).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class CompletionBoard:
         # execution id -> [its task id, its record as last seen unfinished]: watches that may be
         # of an execution run elsewhere; an entry outlives its watchers until remote() drops it
         self._tasks: dict[str, list[Any]] = {}
+        #: called (outside the lock) when a watch of an execution run elsewhere comes after none
+        self.on_remote: Callable[[], None] | None = None
 
     def watch(self, execution_id: str, task_id: str | None = None) -> Reply[Execution]:
         """``task_id``: the execution may be run by another node (a wait), not by this one for
@@ -43,9 +46,27 @@ class CompletionBoard:
                 fut.set_exception((type(error), error, None))
                 return fut
             self._watchers.setdefault(execution_id, []).append(fut)
-            if task_id is not None:
-                self._tasks.setdefault(execution_id, [task_id, None])
+            first = task_id is not None and self._remote_entry(execution_id, task_id)
+        if first:
+            self._first_remote()
         return fut
+
+    def _remote_entry(self, execution_id: str, task_id: str) -> bool:
+        """Under the lock: ``execution_id`` may finish elsewhere. True if it is the first such."""
+        first = not self._tasks
+        self._tasks.setdefault(execution_id, [task_id, None])
+        return first
+
+    def _first_remote(self) -> None:
+        hook = self.on_remote
+        if hook is not None:
+            hook()
+
+    def has_remote(self) -> bool:
+        """Some execution waited for here may finish elsewhere (a watch that ended may still
+        count, until the next :meth:`remote`)."""
+        with self._lock:
+            return bool(self._tasks)
 
     def seen(self, execution: Execution) -> None:
         """A waiter read ``execution`` unfinished."""
@@ -75,9 +96,12 @@ class CompletionBoard:
         Called by the counter actor in the turn that sees the repeat, so the outcome, which
         that same actor publishes later (or, run by another node, remote.py), cannot slip past."""
         with self._lock:
-            if self._closed is None:
-                self._followers.setdefault(execution_id, []).append(follower_id)
-                self._tasks.setdefault(execution_id, [task_id, None])
+            if self._closed is not None:
+                return
+            self._followers.setdefault(execution_id, []).append(follower_id)
+            first = self._remote_entry(execution_id, task_id)
+        if first:
+            self._first_remote()
 
     def unfollow(self, execution_id: str, follower_id: str) -> None:
         with self._lock:

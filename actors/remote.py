@@ -8,6 +8,13 @@ seconds, since a notification can be lost (the listening connection was down); s
 finish reaches its waiter at once, and at the latest about ``poll`` seconds after the database
 is reachable again. Reads only: a queued execution is run by whichever node's Start claims
 it first, so a node that finds one another node runs already is refused, which is normal.
+
+It listens only while it has use for notifications: a caller here waits for an execution
+another node may finish, or this node has jobs registered and room in its executors for work
+made elsewhere. Otherwise (a node whose executors are all busy, one that only triggers) every
+write of every node would wake it for nothing. It listens again, and reads what it may have
+missed, as soon as it has use again: the first wait wakes it (``CompletionBoard.on_remote``),
+and room is looked for every ``DISCOVERY_GAP`` seconds while there is none.
 """
 
 from __future__ import annotations
@@ -59,12 +66,16 @@ class RemoteChanges:
         self._poll = poll
         self._salt = salt
         self._after = ""  # where the next look for PENDING executions starts: looks go round the tasks
+        # work made elsewhere could be queued here now (jobs registered, room in the executors), as
+        # the last look found; with no remote waits, the feed listens only while it could
+        self._room = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="taskengine-remote", daemon=True)
         #: figures the tests read (not in stats()): rounds of each kind, executions found
         self.rounds = {"waits": 0, "discoveries": 0, "published": 0, "discovered": 0}
 
     def start(self) -> None:
+        self._board.on_remote = self._feed.wake
         self._thread.start()
 
     def job_registered(self) -> None:
@@ -82,12 +93,14 @@ class RemoteChanges:
     def _run(self) -> None:
         next_poll = time.monotonic() + self._poll
         discover_due, last_discovery = True, 0.0
+        missed = False  # it listens again: what was notified meanwhile is read at once
         while not self._stop.is_set():
             now = time.monotonic()
             wake = next_poll
             if discover_due:
                 wake = min(wake, last_discovery + DISCOVERY_GAP)
-            kinds = self._feed.wait(max(0.0, wake - now))
+            kinds = set(ALL_CHANGES) if missed else self._feed.wait(max(0.0, wake - now))
+            missed = False  # a read of it that fails is tried again at the next poll, as any
             if self._stop.is_set():
                 return
             now = time.monotonic()
@@ -102,6 +115,7 @@ class RemoteChanges:
                     last_discovery = now
                     more = self._discover()
                     discover_due = discover_due if more is None else more
+                missed = self._feed.listen(self._room or self._board.has_remote())
             except EngineClosed:
                 return
             except Exception as e:  # a read that failed (the server restarts): the next round tries again
@@ -157,6 +171,7 @@ class RemoteChanges:
         stats = cast(dict[str, int], ask(self._refs.pool, m.PoolStats()))
         room = stats["executors"] - stats["running"] - stats["queued"]
         jobs = self._jobs.names()
+        self._room = bool(jobs) and room > 0
         if not jobs:
             return False
         if room <= 0:

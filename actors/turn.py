@@ -73,7 +73,8 @@ class Turn:
     """What one turn of the actor will write, and what it does once the write is durable."""
 
     __slots__ = ("changes", "answers", "pending", "removed", "submits", "direct", "deleted", "keys",
-                 "counted", "events", "soft", "locked", "saved", "undo", "again", "stamped", "shifts")
+                 "counted", "events", "soft", "locked", "saved", "undo", "again", "stamped", "shifts",
+                 "moved")
 
     def __init__(self) -> None:
         self.changes: list[Change] = []
@@ -100,6 +101,8 @@ class Turn:
         # counters were assumed, not read, and each task's indexes move by its shift once written
         self.stamped = False
         self.shifts: dict[str, int] = {}
+        # placed(): id() of a record moved -> (that record, held so its id() is not reused, its move)
+        self.moved: dict[int, tuple[Execution, Execution]] = {}
 
     @property
     def shared(self) -> bool:
@@ -107,9 +110,15 @@ class Turn:
         return self.locked is not None
 
     def placed(self, ex: Execution) -> Execution:
-        """``ex`` at the index this turn's write gave it (a stamped turn's: moved by its task's shift)."""
+        """``ex`` at the index this turn's write gave it (a stamped turn's: moved by its task's shift).
+        One record per record moved: its answer and its work item share it."""
         shift = self.shifts.get(ex.task_id, 0) if self.shifts else 0
-        return ex if not shift or ex.index is None else attrs.evolve(ex, index=ex.index + shift)
+        if not shift or ex.index is None:
+            return ex
+        pair = self.moved.get(id(ex))
+        if pair is None:
+            pair = self.moved[id(ex)] = (ex, attrs.evolve(ex, index=ex.index + shift))
+        return pair[1]
 
     def restamp(self, shifts: dict[str, int]) -> None:
         """A stamped turn written: its tasks' counters, and the executions it made wherever they

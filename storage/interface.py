@@ -168,6 +168,11 @@ class ChangesFeed(Protocol):
         """Ends a wait in progress (from any thread) as if PENDING executions had been made."""
         ...
 
+    def listen(self, on: bool) -> bool:
+        """Be told of other nodes' changes (``on``, as at the start) or not; from the waiting
+        thread. True if it is told again after it was not: changes made meanwhile were missed."""
+        ...
+
     def close(self) -> None:
         """Ends a wait in progress (from any thread); later waits return at once."""
         ...

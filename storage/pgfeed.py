@@ -7,6 +7,10 @@ made. A node's own writes are left out here (their notifications carry the write
 process id): its actors already know what they wrote. A notification can be lost (while this
 connection is down, or if the server restarts), so callers poll as well; after a reconnect
 :meth:`PostgresFeed.wait` reports every kind of change, since notifications were missed.
+
+A node that has no use for notifications for a while (:meth:`PostgresFeed.listen`) stops
+listening: otherwise every write of every node, its own included, wakes its server process and
+its feed thread for nothing. When it listens again, it reads as after a reconnect.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class PostgresFeed:
         self._fds_lock = threading.Lock()
         self.reconnects = 0
         self._lost = False  # a loss was logged, and no connection made since
+        self._listening = True  # LISTEN on each connection made (listen())
         self._connect()
 
     @property
@@ -89,7 +94,8 @@ class PostgresFeed:
             self._lost = True
             return False
         try:
-            conn.execute(f"LISTEN {CHANNEL}")
+            if self._listening:
+                conn.execute(f"LISTEN {CHANNEL}")
         except psycopg.Error:
             conn.close()
             return False
@@ -125,6 +131,28 @@ class PostgresFeed:
             self._lost = True
             self._drop()
             return set(ALL_CHANGES)
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    def listen(self, on: bool) -> bool:
+        """LISTEN (``on``) or UNLISTEN, from the thread that waits. True if it listens again after
+        it did not: what was notified meanwhile was missed, and the caller reads it (as after a
+        reconnect). A connection lost on the way is made again by the next wait."""
+        if on == self._listening:
+            return False
+        self._listening = on
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.execute(f"LISTEN {CHANNEL}" if on else f"UNLISTEN {CHANNEL}")
+            except psycopg.Error as e:
+                log.warning("the listening connection to %s was lost (%s); polling until it is back",
+                            self._shown, message(e))
+                self._lost = True
+                self._drop()
+        return on
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

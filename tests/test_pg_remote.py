@@ -259,6 +259,87 @@ def test_poll_interval_is_validated(make_engine: Any, db_path: str) -> None:
             make_engine(db_path, poll_interval=bad)
 
 
+# -- listening only while there is use for it ------------------------------------------------
+
+
+def test_a_feed_is_not_told_what_was_sent_while_it_did_not_listen(pg_url: str, other: OtherNode) -> None:
+    from taskengine.storage.pgfeed import PostgresFeed
+
+    feed = PostgresFeed(pg_url, "the test's database", lambda: set())
+    try:
+        assert feed.listen(True) is False  # it listens from the start
+        assert feed.listen(False) is False
+        other.conn.execute("SELECT pg_notify(%s, 'f')", (CHANNEL,))  # nobody hears this one
+        assert feed.listen(True) is True  # listening again: what came meanwhile was missed
+        other.conn.execute("SELECT pg_notify(%s, 'p')", (CHANNEL,))
+        assert feed.wait(WAIT) == {"p"}
+    finally:
+        feed.release()
+
+
+def test_a_node_with_no_use_for_notifications_stops_listening_and_a_wait_brings_it_back(
+    make_engine: Any, pg_url: str, other: OtherNode
+) -> None:
+    """No job registered and nothing waited for: nothing another node writes concerns it. A wait
+    for another node's execution makes it listen again at once (the poll is out of reach)."""
+    engine = make_engine(pg_url, poll_interval=NEVER)
+    feed = engine._remote._feed
+    until(lambda: not feed.listening, "the feed to stop listening")
+    other.create_task("t", job="elsewhere")
+    ex = other.trigger("t")
+    waiter = remote_wait(engine, "t", ex.id)
+    done = other.finish(ex)
+    assert waiter.result() == done
+    assert feed.listening
+
+
+def test_a_finish_sent_before_the_feed_listens_again_is_read_when_it_does(
+    make_engine: Any, pg_url: str, other: OtherNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(pg_url, poll_interval=NEVER)
+    feed = engine._remote._feed
+    until(lambda: not feed.listening, "the feed to stop listening")
+    about_to_listen, go_on = threading.Event(), threading.Event()
+    listen = feed.listen
+
+    def held_listen(on: bool) -> bool:  # the finish is committed just before the LISTEN
+        if on and not feed.listening:
+            about_to_listen.set()
+            assert go_on.wait(WAIT)
+        return listen(on)
+
+    monkeypatch.setattr(feed, "listen", held_listen)
+    other.create_task("t", job="elsewhere")
+    ex = other.trigger("t")
+    waiter = remote_wait(engine, "t", ex.id)
+    assert about_to_listen.wait(WAIT)
+    done = other.finish(ex)  # its notification reaches no one
+    go_on.set()
+    assert waiter.result() == done
+
+
+def test_a_node_whose_executors_are_all_busy_stops_listening_until_it_has_room(
+    make_engine: Any, pg_url: str, other: OtherNode
+) -> None:
+    from engine_helpers import Gate
+
+    gate = Gate()
+    engine = make_engine(pg_url, jobs={"j": gate}, workers=1, poll_interval=NEVER)
+    engine.create_task("mine", job="j")
+    engine.trigger("mine")
+    assert gate.wait_calls(1)
+    feed = engine._remote._feed
+    other.create_task("nudge", job="elsewhere")
+    other.trigger("nudge")  # a notification: it looks for work, and finds no room for any
+    until(lambda: not feed.listening, "the feed to stop listening")
+    other.create_task("t", job="j")
+    made = other.trigger("t")  # notified, not heard: the executor has no room for it
+    gate.release()
+    assert gate.wait_calls(2)  # found once the executor had room
+    assert gate.calls[1][0] == made.id
+    until(lambda: feed.listening, "the feed to listen again")
+
+
 # -- two real engines (nodes) on one database ------------------------------------------------
 
 
