@@ -100,7 +100,7 @@ class RemoteChanges:
             if discover_due:
                 wake = min(wake, last_discovery + DISCOVERY_GAP)
             kinds = set(ALL_CHANGES) if missed else self._feed.wait(max(0.0, wake - now))
-            missed = False  # a read of it that fails is tried again at the next poll, as any
+            missed = False  # a read of what was missed that fails is tried again at the next poll, as any
             if self._stop.is_set():
                 return
             now = time.monotonic()
@@ -108,14 +108,16 @@ class RemoteChanges:
                 next_poll = now + self._poll
                 kinds = set(ALL_CHANGES)
             try:
-                if FINISHED in kinds:
-                    self._waits()
-                discover_due = discover_due or PENDING_CREATED in kinds
-                if discover_due and now - last_discovery >= DISCOVERY_GAP:
-                    last_discovery = now
-                    more = self._discover()
-                    discover_due = discover_due if more is None else more
-                missed = self._feed.listen(self._room or self._board.has_remote())
+                try:
+                    if FINISHED in kinds:
+                        self._waits()
+                    discover_due = discover_due or PENDING_CREATED in kinds
+                    if discover_due and now - last_discovery >= DISCOVERY_GAP:
+                        last_discovery = now
+                        more = self._discover()
+                        discover_due = discover_due if more is None else more
+                finally:  # a read that failed must not keep a wait that began from being heard
+                    missed = self._feed.listen(self._room or self._board.has_remote())
             except EngineClosed:
                 return
             except Exception as e:  # a read that failed (the server restarts): the next round tries again

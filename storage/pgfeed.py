@@ -10,7 +10,8 @@ connection is down, or if the server restarts), so callers poll as well; after a
 
 A node that has no use for notifications for a while (:meth:`PostgresFeed.listen`) stops
 listening: otherwise every write of every node, its own included, wakes its server process and
-its feed thread for nothing. When it listens again, it reads as after a reconnect.
+its feed thread for nothing. When it listens again, its caller reads what it may have missed, as
+after a reconnect.
 """
 
 from __future__ import annotations

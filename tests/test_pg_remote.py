@@ -318,6 +318,29 @@ def test_a_finish_sent_before_the_feed_listens_again_is_read_when_it_does(
     assert waiter.result() == done
 
 
+def test_a_wait_that_begins_while_looks_for_work_fail_is_still_heard(
+    make_engine: Any, pg_url: str, other: OtherNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every look for PENDING executions fails (and every round looks): the feed still listens
+    again for a wait that began, so a notified finish answers it (the poll is out of reach)."""
+    from taskengine.actors import remote as remote_module
+
+    engine = make_engine(pg_url, poll_interval=NEVER)
+    remote, feed = engine._remote, engine._remote._feed
+    until(lambda: not feed.listening, "the feed to stop listening")
+
+    def failing_look() -> bool | None:
+        raise RuntimeError("the look for work failed")
+
+    monkeypatch.setattr(remote, "_discover", failing_look)
+    monkeypatch.setattr(remote_module, "DISCOVERY_GAP", 0.0)  # the wait's wake finds a look due
+    other.create_task("t", job="elsewhere")
+    ex = other.trigger("t")
+    waiter = remote_wait(engine, "t", ex.id)
+    done = other.finish(ex)
+    assert waiter.result() == done
+
+
 def test_a_node_whose_executors_are_all_busy_stops_listening_until_it_has_room(
     make_engine: Any, pg_url: str, other: OtherNode
 ) -> None:
