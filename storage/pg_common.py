@@ -1,7 +1,10 @@
-"""What the PostgreSQL modules share: psycopg's message as a user may see it, how long a lost
-connection is tried again, and the page size of reads that go through a whole table."""
+"""What the PostgreSQL modules share: psycopg's message as a user may see it, whether an error
+says the connection is gone, how long a lost connection is tried again, and the page size of
+reads that go through a whole table."""
 
 from __future__ import annotations
+
+from typing import Any
 
 #: how long a lost connection is retried before a write gives up (and the writer fails)
 RECONNECT_SECONDS = 30.0
@@ -20,6 +23,16 @@ def idle_in_transaction_ms(lease: float) -> int:
     stopped or cut off inside a transaction loses it, and its locks, within its lease (the server
     would otherwise keep them until TCP gives up on the connection, hours by default)."""
     return max(1000, int(lease * 1000))
+
+
+def connection_lost(conn: Any, e: BaseException) -> bool:
+    """``e``, raised by a statement on ``conn``, says the connection is gone, not that the server
+    refused the statement. An error with no SQLSTATE comes from the client's side: psycopg raises one
+    ("connection socket closed") when the socket reports a hang-up while libpq still counts the
+    connection as open, and every later statement on it would then fail too."""
+    import psycopg  # imported by the caller already; this module is read without the driver too
+
+    return bool(conn.closed or conn.broken or (isinstance(e, psycopg.OperationalError) and e.sqlstate is None))
 
 
 def message(e: BaseException) -> str:

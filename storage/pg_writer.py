@@ -36,7 +36,7 @@ from . import pg_nodes, pg_query, pgarrays
 from .errors import StorageError, TasksChanged, WriteFailed, thread_refusal
 from .interface import Change, Node, StoredTask
 from .pg_changes import STAMP_CONFLICT, Stamp, Stmt, plan, stamped
-from .pg_common import LANE_SEPARATOR, RECONNECT_SECONDS, message
+from .pg_common import LANE_SEPARATOR, RECONNECT_SECONDS, connection_lost, message
 from .pgfeed import notification, notify
 from .records import INTERRUPTED
 
@@ -388,7 +388,7 @@ class PostgresWriter:
                 self._rollback()
                 self._fail(pg_nodes.lease_lost(self.node), outcome_unknown=False)
             except _LOST as e:
-                if not conn.closed and not conn.broken:
+                if not connection_lost(conn, e):
                     self._rollback()
                     self._fail(message(e), outcome_unknown=False)
                 log.warning("connection to %s lost at the start of a turn (%s); connecting again",
@@ -571,7 +571,7 @@ class PostgresWriter:
             try:
                 return send(conn)
             except _LOST as e:
-                if not conn.closed and not conn.broken:
+                if not connection_lost(conn, e):
                     raise  # the server refused the statement: rolled back by _apply, the connection lives
                 log.warning("connection to %s lost during a write (%s); settling its outcome",
                             self._store.path, message(e))

@@ -280,3 +280,35 @@ def test_a_commit_in_doubt_spares_a_session_that_took_the_lost_ones_pid(
             stranger.close()
         admin.close()
         setup.close()
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["stamped turn", "turn locked first"])
+def test_a_hang_up_psycopg_reports_before_libpq_knows_is_settled(make_engine: Any, pg_url: str, keyed: bool,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """psycopg raises OperationalError("connection socket closed") when the socket reports a
+    hang-up while libpq still counts the connection as open (seen in CI: the server process ended
+    just as a turn's query went out). That is a lost connection, not a statement the server
+    refused: the writer settles the write by its mark and sends it again; it does not stop."""
+    engine = make_engine(pg_url, jobs={"j": lambda ctx: None}, counter_actors=1, node_id="a")
+    engine.create_task("t", job="j")
+    first = engine.trigger("t", idempotency_key="k0" if keyed else None)
+    writer = engine._committer
+    execute = psycopg.ClientCursor.execute
+    cut: list[int] = []
+
+    def hung_up(cur: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = cur.connection
+        if not cut and conn is writer._conn and "COMMIT" in str(query):  # the turn's write, as it goes out
+            cut.append(conn.info.backend_pid)
+            with psycopg.connect(pg_url, autocommit=True) as side:
+                side.execute("SELECT pg_terminate_backend(%s)", (cut[0],))
+            assert not conn.broken  # psycopg noticed before libpq did
+            raise psycopg.OperationalError("connection socket closed")
+        return execute(cur, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.ClientCursor, "execute", hung_up)
+    second = engine.trigger("t", idempotency_key="k1" if keyed else None)
+    assert cut and writer.failure is None
+    assert (first.index, second.index) == (0, 1)
+    assert engine.wait("t", second.id, timeout=WAIT).status is ExecutionStatus.SUCCESS
+    assert engine.trigger("t").index == 2
