@@ -127,10 +127,7 @@ class PostgresFeed:
             own = self._own()
             return {kind for n in conn.notifies(timeout=0) if n.pid not in own for kind in n.payload}
         except (psycopg.Error, OSError, ValueError) as e:
-            log.warning("the listening connection to %s was lost (%s); polling until it is back",
-                        self._shown, message(e))
-            self._lost = True
-            self._drop()
+            self._lose(e)
             return set(ALL_CHANGES)
 
     @property
@@ -149,11 +146,15 @@ class PostgresFeed:
             try:
                 conn.execute(f"LISTEN {CHANNEL}" if on else f"UNLISTEN {CHANNEL}")
             except psycopg.Error as e:
-                log.warning("the listening connection to %s was lost (%s); polling until it is back",
-                            self._shown, message(e))
-                self._lost = True
-                self._drop()
+                self._lose(e)
         return on
+
+    def _lose(self, e: BaseException) -> None:
+        """The connection failed (``e``): said, and dropped; the next wait connects again."""
+        log.warning("the listening connection to %s was lost (%s); polling until it is back",
+                    self._shown, message(e))
+        self._lost = True
+        self._drop()
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
