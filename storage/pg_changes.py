@@ -235,7 +235,10 @@ END_ONE = _ending("UPDATE taskengine.executions SET status = %s, record = %s WHE
 #: its task's *shift* (the counter found, less the one assumed), with their live rows; each task's
 #: shift returned. A task gone, of another incarnation, or whose limit the moved counter would pass is
 #: not moved, and the statement fails (:data:`STAMP_CONFLICT`), as its executions must not be made
-#: (``k.ok`` is in the result so that the check is evaluated: a column nothing reads may not be)
+#: (``k.ok`` is in the result so that the check is evaluated: a column nothing reads may not be).
+#: Each row finds its shift in ``c`` by a ``LATERAL`` subquery that ``OFFSET 0`` keeps apart: as a
+#: join, the planner (which counts one row in ``c``, and may not hash: ``pg_writer._PLANNER``) puts
+#: ``c`` outside and reads the rows again for each task
 _STAMP_TASKS = _rows_of("id text", "n bigint", "was bigint", "incarnation text")
 _STAMP_ROWS = _rows_of("task_id text", "idx bigint", "id text", "status text", "idempotency_key bytea",
                        "record bytea", "runner text", "runner_epoch bigint")
@@ -245,8 +248,9 @@ _STAMP = (
     "AND (t.max_executions IS NULL OR t.counter + v.n <= t.max_executions) "
     "RETURNING t.id, t.counter - v.n - v.was AS shift), "
     f"e AS (INSERT INTO taskengine.executions ({_COLUMNS}) "
-    "SELECT v.task_id, v.idx + c.shift, v.id, v.status::\"char\", v.idempotency_key, v.record, v.runner, "
-    f"v.runner_epoch FROM {_STAMP_ROWS} JOIN c ON c.id = v.task_id RETURNING task_id, idx, status), "
+    "SELECT v.task_id, v.idx + s.shift, v.id, v.status::\"char\", v.idempotency_key, v.record, v.runner, "
+    f"v.runner_epoch FROM {_STAMP_ROWS}, LATERAL (SELECT c.shift FROM c WHERE c.id = v.task_id OFFSET 0) AS s "
+    "RETURNING task_id, idx, status), "
     "l AS (INSERT INTO taskengine.live (task_id, idx) SELECT task_id, idx FROM e WHERE status IN ('P', 'R')) "
     "SELECT c.id, c.shift, k.ok FROM c RIGHT JOIN (SELECT CASE count(*) WHEN %s THEN 0 "
     "ELSE ('taskengine: ' || (%s - count(*)) || ' task(s) changed under a stamped turn')::int END AS ok "

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from engine_helpers import WAIT, Gate, Recorder, check_db, poll_until
 from pg import PgServer
 from pg_proxy import CommitCutter
 from taskengine import Execution, ExecutionStatus, Hooks
+from taskengine.storage import Task, open_store
+from taskengine.storage.pg_changes import stamped
+from taskengine.storage.pg_writer import _PLANNER
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -224,3 +229,68 @@ def test_a_stamped_write_of_a_node_whose_lease_ended_writes_nothing(make_engine:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         assert conn.execute("SELECT counter FROM taskengine.tasks WHERE id = 't'").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM taskengine.executions").fetchone() == (1,)
+
+
+def test_a_stamped_write_over_many_tasks_moves_each_by_its_own_shift_and_reads_its_rows_once(
+        pg_server: PgServer) -> None:
+    """One stamped write over twelve tasks, of which another node moved each by 0 to 3: every
+    execution lands at its own task's shift, and the statement's plan (made as the writer makes it:
+    generic, its planner settings) reads the write's rows once, not once per task (a join of the
+    moved counters to the rows that rescans the rows for each task costs the server a read of
+    every row per task)."""
+    url = pg_server.create_database()
+    mine, other = (open_store(url, create=True, node_id=n) for n in ("w1", "w2"))
+    writers = [s.writer(sync=True) for s in (mine, other)]
+    try:
+        tasks = {f"t{k}": Task(id=f"t{k}", job="j", created_at=NOW, incarnation=f"i{k}") for k in range(12)}
+        writers[0].write([mine.changes.create_task(t) for t in tasks.values()])
+        moved = {task_id: k % 4 for k, task_id in enumerate(tasks)}
+        writers[1].write([other.changes.assign(_pending(task_id, i, f"{task_id}-b{i}"))
+                          for task_id, n in moved.items() for i in range(n)])
+        changes = []
+        for task_id in tasks:  # as a stamped turn makes them: two executions, then the counter
+            changes += [mine.changes.assign(_pending(task_id, i, f"{task_id}-a{i}"), with_counter=False)
+                        for i in range(2)]
+            changes.append(mine.changes.counter(task_id, 2, 0))
+        assert writers[0].begin_stamped({t.id: t.incarnation for t in tasks.values()})
+        assert writers[0].write_stamped(changes) == moved
+        with psycopg.connect(url) as conn:
+            rows = conn.execute("SELECT task_id, idx, id FROM taskengine.executions").fetchall()
+            assert sorted(rows) == sorted([(t, moved[t] + i, _id(f"{t}-a{i}")) for t in tasks for i in range(2)]
+                                          + [(t, i, _id(f"{t}-b{i}")) for t in tasks for i in range(moved[t])])
+            for name, value in _PLANNER.items():
+                conn.execute(f"SET {name} = '{value}'")
+            again = [mine.changes.assign(_pending(t, moved[t] + 2 + i, f"{t}-c{i}"), with_counter=False)
+                     for t in tasks for i in range(2)]
+            stamp = stamped([*again, *(mine.changes.counter(t, moved[t] + 4, moved[t] + 2) for t in tasks)],
+                            {t.id: t.incarnation for t in tasks.values()})
+            (plan,), = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + stamp.sql, stamp.params).fetchall()
+            conn.rollback()
+        scans = list(_nodes(plan[0]["Plan"], "Function Scan"))
+        assert len(scans) == 2 and all(s["Actual Loops"] == 1 for s in scans), scans
+    finally:
+        for w in writers:
+            w.close()
+        mine.close()
+        other.close()
+
+
+NOW = 1_700_000_000.0
+
+
+def _id(name: str) -> str:
+    """An execution id of a 26-character ULID's length, as a record needs."""
+    return name.rjust(26, "0")
+
+
+def _pending(task_id: str, index: int, execution_id: str) -> Execution:
+    return Execution(id=_id(execution_id), task_id=task_id, index=index, status=ExecutionStatus.PENDING,
+                     blocking=False, data=None, created_at=NOW)
+
+
+def _nodes(node: dict[str, Any], kind: str) -> Iterator[dict[str, Any]]:
+    """The nodes of an EXPLAIN (FORMAT JSON) plan of ``kind``."""
+    if node["Node Type"] == kind:
+        yield node
+    for child in node.get("Plans", ()):
+        yield from _nodes(child, kind)

@@ -472,7 +472,8 @@ def _database(args: argparse.Namespace, name: str, notes: list[str] | None) -> t
 
 def probe_acks(args: argparse.Namespace) -> list[str]:
     notes = [n for n in (_instrument_writes(), _instrument_turns(),
-                         _instrument_directory(args.no_directory_watch)) if n]
+                         _instrument_directory(args.no_directory_watch),
+                         _instrument_cprofile() if args.cprofile else None) if n]
     _instrument_messages()
     from taskengine import Engine
 
@@ -502,6 +503,8 @@ def probe_acks(args: argparse.Namespace) -> list[str]:
     lines += _cpu_table(before, after, ops, wall)
     lines.append(_switch_line(switches, ops, "ack"))
     lines += _write_lines(ops, "ack", frozen)
+    if args.cprofile:  # over the whole run, not the window alone
+        lines += _cprofile_lines(max(_stats["msg tell Trigger -> CounterActor"], 1))
     return notes + lines
 
 
