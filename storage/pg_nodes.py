@@ -28,7 +28,7 @@ import psycopg
 from . import codec, keys, pg_changes, records
 from .errors import CorruptRecord
 from .interface import FINISHED, Node
-from .pg_common import LANE_SEPARATOR, idle_in_transaction_ms, message
+from .pg_common import LANE_SEPARATOR, connection_lost, idle_in_transaction_ms, message
 from .pg_schema import SCHEMA_VERSION
 from .pgfeed import notify
 from .records import Execution, ExecutionStatus
@@ -247,6 +247,8 @@ class Heartbeat:
         except psycopg.Error as e:
             log.warning("node %r: heartbeat failed (%s); trying again", self._node.id,
                         message(e))
+            if self._conn is not None and connection_lost(self._conn, e):
+                self._conn.close()  # the next beat connects again
             if time.monotonic() - self._renewed > self._lease:
                 return lease_lost(self._node) + " (no contact with it for longer than the lease)"
         return None

@@ -56,7 +56,7 @@ from . import codec, interface, keys
 from .errors import CorruptRecord, StorageError, thread_refusal
 from .interface import Changes, ChangesFeed, Node, OnCorrupt, Store, Writer
 from .pg_changes import PostgresChanges
-from .pg_common import PAGE, RECONNECT_SECONDS, message
+from .pg_common import PAGE, RECONNECT_SECONDS, connection_lost, message
 from .pg_schema import check_encoding, check_schema
 from .pg_writer import PostgresWriter
 from .pgfeed import PostgresFeed
@@ -169,7 +169,7 @@ class PostgresStore(Store):
                 # a connection the server dropped (it restarted): the pool discards it. Every idle
                 # connection of the pool was dropped with it, so they are checked (the broken ones
                 # discarded) before the read is made again, until the server is back or the deadline
-                if conn is None or not conn.broken or time.monotonic() >= deadline:
+                if conn is None or not connection_lost(conn, e) or time.monotonic() >= deadline:
                     raise StorageError(f"cannot read {self.path}: {message(e)}") from None
                 self._pool.check()
             except (psycopg.Error, psycopg_pool.PoolTimeout) as e:
