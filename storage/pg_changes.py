@@ -55,13 +55,6 @@ class Stmt:
 _STATUS = {status: status.code.decode() for status in ExecutionStatus}
 
 
-def _groups(stmt: Stmt) -> bool:
-    """Whether ``stmt`` can go in a group made one set-based statement: it has that form, and it
-    expects nothing, or one row it picks by its key (so the group's row count is the number of
-    its statements exactly when each touched its row; a soft one's returned keys say which did)."""
-    return bool(stmt.batch) and (stmt.expect is None or (stmt.expect == 1 and bool(stmt.key)))
-
-
 Flat = Sequence[tuple[int, Stmt]]
 
 
@@ -97,38 +90,52 @@ def plan(flat: Flat) -> list[list[tuple[int, Stmt]]]:
     change_at: dict[int, int] = {}  # a change's last group
     task_at: dict[str, int] = {}  # the last group of any statement of a task
     whole_at: dict[str, int] = {}  # the last group of a whole-task statement of a task
-    row_at: dict[tuple[str, int], int] = {}  # the last group of an execution's statement
-    for position, stmt in flat:
+    row_at: dict[tuple[str, int | None], int] = {}  # the last group of an execution's statement
+    for position, stmt in flat:  # (max() and helpers written out: this runs for every statement)
         touches = stmt.touches
-        after = max(barrier, change_at.get(position, -1))
+        after = change_at.get(position, -1)
         if touches is None:
             after = last
-        elif touches[1] is None:
-            after = max(after, task_at.get(touches[0], -1))
         else:
-            after = max(after, whole_at.get(touches[0], -1), row_at.get((touches[0], touches[1]), -1))
+            if barrier > after:
+                after = barrier
+            task = touches[0]
+            if touches[1] is None:
+                seen = task_at.get(task, -1)
+            else:
+                seen = whole_at.get(task, -1)
+                row = row_at.get(touches, -1)  # touches is the (task id, index) key
+                if row > seen:
+                    seen = row
+            if seen > after:
+                after = seen
         at = len(groups)
-        if _groups(stmt):
-            kind = (stmt.batch, stmt.expect, stmt.soft)
-            same = of_kind.setdefault(kind, [])
+        # it can go in a group made one set-based statement: it has that form, and it expects
+        # nothing, or one row it picks by its key (so the group's row count is the number of its
+        # statements exactly when each touched its row; a soft one's returned keys say which did)
+        if stmt.batch and (stmt.expect is None or (stmt.expect == 1 and stmt.key)):
+            same = of_kind.setdefault((stmt.batch, stmt.expect, stmt.soft), [])
             found = bisect.bisect_right(same, after)
             if found < len(same):
                 at = same[found]
             else:
                 same.append(at)
         if at == len(groups):
-            groups.append([])
-        groups[at].append((position, stmt))
-        last = max(last, at)
+            groups.append([(position, stmt)])
+        else:
+            groups[at].append((position, stmt))
+        if at > last:
+            last = at
         change_at[position] = at
         if touches is None:
             barrier = at
         else:
-            task_at[touches[0]] = max(task_at.get(touches[0], -1), at)
+            if at > task_at.get(task, -1):
+                task_at[task] = at
             if touches[1] is None:
-                whole_at[touches[0]] = at
+                whole_at[task] = at
             else:
-                row_at[(touches[0], touches[1])] = at
+                row_at[touches] = at
     return groups
 
 

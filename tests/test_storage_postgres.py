@@ -160,8 +160,16 @@ def test_hostile_values_in_set_based_statements_arrive_as_they_were(pg_url: str)
             assert cur.fetchone() == (texts,)
             cur.nextset()
             assert cur.fetchall() == list(zip(ints, blobs, strict=True))
+            full = [t for t in texts if t is not None]  # no NULL: quoted all at once (pgarrays._quoted_all)
+            assert cur.execute("SELECT %s::text[], %s::bigint[]",
+                               [pgarrays.TextArray(full), pgarrays.BigintArray([7, -1, 2**63 - 1])]).fetchone() == (
+                full, [7, -1, 2**63 - 1])
+            assert cur.execute("SELECT %s::text[], %s::text[]", [pgarrays.TextArray([]),
+                                                                 pgarrays.TextArray([""])]).fetchone() == ([], [""])
             with pytest.raises(psycopg.DataError, match="NUL"):  # libpq's quoting would end the value there
                 cur.execute("SELECT %s::text[]", [pgarrays.TextArray(["a", "b\x00c"])])
+            with pytest.raises(psycopg.DataError, match="NUL"):
+                cur.execute("SELECT %s::text[]", [pgarrays.TextArray(["a", "b\x00c", None])])
     with _store(pg_url) as store:
         ch, writer = store.changes, store.writer()
         writer.write([ch.create_task(Task(id=t, job="j", incarnation="i")) for t in HOSTILE_IDS])
