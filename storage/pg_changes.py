@@ -212,6 +212,16 @@ _CANCEL = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", r
 _COMPLETE = ("UPDATE taskengine.executions AS e SET status = v.status::\"char\", record = v.record FROM "
              + _rows_of("status text", "record bytea", "task_id text", "idx bigint", "id text", "node text")
              + f" WHERE {_EXECUTION_KEY} AND e.status = 'R' AND (e.runner IS NULL OR e.runner = v.node)")
+#: one execution's forms of those (assign, update: one statement alone in its group)
+_INSERT_EXECUTION = _with_live(f"INSERT INTO taskengine.executions ({_COLUMNS}) "
+                               "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
+_ONE_EXECUTION = "task_id = %s AND idx = %s AND id = %s"
+_START_ONE = (f"UPDATE taskengine.executions SET status = %s, record = %s, runner = %s, runner_epoch = %s "
+              f"WHERE {_ONE_EXECUTION} AND status = 'P'")
+_END_PENDING_ONE = _ending(f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {_ONE_EXECUTION} "
+                           "AND status = 'P' RETURNING task_id, idx")
+_FINISH_ONE = _ending(f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {_ONE_EXECUTION} "
+                      "AND status = 'R' AND (runner IS NULL OR runner = %s) RETURNING task_id, idx")
 #: (batch, marked) of a start, of an end of a PENDING one, of a finish
 _START = (_soft(_CLAIM, ends=False), _soft(_CLAIM, ends=False, marked=True))
 _END_PENDING = (_soft(_CANCEL, ends=True), _soft(_CANCEL, ends=True, marked=True))
@@ -330,7 +340,7 @@ class PostgresChanges:
         key = None if ex.idempotency_key is None else ex.idempotency_key.encode()
         record = codec.encode_execution(ex)
         out: Change = [Stmt(
-            _with_live(f"INSERT INTO taskengine.executions ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"),
+            _INSERT_EXECUTION,
             (ex.task_id, ex.index, ex.id, _STATUS[ex.status], key, record,
              *(self._runner(ex) if started else (None, None))),
             notify=_notice(ex),
@@ -352,23 +362,16 @@ class PostgresChanges:
     def update(self, execution: Execution) -> Change:
         ex = execution
         record = codec.encode_execution(ex)
-        where = "task_id = %s AND idx = %s AND id = %s"
         params: tuple[Any, ...] = (_STATUS[ex.status], record, ex.task_id, ex.index, ex.id)
         if ex.status is ExecutionStatus.RUNNING:  # a start is a claim: of a PENDING one, once
-            sql = (f"UPDATE taskengine.executions SET status = %s, record = %s, runner = %s, runner_epoch = %s "
-                   f"WHERE {where} AND status = 'P'")
             params = (params[0], params[1], *self._runner(ex), *params[2:])
-            forms = _START
+            sql, forms = _START_ONE, _START
         elif ex.started_at is None:  # cancelled or failed before it started: still PENDING
-            sql = _ending(f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'P' "
-                          "RETURNING task_id, idx")
-            forms = _END_PENDING
+            sql, forms = _END_PENDING_ONE, _END_PENDING
         else:  # a finish: of one this node runs (or ran in an earlier epoch, or a version-1 one)
             node = self._store.node
-            sql = _ending(f"UPDATE taskengine.executions SET status = %s, record = %s WHERE {where} AND status = 'R' "
-                          "AND (runner IS NULL OR runner = %s) RETURNING task_id, idx")
             params = (*params, None if node is None else node.id)
-            forms = _FINISH
+            sql, forms = _FINISH_ONE, _FINISH
         return [Stmt(
             sql, params, expect=1, soft=True,
             notify=_notice(ex), key=(ex.task_id, ex.index), batch=forms[0], marked=forms[1],
