@@ -76,10 +76,15 @@ def _pack(values: _Array) -> bytes:
 _NUL = "PostgreSQL text fields cannot contain NUL (0x00) bytes"
 
 
+def _escaped(text: str) -> str:
+    """``text`` with its backslashes and double quotes escaped, for inside a double-quoted element."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def _quoted(value: str) -> str:
     if "\x00" in value:
         raise DataError(_NUL)
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + _escaped(value) + '"'
 
 
 def _quoted_all(values: _Array) -> str:
@@ -89,7 +94,7 @@ def _quoted_all(values: _Array) -> str:
     joined = "\x00".join(values)
     if joined.count("\x00") != len(values) - 1:
         raise DataError(_NUL)
-    return '"' + joined.replace("\\", "\\\\").replace('"', '\\"').replace("\x00", '","') + '"'
+    return '"' + _escaped(joined).replace("\x00", '","') + '"'
 
 
 def _literal(values: _Array) -> bytes:

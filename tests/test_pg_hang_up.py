@@ -2,8 +2,8 @@
 closed")``, with no SQLSTATE, on a connection libpq still counts as open (``broken`` False). Its
 socket has hung up, so every later statement on it fails too: the connection is lost, not a
 statement refused (``pg_common.connection_lost``). A read is made again on another connection;
-the heartbeat connects again at its next beat rather than failing on the dead one until its
-node's lease runs out. (The writer's own case: ``test_pg_one_query_doubt``.)
+the heartbeat connects again at its next beat rather than beating once more on the dead one.
+(The writer's own case: ``test_pg_one_query_doubt``.)
 
 Each test ends the session's server process and raises that error in place of the statement,
 as psycopg does when it sees the hang-up first."""
@@ -61,8 +61,8 @@ def test_a_read_whose_connection_hung_up_is_made_again(make_engine: Any, pg_url:
 
 def test_a_heartbeat_whose_connection_hung_up_connects_again_at_its_next_beat(
         make_engine: Any, pg_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """One beat fails; the next one renews the lease on a new connection (without the check, it
-    would fail again on the dead one, and so on until the lease ran out and the node ended)."""
+    """One beat fails; the next one renews the lease on a new connection (without the check, the
+    next beat failed too, on the dead connection, before libpq marked it broken)."""
     caplog.set_level(logging.WARNING, logger="taskengine")
     engine = make_engine(pg_url, jobs={"j": lambda ctx: None}, node_id="a", node_lease=2.0)
     heartbeat = engine._committer._heartbeat

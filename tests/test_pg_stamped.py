@@ -26,6 +26,7 @@ from taskengine import Execution, ExecutionStatus, Hooks
 from taskengine.storage import Task, open_store
 from taskengine.storage.pg_changes import stamped
 from taskengine.storage.pg_writer import _PLANNER
+from test_pg_plan import NOW, _id, _pending
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -245,22 +246,23 @@ def test_a_stamped_write_over_many_tasks_moves_each_by_its_own_shift_and_reads_i
         tasks = {f"t{k}": Task(id=f"t{k}", job="j", created_at=NOW, incarnation=f"i{k}") for k in range(12)}
         writers[0].write([mine.changes.create_task(t) for t in tasks.values()])
         moved = {task_id: k % 4 for k, task_id in enumerate(tasks)}
-        writers[1].write([other.changes.assign(_pending(task_id, i, f"{task_id}-b{i}"))
+        ids = {task_id: 1000 * k for k, task_id in enumerate(tasks)}  # +0..: A's, +100..: B's, +200..: again
+        writers[1].write([other.changes.assign(_pending(task_id, i, _id(ids[task_id] + 100 + i)))
                           for task_id, n in moved.items() for i in range(n)])
         changes = []
         for task_id in tasks:  # as a stamped turn makes them: two executions, then the counter
-            changes += [mine.changes.assign(_pending(task_id, i, f"{task_id}-a{i}"), with_counter=False)
+            changes += [mine.changes.assign(_pending(task_id, i, _id(ids[task_id] + i)), with_counter=False)
                         for i in range(2)]
             changes.append(mine.changes.counter(task_id, 2, 0))
         assert writers[0].begin_stamped({t.id: t.incarnation for t in tasks.values()})
         assert writers[0].write_stamped(changes) == moved
         with psycopg.connect(url) as conn:
             rows = conn.execute("SELECT task_id, idx, id FROM taskengine.executions").fetchall()
-            assert sorted(rows) == sorted([(t, moved[t] + i, _id(f"{t}-a{i}")) for t in tasks for i in range(2)]
-                                          + [(t, i, _id(f"{t}-b{i}")) for t in tasks for i in range(moved[t])])
+            assert sorted(rows) == sorted([(t, moved[t] + i, _id(ids[t] + i)) for t in tasks for i in range(2)]
+                                          + [(t, i, _id(ids[t] + 100 + i)) for t in tasks for i in range(moved[t])])
             for name, value in _PLANNER.items():
                 conn.execute(f"SET {name} = '{value}'")
-            again = [mine.changes.assign(_pending(t, moved[t] + 2 + i, f"{t}-c{i}"), with_counter=False)
+            again = [mine.changes.assign(_pending(t, moved[t] + 2 + i, _id(ids[t] + 200 + i)), with_counter=False)
                      for t in tasks for i in range(2)]
             stamp = stamped([*again, *(mine.changes.counter(t, moved[t] + 4, moved[t] + 2) for t in tasks)],
                             {t.id: t.incarnation for t in tasks.values()})
@@ -273,19 +275,6 @@ def test_a_stamped_write_over_many_tasks_moves_each_by_its_own_shift_and_reads_i
             w.close()
         mine.close()
         other.close()
-
-
-NOW = 1_700_000_000.0
-
-
-def _id(name: str) -> str:
-    """An execution id of a 26-character ULID's length, as a record needs."""
-    return name.rjust(26, "0")
-
-
-def _pending(task_id: str, index: int, execution_id: str) -> Execution:
-    return Execution(id=_id(execution_id), task_id=task_id, index=index, status=ExecutionStatus.PENDING,
-                     blocking=False, data=None, created_at=NOW)
 
 
 def _nodes(node: dict[str, Any], kind: str) -> Iterator[dict[str, Any]]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import os
 import re
 import shutil
@@ -489,9 +490,13 @@ def probe_acks(args: argparse.Namespace) -> list[str]:
         engine.create_task(tid, job="held")
     backend_pids = getattr(engine._committer, "backend_pids", None)
     args.backend_pids = backend_pids() if backend_pids is not None else None
-    run, before, after, wall, switches, frozen = _window(
-        args, lambda k, i: engine.trigger(ids[(k * 31 + i) % args.tasks])
-    )
+    sent = itertools.count(1)  # every trigger of the run: cProfile sees them all, not the window's alone
+
+    def op(k: int, i: int) -> Any:
+        next(sent)
+        return engine.trigger(ids[(k * 31 + i) % args.tasks])
+
+    run, before, after, wall, switches, frozen = _window(args, op)
     gate.set()
     engine.close()
     if server is not None:
@@ -503,8 +508,8 @@ def probe_acks(args: argparse.Namespace) -> list[str]:
     lines += _cpu_table(before, after, ops, wall)
     lines.append(_switch_line(switches, ops, "ack"))
     lines += _write_lines(ops, "ack", frozen)
-    if args.cprofile:  # over the whole run, not the window alone
-        lines += _cprofile_lines(max(_stats["msg tell Trigger -> CounterActor"], 1))
+    if args.cprofile:
+        lines += _cprofile_lines(next(sent) - 1)
     return notes + lines
 
 
