@@ -28,7 +28,7 @@ import psycopg
 from . import codec, keys, pg_changes, records
 from .errors import CorruptRecord
 from .interface import FINISHED, Node
-from .pg_common import LANE_SEPARATOR, connection_lost, idle_in_transaction_ms, message
+from .pg_common import LANE_SEPARATOR, connection_lost, idle_in_transaction_ms, message, tcp_settings
 from .pg_schema import SCHEMA_VERSION
 from .pgfeed import notify
 from .records import Execution, ExecutionStatus
@@ -59,8 +59,9 @@ def session(url: str, lease: float, connect_timeout: int, settings: dict[str, st
     """A connection (autocommit) of a node that holds a lease of ``lease`` seconds, for work that
     takes locks: the server ends the session if it sits idle inside a transaction for longer than
     the lease (pg_common), so a node stopped or cut off from the network there lets its locks go;
-    then each of ``settings`` (name: value) set for the session."""
-    conn = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout)
+    then each of ``settings`` (name: value) set for the session. Its TCP settings find a dead peer
+    within about a lease (``pg_common.tcp_settings``)."""
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout, **tcp_settings(url, lease))
     try:
         for name, value in {"idle_in_transaction_session_timeout": str(idle_in_transaction_ms(lease)),
                             **settings}.items():

@@ -62,8 +62,9 @@ class PostgresFeed:
 
     Used by one thread; :meth:`close` may be called from any thread and ends a wait at once."""
 
-    def __init__(self, url: str, shown: str, own: Callable[[], set[int]]) -> None:
+    def __init__(self, url: str, shown: str, own: Callable[[], set[int]], tcp: dict[str, Any] | None = None) -> None:
         self._url = url
+        self._tcp = tcp or {}  # libpq's TCP settings (pg_common.tcp_settings): an idle LISTEN's dead peer is found
         self._shown = shown
         self._own = own  # the server process ids of this node's writers
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
@@ -86,7 +87,7 @@ class PostgresFeed:
 
     def _connect(self) -> bool:
         try:
-            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5, **self._tcp)
         except psycopg.Error as e:
             # said once: a server that is down refuses every attempt
             log.log(logging.DEBUG if self._lost else logging.WARNING,

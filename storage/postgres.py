@@ -56,7 +56,7 @@ from . import codec, interface, keys
 from .errors import CorruptRecord, StorageError, thread_refusal
 from .interface import Changes, ChangesFeed, Node, OnCorrupt, Store, Writer
 from .pg_changes import PostgresChanges
-from .pg_common import PAGE, RECONNECT_SECONDS, connection_lost, message
+from .pg_common import PAGE, RECONNECT_SECONDS, connection_lost, message, tcp_settings
 from .pg_schema import check_encoding, check_schema
 from .pg_writer import PostgresWriter
 from .pgfeed import PostgresFeed
@@ -93,6 +93,8 @@ class PostgresStore(Store):
         self._changes = PostgresChanges(self)
         self.node_id = node_id if node_id is not None else interface.default_node_id()
         self.node_lease = node_lease
+        #: libpq's TCP settings of every connection the node makes (a dead peer found within about a lease)
+        self.tcp = tcp_settings(url, node_lease)
         #: the node this store's writer joined as (None until a writer is made: the tools)
         self.node: Node | None = None
 
@@ -104,13 +106,14 @@ class PostgresStore(Store):
             raise StorageError(f"cannot open {shown}: an '@' in the URL's user name or password must be written "
                                "%40 (libpq ends the user info at the first '@' and takes the rest for the host)")
         try:
-            with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            tcp = tcp_settings(url, node_lease)  # libpq reads the URL here first: a bad one is refused as one
+            with psycopg.connect(url, autocommit=True, connect_timeout=10, **tcp) as conn:
                 check_encoding(conn, shown)
                 schema = check_schema(conn, shown, create)
         except psycopg.Error as e:
             raise StorageError(f"cannot open {shown}: {scrub(message(e), url)}") from None
         pool = psycopg_pool.ConnectionPool(
-            url, min_size=1, max_size=8, kwargs={"autocommit": True}, open=False, name="taskengine-readers",
+            url, min_size=1, max_size=8, kwargs={"autocommit": True, **tcp}, open=False, name="taskengine-readers",
             configure=_reader_session,
         )
         try:
@@ -140,7 +143,7 @@ class PostgresStore(Store):
         return self._writer
 
     def changes_feed(self) -> ChangesFeed:
-        return PostgresFeed(self.url, self.path, self._own_backends)
+        return PostgresFeed(self.url, self.path, self._own_backends, self.tcp)
 
     def _own_backends(self) -> set[int]:
         """The server processes of this store's writer's lanes: a feed leaves their notifications out."""

@@ -289,6 +289,60 @@ def test_a_node_cut_off_by_a_network_namespace() -> None:
     assert report.nodes.fenced >= report.nodes.cuts
 
 
+_CUT_NODE = """
+import os, sys
+from taskengine import Engine
+from taskengine.errors import EngineError
+
+engine = Engine.open(sys.argv[1], jobs={"j": lambda ctx: None}, node_id="cut", node_lease=1.0)
+engine.create_task("t", job="j")
+engine.trigger("t")
+print("ready", flush=True)
+sys.stdin.readline()  # its link is down now
+try:
+    while True:
+        engine.trigger("t")
+except EngineError as e:
+    print("failed", type(e).__name__, str(e).splitlines()[0], flush=True)
+os._exit(0)  # a close would try the server again
+"""
+
+
+def test_a_node_cut_off_and_left_so_finds_out_without_tcp_settings_of_its_own() -> None:
+    """A node whose network goes silent (its link down: no reset, no answer) and stays so. Its
+    URL sets no TCP option: the engine's own (``pg_common.tcp_settings``, from the lease) make the
+    write stuck on the dead link fail, and its calls fail with an engine error while it is still
+    cut off. Without them the write waits for TCP to give up (about 15 minutes) and the call with
+    it: this test then fails at its bound. Needs root and iproute2, as the namespace test above."""
+    from taskengine.tools.stress import netns
+
+    try:
+        netns.check()
+    except netns.NetnsUnavailable as e:
+        pytest.skip(f"network namespaces cannot be made here: {e}")
+    place = netns.Place(2, tag=f"c{os.getpid() % 100000}")
+    with running_server(netns=True) as server:
+        url = server.create_database()
+        try:
+            place.create()
+            node = subprocess.Popen([*place.prefix(), sys.executable, "-c", _CUT_NODE, place.url(url)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                assert node.stdout is not None and node.stdin is not None
+                assert node.stdout.readline().strip() == "ready", node.stderr.read() if node.stderr else ""
+                place.cut()
+                node.stdin.write("go\n")
+                node.stdin.flush()
+                out, err = node.communicate(timeout=120)
+            finally:
+                node.kill()
+                node.wait()
+            assert out.startswith("failed "), out + err
+            assert place.cut_off  # it found out while still cut off
+        finally:
+            place.remove()
+
+
 def test_places_of_runs_at_once_each_reach_the_host() -> None:
     """Two runs at once on one machine (two suites) each make a place for slot 1: each gets a
     subnet of its own, so each reaches the host, and a cut of one leaves the other's link alone.

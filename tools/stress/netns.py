@@ -10,8 +10,10 @@ other through. Its node processes run in it
 taking the host's end down: its packets are dropped, no connection is reset, the process runs on
 (unlike a SIGSTOP, its jobs finish) and can write nothing; bringing the link up again lets its
 connections through to a server that has since ended its sessions and, through another node's
-reaper, taken its lease. The node's URL asks libpq for a TCP user timeout and keepalives, so a
-write stuck on the cut link fails within seconds of the link's return instead of minutes.
+reaper, taken its lease. The engine's own TCP settings (a TCP user timeout and keepalives from
+its lease, ``taskengine.storage.pg_common.tcp_settings``) make a write stuck on the cut link fail
+within half a lease, not when TCP gives up minutes later: the node's URL adds none of its own, so
+a cut tests those.
 
 It needs root, ``ip`` (iproute2) and a server that accepts connections on those host addresses
 (``listen_addresses`` covering them and a ``pg_hba.conf`` line for ``10.231.0.0/16``: the throwaway
@@ -33,8 +35,6 @@ from urllib.parse import urlsplit, urlunsplit
 SUBNET = "10.231.0.0/16"
 #: held while a place chooses its subnet and puts its host address on: one chooser at a time
 LOCK_FILE = os.path.join(tempfile.gettempdir(), "taskengine-netns.lock")
-#: libpq settings of a node's connections: a stuck write fails, a dead peer is found, in seconds
-TCP_SETTINGS = "tcp_user_timeout=2000&keepalives=1&keepalives_idle=1&keepalives_interval=1&keepalives_count=2"
 
 
 class NetnsUnavailable(Exception):
@@ -125,8 +125,8 @@ class Place:
         userinfo, _, hostport = netloc.rpartition("@")
         port = hostport.rsplit(":", 1)[1] if ":" in hostport and not hostport.endswith("]") else ""
         hostport = self.host_addr + (f":{port}" if port else "")
-        query = f"{parts.query}&{TCP_SETTINGS}" if parts.query else TCP_SETTINGS
-        return urlunsplit((parts.scheme, f"{userinfo}@{hostport}" if userinfo else hostport, parts.path, query, ""))
+        return urlunsplit((parts.scheme, f"{userinfo}@{hostport}" if userinfo else hostport, parts.path,
+                           parts.query, ""))
 
     def cut(self) -> None:
         _ip("link", "set", self.host_if, "down")
