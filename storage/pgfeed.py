@@ -116,7 +116,7 @@ class PostgresFeed:
             if self._closed.wait(min(timeout, RETRY_SECONDS)) or not self._connect():
                 return set()
             self.reconnects += 1
-            log.info("listening to %s again", self._shown)
+            log.info("%s %s again", "listening to" if self._listening else "connected to", self._shown)
             return set(ALL_CHANGES)
         try:
             ready, _, _ = select.select([conn.fileno(), self._wake_r], [], [], timeout)
