@@ -39,8 +39,8 @@ def tcp_settings(url: str, lease: float) -> dict[str, Any]:
     given = conninfo_to_dict(url)
     settings = {
         "keepalives": 1,
-        "keepalives_idle": max(1, round(lease / 2)),
-        "keepalives_interval": max(1, round(lease / 4)),
+        "keepalives_idle": max(1, int(lease / 2)),
+        "keepalives_interval": max(1, int(lease / 4)),
         "keepalives_count": 2,
         "tcp_user_timeout": max(1000, int(lease * 500)),
     }

@@ -83,7 +83,7 @@ class PostgresStore(Store):
     connection of its own."""
 
     def __init__(self, url: str, pool: Any, schema: int, node_id: str | None = None,
-                 node_lease: float = interface.DEFAULT_LEASE) -> None:
+                 node_lease: float = interface.DEFAULT_LEASE, tcp: dict[str, Any] | None = None) -> None:
         self.url = url
         self.path = redact(url)
         self.schema = schema
@@ -94,7 +94,7 @@ class PostgresStore(Store):
         self.node_id = node_id if node_id is not None else interface.default_node_id()
         self.node_lease = node_lease
         #: libpq's TCP settings of every connection the node makes (a dead peer found within about a lease)
-        self.tcp = tcp_settings(url, node_lease)
+        self.tcp = tcp if tcp is not None else tcp_settings(url, node_lease)
         #: the node this store's writer joined as (None until a writer is made: the tools)
         self.node: Node | None = None
 
@@ -127,7 +127,7 @@ class PostgresStore(Store):
                 raise StorageError(f"cannot open {shown}: {scrub(message(e), url)}") from None
             raise
         log.info("opened taskengine database %s (schema %d)", shown, schema)
-        return cls(url, pool, schema, node_id, node_lease)
+        return cls(url, pool, schema, node_id, node_lease, tcp)
 
     @property
     def changes(self) -> Changes:

@@ -82,6 +82,34 @@ def test_a_tool_never_creates_the_schema(pg_url: str) -> None:
         assert conn.execute("SELECT to_regnamespace('taskengine')").fetchone() == (None,)
 
 
+def test_a_nodes_connections_ask_for_tcp_settings_from_its_lease_unless_the_url_sets_them(pg_url: str) -> None:
+    """Keepalives and a TCP user timeout from the lease (a dead peer found within about a lease;
+    the cut-off node of test_pg_cluster shows what they are for), on the readers' connections and
+    the feed's as on the writer's; a setting the URL gives itself is the URL's."""
+    from taskengine.storage.pg_common import tcp_settings
+
+    assert tcp_settings(pg_url, 10.0) == {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                                          "keepalives_count": 2, "tcp_user_timeout": 5000}
+    assert tcp_settings(pg_url, 1.0) == {"keepalives": 1, "keepalives_idle": 1, "keepalives_interval": 1,
+                                         "keepalives_count": 2, "tcp_user_timeout": 1000}
+    own = pg_url + "?tcp_user_timeout=30000&keepalives_idle=7"
+    assert tcp_settings(own, 10.0) == {"keepalives": 1, "keepalives_interval": 2, "keepalives_count": 2}
+    db = storage.open_store(own, create=True, node_lease=10.0)
+    try:
+        with db._pool.connection() as conn:
+            params = conn.info.get_parameters()
+        assert (params["tcp_user_timeout"], params["keepalives_idle"], params["keepalives_interval"]) == \
+            ("30000", "7", "2")
+        feed = db.changes_feed()
+        try:
+            assert feed._conn is not None
+            assert feed._conn.info.get_parameters()["keepalives_count"] == "2"
+        finally:
+            feed.release()
+    finally:
+        db.close()
+
+
 def test_the_database_enforces_max_executions_and_unique_keys(pg_url: str) -> None:
     """What a writer asks beyond the limit, or a repeated idempotency key, is rolled back whole:
     no row of that write exists afterwards, and the writer refuses further writes."""
