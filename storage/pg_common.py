@@ -9,6 +9,9 @@ from typing import Any
 #: how long a lost connection is retried before a write gives up (and the writer fails)
 RECONNECT_SECONDS = 30.0
 PAGE = 1000
+#: the longest TCP user timeout the engine asks for: Linux gives up on unacknowledged data after
+#: about 15 minutes by default, and a longer lease must not make a dead connection slower to find
+MAX_TCP_USER_TIMEOUT_MS = 600_000
 #: between a node id and a writer lane's number in that lane's write mark key (pg_writer); a
 #: node id is printable, so it holds none
 LANE_SEPARATOR = "\x1f"
@@ -30,20 +33,23 @@ def tcp_settings(url: str, lease: float) -> dict[str, Any]:
     those ``url`` does not set itself (the URL's own win). Without them a connection whose peer is
     gone without a word (a cut network, a server host that died) is found dead only when TCP gives
     up: about 15 minutes for one with data in flight, never for an idle one. With them a statement
-    in flight fails once its bytes go unacknowledged for half a lease, and an idle connection (the
-    LISTEN, a reader's) once keepalives go unanswered for about a lease; the writer then connects
-    again or fails, and the heartbeat finds the lease lost, as for any lost connection. A slow server
-    is not a dead one: its kernel acknowledges what it is sent. libpq ignores them on a Unix socket."""
-    from psycopg.conninfo import conninfo_to_dict  # with the driver, as every caller is
+    in flight fails once its bytes go unacknowledged for half a lease (10 minutes at most: never
+    later than TCP would), and an idle connection (the LISTEN, a reader's) once keepalives go
+    unanswered for about a lease; the writer then connects again or fails, and the heartbeat finds
+    the lease lost, as for any lost connection. libpq ignores them on a Unix socket, and a libpq
+    older than 12 knows no ``tcp_user_timeout`` (it would refuse to connect): not asked of it."""
+    import psycopg  # with the driver, as every caller is
+    from psycopg.conninfo import conninfo_to_dict
 
     given = conninfo_to_dict(url)
-    settings = {
+    settings: dict[str, Any] = {
         "keepalives": 1,
         "keepalives_idle": max(1, int(lease / 2)),
         "keepalives_interval": max(1, int(lease / 4)),
         "keepalives_count": 2,
-        "tcp_user_timeout": max(1000, int(lease * 500)),
     }
+    if psycopg.pq.version() >= 120000:
+        settings["tcp_user_timeout"] = min(MAX_TCP_USER_TIMEOUT_MS, max(1000, int(lease * 500)))
     return {name: value for name, value in settings.items() if name not in given}
 
 
