@@ -28,7 +28,7 @@ import psycopg
 from . import codec, keys, pg_changes, records
 from .errors import CorruptRecord
 from .interface import FINISHED, Node
-from .pg_common import LANE_SEPARATOR, connection_lost, idle_in_transaction_ms, message, tcp_settings
+from .pg_common import LANE_SEPARATOR, connection_lost, idle_in_transaction_ms, message
 from .pg_schema import SCHEMA_VERSION
 from .pgfeed import notify
 from .records import Execution, ExecutionStatus
@@ -55,13 +55,13 @@ def lease_lost(node: Node) -> str:
             "finished its running executions as interrupted, so it writes nothing more; reopen the engine")
 
 
-def session(url: str, lease: float, connect_timeout: int, settings: dict[str, str]) -> Any:
+def session(url: str, lease: float, connect_timeout: int, settings: dict[str, str], tcp: dict[str, Any]) -> Any:
     """A connection (autocommit) of a node that holds a lease of ``lease`` seconds, for work that
     takes locks: the server ends the session if it sits idle inside a transaction for longer than
     the lease (pg_common), so a node stopped or cut off from the network there lets its locks go;
-    then each of ``settings`` (name: value) set for the session. Its TCP settings find a dead peer
-    within about a lease (``pg_common.tcp_settings``)."""
-    conn = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout, **tcp_settings(url, lease))
+    then each of ``settings`` (name: value) set for the session. ``tcp``: the node's TCP settings
+    (``PostgresStore.tcp``), so a dead peer is found within about a lease."""
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout, **tcp)
     try:
         for name, value in {"idle_in_transaction_session_timeout": str(idle_in_transaction_ms(lease)),
                             **settings}.items():
@@ -72,13 +72,13 @@ def session(url: str, lease: float, connect_timeout: int, settings: dict[str, st
     return conn
 
 
-def connect(url: str, lease: float) -> Any:
+def connect(url: str, lease: float, tcp: dict[str, Any]) -> Any:
     """The heartbeat's connection (a :func:`session`). Its statements time out within half a
     lease: a node stopped or cut off from the network in the middle of a reaper pass would
     otherwise hold the reaper's lock (and the rows it locked) until TCP gives up on the
     connection, and no node would reap any other meanwhile, however long their leases had
     expired."""
-    return session(url, lease, max(1, int(lease)), {"statement_timeout": str(max(100, int(lease * 500)))})
+    return session(url, lease, max(1, int(lease)), {"statement_timeout": str(max(100, int(lease * 500)))}, tcp)
 
 
 def join(conn: Any, node_id: str, lease: float) -> Node:

@@ -185,8 +185,8 @@ class PostgresWriter:
                 conn.close()
                 raise StorageError(f"cannot join {store.path} as node {store.node_id!r}: {message(e)}") from None
         self._mark_key = self.node.id
-        self._heartbeat = pg_nodes.Heartbeat(functools.partial(pg_nodes.connect, store.url, self._lease), self.node,
-                                             self._lease, self._lost)
+        self._heartbeat = pg_nodes.Heartbeat(functools.partial(pg_nodes.connect, store.url, self._lease, store.tcp),
+                                             self.node, self._lease, self._lost)
         try:
             self._heartbeat.start()
         except BaseException as e:
@@ -273,7 +273,7 @@ class PostgresWriter:
         settings = {"synchronous_commit": "on" if self.sync else "off", **_PLANNER}
         while True:
             try:
-                conn = pg_nodes.session(self._store.url, self._lease, 5, settings)
+                conn = pg_nodes.session(self._store.url, self._lease, 5, settings, self._store.tcp)
                 self._backend = conn.execute(_BACKEND).fetchone()
                 self._conn = conn
                 return conn

@@ -82,8 +82,8 @@ class PostgresStore(Store):
     """An open PostgreSQL database: a pool of connections for the readers; each writer has a
     connection of its own."""
 
-    def __init__(self, url: str, pool: Any, schema: int, node_id: str | None = None,
-                 node_lease: float = interface.DEFAULT_LEASE, tcp: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, pool: Any, schema: int, tcp: dict[str, Any], node_id: str | None = None,
+                 node_lease: float = interface.DEFAULT_LEASE) -> None:
         self.url = url
         self.path = redact(url)
         self.schema = schema
@@ -93,8 +93,9 @@ class PostgresStore(Store):
         self._changes = PostgresChanges(self)
         self.node_id = node_id if node_id is not None else interface.default_node_id()
         self.node_lease = node_lease
-        #: libpq's TCP settings of every connection the node makes (a dead peer found within about a lease)
-        self.tcp = tcp if tcp is not None else tcp_settings(url, node_lease)
+        #: libpq's TCP settings of every connection the node makes (``tcp_settings``: a dead peer
+        #: found within about a lease), the ones it opened with
+        self.tcp = tcp
         #: the node this store's writer joined as (None until a writer is made: the tools)
         self.node: Node | None = None
 
@@ -127,7 +128,7 @@ class PostgresStore(Store):
                 raise StorageError(f"cannot open {shown}: {scrub(message(e), url)}") from None
             raise
         log.info("opened taskengine database %s (schema %d)", shown, schema)
-        return cls(url, pool, schema, node_id, node_lease, tcp)
+        return cls(url, pool, schema, tcp, node_id, node_lease)
 
     @property
     def changes(self) -> Changes:

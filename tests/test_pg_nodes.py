@@ -20,6 +20,7 @@ from pg_other import OtherNode
 from taskengine import ExecutionStatus, errors, storage
 from taskengine.storage import codec, pg_nodes, pg_schema, postgres, records
 from taskengine.storage.interface import Node
+from taskengine.storage.pg_common import tcp_settings
 from taskengine.storage.records import Execution, Task
 
 pytestmark = pytest.mark.timeout(120)
@@ -588,7 +589,7 @@ def test_a_node_cut_off_inside_a_reaper_pass_does_not_stop_the_reaping(make_engi
             "WHERE task_id = 't' AND id = %s", (codec.encode_execution(running), running.id))
     finally:
         other.close()
-    cut = pg_nodes.connect(pg_url, LEASE)
+    cut = pg_nodes.connect(pg_url, LEASE, tcp_settings(pg_url, LEASE))
     try:
         cut.execute("BEGIN")
         assert cut.execute("SELECT pg_try_advisory_xact_lock(%s)", (pg_nodes.REAPER_LOCK,)).fetchone() == (True,)
